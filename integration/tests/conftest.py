@@ -1,0 +1,55 @@
+"""Fixtures: target doubles + relay on 127.0.0.x, one set for the whole session."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import typing
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import harness  # noqa: E402
+
+harness.scrub_proxies_in_process()
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    d = str(tmp_path_factory.mktemp("relay-it"))
+    print("\n[integration] work directory: %s" % d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def h(workdir: str) -> typing.Iterator[harness.Harness]:
+    hs = harness.Harness(workdir)
+    hs.write_ntlm_users()
+    try:
+        yield hs
+    finally:
+        hs.stop()
+
+
+@pytest.fixture(scope="session")
+def doubles(h: harness.Harness) -> harness.Harness:
+    h.start_doubles(hang=True)
+    return h
+
+
+@pytest.fixture(scope="session")
+def relay(doubles: harness.Harness) -> harness.Harness:
+    doubles.add_relay_users()
+    doubles.write_relay_config()
+    doubles.start_relay()
+    return doubles
+
+
+@pytest.fixture(autouse=True)
+def _relay_still_alive(request: pytest.FixtureRequest) -> typing.Iterator[None]:
+    yield
+    if "relay" in request.fixturenames:
+        hs: harness.Harness = request.getfixturevalue("relay")
+        if not hs.relay_alive():
+            pytest.fail("relay process died during this test:\n" + harness.tail(hs.relay_log, 40))

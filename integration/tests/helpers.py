@@ -1,0 +1,155 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import typing
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import harness  # noqa: E402
+from harness import RELAY_HOST, RELAY_PORT, USERS  # noqa: E402,F401
+
+ALICE = "LAB\\alice"
+BOB = "LAB\\bob"
+
+
+def relay_url(target: typing.Optional[str]) -> str:
+    base = "http://%s:%d/wsman" % (RELAY_HOST, RELAY_PORT)
+    return base + ("/" + target if target else "")
+
+
+def relay_protocol(target: typing.Optional[str], user: str = ALICE, password: typing.Optional[str] = None, **kw: typing.Any):
+    import winrm
+
+    kw.setdefault("operation_timeout_sec", 20)
+    kw.setdefault("read_timeout_sec", 30)
+    return winrm.protocol.Protocol(
+        endpoint=relay_url(target),
+        transport="credssp",
+        username=user,
+        password=USERS[user] if password is None else password,
+        server_cert_validation="ignore",
+        message_encryption="always",
+        **kw,
+    )
+
+
+def retarget(protocol: typing.Any, target: str) -> None:
+    """Point an existing Protocol (same requests session, same TCP connection) at another target."""
+    protocol.transport.endpoint = relay_url(target)
+
+
+def run(protocol: typing.Any, command: str, args: typing.Sequence[str] = ()) -> typing.Tuple[bytes, bytes, int]:
+    sid = protocol.open_shell()
+    try:
+        cid = protocol.run_command(sid, command, list(args))
+        out = protocol.get_command_output(sid, cid)
+        protocol.cleanup_command(sid, cid)
+        return out
+    finally:
+        protocol.close_shell(sid, close_session=False)
+
+
+def wait_for(pred: typing.Callable[[], typing.Any], timeout: float = 5.0, interval: float = 0.1) -> typing.Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(interval)
+
+
+def audit_events(h: harness.Harness) -> typing.List[dict]:
+    return harness.read_jsonl(h.audit_file)
+
+
+def double_records(h: harness.Harness, name: str) -> typing.List[dict]:
+    return harness.read_jsonl(h.double_log(name))
+
+
+def user_is(record_user: typing.Any, user: str) -> bool:
+    return isinstance(record_user, str) and record_user.lower() == user.lower()
+
+
+def relay_log_excerpt(h: harness.Harness, n: int = 40) -> str:
+    return "\n--- relay.log (tail) ---\n" + harness.tail(h.relay_log, n)
+
+
+def err_text(e: BaseException) -> str:
+    """Everything a client exception tells about the server's answer."""
+    parts = [type(e).__name__, str(e)]
+    for attr in ("response", "response_text", "reason", "fault_subcode", "fault_code", "message"):
+        v = getattr(e, attr, None)
+        if isinstance(v, (str, bytes)):
+            parts.append(v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+    return "\n".join(parts)
+
+
+def http_code(e: BaseException) -> typing.Optional[int]:
+    code = getattr(e, "code", None)
+    return code if isinstance(code, int) else None
+
+
+PS_RESOURCE_URI = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell"
+
+
+def psrp_creation_blob() -> bytes:
+    """A realistic PSRP creationXml payload: SESSION_CAPABILITY + INIT_RUNSPACEPOOL fragments."""
+    import struct
+    import uuid as _uuid
+
+    rpid = _uuid.uuid4().bytes_le
+    cap = (
+        '<Obj RefId="0"><MS><Version N="protocolversion">2.3</Version><Version N="PSVersion">2.0</Version>'
+        '<Version N="SerializationVersion">1.1.0.1</Version></MS></Obj>'
+    ).encode()
+    init = (
+        '<Obj RefId="0"><MS><I32 N="MinRunspaces">1</I32><I32 N="MaxRunspaces">1</I32>'
+        '<Obj N="PSThreadOptions" RefId="1"><TN RefId="0"><T>System.Management.Automation.Runspaces.PSThreadOptions</T>'
+        "<T>System.Enum</T><T>System.ValueType</T><T>System.Object</T></TN><ToString>Default</ToString><I32>0</I32></Obj>"
+        '<Obj N="ApartmentState" RefId="2"><TN RefId="1"><T>System.Threading.ApartmentState</T><T>System.Enum</T>'
+        "<T>System.ValueType</T><T>System.Object</T></TN><ToString>Unknown</ToString><I32>2</I32></Obj>"
+        '<Obj N="HostInfo" RefId="3"><MS><B N="_isHostNull">true</B><B N="_isHostUINull">true</B>'
+        '<B N="_isHostRawUINull">true</B><B N="_useRunspaceHost">true</B></MS></Obj>'
+        '<Nil N="ApplicationArguments" /></MS></Obj>'
+    ).encode()
+
+    def message(msg_type: int, data: bytes) -> bytes:
+        return struct.pack("<II", 2, msg_type) + rpid + b"\x00" * 16 + b"\xef\xbb\xbf" + data
+
+    def fragment(obj_id: int, data: bytes) -> bytes:
+        return struct.pack(">QQB", obj_id, 0, 3) + struct.pack(">I", len(data)) + data
+
+    return fragment(1, message(0x00010002, cap)) + fragment(2, message(0x00010004, init))
+
+
+def ps_create_envelope(to: str, message_id: str, shell_id: str, creation_b64: str) -> str:
+    """A PSRP shell Create exactly as pypsrp builds it (wsa:/wsman: prefixes, not pywinrm's)."""
+    return (
+        '<s:Envelope xmlns:rsp="http://schemas.microsoft.com/wbem/wsman/1/windows/shell" '
+        'xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+        'xmlns:wsa="http://schemas.xmlsoap.org/ws/2004/08/addressing" '
+        'xmlns:wsman="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd">'
+        "<s:Header>"
+        '<wsa:Action s:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/09/transfer/Create</wsa:Action>'
+        '<wsman:DataLocale s:mustUnderstand="false" xml:lang="en-US" />'
+        '<wsman:Locale s:mustUnderstand="true" xml:lang="en-US" />'
+        '<wsman:MaxEnvelopeSize s:mustUnderstand="true">153600</wsman:MaxEnvelopeSize>'
+        "<wsa:MessageID>%s</wsa:MessageID>"
+        "<wsman:OperationTimeout>PT20S</wsman:OperationTimeout>"
+        '<wsa:ReplyTo><wsa:Address s:mustUnderstand="true">'
+        "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</wsa:Address></wsa:ReplyTo>"
+        '<wsman:ResourceURI s:mustUnderstand="true">%s</wsman:ResourceURI>'
+        '<wsman:SessionId s:mustUnderstand="false">uuid:%s</wsman:SessionId>'
+        "<wsa:To>%s</wsa:To>"
+        '<wsman:OptionSet s:mustUnderstand="true"><wsman:Option MustComply="true" Name="protocolversion">2.3'
+        "</wsman:Option></wsman:OptionSet>"
+        "</s:Header>"
+        '<s:Body><rsp:Shell ShellId="%s"><rsp:InputStreams>stdin pr</rsp:InputStreams>'
+        "<rsp:OutputStreams>stdout</rsp:OutputStreams>"
+        '<creationXml xmlns="http://schemas.microsoft.com/powershell">%s</creationXml></rsp:Shell></s:Body>'
+        "</s:Envelope>" % (message_id, PS_RESOURCE_URI, shell_id.lower(), to, shell_id, creation_b64)
+    )

@@ -1,0 +1,85 @@
+"""Audit trail and secret hygiene (runs last: it also inspects what earlier tests left)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+from helpers import ALICE, USERS, audit_events, relay_log_excerpt, relay_protocol, run, user_is, wait_for
+
+EVENTS = {"session_start", "auth_failed", "request", "denied", "session_end"}
+REQUEST_FIELDS = {"time", "event", "session", "user", "source", "target", "action", "resource_uri", "status",
+                  "bytes_in", "bytes_out", "duration_ms"}
+WRONG_PASSWORDS = ["Wrong-Alice-Pass-77!"]
+
+
+def test_audit_trail(relay):
+    marker = "audit-marker-%s" % uuid.uuid4().hex[:12]
+    p = relay_protocol("web01")
+    assert run(p, "echo", [marker]) == (marker.encode() + b"\n", b"", 0)
+    assert run(p, "sh -c 'exit 5'")[2] == 5
+    p.transport.close_session()
+
+    with open(relay.audit_file, encoding="utf-8") as fh:
+        raw = [ln for ln in fh.read().splitlines() if ln.strip()]
+    assert raw, "audit file is empty"
+    events = []
+    for ln in raw:
+        obj = json.loads(ln)  # every line is one JSON object
+        assert isinstance(obj, dict)
+        assert isinstance(obj.get("time"), str) and obj["time"], obj
+        assert obj.get("event") in EVENTS, obj
+        events.append(obj)
+
+    cmd = [e for e in events if e["event"] == "request" and e.get("action") == "Command"
+           and marker in str(e.get("command") or "")]
+    assert cmd, "no Command audit record with the command line" + relay_log_excerpt(relay, 10)
+    c = cmd[-1]
+    assert "echo" in c["command"]
+    missing = REQUEST_FIELDS - set(c)
+    assert not missing, "request record lacks %s: %s" % (missing, c)
+    assert user_is(c["user"], ALICE) and c["target"] == "web01" and c.get("shell_id"), c
+    assert c["source"].startswith("127.0.0.1") or c["source"].startswith("127."), c
+    sess = c["session"]
+
+    done = [e for e in events if e["event"] == "request" and e.get("session") == sess and e.get("action") == "Receive"
+            and e.get("exit_code") is not None]
+    assert 5 in [e["exit_code"] for e in done], done
+    assert 0 in [e["exit_code"] for e in done], done
+
+    assert [e for e in events if e["event"] == "session_start" and e.get("session") == sess]
+    end = wait_for(lambda: [e for e in audit_events(relay) if e["event"] == "session_end" and e.get("session") == sess],
+                   5)
+    assert end, "no session_end after the client closed its connection"
+    for e in events:
+        if e["event"] == "request":
+            assert isinstance(e.get("status"), int) and isinstance(e.get("duration_ms"), (int, float)), e
+            assert isinstance(e.get("bytes_in"), int) and isinstance(e.get("bytes_out"), int), e
+
+
+def test_no_secrets_in_relay_files(relay):
+    """No password (UTF-8 or UTF-16LE) in any file under the work dir, except the doubles' own NTLM user file."""
+    # Make sure the relay has flushed what it writes.
+    p = relay_protocol("web01")
+    run(p, "echo", ["flush"])
+    p.transport.close_session()
+    secrets = list(USERS.values()) + WRONG_PASSWORDS
+    needles = []
+    for s in secrets:
+        needles += [s.encode("utf-8"), s.encode("utf-16-le")]
+    checked = []
+    hits = []
+    for root, _dirs, files in os.walk(relay.workdir):
+        for f in files:
+            path = os.path.join(root, f)
+            if os.path.abspath(path) == os.path.abspath(relay.ntlm_user_file):
+                continue
+            with open(path, "rb") as fh:
+                data = fh.read()
+            checked.append(f)
+            for n in needles:
+                if n in data:
+                    hits.append((f, n))
+    assert "audit.jsonl" in checked and "relay.log" in checked and "users" in checked, checked
+    assert not hits, "secrets found: %s" % hits

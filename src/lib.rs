@@ -1,0 +1,29 @@
+//! winrm-relay: a WinRM bastion that terminates CredSSP and re-issues WS-Man
+//! requests to target hosts with the caller's delegated credentials.
+//!
+//! # Layout
+//! A request reads top to bottom:
+//! `server` (accept, HTTP) -> `proto::credssp` (authenticate the caller) ->
+//! `proto::sealing` (unseal the body) -> `proto::wsman` (parse envelope) ->
+//! `policy` (decide) -> `proto::wsman` (rewrite) -> `target` (authenticate and
+//! seal towards the target) -> response back the same way -> `audit`.
+//!
+//! - [`cli`]: clap definitions and subcommand dispatch.
+//! - [`config`]: TOML schema, validation with file:line messages, the users file.
+//! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets).
+//! - [`policy`]: allow rules, user x target x shell -> decision with a reason.
+//! - [`vault`]: delegated credentials, zeroized on drop, never printed.
+//! - [`audit`]: audit event type and the JSON-lines sink.
+//! - [`certs`]: relay certificate loading and dev certificate generation.
+//! - [`server`]: hyper listeners, per-connection session state, the relay pipeline.
+//! - [`target`]: authenticated, kept-alive connections to target hosts.
+
+pub mod audit;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod policy;
+pub mod proto;
+pub mod server;
+pub mod target;
+pub mod vault;

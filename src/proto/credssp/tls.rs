@@ -1,0 +1,60 @@
+//! Drives a rustls connection purely in memory: bytes in from the HTTP
+//! header or body, bytes out for the reply. No socket is involved.
+
+use std::io::{self, Read, Write};
+
+use rustls::ServerConnection;
+
+use super::CredSspError;
+
+/// Feed `input` (TLS records) into the connection and return all plaintext
+/// it yields. Interleaves reads and decryption so that large inputs never
+/// exceed rustls' internal buffer limits.
+pub(crate) fn feed(conn: &mut ServerConnection, input: &[u8]) -> Result<Vec<u8>, CredSspError> {
+    let mut cursor = io::Cursor::new(input);
+    let mut plain = Vec::new();
+    loop {
+        let consumed = if (cursor.position() as usize) < input.len() {
+            conn.read_tls(&mut cursor).map_err(|e| CredSspError::Tls(e.to_string()))?
+        } else {
+            0
+        };
+        conn.process_new_packets().map_err(|e| CredSspError::Tls(e.to_string()))?;
+        let before = plain.len();
+        drain_plaintext(conn, &mut plain)?;
+        if consumed == 0 && plain.len() == before {
+            break;
+        }
+    }
+    Ok(plain)
+}
+
+fn drain_plaintext(conn: &mut ServerConnection, out: &mut Vec<u8>) -> Result<(), CredSspError> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match conn.reader().read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(CredSspError::Tls(e.to_string())),
+        }
+    }
+}
+
+/// Everything the connection wants to send (handshake records, tickets,
+/// encrypted application data).
+pub(crate) fn take_output(conn: &mut ServerConnection) -> Result<Vec<u8>, CredSspError> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).map_err(|e| CredSspError::Tls(e.to_string()))?;
+    }
+    Ok(out)
+}
+
+/// Encrypt `plain` as application data and return the resulting records.
+pub(crate) fn encrypt(conn: &mut ServerConnection, plain: &[u8]) -> Result<Vec<u8>, CredSspError> {
+    conn.writer()
+        .write_all(plain)
+        .map_err(|e| CredSspError::Tls(e.to_string()))?;
+    take_output(conn)
+}

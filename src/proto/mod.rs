@@ -1,0 +1,7 @@
+//! Sans-IO protocol cores: pure functions and state machines over bytes.
+//! Nothing in here may use tokio, hyper or std::net (a test enforces it).
+
+pub mod credssp;
+pub mod http_auth;
+pub mod sealing;
+pub mod wsman;

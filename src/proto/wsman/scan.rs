@@ -1,0 +1,244 @@
+//! One-pass, namespace-aware walk over a SOAP envelope.
+//!
+//! Every parser in this module goes through [`scan`], so the hardening lives in
+//! one place: UTF-8 only, no DTD (hence no entity expansion), bounded depth,
+//! a single SOAP 1.2 `Envelope` root, undeclared prefixes rejected.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
+
+use super::{WsmanError, MAX_DEPTH};
+
+pub(crate) const NS_SOAP: &str = "http://www.w3.org/2003/05/soap-envelope";
+pub(crate) const NS_ADDRESSING: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressing";
+pub(crate) const NS_WSMAN: &str = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd";
+pub(crate) const NS_SHELL: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell";
+pub(crate) const NS_WSMID: &str = "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd";
+pub(crate) const NS_WSMANFAULT: &str = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault";
+pub(crate) const NS_TRANSFER: &str = "http://schemas.xmlsoap.org/ws/2004/09/transfer";
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The namespaces the relay cares about; everything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ns {
+    Soap,
+    Addressing,
+    Wsman,
+    Shell,
+    Wsmid,
+    WsmanFault,
+    Transfer,
+    /// Bound to a namespace we do not interpret, or unbound.
+    Other,
+}
+
+impl Ns {
+    fn from_uri(uri: &[u8]) -> Ns {
+        match uri {
+            u if u == NS_SOAP.as_bytes() => Ns::Soap,
+            u if u == NS_ADDRESSING.as_bytes() => Ns::Addressing,
+            u if u == NS_WSMAN.as_bytes() => Ns::Wsman,
+            u if u == NS_SHELL.as_bytes() => Ns::Shell,
+            u if u == NS_WSMID.as_bytes() => Ns::Wsmid,
+            u if u == NS_WSMANFAULT.as_bytes() => Ns::WsmanFault,
+            u if u == NS_TRANSFER.as_bytes() => Ns::Transfer,
+            _ => Ns::Other,
+        }
+    }
+}
+
+/// One open element: its namespace and local name.
+#[derive(Debug, Clone)]
+pub(crate) struct Elem {
+    pub ns: Ns,
+    pub local: Box<str>,
+}
+
+/// What the visitor sees, in document order.
+pub(crate) enum Item<'a, 'x> {
+    /// An element opens; the path already ends with it. `span` covers the tag
+    /// bytes `<...>` (or `<.../>` when `empty`).
+    Start {
+        tag: &'a BytesStart<'x>,
+        span: Range<usize>,
+        empty: bool,
+    },
+    /// Character data (entities resolved, CDATA included) of the element that
+    /// ends the path.
+    Text(&'a str),
+    /// An element closes; the path still ends with it. `span` covers `</...>`,
+    /// or is the same as the start span for an empty element.
+    End { span: Range<usize>, empty: bool },
+}
+
+/// True when `path` is exactly `want` (namespace and local name at each level).
+pub(crate) fn path_is(path: &[Elem], want: &[(Ns, &str)]) -> bool {
+    path.len() == want.len()
+        && path
+            .iter()
+            .zip(want)
+            .all(|(e, (ns, local))| e.ns == *ns && &*e.local == *local)
+}
+
+/// Value of the unprefixed attribute `name` (WS-Man attributes such as `Name`,
+/// `CommandId`, `State`, `Code` are all unqualified), entities resolved.
+pub(crate) fn attr(tag: &BytesStart<'_>, name: &str) -> Result<Option<String>, WsmanError> {
+    for a in tag.attributes().with_checks(true) {
+        let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
+        if a.key.as_ref() == name.as_bytes() {
+            let v = a.unescape_value().map_err(|e| WsmanError::Xml(e.to_string()))?;
+            return Ok(Some(v.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Walks `xml`, calling `visit` for each element and text node.
+pub(crate) fn scan<F>(xml: &[u8], mut visit: F) -> Result<(), WsmanError>
+where
+    F: FnMut(&[Elem], Item<'_, '_>) -> Result<(), WsmanError>,
+{
+    if xml.is_empty() {
+        return Err(WsmanError::Empty);
+    }
+    let text = std::str::from_utf8(xml).map_err(|_| WsmanError::NotUtf8)?;
+    // Strip the BOM ourselves so that spans stay offsets into `xml`.
+    let base = if xml.starts_with(UTF8_BOM) { UTF8_BOM.len() } else { 0 };
+    let text = text.get(base..).unwrap_or_default();
+
+    let mut reader = NsReader::from_str(text);
+    let cfg = reader.config_mut();
+    cfg.enable_all_checks(true);
+    cfg.expand_empty_elements = false;
+    cfg.trim_text(false);
+
+    let mut path: Vec<Elem> = Vec::new();
+    let mut seen_root = false;
+    loop {
+        let before = base + reader.buffer_position() as usize;
+        let (ns, event) = reader
+            .read_resolved_event()
+            .map(|(res, ev)| (resolve(res), ev))
+            .map_err(|e| xml_error(before, e))?;
+        let after = base + reader.buffer_position() as usize;
+        match event {
+            Event::Start(tag) | Event::Empty(tag) => {
+                let empty = matches!(reader_last_was_empty(&tag, xml, before..after), true);
+                let ns = ns?;
+                if path.is_empty() {
+                    if seen_root {
+                        return Err(WsmanError::Xml("more than one root element".into()));
+                    }
+                    seen_root = true;
+                    if ns != Ns::Soap || tag.local_name().as_ref() != b"Envelope" {
+                        return Err(WsmanError::NotSoapEnvelope);
+                    }
+                }
+                if path.len() >= MAX_DEPTH {
+                    return Err(WsmanError::TooDeep);
+                }
+                let local = std::str::from_utf8(tag.local_name().into_inner())
+                    .map_err(|_| WsmanError::NotUtf8)?;
+                path.push(Elem {
+                    ns,
+                    local: local.into(),
+                });
+                visit(
+                    &path,
+                    Item::Start {
+                        tag: &tag,
+                        span: before..after,
+                        empty,
+                    },
+                )?;
+                if empty {
+                    visit(
+                        &path,
+                        Item::End {
+                            span: before..after,
+                            empty: true,
+                        },
+                    )?;
+                    path.pop();
+                }
+            }
+            Event::End(_) => {
+                // quick-xml has already checked that the names match.
+                visit(
+                    &path,
+                    Item::End {
+                        span: before..after,
+                        empty: false,
+                    },
+                )?;
+                path.pop();
+            }
+            Event::Text(t) => {
+                let s = t.unescape().map_err(|e| xml_error(before, e))?;
+                text_event(&path, &s, &mut visit)?;
+            }
+            Event::CData(c) => {
+                let raw = c.into_inner();
+                let s = match raw {
+                    Cow::Borrowed(b) => std::str::from_utf8(b).map_err(|_| WsmanError::NotUtf8)?,
+                    Cow::Owned(_) => return Err(WsmanError::Xml("unexpected cdata".into())),
+                };
+                text_event(&path, s, &mut visit)?;
+            }
+            Event::DocType(_) => return Err(WsmanError::Doctype),
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if !seen_root {
+        return Err(WsmanError::NotSoapEnvelope);
+    }
+    if !path.is_empty() {
+        return Err(WsmanError::Xml("unexpected end of document".into()));
+    }
+    Ok(())
+}
+
+/// quick-xml reports `<a/>` as `Event::Empty`; the tag bytes tell us the same
+/// and keep the match above a single arm.
+fn reader_last_was_empty(_tag: &BytesStart<'_>, xml: &[u8], span: Range<usize>) -> bool {
+    span.end >= 2 && xml.get(span.end - 2..span.end) == Some(b"/>".as_slice())
+}
+
+fn text_event<F>(path: &[Elem], s: &str, visit: &mut F) -> Result<(), WsmanError>
+where
+    F: FnMut(&[Elem], Item<'_, '_>) -> Result<(), WsmanError>,
+{
+    if path.is_empty() {
+        // Only whitespace may surround the root element.
+        if s.trim_matches(is_xml_space).is_empty() {
+            return Ok(());
+        }
+        return Err(WsmanError::Xml("text outside the root element".into()));
+    }
+    visit(path, Item::Text(s))
+}
+
+fn resolve(res: ResolveResult<'_>) -> Result<Ns, WsmanError> {
+    match res {
+        ResolveResult::Bound(ns) => Ok(Ns::from_uri(ns.into_inner())),
+        ResolveResult::Unbound => Ok(Ns::Other),
+        ResolveResult::Unknown(prefix) => Err(WsmanError::Xml(format!(
+            "undeclared namespace prefix {:?}",
+            String::from_utf8_lossy(&prefix)
+        ))),
+    }
+}
+
+fn xml_error(pos: usize, e: quick_xml::Error) -> WsmanError {
+    WsmanError::Xml(format!("at byte {pos}: {e}"))
+}
+
+pub(crate) fn is_xml_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}

@@ -1,0 +1,291 @@
+//! The relay pipeline for one authenticated request, top to bottom:
+//! unseal -> parse envelope -> policy -> rewrite -> target -> inspect ->
+//! seal for the caller -> audit.
+
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, StatusCode};
+
+use super::reply::{self, HttpResponse};
+use super::session::{read_body, BodyError, Session};
+use super::Shared;
+use crate::audit::{AuditEvent, AuditKind};
+use crate::config::ResolvedTarget;
+use crate::policy::Decision;
+use crate::proto::sealing::{self, SealProtocol};
+use crate::proto::wsman::{self, FaultKind, RequestInfo};
+use crate::target::{self, TargetConnection, TargetError};
+
+/// Margin over a request's OperationTimeout before the relay gives up on
+/// the target: a Receive may legitimately wait that long.
+const OPERATION_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+const RELAY_MACHINE: &str = "winrm-relay";
+
+/// Which target a request names: `None` for a bare `/wsman` on the main listener.
+pub(crate) struct Route {
+    pub target: Option<String>,
+}
+
+/// `/wsman` or `/wsman/<target>` (case-insensitive, as Windows); on a
+/// per-target listener every path goes to that target.
+pub(crate) fn route(path: &str, fixed_target: Option<&str>) -> Option<Route> {
+    if let Some(fixed) = fixed_target {
+        return Some(Route { target: Some(fixed.to_string()) });
+    }
+    let path = path.trim_end_matches('/');
+    let prefix = "/wsman";
+    if path.len() < prefix.len() || !path[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = &path[prefix.len()..];
+    if rest.is_empty() {
+        return Some(Route { target: None });
+    }
+    let name = rest.strip_prefix('/')?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    Some(Route { target: Some(name.to_string()) })
+}
+
+pub(crate) fn is_unauthenticated_identify(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get("WSMANIDENTIFY")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("unauthenticated"))
+}
+
+pub(crate) async fn identify(request: Request<Incoming>, shared: &Shared) -> HttpResponse {
+    match read_body(request, shared).await {
+        Ok(_) => reply::soap(StatusCode::OK, wsman::identify_response()),
+        Err(error) => reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string()),
+    }
+}
+
+/// A request that failed before or at the target: its fault and audit fields.
+struct Failure {
+    kind: FaultKind,
+    message: String,
+    audit: AuditKind,
+}
+
+pub(crate) async fn relay(session: &mut Session, request: Request<Incoming>, route: Route, shared: &Shared) -> HttpResponse {
+    let started = Instant::now();
+    session.requests += 1;
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = match read_body(request, shared).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            let mut event = session.event(AuditKind::Denied);
+            event.status = Some(413);
+            event.reason = Some(BodyError::TooLarge.to_string());
+            shared.audit.emit(&event);
+            return reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &BodyError::TooLarge.to_string());
+        }
+        Err(error) => return reply::plain(StatusCode::BAD_REQUEST, &error.to_string()),
+    };
+    if body.is_empty() {
+        // The empty POST clients use to (re)check authentication.
+        return reply::ok_empty();
+    }
+    // AllowUnencrypted=false, as on Windows: clear bodies never leave the relay.
+    if sealing::protocol_of(&content_type) != Some(SealProtocol::CredSsp) {
+        let mut event = session.event(AuditKind::Denied);
+        event.status = Some(401);
+        event.reason = Some("unencrypted request body refused".into());
+        shared.audit.emit(&event);
+        return reply::refused_401("unencrypted WS-Man bodies are refused over HTTP; enable message encryption");
+    }
+    let plain = match unseal(session, &body) {
+        Ok(plain) => plain,
+        Err(message) => {
+            let mut event = session.event(AuditKind::Request);
+            event.status = Some(400);
+            event.reason = Some(message.clone());
+            shared.audit.emit(&event);
+            return reply::plain(StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    let mut event = session.event(AuditKind::Request);
+    event.bytes_in = Some(plain.len() as u64);
+    let outcome = forward(session, &plain, route, shared, &mut event).await;
+    let (status, xml) = match outcome {
+        Ok((status, xml)) => (status, xml),
+        Err((failure, relates_to)) => {
+            event.event = failure.audit;
+            event.reason = Some(failure.message.clone());
+            let xml = wsman::fault_envelope(failure.kind, relates_to.as_deref(), RELAY_MACHINE, &failure.message);
+            (StatusCode::INTERNAL_SERVER_ERROR, xml)
+        }
+    };
+    event.status = Some(status.as_u16());
+    event.bytes_out = Some(xml.len() as u64);
+    event.duration_ms = Some(started.elapsed().as_millis() as u64);
+    shared.audit.emit(&event);
+    let Some(channel) = session.channel() else {
+        return reply::credssp_401(&[]);
+    };
+    match channel.seal(&xml) {
+        Ok(parts) => reply::sealed(status, &parts),
+        Err(error) => {
+            tracing::error!(session = %session.id, %error, "cannot seal the response");
+            reply::plain(StatusCode::INTERNAL_SERVER_ERROR, "the relay could not encrypt the response")
+        }
+    }
+}
+
+fn unseal(session: &mut Session, body: &[u8]) -> Result<Vec<u8>, String> {
+    let parts = sealing::parse_body(SealProtocol::CredSsp, body).map_err(|e| format!("bad encrypted body: {e}"))?;
+    let channel = session.channel().ok_or("not authenticated")?;
+    channel.unseal(&parts).map_err(|e| format!("cannot decrypt the request: {e}"))
+}
+
+type Forwarded = Result<(StatusCode, Vec<u8>), (Failure, Option<String>)>;
+
+async fn forward(
+    session: &mut Session,
+    plain: &[u8],
+    route: Route,
+    shared: &Shared,
+    event: &mut AuditEvent,
+) -> Forwarded {
+    let info = match wsman::parse_request(plain) {
+        Ok(info) => info,
+        Err(error) => {
+            let failure = Failure {
+                kind: FaultKind::InternalError,
+                message: format!("the relay cannot parse the request envelope: {error}"),
+                audit: AuditKind::Request,
+            };
+            return Err((failure, None));
+        }
+    };
+    record_request(event, &info);
+    let relates_to = info.message_id.clone();
+    let fail = |failure: Failure| Err((failure, relates_to.clone()));
+    let Some(name) = route.target else {
+        return fail(Failure {
+            kind: FaultKind::DestinationUnreachable,
+            message: "no target named: connect to http://<relay>:<port>/wsman/<target>, or to the listener \
+                      configured for that target"
+                .into(),
+            audit: AuditKind::Denied,
+        });
+    };
+    let target = match shared.config.resolve_target(&name) {
+        Ok(target) => target,
+        Err(error) => {
+            event.target = Some(name.clone());
+            return fail(Failure {
+                kind: FaultKind::DestinationUnreachable,
+                message: format!("unknown target {name}: {error}"),
+                audit: AuditKind::Denied,
+            });
+        }
+    };
+    event.target = Some(target.name.clone());
+    let user = session.principal().unwrap_or_default().to_string();
+    if let Decision::Deny { reason } = shared.policy.decide(&user, &target, info.resource_uri.as_deref()) {
+        tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");
+        return fail(Failure { kind: FaultKind::AccessDenied, message: reason, audit: AuditKind::Denied });
+    }
+    let rewritten = match wsman::rewrite_to(plain, &target.url) {
+        Ok(rewritten) => rewritten,
+        Err(error) => {
+            return fail(Failure {
+                kind: FaultKind::InternalError,
+                message: format!("the relay cannot rewrite the request envelope: {error}"),
+                audit: AuditKind::Request,
+            })
+        }
+    };
+    let wait = info
+        .operation_timeout
+        .map(|op| (op + OPERATION_TIMEOUT_MARGIN).max(target.timeout))
+        .unwrap_or(target.timeout);
+    let response = match exchange(session, &target, &rewritten, wait).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(session = %session.id, target = %target.name, %error, "target request failed");
+            return fail(target_failure(&error));
+        }
+    };
+    if let Ok(answer) = wsman::parse_response(&response.body) {
+        event.exit_code = answer.exit_code.filter(|_| answer.command_done);
+        if event.shell_id.is_none() {
+            event.shell_id = answer.created_shell_id;
+        }
+        if let Some(fault) = answer.fault {
+            event.reason = fault.reason.or(fault.subcode);
+        }
+    }
+    Ok((response.status, response.body))
+}
+
+fn record_request(event: &mut AuditEvent, info: &RequestInfo) {
+    event.action = Some(info.action_name().to_string());
+    event.resource_uri = info.resource_uri.clone();
+    event.shell_id = info.shell_id.clone();
+    event.command = info.command_line.clone();
+}
+
+/// Send on the session's connection to this target, opening (and
+/// authenticating) one when there is none or the target closed it.
+async fn exchange(
+    session: &mut Session,
+    target: &ResolvedTarget,
+    soap: &[u8],
+    wait: Duration,
+) -> Result<target::TargetResponse, TargetError> {
+    let key = target.name.to_ascii_lowercase();
+    if session.targets.get(&key).is_some_and(TargetConnection::is_closed) {
+        session.targets.remove(&key);
+    }
+    if !session.targets.contains_key(&key) {
+        let credentials = session.vault.get().ok_or_else(|| TargetError::AuthRejected {
+            target: target::describe(target),
+            user: "(no delegated credentials)".into(),
+        })?;
+        let connection = TargetConnection::open(target, credentials).await?;
+        session.targets.insert(key.clone(), connection);
+    }
+    let Some(connection) = session.targets.get_mut(&key) else {
+        return Err(TargetError::Http { target: target::describe(target), detail: "connection lost".into() });
+    };
+    let result = connection.exchange(soap, wait).await;
+    if result.is_err() {
+        // The context's sequence numbers may be out of step: start afresh next time.
+        session.targets.remove(&key);
+    }
+    result
+}
+
+fn target_failure(error: &TargetError) -> Failure {
+    let kind = if error.is_auth() { FaultKind::AccessDenied } else { FaultKind::DestinationUnreachable };
+    Failure { kind, message: error.to_string(), audit: AuditKind::Request }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/wsman", None).unwrap().target, None);
+        assert_eq!(route("/wsman/", None).unwrap().target, None);
+        assert_eq!(route("/WSMAN/web01", None).unwrap().target.as_deref(), Some("web01"));
+        assert_eq!(route("/wsman/10.0.0.1:5985/", None).unwrap().target.as_deref(), Some("10.0.0.1:5985"));
+        assert!(route("/other", None).is_none());
+        assert!(route("/wsmanx", None).is_none());
+        assert!(route("/wsman/a/b", None).is_none());
+        assert_eq!(route("/anything", Some("web01")).unwrap().target.as_deref(), Some("web01"));
+    }
+}

@@ -1,0 +1,335 @@
+//! One inbound TCP connection = one session: CredSSP authentication state,
+//! the caller's delegated credentials, and its target connections.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Mutex};
+
+use super::reply::{self, HttpResponse, CREDSSP};
+use super::{pipeline, Shared};
+use crate::audit::{AuditEvent, AuditKind};
+use crate::proto::credssp::{Acceptor, SecureChannel, Step};
+use crate::proto::http_auth::parse_scheme_token;
+use crate::target::TargetConnection;
+use crate::vault::Vault;
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    fixed_target: Option<String>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shutdown = shutdown.clone();
+                    connections.spawn(serve_connection(stream, peer, fixed_target.clone(), shared.clone(), shutdown));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Sessions see the shutdown too and end (wiping credentials); wait for them.
+    while connections.join_next().await.is_some() {}
+}
+
+/// When the session last did something, for the idle timeout.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    busy: AtomicBool,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    fixed_target: Option<String>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let session = Arc::new(Mutex::new(Session::new(peer, fixed_target)));
+    let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0), busy: AtomicBool::new(false) });
+    let service = {
+        let session = session.clone();
+        let shared = shared.clone();
+        let activity = activity.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let session = session.clone();
+            let shared = shared.clone();
+            let activity = activity.clone();
+            async move {
+                activity.busy.store(true, Ordering::Relaxed);
+                activity.touch();
+                let response = session.lock().await.handle(request, &shared).await;
+                activity.touch();
+                activity.busy.store(false, Ordering::Relaxed);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let idle_timeout = shared.config.session.idle_timeout;
+    let end_reason = loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "connection error");
+                }
+                break "connection closed";
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1).min(idle_timeout)) => {
+                if !activity.busy.load(Ordering::Relaxed) && activity.idle_for() >= idle_timeout {
+                    break "idle timeout";
+                }
+            }
+            _ = shutdown.changed() => break "relay shutting down",
+        }
+    };
+    session.lock().await.end(&shared, end_reason);
+}
+
+enum AuthState {
+    None,
+    InProgress(Box<Acceptor>),
+    Authenticated { principal: String, channel: SecureChannel },
+}
+
+pub(crate) struct Session {
+    pub id: String,
+    pub source: SocketAddr,
+    pub fixed_target: Option<String>,
+    auth: AuthState,
+    pub vault: Vault,
+    pub targets: HashMap<String, TargetConnection>,
+    started: Instant,
+    pub requests: u64,
+}
+
+impl Session {
+    fn new(source: SocketAddr, fixed_target: Option<String>) -> Session {
+        Session {
+            id: format!("{:016x}", rand::random::<u64>()),
+            source,
+            fixed_target,
+            auth: AuthState::None,
+            vault: Vault::default(),
+            targets: HashMap::new(),
+            started: Instant::now(),
+            requests: 0,
+        }
+    }
+
+    pub fn principal(&self) -> Option<&str> {
+        match &self.auth {
+            AuthState::Authenticated { principal, .. } => Some(principal),
+            _ => None,
+        }
+    }
+
+    pub fn channel(&mut self) -> Option<&mut SecureChannel> {
+        match &mut self.auth {
+            AuthState::Authenticated { channel, .. } => Some(channel),
+            _ => None,
+        }
+    }
+
+    pub fn event(&self, kind: AuditKind) -> AuditEvent {
+        AuditEvent {
+            event: kind,
+            session: self.id.clone(),
+            user: self.principal().map(str::to_string),
+            source: Some(self.source.to_string()),
+            ..AuditEvent::default()
+        }
+    }
+
+    async fn handle(&mut self, request: Request<Incoming>, shared: &Shared) -> HttpResponse {
+        if request.method() != Method::POST {
+            return reply::plain(StatusCode::METHOD_NOT_ALLOWED, "WS-Management accepts POST only");
+        }
+        let route = match pipeline::route(request.uri().path(), self.fixed_target.as_deref()) {
+            Some(route) => route,
+            None => return reply::plain(StatusCode::NOT_FOUND, "not a WS-Management endpoint: use /wsman/<target>"),
+        };
+        if pipeline::is_unauthenticated_identify(&request) {
+            return pipeline::identify(request, shared).await;
+        }
+        let authorization = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if let Some(authorization) = authorization {
+            drain(request, shared).await;
+            return self.authenticate(&authorization, shared);
+        }
+        if self.principal().is_none() {
+            drain(request, shared).await;
+            return reply::credssp_401(&[]);
+        }
+        pipeline::relay(self, request, route, shared).await
+    }
+
+    /// One `Authorization` leg. CredSSP only: Basic and Negotiate would need
+    /// the password elsewhere or could not delegate it.
+    fn authenticate(&mut self, authorization: &str, shared: &Shared) -> HttpResponse {
+        let parsed = match parse_scheme_token(authorization) {
+            Ok(parsed) => parsed,
+            Err(error) => return reply::refused_401(&format!("bad Authorization header: {error}")),
+        };
+        if !parsed.scheme.eq_ignore_ascii_case(CREDSSP) {
+            let reason = if parsed.scheme.eq_ignore_ascii_case("Basic") {
+                "Basic authentication is refused on the HTTP listener: it would send the password in clear; use CredSSP"
+                    .to_string()
+            } else {
+                format!("{} cannot delegate credentials; the relay needs CredSSP", parsed.scheme)
+            };
+            self.audit_auth_failed(shared, None, &reason);
+            return reply::refused_401(&reason);
+        }
+        let Some(token) = parsed.token else { return reply::credssp_401(&[]) };
+        // A ClientHello starts a new exchange, even on an authenticated
+        // connection: the old credentials and target connections go.
+        if is_client_hello(&token) || !matches!(self.auth, AuthState::InProgress(_)) {
+            self.reset();
+            match Acceptor::new(shared.acceptor.clone()) {
+                Ok(acceptor) => self.auth = AuthState::InProgress(Box::new(acceptor)),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start a CredSSP exchange");
+                    return reply::refused_401("the relay could not start CredSSP");
+                }
+            }
+        }
+        let AuthState::InProgress(acceptor) = &mut self.auth else { return reply::credssp_401(&[]) };
+        match acceptor.step(&token) {
+            Step::Continue(out) => reply::credssp_401(&out),
+            Step::Authenticated { credentials, channel } => {
+                let principal = credentials.principal();
+                self.vault.store(credentials);
+                self.auth = AuthState::Authenticated { principal, channel };
+                tracing::info!(session = %self.id, user = self.principal(), source = %self.source, "session authenticated");
+                shared.audit.emit(&self.event(AuditKind::SessionStart));
+                reply::ok_empty()
+            }
+            Step::Rejected { token, error, user } => {
+                self.auth = AuthState::None;
+                let reason = error.to_string();
+                tracing::info!(session = %self.id, user = user.as_deref(), source = %self.source, %reason, "authentication failed");
+                self.audit_auth_failed(shared, user, &reason);
+                reply::credssp_401(token.as_deref().unwrap_or_default())
+            }
+        }
+    }
+
+    fn audit_auth_failed(&self, shared: &Shared, user: Option<String>, reason: &str) {
+        let mut event = self.event(AuditKind::AuthFailed);
+        event.user = user;
+        event.status = Some(401);
+        event.reason = Some(reason.to_string());
+        shared.audit.emit(&event);
+    }
+
+    /// Forget authentication: credentials wiped, target connections closed.
+    fn reset(&mut self) {
+        self.auth = AuthState::None;
+        self.targets.clear();
+        self.vault.wipe();
+    }
+
+    fn end(&mut self, shared: &Shared, reason: &str) {
+        if self.principal().is_some() {
+            let mut event = self.event(AuditKind::SessionEnd);
+            event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+            event.reason = Some(reason.to_string());
+            shared.audit.emit(&event);
+            tracing::info!(session = %self.id, reason, requests = self.requests, "session ended");
+        }
+        self.reset();
+    }
+}
+
+/// TLS handshake record (0x16) carrying a ClientHello (type 1).
+fn is_client_hello(token: &[u8]) -> bool {
+    token.len() > 5 && token[0] == 0x16 && token[1] == 0x03 && token[5] == 0x01
+}
+
+/// Read and discard a body we will not use, within the size limit, so the
+/// connection stays in step for the next request.
+async fn drain(request: Request<Incoming>, shared: &Shared) {
+    let _ = read_body(request, shared).await;
+}
+
+pub(crate) async fn read_body(request: Request<Incoming>, shared: &Shared) -> Result<Bytes, BodyError> {
+    let limit = encrypted_body_limit(shared.config.listen.max_envelope_size);
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(error) => Err(BodyError::Read(error.to_string())),
+    }
+}
+
+/// Sealing adds MIME headers and TLS record overhead per 16 KiB chunk.
+fn encrypted_body_limit(max_envelope: usize) -> usize {
+    max_envelope + max_envelope / 16 + 4096
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("request body exceeds the relay's maximum envelope size")]
+    TooLarge,
+    #[error("reading request body: {0}")]
+    Read(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_hello_detection() {
+        assert!(is_client_hello(&[0x16, 0x03, 0x01, 0x00, 0x10, 0x01, 0x00]));
+        assert!(!is_client_hello(&[0x16, 0x03, 0x03, 0x00, 0x10, 0x10, 0x00]));
+        assert!(!is_client_hello(&[0x17, 0x03, 0x03, 0x00, 0x10, 0x01]));
+        assert!(!is_client_hello(&[]));
+    }
+}
