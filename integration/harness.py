@@ -93,6 +93,20 @@ def wait_for_port(host: str, port: int, timeout: float, proc: typing.Optional[su
     raise TimeoutError("%s:%d not accepting connections after %.0fs (%s)" % (host, port, timeout, last))
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse to start when something already listens there (e.g. a concurrent run of this suite):
+    otherwise the readiness probe would succeed against the other run's process."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            pass
+    except OSError:
+        return
+    raise RuntimeError(
+        "%s:%d is already in use (another integration run or a leftover process?); "
+        "the suite needs the fixed loopback addresses 127.0.0.20-24" % (host, port)
+    )
+
+
 def tail(path: str, n: int = 60) -> str:
     try:
         with open(path, "rb") as fh:
@@ -195,6 +209,7 @@ class Harness:
     def start_double(self, name: str, host: str, port: int, hang: bool = False) -> subprocess.Popen:
         if not os.path.exists(self.ntlm_user_file):
             self.write_ntlm_users()
+        ensure_port_free(host, port)
         argv = [sys.executable, DOUBLE, "--bind", "%s:%d" % (host, port), "--name", name, "--log", self.double_log(name)]
         if hang:
             argv.append("--hang")
@@ -245,6 +260,8 @@ class Harness:
             self.add_relay_users()
         if not os.path.exists(self.config_file):
             self.write_relay_config()
+        ensure_port_free(RELAY_HOST, RELAY_PORT)
+        ensure_port_free(RELAY_HOST, RELAY_WEB01_PORT)
         out = open(self.relay_log, "ab")
         self._fhs.append(out)
         proc = subprocess.Popen(

@@ -611,6 +611,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # per-connection state
     def setup(self) -> None:
         super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.ctx = None
         self.user: typing.Optional[str] = None
         self.conn_id = str(uuid.uuid4())[:8]
@@ -629,9 +633,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for k, v in headers:
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
+        # One write for status line, headers and body (no Nagle/delayed-ACK stalls).
+        self._headers_buffer.append(b"\r\n")
+        self.wfile.write(b"".join(self._headers_buffer) + body)
+        self._headers_buffer = []
         self.wfile.flush()
 
     def _read_body(self) -> bytes:

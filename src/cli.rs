@@ -1,1 +1,355 @@
-//! TODO
+//! Command line: `serve`, `check` and `user add|remove|list`.
+//!
+//! Exit codes: 0 success, 1 failure (server error, config problems found by `check`,
+//! users-file errors), 2 usage errors and a config `serve` cannot load.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use crate::config::{Config, UsersError, UsersFile};
+
+const DEFAULT_CONFIG: &str = "config/relay.example.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "winrm-relay",
+    version,
+    about = "WinRM relay bastion: CredSSP in, delegated WS-Management out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve(ConfigArg),
+    /// Validate a config file and report every problem.
+    Check(ConfigArg),
+    /// Manage the users file (DOMAIN\user:<NT hash> lines).
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Config file (relative paths inside it are relative to the working directory).
+    #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct UsersFileArg {
+    /// Users file; created with mode 0600 if missing.
+    #[arg(long, value_name = "FILE")]
+    users_file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user or replace their password.
+    Add {
+        /// DOMAIN\user (or user@DOMAIN).
+        name: String,
+        #[command(flatten)]
+        file: UsersFileArg,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Remove {
+        /// DOMAIN\user (or user@DOMAIN).
+        name: String,
+        #[command(flatten)]
+        file: UsersFileArg,
+    },
+    /// List user names (never hashes).
+    List {
+        #[command(flatten)]
+        file: UsersFileArg,
+    },
+}
+
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Serve(c) => serve(&c.config),
+        Command::Check(c) => check(&c.config),
+        Command::User { action } => match user(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // try_init: a second subscriber (e.g. in tests) is not worth a panic.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs in files stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn serve(path: &Path) -> ExitCode {
+    init_tracing();
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "relay stopped");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::check(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    // Also what `serve` loads next: catching these now saves a failed start.
+    let mut problems = Vec::new();
+    match UsersFile::load(&config.auth.users_file) {
+        Ok(users) if users.is_empty() => problems.push(format!(
+            "{}: no users; add one with `winrm-relay user add 'DOMAIN\\user' --users-file {}`",
+            config.auth.users_file.display(),
+            config.auth.users_file.display()
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("users file: {e}")),
+    }
+    let (cert, key) = (&config.listen.tls_cert, &config.listen.tls_key);
+    if cert.exists() || key.exists() {
+        if let Err(e) = crate::certs::load(cert, key) {
+            problems.push(format!("relay certificate: {e}"));
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "ok: {} targets, {} allow rules",
+        config.targets.len(),
+        config.allow.len()
+    );
+    ExitCode::SUCCESS
+}
+
+#[derive(Debug, thiserror::Error)]
+enum UserCliError {
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error("cannot read password: {0}")]
+    Password(std::io::Error),
+    #[error("passwords do not match")]
+    Mismatch,
+    #[error("no user {0}")]
+    NoSuchUser(String),
+}
+
+fn user(action: UserCommand) -> Result<(), UserCliError> {
+    match action {
+        UserCommand::Add {
+            name,
+            file,
+            password_stdin,
+        } => {
+            let mut users = load_or_new(&file.users_file)?;
+            // Validate the name before asking for a password.
+            crate::config::users::parse_user_name(&name)?;
+            let password = if password_stdin {
+                read_password_stdin()?
+            } else {
+                prompt_password()?
+            };
+            let replaced = users.add(&name, &password)?;
+            users.save(&file.users_file)?;
+            let verb = if replaced { "updated" } else { "added" };
+            eprintln!("{verb} {name} in {}", file.users_file.display());
+        }
+        UserCommand::Remove { name, file } => {
+            let mut users = UsersFile::load(&file.users_file)?;
+            if !users.remove(&name)? {
+                return Err(UserCliError::NoSuchUser(name));
+            }
+            users.save(&file.users_file)?;
+            eprintln!("removed {name} from {}", file.users_file.display());
+        }
+        UserCommand::List { file } => {
+            for entry in UsersFile::load(&file.users_file)?.entries() {
+                println!("{}", entry.name());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load_or_new(path: &Path) -> Result<UsersFile, UsersError> {
+    match UsersFile::load(path) {
+        Err(e) if e.is_not_found() => Ok(UsersFile::new()),
+        other => other,
+    }
+}
+
+/// One line from stdin, without its line ending.
+fn read_password_stdin() -> Result<SecretString, UserCliError> {
+    // Sized up front so the buffer is not reallocated (leaving copies) while reading.
+    let mut line = Zeroizing::new(String::with_capacity(1024));
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(UserCliError::Password)?;
+    Ok(secret_from_line(&line))
+}
+
+fn secret_from_line(line: &str) -> SecretString {
+    let trimmed = line.strip_suffix('\n').unwrap_or(line);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    SecretString::from(trimmed.to_string())
+}
+
+fn prompt_password() -> Result<SecretString, UserCliError> {
+    let first =
+        Zeroizing::new(rpassword::prompt_password("Password: ").map_err(UserCliError::Password)?);
+    let second = Zeroizing::new(
+        rpassword::prompt_password("Repeat password: ").map_err(UserCliError::Password)?,
+    );
+    if *first != *second {
+        return Err(UserCliError::Mismatch);
+    }
+    Ok(SecretString::from(first.as_str().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_to_example_config() {
+        let cli = Cli::try_parse_from(["winrm-relay", "serve"]).unwrap();
+        let Command::Serve(c) = cli.command else {
+            panic!()
+        };
+        assert_eq!(c.config, Path::new(DEFAULT_CONFIG));
+    }
+
+    #[test]
+    fn user_add_parses() {
+        let cli = Cli::try_parse_from([
+            "winrm-relay",
+            "user",
+            "add",
+            "LAB\\alice",
+            "--users-file",
+            "u",
+            "--password-stdin",
+        ])
+        .unwrap();
+        let Command::User {
+            action:
+                UserCommand::Add {
+                    name,
+                    file,
+                    password_stdin,
+                },
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (name.as_str(), file.users_file.as_path(), password_stdin),
+            ("LAB\\alice", Path::new("u"), true)
+        );
+        assert!(Cli::try_parse_from(["winrm-relay", "user", "list"]).is_err());
+    }
+
+    #[test]
+    fn stdin_password_loses_only_the_line_ending() {
+        assert_eq!(secret_from_line("p w\r\n").expose_secret(), "p w");
+        assert_eq!(secret_from_line("pw").expose_secret(), "pw");
+        assert_eq!(secret_from_line(" pw \n").expose_secret(), " pw ");
+    }
+
+    #[test]
+    fn user_commands_edit_the_file() {
+        let dir = crate::config::test_dir("cli-users");
+        let path = dir.join("users");
+        let mut users = load_or_new(&path).unwrap();
+        users.add("LAB\\alice", &secret_from_line("pw\n")).unwrap();
+        users.save(&path).unwrap();
+        let r = user(UserCommand::Remove {
+            name: "lab\\bob".into(),
+            file: UsersFileArg {
+                users_file: path.clone(),
+            },
+        });
+        assert!(matches!(r, Err(UserCliError::NoSuchUser(_))));
+        user(UserCommand::Remove {
+            name: "alice@LAB".into(),
+            file: UsersFileArg {
+                users_file: path.clone(),
+            },
+        })
+        .unwrap();
+        assert!(UsersFile::load(&path).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -99,7 +99,10 @@ impl AuditCapture {
     /// The lines written so far.
     pub fn lines(&self) -> Vec<String> {
         let buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        String::from_utf8_lossy(&buf).lines().map(str::to_string).collect()
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -149,10 +152,7 @@ impl AuditSink {
     pub fn emit(&self, event: &AuditEvent) {
         let now = OffsetDateTime::now_utc();
         let time = now.format(TIME_FORMAT).unwrap_or_else(|_| now.to_string());
-        let mut line = match serde_json::to_vec(&Line {
-            time: &time,
-            event,
-        }) {
+        let mut line = match serde_json::to_vec(&Line { time: &time, event }) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize audit event");
@@ -225,7 +225,14 @@ mod tests {
         .collect();
         assert_eq!(
             names,
-            ["session_start", "auth_failed", "request", "denied", "session_end", "cleanup"]
+            [
+                "session_start",
+                "auth_failed",
+                "request",
+                "denied",
+                "session_end",
+                "cleanup"
+            ]
         );
     }
 

@@ -100,7 +100,9 @@ pub(crate) fn validate_hostname(host: &str) -> Result<(), String> {
             return Err(format!("invalid host name {host:?}: empty label"));
         }
         if label.len() > 63 {
-            return Err(format!("invalid host name {host:?}: label longer than 63 characters"));
+            return Err(format!(
+                "invalid host name {host:?}: label longer than 63 characters"
+            ));
         }
         if !label
             .bytes()
@@ -119,13 +121,13 @@ pub(crate) fn validate_hostname(host: &str) -> Result<(), String> {
     // The resolver would turn "127.1" or "0x7f.1" into an address that CIDR rules never
     // saw as one; refuse names that only look like a malformed address.
     let last = host.rsplit('.').next().unwrap_or(host);
-    let hex = last
-        .get(..2)
-        .is_some_and(|p| p.eq_ignore_ascii_case("0x"))
+    let hex = last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x"))
         && last.len() > 2
         && last[2..].bytes().all(|b| b.is_ascii_hexdigit());
     if last.bytes().all(|b| b.is_ascii_digit()) || hex {
-        return Err(format!("{host:?} is neither a host name nor a valid IPv4 address"));
+        return Err(format!(
+            "{host:?} is neither a host name nor a valid IPv4 address"
+        ));
     }
     Ok(())
 }
@@ -210,7 +212,10 @@ mod tests {
     #[test]
     fn host_port_forms() {
         let h = parse_host_port("web01.lab.local").unwrap();
-        assert_eq!((h.host.as_str(), h.port, h.ip), ("web01.lab.local", None, None));
+        assert_eq!(
+            (h.host.as_str(), h.port, h.ip),
+            ("web01.lab.local", None, None)
+        );
         let h = parse_host_port("10.0.0.5:5986").unwrap();
         assert_eq!(h.port, Some(5986));
         assert_eq!(h.ip, Some("10.0.0.5".parse().unwrap()));
@@ -222,8 +227,22 @@ mod tests {
     #[test]
     fn host_port_rejects() {
         for bad in [
-            "", "fe80::1", "[::1", "[::1]x", "web01:0", "web01:65536", "web01:+80", "a..b",
-            "-a.b", "a b", "web01:", "127.1", "10.0.0.256", "0x7f.1", "host/x", "a@b",
+            "",
+            "fe80::1",
+            "[::1",
+            "[::1]x",
+            "web01:0",
+            "web01:65536",
+            "web01:+80",
+            "a..b",
+            "-a.b",
+            "a b",
+            "web01:",
+            "127.1",
+            "10.0.0.256",
+            "0x7f.1",
+            "host/x",
+            "a@b",
         ] {
             assert!(parse_host_port(bad).is_err(), "{bad:?} accepted");
         }

@@ -7,7 +7,7 @@
 //!
 //! See `config/relay.example.toml` for every key with its default.
 
-mod host;
+pub(crate) mod host;
 mod raw;
 pub mod users;
 
@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::Spanned;
+use toml::{Spanned, Value};
 
 use crate::policy;
 use host::{parse_host_port, parse_http_url, percent_decode, url_host, HttpUrl};
@@ -171,7 +171,18 @@ pub enum ResolveError {
 impl Config {
     /// Loads and validates `path`, returning the first problem.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::check(path).map_err(|mut errors| errors.swap_remove(0))
+        Config::check(path).map_err(|errors| {
+            // check never returns an empty list; the fallback only avoids a panic path.
+            errors
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: 1,
+                    key: String::new(),
+                    message: "invalid config".into(),
+                })
+        })
     }
 
     /// Loads and validates `path`, returning every problem found.
@@ -191,13 +202,19 @@ impl Config {
         let raw: raw::RawConfig = toml::from_str(src).map_err(|e| vec![loc.toml_error(&e)])?;
         let mut v = Validator {
             loc: &loc,
-            errors: Vec::new(),
+            errors: raw::unknown_keys(&loc, src),
         };
         let config = v.config(path, raw);
         if v.errors.is_empty() {
             Ok(config)
         } else {
-            Err(v.errors)
+            let mut errors = v.errors;
+            // Report in file order, whichever check found them.
+            errors.sort_by_key(|e| match e {
+                ConfigError::Invalid { line, .. } => *line,
+                ConfigError::Read { .. } => 0,
+            });
+            Err(errors)
         }
     }
 
@@ -229,6 +246,18 @@ impl Config {
             return self.resolve_configured(t, t.name.clone()).map_err(invalid);
         }
         let hp = parse_host_port(&decoded).map_err(invalid)?;
+        // Aliases shadow host names: "web01:5986" must not quietly mean a DNS lookup of
+        // "web01" when web01 is configured to live elsewhere.
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(&hp.host))
+        {
+            return Err(invalid(format!(
+                "{} is a configured target; name it without a port",
+                t.name
+            )));
+        }
         let port = hp.port.unwrap_or(self.defaults.port);
         for t in &self.targets {
             let url = parse_http_url(&t.url).map_err(&invalid)?;
@@ -274,12 +303,70 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
 }
 
+type Span = std::ops::Range<usize>;
+
 impl Validator<'_> {
-    fn error(&mut self, span: std::ops::Range<usize>, key: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(self.loc.error(span.start, key.into(), message.into()));
+    fn error(&mut self, span: Span, key: impl Into<String>, message: impl Into<String>) {
+        self.errors
+            .push(self.loc.error(span.start, key.into(), message.into()));
     }
 
-    fn path(&mut self, v: Spanned<String>, key: &str) -> PathBuf {
+    fn wrong_type(&mut self, v: &Spanned<Value>, key: &str, expected: &str) {
+        let found = raw::type_name(v.get_ref());
+        self.error(v.span(), key, format!("expected {expected}, found {found}"));
+    }
+
+    fn string(&mut self, v: raw::V, key: &str) -> Option<Spanned<String>> {
+        let v = v?;
+        match v.get_ref() {
+            Value::String(s) => Some(Spanned::new(v.span(), s.clone())),
+            _ => {
+                self.wrong_type(&v, key, "a string");
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, v: raw::V, key: &str) -> Option<Spanned<i64>> {
+        let v = v?;
+        match v.get_ref() {
+            Value::Integer(i) => Some(Spanned::new(v.span(), *i)),
+            _ => {
+                self.wrong_type(&v, key, "an integer");
+                None
+            }
+        }
+    }
+
+    /// A required key; `table_at` is where its table starts, `None` when the whole table
+    /// is missing (reported once, not per key).
+    fn required(
+        &mut self,
+        v: raw::V,
+        key: &str,
+        table_at: Option<usize>,
+    ) -> Option<Spanned<String>> {
+        if v.is_none() {
+            if let Some(at) = table_at {
+                self.error(at..at, key, "required key is missing");
+            }
+            return None;
+        }
+        self.string(v, key)
+    }
+
+    /// Where a required table starts; reports it when missing.
+    fn table_at(&mut self, present: bool, name: &str) -> Option<usize> {
+        if present {
+            Some(self.loc.header_offset(name, None))
+        } else {
+            self.error(0..0, name, format!("missing [{name}] table"));
+            None
+        }
+    }
+
+    fn path(&mut self, v: Option<Spanned<String>>, key: &str) -> PathBuf {
+        let Some(v) = v else { return PathBuf::new() };
         if v.get_ref().is_empty() {
             self.error(v.span(), key, "must not be empty");
         }
@@ -293,78 +380,109 @@ impl Validator<'_> {
                 self.error(
                     v.span(),
                     key,
-                    format!("invalid socket address {:?} (expected ip:port)", v.get_ref()),
+                    format!(
+                        "invalid socket address {:?} (expected ip:port)",
+                        v.get_ref()
+                    ),
                 );
                 None
             }
         }
     }
 
-    fn int(&mut self, v: Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> i64 {
-        match v {
+    fn int(
+        &mut self,
+        v: raw::V,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
+        match self.integer(v, key) {
             None => default,
             Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
             Some(v) => {
                 self.error(
                     v.span(),
                     key,
-                    format!("{} is out of range {}..={}", v.get_ref(), range.start(), range.end()),
+                    format!(
+                        "{} is out of range {}..={}",
+                        v.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
                 );
                 default
             }
         }
     }
 
-    fn secs(&mut self, v: Option<Spanned<i64>>, key: &str, default: Duration) -> Duration {
+    fn secs(&mut self, v: raw::V, key: &str, default: Duration) -> Duration {
         let default_secs = i64::try_from(default.as_secs()).unwrap_or(MAX_SECS);
         Duration::from_secs(self.int(v, key, 1..=MAX_SECS, default_secs).unsigned_abs())
     }
 
-    fn auth(&mut self, v: Option<Spanned<String>>, key: &str, default: TargetAuth) -> TargetAuth {
-        let Some(v) = v else { return default };
+    fn auth(&mut self, v: raw::V, key: &str, default: TargetAuth) -> TargetAuth {
+        let Some(v) = self.string(v, key) else {
+            return default;
+        };
         TargetAuth::parse(v.get_ref()).unwrap_or_else(|| {
             self.error(
                 v.span(),
                 key,
-                format!("unknown auth {:?} (expected \"negotiate\" or \"ntlm\")", v.get_ref()),
+                format!(
+                    "unknown auth {:?} (expected \"negotiate\" or \"ntlm\")",
+                    v.get_ref()
+                ),
             );
             default
         })
     }
 
     fn config(&mut self, path: &Path, raw: raw::RawConfig) -> Config {
-        let listen_http = raw
-            .listen
-            .http
-            .as_ref()
-            .and_then(|a| self.socket_addr(a, "listen.http"));
+        let at = self.table_at(raw.listen.is_some(), "listen");
+        let l = raw.listen.unwrap_or_default();
+        // Declared listeners, valid or not: a bad address is not also "no listener".
+        let mut declared_listeners = usize::from(l.http.is_some());
+        let listen_http = self
+            .string(l.http, "listen.http")
+            .and_then(|a| self.socket_addr(&a, "listen.http"));
+        let tls_cert = self.required(l.tls_cert, "listen.tls_cert", at);
+        let tls_key = self.required(l.tls_key, "listen.tls_key", at);
         let listen = ListenConfig {
             http: listen_http,
-            tls_cert: self.path(raw.listen.tls_cert, "listen.tls_cert"),
-            tls_key: self.path(raw.listen.tls_key, "listen.tls_key"),
+            tls_cert: self.path(tls_cert, "listen.tls_cert"),
+            tls_key: self.path(tls_key, "listen.tls_key"),
             max_envelope_size: self
                 .int(
-                    raw.listen.max_envelope_size,
+                    l.max_envelope_size,
                     "listen.max_envelope_size",
                     MIN_ENVELOPE_SIZE..=MAX_ENVELOPE_SIZE,
                     DEFAULT_MAX_ENVELOPE_SIZE as i64,
                 )
                 .unsigned_abs() as usize,
         };
+
+        let at = self.table_at(raw.auth.is_some(), "auth");
+        let a = raw.auth.unwrap_or_default();
+        let users_file = self.required(a.users_file, "auth.users_file", at);
         let auth = AuthConfig {
-            users_file: self.path(raw.auth.users_file, "auth.users_file"),
+            users_file: self.path(users_file, "auth.users_file"),
             credssp_min_version: self
                 .int(
-                    raw.auth.credssp_min_version,
+                    a.credssp_min_version,
                     "auth.credssp_min_version",
                     2..=6,
                     DEFAULT_CREDSSP_MIN_VERSION.into(),
                 )
                 .unsigned_abs() as u32,
         };
+
+        let at = self.table_at(raw.audit.is_some(), "audit");
+        let audit_path = self.required(raw.audit.unwrap_or_default().path, "audit.path", at);
         let audit = AuditConfig {
-            path: self.path(raw.audit.path, "audit.path"),
+            path: self.path(audit_path, "audit.path"),
         };
+
         let session = SessionConfig {
             idle_timeout: self.secs(
                 raw.session.idle_timeout_secs,
@@ -376,14 +494,23 @@ impl Validator<'_> {
         let defaults = TargetDefaults {
             auth: self.auth(d.auth, "defaults.auth", TargetAuth::default()),
             port: self
-                .int(d.port, "defaults.port", 1..=65535, DEFAULT_TARGET_PORT.into())
+                .int(
+                    d.port,
+                    "defaults.port",
+                    1..=65535,
+                    DEFAULT_TARGET_PORT.into(),
+                )
                 .unsigned_abs() as u16,
             connect_timeout: self.secs(
                 d.connect_timeout_secs,
                 "defaults.connect_timeout_secs",
                 Duration::from_secs(10),
             ),
-            timeout: self.secs(d.timeout_secs, "defaults.timeout_secs", Duration::from_secs(120)),
+            timeout: self.secs(
+                d.timeout_secs,
+                "defaults.timeout_secs",
+                Duration::from_secs(120),
+            ),
         };
 
         // Every listener with where it was declared, to report clashes at the later one.
@@ -395,27 +522,36 @@ impl Validator<'_> {
         let mut seen_urls: Vec<(HttpUrl, String)> = Vec::new();
         for (i, t) in raw.target.into_iter().enumerate() {
             let key = |k: &str| format!("target[{i}].{k}");
-            let name = t.name.get_ref().clone();
-            if let Err(m) = validate_target_name(&name) {
-                self.error(t.name.span(), key("name"), m);
-            } else if let Some(prev) = targets
-                .iter()
-                .position(|p: &TargetConfig| p.name.eq_ignore_ascii_case(&name))
-            {
-                self.error(
-                    t.name.span(),
-                    key("name"),
-                    format!("duplicate target name {name:?} (also target[{prev}])"),
-                );
+            let at = Some(self.loc.header_offset("target", Some(i)));
+            let name = self.required(t.name, &key("name"), at);
+            if let Some(name) = &name {
+                if let Err(m) = validate_target_name(name.get_ref()) {
+                    self.error(name.span(), key("name"), m);
+                } else if let Some(prev) = targets
+                    .iter()
+                    .position(|p: &TargetConfig| p.name.eq_ignore_ascii_case(name.get_ref()))
+                {
+                    self.error(
+                        name.span(),
+                        key("name"),
+                        format!(
+                            "duplicate target name {:?} (also target[{prev}])",
+                            name.get_ref()
+                        ),
+                    );
+                }
             }
-            let url = match parse_http_url(t.url.get_ref()) {
-                Ok(u) => {
+            let name = name.map(Spanned::into_inner).unwrap_or_default();
+            let url = self.required(t.url, &key("url"), at);
+            let url = match url.as_ref().map(|u| (u, parse_http_url(u.get_ref()))) {
+                Some((_, Ok(u))) => {
                     let port = u.host.port.unwrap_or(defaults.port);
                     if let Some((_, other)) = seen_urls.iter().find(|(s, _)| {
                         s.host.same_host(&u.host) && s.host.port.unwrap_or(defaults.port) == port
                     }) {
+                        let span = url.as_ref().map(Spanned::span).unwrap_or_default();
                         self.error(
-                            t.url.span(),
+                            span,
                             key("url"),
                             format!("target {other:?} already uses this host and port"),
                         );
@@ -424,13 +560,19 @@ impl Validator<'_> {
                     seen_urls.push((u, name.clone()));
                     normalized
                 }
-                Err(m) => {
-                    self.error(t.url.span(), key("url"), format!("{:?}: {m}", t.url.get_ref()));
-                    t.url.get_ref().clone()
+                Some((raw_url, Err(m))) => {
+                    self.error(
+                        raw_url.span(),
+                        key("url"),
+                        format!("{:?}: {m}", raw_url.get_ref()),
+                    );
+                    raw_url.get_ref().clone()
                 }
+                None => String::new(),
             };
-            let listen = t.listen.as_ref().and_then(|a| {
-                let addr = self.socket_addr(a, &key("listen"))?;
+            declared_listeners += usize::from(t.listen.is_some());
+            let listen = self.string(t.listen, &key("listen")).and_then(|a| {
+                let addr = self.socket_addr(&a, &key("listen"))?;
                 self.check_listener_clash(&listeners, addr, a.span(), &key("listen"));
                 listeners.push((addr, key("listen")));
                 Some(addr)
@@ -448,8 +590,8 @@ impl Validator<'_> {
                 timeout: self.secs(t.timeout_secs, &key("timeout_secs"), defaults.timeout),
             });
         }
-        if listeners.is_empty() {
-            let at = self.loc.header_offset("listen");
+        if declared_listeners == 0 {
+            let at = self.loc.header_offset("listen", None);
             self.error(
                 at..at,
                 "listen.http",
@@ -480,7 +622,7 @@ impl Validator<'_> {
         &mut self,
         listeners: &[(SocketAddr, String)],
         addr: SocketAddr,
-        span: std::ops::Range<usize>,
+        span: Span,
         key: &str,
     ) {
         // 0.0.0.0:p and 127.0.0.1:p cannot both be bound either.
@@ -497,28 +639,48 @@ impl Validator<'_> {
         }
     }
 
-    fn allow_rule(&mut self, i: usize, r: raw::RawAllow) -> AllowRule {
-        let mut list = |v: Spanned<Vec<Spanned<String>>>,
-                        field: &str,
-                        parse: &dyn Fn(&str) -> Result<(), String>| {
-            let key = format!("allow[{i}].{field}");
-            if v.get_ref().is_empty() {
-                self.error(v.span(), &key, "must not be empty");
-            }
-            v.into_inner()
-                .into_iter()
-                .map(|e| {
-                    if let Err(m) = parse(e.get_ref()) {
-                        self.error(e.span(), &key, m);
-                    }
-                    e.into_inner()
-                })
-                .collect::<Vec<_>>()
+    /// Checks a list of strings entry by entry with `parse`.
+    fn list(
+        &mut self,
+        v: raw::List,
+        key: &str,
+        table_at: usize,
+        parse: fn(&str) -> Result<(), String>,
+    ) -> Vec<String> {
+        let Some(v) = v else {
+            self.error(table_at..table_at, key, "required key is missing");
+            return Vec::new();
         };
-        let users = list(r.users, "users", &|s| policy::parse_user(s).map(drop));
-        let targets = list(r.targets, "targets", &|s| policy::parse_target(s).map(drop));
+        if v.get_ref().is_empty() {
+            self.error(v.span(), key, "must not be empty");
+        }
+        let mut out = Vec::new();
+        for entry in v.into_inner() {
+            let Value::String(s) = entry.get_ref() else {
+                self.wrong_type(&entry, key, "a string");
+                continue;
+            };
+            if let Err(m) = parse(s) {
+                self.error(entry.span(), key, m);
+            }
+            out.push(s.clone());
+        }
+        out
+    }
+
+    fn allow_rule(&mut self, i: usize, r: raw::RawAllow) -> AllowRule {
+        let at = self.loc.header_offset("allow", Some(i));
+        let key = |k: &str| format!("allow[{i}].{k}");
+        let users = self.list(r.users, &key("users"), at, |s| {
+            policy::parse_user(s).map(drop)
+        });
+        let targets = self.list(r.targets, &key("targets"), at, |s| {
+            policy::parse_target(s).map(drop)
+        });
         let shells = match r.shells {
-            Some(s) => list(s, "shells", &|s| policy::parse_shell(s).map(drop)),
+            Some(_) => self.list(r.shells, &key("shells"), at, |s| {
+                policy::parse_shell(s).map(drop)
+            }),
             None => DEFAULT_SHELLS.iter().map(|s| s.to_string()).collect(),
         };
         AllowRule {
@@ -536,6 +698,15 @@ fn validate_target_name(name: &str) -> Result<(), String> {
         return Err(format!("target name {name:?} is an IP address; use a name"));
     }
     Ok(())
+}
+
+/// A fresh per-test directory under the system temp dir.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("winrm-relay-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
 }
 
 #[cfg(test)]
@@ -570,7 +741,10 @@ path = "audit.jsonl"
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.listen.http, Some("127.0.0.1:5985".parse().unwrap()));
         assert_eq!(c.targets.len(), 1);
-        assert_eq!(c.targets[0].listen, Some("127.0.0.1:15001".parse().unwrap()));
+        assert_eq!(
+            c.targets[0].listen,
+            Some("127.0.0.1:15001".parse().unwrap())
+        );
         assert_eq!(c.allow.len(), 1);
         crate::policy::Policy::new(&c.allow).expect("example rules compile");
     }
@@ -610,7 +784,10 @@ targets = ["web*"]
         .unwrap();
         let t = &c.targets[0];
         assert_eq!(t.url, "http://web01.lab.local:5985/wsman");
-        assert_eq!((t.auth, t.timeout), (TargetAuth::Ntlm, Duration::from_secs(300)));
+        assert_eq!(
+            (t.auth, t.timeout),
+            (TargetAuth::Ntlm, Duration::from_secs(300))
+        );
         let t = &c.targets[1];
         assert_eq!(t.url, "http://[fd00::2]:5986/wsman");
         assert_eq!(t.auth, TargetAuth::Negotiate);
@@ -676,23 +853,84 @@ shells = ["bash"]
     }
 
     #[test]
-    fn toml_errors_carry_line_and_key() {
+    fn schema_errors_carry_line_and_key() {
         let errs = errors("[session]\nidle_timeout = 5\n");
-        assert!(
-            errs[0].starts_with("relay.toml:13: session.idle_timeout: unknown field `idle_timeout`"),
-            "{errs:?}"
+        assert_eq!(
+            errs,
+            ["relay.toml:13: session.idle_timeout: unknown key (expected one of: idle_timeout_secs)"]
         );
         let errs = errors("[session]\nidle_timeout_secs = \"5\"\n");
-        assert!(
-            errs[0].starts_with("relay.toml:13: session.idle_timeout_secs: invalid type"),
-            "{errs:?}"
+        assert_eq!(
+            errs,
+            ["relay.toml:13: session.idle_timeout_secs: expected an integer, found a string"]
         );
         let errs = errors("[[allow]]\nusers = [\n  'LAB\\a',\n  5,\n]\ntargets = ['x']\n");
-        assert!(errs[0].starts_with("relay.toml:15: allow[0].users: invalid type"), "{errs:?}");
+        assert_eq!(
+            errs,
+            ["relay.toml:15: allow[0].users: expected a string, found an integer"]
+        );
         let errs = errors("[[target]]\nname = \"a\"\n");
-        assert!(errs[0].contains("missing field `url`"), "{errs:?}");
+        assert_eq!(
+            errs,
+            ["relay.toml:12: target[0].url: required key is missing"]
+        );
+        let errs = errors("[[allow]]\n[[allow]]\nusers = ['LAB\\a']\n");
+        assert_eq!(
+            errs,
+            [
+                "relay.toml:12: allow[0].users: required key is missing",
+                "relay.toml:12: allow[0].targets: required key is missing",
+                "relay.toml:13: allow[1].targets: required key is missing",
+            ]
+        );
+        // Syntax errors stop parsing; they still say where.
         let errs = errors("listen = 3 = 4\n");
         assert!(errs[0].starts_with("relay.toml:12: "), "{errs:?}");
+        // A table of the wrong shape cannot be checked further.
+        let errs = errors("[allow]\nusers = []\n");
+        assert!(
+            errs[0].starts_with("relay.toml:12: allow: invalid type"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_all_reported_with_other_problems() {
+        let errs = errors(
+            "verbose = true\n[defaults]\nport = 0\nretries = 3\n\
+             [[target]]\nname = \"w\"\nurl = \"http://w/wsman\"\nuser = \"x\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "relay.toml:12: audit.verbose: unknown key (expected one of: path)",
+                "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
+                "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, connect_timeout_secs, timeout_secs)",
+                "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, connect_timeout_secs, timeout_secs)",
+            ]
+        );
+        let top = format!("verbose = true\n{MINIMAL}");
+        let e = Config::parse(Path::new("r.toml"), &top).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, target, allow)"
+        );
+    }
+
+    #[test]
+    fn missing_tables_are_reported_once() {
+        let e =
+            Config::parse(Path::new("r.toml"), "[listen]\nhttp = \"127.0.0.1:1\"\n").unwrap_err();
+        let e: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            e,
+            [
+                "r.toml:1: listen.tls_cert: required key is missing",
+                "r.toml:1: listen.tls_key: required key is missing",
+                "r.toml:1: auth: missing [auth] table",
+                "r.toml:1: audit: missing [audit] table",
+            ]
+        );
     }
 
     #[test]
@@ -702,7 +940,12 @@ shells = ["bash"]
         assert!(e[0].to_string().contains("no listener"), "{}", e[0]);
         let ok = format!("{src}[[target]]\nname = \"w\"\nurl = \"http://w/wsman\"\nlisten = \"127.0.0.1:15001\"\n");
         let c = Config::parse(Path::new("r.toml"), &ok).unwrap();
-        assert_eq!(c.listener_target("127.0.0.1:15001".parse().unwrap()).unwrap().name, "w");
+        assert_eq!(
+            c.listener_target("127.0.0.1:15001".parse().unwrap())
+                .unwrap()
+                .name,
+            "w"
+        );
     }
 
     #[test]
@@ -729,17 +972,34 @@ shells = ["bash"]
             "[[target]]\nname = \"a\"\nurl = \"http://W:5985/wsman\"\n\
              [[target]]\nname = \"b\"\nurl = \"http://w/other\"\n",
         );
-        assert!(errs[0].contains("target \"a\" already uses this host and port"), "{errs:?}");
+        assert!(
+            errs[0].contains("target \"a\" already uses this host and port"),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn credssp_version_range() {
         assert!(parse("").is_ok());
-        let src = MINIMAL.replace("users_file = \"config/users\"", "users_file = \"u\"\ncredssp_min_version = 7");
+        let src = MINIMAL.replace(
+            "users_file = \"config/users\"",
+            "users_file = \"u\"\ncredssp_min_version = 7",
+        );
         let e = Config::parse(Path::new("r.toml"), &src).unwrap_err();
-        assert!(e[0].to_string().contains("auth.credssp_min_version: 7 is out of range 2..=6"));
-        let src = MINIMAL.replace("users_file = \"config/users\"", "users_file = \"u\"\ncredssp_min_version = 2");
-        assert_eq!(Config::parse(Path::new("r.toml"), &src).unwrap().auth.credssp_min_version, 2);
+        assert!(e[0]
+            .to_string()
+            .contains("auth.credssp_min_version: 7 is out of range 2..=6"));
+        let src = MINIMAL.replace(
+            "users_file = \"config/users\"",
+            "users_file = \"u\"\ncredssp_min_version = 2",
+        );
+        assert_eq!(
+            Config::parse(Path::new("r.toml"), &src)
+                .unwrap()
+                .auth
+                .credssp_min_version,
+            2
+        );
     }
 
     fn resolver() -> Config {
@@ -772,7 +1032,10 @@ url = "http://[fd00::1]/custom"
     fn resolve_address_of_configured_target_keeps_alias() {
         let c = resolver();
         let t = c.resolve_target("127.0.0.21:5985").unwrap();
-        assert_eq!((t.name.as_str(), t.alias.as_deref()), ("127.0.0.21:5985", Some("web01")));
+        assert_eq!(
+            (t.name.as_str(), t.alias.as_deref()),
+            ("127.0.0.21:5985", Some("web01"))
+        );
         assert_eq!(t.auth, TargetAuth::Ntlm);
         let t = c.resolve_target("%5Bfd00:0::1%5D").unwrap();
         assert_eq!(t.alias.as_deref(), Some("v6"));
@@ -790,9 +1053,22 @@ url = "http://[fd00::1]/custom"
         assert_eq!(t.auth, TargetAuth::Negotiate);
         assert_eq!(t.ip, None);
         let t = c.resolve_target("[::1]:8080").unwrap();
-        assert_eq!((t.name.as_str(), t.host.as_str(), t.port), ("[::1]:8080", "::1", 8080));
+        assert_eq!(
+            (t.name.as_str(), t.host.as_str(), t.port),
+            ("[::1]:8080", "::1", 8080)
+        );
         assert_eq!(t.url, "http://[::1]:8080/wsman");
-        for bad in ["", "a/b", "::1", "127.1", "web01:0", "%zz", "x y"] {
+        for bad in [
+            "",
+            "a/b",
+            "::1",
+            "127.1",
+            "web01:0",
+            "%zz",
+            "x y",
+            "web01:5985",
+            "V6:1",
+        ] {
             assert!(c.resolve_target(bad).is_err(), "{bad:?} resolved");
         }
     }
@@ -800,15 +1076,8 @@ url = "http://[fd00::1]/custom"
     #[test]
     fn unreadable_file_is_reported() {
         let e = Config::load(Path::new("/nonexistent/relay.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/relay.toml: cannot read config"));
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/relay.toml: cannot read config"));
     }
-}
-
-/// A fresh per-test directory under the system temp dir.
-#[cfg(test)]
-pub(crate) fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("winrm-relay-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
 }

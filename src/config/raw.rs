@@ -4,23 +4,29 @@
 //! strings or `i64` here so validation can collect every problem with its position
 //! instead of stopping at serde's first error.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use toml::Spanned;
+use toml::{Spanned, Value};
 
 use super::ConfigError;
 
-type Str = Spanned<String>;
-type Int = Option<Spanned<i64>>;
+/// A leaf as written; its type is checked by validation, not by serde.
+pub(super) type V = Option<Spanned<Value>>;
+/// A list whose entries are checked one by one.
+pub(super) type List = Option<Spanned<Vec<Spanned<Value>>>>;
+
+// No deny_unknown_fields: unknown keys are collected by `unknown_keys` instead of
+// stopping serde at the first one.
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    pub listen: RawListen,
-    pub auth: RawAuth,
-    pub audit: RawAudit,
+    pub listen: Option<RawListen>,
+    pub auth: Option<RawAuth>,
+    pub audit: Option<RawAudit>,
     #[serde(default)]
     pub session: RawSession,
     #[serde(default)]
@@ -31,60 +37,148 @@ pub(super) struct RawConfig {
     pub allow: Vec<RawAllow>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Default)]
 pub(super) struct RawListen {
-    pub http: Option<Str>,
-    pub tls_cert: Str,
-    pub tls_key: Str,
-    pub max_envelope_size: Int,
+    pub http: V,
+    pub tls_cert: V,
+    pub tls_key: V,
+    pub max_envelope_size: V,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Default)]
 pub(super) struct RawAuth {
-    pub users_file: Str,
-    pub credssp_min_version: Int,
+    pub users_file: V,
+    pub credssp_min_version: V,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Default)]
 pub(super) struct RawAudit {
-    pub path: Str,
+    pub path: V,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawSession {
-    pub idle_timeout_secs: Int,
+    pub idle_timeout_secs: V,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawDefaults {
-    pub auth: Option<Str>,
-    pub port: Int,
-    pub connect_timeout_secs: Int,
-    pub timeout_secs: Int,
+    pub auth: V,
+    pub port: V,
+    pub connect_timeout_secs: V,
+    pub timeout_secs: V,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawTarget {
-    pub name: Str,
-    pub url: Str,
-    pub auth: Option<Str>,
-    pub listen: Option<Str>,
-    pub connect_timeout_secs: Int,
-    pub timeout_secs: Int,
+    pub name: V,
+    pub url: V,
+    pub auth: V,
+    pub listen: V,
+    pub connect_timeout_secs: V,
+    pub timeout_secs: V,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawAllow {
-    pub users: Spanned<Vec<Str>>,
-    pub targets: Spanned<Vec<Str>>,
-    pub shells: Option<Spanned<Vec<Str>>>,
+    pub users: List,
+    pub targets: List,
+    pub shells: List,
+}
+
+/// The keys of every table, with their spans.
+type Keys = BTreeMap<Spanned<String>, IgnoredAny>;
+
+#[derive(Deserialize)]
+struct KeyInventory {
+    #[serde(default)]
+    listen: Keys,
+    #[serde(default)]
+    auth: Keys,
+    #[serde(default)]
+    audit: Keys,
+    #[serde(default)]
+    session: Keys,
+    #[serde(default)]
+    defaults: Keys,
+    #[serde(default)]
+    target: Vec<Keys>,
+    #[serde(default)]
+    allow: Vec<Keys>,
+}
+
+const TOP: &[&str] = &[
+    "listen", "auth", "audit", "session", "defaults", "target", "allow",
+];
+const LISTEN: &[&str] = &["http", "tls_cert", "tls_key", "max_envelope_size"];
+const AUTH: &[&str] = &["users_file", "credssp_min_version"];
+const AUDIT: &[&str] = &["path"];
+const SESSION: &[&str] = &["idle_timeout_secs"];
+const DEFAULTS: &[&str] = &["auth", "port", "connect_timeout_secs", "timeout_secs"];
+const TARGET: &[&str] = &[
+    "name",
+    "url",
+    "auth",
+    "listen",
+    "connect_timeout_secs",
+    "timeout_secs",
+];
+const ALLOW: &[&str] = &["users", "targets", "shells"];
+
+/// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the
+/// table shapes are known to be right.
+pub(super) fn unknown_keys(loc: &Locator<'_>, src: &str) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let (top, inv) = match (
+        toml::from_str::<Keys>(src),
+        toml::from_str::<KeyInventory>(src),
+    ) {
+        (Ok(top), Ok(inv)) => (top, inv),
+        (Err(e), _) | (_, Err(e)) => return vec![loc.toml_error(&e)],
+    };
+    let mut check = |keys: &Keys, table: &str, known: &[&str]| {
+        for k in keys
+            .keys()
+            .filter(|k| !known.contains(&k.get_ref().as_str()))
+        {
+            let key = if table.is_empty() {
+                k.get_ref().clone()
+            } else {
+                format!("{table}.{}", k.get_ref())
+            };
+            errors.push(loc.error(
+                k.span().start,
+                key,
+                format!("unknown key (expected one of: {})", known.join(", ")),
+            ));
+        }
+    };
+    check(&top, "", TOP);
+    check(&inv.listen, "listen", LISTEN);
+    check(&inv.auth, "auth", AUTH);
+    check(&inv.audit, "audit", AUDIT);
+    check(&inv.session, "session", SESSION);
+    check(&inv.defaults, "defaults", DEFAULTS);
+    for (i, t) in inv.target.iter().enumerate() {
+        check(t, &format!("target[{i}]"), TARGET);
+    }
+    for (i, a) in inv.allow.iter().enumerate() {
+        check(a, &format!("allow[{i}]"), ALLOW);
+    }
+    errors
+}
+
+/// TOML's name for a value's type, for "expected a string, found ..." messages.
+pub(super) fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
 }
 
 /// Turns byte offsets of one source text into `file:line: key` positions.
@@ -100,7 +194,11 @@ impl<'a> Locator<'a> {
 
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.src.len());
-        self.src.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.src.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     pub fn error(&self, offset: usize, key: String, message: String) -> ConfigError {
@@ -112,12 +210,19 @@ impl<'a> Locator<'a> {
         }
     }
 
-    /// Offset of the `[name]` header, to point table-level problems somewhere useful.
-    pub fn header_offset(&self, name: &str) -> usize {
+    /// Offset of the `[name]` header, or of the `index`th `[[name]]` header, to point
+    /// table-level problems somewhere useful (0 when there is none, e.g. inline tables).
+    pub fn header_offset(&self, name: &str, index: Option<usize>) -> usize {
         let mut offset = 0;
+        let mut seen = 0;
         for line in self.src.split_inclusive('\n') {
-            if header(line).is_some_and(|(h, array)| !array && h == name) {
-                return offset;
+            if let Some((h, array)) = header(line) {
+                if h == name && array == index.is_some() {
+                    if index.is_none_or(|i| i == seen) {
+                        return offset;
+                    }
+                    seen += 1;
+                }
             }
             offset += line.len();
         }
@@ -192,8 +297,7 @@ fn key_of(line: &str) -> Option<&str> {
     let (k, _) = line.split_once('=')?;
     let k = k.trim();
     let bare = !k.is_empty()
-        && k
-            .bytes()
+        && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
     bare.then_some(k)
 }
@@ -213,6 +317,11 @@ mod tests {
         assert_eq!(at("users = []"), "allow[1].users");
         assert_eq!(at("[[allow]] #"), "allow[1]");
         assert_eq!(loc.line_of(src.find("'x'").unwrap()), 6);
-        assert_eq!(loc.header_offset("listen"), 6);
+        assert_eq!(loc.header_offset("listen", None), 6);
+        assert_eq!(
+            loc.header_offset("allow", Some(1)),
+            src.find("[[allow]] #").unwrap()
+        );
+        assert_eq!(loc.header_offset("nope", None), 0);
     }
 }

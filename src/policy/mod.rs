@@ -46,8 +46,12 @@ pub enum PolicyError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Granted by `[[allow]]` number `rule` (0-based, file order).
-    Allow { rule: usize },
-    Deny { reason: String },
+    Allow {
+        rule: usize,
+    },
+    Deny {
+        reason: String,
+    },
 }
 
 impl Decision {
@@ -396,7 +400,9 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
         );
         // Host globs also match unlisted hosts.
         let unlisted = c.resolve_target("web77.lab.local").unwrap();
-        assert!(p.decide("LAB\\alice", &unlisted, Some(CMD_URI)).is_allowed());
+        assert!(p
+            .decide("LAB\\alice", &unlisted, Some(CMD_URI))
+            .is_allowed());
     }
 
     #[test]
@@ -433,8 +439,12 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
     fn powershell_configuration_globs_and_exact_uris() {
         let (c, p) = setup();
         let db01 = c.resolve_target("db01").unwrap();
-        assert!(p.decide("LAB\\carol", &db01, Some(&ps("jea-maintenance"))).is_allowed());
-        assert!(!p.decide("LAB\\carol", &db01, Some(&ps("Microsoft.PowerShell"))).is_allowed());
+        assert!(p
+            .decide("LAB\\carol", &db01, Some(&ps("jea-maintenance")))
+            .is_allowed());
+        assert!(!p
+            .decide("LAB\\carol", &db01, Some(&ps("Microsoft.PowerShell")))
+            .is_allowed());
         assert!(!p.decide("LAB\\carol", &db01, Some(CMD_URI)).is_allowed());
         let wmi = "HTTP://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/win32_service";
         assert!(p.decide("LAB\\carol", &db01, Some(wmi)).is_allowed());
@@ -444,14 +454,23 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
         };
         assert!(reason.contains("use resource"), "{reason}");
         // The bare prefix is not a PowerShell configuration.
-        assert!(!p.decide("LAB\\alice", &c.resolve_target("web01").unwrap(), Some(POWERSHELL_PREFIX)).is_allowed());
+        assert!(!p
+            .decide(
+                "LAB\\alice",
+                &c.resolve_target("web01").unwrap(),
+                Some(POWERSHELL_PREFIX)
+            )
+            .is_allowed());
     }
 
     #[test]
     fn cidr_matches_ip_literals_only() {
         let (c, p) = setup();
         let ip = c.resolve_target("10.1.2.3:5986").unwrap();
-        assert_eq!(p.decide("LAB\\alice", &ip, Some(CMD_URI)), Decision::Allow { rule: 1 });
+        assert_eq!(
+            p.decide("LAB\\alice", &ip, Some(CMD_URI)),
+            Decision::Allow { rule: 1 }
+        );
         let outside = c.resolve_target("10.2.0.1").unwrap();
         assert!(!p.decide("LAB\\alice", &outside, None).is_allowed());
     }
@@ -468,7 +487,9 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
     fn no_rules_denies_everything() {
         let (c, _) = setup();
         let p = Policy::new(&[]).unwrap();
-        assert!(!p.decide("LAB\\alice", &c.resolve_target("web01").unwrap(), None).is_allowed());
+        assert!(!p
+            .decide("LAB\\alice", &c.resolve_target("web01").unwrap(), None)
+            .is_allowed());
     }
 
     #[test]
@@ -494,6 +515,9 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
             shells: vec!["zsh".into()],
         }];
         let e = Policy::new(&rules).unwrap_err().to_string();
-        assert!(e.starts_with("allow[0].shells: invalid shell \"zsh\""), "{e}");
+        assert!(
+            e.starts_with("allow[0].shells: invalid shell \"zsh\""),
+            "{e}"
+        );
     }
 }

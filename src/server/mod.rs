@@ -88,7 +88,19 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
             "generated a self-signed development certificate; replace it for production"
         );
     }
-    let users = UsersFile::load(&config.auth.users_file)?;
+    let users = match UsersFile::load(&config.auth.users_file) {
+        Ok(users) => users,
+        // A fresh install has no users yet: start, and say how to add one.
+        Err(error) if error.is_not_found() => {
+            tracing::warn!(
+                users_file = %config.auth.users_file.display(),
+                "users file does not exist: nobody can log on until you run `winrm-relay user add 'DOMAIN\\user' --users-file {}`",
+                config.auth.users_file.display()
+            );
+            UsersFile::new()
+        }
+        Err(error) => return Err(error.into()),
+    };
     let user_hashes: Arc<[UserHash]> = users
         .entries()
         .map(|entry| UserHash {

@@ -295,7 +295,7 @@ impl Acceptor {
     /// *wire* user name, so without it one user's password could
     /// authenticate under another user's name.
     fn verify_delegation(&self, mut identity: AuthIdentity) -> Result<DelegatedCredentials, CredSspError> {
-        let delegated = Principal::from_parts(identity.username.domain_name(), identity.username.account_name());
+        let delegated = Principal::from_username(&identity.username);
         let authenticated = self
             .claimed
             .lock()

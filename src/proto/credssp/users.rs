@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use md4::{Digest, Md4};
 use sspi::credssp::CredentialsProxy;
-use sspi::{AuthIdentity, Secret, Username};
+use sspi::{AuthIdentity, Secret, Username, UsernameParts};
 use zeroize::Zeroizing;
 
 /// One entry of the users file.
@@ -55,6 +55,17 @@ impl Principal {
         }
     }
 
+    /// From sspi's parsed user name. A UPN's suffix stands in for the domain:
+    /// it only matches a users-file entry written with that same suffix.
+    pub fn from_username(name: &Username) -> Principal {
+        match name.parts() {
+            UsernameParts::UserPrincipalName(upn) => {
+                Principal { domain: upn.suffix().to_string(), user: upn.account_name().to_string() }
+            }
+            UsernameParts::DownLevelLogonName(dll) => Principal::from_parts(dll.netbios_domain(), dll.account_name()),
+        }
+    }
+
     pub fn matches(&self, other: &Principal) -> bool {
         self.domain.eq_ignore_ascii_case(&other.domain) && self.user.eq_ignore_ascii_case(&other.user)
     }
@@ -89,7 +100,7 @@ impl CredentialsProxy for UsersProxy {
     type AuthenticationData = AuthIdentity;
 
     fn auth_data_by_user(&mut self, username: &Username) -> io::Result<AuthIdentity> {
-        let who = Principal::from_parts(username.domain_name(), username.account_name());
+        let who = Principal::from_username(username);
         if let Ok(mut claimed) = self.claimed.lock() {
             *claimed = Some(who.clone());
         }

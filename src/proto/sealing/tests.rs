@@ -141,8 +141,9 @@ fn build_spnego_is_byte_exact() {
     want.extend_from_slice(&part.data);
     want.extend_from_slice(b"--Encrypted Boundary--\r\n");
     assert_eq!(body, want);
-    // 5 framing lines + prefix + signature + message + close delimiter.
-    assert_eq!(body.len(), 22 + 59 + 72 + 22 + 42 + 4 + 16 + 19 + 24);
+    // Framing is 212 bytes for a two-digit Length: pywinrm's own test has
+    // Content-Length 272 = 212 + 4 (prefix) + 4 (signature) + 28 (data) + 24 (close).
+    assert_eq!(body.len(), 212 + 4 + 16 + 19 + 24);
     assert_eq!(parse_body(SealProtocol::Spnego, &body).unwrap(), vec![part]);
 }
 
@@ -281,7 +282,7 @@ fn plaintext_chunking() {
         vec![16384, 16384, 10]
     );
     assert_eq!(plaintext_chunks(SealProtocol::CredSsp, &plain[..16384]).len(), 1);
-    assert_eq!(plaintext_chunks(SealProtocol::CredSsp, &[]), vec![&[][..]]);
+    assert_eq!(plaintext_chunks(SealProtocol::CredSsp, &[]), vec![&b""[..]]);
     assert_eq!(plaintext_chunks(SealProtocol::Spnego, &plain), vec![&plain[..]]);
 }
 
@@ -538,4 +539,44 @@ fn round_trip_assorted_sizes() {
         let body = build_body(SealProtocol::CredSsp, &parts);
         assert_eq!(parse_body(SealProtocol::CredSsp, &body).unwrap(), parts);
     }
+}
+
+#[test]
+fn build_matches_pywinrm_test_vectors() {
+    // winrm/tests/test_encryption.py::test_encrypt_message: a mock 4-byte
+    // signature "1234" and mock ciphertext; Content-Length 272.
+    let part = SealedPart {
+        original_length: 19,
+        header_len: 4,
+        data: b"1234dW5lbmNyeXB0ZWQgbWVzc2FnZQ==".to_vec(),
+    };
+    let body = build_body(SealProtocol::Spnego, &[part]);
+    let want: &[u8] = b"--Encrypted Boundary\r\n\
+\tContent-Type: application/HTTP-SPNEGO-session-encrypted\r\n\
+\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=19\r\n\
+--Encrypted Boundary\r\n\
+\tContent-Type: application/octet-stream\r\n\
+\x04\x00\x00\x001234dW5lbmNyeXB0ZWQgbWVzc2FnZQ==--Encrypted Boundary--\r\n";
+    assert_eq!(body, want);
+    assert_eq!(body.len(), 272);
+
+    // test_encrypt_large_credssp_message: three chunks, trailer 32, mock
+    // ciphertext = base64 of each chunk; Content-Length 55303.
+    let message = b"unencrypted message ".repeat(2048);
+    let parts: Vec<SealedPart> = plaintext_chunks(SealProtocol::CredSsp, &message)
+        .into_iter()
+        .map(|c| {
+            use base64::Engine as _;
+            SealedPart {
+                original_length: c.len(),
+                header_len: 32,
+                data: base64::engine::general_purpose::STANDARD.encode(c).into_bytes(),
+            }
+        })
+        .collect();
+    assert_eq!(parts.len(), 3);
+    let body = build_body(SealProtocol::CredSsp, &parts);
+    assert_eq!(body.len(), 55303);
+    assert!(body.starts_with(CREDSSP_HEAD));
+    assert!(body.ends_with(b"--Encrypted Boundary--\r\n"));
 }

@@ -1,1 +1,584 @@
-//! TODO
+//! WS-Management envelopes: scan requests and responses, rewrite `wsa:To`,
+//! build faults.
+//!
+//! Everything is event-based (quick-xml's `NsReader`, no DOM) and matches
+//! elements on namespace URI, never on prefix: clients use `s:`, `env:`, `a:`,
+//! `wsa:`, `w:`, `wsman:`, `rsp:` and `p:` freely. Input must be UTF-8, may not
+//! carry a DTD (so no entity expansion), and may nest at most [`MAX_DEPTH`]
+//! elements deep.
+//!
+//! Where a value that drives a policy decision could be read two ways (two
+//! `wsa:To` headers, two ShellId selectors, two `CommandLine`s), parsing fails
+//! instead of guessing: the relay and the target must see the same request.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+mod duration;
+mod fault;
+mod identify;
+mod psrp;
+mod scan;
+mod shell;
+
+pub use duration::parse_duration;
+pub use fault::{fault_envelope, new_message_id, FaultKind};
+pub use identify::identify_response;
+pub use psrp::psrp_command_summary;
+pub use shell::{shell_kind, ShellKind};
+
+use scan::{attr, is_xml_space, path_is, scan, Elem, Item, Ns};
+
+/// Deepest element nesting accepted; real envelopes stay under 12.
+pub const MAX_DEPTH: usize = 64;
+
+/// Action URI prefix shared by the WinRS shell operations.
+pub const SHELL_ACTION_PREFIX: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/";
+
+/// Why an envelope was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WsmanError {
+    #[error("envelope is empty")]
+    Empty,
+    #[error("envelope is not valid utf-8")]
+    NotUtf8,
+    #[error("malformed xml {0}")]
+    Xml(String),
+    #[error("dtd and entity declarations are not allowed")]
+    Doctype,
+    #[error("xml nests deeper than {MAX_DEPTH} elements")]
+    TooDeep,
+    #[error("root element is not a soap 1.2 envelope")]
+    NotSoapEnvelope,
+    #[error("envelope has more than one {0}")]
+    Duplicate(&'static str),
+    #[error("conflicting {0} values")]
+    Conflict(&'static str),
+    #[error("missing wsa:Action header")]
+    MissingAction,
+    #[error("identify request carries other content")]
+    AmbiguousIdentify,
+    #[error("invalid operation timeout {0:?}")]
+    InvalidTimeout(String),
+}
+
+/// What the relay needs to know about a request before forwarding it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestInfo {
+    /// Full wsa:Action URI ("" for Identify).
+    pub action: String,
+    pub message_id: Option<String>,
+    pub to: Option<String>,
+    pub resource_uri: Option<String>,
+    /// w:SelectorSet/w:Selector[@Name="ShellId"].
+    pub shell_id: Option<String>,
+    /// Command: rsp:CommandLine/rsp:Command + each rsp:Arguments, joined by single
+    /// spaces (an empty rsp:Command, as PSRP sends, is left out).
+    pub command_line: Option<String>,
+    /// rsp:CommandLine/@CommandId, or Receive/Signal/Send's CommandId attribute.
+    pub command_id: Option<String>,
+    /// w:OperationTimeout, xs:duration like PT20.000S / PT60S.
+    pub operation_timeout: Option<Duration>,
+    /// Body is wsmid:Identify.
+    pub is_identify: bool,
+}
+
+impl RequestInfo {
+    /// Last path segment of the action ("Create", "Command", ...), "Identify"
+    /// when `is_identify`.
+    pub fn action_name(&self) -> &str {
+        if self.is_identify {
+            return "Identify";
+        }
+        let a = self.action.trim_end_matches('/');
+        a.rsplit('/').next().unwrap_or(a)
+    }
+}
+
+/// What the relay reads back from a target's response.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponseInfo {
+    pub relates_to: Option<String>,
+    /// s:Fault with Code/Subcode/Reason and WSManFault detail.
+    pub fault: Option<FaultInfo>,
+    /// Create response: rsp:Shell/rsp:ShellId or the ResourceCreated SelectorSet ShellId.
+    pub created_shell_id: Option<String>,
+    /// Command response rsp:CommandId; for a Receive response, the CommandId
+    /// attribute of rsp:CommandState.
+    pub command_id: Option<String>,
+    /// rsp:CommandState State ends with "/CommandState/Done".
+    pub command_done: bool,
+    /// rsp:CommandState/rsp:ExitCode.
+    pub exit_code: Option<i64>,
+}
+
+/// The parts of a SOAP fault worth logging and acting on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultInfo {
+    /// Local name of the first s:Subcode/s:Value, e.g. "TimedOut".
+    pub subcode: Option<String>,
+    /// f:WSManFault/@Code, e.g. 2150858793.
+    pub wsman_code: Option<u64>,
+    /// s:Reason/s:Text.
+    pub reason: Option<String>,
+}
+
+impl FaultInfo {
+    /// The Receive poll timeout every client expects and retries; not an error.
+    pub fn is_timed_out(&self) -> bool {
+        self.wsman_code == Some(FaultKind::TimedOut.wsman_code())
+            || self.subcode.as_deref() == Some("TimedOut")
+    }
+}
+
+const ENVELOPE: (Ns, &str) = (Ns::Soap, "Envelope");
+const HEADER: (Ns, &str) = (Ns::Soap, "Header");
+const BODY: (Ns, &str) = (Ns::Soap, "Body");
+
+/// Stores `value` in an empty slot; a second occurrence is an error.
+fn set_once(slot: &mut Option<String>, value: String, what: &'static str) -> Result<(), WsmanError> {
+    if slot.is_some() {
+        return Err(WsmanError::Duplicate(what));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Stores `value`; repeating the same value is fine, a different one is not.
+fn set_consistent(
+    slot: &mut Option<String>,
+    value: String,
+    what: &'static str,
+) -> Result<(), WsmanError> {
+    match slot {
+        Some(old) if *old != value => Err(WsmanError::Conflict(what)),
+        _ => {
+            *slot = Some(value);
+            Ok(())
+        }
+    }
+}
+
+fn trimmed(s: &str) -> String {
+    s.trim_matches(is_xml_space).to_string()
+}
+
+/// Collects the text of the element that is currently open at `depth`.
+#[derive(Default)]
+struct Capture {
+    depth: usize,
+    text: String,
+    active: bool,
+}
+
+impl Capture {
+    fn start(&mut self, depth: usize) {
+        self.depth = depth;
+        self.text.clear();
+        self.active = true;
+    }
+
+    fn text(&mut self, path: &[Elem], s: &str) {
+        // Only direct character data counts, not text of nested elements.
+        if self.active && path.len() == self.depth {
+            self.text.push_str(s);
+        }
+    }
+
+    /// Returns the captured text when the captured element closes.
+    fn end(&mut self, path: &[Elem]) -> Option<String> {
+        if self.active && path.len() == self.depth {
+            self.active = false;
+            return Some(std::mem::take(&mut self.text));
+        }
+        None
+    }
+}
+
+/// Which request field a captured text belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReqField {
+    Action,
+    MessageId,
+    To,
+    ResourceUri,
+    ShellId,
+    Timeout,
+    Command,
+    Arguments,
+}
+
+/// Scans a request envelope for routing, policy and audit fields.
+pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
+    let mut info = RequestInfo::default();
+    let mut action = None;
+    let mut timeout = None;
+    let mut cap = Capture::default();
+    let mut field = None;
+    let mut headers = 0usize;
+    let mut bodies = 0usize;
+    let mut selector_sets = 0usize;
+    let mut body_children = 0usize;
+    let mut command = None::<String>;
+    let mut arguments: Vec<String> = Vec::new();
+    let mut command_lines = 0usize;
+
+    scan(xml, |path, item| {
+        match item {
+            Item::Start { tag, .. } => {
+                let depth = path.len();
+                if path_is(path, &[ENVELOPE, HEADER]) {
+                    headers += 1;
+                    if headers > 1 {
+                        return Err(WsmanError::Duplicate("soap Header"));
+                    }
+                } else if path_is(path, &[ENVELOPE, BODY]) {
+                    bodies += 1;
+                    if bodies > 1 {
+                        return Err(WsmanError::Duplicate("soap Body"));
+                    }
+                } else if depth == 3 && path_is(&path[..2], &[ENVELOPE, HEADER]) {
+                    let last = &path[2];
+                    field = match (last.ns, &*last.local) {
+                        (Ns::Addressing, "Action") => Some(ReqField::Action),
+                        (Ns::Addressing, "MessageID") => Some(ReqField::MessageId),
+                        (Ns::Addressing, "To") => Some(ReqField::To),
+                        (Ns::Wsman, "ResourceURI") => Some(ReqField::ResourceUri),
+                        (Ns::Wsman, "OperationTimeout") => Some(ReqField::Timeout),
+                        (Ns::Wsman, "SelectorSet") => {
+                            selector_sets += 1;
+                            if selector_sets > 1 {
+                                return Err(WsmanError::Duplicate("w:SelectorSet"));
+                            }
+                            None
+                        }
+                        _ => None,
+                    };
+                    if field.is_some() {
+                        cap.start(depth);
+                    }
+                } else if path_is(path, &[ENVELOPE, HEADER, (Ns::Wsman, "SelectorSet"), (Ns::Wsman, "Selector")])
+                {
+                    if attr(tag, "Name")?.as_deref() == Some("ShellId") {
+                        field = Some(ReqField::ShellId);
+                        cap.start(depth);
+                    }
+                } else if depth == 3 && path_is(&path[..2], &[ENVELOPE, BODY]) {
+                    body_children += 1;
+                    let last = &path[2];
+                    match (last.ns, &*last.local) {
+                        (Ns::Wsmid, "Identify") => info.is_identify = true,
+                        (Ns::Shell, "CommandLine") => {
+                            command_lines += 1;
+                            if command_lines > 1 {
+                                return Err(WsmanError::Duplicate("rsp:CommandLine"));
+                            }
+                            if let Some(id) = attr(tag, "CommandId")? {
+                                set_consistent(&mut info.command_id, trimmed(&id), "CommandId")?;
+                            }
+                        }
+                        (Ns::Shell, "Signal") => {
+                            if let Some(id) = attr(tag, "CommandId")? {
+                                set_consistent(&mut info.command_id, trimmed(&id), "CommandId")?;
+                            }
+                        }
+                        _ => {}
+                    }
+                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "CommandLine"), (Ns::Shell, "Command")]) {
+                    field = Some(ReqField::Command);
+                    cap.start(depth);
+                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "CommandLine"), (Ns::Shell, "Arguments")]) {
+                    field = Some(ReqField::Arguments);
+                    cap.start(depth);
+                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Receive"), (Ns::Shell, "DesiredStream")])
+                    || path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Send"), (Ns::Shell, "Stream")])
+                {
+                    if let Some(id) = attr(tag, "CommandId")? {
+                        set_consistent(&mut info.command_id, trimmed(&id), "CommandId")?;
+                    }
+                }
+            }
+            Item::Text(s) => cap.text(path, s),
+            Item::End { .. } => {
+                if let Some(text) = cap.end(path) {
+                    match field.take() {
+                        Some(ReqField::Action) => set_once(&mut action, trimmed(&text), "wsa:Action")?,
+                        Some(ReqField::MessageId) => {
+                            set_once(&mut info.message_id, trimmed(&text), "wsa:MessageID")?
+                        }
+                        Some(ReqField::To) => set_once(&mut info.to, trimmed(&text), "wsa:To")?,
+                        Some(ReqField::ResourceUri) => {
+                            set_once(&mut info.resource_uri, trimmed(&text), "w:ResourceURI")?
+                        }
+                        Some(ReqField::ShellId) => {
+                            set_once(&mut info.shell_id, trimmed(&text), "ShellId selector")?
+                        }
+                        Some(ReqField::Timeout) => set_once(&mut timeout, text, "w:OperationTimeout")?,
+                        Some(ReqField::Command) => set_once(&mut command, text, "rsp:Command")?,
+                        Some(ReqField::Arguments) => arguments.push(text),
+                        None => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+
+    if let Some(t) = timeout {
+        let d = parse_duration(&t).ok_or_else(|| WsmanError::InvalidTimeout(t.chars().take(64).collect()))?;
+        info.operation_timeout = Some(d);
+    }
+    if info.is_identify {
+        // An Identify may be answered without authentication, so it must not
+        // double as anything else.
+        if action.is_some() || body_children > 1 || command_lines > 0 {
+            return Err(WsmanError::AmbiguousIdentify);
+        }
+    } else {
+        info.action = action.filter(|a| !a.is_empty()).ok_or(WsmanError::MissingAction)?;
+    }
+    if command_lines > 0 {
+        let mut line = command.unwrap_or_default();
+        for arg in arguments.into_iter().filter(|a| !a.is_empty()) {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&arg);
+        }
+        info.command_line = Some(line);
+    }
+    Ok(info)
+}
+
+/// Which response field a captured text belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RespField {
+    RelatesTo,
+    Subcode,
+    Reason,
+    ShellId,
+    SelectorShellId,
+    CommandId,
+    ExitCode,
+}
+
+/// Scans a target's response for correlation, faults and command results.
+pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
+    const FAULT: (Ns, &str) = (Ns::Soap, "Fault");
+    const RECEIVE: (Ns, &str) = (Ns::Shell, "ReceiveResponse");
+    const STATE: (Ns, &str) = (Ns::Shell, "CommandState");
+
+    let mut info = ResponseInfo::default();
+    let mut fault: Option<FaultInfo> = None;
+    let mut cap = Capture::default();
+    let mut field = None;
+    let mut shell_id = None::<String>;
+    let mut selector_shell_id = None::<String>;
+    let mut state_command_id = None::<String>;
+    let mut exit_code = None::<String>;
+    let mut headers = 0usize;
+    let mut bodies = 0usize;
+
+    scan(xml, |path, item| {
+        match item {
+            Item::Start { tag, .. } => {
+                let depth = path.len();
+                let f = if path_is(path, &[ENVELOPE, HEADER]) {
+                    headers += 1;
+                    if headers > 1 {
+                        return Err(WsmanError::Duplicate("soap Header"));
+                    }
+                    None
+                } else if path_is(path, &[ENVELOPE, BODY]) {
+                    bodies += 1;
+                    if bodies > 1 {
+                        return Err(WsmanError::Duplicate("soap Body"));
+                    }
+                    None
+                } else if path_is(path, &[ENVELOPE, HEADER, (Ns::Addressing, "RelatesTo")]) {
+                    Some(RespField::RelatesTo)
+                } else if path_is(path, &[ENVELOPE, BODY, FAULT]) {
+                    if fault.is_some() {
+                        return Err(WsmanError::Duplicate("s:Fault"));
+                    }
+                    fault = Some(FaultInfo::default());
+                    None
+                } else if path_is(
+                    path,
+                    &[ENVELOPE, BODY, FAULT, (Ns::Soap, "Code"), (Ns::Soap, "Subcode"), (Ns::Soap, "Value")],
+                ) {
+                    Some(RespField::Subcode)
+                } else if path_is(path, &[ENVELOPE, BODY, FAULT, (Ns::Soap, "Reason"), (Ns::Soap, "Text")]) {
+                    Some(RespField::Reason)
+                } else if path_is(path, &[ENVELOPE, BODY, FAULT, (Ns::Soap, "Detail"), (Ns::WsmanFault, "WSManFault")]) {
+                    if let Some(fi) = fault.as_mut() {
+                        if fi.wsman_code.is_none() {
+                            fi.wsman_code = attr(tag, "Code")?.and_then(|c| c.trim().parse().ok());
+                        }
+                    }
+                    None
+                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Shell"), (Ns::Shell, "ShellId")]) {
+                    Some(RespField::ShellId)
+                } else if path_is(
+                    path,
+                    &[
+                        ENVELOPE,
+                        BODY,
+                        (Ns::Transfer, "ResourceCreated"),
+                        (Ns::Addressing, "ReferenceParameters"),
+                        (Ns::Wsman, "SelectorSet"),
+                        (Ns::Wsman, "Selector"),
+                    ],
+                ) {
+                    (attr(tag, "Name")?.as_deref() == Some("ShellId")).then_some(RespField::SelectorShellId)
+                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "CommandResponse"), (Ns::Shell, "CommandId")]) {
+                    Some(RespField::CommandId)
+                } else if path_is(path, &[ENVELOPE, BODY, RECEIVE, STATE]) {
+                    if let Some(state) = attr(tag, "State")? {
+                        if state.trim_matches(is_xml_space).ends_with("/CommandState/Done") {
+                            info.command_done = true;
+                        }
+                    }
+                    if let Some(id) = attr(tag, "CommandId")? {
+                        set_once(&mut state_command_id, trimmed(&id), "rsp:CommandState")?;
+                    }
+                    None
+                } else if path_is(path, &[ENVELOPE, BODY, RECEIVE, STATE, (Ns::Shell, "ExitCode")]) {
+                    Some(RespField::ExitCode)
+                } else {
+                    None
+                };
+                if f.is_some() {
+                    field = f;
+                    cap.start(depth);
+                }
+            }
+            Item::Text(s) => cap.text(path, s),
+            Item::End { .. } => {
+                if let Some(text) = cap.end(path) {
+                    match field.take() {
+                        Some(RespField::RelatesTo) => {
+                            set_once(&mut info.relates_to, trimmed(&text), "wsa:RelatesTo")?
+                        }
+                        Some(RespField::Subcode) => {
+                            if let Some(fi) = fault.as_mut() {
+                                if fi.subcode.is_none() {
+                                    let v = trimmed(&text);
+                                    // A QName: keep the local part, whatever the prefix.
+                                    let local = v.rsplit(':').next().unwrap_or_default();
+                                    fi.subcode = Some(local.to_string());
+                                }
+                            }
+                        }
+                        Some(RespField::Reason) => {
+                            if let Some(fi) = fault.as_mut() {
+                                if fi.reason.is_none() {
+                                    fi.reason = Some(trimmed(&text));
+                                }
+                            }
+                        }
+                        Some(RespField::ShellId) => set_once(&mut shell_id, trimmed(&text), "rsp:ShellId")?,
+                        Some(RespField::SelectorShellId) => {
+                            set_once(&mut selector_shell_id, trimmed(&text), "ShellId selector")?
+                        }
+                        Some(RespField::CommandId) => {
+                            set_once(&mut info.command_id, trimmed(&text), "rsp:CommandId")?
+                        }
+                        Some(RespField::ExitCode) => set_once(&mut exit_code, trimmed(&text), "rsp:ExitCode")?,
+                        None => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+
+    info.fault = fault;
+    // Windows sends both for cmd shells (the same id); PSRP Create responses
+    // only carry the selector.
+    info.created_shell_id = shell_id.or(selector_shell_id);
+    if info.command_id.is_none() {
+        info.command_id = state_command_id;
+    }
+    info.exit_code = exit_code.and_then(|c| c.parse().ok());
+    Ok(info)
+}
+
+/// Replace the text of the header's wsa:To with `to` (XML-escaped); every other byte unchanged.
+/// If there is no wsa:To, return the input unchanged.
+pub fn rewrite_to(xml: &[u8], to: &str) -> Result<Vec<u8>, WsmanError> {
+    enum Found {
+        /// `<a:To ...>text</a:To>`: the byte range of the text.
+        Pair { content: std::ops::Range<usize> },
+        /// `<a:To ... />`, with the qualified name to close it with.
+        Empty { tag: std::ops::Range<usize>, qname: Vec<u8> },
+    }
+    let mut found: Option<Found> = None;
+    let mut open_at = None;
+    scan(xml, |path, item| {
+        let is_to = path_is(path, &[ENVELOPE, HEADER, (Ns::Addressing, "To")]);
+        if !is_to {
+            return Ok(());
+        }
+        match item {
+            Item::Start { tag, span, empty } => {
+                if found.is_some() || open_at.is_some() {
+                    return Err(WsmanError::Duplicate("wsa:To"));
+                }
+                if empty {
+                    found = Some(Found::Empty {
+                        tag: span,
+                        qname: tag.name().as_ref().to_vec(),
+                    });
+                } else {
+                    open_at = Some(span.end);
+                }
+            }
+            Item::End { span, empty: false } => {
+                if let Some(start) = open_at.take() {
+                    found = Some(Found::Pair {
+                        content: start..span.start,
+                    });
+                }
+            }
+            Item::End { .. } | Item::Text(_) => {}
+        }
+        Ok(())
+    })?;
+
+    let escaped = fault::xml_escape(to);
+    let Some(found) = found else {
+        return Ok(xml.to_vec());
+    };
+    // Spans come from the scan of this very buffer; `get` keeps a bad span an
+    // error rather than a panic.
+    let slice = |r: std::ops::Range<usize>| {
+        xml.get(r)
+            .ok_or_else(|| WsmanError::Xml("internal span error".into()))
+    };
+    let mut out = Vec::with_capacity(xml.len() + escaped.len() + 16);
+    match found {
+        Found::Pair { content } => {
+            out.extend_from_slice(slice(0..content.start)?);
+            out.extend_from_slice(escaped.as_bytes());
+            out.extend_from_slice(slice(content.end..xml.len())?);
+        }
+        Found::Empty { tag, qname } => {
+            // `<a:To attr="x"/>` becomes `<a:To attr="x">target</a:To>`.
+            let head = slice(tag.start..tag.end.saturating_sub(2))?;
+            out.extend_from_slice(slice(0..tag.start)?);
+            out.extend_from_slice(head);
+            out.push(b'>');
+            out.extend_from_slice(escaped.as_bytes());
+            out.extend_from_slice(b"</");
+            out.extend_from_slice(&qname);
+            out.push(b'>');
+            out.extend_from_slice(slice(tag.end..xml.len())?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,6 @@
 //! one place: UTF-8 only, no DTD (hence no entity expansion), bounded depth,
 //! a single SOAP 1.2 `Envelope` root, undeclared prefixes rejected.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use quick_xml::events::{BytesStart, Event};
@@ -127,45 +126,11 @@ where
             .map_err(|e| xml_error(before, e))?;
         let after = base + reader.buffer_position() as usize;
         match event {
-            Event::Start(tag) | Event::Empty(tag) => {
-                let empty = matches!(reader_last_was_empty(&tag, xml, before..after), true);
-                let ns = ns?;
-                if path.is_empty() {
-                    if seen_root {
-                        return Err(WsmanError::Xml("more than one root element".into()));
-                    }
-                    seen_root = true;
-                    if ns != Ns::Soap || tag.local_name().as_ref() != b"Envelope" {
-                        return Err(WsmanError::NotSoapEnvelope);
-                    }
-                }
-                if path.len() >= MAX_DEPTH {
-                    return Err(WsmanError::TooDeep);
-                }
-                let local = std::str::from_utf8(tag.local_name().into_inner())
-                    .map_err(|_| WsmanError::NotUtf8)?;
-                path.push(Elem {
-                    ns,
-                    local: local.into(),
-                });
-                visit(
-                    &path,
-                    Item::Start {
-                        tag: &tag,
-                        span: before..after,
-                        empty,
-                    },
-                )?;
-                if empty {
-                    visit(
-                        &path,
-                        Item::End {
-                            span: before..after,
-                            empty: true,
-                        },
-                    )?;
-                    path.pop();
-                }
+            Event::Start(tag) => {
+                open_element(&mut path, &mut seen_root, ns?, &tag, before..after, false, &mut visit)?;
+            }
+            Event::Empty(tag) => {
+                open_element(&mut path, &mut seen_root, ns?, &tag, before..after, true, &mut visit)?;
             }
             Event::End(_) => {
                 // quick-xml has already checked that the names match.
@@ -184,10 +149,7 @@ where
             }
             Event::CData(c) => {
                 let raw = c.into_inner();
-                let s = match raw {
-                    Cow::Borrowed(b) => std::str::from_utf8(b).map_err(|_| WsmanError::NotUtf8)?,
-                    Cow::Owned(_) => return Err(WsmanError::Xml("unexpected cdata".into())),
-                };
+                let s = std::str::from_utf8(&raw).map_err(|_| WsmanError::NotUtf8)?;
                 text_event(&path, s, &mut visit)?;
             }
             Event::DocType(_) => return Err(WsmanError::Doctype),
@@ -204,10 +166,55 @@ where
     Ok(())
 }
 
-/// quick-xml reports `<a/>` as `Event::Empty`; the tag bytes tell us the same
-/// and keep the match above a single arm.
-fn reader_last_was_empty(_tag: &BytesStart<'_>, xml: &[u8], span: Range<usize>) -> bool {
-    span.end >= 2 && xml.get(span.end - 2..span.end) == Some(b"/>".as_slice())
+#[allow(clippy::too_many_arguments)]
+fn open_element<F>(
+    path: &mut Vec<Elem>,
+    seen_root: &mut bool,
+    ns: Ns,
+    tag: &BytesStart<'_>,
+    span: Range<usize>,
+    empty: bool,
+    visit: &mut F,
+) -> Result<(), WsmanError>
+where
+    F: FnMut(&[Elem], Item<'_, '_>) -> Result<(), WsmanError>,
+{
+    if path.is_empty() {
+        if *seen_root {
+            return Err(WsmanError::Xml("more than one root element".into()));
+        }
+        *seen_root = true;
+        if ns != Ns::Soap || tag.local_name().as_ref() != b"Envelope" {
+            return Err(WsmanError::NotSoapEnvelope);
+        }
+    }
+    if path.len() >= MAX_DEPTH {
+        return Err(WsmanError::TooDeep);
+    }
+    // Attributes are otherwise only parsed on demand; a duplicate (say two
+    // xmlns:a) must not let us read the envelope differently from the target.
+    for a in tag.attributes().with_checks(true) {
+        a.map_err(|e| WsmanError::Xml(e.to_string()))?;
+    }
+    let local =
+        std::str::from_utf8(tag.local_name().into_inner()).map_err(|_| WsmanError::NotUtf8)?;
+    path.push(Elem {
+        ns,
+        local: local.into(),
+    });
+    visit(
+        path,
+        Item::Start {
+            tag,
+            span: span.clone(),
+            empty,
+        },
+    )?;
+    if empty {
+        visit(path, Item::End { span, empty: true })?;
+        path.pop();
+    }
+    Ok(())
 }
 
 fn text_event<F>(path: &[Elem], s: &str, visit: &mut F) -> Result<(), WsmanError>

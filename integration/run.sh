@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Integration suite: venv (cached on requirements.txt hash) -> build relay -> pytest.
+# Last line of output is always "N passed, N failed"; exit status is non-zero on any
+# failure, on a build failure, and when no test ran (pytest exit 5).
+#
+# Usage: integration/run.sh [extra pytest args, e.g. -k direct]
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HERE")"
+VENV="$HERE/.venv"
+PY="${PYTHON:-python3}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONDONTWRITEBYTECODE=1
+
+summary() { # passed failed
+    echo "$1 passed, $2 failed"
+}
+
+# ---- 1. venv, reinstalled only when requirements.txt (or the interpreter) changed
+want="$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1) $("$PY" -c 'import sys; print(sys.version.split()[0])')"
+stamp="$VENV/.requirements.stamp"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "[run.sh] (re)creating $VENV"
+    rm -rf "$VENV"
+    if ! "$PY" -m venv "$VENV" </dev/null; then
+        echo "[run.sh] python3 -m venv failed; trying virtualenv"
+        "$PY" -m pip install -q virtualenv </dev/null && "$PY" -m virtualenv -q "$VENV" </dev/null
+    fi
+    if ! "$VENV/bin/python" -m pip install -q -r "$HERE/requirements.txt" </dev/null; then
+        echo "[run.sh] pip install failed"
+        rm -f "$stamp"
+        summary 0 1
+        exit 1
+    fi
+    echo "$want" >"$stamp"
+fi
+
+# ---- 2. build the relay (debug); honour CARGO_TARGET_DIR
+target_dir="${CARGO_TARGET_DIR:-$REPO/target}"
+case "$target_dir" in /*) ;; *) target_dir="$REPO/$target_dir" ;; esac
+build_ok=1
+echo "[run.sh] cargo build --bin winrm-relay"
+if ! (cd "$REPO" && cargo build --bin winrm-relay </dev/null); then
+    build_ok=0
+    echo "[run.sh] relay build FAILED: relay scenarios will fail, direct (double) tests still run"
+    export RELAY_BIN="/nonexistent/winrm-relay-build-failed"
+else
+    export RELAY_BIN="$target_dir/debug/winrm-relay"
+fi
+
+# ---- 3. pytest
+junit="$(mktemp -d)/junit.xml"
+(cd "$HERE" && "$VENV/bin/python" -m pytest tests -p no:cacheprovider -o junit_family=xunit2 \
+    --junitxml="$junit" --timeout=180 -rfE -v "$@" </dev/null)
+rc=$?
+
+read -r passed failed skipped < <("$VENV/bin/python" - "$junit" <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except Exception:
+    print(0, 1, 0); sys.exit()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+t = f = e = s = 0
+for su in suites:
+    t += int(su.get("tests", 0)); f += int(su.get("failures", 0))
+    e += int(su.get("errors", 0)); s += int(su.get("skipped", 0))
+print(t - f - e - s, f + e, s)
+PYEOF
+)
+rm -rf "$(dirname "$junit")"
+
+status=0
+if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ] || [ "$build_ok" -ne 1 ]; then
+    status=1
+    # pytest crashed / collected nothing / build broke without a failing test: count it.
+    if [ "$failed" -eq 0 ]; then failed=1; fi
+fi
+[ "$rc" -eq 5 ] && echo "[run.sh] pytest collected no tests"
+summary "$passed" "$failed"
+exit "$status"

@@ -1,0 +1,121 @@
+"""Beyond the basic scenarios: concurrency, TimedOut passthrough, raw-NTLM CredSSP clients,
+shell ownership, unauthenticated Identify, hostile tokens."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+from winrm.exceptions import WinRMTransportError, WSManFaultError
+
+from helpers import (ALICE, BOB, RELAY_HOST, RELAY_PORT, double_records, err_text, relay_log_excerpt, relay_protocol,
+                     relay_url, run)
+
+
+def test_relay_receive_timedout_passthrough(relay):
+    """Receive with nothing to say: the target's w:TimedOut fault passes through, pywinrm polls again."""
+    p = relay_protocol("web01", operation_timeout_sec=1, read_timeout_sec=8)
+    sid = p.open_shell()
+    cid = p.run_command(sid, "sleep 2.5; echo after-wait")
+    out = p.get_command_output(sid, cid)
+    p.close_shell(sid)
+    assert out == (b"after-wait\n", b"", 0), relay_log_excerpt(relay)
+    faults = [r for r in double_records(relay, "web01") if r.get("shell_id") == sid and r.get("fault") == "w:TimedOut"]
+    assert faults, "the double never timed out a Receive: test did not exercise the fault path"
+
+
+def test_relay_concurrent_clients(relay):
+    results = {}
+    errors = []
+
+    def worker(i, target, user):
+        try:
+            p = relay_protocol(target, user=user)
+            results[i] = run(p, "echo", ["c%d" % i, "$COMPUTERNAME"])
+            p.transport.close_session()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append((i, e))
+
+    jobs = [(0, "web01", ALICE), (1, "web02", ALICE), (2, "web01", BOB), (3, "web02", ALICE), (4, "web01", ALICE)]
+    threads = [threading.Thread(target=worker, args=j) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, [(i, err_text(e)) for i, e in errors]
+    for i, target, _ in jobs:
+        assert results[i] == (("c%d %s\n" % (i, target.upper())).encode(), b"", 0)
+
+
+def test_relay_credssp_raw_ntlm_client(relay):
+    """requests-credssp with auth_mechanism='ntlm' sends raw NTLMSSP (not SPNEGO) inside CredSSP."""
+    p = relay_protocol("web01", credssp_auth_mechanism="ntlm")
+    assert run(p, "echo", ["raw-ntlm"]) == (b"raw-ntlm\n", b"", 0), relay_log_excerpt(relay)
+    p.transport.close_session()
+
+
+def test_relay_shell_belongs_to_creator(relay):
+    pa = relay_protocol("web01")
+    sid = pa.open_shell()
+    pb = relay_protocol("web01", user=BOB)
+    with pytest.raises((WSManFaultError, WinRMTransportError)) as ei:
+        pb.run_command(sid, "echo", ["stolen"])
+    text = err_text(ei.value)
+    assert "AccessDenied" in text or "InvalidSelectors" in text, text
+    pb.transport.close_session()
+    pa.close_shell(sid)
+    assert not [r for r in double_records(relay, "web01") if r.get("command") == "echo stolen"]
+
+
+def test_relay_identify_unauthenticated(relay):
+    mid = "uuid:%s" % uuid.uuid4()
+    body = (
+        '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+        'xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd" '
+        'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header><a:MessageID>%s</a:MessageID></s:Header>'
+        "<s:Body><wsmid:Identify/></s:Body></s:Envelope>" % mid
+    )
+    r = requests.post(relay_url("web01"), data=body.encode(), timeout=10,
+                      headers={"Content-Type": "application/soap+xml;charset=UTF-8", "WSMANIDENTIFY": "unauthenticated"})
+    assert r.status_code == 200, (r.status_code, r.text)
+    assert "IdentifyResponse" in r.text and "ProtocolVersion" in r.text
+
+
+@pytest.mark.parametrize("scheme,token", [
+    ("CredSSP", b"\x00" * 10),
+    ("CredSSP", b"\x16\x03\x01\x00\x05hello"),
+    ("Negotiate", b"\x00" * 10),
+    ("Negotiate", b"\x60\x03\x06\x01\x00"),
+    ("CredSSP", b"A" * 70000),
+])
+def test_relay_survives_garbage_auth(relay, scheme, token):
+    hdr = "%s %s" % (scheme, base64.b64encode(token).decode())
+    try:
+        r = requests.post(relay_url("web01"), data=b"", headers={"Authorization": hdr}, timeout=10)
+        assert r.status_code in (400, 401, 413, 431), r.status_code
+    except requests.ConnectionError:
+        pass  # closing the connection is an acceptable answer
+    assert relay.relay_alive(), relay_log_excerpt(relay)
+    # and it still serves a real client
+    p = relay_protocol("web01")
+    assert run(p, "echo", ["still-up"]) == (b"still-up\n", b"", 0)
+    p.transport.close_session()
+
+
+def test_relay_slow_client_does_not_block_others(relay):
+    """A client that opens a connection and sends half a request must not stall other clients."""
+    s = socket.create_connection((RELAY_HOST, RELAY_PORT), timeout=5)
+    try:
+        s.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        t0 = time.monotonic()
+        p = relay_protocol("web01")
+        assert run(p, "echo", ["parallel"]) == (b"parallel\n", b"", 0)
+        p.transport.close_session()
+        assert time.monotonic() - t0 < 10
+    finally:
+        s.close()
