@@ -336,3 +336,6 @@ fn parse_ts_request(plain: &[u8]) -> Result<TsRequest, CredSspError> {
 fn hostname_for_ntlm() -> String {
     "WINRM-RELAY".to_string()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! The acceptor driven in memory by a rustls client: the refusals that
+//! happen before sspi, where a hostile client would otherwise reach
+//! panicking parsers. Interop with real clients is proven by the
+//! integration suite (requests-credssp, pypsrp).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use sspi::credssp::TsRequest;
+
+use super::*;
+
+/// CredSSP authenticates the server through pubKeyAuth, not the PKI, so the
+/// test client (like requests-credssp) accepts any certificate.
+#[derive(Debug)]
+struct AcceptAnyCert;
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn acceptor_config(min_version: u32) -> Arc<AcceptorConfig> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let key = PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server config");
+    Arc::new(AcceptorConfig {
+        tls: Arc::new(tls),
+        public_key: vec![0x30, 0x00],
+        users: vec![UserHash { domain: "LAB".into(), user: "alice".into(), nt_hash: nt_hash("pw") }].into(),
+        min_version,
+    })
+}
+
+fn client(version: &'static rustls::SupportedProtocolVersion) -> ClientConnection {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert))
+        .with_no_client_auth();
+    ClientConnection::new(Arc::new(config), ServerName::try_from("relay").expect("name")).expect("client")
+}
+
+fn client_output(client: &mut ClientConnection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut out).expect("write_tls");
+    }
+    out
+}
+
+fn client_input(client: &mut ClientConnection, bytes: &[u8]) -> Vec<u8> {
+    let mut cursor = std::io::Cursor::new(bytes);
+    while (cursor.position() as usize) < bytes.len() {
+        client.read_tls(&mut cursor).expect("read_tls");
+        client.process_new_packets().expect("process");
+    }
+    let mut plain = Vec::new();
+    let _ = client.reader().read_to_end(&mut plain);
+    plain
+}
+
+/// Run the TLS legs as the HTTP exchange would, one 401 per leg.
+fn handshake(acceptor: &mut Acceptor, client: &mut ClientConnection) -> usize {
+    let mut legs = 0;
+    while client.is_handshaking() {
+        let token = client_output(client);
+        match acceptor.step(&token) {
+            Step::Continue(reply) => {
+                client_input(client, &reply);
+            }
+            other => panic!("handshake leg answered {other:?}"),
+        }
+        legs += 1;
+        assert!(legs < 10, "handshake does not finish");
+    }
+    // The client's Finished (TLS 1.2: already sent; TLS 1.3: carries it now).
+    let token = client_output(client);
+    if !token.is_empty() {
+        match acceptor.step(&token) {
+            Step::Continue(reply) => {
+                client_input(client, &reply);
+            }
+            other => panic!("finished leg answered {other:?}"),
+        }
+        legs += 1;
+    }
+    legs
+}
+
+fn send_ts_request(acceptor: &mut Acceptor, client: &mut ClientConnection, request: &TsRequest) -> Step {
+    let mut encoded = Vec::new();
+    request.encode_ts_request(&mut encoded).expect("encode");
+    client.writer().write_all(&encoded).expect("write");
+    let token = client_output(client);
+    acceptor.step(&token)
+}
+
+fn ts_request(version: u32, token: Vec<u8>) -> TsRequest {
+    TsRequest { version, nego_tokens: Some(token), ..TsRequest::default() }
+}
+
+#[test]
+fn tls12_and_tls13_handshakes_complete_in_memory() {
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+        let mut client = client(version);
+        let legs = handshake(&mut acceptor, &mut client);
+        assert!(!client.is_handshaking());
+        assert!((2..=3).contains(&legs), "{legs} legs");
+    }
+}
+
+#[test]
+fn garbage_spnego_token_is_rejected_without_panicking() {
+    let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+    let mut client = client(&rustls::version::TLS13);
+    handshake(&mut acceptor, &mut client);
+    match send_ts_request(&mut acceptor, &mut client, &ts_request(6, vec![0u8; 10])) {
+        Step::Rejected { error: CredSspError::BadToken(_), .. } => {}
+        other => panic!("expected a bad-token rejection, got {other:?}"),
+    }
+    // The connection's exchange is over: further legs are refused too.
+    assert!(matches!(acceptor.step(b"\x17\x03\x03\x00\x01\x00"), Step::Rejected { .. }));
+}
+
+#[test]
+fn version_below_the_floor_is_refused_with_an_error_tsrequest() {
+    let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+    let mut client = client(&rustls::version::TLS12);
+    handshake(&mut acceptor, &mut client);
+    let ntlm_negotiate = b"NTLMSSP\0\x01\x00\x00\x00\x07\x82\x08\xa2".to_vec();
+    match send_ts_request(&mut acceptor, &mut client, &ts_request(4, ntlm_negotiate)) {
+        Step::Rejected { error: CredSspError::VersionTooLow { client: 4, floor: 5 }, token: Some(token), .. } => {
+            let plain = client_input(&mut client, &token);
+            let reply = TsRequest::from_buffer(&plain).expect("error TSRequest");
+            assert_eq!(reply.error_code.map(|c| c.0), Some(0xc000_006d));
+        }
+        other => panic!("expected a version refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn version_at_the_floor_reaches_ntlm() {
+    let mut acceptor = Acceptor::new(acceptor_config(2)).expect("acceptor");
+    let mut client = client(&rustls::version::TLS12);
+    handshake(&mut acceptor, &mut client);
+    // NEGOTIATE: signature, type 1, flags, empty domain and workstation, version.
+    let mut ntlm_negotiate = b"NTLMSSP\0\x01\x00\x00\x00\x37\x82\x08\xe2".to_vec();
+    ntlm_negotiate.extend_from_slice(&[0u8; 16]);
+    ntlm_negotiate.extend_from_slice(&[10, 0, 0x61, 0x4a, 0, 0, 0, 15]);
+    match send_ts_request(&mut acceptor, &mut client, &ts_request(2, ntlm_negotiate)) {
+        Step::Continue(token) => {
+            let plain = client_input(&mut client, &token);
+            let reply = TsRequest::from_buffer(&plain).expect("challenge TSRequest");
+            assert_eq!(reply.version, 2, "the server answers with the lower version");
+            let challenge = reply.nego_tokens.expect("challenge token");
+            assert!(challenge.starts_with(b"NTLMSSP\0\x02\0\0\0"), "NTLM CHALLENGE expected");
+        }
+        other => panic!("expected an NTLM challenge, got {other:?}"),
+    }
+    assert_eq!(acceptor.mechanism(), Some(InnerMechanism::Ntlm));
+}
+
+#[test]
+fn short_pub_key_auth_is_refused_before_sspi() {
+    let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+    let mut client = client(&rustls::version::TLS13);
+    handshake(&mut acceptor, &mut client);
+    let request = TsRequest { version: 6, pub_key_auth: Some(vec![1, 2, 3]), ..TsRequest::default() };
+    match send_ts_request(&mut acceptor, &mut client, &request) {
+        Step::Rejected { error: CredSspError::ShortField("pubKeyAuth"), .. } => {}
+        other => panic!("expected a short-field rejection, got {other:?}"),
+    }
+}
