@@ -153,3 +153,14 @@ def ps_create_envelope(to: str, message_id: str, shell_id: str, creation_b64: st
         '<creationXml xmlns="http://schemas.microsoft.com/powershell">%s</creationXml></rsp:Shell></s:Body>'
         "</s:Envelope>" % (message_id, PS_RESOURCE_URI, shell_id.lower(), to, shell_id, creation_b64)
     )
+
+
+def capture_responses(protocol: typing.Any) -> typing.List[typing.Tuple[int, str]]:
+    """Record (HTTP status, Content-Type) of every response on this Protocol's session (authenticates now)."""
+    seen: typing.List[typing.Tuple[int, str]] = []
+    session = protocol.transport.build_session()
+    session.hooks["response"].append(lambda r, *a, **k: seen.append((r.status_code, r.headers.get("Content-Type", ""))))
+    return seen
+
+
+CREDSSP_ENCRYPTED = 'protocol="application/HTTP-CredSSP-session-encrypted"'

@@ -95,3 +95,14 @@ def test_relay_stdin_send(relay):
     p.close_shell(sid)
     assert (err, rc) == (b"", 0)
     assert out == data
+
+
+def test_relay_unicode_and_xml_specials(relay):
+    na = len(audit_events(relay))
+    p = relay_protocol("web01")
+    text = "h\u00e9llo \u2713 \u65e5\u672c <a&b> \"q\" 'z'"
+    out, err, rc = run(p, "cat <<'EOF'\n%s\nEOF" % text)
+    p.transport.close_session()
+    assert (out.decode("utf-8"), err, rc) == (text + "\n", b"", 0)
+    cmds = [e.get("command") for e in audit_events(relay)[na:] if e.get("action") == "Command"]
+    assert any(c and text in c for c in cmds), cmds

@@ -16,7 +16,7 @@ import pytest
 import winrm
 from winrm.exceptions import InvalidCredentialsError, WinRMTransportError, WSManFaultError
 
-from helpers import (ALICE, BOB, USERS, PS_RESOURCE_URI, audit_events, double_records, err_text, http_code,
+from helpers import (ALICE, BOB, CREDSSP_ENCRYPTED, USERS, PS_RESOURCE_URI, capture_responses, audit_events, double_records, err_text, http_code,
                      ps_create_envelope, psrp_creation_blob, relay_log_excerpt, relay_protocol, relay_url, retarget,
                      run, user_is, wait_for)
 
@@ -59,7 +59,8 @@ def test_relay_wrong_password(relay):
     assert isinstance(e, auth_errors) or http_code(e) == 401, "not an authentication error: %r" % (e,)
     ev = wait_for(lambda: [x for x in audit_events(relay)[n:] if x.get("event") == "auth_failed"], 3)
     assert ev, "no auth_failed audit event" + relay_log_excerpt(relay)
-    assert any(user_is(x.get("user"), ALICE) for x in ev), ev
+    assert any(user_is(x.get("user"), ALICE) for x in ev), "auth_failed does not name the claimed user %s: %s" % (
+        ALICE, ev)
     assert WRONG_PASSWORD not in open(relay.audit_file, encoding="utf-8").read()
 
 
@@ -110,18 +111,19 @@ def _conn_sockname(p):
     return None
 
 
-def _ps_create(p, target_url):
+def _ps_create(p, target_url, pad: int = 0):
     mid = "uuid:%s" % str(uuid.uuid4()).upper()
     shell_id = str(uuid.uuid4()).upper()
-    blob = psrp_creation_blob()
+    blob = psrp_creation_blob() + os.urandom(pad)
     creation_b64 = base64.b64encode(blob).decode()
     msg = ps_create_envelope(target_url, mid, shell_id, creation_b64)
     return mid, shell_id, creation_b64, msg
 
 
-def test_relay_powershell_create_passthrough(relay):
+@pytest.mark.parametrize("pad", [0, 40000], ids=["small", "over16k"])
+def test_relay_powershell_create_passthrough(relay, pad):
     p = relay_protocol("web01")
-    mid, shell_id, creation_b64, msg = _ps_create(p, relay_url("web01"))
+    mid, shell_id, creation_b64, msg = _ps_create(p, relay_url("web01"), pad)
     resp = p.send_message(msg)
     root = ET.fromstring(resp)
     relates = [n.text for n in root.iter() if n.tag.endswith("}RelatesTo")]
@@ -155,14 +157,44 @@ def test_relay_bob_denied_powershell(relay):
     p = relay_protocol("web01", user=BOB)
     mid, shell_id, creation_b64, msg = _ps_create(p, relay_url("web01"))
     na = len(audit_events(relay))
+    seen = capture_responses(p)
     with pytest.raises((WSManFaultError, WinRMTransportError)) as ei:
         p.send_message(msg)
     e = ei.value
     assert isinstance(e, WSManFaultError) and (e.fault_subcode or "").endswith("AccessDenied"), err_text(e)
     assert http_code(e) == 500
+    # The relay's own fault: encrypted like any body, RelatesTo = our MessageID.
+    assert seen[-1][0] == 500 and CREDSSP_ENCRYPTED in seen[-1][1], seen
+    relates = [n.text for n in ET.fromstring(e.response).iter() if n.tag.endswith("}RelatesTo")]
+    assert relates == [mid], relates
     assert not [r for r in double_records(relay, "web01") if r.get("message_id") == mid]
     ev = wait_for(lambda: [x for x in audit_events(relay)[na:] if x.get("event") == "denied"], 3)
     assert ev and user_is(ev[0].get("user"), BOB), ev
     # cmd is still fine for bob on the same connection
     assert run(p, "echo", ["cmd-ok"]) == (b"cmd-ok\n", b"", 0)
     p.transport.close_session()
+
+
+def test_relay_refuses_credssp_below_min_version(relay, monkeypatch):
+    """credssp_min_version = 5: a client speaking CredSSP v4 (no CVE-2018-0886 nonce binding) is refused
+    with an authentication error, the session is not established, the relay stays up."""
+    import spnego._credssp as cs
+
+    monkeypatch.setattr(cs, "_CREDSSP_VERSION", 4)
+    n1 = len(double_records(relay, "web01"))
+    p = relay_protocol("web01")
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as ei:
+        p.open_shell()
+    assert time.monotonic() - t0 < 10
+    e = ei.value
+    assert not isinstance(e, (WSManFaultError,)), err_text(e)
+    assert http_code(e) in (None, 401), err_text(e)
+    assert type(e).__name__ in ("AuthenticationException", "NTStatusException", "InvalidCredentialsError",
+                                "SpnegoError", "InvalidTokenError", "BadMechanismError") or http_code(e) == 401, \
+        "%s: %s" % (type(e).__name__, e)
+    assert not [r for r in double_records(relay, "web01")[n1:] if r.get("event") == "request"]
+    monkeypatch.undo()
+    p2 = relay_protocol("web01")
+    assert run(p2, "echo", ["v6-ok"]) == (b"v6-ok\n", b"", 0)
+    p2.transport.close_session()

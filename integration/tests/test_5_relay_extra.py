@@ -54,9 +54,40 @@ def test_relay_concurrent_clients(relay):
 
 def test_relay_credssp_raw_ntlm_client(relay):
     """requests-credssp with auth_mechanism='ntlm' sends raw NTLMSSP (not SPNEGO) inside CredSSP."""
-    p = relay_protocol("web01", credssp_auth_mechanism="ntlm")
+    p = relay_protocol("web01")
+    p.transport.credssp_auth_mechanism = "ntlm"  # Protocol() does not expose it; the session is built lazily
     assert run(p, "echo", ["raw-ntlm"]) == (b"raw-ntlm\n", b"", 0), relay_log_excerpt(relay)
     p.transport.close_session()
+
+
+def test_relay_credssp_tls12(relay, monkeypatch):
+    """Windows clients use TLS 1.2 inside CredSSP; Python clients default to 1.3."""
+    import ssl
+
+    import spnego._credssp as cs
+
+    seen = []
+    orig = cs.default_tls_context
+
+    def tls12_context(*a, **kw):
+        ctx = orig(*a, **kw)
+        ctx.context.maximum_version = ssl.TLSVersion.TLSv1_2
+        seen.append(ctx)
+        return ctx
+
+    monkeypatch.setattr(cs, "default_tls_context", tls12_context)
+    p = relay_protocol("web01")
+    assert run(p, "echo", ["tls12"]) == (b"tls12\n", b"", 0), relay_log_excerpt(relay)
+    ctx = p.transport.session.auth.contexts["127.0.0.20"]
+    assert seen, "TLS context hook not used"
+    assert ctx.tls_connection.version() == "TLSv1.2", ctx.tls_connection.version()
+    # > 16 KiB response and request through TLS 1.2 records as well
+    data = b"x" * 40000 + b"\n"
+    sid = p.open_shell()
+    cid = p.run_command(sid, "cat")
+    p.send_command_input(sid, cid, data, end=True)
+    assert p.get_command_output(sid, cid) == (data, b"", 0)
+    p.close_shell(sid)
 
 
 def test_relay_shell_belongs_to_creator(relay):
@@ -119,3 +150,20 @@ def test_relay_slow_client_does_not_block_others(relay):
         assert time.monotonic() - t0 < 10
     finally:
         s.close()
+
+
+def test_relay_reconnects_after_target_restart(relay):
+    """The target drops the relay's keep-alive connection (restart, idle timeout): the next request
+    re-authenticates with the delegated credentials instead of failing the client session."""
+    import signal
+
+    import harness
+
+    p = relay_protocol("web02")
+    assert run(p, "echo", ["before"]) == (b"before\n", b"", 0)
+    d = relay.procs["double-web02"]
+    d.send_signal(signal.SIGTERM)
+    d.wait(10)
+    relay.start_double("web02", *harness.DOUBLES["web02"])
+    assert run(p, "echo", ["after"]) == (b"after\n", b"", 0), relay_log_excerpt(relay)
+    p.transport.close_session()

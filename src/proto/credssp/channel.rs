@@ -4,7 +4,7 @@
 use rustls::{ProtocolVersion, ServerConnection};
 
 use super::{tls, CredSspError};
-use crate::proto::sealing::{SealedPart, CREDSSP_CHUNK_SIZE};
+use crate::proto::sealing::{plaintext_chunks, SealProtocol, SealedPart};
 
 /// The authenticated TLS channel of one CredSSP session.
 pub struct SecureChannel {
@@ -38,8 +38,9 @@ impl SecureChannel {
     /// Encrypt a plaintext body: one part per 16 KiB chunk, one record per part.
     pub fn seal(&mut self, plain: &[u8]) -> Result<Vec<SealedPart>, CredSspError> {
         let header_len = self.trailer_len();
-        let mut parts = Vec::with_capacity(plain.len() / CREDSSP_CHUNK_SIZE + 1);
-        for chunk in plain.chunks(CREDSSP_CHUNK_SIZE) {
+        let chunks = plaintext_chunks(SealProtocol::CredSsp, plain);
+        let mut parts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
             let data = tls::encrypt(&mut self.tls, chunk)?;
             parts.push(SealedPart { original_length: chunk.len(), header_len, data });
         }

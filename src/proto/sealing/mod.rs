@@ -96,7 +96,10 @@ pub enum SealingError {
     #[error("malformed part header at byte {0}")]
     BadPartHeader(usize),
     #[error("part announces protocol {found:?}, expected {expected}")]
-    ProtocolMismatch { expected: &'static str, found: String },
+    ProtocolMismatch {
+        expected: &'static str,
+        found: String,
+    },
     #[error("part header lacks OriginalContent Length")]
     MissingLength,
     #[error("invalid OriginalContent Length {0:?}")]
@@ -272,7 +275,8 @@ fn read_part_headers(cur: &mut Cursor<'_>, protocol: SealProtocol) -> Result<usi
         if trim_end_ws(line) == DELIM {
             break;
         }
-        let line = std::str::from_utf8(line).map_err(|_| SealingError::BadPartHeader(line_start))?;
+        let line =
+            std::str::from_utf8(line).map_err(|_| SealingError::BadPartHeader(line_start))?;
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -357,7 +361,10 @@ fn walk_tls_records<'a>(cur: &mut Cursor<'a>) -> Result<&'a [u8], SealingError> 
         let (ctype, major, minor) = (rest[0], rest[1], rest[2]);
         let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
         // change_cipher_spec, alert, handshake, application_data; TLS 1.0..1.3 wire versions.
-        if !(20..=23).contains(&ctype) || major != 3 || !(1..=4).contains(&minor) || len > MAX_TLS_RECORD
+        if !(20..=23).contains(&ctype)
+            || major != 3
+            || !(1..=4).contains(&minor)
+            || len > MAX_TLS_RECORD
         {
             return Err(SealingError::BadTlsRecord(cur.pos));
         }
@@ -455,7 +462,10 @@ impl<'a> Cursor<'a> {
     /// One line without its terminator; `None` if no line break follows.
     fn line(&mut self) -> Option<&'a [u8]> {
         let rest = self.rest();
-        let nl = rest.iter().take(MAX_HEADER_BLOCK + 2).position(|&b| b == b'\n')?;
+        let nl = rest
+            .iter()
+            .take(MAX_HEADER_BLOCK + 2)
+            .position(|&b| b == b'\n')?;
         self.pos += nl + 1;
         let line = &rest[..nl];
         Some(line.strip_suffix(b"\r").unwrap_or(line))

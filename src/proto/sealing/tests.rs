@@ -44,7 +44,8 @@ const CREDSSP_HEAD: &[u8] = b"--Encrypted Boundary\r\n\
 \tContent-Type: application/HTTP-CredSSP-session-encrypted\r\n\
 \tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=";
 
-const DATA_HEAD: &[u8] = b"\r\n--Encrypted Boundary\r\n\tContent-Type: application/octet-stream\r\n";
+const DATA_HEAD: &[u8] =
+    b"\r\n--Encrypted Boundary\r\n\tContent-Type: application/octet-stream\r\n";
 const CLOSE: &[u8] = b"--Encrypted Boundary--\r\n";
 
 /// Assembles a body by hand, independently of `build_body`.
@@ -134,7 +135,9 @@ fn build_spnego_is_byte_exact() {
     let mut want = Vec::new();
     want.extend_from_slice(b"--Encrypted Boundary\r\n");
     want.extend_from_slice(b"\tContent-Type: application/HTTP-SPNEGO-session-encrypted\r\n");
-    want.extend_from_slice(b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=19\r\n");
+    want.extend_from_slice(
+        b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=19\r\n",
+    );
     want.extend_from_slice(b"--Encrypted Boundary\r\n");
     want.extend_from_slice(b"\tContent-Type: application/octet-stream\r\n");
     want.extend_from_slice(&[0x10, 0x00, 0x00, 0x00]);
@@ -167,7 +170,11 @@ fn build_credssp_multi_is_byte_exact() {
     let body = build_body(SealProtocol::CredSsp, &parts);
     let want = manual_body(
         CREDSSP_HEAD,
-        &[(16384, 16, &recs[0]), (16384, 16, &recs[1]), (8192, 16, &recs[2])],
+        &[
+            (16384, 16, &recs[0]),
+            (16384, 16, &recs[1]),
+            (8192, 16, &recs[2]),
+        ],
     );
     assert_eq!(body, want);
     assert_eq!(parse_body(SealProtocol::CredSsp, &body).unwrap(), parts);
@@ -224,7 +231,10 @@ fn boundary_inside_ciphertext_is_not_a_delimiter() {
     let inner: Vec<u8> = [&[0u8; 8][..], trap, &[0xaa; 16]].concat();
     rec.extend_from_slice(&(inner.len() as u16).to_be_bytes());
     rec.extend_from_slice(&inner);
-    let body = manual_body(CREDSSP_HEAD, &[(trap.len(), 16, &rec), (trap.len(), 16, &rec)]);
+    let body = manual_body(
+        CREDSSP_HEAD,
+        &[(trap.len(), 16, &rec), (trap.len(), 16, &rec)],
+    );
     let parts = parse_body(SealProtocol::CredSsp, &body).unwrap();
     assert_eq!(parts.len(), 2);
     assert!(parts.iter().all(|p| p.data == rec));
@@ -264,7 +274,9 @@ fn lenient_whitespace_and_line_endings() {
     body.extend_from_slice(b"--Encrypted Boundary\n");
     body.extend_from_slice(b"  content-type:application/http-spnego-session-encrypted  \n");
     body.extend_from_slice(b"\tX-Other: ignored\r\n");
-    body.extend_from_slice(b"\toriginalcontent: type=application/soap+xml; charset=UTF-8; length=5\r\n");
+    body.extend_from_slice(
+        b"\toriginalcontent: type=application/soap+xml; charset=UTF-8; length=5\r\n",
+    );
     body.extend_from_slice(b"--Encrypted Boundary  \r\n");
     body.extend_from_slice(b"Content-Type: Application/Octet-Stream\n");
     body.extend_from_slice(&16u32.to_le_bytes());
@@ -281,9 +293,15 @@ fn plaintext_chunking() {
         chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
         vec![16384, 16384, 10]
     );
-    assert_eq!(plaintext_chunks(SealProtocol::CredSsp, &plain[..16384]).len(), 1);
+    assert_eq!(
+        plaintext_chunks(SealProtocol::CredSsp, &plain[..16384]).len(),
+        1
+    );
     assert_eq!(plaintext_chunks(SealProtocol::CredSsp, &[]), vec![&b""[..]]);
-    assert_eq!(plaintext_chunks(SealProtocol::Spnego, &plain), vec![&plain[..]]);
+    assert_eq!(
+        plaintext_chunks(SealProtocol::Spnego, &plain),
+        vec![&plain[..]]
+    );
 }
 
 #[test]
@@ -317,7 +335,10 @@ fn rejects_bad_lengths() {
     for bad in ["", "-1", "+5", "0x10", "1 2", "5a", "１"] {
         let body = spnego_body_with_length(bad, 5);
         let err = parse_body(SealProtocol::Spnego, &body).unwrap_err();
-        assert!(matches!(err, SealingError::BadLength(_)), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, SealingError::BadLength(_)),
+            "{bad:?}: {err:?}"
+        );
     }
     // Overflows: too many digits, and a length that would overflow the addition.
     let body = spnego_body_with_length("99999999999999999999999", 5);
@@ -395,18 +416,56 @@ fn rejects_oversized_header_len() {
 fn rejects_bad_tls_records() {
     let good = tls12_gcm_record(10, 0);
     let variants: Vec<(Vec<u8>, &str)> = vec![
-        ({ let mut r = good.clone(); r[0] = 0x18; r }, "content type 24"),
-        ({ let mut r = good.clone(); r[0] = 0x13; r }, "content type 19"),
-        ({ let mut r = good.clone(); r[1] = 0x02; r }, "major version"),
-        ({ let mut r = good.clone(); r[2] = 0x00; r }, "ssl 3.0"),
-        ({ let mut r = good.clone(); r[2] = 0x05; r }, "minor 5"),
+        (
+            {
+                let mut r = good.clone();
+                r[0] = 0x18;
+                r
+            },
+            "content type 24",
+        ),
+        (
+            {
+                let mut r = good.clone();
+                r[0] = 0x13;
+                r
+            },
+            "content type 19",
+        ),
+        (
+            {
+                let mut r = good.clone();
+                r[1] = 0x02;
+                r
+            },
+            "major version",
+        ),
+        (
+            {
+                let mut r = good.clone();
+                r[2] = 0x00;
+                r
+            },
+            "ssl 3.0",
+        ),
+        (
+            {
+                let mut r = good.clone();
+                r[2] = 0x05;
+                r
+            },
+            "minor 5",
+        ),
         (vec![0x17, 0x03, 0x03, 0x48, 0x01], "record too long"),
         (Vec::new(), "no record at all"),
     ];
     for (data, what) in variants {
         let body = manual_body(CREDSSP_HEAD, &[(1, 16, &data)]);
         let err = parse_body(SealProtocol::CredSsp, &body).unwrap_err();
-        assert!(matches!(err, SealingError::BadTlsRecord(_)), "{what}: {err:?}");
+        assert!(
+            matches!(err, SealingError::BadTlsRecord(_)),
+            "{what}: {err:?}"
+        );
     }
     // A record whose length runs past the body.
     let mut data = good.clone();
@@ -431,7 +490,10 @@ fn rejects_credssp_plaintext_longer_than_ciphertext() {
 #[test]
 fn rejects_framing_errors() {
     let good = build_body(SealProtocol::Spnego, &[spnego_part(7, 1)]);
-    assert_eq!(parse_body(SealProtocol::Spnego, b""), Err(SealingError::Empty));
+    assert_eq!(
+        parse_body(SealProtocol::Spnego, b""),
+        Err(SealingError::Empty)
+    );
     assert_eq!(
         parse_body(SealProtocol::Spnego, b"<s:Envelope/>"),
         Err(SealingError::MissingBoundary(0))
@@ -475,12 +537,18 @@ fn rejects_too_many_parts() {
         Err(SealingError::TooManyParts)
     );
     let body = build_body(SealProtocol::Spnego, &parts[..MAX_PARTS]);
-    assert_eq!(parse_body(SealProtocol::Spnego, &body).unwrap().len(), MAX_PARTS);
+    assert_eq!(
+        parse_body(SealProtocol::Spnego, &body).unwrap().len(),
+        MAX_PARTS
+    );
 }
 
 #[test]
 fn every_truncation_fails_cleanly() {
-    let spnego = build_body(SealProtocol::Spnego, &[spnego_part(40, 1), spnego_part(3, 2)]);
+    let spnego = build_body(
+        SealProtocol::Spnego,
+        &[spnego_part(40, 1), spnego_part(3, 2)],
+    );
     let credssp = build_body(
         SealProtocol::CredSsp,
         &[
@@ -496,11 +564,17 @@ fn every_truncation_fails_cleanly() {
             },
         ],
     );
-    for (proto, body) in [(SealProtocol::Spnego, &spnego), (SealProtocol::CredSsp, &credssp)] {
+    for (proto, body) in [
+        (SealProtocol::Spnego, &spnego),
+        (SealProtocol::CredSsp, &credssp),
+    ] {
         assert_eq!(parse_body(proto, body).unwrap().len(), 2);
         // Cutting the closing "\r\n" still leaves a valid close delimiter.
         for cut in 0..body.len() - 2 {
-            assert!(parse_body(proto, &body[..cut]).is_err(), "{proto:?} cut at {cut}");
+            assert!(
+                parse_body(proto, &body[..cut]).is_err(),
+                "{proto:?} cut at {cut}"
+            );
         }
     }
 }
@@ -570,7 +644,9 @@ fn build_matches_pywinrm_test_vectors() {
             SealedPart {
                 original_length: c.len(),
                 header_len: 32,
-                data: base64::engine::general_purpose::STANDARD.encode(c).into_bytes(),
+                data: base64::engine::general_purpose::STANDARD
+                    .encode(c)
+                    .into_bytes(),
             }
         })
         .collect();

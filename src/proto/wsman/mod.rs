@@ -137,7 +137,11 @@ const HEADER: (Ns, &str) = (Ns::Soap, "Header");
 const BODY: (Ns, &str) = (Ns::Soap, "Body");
 
 /// Stores `value` in an empty slot; a second occurrence is an error.
-fn set_once(slot: &mut Option<String>, value: String, what: &'static str) -> Result<(), WsmanError> {
+fn set_once(
+    slot: &mut Option<String>,
+    value: String,
+    what: &'static str,
+) -> Result<(), WsmanError> {
     if slot.is_some() {
         return Err(WsmanError::Duplicate(what));
     }
@@ -258,8 +262,15 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                     if field.is_some() {
                         cap.start(depth);
                     }
-                } else if path_is(path, &[ENVELOPE, HEADER, (Ns::Wsman, "SelectorSet"), (Ns::Wsman, "Selector")])
-                {
+                } else if path_is(
+                    path,
+                    &[
+                        ENVELOPE,
+                        HEADER,
+                        (Ns::Wsman, "SelectorSet"),
+                        (Ns::Wsman, "Selector"),
+                    ],
+                ) {
                     if attr(tag, "Name")?.as_deref() == Some("ShellId") {
                         field = Some(ReqField::ShellId);
                         cap.start(depth);
@@ -285,15 +296,40 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         }
                         _ => {}
                     }
-                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "CommandLine"), (Ns::Shell, "Command")]) {
+                } else if path_is(
+                    path,
+                    &[
+                        ENVELOPE,
+                        BODY,
+                        (Ns::Shell, "CommandLine"),
+                        (Ns::Shell, "Command"),
+                    ],
+                ) {
                     field = Some(ReqField::Command);
                     cap.start(depth);
-                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "CommandLine"), (Ns::Shell, "Arguments")]) {
+                } else if path_is(
+                    path,
+                    &[
+                        ENVELOPE,
+                        BODY,
+                        (Ns::Shell, "CommandLine"),
+                        (Ns::Shell, "Arguments"),
+                    ],
+                ) {
                     field = Some(ReqField::Arguments);
                     cap.start(depth);
-                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Receive"), (Ns::Shell, "DesiredStream")])
-                    || path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Send"), (Ns::Shell, "Stream")])
-                {
+                } else if path_is(
+                    path,
+                    &[
+                        ENVELOPE,
+                        BODY,
+                        (Ns::Shell, "Receive"),
+                        (Ns::Shell, "DesiredStream"),
+                    ],
+                ) || path_is(
+                    path,
+                    &[ENVELOPE, BODY, (Ns::Shell, "Send"), (Ns::Shell, "Stream")],
+                ) {
                     if let Some(id) = attr(tag, "CommandId")? {
                         set_consistent(&mut info.command_id, trimmed(&id), "CommandId")?;
                     }
@@ -303,7 +339,9 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
             Item::End { .. } => {
                 if let Some(text) = cap.end(path) {
                     match field.take() {
-                        Some(ReqField::Action) => set_once(&mut action, trimmed(&text), "wsa:Action")?,
+                        Some(ReqField::Action) => {
+                            set_once(&mut action, trimmed(&text), "wsa:Action")?
+                        }
                         Some(ReqField::MessageId) => {
                             set_once(&mut info.message_id, trimmed(&text), "wsa:MessageID")?
                         }
@@ -314,7 +352,9 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         Some(ReqField::ShellId) => {
                             set_once(&mut info.shell_id, trimmed(&text), "ShellId selector")?
                         }
-                        Some(ReqField::Timeout) => set_once(&mut timeout, text, "w:OperationTimeout")?,
+                        Some(ReqField::Timeout) => {
+                            set_once(&mut timeout, text, "w:OperationTimeout")?
+                        }
                         Some(ReqField::Command) => set_once(&mut command, text, "rsp:Command")?,
                         Some(ReqField::Arguments) => arguments.push(text),
                         None => {}
@@ -326,7 +366,8 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
     })?;
 
     if let Some(t) = timeout {
-        let d = parse_duration(&t).ok_or_else(|| WsmanError::InvalidTimeout(t.chars().take(64).collect()))?;
+        let d = parse_duration(&t)
+            .ok_or_else(|| WsmanError::InvalidTimeout(t.chars().take(64).collect()))?;
         info.operation_timeout = Some(d);
     }
     if info.is_identify {
@@ -336,7 +377,9 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
             return Err(WsmanError::AmbiguousIdentify);
         }
     } else {
-        info.action = action.filter(|a| !a.is_empty()).ok_or(WsmanError::MissingAction)?;
+        info.action = action
+            .filter(|a| !a.is_empty())
+            .ok_or(WsmanError::MissingAction)?;
     }
     if command_lines > 0 {
         let mut line = command.unwrap_or_default();
@@ -406,19 +449,47 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                     None
                 } else if path_is(
                     path,
-                    &[ENVELOPE, BODY, FAULT, (Ns::Soap, "Code"), (Ns::Soap, "Subcode"), (Ns::Soap, "Value")],
+                    &[
+                        ENVELOPE,
+                        BODY,
+                        FAULT,
+                        (Ns::Soap, "Code"),
+                        (Ns::Soap, "Subcode"),
+                        (Ns::Soap, "Value"),
+                    ],
                 ) {
                     Some(RespField::Subcode)
-                } else if path_is(path, &[ENVELOPE, BODY, FAULT, (Ns::Soap, "Reason"), (Ns::Soap, "Text")]) {
+                } else if path_is(
+                    path,
+                    &[
+                        ENVELOPE,
+                        BODY,
+                        FAULT,
+                        (Ns::Soap, "Reason"),
+                        (Ns::Soap, "Text"),
+                    ],
+                ) {
                     Some(RespField::Reason)
-                } else if path_is(path, &[ENVELOPE, BODY, FAULT, (Ns::Soap, "Detail"), (Ns::WsmanFault, "WSManFault")]) {
+                } else if path_is(
+                    path,
+                    &[
+                        ENVELOPE,
+                        BODY,
+                        FAULT,
+                        (Ns::Soap, "Detail"),
+                        (Ns::WsmanFault, "WSManFault"),
+                    ],
+                ) {
                     if let Some(fi) = fault.as_mut() {
                         if fi.wsman_code.is_none() {
                             fi.wsman_code = attr(tag, "Code")?.and_then(|c| c.trim().parse().ok());
                         }
                     }
                     None
-                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Shell"), (Ns::Shell, "ShellId")]) {
+                } else if path_is(
+                    path,
+                    &[ENVELOPE, BODY, (Ns::Shell, "Shell"), (Ns::Shell, "ShellId")],
+                ) {
                     Some(RespField::ShellId)
                 } else if path_is(
                     path,
@@ -431,12 +502,24 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                         (Ns::Wsman, "Selector"),
                     ],
                 ) {
-                    (attr(tag, "Name")?.as_deref() == Some("ShellId")).then_some(RespField::SelectorShellId)
-                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "CommandResponse"), (Ns::Shell, "CommandId")]) {
+                    (attr(tag, "Name")?.as_deref() == Some("ShellId"))
+                        .then_some(RespField::SelectorShellId)
+                } else if path_is(
+                    path,
+                    &[
+                        ENVELOPE,
+                        BODY,
+                        (Ns::Shell, "CommandResponse"),
+                        (Ns::Shell, "CommandId"),
+                    ],
+                ) {
                     Some(RespField::CommandId)
                 } else if path_is(path, &[ENVELOPE, BODY, RECEIVE, STATE]) {
                     if let Some(state) = attr(tag, "State")? {
-                        if state.trim_matches(is_xml_space).ends_with("/CommandState/Done") {
+                        if state
+                            .trim_matches(is_xml_space)
+                            .ends_with("/CommandState/Done")
+                        {
                             info.command_done = true;
                         }
                     }
@@ -444,7 +527,10 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                         set_once(&mut state_command_id, trimmed(&id), "rsp:CommandState")?;
                     }
                     None
-                } else if path_is(path, &[ENVELOPE, BODY, RECEIVE, STATE, (Ns::Shell, "ExitCode")]) {
+                } else if path_is(
+                    path,
+                    &[ENVELOPE, BODY, RECEIVE, STATE, (Ns::Shell, "ExitCode")],
+                ) {
                     Some(RespField::ExitCode)
                 } else {
                     None
@@ -478,14 +564,18 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                                 }
                             }
                         }
-                        Some(RespField::ShellId) => set_once(&mut shell_id, trimmed(&text), "rsp:ShellId")?,
+                        Some(RespField::ShellId) => {
+                            set_once(&mut shell_id, trimmed(&text), "rsp:ShellId")?
+                        }
                         Some(RespField::SelectorShellId) => {
                             set_once(&mut selector_shell_id, trimmed(&text), "ShellId selector")?
                         }
                         Some(RespField::CommandId) => {
                             set_once(&mut info.command_id, trimmed(&text), "rsp:CommandId")?
                         }
-                        Some(RespField::ExitCode) => set_once(&mut exit_code, trimmed(&text), "rsp:ExitCode")?,
+                        Some(RespField::ExitCode) => {
+                            set_once(&mut exit_code, trimmed(&text), "rsp:ExitCode")?
+                        }
                         None => {}
                     }
                 }
@@ -512,7 +602,10 @@ pub fn rewrite_to(xml: &[u8], to: &str) -> Result<Vec<u8>, WsmanError> {
         /// `<a:To ...>text</a:To>`: the byte range of the text.
         Pair { content: std::ops::Range<usize> },
         /// `<a:To ... />`, with the qualified name to close it with.
-        Empty { tag: std::ops::Range<usize>, qname: Vec<u8> },
+        Empty {
+            tag: std::ops::Range<usize>,
+            qname: Vec<u8>,
+        },
     }
     let mut found: Option<Found> = None;
     let mut open_at = None;

@@ -202,11 +202,13 @@ fn summarise_pipeline(xml: &[u8]) -> String {
                 in_extra,
                 commands: Vec::new(),
             });
-        } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Cmds")) {
+        } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Cmds"))
+        {
             if let Some(st) = statements.last_mut() {
                 st.commands.push(Command::default());
             }
-        } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Args")) {
+        } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Args"))
+        {
             if let Some(cmd) = statements.last_mut().and_then(|s| s.commands.last_mut()) {
                 cmd.params.push(Param::default());
             }
@@ -313,7 +315,8 @@ fn render_command(c: &Command) -> String {
 fn quote(v: &str) -> String {
     let plain = !v.is_empty()
         && !v.starts_with(['<', '-'])
-        && v.chars().all(|c| !c.is_whitespace() && !matches!(c, '\'' | '"' | ';' | '|' | '&'));
+        && v.chars()
+            .all(|c| !c.is_whitespace() && !matches!(c, '\'' | '"' | ';' | '|' | '&'));
     if plain || v.starts_with('<') && v.ends_with('>') && !v.contains(char::is_whitespace) {
         v.to_string()
     } else {
@@ -331,10 +334,7 @@ fn decode_psrp_escapes(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'_'
-            && bytes.get(i + 1) == Some(&b'x')
-            && bytes.get(i + 6) == Some(&b'_')
-        {
+        if bytes[i] == b'_' && bytes.get(i + 1) == Some(&b'x') && bytes.get(i + 6) == Some(&b'_') {
             if let Some(hex) = s.get(i + 2..i + 6) {
                 if hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     if let Ok(u) = u16::from_str_radix(hex, 16) {
@@ -438,7 +438,15 @@ mod tests {
 
     #[test]
     fn pipeline_and_statements() {
-        let p = [cmd("Get-Process", false, ""), cmd("Select-Object", false, &arg("<S N=\"N\">First</S>", "<I32 N=\"V\">1</I32>"))].concat();
+        let p = [
+            cmd("Get-Process", false, ""),
+            cmd(
+                "Select-Object",
+                false,
+                &arg("<S N=\"N\">First</S>", "<I32 N=\"V\">1</I32>"),
+            ),
+        ]
+        .concat();
         let xml = pipeline(&p, "");
         let b = fragments(7, &message(CREATE_PIPELINE, &xml), 3);
         assert_eq!(
@@ -447,7 +455,9 @@ mod tests {
         );
 
         // ExtraCmds lists every statement; the top-level Cmds repeats the first.
-        let st = |c: &str| format!("<Obj RefId=\"6\"><MS><Obj N=\"Cmds\" RefId=\"7\">{TN}<LST>{c}</LST></Obj></MS></Obj>");
+        let st = |c: &str| {
+            format!("<Obj RefId=\"6\"><MS><Obj N=\"Cmds\" RefId=\"7\">{TN}<LST>{c}</LST></Obj></MS></Obj>")
+        };
         let extra = format!(
             "<Obj N=\"ExtraCmds\" RefId=\"5\">{TN}<LST>{}{}</LST></Obj>",
             st(&cmd("whoami.exe", false, "")),
@@ -471,13 +481,23 @@ mod tests {
             .and_then(|s| s.split("</rsp:Arguments>").next())
             .unwrap();
         let summary = psrp_command_summary(args).unwrap();
-        assert!(summary.starts_with("begin {\n    $DebugPreference = 'Continue'"), "{summary}");
+        assert!(
+            summary.starts_with("begin {\n    $DebugPreference = 'Continue'"),
+            "{summary}"
+        );
         assert!(summary.contains("Write-Error \"error\""), "{summary}");
     }
 
     #[test]
     fn incomplete_message_is_marked() {
-        let xml = pipeline(&cmd("Remove-Item", false, &arg("<S N=\"N\">Path</S>", "<S N=\"V\">C:\\x</S>")), "");
+        let xml = pipeline(
+            &cmd(
+                "Remove-Item",
+                false,
+                &arg("<S N=\"N\">Path</S>", "<S N=\"V\">C:\\x</S>"),
+            ),
+            "",
+        );
         let full = fragments(3, &message(CREATE_PIPELINE, &xml), 4);
         // Keep only the first two fragments: the rest would follow in Send.
         let mut cut = Vec::new();
@@ -521,9 +541,15 @@ mod tests {
     #[test]
     fn escapes() {
         assert_eq!(decode_psrp_escapes("a_x000A_b"), "a\nb");
-        assert_eq!(decode_psrp_escapes("actual_x005F_x000A_string"), "actual_x000A_string");
+        assert_eq!(
+            decode_psrp_escapes("actual_x005F_x000A_string"),
+            "actual_x000A_string"
+        );
         assert_eq!(decode_psrp_escapes("_xD801__xDC37_"), "\u{10437}");
         assert_eq!(decode_psrp_escapes("_xD801_"), "\u{FFFD}");
-        assert_eq!(decode_psrp_escapes("_x12_ _xZZZZ_ é_x"), "_x12_ _xZZZZ_ é_x");
+        assert_eq!(
+            decode_psrp_escapes("_x12_ _xZZZZ_ é_x"),
+            "_x12_ _xZZZZ_ é_x"
+        );
     }
 }

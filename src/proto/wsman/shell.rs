@@ -28,7 +28,9 @@ pub fn shell_kind(resource_uri: &str) -> ShellKind {
             // A configuration name is one path segment without query or fragment.
             if !configuration.is_empty()
                 && !configuration.contains(['/', '?', '#'])
-                && !configuration.chars().any(|c| c.is_whitespace() || c.is_control())
+                && !configuration
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
             {
                 return ShellKind::PowerShell {
                     configuration: configuration.to_string(),
@@ -50,7 +52,10 @@ mod tests {
             shell_kind("HTTP://Schemas.Microsoft.com/wbem/wsman/1/windows/shell/CMD"),
             ShellKind::Cmd
         );
-        assert_eq!(shell_kind(" http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd\n"), ShellKind::Cmd);
+        assert_eq!(
+            shell_kind(" http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd\n"),
+            ShellKind::Cmd
+        );
         assert_eq!(
             shell_kind("http://schemas.microsoft.com/powershell/Microsoft.PowerShell"),
             ShellKind::PowerShell {
@@ -83,7 +88,11 @@ mod tests {
             "",
             "é",
         ] {
-            assert_eq!(shell_kind(other), ShellKind::Other(other.into()), "{other:?}");
+            assert_eq!(
+                shell_kind(other),
+                ShellKind::Other(other.into()),
+                "{other:?}"
+            );
         }
     }
 }

@@ -85,7 +85,10 @@ fn pywinrm_open_shell() {
         }
     );
     assert_eq!(r.action_name(), "Create");
-    assert_eq!(shell_kind(r.resource_uri.as_deref().unwrap()), ShellKind::Cmd);
+    assert_eq!(
+        shell_kind(r.resource_uri.as_deref().unwrap()),
+        ShellKind::Cmd
+    );
 }
 
 #[test]
@@ -94,9 +97,15 @@ fn pywinrm_run_command() {
     assert_eq!(r.action_name(), "Command");
     assert_eq!(r.shell_id.as_deref(), Some(SHELL_ID));
     // xmltodict escaped "&" and "<>"; we hand back the text.
-    assert_eq!(r.command_line.as_deref(), Some("ipconfig /all & echo <done>"));
+    assert_eq!(
+        r.command_line.as_deref(),
+        Some("ipconfig /all & echo <done>")
+    );
     assert_eq!(r.command_id, None);
-    assert_eq!(r.message_id.as_deref(), Some("uuid:0f1e2d3c-4b5a-4968-8776-655443322110"));
+    assert_eq!(
+        r.message_id.as_deref(),
+        Some("uuid:0f1e2d3c-4b5a-4968-8776-655443322110")
+    );
 }
 
 #[test]
@@ -126,7 +135,10 @@ fn pypsrp_requests() {
     let r = req(PYPSRP_CMD_CREATE);
     assert_eq!(r.action_name(), "Create");
     assert_eq!(r.to.as_deref(), Some("https://127.0.0.1:55986/wsman"));
-    assert_eq!(r.message_id.as_deref(), Some("uuid:A779D886-33C4-4947-A9DA-2B10E9EC43A4"));
+    assert_eq!(
+        r.message_id.as_deref(),
+        Some("uuid:A779D886-33C4-4947-A9DA-2B10E9EC43A4")
+    );
 
     let r = req(PYPSRP_PSRP_CREATE);
     assert_eq!(r.action_name(), "Create");
@@ -140,7 +152,10 @@ fn pypsrp_requests() {
 
     let r = req(PYPSRP_PSRP_COMMAND);
     assert_eq!(r.action_name(), "Command");
-    assert_eq!(r.command_id.as_deref(), Some("BDAD31FD-7B2C-467A-9B04-4924F3DB5C4F"));
+    assert_eq!(
+        r.command_id.as_deref(),
+        Some("BDAD31FD-7B2C-467A-9B04-4924F3DB5C4F")
+    );
     let line = r.command_line.unwrap();
     // PSRP sends an empty rsp:Command: the line is the base64 fragments alone.
     assert!(line.starts_with("AAAAAAAAAA"), "{line}");
@@ -151,8 +166,14 @@ fn pypsrp_requests() {
     let r = req(PYPSRP_PSRP_RECEIVE);
     assert_eq!(r.action_name(), "Receive");
     assert_eq!(r.operation_timeout, Some(Duration::from_secs(5)));
-    assert_eq!(r.command_id.as_deref(), Some("79590BBD-46E2-486A-85B0-70EA7049235E"));
-    assert_eq!(r.shell_id.as_deref(), Some("49EE5C41-E806-4A44-B192-DAD4B3AEECB5"));
+    assert_eq!(
+        r.command_id.as_deref(),
+        Some("79590BBD-46E2-486A-85B0-70EA7049235E")
+    );
+    assert_eq!(
+        r.shell_id.as_deref(),
+        Some("49EE5C41-E806-4A44-B192-DAD4B3AEECB5")
+    );
 }
 
 #[test]
@@ -174,22 +195,34 @@ fn identify() {
         ACTION_CREATE,
         "<i:Identify xmlns:i=\"http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd\"/>",
     );
-    assert_eq!(parse_request(with_action.as_bytes()), Err(WsmanError::AmbiguousIdentify));
+    assert_eq!(
+        parse_request(with_action.as_bytes()),
+        Err(WsmanError::AmbiguousIdentify)
+    );
     let with_command = envelope(
         "",
         "<i:Identify xmlns:i=\"http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd\"/>\
          <rsp:CommandLine><rsp:Command>calc</rsp:Command></rsp:CommandLine>",
     );
-    assert_eq!(parse_request(with_command.as_bytes()), Err(WsmanError::AmbiguousIdentify));
+    assert_eq!(
+        parse_request(with_command.as_bytes()),
+        Err(WsmanError::AmbiguousIdentify)
+    );
 
     // Same local name in another namespace is not Identify.
     let wrong_ns = envelope("", "<i:Identify xmlns:i=\"http://example.com/identity\"/>");
-    assert_eq!(parse_request(wrong_ns.as_bytes()), Err(WsmanError::MissingAction));
+    assert_eq!(
+        parse_request(wrong_ns.as_bytes()),
+        Err(WsmanError::MissingAction)
+    );
     let typo_ns = envelope(
         "",
         "<i:Identify xmlns:i=\"http://schemas.dmtf.org/wbem/wsman/identify/1/wsmanidentity.xsd\"/>",
     );
-    assert_eq!(parse_request(typo_ns.as_bytes()), Err(WsmanError::MissingAction));
+    assert_eq!(
+        parse_request(typo_ns.as_bytes()),
+        Err(WsmanError::MissingAction)
+    );
 }
 
 #[test]
@@ -229,7 +262,10 @@ fn prefixes_do_not_matter_namespaces_do() {
                xmlns:a=\"http://example.com/not-addressing\"><s:Header>\
                <a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Create</a:Action>\
                </s:Header><s:Body/></s:Envelope>";
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::MissingAction));
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::MissingAction)
+    );
 
     // Headers are only read in s:Header, the command only in s:Body.
     let xml = envelope(
@@ -239,7 +275,9 @@ fn prefixes_do_not_matter_namespaces_do() {
     let r = req(&xml);
     assert_eq!((r.to, r.shell_id), (None, None));
     let xml = envelope(
-        &format!("{ACTION_CREATE}<rsp:CommandLine><rsp:Command>calc</rsp:Command></rsp:CommandLine>"),
+        &format!(
+            "{ACTION_CREATE}<rsp:CommandLine><rsp:Command>calc</rsp:Command></rsp:CommandLine>"
+        ),
         "",
     );
     assert_eq!(req(&xml).command_line, None);
@@ -270,13 +308,23 @@ fn ambiguous_requests_are_refused() {
         ("<a:To>http://x/</a:To>", "wsa:To"),
         ("<a:MessageID>uuid:1</a:MessageID>", "wsa:MessageID"),
         ("<w:ResourceURI>u</w:ResourceURI>", "w:ResourceURI"),
-        ("<w:OperationTimeout>PT1S</w:OperationTimeout>", "w:OperationTimeout"),
+        (
+            "<w:OperationTimeout>PT1S</w:OperationTimeout>",
+            "w:OperationTimeout",
+        ),
         ("<w:SelectorSet/>", "w:SelectorSet"),
     ] {
-        assert_eq!(parse_request(two(h).as_bytes()), Err(WsmanError::Duplicate(what)), "{h}");
+        assert_eq!(
+            parse_request(two(h).as_bytes()),
+            Err(WsmanError::Duplicate(what)),
+            "{h}"
+        );
     }
     let xml = envelope(&format!("{ACTION_CREATE}{ACTION_CREATE}"), "");
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("wsa:Action")));
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::Duplicate("wsa:Action"))
+    );
     let xml = envelope(
         &format!(
             "{ACTION_CREATE}<w:SelectorSet><w:Selector Name=\"ShellId\">A</w:Selector>\
@@ -284,24 +332,36 @@ fn ambiguous_requests_are_refused() {
         ),
         "",
     );
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("ShellId selector")));
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::Duplicate("ShellId selector"))
+    );
     let xml = envelope(
         ACTION_CREATE,
         "<rsp:CommandLine><rsp:Command>a</rsp:Command></rsp:CommandLine>\
          <rsp:CommandLine><rsp:Command>b</rsp:Command></rsp:CommandLine>",
     );
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("rsp:CommandLine")));
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::Duplicate("rsp:CommandLine"))
+    );
     let xml = envelope(
         ACTION_CREATE,
         "<rsp:CommandLine><rsp:Command>a</rsp:Command><rsp:Command>b</rsp:Command></rsp:CommandLine>",
     );
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("rsp:Command")));
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::Duplicate("rsp:Command"))
+    );
     let xml = envelope(
         ACTION_CREATE,
         "<rsp:Send><rsp:Stream Name=\"stdin\" CommandId=\"A\">x</rsp:Stream>\
          <rsp:Stream Name=\"stdin\" CommandId=\"B\">y</rsp:Stream></rsp:Send>",
     );
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Conflict("CommandId")));
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::Conflict("CommandId"))
+    );
     // The same CommandId twice is fine.
     let xml = envelope(
         ACTION_CREATE,
@@ -309,23 +369,36 @@ fn ambiguous_requests_are_refused() {
          <rsp:Stream Name=\"pr\" CommandId=\"A\">y</rsp:Stream></rsp:Send>",
     );
     assert_eq!(req(&xml).command_id.as_deref(), Some("A"));
-    let xml = format!(
-        "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Header/><s:Header/><s:Body/></s:Envelope>"
+    let xml = "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Header/><s:Header/><s:Body/></s:Envelope>";
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::Duplicate("soap Header"))
     );
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("soap Header")));
     let xml = "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body/><s:Body/></s:Envelope>";
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("soap Body")));
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::Duplicate("soap Body"))
+    );
 }
 
 #[test]
 fn missing_action_and_bad_timeout() {
-    assert_eq!(parse_request(envelope("", "").as_bytes()), Err(WsmanError::MissingAction));
+    assert_eq!(
+        parse_request(envelope("", "").as_bytes()),
+        Err(WsmanError::MissingAction)
+    );
     assert_eq!(
         parse_request(envelope("<a:Action> </a:Action>", "").as_bytes()),
         Err(WsmanError::MissingAction)
     );
-    let xml = envelope(&format!("{ACTION_CREATE}<w:OperationTimeout>PT-1S</w:OperationTimeout>"), "");
-    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::InvalidTimeout("PT-1S".into())));
+    let xml = envelope(
+        &format!("{ACTION_CREATE}<w:OperationTimeout>PT-1S</w:OperationTimeout>"),
+        "",
+    );
+    assert_eq!(
+        parse_request(xml.as_bytes()),
+        Err(WsmanError::InvalidTimeout("PT-1S".into()))
+    );
 }
 
 #[test]
@@ -334,17 +407,40 @@ fn hostile_xml_is_refused() {
         <s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body>&xxe;</s:Body></s:Envelope>";
     assert_eq!(parse_request(doctype.as_bytes()), Err(WsmanError::Doctype));
     assert_eq!(parse_response(doctype.as_bytes()), Err(WsmanError::Doctype));
-    assert_eq!(rewrite_to(doctype.as_bytes(), "x"), Err(WsmanError::Doctype));
+    assert_eq!(
+        rewrite_to(doctype.as_bytes(), "x"),
+        Err(WsmanError::Doctype)
+    );
 
     // Undeclared entities are errors, not expansions.
-    let xml = envelope("<a:Action>&lol;</a:Action>", "");
-    assert!(matches!(parse_request(xml.as_bytes()), Err(WsmanError::Xml(_))));
+    for bad in [
+        "<a:Action>&lol;</a:Action>",
+        "<a:Action x=\"&lol;\">http://x/Create</a:Action>",
+        "<a:Action>http://x/Create&#0;</a:Action>",
+    ] {
+        let xml = envelope(bad, "");
+        assert!(
+            matches!(parse_request(xml.as_bytes()), Err(WsmanError::Xml(_))),
+            "{bad}"
+        );
+    }
 
     // Depth.
-    let deep = |n: usize| envelope(ACTION_CREATE, &format!("{}{}", "<x>".repeat(n), "</x>".repeat(n)));
+    let deep = |n: usize| {
+        envelope(
+            ACTION_CREATE,
+            &format!("{}{}", "<x>".repeat(n), "</x>".repeat(n)),
+        )
+    };
     assert!(parse_request(deep(MAX_DEPTH - 2).as_bytes()).is_ok());
-    assert_eq!(parse_request(deep(MAX_DEPTH - 1).as_bytes()), Err(WsmanError::TooDeep));
-    assert_eq!(parse_request(deep(100_000).as_bytes()), Err(WsmanError::TooDeep));
+    assert_eq!(
+        parse_request(deep(MAX_DEPTH - 1).as_bytes()),
+        Err(WsmanError::TooDeep)
+    );
+    assert_eq!(
+        parse_request(deep(100_000).as_bytes()),
+        Err(WsmanError::TooDeep)
+    );
 
     // Encoding.
     let mut bad = envelope(ACTION_CREATE, "").into_bytes();
@@ -360,15 +456,20 @@ fn hostile_xml_is_refused() {
     assert_eq!(parse_request(b""), Err(WsmanError::Empty));
     assert_eq!(parse_request(b"   "), Err(WsmanError::NotSoapEnvelope));
     assert_eq!(parse_request(b"<a/>"), Err(WsmanError::NotSoapEnvelope));
-    let soap11 = "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body/></s:Envelope>";
-    assert_eq!(parse_request(soap11.as_bytes()), Err(WsmanError::NotSoapEnvelope));
+    let soap11 =
+        "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body/></s:Envelope>";
+    assert_eq!(
+        parse_request(soap11.as_bytes()),
+        Err(WsmanError::NotSoapEnvelope)
+    );
     let ok = envelope(ACTION_CREATE, "");
     for broken in [
         format!("{ok}{ok}"),
         format!("{ok}trailing"),
         ok[..ok.len() - 3].to_string(),
         ok.replace("</s:Header>", "</s:Headr>"),
-        ok.replace("<a:Action>", "<zz:Action>").replace("</a:Action>", "</zz:Action>"),
+        ok.replace("<a:Action>", "<zz:Action>")
+            .replace("</a:Action>", "</zz:Action>"),
         ok.replace("xmlns:a=", "xmlns:a=\"x\" xmlns:a="),
         ok.replace("<s:Body>", "<s:Body a=\"1\" a=\"2\">"),
     ] {
@@ -389,7 +490,10 @@ fn action_name_edge_cases() {
         action: a.into(),
         ..Default::default()
     };
-    assert_eq!(r("http://schemas.xmlsoap.org/ws/2004/09/enumeration/Pull").action_name(), "Pull");
+    assert_eq!(
+        r("http://schemas.xmlsoap.org/ws/2004/09/enumeration/Pull").action_name(),
+        "Pull"
+    );
     assert_eq!(r("http://x/y/Reconnect/").action_name(), "Reconnect");
     assert_eq!(r("Disconnect").action_name(), "Disconnect");
     assert_eq!(r("").action_name(), "");
@@ -400,39 +504,64 @@ fn action_name_edge_cases() {
 #[test]
 fn windows_create_responses() {
     let r = resp(WIN_CMD_CREATE);
-    assert_eq!(r.relates_to.as_deref(), Some("uuid:A779D886-33C4-4947-A9DA-2B10E9EC43A4"));
-    assert_eq!(r.created_shell_id.as_deref(), Some("19CE36E9-BE25-4CDE-9257-EFC212F8003E"));
+    assert_eq!(
+        r.relates_to.as_deref(),
+        Some("uuid:A779D886-33C4-4947-A9DA-2B10E9EC43A4")
+    );
+    assert_eq!(
+        r.created_shell_id.as_deref(),
+        Some("19CE36E9-BE25-4CDE-9257-EFC212F8003E")
+    );
     assert_eq!(r.fault, None);
 
     // PSRP: only the ResourceCreated selector carries the id.
     let r = resp(WIN_PSRP_CREATE);
-    assert_eq!(r.created_shell_id.as_deref(), Some("C8CD7685-F0A0-4B79-8F82-B8B37462667A"));
-    assert_eq!(r.relates_to.as_deref(), Some("uuid:8212BDF6-A653-4C44-B852-55E3DF334A04"));
+    assert_eq!(
+        r.created_shell_id.as_deref(),
+        Some("C8CD7685-F0A0-4B79-8F82-B8B37462667A")
+    );
+    assert_eq!(
+        r.relates_to.as_deref(),
+        Some("uuid:8212BDF6-A653-4C44-B852-55E3DF334A04")
+    );
 }
 
 #[test]
 fn windows_command_and_receive_responses() {
     let r = resp(WIN_COMMAND);
-    assert_eq!(r.command_id.as_deref(), Some("789B3D38-EDB7-494D-AD3B-3D63B099CD76"));
+    assert_eq!(
+        r.command_id.as_deref(),
+        Some("789B3D38-EDB7-494D-AD3B-3D63B099CD76")
+    );
     assert!(!r.command_done);
 
     let r = resp(WIN_RECEIVE);
     assert!(r.command_done);
     assert_eq!(r.exit_code, Some(0));
-    assert_eq!(r.command_id.as_deref(), Some("789B3D38-EDB7-494D-AD3B-3D63B099CD76"));
-    assert_eq!(r.relates_to.as_deref(), Some("uuid:99A51AC6-1250-4E13-9780-A6520B6FD220"));
+    assert_eq!(
+        r.command_id.as_deref(),
+        Some("789B3D38-EDB7-494D-AD3B-3D63B099CD76")
+    );
+    assert_eq!(
+        r.relates_to.as_deref(),
+        Some("uuid:99A51AC6-1250-4E13-9780-A6520B6FD220")
+    );
 
     // Still running: no exit code yet.
-    let running = WIN_RECEIVE.replace("CommandState/Done", "CommandState/Running").replace(
-        "<rsp:ExitCode>0</rsp:ExitCode>",
-        "",
-    );
+    let running = WIN_RECEIVE
+        .replace("CommandState/Done", "CommandState/Running")
+        .replace("<rsp:ExitCode>0</rsp:ExitCode>", "");
     let r = resp(&running);
     assert!(!r.command_done);
     assert_eq!(r.exit_code, None);
 
     // Exit codes as cmd reports them, including a wrapped negative one.
-    for (code, want) in [("1", Some(1)), ("-1", Some(-1)), ("4294967295", Some(4294967295)), ("x", None)] {
+    for (code, want) in [
+        ("1", Some(1)),
+        ("-1", Some(-1)),
+        ("4294967295", Some(4294967295)),
+        ("x", None),
+    ] {
         let xml = WIN_RECEIVE.replace("<rsp:ExitCode>0<", &format!("<rsp:ExitCode>{code}<"));
         assert_eq!(resp(&xml).exit_code, want, "{code}");
     }
@@ -441,7 +570,10 @@ fn windows_command_and_receive_responses() {
 #[test]
 fn windows_timed_out_fault() {
     let r = resp(WIN_TIMED_OUT);
-    assert_eq!(r.relates_to.as_deref(), Some("uuid:9F5BDC50-0F4A-45FC-94F9-42B40948AB04"));
+    assert_eq!(
+        r.relates_to.as_deref(),
+        Some("uuid:9F5BDC50-0F4A-45FC-94F9-42B40948AB04")
+    );
     let f = r.fault.unwrap();
     assert_eq!(f.subcode.as_deref(), Some("TimedOut"));
     assert_eq!(f.wsman_code, Some(2150858793));
@@ -490,8 +622,14 @@ fn response_edge_cases() {
     assert_eq!(f.subcode.as_deref(), Some("AccessDenied"));
     assert_eq!(f.wsman_code, None);
     // Two RelatesTo headers would make correlation ambiguous.
-    let xml = envelope("<a:RelatesTo>uuid:1</a:RelatesTo><a:RelatesTo>uuid:2</a:RelatesTo>", "");
-    assert_eq!(parse_response(xml.as_bytes()), Err(WsmanError::Duplicate("wsa:RelatesTo")));
+    let xml = envelope(
+        "<a:RelatesTo>uuid:1</a:RelatesTo><a:RelatesTo>uuid:2</a:RelatesTo>",
+        "",
+    );
+    assert_eq!(
+        parse_response(xml.as_bytes()),
+        Err(WsmanError::Duplicate("wsa:RelatesTo"))
+    );
     // Responses get the same hardening as requests.
     assert_eq!(parse_response(b"<x/>"), Err(WsmanError::NotSoapEnvelope));
 }
@@ -501,24 +639,57 @@ fn fault_envelopes_parse_back() {
     let kinds = [
         (FaultKind::AccessDenied, "Sender", "w:AccessDenied", 5),
         (FaultKind::TimedOut, "Receiver", "w:TimedOut", 2150858793),
-        (FaultKind::DestinationUnreachable, "Sender", "a:DestinationUnreachable", 2150858770),
-        (FaultKind::EncodingLimit, "Sender", "w:EncodingLimit", 2150858805),
-        (FaultKind::InvalidSelectors, "Sender", "w:InvalidSelectors", 2150858843),
-        (FaultKind::InternalError, "Receiver", "w:InternalError", 1359),
+        (
+            FaultKind::DestinationUnreachable,
+            "Sender",
+            "a:DestinationUnreachable",
+            2150858770,
+        ),
+        (
+            FaultKind::EncodingLimit,
+            "Sender",
+            "w:EncodingLimit",
+            2150858805,
+        ),
+        (
+            FaultKind::InvalidSelectors,
+            "Sender",
+            "w:InvalidSelectors",
+            2150858843,
+        ),
+        (
+            FaultKind::InternalError,
+            "Receiver",
+            "w:InternalError",
+            1359,
+        ),
         (FaultKind::QuotaLimit, "Sender", "w:QuotaLimit", 2150858815),
     ];
     for (kind, code, subcode, wsman_code) in kinds {
         assert_eq!(kind.wsman_code(), wsman_code);
-        let xml = fault_envelope(kind, Some("uuid:ABC"), "relay01", "denied by policy rule \"ops\"");
+        let xml = fault_envelope(
+            kind,
+            Some("uuid:ABC"),
+            "relay01",
+            "denied by policy rule \"ops\"",
+        );
         let text = String::from_utf8(xml.clone()).unwrap();
         let r = parse_response(&xml).unwrap();
         assert_eq!(r.relates_to.as_deref(), Some("uuid:ABC"));
         let f = r.fault.unwrap();
-        assert_eq!(f.subcode.as_deref(), Some(subcode.split(':').nth(1).unwrap()));
+        assert_eq!(
+            f.subcode.as_deref(),
+            Some(subcode.split(':').nth(1).unwrap())
+        );
         assert_eq!(f.wsman_code, Some(wsman_code));
         assert_eq!(f.reason.as_deref(), Some("denied by policy rule \"ops\""));
-        assert!(text.contains(&format!("<s:Value>s:{code}</s:Value>")), "{text}");
-        assert!(text.contains(&format!("<s:Subcode><s:Value>{subcode}</s:Value></s:Subcode>")));
+        assert!(
+            text.contains(&format!("<s:Value>s:{code}</s:Value>")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "<s:Subcode><s:Value>{subcode}</s:Value></s:Subcode>"
+        )));
         assert!(text.contains("Machine=\"relay01\""));
         assert!(text.contains("<f:Message>denied by policy rule &quot;ops&quot;</f:Message>"));
         assert!(text.contains("<s:Text xml:lang=\"en-US\">"));
@@ -534,7 +705,13 @@ fn fault_envelopes_parse_back() {
 
 #[test]
 fn fault_envelope_exact_shape() {
-    let xml = String::from_utf8(fault_envelope(FaultKind::AccessDenied, Some("uuid:R"), "m", "no")).unwrap();
+    let xml = String::from_utf8(fault_envelope(
+        FaultKind::AccessDenied,
+        Some("uuid:R"),
+        "m",
+        "no",
+    ))
+    .unwrap();
     // Replace the random MessageID to compare the rest byte for byte.
     let start = xml.find("<a:MessageID>").unwrap() + "<a:MessageID>".len();
     let end = xml.find("</a:MessageID>").unwrap();
@@ -567,7 +744,10 @@ fn fault_envelope_escapes_everything() {
     );
     let r = parse_response(&xml).unwrap();
     assert_eq!(r.relates_to.as_deref(), Some("uuid:<x>&\"'"));
-    assert_eq!(r.fault.unwrap().reason.as_deref(), Some("bad \u{FFFD} char\r\n<script>&amp;"));
+    assert_eq!(
+        r.fault.unwrap().reason.as_deref(),
+        Some("bad \u{FFFD} char\r\n<script>&amp;")
+    );
     // No relates_to: no RelatesTo header at all.
     let xml = fault_envelope(FaultKind::TimedOut, None, "m", "t");
     assert_eq!(parse_response(&xml).unwrap().relates_to, None);
@@ -581,8 +761,13 @@ fn message_ids_are_uuid_v4() {
     assert_ne!(a, b);
     let id = a.strip_prefix("uuid:").unwrap();
     let groups: Vec<&str> = id.split('-').collect();
-    assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
-    assert!(id.chars().all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()));
+    assert_eq!(
+        groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+        vec![8, 4, 4, 4, 12]
+    );
+    assert!(id
+        .chars()
+        .all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()));
     assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
     assert!(groups[2].starts_with('4'));
     assert!(matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'A' | b'B'));
@@ -619,25 +804,52 @@ fn assert_single_change(old: &[u8], new: &[u8], was: &str, now: &str) {
         .zip(now.as_bytes()[head..].iter().rev())
         .take_while(|(a, b)| a == b)
         .count();
-    assert_eq!(old_mid, &was.as_bytes()[head..was.len() - tail], "old region");
-    assert_eq!(new_mid, &now.as_bytes()[head..now.len() - tail], "new region");
+    assert_eq!(
+        old_mid,
+        &was.as_bytes()[head..was.len() - tail],
+        "old region"
+    );
+    assert_eq!(
+        new_mid,
+        &now.as_bytes()[head..now.len() - tail],
+        "new region"
+    );
 }
 
 #[test]
 fn rewrite_pywinrm_to() {
     let old = PYWINRM_RUN_COMMAND.as_bytes();
     let new = rewrite_to(old, "http://web01.corp.example:5985/wsman").unwrap();
-    assert_single_change(old, &new, "http://windows-host:5985/wsman", "http://web01.corp.example:5985/wsman");
+    assert_single_change(
+        old,
+        &new,
+        "http://windows-host:5985/wsman",
+        "http://web01.corp.example:5985/wsman",
+    );
     let before = req(PYWINRM_RUN_COMMAND);
     let after = parse_request(&new).unwrap();
-    assert_eq!(after.to.as_deref(), Some("http://web01.corp.example:5985/wsman"));
-    assert_eq!(RequestInfo { to: before.to.clone(), ..after }, before);
+    assert_eq!(
+        after.to.as_deref(),
+        Some("http://web01.corp.example:5985/wsman")
+    );
+    assert_eq!(
+        RequestInfo {
+            to: before.to.clone(),
+            ..after
+        },
+        before
+    );
 }
 
 #[test]
 fn rewrite_pypsrp_to_with_attributes_elsewhere() {
     // pypsrp puts wsa:To after most headers; other headers carry s:mustUnderstand.
-    for v in [PYPSRP_CMD_CREATE, PYPSRP_PSRP_CREATE, PYPSRP_PSRP_COMMAND, PYPSRP_PSRP_RECEIVE] {
+    for v in [
+        PYPSRP_CMD_CREATE,
+        PYPSRP_PSRP_CREATE,
+        PYPSRP_PSRP_COMMAND,
+        PYPSRP_PSRP_RECEIVE,
+    ] {
         let old_to = req(v).to.unwrap();
         let new = rewrite_to(v.as_bytes(), "https://10.0.0.5:5986/wsman").unwrap();
         assert_single_change(v.as_bytes(), &new, &old_to, "https://10.0.0.5:5986/wsman");
@@ -659,7 +871,10 @@ fn rewrite_keeps_attributes_on_to_and_escapes() {
     );
     let text = String::from_utf8(new.clone()).unwrap();
     assert!(text.contains("<a:To s:mustUnderstand=\"true\" x='1'>http://t/wsman?a=1&amp;b="));
-    assert_eq!(req(&text).to.as_deref(), Some("http://t/wsman?a=1&b=<2>\"'"));
+    assert_eq!(
+        req(&text).to.as_deref(),
+        Some("http://t/wsman?a=1&b=<2>\"'")
+    );
 }
 
 #[test]
@@ -675,40 +890,89 @@ fn rewrite_other_prefixes_and_forms() {
     // Empty element forms.
     let old = envelope(&format!("{ACTION_CREATE}<a:To></a:To>"), "");
     let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
-    assert_eq!(String::from_utf8(new).unwrap(), old.replace("<a:To></a:To>", "<a:To>http://n/</a:To>"));
-    let old = envelope(&format!("{ACTION_CREATE}<a:To s:mustUnderstand=\"true\" />"), "");
+    assert_eq!(
+        String::from_utf8(new).unwrap(),
+        old.replace("<a:To></a:To>", "<a:To>http://n/</a:To>")
+    );
+    let old = envelope(
+        &format!("{ACTION_CREATE}<a:To s:mustUnderstand=\"true\" />"),
+        "",
+    );
     let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
-        old.replace("<a:To s:mustUnderstand=\"true\" />", "<a:To s:mustUnderstand=\"true\" >http://n/</a:To>")
+        old.replace(
+            "<a:To s:mustUnderstand=\"true\" />",
+            "<a:To s:mustUnderstand=\"true\" >http://n/</a:To>"
+        )
     );
 
     // Comments and CDATA inside To are replaced with the rest of its content.
-    let old = envelope(&format!("{ACTION_CREATE}<a:To><!--c--><![CDATA[http://o/]]></a:To>"), "");
+    let old = envelope(
+        &format!("{ACTION_CREATE}<a:To><!--c--><![CDATA[http://o/]]></a:To>"),
+        "",
+    );
     let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
-    assert_eq!(String::from_utf8(new).unwrap(), old.replace("<!--c--><![CDATA[http://o/]]>", "http://n/"));
+    assert_eq!(
+        String::from_utf8(new).unwrap(),
+        old.replace("<!--c--><![CDATA[http://o/]]>", "http://n/")
+    );
 
     // BOM and XML declaration stay in place.
     let mut old = b"\xEF\xBB\xBF".to_vec();
     old.extend_from_slice(PYWINRM_OPEN_SHELL.as_bytes());
     let new = rewrite_to(&old, "http://n/").unwrap();
-    assert!(new.starts_with(b"\xEF\xBB\xBF<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<env:Envelope"));
+    assert!(
+        new.starts_with(b"\xEF\xBB\xBF<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<env:Envelope")
+    );
     assert_single_change(&old, &new, "http://windows-host:5985/wsman", "http://n/");
+}
+
+#[test]
+fn rewrite_pretty_printed() {
+    // Whitespace text before and inside To, as an indenting client sends it.
+    let old = "<?xml version=\"1.0\"?>\n<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"\n    xmlns:wsa=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\">\n  <s:Header>\n    <wsa:Action>http://x/Get</wsa:Action>\n    <!-- to -->\n    <wsa:To>\n      http://old:5985/wsman\n    </wsa:To>\n  </s:Header>\n  <s:Body/>\n</s:Envelope>\n";
+    let new = rewrite_to(old.as_bytes(), "http://new/").unwrap();
+    assert_single_change(
+        old.as_bytes(),
+        &new,
+        "\n      http://old:5985/wsman\n    ",
+        "http://new/",
+    );
+    assert_eq!(
+        req(std::str::from_utf8(&new).unwrap()).to.as_deref(),
+        Some("http://new/")
+    );
 }
 
 #[test]
 fn rewrite_without_to_or_with_two() {
     let old = envelope(ACTION_CREATE, "");
-    assert_eq!(rewrite_to(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
+    assert_eq!(
+        rewrite_to(old.as_bytes(), "http://n/").unwrap(),
+        old.as_bytes()
+    );
     // wsa:To bound to another namespace is not the header.
-    let old = envelope(&format!("{ACTION_CREATE}<b:To xmlns:b=\"urn:x\">keep</b:To>"), "");
-    assert_eq!(rewrite_to(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
+    let old = envelope(
+        &format!("{ACTION_CREATE}<b:To xmlns:b=\"urn:x\">keep</b:To>"),
+        "",
+    );
+    assert_eq!(
+        rewrite_to(old.as_bytes(), "http://n/").unwrap(),
+        old.as_bytes()
+    );
     let old = envelope(&format!("{ACTION_CREATE}<a:To>x</a:To><a:To/>"), "");
-    assert_eq!(rewrite_to(old.as_bytes(), "http://n/"), Err(WsmanError::Duplicate("wsa:To")));
+    assert_eq!(
+        rewrite_to(old.as_bytes(), "http://n/"),
+        Err(WsmanError::Duplicate("wsa:To"))
+    );
     // Nested markup inside To is tolerated and replaced along with the text.
     let old = envelope(&format!("{ACTION_CREATE}<a:To>a<b>c</b>d</a:To>"), "");
     let new = rewrite_to(old.as_bytes(), "N").unwrap();
-    assert_eq!(String::from_utf8(new).unwrap(), old.replace("a<b>c</b>d", "N"));
+    assert_eq!(
+        String::from_utf8(new).unwrap(),
+        old.replace("a<b>c</b>d", "N")
+    );
 }
 
 // ------------------------------------------------------------- robustness
@@ -720,7 +984,7 @@ fn all_vectors_survive_truncation_and_mutation() {
         assert!(parse_request(b).is_ok() || parse_response(b).is_ok());
         assert!(rewrite_to(b, "http://n/").is_ok());
         // Truncations (step keeps the test quick; short vectors get every cut).
-        let step = (b.len() / 600).max(1);
+        let step = (b.len() / 150).max(1);
         for cut in (0..b.len()).step_by(step) {
             let t = &b[..cut];
             assert!(parse_request(t).is_err());
@@ -728,7 +992,7 @@ fn all_vectors_survive_truncation_and_mutation() {
             let _ = rewrite_to(t, "x");
         }
         // Single-byte mutations at a spread of positions.
-        for i in (0..b.len()).step_by(step * 3) {
+        for i in (0..b.len()).step_by((b.len() / 40).max(1)) {
             for byte in [b'<', b'>', b'/', b'"', b'&', b':', 0x00, 0xC3] {
                 let mut m = b.to_vec();
                 m[i] = byte;
@@ -736,7 +1000,11 @@ fn all_vectors_survive_truncation_and_mutation() {
                 let _ = parse_response(&m);
                 if let Ok(out) = rewrite_to(&m, "http://n/") {
                     // Whatever was accepted must stay well formed.
-                    assert!(parse_request(&out).is_ok() || parse_response(&out).is_ok() || parse_request(&m).is_err());
+                    assert!(
+                        parse_request(&out).is_ok()
+                            || parse_response(&out).is_ok()
+                            || parse_request(&m).is_err()
+                    );
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import uuid
@@ -59,15 +60,24 @@ def test_audit_trail(relay):
 
 
 def test_no_secrets_in_relay_files(relay):
-    """No password (UTF-8 or UTF-16LE) in any file under the work dir, except the doubles' own NTLM user file."""
+    """No password (UTF-8 or UTF-16LE; raw, hex or base64) in any file under the work dir, except the doubles'
+    own NTLM user file; no NT hash outside the relay's users file."""
     # Make sure the relay has flushed what it writes.
     p = relay_protocol("web01")
     run(p, "echo", ["flush"])
     p.transport.close_session()
+    from spnego._ntlm_raw.crypto import ntowfv1
+
     secrets = list(USERS.values()) + WRONG_PASSWORDS
-    needles = []
+    needles = []  # (description, bytes, case-insensitive)
     for s in secrets:
-        needles += [s.encode("utf-8"), s.encode("utf-16-le")]
+        for enc in ("utf-8", "utf-16-le"):
+            raw = s.encode(enc)
+            needles += [("%s %s" % (s, enc), raw, False),
+                        ("%s %s hex" % (s, enc), raw.hex().encode(), True),
+                        ("%s %s base64" % (s, enc), base64.b64encode(raw), False)]
+    # The NT hash is password-equivalent for NTLM: only the users file may hold it.
+    hashes = [("NT hash of %s" % s, ntowfv1(s).hex().encode(), True) for s in USERS.values()]
     checked = []
     hits = []
     for root, _dirs, files in os.walk(relay.workdir):
@@ -77,9 +87,10 @@ def test_no_secrets_in_relay_files(relay):
                 continue
             with open(path, "rb") as fh:
                 data = fh.read()
+            low = data.lower()
             checked.append(f)
-            for n in needles:
-                if n in data:
-                    hits.append((f, n))
+            for desc, n, ci in needles + ([] if f == "users" else hashes):
+                if (n.lower() in low) if ci else (n in data):
+                    hits.append((f, desc))
     assert "audit.jsonl" in checked and "relay.log" in checked and "users" in checked, checked
     assert not hits, "secrets found: %s" % hits

@@ -1,0 +1,23 @@
+//! Scanning hostile request envelopes, and the helpers the relay applies to
+//! what the scan returns.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use winrm_relay::proto::wsman::{parse_duration, parse_request, psrp_command_summary, shell_kind};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(info) = parse_request(data) {
+        let _ = info.action_name();
+        if let Some(uri) = &info.resource_uri {
+            let _ = shell_kind(uri);
+        }
+        if let Some(line) = &info.command_line {
+            let _ = psrp_command_summary(line);
+        }
+    }
+    // The helpers also take raw text directly.
+    let text = String::from_utf8_lossy(data);
+    let _ = shell_kind(&text);
+    let _ = parse_duration(&text);
+    let _ = psrp_command_summary(&text);
+});
