@@ -106,7 +106,8 @@ pub fn run() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    let filter = EnvFilter::new(quiet_security_packages(&directives));
     // try_init: a second subscriber (e.g. in tests) is not worth a panic.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -114,6 +115,16 @@ fn init_tracing() {
         // Colour codes only on a terminal: logs in files stay greppable.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// sspi logs every sealed message's plaintext (users' commands and output)
+/// at debug level: keep it at warn unless the operator asks for sspi by name.
+fn quiet_security_packages(directives: &str) -> String {
+    if directives.contains("sspi") {
+        directives.to_string()
+    } else {
+        format!("{directives},sspi=warn")
+    }
 }
 
 fn serve(path: &Path) -> ExitCode {
@@ -276,6 +287,12 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn sspi_stays_quiet_unless_named() {
+        assert_eq!(quiet_security_packages("debug"), "debug,sspi=warn");
+        assert_eq!(quiet_security_packages("info,sspi=trace"), "info,sspi=trace");
+    }
 
     #[test]
     fn cli_definition_is_valid() {

@@ -32,7 +32,7 @@ pub enum TargetError {
     Connect { target: String, source: std::io::Error },
     #[error("connecting to {target} timed out after {secs} s")]
     ConnectTimeout { target: String, secs: u64 },
-    #[error("{target} did not answer within {secs} s")]
+    #[error("timed out: {target} did not answer within {secs} s")]
     Timeout { target: String, secs: u64 },
     #[error("{target} rejected the delegated credentials of {user} (HTTP 401)")]
     AuthRejected { target: String, user: String },

@@ -103,6 +103,9 @@ pub struct Acceptor {
     mechanism: Option<InnerMechanism>,
     client_version: Option<u32>,
     claimed: Arc<Mutex<Option<Principal>>>,
+    /// Who the NTLM AUTHENTICATE message says it is, for the audit of a
+    /// failed logon (sspi may refuse before it asks for the user's hash).
+    wire_user: Option<String>,
     phase: Phase,
 }
 
@@ -116,6 +119,7 @@ impl Acceptor {
             mechanism: None,
             client_version: None,
             claimed: Arc::new(Mutex::new(None)),
+            wire_user: None,
             phase: Phase::Running,
         })
     }
@@ -137,7 +141,8 @@ impl Acceptor {
     }
 
     fn claimed_user(&self) -> Option<String> {
-        self.claimed.lock().ok().and_then(|c| c.as_ref().map(Principal::display))
+        let verified = self.claimed.lock().ok().and_then(|c| c.as_ref().map(Principal::display));
+        verified.or_else(|| self.wire_user.clone())
     }
 
     fn step_inner(&mut self, input: &[u8]) -> Result<Step, (CredSspError, Option<Vec<u8>>)> {
@@ -182,6 +187,9 @@ impl Acceptor {
     }
 
     fn process(&mut self, request: TsRequest) -> Result<Processed, (CredSspError, Option<TsRequest>)> {
+        if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
+            self.wire_user = Some(Principal::from_parts(Some(&domain), &user).display());
+        }
         let reply_version = self.check_version(request.version)?;
         if let Some(pub_key_auth) = &request.pub_key_auth {
             tokens::check_sealed_len("pubKeyAuth", pub_key_auth).map_err(|e| (e, None))?;

@@ -71,9 +71,76 @@ pub fn check_sealed_len(field: &'static str, value: &[u8]) -> Result<(), CredSsp
     Ok(())
 }
 
+/// The `DOMAIN\user` an NTLM AUTHENTICATE message claims, found inside a
+/// raw or SPNEGO-wrapped token. Only for the audit trail of failed logons:
+/// it is what the client *claimed*, not an authenticated identity.
+pub fn claimed_ntlm_user(token: &[u8]) -> Option<(String, String)> {
+    const AUTHENTICATE: &[u8; 12] = b"NTLMSSP\0\x03\0\0\0";
+    let start = token.windows(AUTHENTICATE.len()).position(|w| w == AUTHENTICATE)?;
+    let message = &token[start..];
+    let field = |offset: usize| -> Option<&[u8]> {
+        let header = message.get(offset..offset + 8)?;
+        let len = u16::from_le_bytes([header[0], header[1]]) as usize;
+        let at = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        message.get(at..at.checked_add(len)?)
+    };
+    let flags = message.get(60..64).map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]))?;
+    const NEGOTIATE_UNICODE: u32 = 0x1;
+    let decode = |bytes: &[u8]| -> Option<String> {
+        if flags & NEGOTIATE_UNICODE != 0 {
+            if bytes.len() % 2 != 0 {
+                return None;
+            }
+            let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            String::from_utf16(&units).ok()
+        } else {
+            Some(bytes.iter().map(|&b| b as char).collect())
+        }
+    };
+    let domain = decode(field(28)?)?;
+    let user = decode(field(36)?)?;
+    (!user.is_empty()).then_some((domain, user))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn authenticate_message(domain: &str, user: &str) -> Vec<u8> {
+        let utf16 = |s: &str| s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect::<Vec<u8>>();
+        let (domain, user) = (utf16(domain), utf16(user));
+        let mut message = b"NTLMSSP\0\x03\0\0\0".to_vec();
+        message.resize(64, 0);
+        let payload_at = 72u32;
+        let put = |message: &mut Vec<u8>, offset: usize, len: usize, at: u32| {
+            message[offset..offset + 2].copy_from_slice(&(len as u16).to_le_bytes());
+            message[offset + 2..offset + 4].copy_from_slice(&(len as u16).to_le_bytes());
+            message[offset + 4..offset + 8].copy_from_slice(&at.to_le_bytes());
+        };
+        put(&mut message, 28, domain.len(), payload_at);
+        put(&mut message, 36, user.len(), payload_at + domain.len() as u32);
+        message[60..64].copy_from_slice(&0xe288_8215u32.to_le_bytes());
+        message.resize(payload_at as usize, 0);
+        message.extend_from_slice(&domain);
+        message.extend_from_slice(&user);
+        message
+    }
+
+    #[test]
+    fn claimed_user_is_read_from_a_wrapped_authenticate() {
+        let mut wrapped = vec![0xa1, 0x81, 0x90, 0x30];
+        wrapped.extend_from_slice(&authenticate_message("LAB", "alice"));
+        assert_eq!(claimed_ntlm_user(&wrapped), Some(("LAB".into(), "alice".into())));
+    }
+
+    #[test]
+    fn claimed_user_survives_lies_about_lengths() {
+        let mut message = authenticate_message("LAB", "alice");
+        message[36] = 0xff; // user length past the end
+        assert_eq!(claimed_ntlm_user(&message), None);
+        assert_eq!(claimed_ntlm_user(&message[..40]), None);
+        assert_eq!(claimed_ntlm_user(b"NTLMSSP\0\x03\0\0\0"), None);
+    }
 
     #[test]
     fn raw_ntlm_is_recognised() {
