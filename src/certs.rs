@@ -44,10 +44,7 @@ impl fmt::Debug for RelayCert {
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: no PEM certificate found", path.display())]
     NoCertificate { path: PathBuf },
     #[error("{}: no PEM private key found", path.display())]
@@ -137,8 +134,9 @@ pub fn load(cert: &Path, key: &Path) -> Result<RelayCert, CertError> {
     let rsa_key = match &private {
         PrivateKeyDer::Pkcs8(k) => RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der())
             .map_err(|e| invalid_key(format!("not an RSA PKCS#8 key ({e})")))?,
-        PrivateKeyDer::Pkcs1(k) => RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
-            .map_err(|e| invalid_key(e.to_string()))?,
+        PrivateKeyDer::Pkcs1(k) => {
+            RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der()).map_err(|e| invalid_key(e.to_string()))?
+        }
         _ => return Err(invalid_key("not an RSA key".into())),
     };
     // rustls would only notice a mismatch during a handshake; say which files at startup.
@@ -162,12 +160,11 @@ pub fn load(cert: &Path, key: &Path) -> Result<RelayCert, CertError> {
 /// The leaf's SubjectPublicKey contents (PKCS#1 RSAPublicKey), refusing non-RSA and
 /// short keys.
 fn rsa_public_key(path: &Path, leaf: &CertificateDer<'_>) -> Result<Vec<u8>, CertError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
-        CertError::InvalidCertificate {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| CertError::InvalidCertificate {
             path: path.to_path_buf(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let spki = parsed.public_key();
     let oid = &spki.algorithm.algorithm;
     if *oid != oid_registry::OID_PKCS1_RSAENCRYPTION {
@@ -208,8 +205,7 @@ fn check_rsa_bits(path: &Path, pkcs1: &[u8]) -> Result<(), CertError> {
 fn generate(cert: &Path, key: &Path) -> Result<(), CertError> {
     let gen_err = |message: String| CertError::Generate { message };
     // rcgen's ring backend can sign with an RSA key but not create one.
-    let rsa_key = RsaPrivateKey::new(&mut rand::rngs::OsRng, MIN_RSA_BITS)
-        .map_err(|e| gen_err(e.to_string()))?;
+    let rsa_key = RsaPrivateKey::new(&mut rand::rngs::OsRng, MIN_RSA_BITS).map_err(|e| gen_err(e.to_string()))?;
     let pkcs8 = rsa_key.to_pkcs8_der().map_err(|e| gen_err(e.to_string()))?;
     let key_pem = rsa_key
         .to_pkcs8_pem(LineEnding::LF)
@@ -225,10 +221,9 @@ fn generate(cert: &Path, key: &Path) -> Result<(), CertError> {
         names.push(h);
     }
     let mut params = rcgen::CertificateParams::new(names).map_err(|e| gen_err(e.to_string()))?;
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        "winrm-relay development certificate",
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "winrm-relay development certificate");
     let now = time::OffsetDateTime::now_utc();
     // A day of slack for clients with a slow clock.
     params.not_before = now - time::Duration::days(1);
@@ -238,9 +233,7 @@ fn generate(cert: &Path, key: &Path) -> Result<(), CertError> {
         rcgen::KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let certificate = params
-        .self_signed(&key_pair)
-        .map_err(|e| gen_err(e.to_string()))?;
+    let certificate = params.self_signed(&key_pair).map_err(|e| gen_err(e.to_string()))?;
 
     write_new(key, key_pem.as_bytes(), 0o600)?;
     if let Err(e) = write_new(cert, certificate.pem().as_bytes(), 0o644) {
@@ -263,9 +256,7 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), CertError> {
     #[cfg(not(unix))]
     let _ = mode;
     let mut f = options.open(path).map_err(io_err(path))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(path))
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(io_err(path))
 }
 
 /// This machine's host name, if it is a valid DNS name.
@@ -320,10 +311,7 @@ mod tests {
         let pkcs1_path = dir.join("pkcs1.key");
         std::fs::write(
             &pkcs1_path,
-            rsa_key
-                .to_pkcs1_pem(Pkcs1LineEnding::LF)
-                .unwrap()
-                .as_bytes(),
+            rsa_key.to_pkcs1_pem(Pkcs1LineEnding::LF).unwrap().as_bytes(),
         )
         .unwrap();
         let via_pkcs1 = load(&cert, &pkcs1_path).unwrap();
@@ -364,10 +352,7 @@ mod tests {
         let small = RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap();
         let der = small.to_public_key().to_pkcs1_der().unwrap();
         let e = check_rsa_bits(Path::new("c"), der.as_bytes()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "c: the RSA key has 1024 bits; use 2048 or more"
-        );
+        assert_eq!(e.to_string(), "c: the RSA key has 1024 bits; use 2048 or more");
     }
 
     #[test]

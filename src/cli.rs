@@ -136,10 +136,7 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -271,11 +268,8 @@ fn secret_from_line(line: &str) -> SecretString {
 }
 
 fn prompt_password() -> Result<SecretString, UserCliError> {
-    let first =
-        Zeroizing::new(rpassword::prompt_password("Password: ").map_err(UserCliError::Password)?);
-    let second = Zeroizing::new(
-        rpassword::prompt_password("Repeat password: ").map_err(UserCliError::Password)?,
-    );
+    let first = Zeroizing::new(rpassword::prompt_password("Password: ").map_err(UserCliError::Password)?);
+    let second = Zeroizing::new(rpassword::prompt_password("Repeat password: ").map_err(UserCliError::Password)?);
     if *first != *second {
         return Err(UserCliError::Mismatch);
     }
@@ -302,9 +296,7 @@ mod tests {
     #[test]
     fn serve_defaults_to_example_config() {
         let cli = Cli::try_parse_from(["winrm-relay", "serve"]).unwrap();
-        let Command::Serve(c) = cli.command else {
-            panic!()
-        };
+        let Command::Serve(c) = cli.command else { panic!() };
         assert_eq!(c.config, Path::new(DEFAULT_CONFIG));
     }
 

@@ -19,7 +19,15 @@ fn proto_does_no_io() {
     let mut files = Vec::new();
     rust_files(&root, &mut files);
     assert!(files.len() >= 5, "expected the proto sources, found {files:?}");
-    let forbidden = ["tokio::", "hyper::", "hyper_util", "std::net", "TcpStream", "UdpSocket", "std::fs"];
+    let forbidden = [
+        "tokio::",
+        "hyper::",
+        "hyper_util",
+        "std::net",
+        "TcpStream",
+        "UdpSocket",
+        "std::fs",
+    ];
     let mut offences = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("read source");

@@ -73,10 +73,7 @@ struct Line<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("{}: cannot open audit log: {source}", path.display())]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug)]
@@ -99,10 +96,7 @@ impl AuditCapture {
     /// The lines written so far.
     pub fn lines(&self) -> Vec<String> {
         let buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        String::from_utf8_lossy(&buf)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        String::from_utf8_lossy(&buf).lines().map(str::to_string).collect()
     }
 }
 
@@ -166,9 +160,7 @@ impl AuditSink {
             // One write_all on an O_APPEND file: whole lines, in order.
             Output::File(f) => f.write_all(&line).and_then(|()| f.flush()),
             Output::Memory(buf) => {
-                buf.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(&line);
+                buf.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&line);
                 Ok(())
             }
         };

@@ -39,9 +39,7 @@ pub(crate) fn parse_host_port(s: &str) -> Result<HostPort, String> {
         let Some((inside, after)) = rest.split_once(']') else {
             return Err("missing ] after IPv6 address".into());
         };
-        let v6: Ipv6Addr = inside
-            .parse()
-            .map_err(|_| format!("invalid IPv6 address {inside:?}"))?;
+        let v6: Ipv6Addr = inside.parse().map_err(|_| format!("invalid IPv6 address {inside:?}"))?;
         let port = match after {
             "" => None,
             _ => match after.strip_prefix(':') {
@@ -100,9 +98,7 @@ pub(crate) fn validate_hostname(host: &str) -> Result<(), String> {
             return Err(format!("invalid host name {host:?}: empty label"));
         }
         if label.len() > 63 {
-            return Err(format!(
-                "invalid host name {host:?}: label longer than 63 characters"
-            ));
+            return Err(format!("invalid host name {host:?}: label longer than 63 characters"));
         }
         if !label
             .bytes()
@@ -125,9 +121,7 @@ pub(crate) fn validate_hostname(host: &str) -> Result<(), String> {
         && last.len() > 2
         && last[2..].bytes().all(|b| b.is_ascii_hexdigit());
     if last.bytes().all(|b| b.is_ascii_digit()) || hex {
-        return Err(format!(
-            "{host:?} is neither a host name nor a valid IPv4 address"
-        ));
+        return Err(format!("{host:?} is neither a host name nor a valid IPv4 address"));
     }
     Ok(())
 }
@@ -212,10 +206,7 @@ mod tests {
     #[test]
     fn host_port_forms() {
         let h = parse_host_port("web01.lab.local").unwrap();
-        assert_eq!(
-            (h.host.as_str(), h.port, h.ip),
-            ("web01.lab.local", None, None)
-        );
+        assert_eq!((h.host.as_str(), h.port, h.ip), ("web01.lab.local", None, None));
         let h = parse_host_port("10.0.0.5:5986").unwrap();
         assert_eq!(h.port, Some(5986));
         assert_eq!(h.ip, Some("10.0.0.5".parse().unwrap()));

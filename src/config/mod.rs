@@ -149,10 +149,7 @@ pub struct ResolvedTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read config: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{}:{line}: {key}: {message}", path.display())]
     Invalid {
         path: PathBuf,
@@ -173,15 +170,12 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::check(path).map_err(|errors| {
             // check never returns an empty list; the fallback only avoids a panic path.
-            errors
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: 1,
-                    key: String::new(),
-                    message: "invalid config".into(),
-                })
+            errors.into_iter().next().unwrap_or_else(|| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: 1,
+                key: String::new(),
+                message: "invalid config".into(),
+            })
         })
     }
 
@@ -238,21 +232,13 @@ impl Config {
         if decoded.is_empty() {
             return Err(invalid("empty target name".into()));
         }
-        if let Some(t) = self
-            .targets
-            .iter()
-            .find(|t| t.name.eq_ignore_ascii_case(&decoded))
-        {
+        if let Some(t) = self.targets.iter().find(|t| t.name.eq_ignore_ascii_case(&decoded)) {
             return self.resolve_configured(t, t.name.clone()).map_err(invalid);
         }
         let hp = parse_host_port(&decoded).map_err(invalid)?;
         // Aliases shadow host names: "web01:5986" must not quietly mean a DNS lookup of
         // "web01" when web01 is configured to live elsewhere.
-        if let Some(t) = self
-            .targets
-            .iter()
-            .find(|t| t.name.eq_ignore_ascii_case(&hp.host))
-        {
+        if let Some(t) = self.targets.iter().find(|t| t.name.eq_ignore_ascii_case(&hp.host)) {
             return Err(invalid(format!(
                 "{} is a configured target; name it without a port",
                 t.name
@@ -268,10 +254,7 @@ impl Config {
         Ok(ResolvedTarget {
             name: decoded,
             alias: None,
-            url: format!(
-                "http://{}:{port}{DEFAULT_TARGET_PATH}",
-                url_host(&hp.host, hp.ip)
-            ),
+            url: format!("http://{}:{port}{DEFAULT_TARGET_PATH}", url_host(&hp.host, hp.ip)),
             host: hp.host,
             port,
             ip: hp.ip,
@@ -307,8 +290,7 @@ type Span = std::ops::Range<usize>;
 
 impl Validator<'_> {
     fn error(&mut self, span: Span, key: impl Into<String>, message: impl Into<String>) {
-        self.errors
-            .push(self.loc.error(span.start, key.into(), message.into()));
+        self.errors.push(self.loc.error(span.start, key.into(), message.into()));
     }
 
     fn wrong_type(&mut self, v: &Spanned<Value>, key: &str, expected: &str) {
@@ -340,12 +322,7 @@ impl Validator<'_> {
 
     /// A required key; `table_at` is where its table starts, `None` when the whole table
     /// is missing (reported once, not per key).
-    fn required(
-        &mut self,
-        v: raw::V,
-        key: &str,
-        table_at: Option<usize>,
-    ) -> Option<Spanned<String>> {
+    fn required(&mut self, v: raw::V, key: &str, table_at: Option<usize>) -> Option<Spanned<String>> {
         if v.is_none() {
             if let Some(at) = table_at {
                 self.error(at..at, key, "required key is missing");
@@ -380,23 +357,14 @@ impl Validator<'_> {
                 self.error(
                     v.span(),
                     key,
-                    format!(
-                        "invalid socket address {:?} (expected ip:port)",
-                        v.get_ref()
-                    ),
+                    format!("invalid socket address {:?} (expected ip:port)", v.get_ref()),
                 );
                 None
             }
         }
     }
 
-    fn int(
-        &mut self,
-        v: raw::V,
-        key: &str,
-        range: std::ops::RangeInclusive<i64>,
-        default: i64,
-    ) -> i64 {
+    fn int(&mut self, v: raw::V, key: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> i64 {
         match self.integer(v, key) {
             None => default,
             Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
@@ -404,12 +372,7 @@ impl Validator<'_> {
                 self.error(
                     v.span(),
                     key,
-                    format!(
-                        "{} is out of range {}..={}",
-                        v.get_ref(),
-                        range.start(),
-                        range.end()
-                    ),
+                    format!("{} is out of range {}..={}", v.get_ref(), range.start(), range.end()),
                 );
                 default
             }
@@ -429,10 +392,7 @@ impl Validator<'_> {
             self.error(
                 v.span(),
                 key,
-                format!(
-                    "unknown auth {:?} (expected \"negotiate\" or \"ntlm\")",
-                    v.get_ref()
-                ),
+                format!("unknown auth {:?} (expected \"negotiate\" or \"ntlm\")", v.get_ref()),
             );
             default
         })
@@ -494,23 +454,14 @@ impl Validator<'_> {
         let defaults = TargetDefaults {
             auth: self.auth(d.auth, "defaults.auth", TargetAuth::default()),
             port: self
-                .int(
-                    d.port,
-                    "defaults.port",
-                    1..=65535,
-                    DEFAULT_TARGET_PORT.into(),
-                )
+                .int(d.port, "defaults.port", 1..=65535, DEFAULT_TARGET_PORT.into())
                 .unsigned_abs() as u16,
             connect_timeout: self.secs(
                 d.connect_timeout_secs,
                 "defaults.connect_timeout_secs",
                 Duration::from_secs(10),
             ),
-            timeout: self.secs(
-                d.timeout_secs,
-                "defaults.timeout_secs",
-                Duration::from_secs(120),
-            ),
+            timeout: self.secs(d.timeout_secs, "defaults.timeout_secs", Duration::from_secs(120)),
         };
 
         // Every listener with where it was declared, to report clashes at the later one.
@@ -534,10 +485,7 @@ impl Validator<'_> {
                     self.error(
                         name.span(),
                         key("name"),
-                        format!(
-                            "duplicate target name {:?} (also target[{prev}])",
-                            name.get_ref()
-                        ),
+                        format!("duplicate target name {:?} (also target[{prev}])", name.get_ref()),
                     );
                 }
             }
@@ -546,9 +494,10 @@ impl Validator<'_> {
             let url = match url.as_ref().map(|u| (u, parse_http_url(u.get_ref()))) {
                 Some((_, Ok(u))) => {
                     let port = u.host.port.unwrap_or(defaults.port);
-                    if let Some((_, other)) = seen_urls.iter().find(|(s, _)| {
-                        s.host.same_host(&u.host) && s.host.port.unwrap_or(defaults.port) == port
-                    }) {
+                    if let Some((_, other)) = seen_urls
+                        .iter()
+                        .find(|(s, _)| s.host.same_host(&u.host) && s.host.port.unwrap_or(defaults.port) == port)
+                    {
                         let span = url.as_ref().map(Spanned::span).unwrap_or_default();
                         self.error(
                             span,
@@ -561,11 +510,7 @@ impl Validator<'_> {
                     normalized
                 }
                 Some((raw_url, Err(m))) => {
-                    self.error(
-                        raw_url.span(),
-                        key("url"),
-                        format!("{:?}: {m}", raw_url.get_ref()),
-                    );
+                    self.error(raw_url.span(), key("url"), format!("{:?}: {m}", raw_url.get_ref()));
                     raw_url.get_ref().clone()
                 }
                 None => String::new(),
@@ -618,17 +563,10 @@ impl Validator<'_> {
         }
     }
 
-    fn check_listener_clash(
-        &mut self,
-        listeners: &[(SocketAddr, String)],
-        addr: SocketAddr,
-        span: Span,
-        key: &str,
-    ) {
+    fn check_listener_clash(&mut self, listeners: &[(SocketAddr, String)], addr: SocketAddr, span: Span, key: &str) {
         // 0.0.0.0:p and 127.0.0.1:p cannot both be bound either.
         let clash = listeners.iter().find(|(a, _)| {
-            a.port() == addr.port()
-                && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified())
+            a.port() == addr.port() && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified())
         });
         if let Some((other, other_key)) = clash {
             self.error(
@@ -640,13 +578,7 @@ impl Validator<'_> {
     }
 
     /// Checks a list of strings entry by entry with `parse`.
-    fn list(
-        &mut self,
-        v: raw::List,
-        key: &str,
-        table_at: usize,
-        parse: fn(&str) -> Result<(), String>,
-    ) -> Vec<String> {
+    fn list(&mut self, v: raw::List, key: &str, table_at: usize, parse: fn(&str) -> Result<(), String>) -> Vec<String> {
         let Some(v) = v else {
             self.error(table_at..table_at, key, "required key is missing");
             return Vec::new();
@@ -671,23 +603,13 @@ impl Validator<'_> {
     fn allow_rule(&mut self, i: usize, r: raw::RawAllow) -> AllowRule {
         let at = self.loc.header_offset("allow", Some(i));
         let key = |k: &str| format!("allow[{i}].{k}");
-        let users = self.list(r.users, &key("users"), at, |s| {
-            policy::parse_user(s).map(drop)
-        });
-        let targets = self.list(r.targets, &key("targets"), at, |s| {
-            policy::parse_target(s).map(drop)
-        });
+        let users = self.list(r.users, &key("users"), at, |s| policy::parse_user(s).map(drop));
+        let targets = self.list(r.targets, &key("targets"), at, |s| policy::parse_target(s).map(drop));
         let shells = match r.shells {
-            Some(_) => self.list(r.shells, &key("shells"), at, |s| {
-                policy::parse_shell(s).map(drop)
-            }),
+            Some(_) => self.list(r.shells, &key("shells"), at, |s| policy::parse_shell(s).map(drop)),
             None => DEFAULT_SHELLS.iter().map(|s| s.to_string()).collect(),
         };
-        AllowRule {
-            users,
-            targets,
-            shells,
-        }
+        AllowRule { users, targets, shells }
     }
 }
 
@@ -741,10 +663,7 @@ path = "audit.jsonl"
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.listen.http, Some("127.0.0.1:5985".parse().unwrap()));
         assert_eq!(c.targets.len(), 1);
-        assert_eq!(
-            c.targets[0].listen,
-            Some("127.0.0.1:15001".parse().unwrap())
-        );
+        assert_eq!(c.targets[0].listen, Some("127.0.0.1:15001".parse().unwrap()));
         assert_eq!(c.allow.len(), 1);
         crate::policy::Policy::new(&c.allow).expect("example rules compile");
     }
@@ -784,10 +703,7 @@ targets = ["web*"]
         .unwrap();
         let t = &c.targets[0];
         assert_eq!(t.url, "http://web01.lab.local:5985/wsman");
-        assert_eq!(
-            (t.auth, t.timeout),
-            (TargetAuth::Ntlm, Duration::from_secs(300))
-        );
+        assert_eq!((t.auth, t.timeout), (TargetAuth::Ntlm, Duration::from_secs(300)));
         let t = &c.targets[1];
         assert_eq!(t.url, "http://[fd00::2]:5986/wsman");
         assert_eq!(t.auth, TargetAuth::Negotiate);
@@ -870,10 +786,7 @@ shells = ["bash"]
             ["relay.toml:15: allow[0].users: expected a string, found an integer"]
         );
         let errs = errors("[[target]]\nname = \"a\"\n");
-        assert_eq!(
-            errs,
-            ["relay.toml:12: target[0].url: required key is missing"]
-        );
+        assert_eq!(errs, ["relay.toml:12: target[0].url: required key is missing"]);
         let errs = errors("[[allow]]\n[[allow]]\nusers = ['LAB\\a']\n");
         assert_eq!(
             errs,
@@ -888,10 +801,7 @@ shells = ["bash"]
         assert!(errs[0].starts_with("relay.toml:12: "), "{errs:?}");
         // A table of the wrong shape cannot be checked further.
         let errs = errors("[allow]\nusers = []\n");
-        assert!(
-            errs[0].starts_with("relay.toml:12: allow: invalid type"),
-            "{errs:?}"
-        );
+        assert!(errs[0].starts_with("relay.toml:12: allow: invalid type"), "{errs:?}");
     }
 
     #[test]
@@ -919,8 +829,7 @@ shells = ["bash"]
 
     #[test]
     fn missing_tables_are_reported_once() {
-        let e =
-            Config::parse(Path::new("r.toml"), "[listen]\nhttp = \"127.0.0.1:1\"\n").unwrap_err();
+        let e = Config::parse(Path::new("r.toml"), "[listen]\nhttp = \"127.0.0.1:1\"\n").unwrap_err();
         let e: Vec<String> = e.iter().map(|e| e.to_string()).collect();
         assert_eq!(
             e,
@@ -940,28 +849,19 @@ shells = ["bash"]
         assert!(e[0].to_string().contains("no listener"), "{}", e[0]);
         let ok = format!("{src}[[target]]\nname = \"w\"\nurl = \"http://w/wsman\"\nlisten = \"127.0.0.1:15001\"\n");
         let c = Config::parse(Path::new("r.toml"), &ok).unwrap();
-        assert_eq!(
-            c.listener_target("127.0.0.1:15001".parse().unwrap())
-                .unwrap()
-                .name,
-            "w"
-        );
+        assert_eq!(c.listener_target("127.0.0.1:15001".parse().unwrap()).unwrap().name, "w");
     }
 
     #[test]
     fn unspecified_listeners_clash_on_port() {
-        let errs = errors(
-            "[[target]]\nname = \"w\"\nurl = \"http://w/wsman\"\nlisten = \"0.0.0.0:5985\"\n",
-        );
+        let errs = errors("[[target]]\nname = \"w\"\nurl = \"http://w/wsman\"\nlisten = \"0.0.0.0:5985\"\n");
         assert!(errs[0].contains("clashes with listen.http"), "{errs:?}");
     }
 
     #[test]
     fn target_names_must_be_hostlike() {
         for bad in ["", "web 01", "10.0.0.1", "web/01", "a:b"] {
-            let errs = errors(&format!(
-                "[[target]]\nname = {bad:?}\nurl = \"http://w/wsman\"\n"
-            ));
+            let errs = errors(&format!("[[target]]\nname = {bad:?}\nurl = \"http://w/wsman\"\n"));
             assert!(errs[0].contains("target[0].name"), "{bad:?}: {errs:?}");
         }
     }
@@ -1053,22 +953,9 @@ url = "http://[fd00::1]/custom"
         assert_eq!(t.auth, TargetAuth::Negotiate);
         assert_eq!(t.ip, None);
         let t = c.resolve_target("[::1]:8080").unwrap();
-        assert_eq!(
-            (t.name.as_str(), t.host.as_str(), t.port),
-            ("[::1]:8080", "::1", 8080)
-        );
+        assert_eq!((t.name.as_str(), t.host.as_str(), t.port), ("[::1]:8080", "::1", 8080));
         assert_eq!(t.url, "http://[::1]:8080/wsman");
-        for bad in [
-            "",
-            "a/b",
-            "::1",
-            "127.1",
-            "web01:0",
-            "%zz",
-            "x y",
-            "web01:5985",
-            "V6:1",
-        ] {
+        for bad in ["", "a/b", "::1", "127.1", "web01:0", "%zz", "x y", "web01:5985", "V6:1"] {
             assert!(c.resolve_target(bad).is_err(), "{bad:?} resolved");
         }
     }
@@ -1076,8 +963,6 @@ url = "http://[fd00::1]/custom"
     #[test]
     fn unreadable_file_is_reported() {
         let e = Config::load(Path::new("/nonexistent/relay.toml")).unwrap_err();
-        assert!(e
-            .to_string()
-            .starts_with("/nonexistent/relay.toml: cannot read config"));
+        assert!(e.to_string().starts_with("/nonexistent/relay.toml: cannot read config"));
     }
 }

@@ -107,40 +107,25 @@ struct KeyInventory {
     allow: Vec<Keys>,
 }
 
-const TOP: &[&str] = &[
-    "listen", "auth", "audit", "session", "defaults", "target", "allow",
-];
+const TOP: &[&str] = &["listen", "auth", "audit", "session", "defaults", "target", "allow"];
 const LISTEN: &[&str] = &["http", "tls_cert", "tls_key", "max_envelope_size"];
 const AUTH: &[&str] = &["users_file", "credssp_min_version"];
 const AUDIT: &[&str] = &["path"];
 const SESSION: &[&str] = &["idle_timeout_secs"];
 const DEFAULTS: &[&str] = &["auth", "port", "connect_timeout_secs", "timeout_secs"];
-const TARGET: &[&str] = &[
-    "name",
-    "url",
-    "auth",
-    "listen",
-    "connect_timeout_secs",
-    "timeout_secs",
-];
+const TARGET: &[&str] = &["name", "url", "auth", "listen", "connect_timeout_secs", "timeout_secs"];
 const ALLOW: &[&str] = &["users", "targets", "shells"];
 
 /// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the
 /// table shapes are known to be right.
 pub(super) fn unknown_keys(loc: &Locator<'_>, src: &str) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    let (top, inv) = match (
-        toml::from_str::<Keys>(src),
-        toml::from_str::<KeyInventory>(src),
-    ) {
+    let (top, inv) = match (toml::from_str::<Keys>(src), toml::from_str::<KeyInventory>(src)) {
         (Ok(top), Ok(inv)) => (top, inv),
         (Err(e), _) | (_, Err(e)) => return vec![loc.toml_error(&e)],
     };
     let mut check = |keys: &Keys, table: &str, known: &[&str]| {
-        for k in keys
-            .keys()
-            .filter(|k| !known.contains(&k.get_ref().as_str()))
-        {
+        for k in keys.keys().filter(|k| !known.contains(&k.get_ref().as_str())) {
             let key = if table.is_empty() {
                 k.get_ref().clone()
             } else {
@@ -194,11 +179,7 @@ impl<'a> Locator<'a> {
 
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.src.len());
-        self.src.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        self.src.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
     pub fn error(&self, offset: usize, key: String, message: String) -> ConfigError {
@@ -296,9 +277,7 @@ fn header(line: &str) -> Option<(&str, bool)> {
 fn key_of(line: &str) -> Option<&str> {
     let (k, _) = line.split_once('=')?;
     let k = k.trim();
-    let bare = !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    let bare = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
     bare.then_some(k)
 }
 
@@ -318,10 +297,7 @@ mod tests {
         assert_eq!(at("[[allow]] #"), "allow[1]");
         assert_eq!(loc.line_of(src.find("'x'").unwrap()), 6);
         assert_eq!(loc.header_offset("listen", None), 6);
-        assert_eq!(
-            loc.header_offset("allow", Some(1)),
-            src.find("[[allow]] #").unwrap()
-        );
+        assert_eq!(loc.header_offset("allow", Some(1)), src.find("[[allow]] #").unwrap());
         assert_eq!(loc.header_offset("nope", None), 0);
     }
 }

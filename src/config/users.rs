@@ -20,10 +20,7 @@ use zeroize::{Zeroize, Zeroizing};
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(
         "{} is readable by group or others (mode {mode:04o}); run chmod 600 {}",
         path.display(),
@@ -200,14 +197,11 @@ impl UsersFile {
             }
             // Never echo the line: it holds a hash.
             let Some((name, hash_hex)) = trimmed.rsplit_once(':') else {
-                return Err(parse_err(
-                    "expected DOMAIN\\user:<32 hex digit NT hash>".into(),
-                ));
+                return Err(parse_err("expected DOMAIN\\user:<32 hex digit NT hash>".into()));
             };
             let (domain, user) = parse_user_name(name).map_err(|e| parse_err(e.to_string()))?;
             let mut hash = Zeroizing::new([0u8; 16]);
-            if hash_hex.len() != 32 || hex::decode_to_slice(hash_hex, hash.as_mut_slice()).is_err()
-            {
+            if hash_hex.len() != 32 || hex::decode_to_slice(hash_hex, hash.as_mut_slice()).is_err() {
                 return Err(parse_err(format!(
                     "{domain}\\{user}: the NT hash must be 32 hex digits"
                 )));
@@ -218,8 +212,7 @@ impl UsersFile {
                     "duplicate user {domain}\\{user} (also line {first_line})"
                 )));
             }
-            out.lines
-                .push(Line::Entry(UserEntry { domain, user, hash }));
+            out.lines.push(Line::Entry(UserEntry { domain, user, hash }));
         }
         Ok(out)
     }
@@ -351,28 +344,20 @@ mod tests {
 
     #[test]
     fn nt_hash_vector() {
-        assert_eq!(
-            hex::encode(*nt_hash("Password")),
-            "a4f49c406510bdcab6824ee7c30fd852"
-        );
+        assert_eq!(hex::encode(*nt_hash("Password")), "a4f49c406510bdcab6824ee7c30fd852");
         // The well-known hash of the empty password.
-        assert_eq!(
-            hex::encode(*nt_hash("")),
-            "31d6cfe0d16ae931b73c59d7e0c089c0"
-        );
+        assert_eq!(hex::encode(*nt_hash("")), "31d6cfe0d16ae931b73c59d7e0c089c0");
     }
 
     #[test]
     fn parse_find_and_roundtrip() {
-        let text = "# relay users\nLAB\\alice:a4f49c406510bdcab6824ee7c30fd852\n\nbob@lab:31D6CFE0D16AE931B73C59D7E0C089C0\n";
+        let text =
+            "# relay users\nLAB\\alice:a4f49c406510bdcab6824ee7c30fd852\n\nbob@lab:31D6CFE0D16AE931B73C59D7E0C089C0\n";
         let f = UsersFile::parse(Path::new("u"), text).unwrap();
         assert_eq!(f.len(), 2);
         let bob = f.find("LAB", "BOB").unwrap();
         assert_eq!(bob.name(), "lab\\bob");
-        assert_eq!(
-            *f.find("lab", "Alice").unwrap().nt_hash(),
-            *nt_hash("Password")
-        );
+        assert_eq!(*f.find("lab", "Alice").unwrap().nt_hash(), *nt_hash("Password"));
         assert!(f.find("OTHER", "alice").is_none());
 
         let dir = test_dir("users-roundtrip");
@@ -391,10 +376,7 @@ mod tests {
         }
         assert_eq!(UsersFile::load(&path).unwrap().len(), 2);
         let e = f.save(&dir.join("no/users")).unwrap_err().to_string();
-        let want = format!(
-            "no/users: directory {} does not exist",
-            dir.join("no").display()
-        );
+        let want = format!("no/users: directory {} does not exist", dir.join("no").display());
         assert!(e.ends_with(&want), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -405,14 +387,8 @@ mod tests {
         assert!(!f.add("LAB\\alice", &secret("one")).unwrap());
         assert!(f.add("alice@lab", &secret("Password")).unwrap());
         assert_eq!(f.len(), 1);
-        assert_eq!(
-            *f.find("LAB", "alice").unwrap().nt_hash(),
-            *nt_hash("Password")
-        );
-        assert!(matches!(
-            f.add("LAB\\x", &secret("")),
-            Err(UsersError::EmptyPassword)
-        ));
+        assert_eq!(*f.find("LAB", "alice").unwrap().nt_hash(), *nt_hash("Password"));
+        assert!(matches!(f.add("LAB\\x", &secret("")), Err(UsersError::EmptyPassword)));
         assert!(f.remove("lab\\ALICE").unwrap());
         assert!(!f.remove("LAB\\alice").unwrap());
         assert!(f.is_empty());
@@ -440,22 +416,16 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_line_but_not_the_hash() {
-        let e = UsersFile::parse(
-            Path::new("u"),
-            "# c\nLAB\\a:a4f49c406510bdcab6824ee7c30fd85\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = UsersFile::parse(Path::new("u"), "# c\nLAB\\a:a4f49c406510bdcab6824ee7c30fd85\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "u:2: LAB\\a: the NT hash must be 32 hex digits");
         let e = UsersFile::parse(Path::new("u"), "LAB\\a:secretsecret\n")
             .unwrap_err()
             .to_string();
         assert!(!e.contains("secret"), "{e}");
-        let dup =
-            "LAB\\a:a4f49c406510bdcab6824ee7c30fd852\nlab\\A:a4f49c406510bdcab6824ee7c30fd852\n";
-        let e = UsersFile::parse(Path::new("u"), dup)
-            .unwrap_err()
-            .to_string();
+        let dup = "LAB\\a:a4f49c406510bdcab6824ee7c30fd852\nlab\\A:a4f49c406510bdcab6824ee7c30fd852\n";
+        let e = UsersFile::parse(Path::new("u"), dup).unwrap_err().to_string();
         assert_eq!(e, "u:2: duplicate user lab\\A (also line 1)");
     }
 
@@ -478,10 +448,7 @@ mod tests {
         std::fs::write(&path, "LAB\\a:a4f49c406510bdcab6824ee7c30fd852\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = UsersFile::load(&path).unwrap_err().to_string();
-        assert!(
-            e.contains(&format!("run chmod 600 {}", path.display())),
-            "{e}"
-        );
+        assert!(e.contains(&format!("run chmod 600 {}", path.display())), "{e}");
         assert!(e.contains("mode 0640"), "{e}");
         let missing = UsersFile::load(&dir.join("nope")).unwrap_err();
         assert!(missing.is_not_found());

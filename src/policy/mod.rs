@@ -86,8 +86,7 @@ impl TargetMatcher {
     fn matches(&self, t: &ResolvedTarget) -> bool {
         match self {
             TargetMatcher::Glob(p) => {
-                t.alias.as_deref().is_some_and(|a| p.matches_with(a, MATCH))
-                    || p.matches_with(&t.host, MATCH)
+                t.alias.as_deref().is_some_and(|a| p.matches_with(a, MATCH)) || p.matches_with(&t.host, MATCH)
             }
             TargetMatcher::Net(net) => t.ip.is_some_and(|ip| net.contains(&ip)),
         }
@@ -203,13 +202,9 @@ pub(crate) fn parse_shell(entry: &str) -> Result<ShellMatcher, String> {
         return compile_glob(conf).map(|g| ShellMatcher::PowerShell(Some(g)));
     }
     let lower = entry.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("http://")
-        .or_else(|| lower.strip_prefix("https://"));
+    let rest = lower.strip_prefix("http://").or_else(|| lower.strip_prefix("https://"));
     match rest {
-        Some(r) if !r.is_empty() && !entry.contains(char::is_whitespace) => {
-            Ok(ShellMatcher::Uri(entry.to_string()))
-        }
+        Some(r) if !r.is_empty() && !entry.contains(char::is_whitespace) => Ok(ShellMatcher::Uri(entry.to_string())),
         _ => Err(format!(
             "invalid shell {entry:?}: expected cmd, powershell, powershell/<configuration glob> \
              or an absolute http(s) resource URI"
@@ -219,11 +214,7 @@ pub(crate) fn parse_shell(entry: &str) -> Result<ShellMatcher, String> {
 
 impl Policy {
     pub fn new(rules: &[AllowRule]) -> Result<Policy, PolicyError> {
-        let err = |rule, field, message| PolicyError::Invalid {
-            rule,
-            field,
-            message,
-        };
+        let err = |rule, field, message| PolicyError::Invalid { rule, field, message };
         let mut compiled = Vec::with_capacity(rules.len());
         for (i, r) in rules.iter().enumerate() {
             if r.users.is_empty() {
@@ -264,37 +255,25 @@ impl Policy {
     ///
     /// `resource_uri` is the request's WS-Man ResourceURI; `None` (e.g. Identify) is allowed
     /// as soon as some rule lets the user reach the target.
-    pub fn decide(
-        &self,
-        user: &str,
-        target: &ResolvedTarget,
-        resource_uri: Option<&str>,
-    ) -> Decision {
+    pub fn decide(&self, user: &str, target: &ResolvedTarget, resource_uri: Option<&str>) -> Decision {
         let user = normalize_user(user);
         let reachable: Vec<(usize, &Rule)> = self
             .rules
             .iter()
             .enumerate()
             .filter(|(_, r)| {
-                r.users.iter().any(|p| p.matches_with(&user, MATCH))
-                    && r.targets.iter().any(|m| m.matches(target))
+                r.users.iter().any(|p| p.matches_with(&user, MATCH)) && r.targets.iter().any(|m| m.matches(target))
             })
             .collect();
         let Some(&(first, _)) = reachable.first() else {
             return Decision::Deny {
-                reason: format!(
-                    "no [[allow]] rule lets {user} reach target {}",
-                    describe(target)
-                ),
+                reason: format!("no [[allow]] rule lets {user} reach target {}", describe(target)),
             };
         };
         let Some(uri) = resource_uri else {
             return Decision::Allow { rule: first };
         };
-        if let Some(&(rule, _)) = reachable
-            .iter()
-            .find(|(_, r)| r.shells.iter().any(|s| s.matches(uri)))
-        {
+        if let Some(&(rule, _)) = reachable.iter().find(|(_, r)| r.shells.iter().any(|s| s.matches(uri))) {
             return Decision::Allow { rule };
         }
         let mut allowed: Vec<&str> = Vec::new();
@@ -394,15 +373,10 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
             p.decide("lab\\OPS-7", &web01, Some(&ps("Microsoft.PowerShell"))),
             Decision::Allow { rule: 0 }
         );
-        assert_eq!(
-            p.decide("alice@LAB", &web01, None),
-            Decision::Allow { rule: 0 }
-        );
+        assert_eq!(p.decide("alice@LAB", &web01, None), Decision::Allow { rule: 0 });
         // Host globs also match unlisted hosts.
         let unlisted = c.resolve_target("web77.lab.local").unwrap();
-        assert!(p
-            .decide("LAB\\alice", &unlisted, Some(CMD_URI))
-            .is_allowed());
+        assert!(p.decide("LAB\\alice", &unlisted, Some(CMD_URI)).is_allowed());
     }
 
     #[test]
@@ -439,9 +413,7 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
     fn powershell_configuration_globs_and_exact_uris() {
         let (c, p) = setup();
         let db01 = c.resolve_target("db01").unwrap();
-        assert!(p
-            .decide("LAB\\carol", &db01, Some(&ps("jea-maintenance")))
-            .is_allowed());
+        assert!(p.decide("LAB\\carol", &db01, Some(&ps("jea-maintenance"))).is_allowed());
         assert!(!p
             .decide("LAB\\carol", &db01, Some(&ps("Microsoft.PowerShell")))
             .is_allowed());
@@ -467,10 +439,7 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
     fn cidr_matches_ip_literals_only() {
         let (c, p) = setup();
         let ip = c.resolve_target("10.1.2.3:5986").unwrap();
-        assert_eq!(
-            p.decide("LAB\\alice", &ip, Some(CMD_URI)),
-            Decision::Allow { rule: 1 }
-        );
+        assert_eq!(p.decide("LAB\\alice", &ip, Some(CMD_URI)), Decision::Allow { rule: 1 });
         let outside = c.resolve_target("10.2.0.1").unwrap();
         assert!(!p.decide("LAB\\alice", &outside, None).is_allowed());
     }
@@ -515,9 +484,6 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
             shells: vec!["zsh".into()],
         }];
         let e = Policy::new(&rules).unwrap_err().to_string();
-        assert!(
-            e.starts_with("allow[0].shells: invalid shell \"zsh\""),
-            "{e}"
-        );
+        assert!(e.starts_with("allow[0].shells: invalid shell \"zsh\""), "{e}");
     }
 }

@@ -67,8 +67,17 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mut tasks = Vec::new();
     for (listener, fixed_target) in listeners {
         let addr = listener.local_addr().ok();
-        tracing::info!(?addr, target = fixed_target.as_deref().unwrap_or("(from path)"), "listening");
-        tasks.push(tokio::spawn(session::accept_loop(listener, fixed_target, shared.clone(), shutdown_rx.clone())));
+        tracing::info!(
+            ?addr,
+            target = fixed_target.as_deref().unwrap_or("(from path)"),
+            "listening"
+        );
+        tasks.push(tokio::spawn(session::accept_loop(
+            listener,
+            fixed_target,
+            shared.clone(),
+            shutdown_rx.clone(),
+        )));
     }
     wait_for_signal().await;
     tracing::info!("shutting down: closing listeners and sessions");
@@ -123,11 +132,18 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     });
     let policy = Policy::new(&config.allow)?;
     let audit = AuditSink::open(&config.audit.path)?;
-    Ok(Shared { config, acceptor, policy, audit })
+    Ok(Shared {
+        config,
+        acceptor,
+        policy,
+        audit,
+    })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
 }
 
 async fn wait_for_signal() {

@@ -32,7 +32,9 @@ pub(crate) struct Route {
 /// per-target listener every path goes to that target.
 pub(crate) fn route(path: &str, fixed_target: Option<&str>) -> Option<Route> {
     if let Some(fixed) = fixed_target {
-        return Some(Route { target: Some(fixed.to_string()) });
+        return Some(Route {
+            target: Some(fixed.to_string()),
+        });
     }
     let path = path.trim_end_matches('/');
     let prefix = "/wsman";
@@ -47,7 +49,9 @@ pub(crate) fn route(path: &str, fixed_target: Option<&str>) -> Option<Route> {
     if name.is_empty() || name.contains('/') {
         return None;
     }
-    Some(Route { target: Some(name.to_string()) })
+    Some(Route {
+        target: Some(name.to_string()),
+    })
 }
 
 pub(crate) fn is_unauthenticated_identify(request: &Request<Incoming>) -> bool {
@@ -72,7 +76,12 @@ struct Failure {
     audit: AuditKind,
 }
 
-pub(crate) async fn relay(session: &mut Session, request: Request<Incoming>, route: Route, shared: &Shared) -> HttpResponse {
+pub(crate) async fn relay(
+    session: &mut Session,
+    request: Request<Incoming>,
+    route: Route,
+    shared: &Shared,
+) -> HttpResponse {
     let started = Instant::now();
     session.requests += 1;
     let content_type = request
@@ -137,7 +146,10 @@ pub(crate) async fn relay(session: &mut Session, request: Request<Incoming>, rou
         Ok(parts) => reply::sealed(status, &parts),
         Err(error) => {
             tracing::error!(session = %session.id, %error, "cannot seal the response");
-            reply::plain(StatusCode::INTERNAL_SERVER_ERROR, "the relay could not encrypt the response")
+            reply::plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the relay could not encrypt the response",
+            )
         }
     }
 }
@@ -145,7 +157,9 @@ pub(crate) async fn relay(session: &mut Session, request: Request<Incoming>, rou
 fn unseal(session: &mut Session, body: &[u8]) -> Result<Vec<u8>, String> {
     let parts = sealing::parse_body(SealProtocol::CredSsp, body).map_err(|e| format!("bad encrypted body: {e}"))?;
     let channel = session.channel().ok_or("not authenticated")?;
-    channel.unseal(&parts).map_err(|e| format!("cannot decrypt the request: {e}"))
+    channel
+        .unseal(&parts)
+        .map_err(|e| format!("cannot decrypt the request: {e}"))
 }
 
 type Forwarded = Result<(StatusCode, Vec<u8>), (Failure, Option<String>)>;
@@ -195,7 +209,11 @@ async fn forward(
     let user = session.principal().unwrap_or_default().to_string();
     if let Decision::Deny { reason } = shared.policy.decide(&user, &target, info.resource_uri.as_deref()) {
         tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");
-        return fail(Failure { kind: FaultKind::AccessDenied, message: reason, audit: AuditKind::Denied });
+        return fail(Failure {
+            kind: FaultKind::AccessDenied,
+            message: reason,
+            audit: AuditKind::Denied,
+        });
     }
     let rewritten = match wsman::rewrite_to(plain, &target.url) {
         Ok(rewritten) => rewritten,
@@ -258,7 +276,10 @@ async fn exchange(
         session.targets.insert(key.clone(), connection);
     }
     let Some(connection) = session.targets.get_mut(&key) else {
-        return Err(TargetError::Http { target: target::describe(target), detail: "connection lost".into() });
+        return Err(TargetError::Http {
+            target: target::describe(target),
+            detail: "connection lost".into(),
+        });
     };
     let result = connection.exchange(soap, wait).await;
     if result.is_err() {
@@ -269,8 +290,16 @@ async fn exchange(
 }
 
 fn target_failure(error: &TargetError) -> Failure {
-    let kind = if error.is_auth() { FaultKind::AccessDenied } else { FaultKind::DestinationUnreachable };
-    Failure { kind, message: error.to_string(), audit: AuditKind::Request }
+    let kind = if error.is_auth() {
+        FaultKind::AccessDenied
+    } else {
+        FaultKind::DestinationUnreachable
+    };
+    Failure {
+        kind,
+        message: error.to_string(),
+        audit: AuditKind::Request,
+    }
 }
 
 #[cfg(test)]
@@ -282,10 +311,16 @@ mod tests {
         assert_eq!(route("/wsman", None).unwrap().target, None);
         assert_eq!(route("/wsman/", None).unwrap().target, None);
         assert_eq!(route("/WSMAN/web01", None).unwrap().target.as_deref(), Some("web01"));
-        assert_eq!(route("/wsman/10.0.0.1:5985/", None).unwrap().target.as_deref(), Some("10.0.0.1:5985"));
+        assert_eq!(
+            route("/wsman/10.0.0.1:5985/", None).unwrap().target.as_deref(),
+            Some("10.0.0.1:5985")
+        );
         assert!(route("/other", None).is_none());
         assert!(route("/wsmanx", None).is_none());
         assert!(route("/wsman/a/b", None).is_none());
-        assert_eq!(route("/anything", Some("web01")).unwrap().target.as_deref(), Some("web01"));
+        assert_eq!(
+            route("/anything", Some("web01")).unwrap().target.as_deref(),
+            Some("web01")
+        );
     }
 }

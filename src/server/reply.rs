@@ -30,7 +30,10 @@ fn finish(builder: hyper::http::response::Builder, body: Bytes) -> HttpResponse 
 pub(crate) fn credssp_401(token: &[u8]) -> HttpResponse {
     let header = format_scheme_token(CREDSSP, token);
     let value = HeaderValue::from_str(&header).unwrap_or_else(|_| HeaderValue::from_static(CREDSSP));
-    finish(empty(StatusCode::UNAUTHORIZED).header(WWW_AUTHENTICATE, value), Bytes::new())
+    finish(
+        empty(StatusCode::UNAUTHORIZED).header(WWW_AUTHENTICATE, value),
+        Bytes::new(),
+    )
 }
 
 /// `401` with a reason for humans in the body, and the CredSSP offer so the

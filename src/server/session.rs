@@ -63,7 +63,8 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn idle_for(&self) -> Duration {
@@ -81,7 +82,11 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let session = Arc::new(Mutex::new(Session::new(peer, fixed_target)));
-    let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0), busy: AtomicBool::new(false) });
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        busy: AtomicBool::new(false),
+    });
     let service = {
         let session = session.clone();
         let shared = shared.clone();
@@ -127,7 +132,10 @@ async fn serve_connection(
 enum AuthState {
     None,
     InProgress(Box<Acceptor>),
-    Authenticated { principal: String, channel: SecureChannel },
+    Authenticated {
+        principal: String,
+        channel: Box<SecureChannel>,
+    },
 }
 
 pub(crate) struct Session {
@@ -185,12 +193,21 @@ impl Session {
         }
         let route = match pipeline::route(request.uri().path(), self.fixed_target.as_deref()) {
             Some(route) => route,
-            None => return reply::plain(StatusCode::NOT_FOUND, "not a WS-Management endpoint: use /wsman/<target>"),
+            None => {
+                return reply::plain(
+                    StatusCode::NOT_FOUND,
+                    "not a WS-Management endpoint: use /wsman/<target>",
+                )
+            }
         };
         if pipeline::is_unauthenticated_identify(&request) {
             return pipeline::identify(request, shared).await;
         }
-        let authorization = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         if let Some(authorization) = authorization {
             drain(request, shared).await;
             return self.authenticate(&authorization, shared);
@@ -219,7 +236,9 @@ impl Session {
             self.audit_auth_failed(shared, None, &reason);
             return reply::refused_401(&reason);
         }
-        let Some(token) = parsed.token else { return reply::credssp_401(&[]) };
+        let Some(token) = parsed.token else {
+            return reply::credssp_401(&[]);
+        };
         // A ClientHello starts a new exchange, even on an authenticated
         // connection: the old credentials and target connections go.
         if is_client_hello(&token) || !matches!(self.auth, AuthState::InProgress(_)) {
@@ -232,7 +251,9 @@ impl Session {
                 }
             }
         }
-        let AuthState::InProgress(acceptor) = &mut self.auth else { return reply::credssp_401(&[]) };
+        let AuthState::InProgress(acceptor) = &mut self.auth else {
+            return reply::credssp_401(&[]);
+        };
         match acceptor.step(&token) {
             Step::Continue(out) => reply::credssp_401(&out),
             Step::Authenticated { credentials, channel } => {

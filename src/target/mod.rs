@@ -76,7 +76,9 @@ impl Drop for TargetConnection {
 
 impl std::fmt::Debug for TargetConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TargetConnection").field("target", &self.target.name).finish()
+        f.debug_struct("TargetConnection")
+            .field("target", &self.target.name)
+            .finish()
     }
 }
 
@@ -91,26 +93,46 @@ impl TargetConnection {
                     secs: target.connect_timeout.as_secs(),
                 })
             }
-            Ok(Err(source)) => return Err(TargetError::Connect { target: describe(target), source }),
+            Ok(Err(source)) => {
+                return Err(TargetError::Connect {
+                    target: describe(target),
+                    source,
+                })
+            }
             Ok(Ok(stream)) => stream,
         };
         // Small request/response exchanges: don't let Nagle add latency.
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| TargetError::Http { target: describe(target), detail: e.to_string() })?;
+            .map_err(|e| TargetError::Http {
+                target: describe(target),
+                detail: e.to_string(),
+            })?;
         let driver = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "target connection ended");
             }
         });
-        let auth = NegotiateClient::new(credentials, &target.host)
-            .map_err(|source| TargetError::Auth { target: describe(target), source })?;
-        let mut conn = TargetConnection { target: target.clone(), sender, auth, driver };
+        let auth = NegotiateClient::new(credentials, &target.host).map_err(|source| TargetError::Auth {
+            target: describe(target),
+            source,
+        })?;
+        let mut conn = TargetConnection {
+            target: target.clone(),
+            sender,
+            auth,
+            driver,
+        };
         let deadline = target.timeout;
         match tokio::time::timeout(deadline, conn.authenticate(credentials.principal())).await {
             Ok(result) => result?,
-            Err(_) => return Err(TargetError::Timeout { target: describe(target), secs: deadline.as_secs() }),
+            Err(_) => {
+                return Err(TargetError::Timeout {
+                    target: describe(target),
+                    secs: deadline.as_secs(),
+                })
+            }
         }
         Ok(conn)
     }
@@ -127,13 +149,20 @@ impl TargetConnection {
             let token = self
                 .auth
                 .step(server_token.as_deref())
-                .map_err(|source| TargetError::Auth { target: describe(&self.target), source })?;
+                .map_err(|source| TargetError::Auth {
+                    target: describe(&self.target),
+                    source,
+                })?;
             let Some(token) = token else { return Ok(()) };
             let request = self.request(Bytes::new(), None, Some(&format_scheme_token(NEGOTIATE, &token)))?;
             let response = self.send(request).await?;
             let status = response.status();
             let challenge = {
-                let values = response.headers().get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok());
+                let values = response
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
                 find_challenge(values, NEGOTIATE).flatten()
             };
             // Drain the body so the connection stays usable.
@@ -142,15 +171,19 @@ impl TargetConnection {
                 (StatusCode::UNAUTHORIZED, Some(next)) => server_token = Some(next),
                 // A bare 401 means the credentials were refused.
                 (StatusCode::UNAUTHORIZED, None) => {
-                    return Err(TargetError::AuthRejected { target: describe(&self.target), user })
+                    return Err(TargetError::AuthRejected {
+                        target: describe(&self.target),
+                        user,
+                    })
                 }
                 (status, final_token) if status.is_success() => {
                     // The final token (mechListMIC) must be consumed before any
                     // decryption, or sequence numbers go out of step.
                     if let Some(final_token) = final_token {
-                        self.auth
-                            .step(Some(&final_token))
-                            .map_err(|source| TargetError::Auth { target: describe(&self.target), source })?;
+                        self.auth.step(Some(&final_token)).map_err(|source| TargetError::Auth {
+                            target: describe(&self.target),
+                            source,
+                        })?;
                     }
                     if !self.auth.is_established() {
                         return Err(TargetError::Auth {
@@ -184,24 +217,30 @@ impl TargetConnection {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
         if let Some(authorization) = authorization {
-            let value = HeaderValue::from_str(authorization)
-                .map_err(|e| TargetError::Http { target: describe(&self.target), detail: e.to_string() })?;
+            let value = HeaderValue::from_str(authorization).map_err(|e| TargetError::Http {
+                target: describe(&self.target),
+                detail: e.to_string(),
+            })?;
             builder = builder.header(AUTHORIZATION, value);
         }
-        builder
-            .body(Full::new(body))
-            .map_err(|e| TargetError::Http { target: describe(&self.target), detail: e.to_string() })
+        builder.body(Full::new(body)).map_err(|e| TargetError::Http {
+            target: describe(&self.target),
+            detail: e.to_string(),
+        })
     }
 
-    async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, TargetError> {
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| TargetError::Http { target: describe(&self.target), detail: e.to_string() })?;
-        self.sender
-            .send_request(request)
-            .await
-            .map_err(|e| TargetError::Http { target: describe(&self.target), detail: e.to_string() })
+    async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, TargetError> {
+        self.sender.ready().await.map_err(|e| TargetError::Http {
+            target: describe(&self.target),
+            detail: e.to_string(),
+        })?;
+        self.sender.send_request(request).await.map_err(|e| TargetError::Http {
+            target: describe(&self.target),
+            detail: e.to_string(),
+        })
     }
 
     /// Seal one SOAP envelope, send it and unseal the answer. `wait` is how
@@ -210,22 +249,28 @@ impl TargetConnection {
     pub async fn exchange(&mut self, soap: &[u8], wait: Duration) -> Result<TargetResponse, TargetError> {
         match tokio::time::timeout(wait, self.exchange_inner(soap)).await {
             Ok(result) => result,
-            Err(_) => Err(TargetError::Timeout { target: describe(&self.target), secs: wait.as_secs() }),
+            Err(_) => Err(TargetError::Timeout {
+                target: describe(&self.target),
+                secs: wait.as_secs(),
+            }),
         }
     }
 
     async fn exchange_inner(&mut self, soap: &[u8]) -> Result<TargetResponse, TargetError> {
-        let part = self
-            .auth
-            .seal(soap)
-            .map_err(|source| TargetError::Auth { target: describe(&self.target), source })?;
+        let part = self.auth.seal(soap).map_err(|source| TargetError::Auth {
+            target: describe(&self.target),
+            source,
+        })?;
         let body = sealing::build_body(SealProtocol::Spnego, std::slice::from_ref(&part));
         let content_type = sealing::content_type(SealProtocol::Spnego, 1);
         let request = self.request(Bytes::from(body), Some(&content_type), None)?;
         let response = self.send(request).await?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED {
-            return Err(TargetError::AuthRejected { target: describe(&self.target), user: "the caller".into() });
+            return Err(TargetError::AuthRejected {
+                target: describe(&self.target),
+                user: "the caller".into(),
+            });
         }
         let response_type = response
             .headers()
@@ -236,10 +281,16 @@ impl TargetConnection {
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
             .collect()
             .await
-            .map_err(|e| TargetError::Http { target: describe(&self.target), detail: e.to_string() })?
+            .map_err(|e| TargetError::Http {
+                target: describe(&self.target),
+                detail: e.to_string(),
+            })?
             .to_bytes();
         if body.is_empty() {
-            return Ok(TargetResponse { status, body: Vec::new() });
+            return Ok(TargetResponse {
+                status,
+                body: Vec::new(),
+            });
         }
         if sealing::protocol_of(&response_type) != Some(SealProtocol::Spnego) {
             return Err(TargetError::BadResponse {
@@ -247,14 +298,16 @@ impl TargetConnection {
                 detail: format!("HTTP {status} with unencrypted body ({response_type})"),
             });
         }
-        let parts = sealing::parse_body(SealProtocol::Spnego, &body)
-            .map_err(|e| TargetError::BadResponse { target: describe(&self.target), detail: e.to_string() })?;
+        let parts = sealing::parse_body(SealProtocol::Spnego, &body).map_err(|e| TargetError::BadResponse {
+            target: describe(&self.target),
+            detail: e.to_string(),
+        })?;
         let mut plain = Vec::new();
         for part in &parts {
-            let chunk = self
-                .auth
-                .unseal(part)
-                .map_err(|e| TargetError::BadResponse { target: describe(&self.target), detail: e.to_string() })?;
+            let chunk = self.auth.unseal(part).map_err(|e| TargetError::BadResponse {
+                target: describe(&self.target),
+                detail: e.to_string(),
+            })?;
             plain.extend_from_slice(&chunk);
         }
         Ok(TargetResponse { status, body: plain })

@@ -42,7 +42,11 @@ impl SecureChannel {
         let mut parts = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             let data = tls::encrypt(&mut self.tls, chunk)?;
-            parts.push(SealedPart { original_length: chunk.len(), header_len, data });
+            parts.push(SealedPart {
+                original_length: chunk.len(),
+                header_len,
+                data,
+            });
         }
         Ok(parts)
     }
@@ -53,7 +57,10 @@ impl SecureChannel {
         for part in parts {
             let chunk = tls::feed(&mut self.tls, &part.data)?;
             if chunk.len() != part.original_length {
-                return Err(CredSspError::LengthMismatch { announced: part.original_length, actual: chunk.len() });
+                return Err(CredSspError::LengthMismatch {
+                    announced: part.original_length,
+                    actual: chunk.len(),
+                });
             }
             plain.extend_from_slice(&chunk);
         }

@@ -74,10 +74,17 @@ pub enum Step {
     /// `401` with `WWW-Authenticate: CredSSP <b64 of these bytes>`.
     Continue(Vec<u8>),
     /// Authentication is complete: `200`, and the session can start.
-    Authenticated { credentials: DelegatedCredentials, channel: SecureChannel },
+    Authenticated {
+        credentials: DelegatedCredentials,
+        channel: Box<SecureChannel>,
+    },
     /// Authentication failed: `401`, with this token (a TLS-wrapped TSRequest
     /// carrying an errorCode) when there is one. `user` is who it claimed to be.
-    Rejected { token: Option<Vec<u8>>, error: CredSspError, user: Option<String> },
+    Rejected {
+        token: Option<Vec<u8>>,
+        error: CredSspError,
+        user: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for Step {
@@ -135,13 +142,21 @@ impl Acceptor {
             Ok(step) => step,
             Err((error, token)) => {
                 self.phase = Phase::Finished;
-                Step::Rejected { token, error, user: self.claimed_user() }
+                Step::Rejected {
+                    token,
+                    error,
+                    user: self.claimed_user(),
+                }
             }
         }
     }
 
     fn claimed_user(&self) -> Option<String> {
-        let verified = self.claimed.lock().ok().and_then(|c| c.as_ref().map(Principal::display));
+        let verified = self
+            .claimed
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(Principal::display));
         verified.or_else(|| self.wire_user.clone())
     }
 
@@ -167,7 +182,10 @@ impl Acceptor {
                 let credentials = self.verify_delegation(identity).map_err(|e| (e, None))?;
                 self.phase = Phase::Finished;
                 let tls = self.tls.take().ok_or((CredSspError::AlreadyFailed, None))?;
-                Ok(Step::Authenticated { credentials, channel: SecureChannel::new(tls) })
+                Ok(Step::Authenticated {
+                    credentials,
+                    channel: Box::new(SecureChannel::new(tls)),
+                })
             }
             Err((error, Some(reply))) => {
                 let token = self.seal_ts_request(&reply).ok();
@@ -186,7 +204,7 @@ impl Acceptor {
         tls::encrypt(tls, &encoded)
     }
 
-    fn process(&mut self, request: TsRequest) -> Result<Processed, (CredSspError, Option<TsRequest>)> {
+    fn process(&mut self, request: TsRequest) -> Result<Processed, Refusal> {
         if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
             self.wire_user = Some(Principal::from_parts(Some(&domain), &user).display());
         }
@@ -198,10 +216,10 @@ impl Acceptor {
             tokens::check_sealed_len("authInfo", auth_info).map_err(|e| (e, None))?;
         }
         if self.server.is_none() {
-            let first = request
-                .nego_tokens
-                .as_deref()
-                .ok_or((CredSspError::BadToken("first TSRequest carries no negotiation token"), None))?;
+            let first = request.nego_tokens.as_deref().ok_or((
+                CredSspError::BadToken("first TSRequest carries no negotiation token"),
+                None,
+            ))?;
             let mechanism = classify_first_token(first).map_err(|e| (e, None))?;
             self.server = Some(self.new_server(mechanism, reply_version).map_err(|e| (e, None))?);
             self.mechanism = Some(mechanism);
@@ -217,7 +235,7 @@ impl Acceptor {
 
     /// The floor (CVE-2018-0886 hardening) and "never downgrade": the first
     /// TSRequest fixes the client's version; sspi refuses any later change.
-    fn check_version(&mut self, client: u32) -> Result<u32, (CredSspError, Option<TsRequest>)> {
+    fn check_version(&mut self, client: u32) -> Result<u32, Refusal> {
         let floor = self.config.min_version;
         if client < floor {
             let error = CredSspError::VersionTooLow { client, floor };
@@ -226,14 +244,17 @@ impl Acceptor {
                 error_code: Some(sspi::credssp::NStatusCode::LOGON_FAILURE),
                 ..TsRequest::default()
             };
-            return Err((error, Some(reply)));
+            return Err((error, Some(Box::new(reply))));
         }
         let first = *self.client_version.get_or_insert(client);
         Ok(first.min(MAX_TS_REQUEST_VERSION))
     }
 
     fn new_server(&self, mechanism: InnerMechanism, version: u32) -> Result<CredSspServer<UsersProxy>, CredSspError> {
-        let proxy = UsersProxy { users: self.config.users.clone(), claimed: self.claimed.clone() };
+        let proxy = UsersProxy {
+            users: self.config.users.clone(),
+            claimed: self.claimed.clone(),
+        };
         let ntlm = NtlmConfig::new(hostname_for_ntlm());
         let mode = match mechanism {
             InnerMechanism::Negotiate => ServerMode::Negotiate(NegotiateConfig::new(
@@ -253,7 +274,7 @@ impl Acceptor {
     /// and seals pubKeyAuth with the wrong sequence number, so the client fails
     /// with "invalid Message Integrity Check". Processing the token first and
     /// the public key second, then merging the replies, gives the right answer.
-    fn process_spnego_final(&mut self, request: TsRequest) -> Result<Processed, (CredSspError, Option<TsRequest>)> {
+    fn process_spnego_final(&mut self, request: TsRequest) -> Result<Processed, Refusal> {
         let version = request.version;
         let token_only = TsRequest {
             version,
@@ -279,7 +300,7 @@ impl Acceptor {
         }
     }
 
-    fn run_server(&mut self, request: TsRequest) -> Result<Processed, (CredSspError, Option<TsRequest>)> {
+    fn run_server(&mut self, request: TsRequest) -> Result<Processed, Refusal> {
         let server = self.server.as_mut().ok_or((CredSspError::AlreadyFailed, None))?;
         // One hostile connection must never take the process down: sspi and
         // its ASN.1 parsers have panicked on malformed input before.
@@ -292,7 +313,7 @@ impl Acceptor {
             Ok(Ok(ServerState::ReplyNeeded(reply))) => Ok(Processed::Reply(reply)),
             Ok(Ok(ServerState::Finished(identity))) => Ok(Processed::Finished(identity)),
             Ok(Err(ServerError { ts_request, error })) => {
-                Err((CredSspError::Authentication(error.to_string()), ts_request.map(|b| *b)))
+                Err((CredSspError::Authentication(error.to_string()), ts_request))
             }
         }
     }
@@ -324,9 +345,16 @@ impl Acceptor {
         if !hashes_equal(&delegated_hash, &entry.nt_hash) {
             return Err(CredSspError::DelegatedPasswordMismatch(authenticated.display()));
         }
-        Ok(DelegatedCredentials::new(entry.domain.clone(), entry.user.clone(), password))
+        Ok(DelegatedCredentials::new(
+            entry.domain.clone(),
+            entry.user.clone(),
+            password,
+        ))
     }
 }
+
+/// A refusal and, when sspi produced one, the TSRequest carrying its errorCode.
+type Refusal = (CredSspError, Option<Box<TsRequest>>);
 
 enum Processed {
     Reply(TsRequest),

@@ -46,7 +46,9 @@ impl ServerCertVerifier for AcceptAnyCert {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -66,7 +68,12 @@ fn acceptor_config(min_version: u32) -> Arc<AcceptorConfig> {
     Arc::new(AcceptorConfig {
         tls: Arc::new(tls),
         public_key: vec![0x30, 0x00],
-        users: vec![UserHash { domain: "LAB".into(), user: "alice".into(), nt_hash: nt_hash("pw") }].into(),
+        users: vec![UserHash {
+            domain: "LAB".into(),
+            user: "alice".into(),
+            nt_hash: nt_hash("pw"),
+        }]
+        .into(),
         min_version,
     })
 }
@@ -137,7 +144,11 @@ fn send_ts_request(acceptor: &mut Acceptor, client: &mut ClientConnection, reque
 }
 
 fn ts_request(version: u32, token: Vec<u8>) -> TsRequest {
-    TsRequest { version, nego_tokens: Some(token), ..TsRequest::default() }
+    TsRequest {
+        version,
+        nego_tokens: Some(token),
+        ..TsRequest::default()
+    }
 }
 
 #[test]
@@ -157,11 +168,17 @@ fn garbage_spnego_token_is_rejected_without_panicking() {
     let mut client = client(&rustls::version::TLS13);
     handshake(&mut acceptor, &mut client);
     match send_ts_request(&mut acceptor, &mut client, &ts_request(6, vec![0u8; 10])) {
-        Step::Rejected { error: CredSspError::BadToken(_), .. } => {}
+        Step::Rejected {
+            error: CredSspError::BadToken(_),
+            ..
+        } => {}
         other => panic!("expected a bad-token rejection, got {other:?}"),
     }
     // The connection's exchange is over: further legs are refused too.
-    assert!(matches!(acceptor.step(b"\x17\x03\x03\x00\x01\x00"), Step::Rejected { .. }));
+    assert!(matches!(
+        acceptor.step(b"\x17\x03\x03\x00\x01\x00"),
+        Step::Rejected { .. }
+    ));
 }
 
 #[test]
@@ -171,7 +188,11 @@ fn version_below_the_floor_is_refused_with_an_error_tsrequest() {
     handshake(&mut acceptor, &mut client);
     let ntlm_negotiate = b"NTLMSSP\0\x01\x00\x00\x00\x07\x82\x08\xa2".to_vec();
     match send_ts_request(&mut acceptor, &mut client, &ts_request(4, ntlm_negotiate)) {
-        Step::Rejected { error: CredSspError::VersionTooLow { client: 4, floor: 5 }, token: Some(token), .. } => {
+        Step::Rejected {
+            error: CredSspError::VersionTooLow { client: 4, floor: 5 },
+            token: Some(token),
+            ..
+        } => {
             let plain = client_input(&mut client, &token);
             let reply = TsRequest::from_buffer(&plain).expect("error TSRequest");
             assert_eq!(reply.error_code.map(|c| c.0), Some(0xc000_006d));
@@ -207,9 +228,16 @@ fn short_pub_key_auth_is_refused_before_sspi() {
     let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
     let mut client = client(&rustls::version::TLS13);
     handshake(&mut acceptor, &mut client);
-    let request = TsRequest { version: 6, pub_key_auth: Some(vec![1, 2, 3]), ..TsRequest::default() };
+    let request = TsRequest {
+        version: 6,
+        pub_key_auth: Some(vec![1, 2, 3]),
+        ..TsRequest::default()
+    };
     match send_ts_request(&mut acceptor, &mut client, &request) {
-        Step::Rejected { error: CredSspError::ShortField("pubKeyAuth"), .. } => {}
+        Step::Rejected {
+            error: CredSspError::ShortField("pubKeyAuth"),
+            ..
+        } => {}
         other => panic!("expected a short-field rejection, got {other:?}"),
     }
 }

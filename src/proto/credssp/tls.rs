@@ -15,11 +15,13 @@ pub(crate) fn feed(conn: &mut ServerConnection, input: &[u8]) -> Result<Vec<u8>,
     let mut plain = Vec::new();
     loop {
         let consumed = if (cursor.position() as usize) < input.len() {
-            conn.read_tls(&mut cursor).map_err(|e| CredSspError::Tls(e.to_string()))?
+            conn.read_tls(&mut cursor)
+                .map_err(|e| CredSspError::Tls(e.to_string()))?
         } else {
             0
         };
-        conn.process_new_packets().map_err(|e| CredSspError::Tls(e.to_string()))?;
+        conn.process_new_packets()
+            .map_err(|e| CredSspError::Tls(e.to_string()))?;
         let before = plain.len();
         drain_plaintext(conn, &mut plain)?;
         if consumed == 0 && plain.len() == before {

@@ -29,7 +29,9 @@ pub fn classify_first_token(token: &[u8]) -> Result<InnerMechanism, CredSspError
         der_length(&token[1..]).ok_or(CredSspError::BadToken("bad DER length in SPNEGO token"))?;
     let body = &token[1 + content_start..];
     if body.len() != content_len {
-        return Err(CredSspError::BadToken("SPNEGO token length does not match its DER header"));
+        return Err(CredSspError::BadToken(
+            "SPNEGO token length does not match its DER header",
+        ));
     }
     if !body.starts_with(&SPNEGO_OID) {
         return Err(CredSspError::BadToken("SPNEGO token lacks the SPNEGO mechanism OID"));
@@ -84,14 +86,19 @@ pub fn claimed_ntlm_user(token: &[u8]) -> Option<(String, String)> {
         let at = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
         message.get(at..at.checked_add(len)?)
     };
-    let flags = message.get(60..64).map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]))?;
+    let flags = message
+        .get(60..64)
+        .map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]))?;
     const NEGOTIATE_UNICODE: u32 = 0x1;
     let decode = |bytes: &[u8]| -> Option<String> {
         if flags & NEGOTIATE_UNICODE != 0 {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return None;
             }
-            let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            let units: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
             String::from_utf16(&units).ok()
         } else {
             Some(bytes.iter().map(|&b| b as char).collect())

@@ -47,10 +47,19 @@ impl Principal {
     /// Accepts the down-level `DOMAIN\user` and the UPN `user@DOMAIN` forms.
     pub fn from_parts(domain: Option<&str>, account: &str) -> Principal {
         match domain.filter(|d| !d.is_empty()) {
-            Some(domain) => Principal { domain: domain.to_string(), user: account.to_string() },
+            Some(domain) => Principal {
+                domain: domain.to_string(),
+                user: account.to_string(),
+            },
             None => match account.split_once('@') {
-                Some((user, domain)) => Principal { domain: domain.to_string(), user: user.to_string() },
-                None => Principal { domain: String::new(), user: account.to_string() },
+                Some((user, domain)) => Principal {
+                    domain: domain.to_string(),
+                    user: user.to_string(),
+                },
+                None => Principal {
+                    domain: String::new(),
+                    user: account.to_string(),
+                },
             },
         }
     }
@@ -59,9 +68,10 @@ impl Principal {
     /// it only matches a users-file entry written with that same suffix.
     pub fn from_username(name: &Username) -> Principal {
         match name.parts() {
-            UsernameParts::UserPrincipalName(upn) => {
-                Principal { domain: upn.suffix().to_string(), user: upn.account_name().to_string() }
-            }
+            UsernameParts::UserPrincipalName(upn) => Principal {
+                domain: upn.suffix().to_string(),
+                user: upn.account_name().to_string(),
+            },
             UsernameParts::DownLevelLogonName(dll) => Principal::from_parts(dll.netbios_domain(), dll.account_name()),
         }
     }
@@ -85,7 +95,10 @@ fn to_auth_identity(entry: &UserHash) -> io::Result<AuthIdentity> {
     let username = Username::new(&entry.user, Some(&entry.domain))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     let password = format!("{}{}", sspi::NTLM_HASH_PREFIX, hex::encode(entry.nt_hash.as_slice()));
-    Ok(AuthIdentity { username, password: Secret::new(password) })
+    Ok(AuthIdentity {
+        username,
+        password: Secret::new(password),
+    })
 }
 
 /// The CredentialsProxy sspi asks for candidate credentials. It also records
@@ -120,7 +133,10 @@ mod tests {
     #[test]
     fn nt_hash_vector() {
         // Well-known NT hash of "Password".
-        assert_eq!(hex::encode(nt_hash("Password").as_slice()), "a4f49c406510bdcab6824ee7c30fd852");
+        assert_eq!(
+            hex::encode(nt_hash("Password").as_slice()),
+            "a4f49c406510bdcab6824ee7c30fd852"
+        );
     }
 
     #[test]
@@ -134,10 +150,17 @@ mod tests {
 
     #[test]
     fn proxy_records_the_claimed_user_and_refuses_unknown_ones() {
-        let users: Arc<[UserHash]> =
-            vec![UserHash { domain: "LAB".into(), user: "alice".into(), nt_hash: nt_hash("pw") }].into();
+        let users: Arc<[UserHash]> = vec![UserHash {
+            domain: "LAB".into(),
+            user: "alice".into(),
+            nt_hash: nt_hash("pw"),
+        }]
+        .into();
         let claimed = Arc::new(Mutex::new(None));
-        let mut proxy = UsersProxy { users, claimed: claimed.clone() };
+        let mut proxy = UsersProxy {
+            users,
+            claimed: claimed.clone(),
+        };
         let ghost = Username::new("ghost", Some("LAB")).unwrap();
         assert!(proxy.auth_data_by_user(&ghost).is_err());
         let alice = Username::new("ALICE", Some("lab")).unwrap();

@@ -36,7 +36,11 @@ pub fn parse_scheme_token(value: &str) -> Result<SchemeToken, HttpAuthError> {
         Some((scheme, rest)) => (scheme, rest.trim()),
         None => (value, ""),
     };
-    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(HttpAuthError::Malformed);
     }
     let token = if rest.is_empty() {
@@ -44,7 +48,10 @@ pub fn parse_scheme_token(value: &str) -> Result<SchemeToken, HttpAuthError> {
     } else {
         Some(STANDARD.decode(rest).map_err(|_| HttpAuthError::BadBase64)?)
     };
-    Ok(SchemeToken { scheme: scheme.to_string(), token })
+    Ok(SchemeToken {
+        scheme: scheme.to_string(),
+        token,
+    })
 }
 
 /// Find the token for `scheme` among possibly several `WWW-Authenticate`
@@ -95,7 +102,10 @@ mod tests {
         assert_eq!(find_challenge(values, "negotiate"), Some(Some(vec![0, 1, 2])));
         assert_eq!(find_challenge(values, "Kerberos"), Some(None));
         assert_eq!(find_challenge(values, "CredSSP"), None);
-        assert_eq!(find_challenge(["Negotiate, Basic realm=\"x\""], "Negotiate"), Some(None));
+        assert_eq!(
+            find_challenge(["Negotiate, Basic realm=\"x\""], "Negotiate"),
+            Some(None)
+        );
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl NegotiateClient {
         if self.state == State::InProgress && server_token.is_none() {
             return Err(HttpAuthError::Incomplete);
         }
-        let mut input = vec![SecurityBuffer::new(server_token.unwrap_or_default().to_vec(), BufferType::Token)];
+        let mut input = vec![SecurityBuffer::new(
+            server_token.unwrap_or_default().to_vec(),
+            BufferType::Token,
+        )];
         let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
         let target_name = self.target_name.clone();
         let mut builder = self
@@ -134,12 +137,21 @@ impl NegotiateClient {
     pub fn seal(&mut self, plain: &[u8]) -> Result<SealedPart, HttpAuthError> {
         let mut signature = [0u8; SIGNATURE_LEN];
         let mut data = plain.to_vec();
-        let mut buffers = [SecurityBufferRef::token_buf(&mut signature), SecurityBufferRef::data_buf(&mut data)];
-        self.ctx.encrypt_message(EncryptionFlags::empty(), &mut buffers).map_err(sspi_err)?;
+        let mut buffers = [
+            SecurityBufferRef::token_buf(&mut signature),
+            SecurityBufferRef::data_buf(&mut data),
+        ];
+        self.ctx
+            .encrypt_message(EncryptionFlags::empty(), &mut buffers)
+            .map_err(sspi_err)?;
         let mut sealed = Vec::with_capacity(SIGNATURE_LEN + data.len());
         sealed.extend_from_slice(&signature);
         sealed.extend_from_slice(&data);
-        Ok(SealedPart { original_length: plain.len(), header_len: SIGNATURE_LEN as u32, data: sealed })
+        Ok(SealedPart {
+            original_length: plain.len(),
+            header_len: SIGNATURE_LEN as u32,
+            data: sealed,
+        })
     }
 
     pub fn unseal(&mut self, part: &SealedPart) -> Result<Vec<u8>, HttpAuthError> {
@@ -149,11 +161,16 @@ impl NegotiateClient {
         }
         let (signature, sealed) = part.data.split_at(sig_len);
         if sealed.len() != part.original_length {
-            return Err(HttpAuthError::BadSealedMessage("sealed length differs from OriginalContent Length"));
+            return Err(HttpAuthError::BadSealedMessage(
+                "sealed length differs from OriginalContent Length",
+            ));
         }
         let mut signature = signature.to_vec();
         let mut data = sealed.to_vec();
-        let mut buffers = [SecurityBufferRef::token_buf(&mut signature), SecurityBufferRef::data_buf(&mut data)];
+        let mut buffers = [
+            SecurityBufferRef::token_buf(&mut signature),
+            SecurityBufferRef::data_buf(&mut data),
+        ];
         self.ctx.decrypt_message(&mut buffers).map_err(sspi_err)?;
         Ok(data)
     }

@@ -96,10 +96,7 @@ pub enum SealingError {
     #[error("malformed part header at byte {0}")]
     BadPartHeader(usize),
     #[error("part announces protocol {found:?}, expected {expected}")]
-    ProtocolMismatch {
-        expected: &'static str,
-        found: String,
-    },
+    ProtocolMismatch { expected: &'static str, found: String },
     #[error("part header lacks OriginalContent Length")]
     MissingLength,
     #[error("invalid OriginalContent Length {0:?}")]
@@ -142,8 +139,7 @@ pub fn content_type(protocol: SealProtocol, parts: usize) -> String {
 pub fn protocol_of(content_type: &str) -> Option<SealProtocol> {
     let mut params = content_type.split(';');
     let media = params.next()?.trim();
-    if !media.eq_ignore_ascii_case("multipart/encrypted")
-        && !media.eq_ignore_ascii_case("multipart/x-multi-encrypted")
+    if !media.eq_ignore_ascii_case("multipart/encrypted") && !media.eq_ignore_ascii_case("multipart/x-multi-encrypted")
     {
         return None;
     }
@@ -192,9 +188,7 @@ pub fn build_body(protocol: SealProtocol, parts: &[SealedPart]) -> Vec<u8> {
         out.extend_from_slice(DELIM);
         out.extend_from_slice(b"\r\n\tContent-Type: ");
         out.extend_from_slice(proto.as_bytes());
-        out.extend_from_slice(
-            b"\r\n\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=",
-        );
+        out.extend_from_slice(b"\r\n\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=");
         out.extend_from_slice(part.original_length.to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(DELIM);
@@ -275,15 +269,12 @@ fn read_part_headers(cur: &mut Cursor<'_>, protocol: SealProtocol) -> Result<usi
         if trim_end_ws(line) == DELIM {
             break;
         }
-        let line =
-            std::str::from_utf8(line).map_err(|_| SealingError::BadPartHeader(line_start))?;
+        let line = std::str::from_utf8(line).map_err(|_| SealingError::BadPartHeader(line_start))?;
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(SealingError::BadPartHeader(line_start))?;
+        let (name, value) = line.split_once(':').ok_or(SealingError::BadPartHeader(line_start))?;
         let (name, value) = (name.trim(), value.trim());
         if name.eq_ignore_ascii_case("Content-Type") {
             if !value.eq_ignore_ascii_case(protocol.mime_protocol()) {
@@ -361,11 +352,7 @@ fn walk_tls_records<'a>(cur: &mut Cursor<'a>) -> Result<&'a [u8], SealingError> 
         let (ctype, major, minor) = (rest[0], rest[1], rest[2]);
         let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
         // change_cipher_spec, alert, handshake, application_data; TLS 1.0..1.3 wire versions.
-        if !(20..=23).contains(&ctype)
-            || major != 3
-            || !(1..=4).contains(&minor)
-            || len > MAX_TLS_RECORD
-        {
+        if !(20..=23).contains(&ctype) || major != 3 || !(1..=4).contains(&minor) || len > MAX_TLS_RECORD {
             return Err(SealingError::BadTlsRecord(cur.pos));
         }
         if cur.take(TLS_RECORD_HEADER + len).is_none() {
@@ -462,10 +449,7 @@ impl<'a> Cursor<'a> {
     /// One line without its terminator; `None` if no line break follows.
     fn line(&mut self) -> Option<&'a [u8]> {
         let rest = self.rest();
-        let nl = rest
-            .iter()
-            .take(MAX_HEADER_BLOCK + 2)
-            .position(|&b| b == b'\n')?;
+        let nl = rest.iter().take(MAX_HEADER_BLOCK + 2).position(|&b| b == b'\n')?;
         self.pos += nl + 1;
         let line = &rest[..nl];
         Some(line.strip_suffix(b"\r").unwrap_or(line))

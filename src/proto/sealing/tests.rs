@@ -44,8 +44,7 @@ const CREDSSP_HEAD: &[u8] = b"--Encrypted Boundary\r\n\
 \tContent-Type: application/HTTP-CredSSP-session-encrypted\r\n\
 \tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=";
 
-const DATA_HEAD: &[u8] =
-    b"\r\n--Encrypted Boundary\r\n\tContent-Type: application/octet-stream\r\n";
+const DATA_HEAD: &[u8] = b"\r\n--Encrypted Boundary\r\n\tContent-Type: application/octet-stream\r\n";
 const CLOSE: &[u8] = b"--Encrypted Boundary--\r\n";
 
 /// Assembles a body by hand, independently of `build_body`.
@@ -135,9 +134,7 @@ fn build_spnego_is_byte_exact() {
     let mut want = Vec::new();
     want.extend_from_slice(b"--Encrypted Boundary\r\n");
     want.extend_from_slice(b"\tContent-Type: application/HTTP-SPNEGO-session-encrypted\r\n");
-    want.extend_from_slice(
-        b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=19\r\n",
-    );
+    want.extend_from_slice(b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=19\r\n");
     want.extend_from_slice(b"--Encrypted Boundary\r\n");
     want.extend_from_slice(b"\tContent-Type: application/octet-stream\r\n");
     want.extend_from_slice(&[0x10, 0x00, 0x00, 0x00]);
@@ -170,11 +167,7 @@ fn build_credssp_multi_is_byte_exact() {
     let body = build_body(SealProtocol::CredSsp, &parts);
     let want = manual_body(
         CREDSSP_HEAD,
-        &[
-            (16384, 16, &recs[0]),
-            (16384, 16, &recs[1]),
-            (8192, 16, &recs[2]),
-        ],
+        &[(16384, 16, &recs[0]), (16384, 16, &recs[1]), (8192, 16, &recs[2])],
     );
     assert_eq!(body, want);
     assert_eq!(parse_body(SealProtocol::CredSsp, &body).unwrap(), parts);
@@ -231,10 +224,7 @@ fn boundary_inside_ciphertext_is_not_a_delimiter() {
     let inner: Vec<u8> = [&[0u8; 8][..], trap, &[0xaa; 16]].concat();
     rec.extend_from_slice(&(inner.len() as u16).to_be_bytes());
     rec.extend_from_slice(&inner);
-    let body = manual_body(
-        CREDSSP_HEAD,
-        &[(trap.len(), 16, &rec), (trap.len(), 16, &rec)],
-    );
+    let body = manual_body(CREDSSP_HEAD, &[(trap.len(), 16, &rec), (trap.len(), 16, &rec)]);
     let parts = parse_body(SealProtocol::CredSsp, &body).unwrap();
     assert_eq!(parts.len(), 2);
     assert!(parts.iter().all(|p| p.data == rec));
@@ -274,9 +264,7 @@ fn lenient_whitespace_and_line_endings() {
     body.extend_from_slice(b"--Encrypted Boundary\n");
     body.extend_from_slice(b"  content-type:application/http-spnego-session-encrypted  \n");
     body.extend_from_slice(b"\tX-Other: ignored\r\n");
-    body.extend_from_slice(
-        b"\toriginalcontent: type=application/soap+xml; charset=UTF-8; length=5\r\n",
-    );
+    body.extend_from_slice(b"\toriginalcontent: type=application/soap+xml; charset=UTF-8; length=5\r\n");
     body.extend_from_slice(b"--Encrypted Boundary  \r\n");
     body.extend_from_slice(b"Content-Type: Application/Octet-Stream\n");
     body.extend_from_slice(&16u32.to_le_bytes());
@@ -293,15 +281,9 @@ fn plaintext_chunking() {
         chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
         vec![16384, 16384, 10]
     );
-    assert_eq!(
-        plaintext_chunks(SealProtocol::CredSsp, &plain[..16384]).len(),
-        1
-    );
+    assert_eq!(plaintext_chunks(SealProtocol::CredSsp, &plain[..16384]).len(), 1);
     assert_eq!(plaintext_chunks(SealProtocol::CredSsp, &[]), vec![&b""[..]]);
-    assert_eq!(
-        plaintext_chunks(SealProtocol::Spnego, &plain),
-        vec![&plain[..]]
-    );
+    assert_eq!(plaintext_chunks(SealProtocol::Spnego, &plain), vec![&plain[..]]);
 }
 
 #[test]
@@ -335,10 +317,7 @@ fn rejects_bad_lengths() {
     for bad in ["", "-1", "+5", "0x10", "1 2", "5a", "１"] {
         let body = spnego_body_with_length(bad, 5);
         let err = parse_body(SealProtocol::Spnego, &body).unwrap_err();
-        assert!(
-            matches!(err, SealingError::BadLength(_)),
-            "{bad:?}: {err:?}"
-        );
+        assert!(matches!(err, SealingError::BadLength(_)), "{bad:?}: {err:?}");
     }
     // Overflows: too many digits, and a length that would overflow the addition.
     let body = spnego_body_with_length("99999999999999999999999", 5);
@@ -349,10 +328,7 @@ fn rejects_bad_lengths() {
     let body = spnego_body_with_length(&u64::MAX.to_string(), 5);
     assert!(parse_body(SealProtocol::Spnego, &body).is_err());
     let body = spnego_body_with_length(&(usize::MAX - 8).to_string(), 5);
-    assert_eq!(
-        parse_body(SealProtocol::Spnego, &body),
-        Err(SealingError::Truncated)
-    );
+    assert_eq!(parse_body(SealProtocol::Spnego, &body), Err(SealingError::Truncated));
     // Length larger than the data present.
     let body = spnego_body_with_length("6", 5);
     assert!(parse_body(SealProtocol::Spnego, &body).is_err());
@@ -367,11 +343,9 @@ fn rejects_bad_lengths() {
 #[test]
 fn rejects_missing_length_and_content_type() {
     let body = b"--Encrypted Boundary\r\n\tContent-Type: application/HTTP-SPNEGO-session-encrypted\r\n\tOriginalContent: type=application/soap+xml\r\n--Encrypted Boundary\r\n";
-    assert_eq!(
-        parse_body(SealProtocol::Spnego, body),
-        Err(SealingError::MissingLength)
-    );
-    let body = b"--Encrypted Boundary\r\n\tOriginalContent: type=application/soap+xml;Length=1\r\n--Encrypted Boundary\r\n";
+    assert_eq!(parse_body(SealProtocol::Spnego, body), Err(SealingError::MissingLength));
+    let body =
+        b"--Encrypted Boundary\r\n\tOriginalContent: type=application/soap+xml;Length=1\r\n--Encrypted Boundary\r\n";
     assert!(matches!(
         parse_body(SealProtocol::Spnego, body),
         Err(SealingError::BadPartHeader(_))
@@ -462,10 +436,7 @@ fn rejects_bad_tls_records() {
     for (data, what) in variants {
         let body = manual_body(CREDSSP_HEAD, &[(1, 16, &data)]);
         let err = parse_body(SealProtocol::CredSsp, &body).unwrap_err();
-        assert!(
-            matches!(err, SealingError::BadTlsRecord(_)),
-            "{what}: {err:?}"
-        );
+        assert!(matches!(err, SealingError::BadTlsRecord(_)), "{what}: {err:?}");
     }
     // A record whose length runs past the body.
     let mut data = good.clone();
@@ -490,10 +461,7 @@ fn rejects_credssp_plaintext_longer_than_ciphertext() {
 #[test]
 fn rejects_framing_errors() {
     let good = build_body(SealProtocol::Spnego, &[spnego_part(7, 1)]);
-    assert_eq!(
-        parse_body(SealProtocol::Spnego, b""),
-        Err(SealingError::Empty)
-    );
+    assert_eq!(parse_body(SealProtocol::Spnego, b""), Err(SealingError::Empty));
     assert_eq!(
         parse_body(SealProtocol::Spnego, b"<s:Envelope/>"),
         Err(SealingError::MissingBoundary(0))
@@ -507,10 +475,7 @@ fn rejects_framing_errors() {
     // Junk after the close delimiter.
     let mut body = good.clone();
     body.extend_from_slice(b"junk");
-    assert_eq!(
-        parse_body(SealProtocol::Spnego, &body),
-        Err(SealingError::TrailingData)
-    );
+    assert_eq!(parse_body(SealProtocol::Spnego, &body), Err(SealingError::TrailingData));
     // Data part with another content type.
     let body: Vec<u8> = String::from_utf8_lossy(&good)
         .replace("application/octet-stream", "application/soap+xml")
@@ -532,23 +497,14 @@ fn rejects_framing_errors() {
 fn rejects_too_many_parts() {
     let parts = vec![spnego_part(0, 0); MAX_PARTS + 1];
     let body = build_body(SealProtocol::Spnego, &parts);
-    assert_eq!(
-        parse_body(SealProtocol::Spnego, &body),
-        Err(SealingError::TooManyParts)
-    );
+    assert_eq!(parse_body(SealProtocol::Spnego, &body), Err(SealingError::TooManyParts));
     let body = build_body(SealProtocol::Spnego, &parts[..MAX_PARTS]);
-    assert_eq!(
-        parse_body(SealProtocol::Spnego, &body).unwrap().len(),
-        MAX_PARTS
-    );
+    assert_eq!(parse_body(SealProtocol::Spnego, &body).unwrap().len(), MAX_PARTS);
 }
 
 #[test]
 fn every_truncation_fails_cleanly() {
-    let spnego = build_body(
-        SealProtocol::Spnego,
-        &[spnego_part(40, 1), spnego_part(3, 2)],
-    );
+    let spnego = build_body(SealProtocol::Spnego, &[spnego_part(40, 1), spnego_part(3, 2)]);
     let credssp = build_body(
         SealProtocol::CredSsp,
         &[
@@ -564,17 +520,11 @@ fn every_truncation_fails_cleanly() {
             },
         ],
     );
-    for (proto, body) in [
-        (SealProtocol::Spnego, &spnego),
-        (SealProtocol::CredSsp, &credssp),
-    ] {
+    for (proto, body) in [(SealProtocol::Spnego, &spnego), (SealProtocol::CredSsp, &credssp)] {
         assert_eq!(parse_body(proto, body).unwrap().len(), 2);
         // Cutting the closing "\r\n" still leaves a valid close delimiter.
         for cut in 0..body.len() - 2 {
-            assert!(
-                parse_body(proto, &body[..cut]).is_err(),
-                "{proto:?} cut at {cut}"
-            );
+            assert!(parse_body(proto, &body[..cut]).is_err(), "{proto:?} cut at {cut}");
         }
     }
 }
@@ -644,9 +594,7 @@ fn build_matches_pywinrm_test_vectors() {
             SealedPart {
                 original_length: c.len(),
                 header_len: 32,
-                data: base64::engine::general_purpose::STANDARD
-                    .encode(c)
-                    .into_bytes(),
+                data: base64::engine::general_purpose::STANDARD.encode(c).into_bytes(),
             }
         })
         .collect();

@@ -62,11 +62,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         num.is_empty().then_some(())
     };
 
-    parse_part(
-        date,
-        &[('Y', 365 * 86400), ('M', 30 * 86400), ('D', 86400)],
-        false,
-    )?;
+    parse_part(date, &[('Y', 365 * 86400), ('M', 30 * 86400), ('D', 86400)], false)?;
     if let Some(t) = time {
         parse_part(t, &[('H', 3600), ('M', 60), ('S', 1)], true)?;
     }

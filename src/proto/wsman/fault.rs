@@ -81,12 +81,7 @@ impl FaultKind {
 /// A complete SOAP 1.2 fault envelope like Windows sends. `message` goes into
 /// both s:Reason/s:Text (pywinrm shows that) and f:Message (pypsrp and
 /// PowerShell show that).
-pub fn fault_envelope(
-    kind: FaultKind,
-    relates_to: Option<&str>,
-    machine: &str,
-    message: &str,
-) -> Vec<u8> {
+pub fn fault_envelope(kind: FaultKind, relates_to: Option<&str>, machine: &str, message: &str) -> Vec<u8> {
     let message = xml_escape(message);
     let mut x = String::with_capacity(1400 + 2 * message.len());
     x.push_str(

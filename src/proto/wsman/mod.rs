@@ -127,8 +127,7 @@ pub struct FaultInfo {
 impl FaultInfo {
     /// The Receive poll timeout every client expects and retries; not an error.
     pub fn is_timed_out(&self) -> bool {
-        self.wsman_code == Some(FaultKind::TimedOut.wsman_code())
-            || self.subcode.as_deref() == Some("TimedOut")
+        self.wsman_code == Some(FaultKind::TimedOut.wsman_code()) || self.subcode.as_deref() == Some("TimedOut")
     }
 }
 
@@ -137,11 +136,7 @@ const HEADER: (Ns, &str) = (Ns::Soap, "Header");
 const BODY: (Ns, &str) = (Ns::Soap, "Body");
 
 /// Stores `value` in an empty slot; a second occurrence is an error.
-fn set_once(
-    slot: &mut Option<String>,
-    value: String,
-    what: &'static str,
-) -> Result<(), WsmanError> {
+fn set_once(slot: &mut Option<String>, value: String, what: &'static str) -> Result<(), WsmanError> {
     if slot.is_some() {
         return Err(WsmanError::Duplicate(what));
     }
@@ -150,11 +145,7 @@ fn set_once(
 }
 
 /// Stores `value`; repeating the same value is fine, a different one is not.
-fn set_consistent(
-    slot: &mut Option<String>,
-    value: String,
-    what: &'static str,
-) -> Result<(), WsmanError> {
+fn set_consistent(slot: &mut Option<String>, value: String, what: &'static str) -> Result<(), WsmanError> {
     match slot {
         Some(old) if *old != value => Err(WsmanError::Conflict(what)),
         _ => {
@@ -264,12 +255,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                     }
                 } else if path_is(
                     path,
-                    &[
-                        ENVELOPE,
-                        HEADER,
-                        (Ns::Wsman, "SelectorSet"),
-                        (Ns::Wsman, "Selector"),
-                    ],
+                    &[ENVELOPE, HEADER, (Ns::Wsman, "SelectorSet"), (Ns::Wsman, "Selector")],
                 ) {
                     if attr(tag, "Name")?.as_deref() == Some("ShellId") {
                         field = Some(ReqField::ShellId);
@@ -298,38 +284,21 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                     }
                 } else if path_is(
                     path,
-                    &[
-                        ENVELOPE,
-                        BODY,
-                        (Ns::Shell, "CommandLine"),
-                        (Ns::Shell, "Command"),
-                    ],
+                    &[ENVELOPE, BODY, (Ns::Shell, "CommandLine"), (Ns::Shell, "Command")],
                 ) {
                     field = Some(ReqField::Command);
                     cap.start(depth);
                 } else if path_is(
                     path,
-                    &[
-                        ENVELOPE,
-                        BODY,
-                        (Ns::Shell, "CommandLine"),
-                        (Ns::Shell, "Arguments"),
-                    ],
+                    &[ENVELOPE, BODY, (Ns::Shell, "CommandLine"), (Ns::Shell, "Arguments")],
                 ) {
                     field = Some(ReqField::Arguments);
                     cap.start(depth);
                 } else if path_is(
                     path,
-                    &[
-                        ENVELOPE,
-                        BODY,
-                        (Ns::Shell, "Receive"),
-                        (Ns::Shell, "DesiredStream"),
-                    ],
-                ) || path_is(
-                    path,
-                    &[ENVELOPE, BODY, (Ns::Shell, "Send"), (Ns::Shell, "Stream")],
-                ) {
+                    &[ENVELOPE, BODY, (Ns::Shell, "Receive"), (Ns::Shell, "DesiredStream")],
+                ) || path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Send"), (Ns::Shell, "Stream")])
+                {
                     if let Some(id) = attr(tag, "CommandId")? {
                         set_consistent(&mut info.command_id, trimmed(&id), "CommandId")?;
                     }
@@ -339,22 +308,14 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
             Item::End { .. } => {
                 if let Some(text) = cap.end(path) {
                     match field.take() {
-                        Some(ReqField::Action) => {
-                            set_once(&mut action, trimmed(&text), "wsa:Action")?
-                        }
-                        Some(ReqField::MessageId) => {
-                            set_once(&mut info.message_id, trimmed(&text), "wsa:MessageID")?
-                        }
+                        Some(ReqField::Action) => set_once(&mut action, trimmed(&text), "wsa:Action")?,
+                        Some(ReqField::MessageId) => set_once(&mut info.message_id, trimmed(&text), "wsa:MessageID")?,
                         Some(ReqField::To) => set_once(&mut info.to, trimmed(&text), "wsa:To")?,
                         Some(ReqField::ResourceUri) => {
                             set_once(&mut info.resource_uri, trimmed(&text), "w:ResourceURI")?
                         }
-                        Some(ReqField::ShellId) => {
-                            set_once(&mut info.shell_id, trimmed(&text), "ShellId selector")?
-                        }
-                        Some(ReqField::Timeout) => {
-                            set_once(&mut timeout, text, "w:OperationTimeout")?
-                        }
+                        Some(ReqField::ShellId) => set_once(&mut info.shell_id, trimmed(&text), "ShellId selector")?,
+                        Some(ReqField::Timeout) => set_once(&mut timeout, text, "w:OperationTimeout")?,
                         Some(ReqField::Command) => set_once(&mut command, text, "rsp:Command")?,
                         Some(ReqField::Arguments) => arguments.push(text),
                         None => {}
@@ -366,8 +327,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
     })?;
 
     if let Some(t) = timeout {
-        let d = parse_duration(&t)
-            .ok_or_else(|| WsmanError::InvalidTimeout(t.chars().take(64).collect()))?;
+        let d = parse_duration(&t).ok_or_else(|| WsmanError::InvalidTimeout(t.chars().take(64).collect()))?;
         info.operation_timeout = Some(d);
     }
     if info.is_identify {
@@ -377,9 +337,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
             return Err(WsmanError::AmbiguousIdentify);
         }
     } else {
-        info.action = action
-            .filter(|a| !a.is_empty())
-            .ok_or(WsmanError::MissingAction)?;
+        info.action = action.filter(|a| !a.is_empty()).ok_or(WsmanError::MissingAction)?;
     }
     if command_lines > 0 {
         let mut line = command.unwrap_or_default();
@@ -459,16 +417,7 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                     ],
                 ) {
                     Some(RespField::Subcode)
-                } else if path_is(
-                    path,
-                    &[
-                        ENVELOPE,
-                        BODY,
-                        FAULT,
-                        (Ns::Soap, "Reason"),
-                        (Ns::Soap, "Text"),
-                    ],
-                ) {
+                } else if path_is(path, &[ENVELOPE, BODY, FAULT, (Ns::Soap, "Reason"), (Ns::Soap, "Text")]) {
                     Some(RespField::Reason)
                 } else if path_is(
                     path,
@@ -486,10 +435,7 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                         }
                     }
                     None
-                } else if path_is(
-                    path,
-                    &[ENVELOPE, BODY, (Ns::Shell, "Shell"), (Ns::Shell, "ShellId")],
-                ) {
+                } else if path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Shell"), (Ns::Shell, "ShellId")]) {
                     Some(RespField::ShellId)
                 } else if path_is(
                     path,
@@ -502,24 +448,15 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                         (Ns::Wsman, "Selector"),
                     ],
                 ) {
-                    (attr(tag, "Name")?.as_deref() == Some("ShellId"))
-                        .then_some(RespField::SelectorShellId)
+                    (attr(tag, "Name")?.as_deref() == Some("ShellId")).then_some(RespField::SelectorShellId)
                 } else if path_is(
                     path,
-                    &[
-                        ENVELOPE,
-                        BODY,
-                        (Ns::Shell, "CommandResponse"),
-                        (Ns::Shell, "CommandId"),
-                    ],
+                    &[ENVELOPE, BODY, (Ns::Shell, "CommandResponse"), (Ns::Shell, "CommandId")],
                 ) {
                     Some(RespField::CommandId)
                 } else if path_is(path, &[ENVELOPE, BODY, RECEIVE, STATE]) {
                     if let Some(state) = attr(tag, "State")? {
-                        if state
-                            .trim_matches(is_xml_space)
-                            .ends_with("/CommandState/Done")
-                        {
+                        if state.trim_matches(is_xml_space).ends_with("/CommandState/Done") {
                             info.command_done = true;
                         }
                     }
@@ -527,10 +464,7 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                         set_once(&mut state_command_id, trimmed(&id), "rsp:CommandState")?;
                     }
                     None
-                } else if path_is(
-                    path,
-                    &[ENVELOPE, BODY, RECEIVE, STATE, (Ns::Shell, "ExitCode")],
-                ) {
+                } else if path_is(path, &[ENVELOPE, BODY, RECEIVE, STATE, (Ns::Shell, "ExitCode")]) {
                     Some(RespField::ExitCode)
                 } else {
                     None
@@ -544,9 +478,7 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
             Item::End { .. } => {
                 if let Some(text) = cap.end(path) {
                     match field.take() {
-                        Some(RespField::RelatesTo) => {
-                            set_once(&mut info.relates_to, trimmed(&text), "wsa:RelatesTo")?
-                        }
+                        Some(RespField::RelatesTo) => set_once(&mut info.relates_to, trimmed(&text), "wsa:RelatesTo")?,
                         Some(RespField::Subcode) => {
                             if let Some(fi) = fault.as_mut() {
                                 if fi.subcode.is_none() {
@@ -564,18 +496,12 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                                 }
                             }
                         }
-                        Some(RespField::ShellId) => {
-                            set_once(&mut shell_id, trimmed(&text), "rsp:ShellId")?
-                        }
+                        Some(RespField::ShellId) => set_once(&mut shell_id, trimmed(&text), "rsp:ShellId")?,
                         Some(RespField::SelectorShellId) => {
                             set_once(&mut selector_shell_id, trimmed(&text), "ShellId selector")?
                         }
-                        Some(RespField::CommandId) => {
-                            set_once(&mut info.command_id, trimmed(&text), "rsp:CommandId")?
-                        }
-                        Some(RespField::ExitCode) => {
-                            set_once(&mut exit_code, trimmed(&text), "rsp:ExitCode")?
-                        }
+                        Some(RespField::CommandId) => set_once(&mut info.command_id, trimmed(&text), "rsp:CommandId")?,
+                        Some(RespField::ExitCode) => set_once(&mut exit_code, trimmed(&text), "rsp:ExitCode")?,
                         None => {}
                     }
                 }
@@ -646,10 +572,7 @@ pub fn rewrite_to(xml: &[u8], to: &str) -> Result<Vec<u8>, WsmanError> {
     };
     // Spans come from the scan of this very buffer; `get` keeps a bad span an
     // error rather than a panic.
-    let slice = |r: std::ops::Range<usize>| {
-        xml.get(r)
-            .ok_or_else(|| WsmanError::Xml("internal span error".into()))
-    };
+    let slice = |r: std::ops::Range<usize>| xml.get(r).ok_or_else(|| WsmanError::Xml("internal span error".into()));
     let mut out = Vec::with_capacity(xml.len() + escaped.len() + 16);
     match found {
         Found::Pair { content } => {

@@ -202,23 +202,17 @@ fn summarise_pipeline(xml: &[u8]) -> String {
                 in_extra,
                 commands: Vec::new(),
             });
-        } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Cmds"))
-        {
+        } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Cmds")) {
             if let Some(st) = statements.last_mut() {
                 st.commands.push(Command::default());
             }
-        } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Args"))
-        {
+        } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Args")) {
             if let Some(cmd) = statements.last_mut().and_then(|s| s.commands.last_mut()) {
                 cmd.params.push(Param::default());
             }
         } else if is(parent, "MS", None) && is(grand, "Obj", None) {
-            let in_cmd = is(great, "LST", None)
-                && stack.len() >= 4
-                && is(stack.get(len - 4), "Obj", Some("Cmds"));
-            let in_arg = is(great, "LST", None)
-                && stack.len() >= 4
-                && is(stack.get(len - 4), "Obj", Some("Args"));
+            let in_cmd = is(great, "LST", None) && stack.len() >= 4 && is(stack.get(len - 4), "Obj", Some("Cmds"));
+            let in_arg = is(great, "LST", None) && stack.len() >= 4 && is(stack.get(len - 4), "Obj", Some("Args"));
             let kind = match n {
                 Some("Cmd") if in_cmd => Some(Slot::Cmd),
                 Some("N") if in_arg => Some(Slot::ParamName),
@@ -229,8 +223,8 @@ fn summarise_pipeline(xml: &[u8]) -> String {
                 match &*frame.tag {
                     // Nil: positional parameter (N) or switch (V).
                     "Nil" => store(&mut statements, kind, None),
-                    "S" | "I32" | "I64" | "U32" | "U64" | "I16" | "U16" | "By" | "SB" | "B"
-                    | "Db" | "Sg" | "D" | "C" | "G" | "URI" | "Version" | "XD" | "TS" | "DT" => {
+                    "S" | "I32" | "I64" | "U32" | "U64" | "I16" | "U16" | "By" | "SB" | "B" | "Db" | "Sg" | "D"
+                    | "C" | "G" | "URI" | "Version" | "XD" | "TS" | "DT" => {
                         if empty {
                             store(&mut statements, kind, Some(String::new()));
                         } else {
@@ -286,13 +280,7 @@ fn render(statements: &[Statement]) -> String {
     statements
         .iter()
         .filter(|s| s.in_extra == extra && !s.commands.is_empty())
-        .map(|s| {
-            s.commands
-                .iter()
-                .map(render_command)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        })
+        .map(|s| s.commands.iter().map(render_command).collect::<Vec<_>>().join(" | "))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -455,9 +443,8 @@ mod tests {
         );
 
         // ExtraCmds lists every statement; the top-level Cmds repeats the first.
-        let st = |c: &str| {
-            format!("<Obj RefId=\"6\"><MS><Obj N=\"Cmds\" RefId=\"7\">{TN}<LST>{c}</LST></Obj></MS></Obj>")
-        };
+        let st =
+            |c: &str| format!("<Obj RefId=\"6\"><MS><Obj N=\"Cmds\" RefId=\"7\">{TN}<LST>{c}</LST></Obj></MS></Obj>");
         let extra = format!(
             "<Obj N=\"ExtraCmds\" RefId=\"5\">{TN}<LST>{}{}</LST></Obj>",
             st(&cmd("whoami.exe", false, "")),
@@ -465,10 +452,7 @@ mod tests {
         );
         let xml = pipeline(&cmd("whoami.exe", false, ""), &extra);
         let b = fragments(2, &message(CREATE_PIPELINE, &xml), 1);
-        assert_eq!(
-            psrp_command_summary(&b64(&b)).as_deref(),
-            Some("whoami.exe; $x\n & 1")
-        );
+        assert_eq!(psrp_command_summary(&b64(&b)).as_deref(), Some("whoami.exe; $x\n & 1"));
     }
 
     #[test]
@@ -541,15 +525,9 @@ mod tests {
     #[test]
     fn escapes() {
         assert_eq!(decode_psrp_escapes("a_x000A_b"), "a\nb");
-        assert_eq!(
-            decode_psrp_escapes("actual_x005F_x000A_string"),
-            "actual_x000A_string"
-        );
+        assert_eq!(decode_psrp_escapes("actual_x005F_x000A_string"), "actual_x000A_string");
         assert_eq!(decode_psrp_escapes("_xD801__xDC37_"), "\u{10437}");
         assert_eq!(decode_psrp_escapes("_xD801_"), "\u{FFFD}");
-        assert_eq!(
-            decode_psrp_escapes("_x12_ _xZZZZ_ é_x"),
-            "_x12_ _xZZZZ_ é_x"
-        );
+        assert_eq!(decode_psrp_escapes("_x12_ _xZZZZ_ é_x"), "_x12_ _xZZZZ_ é_x");
     }
 }

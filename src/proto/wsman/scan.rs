@@ -90,9 +90,7 @@ pub(crate) fn attr(tag: &BytesStart<'_>, name: &str) -> Result<Option<String>, W
     for a in tag.attributes().with_checks(true) {
         let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
         if a.key.as_ref() == name.as_bytes() {
-            let v = a
-                .unescape_value()
-                .map_err(|e| WsmanError::Xml(e.to_string()))?;
+            let v = a.unescape_value().map_err(|e| WsmanError::Xml(e.to_string()))?;
             return Ok(Some(v.into_owned()));
         }
     }
@@ -109,11 +107,7 @@ where
     }
     let text = std::str::from_utf8(xml).map_err(|_| WsmanError::NotUtf8)?;
     // Strip the BOM ourselves so that spans stay offsets into `xml`.
-    let base = if xml.starts_with(UTF8_BOM) {
-        UTF8_BOM.len()
-    } else {
-        0
-    };
+    let base = if xml.starts_with(UTF8_BOM) { UTF8_BOM.len() } else { 0 };
     let text = text.get(base..).unwrap_or_default();
 
     let mut reader = NsReader::from_str(text);
@@ -133,26 +127,10 @@ where
         let after = base + reader.buffer_position() as usize;
         match event {
             Event::Start(tag) => {
-                open_element(
-                    &mut path,
-                    &mut seen_root,
-                    ns?,
-                    &tag,
-                    before..after,
-                    false,
-                    &mut visit,
-                )?;
+                open_element(&mut path, &mut seen_root, ns?, &tag, before..after, false, &mut visit)?;
             }
             Event::Empty(tag) => {
-                open_element(
-                    &mut path,
-                    &mut seen_root,
-                    ns?,
-                    &tag,
-                    before..after,
-                    true,
-                    &mut visit,
-                )?;
+                open_element(&mut path, &mut seen_root, ns?, &tag, before..after, true, &mut visit)?;
             }
             Event::End(_) => {
                 // quick-xml has already checked that the names match.
@@ -218,11 +196,9 @@ where
     // differently from the target, which rejects both.
     for a in tag.attributes().with_checks(true) {
         let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
-        a.unescape_value()
-            .map_err(|e| WsmanError::Xml(e.to_string()))?;
+        a.unescape_value().map_err(|e| WsmanError::Xml(e.to_string()))?;
     }
-    let local =
-        std::str::from_utf8(tag.local_name().into_inner()).map_err(|_| WsmanError::NotUtf8)?;
+    let local = std::str::from_utf8(tag.local_name().into_inner()).map_err(|_| WsmanError::NotUtf8)?;
     path.push(Elem {
         ns,
         local: local.into(),

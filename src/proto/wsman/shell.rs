@@ -28,9 +28,7 @@ pub fn shell_kind(resource_uri: &str) -> ShellKind {
             // A configuration name is one path segment without query or fragment.
             if !configuration.is_empty()
                 && !configuration.contains(['/', '?', '#'])
-                && !configuration
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control())
+                && !configuration.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 return ShellKind::PowerShell {
                     configuration: configuration.to_string(),
@@ -88,11 +86,7 @@ mod tests {
             "",
             "é",
         ] {
-            assert_eq!(
-                shell_kind(other),
-                ShellKind::Other(other.into()),
-                "{other:?}"
-            );
+            assert_eq!(shell_kind(other), ShellKind::Other(other.into()), "{other:?}");
         }
     }
 }

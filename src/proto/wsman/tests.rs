@@ -62,8 +62,7 @@ fn envelope(header: &str, body: &str) -> String {
     )
 }
 
-const ACTION_CREATE: &str =
-    "<a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Create</a:Action>";
+const ACTION_CREATE: &str = "<a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Create</a:Action>";
 
 // ---------------------------------------------------------------- requests
 
@@ -85,10 +84,7 @@ fn pywinrm_open_shell() {
         }
     );
     assert_eq!(r.action_name(), "Create");
-    assert_eq!(
-        shell_kind(r.resource_uri.as_deref().unwrap()),
-        ShellKind::Cmd
-    );
+    assert_eq!(shell_kind(r.resource_uri.as_deref().unwrap()), ShellKind::Cmd);
 }
 
 #[test]
@@ -97,10 +93,7 @@ fn pywinrm_run_command() {
     assert_eq!(r.action_name(), "Command");
     assert_eq!(r.shell_id.as_deref(), Some(SHELL_ID));
     // xmltodict escaped "&" and "<>"; we hand back the text.
-    assert_eq!(
-        r.command_line.as_deref(),
-        Some("ipconfig /all & echo <done>")
-    );
+    assert_eq!(r.command_line.as_deref(), Some("ipconfig /all & echo <done>"));
     assert_eq!(r.command_id, None);
     assert_eq!(
         r.message_id.as_deref(),
@@ -152,10 +145,7 @@ fn pypsrp_requests() {
 
     let r = req(PYPSRP_PSRP_COMMAND);
     assert_eq!(r.action_name(), "Command");
-    assert_eq!(
-        r.command_id.as_deref(),
-        Some("BDAD31FD-7B2C-467A-9B04-4924F3DB5C4F")
-    );
+    assert_eq!(r.command_id.as_deref(), Some("BDAD31FD-7B2C-467A-9B04-4924F3DB5C4F"));
     let line = r.command_line.unwrap();
     // PSRP sends an empty rsp:Command: the line is the base64 fragments alone.
     assert!(line.starts_with("AAAAAAAAAA"), "{line}");
@@ -166,14 +156,8 @@ fn pypsrp_requests() {
     let r = req(PYPSRP_PSRP_RECEIVE);
     assert_eq!(r.action_name(), "Receive");
     assert_eq!(r.operation_timeout, Some(Duration::from_secs(5)));
-    assert_eq!(
-        r.command_id.as_deref(),
-        Some("79590BBD-46E2-486A-85B0-70EA7049235E")
-    );
-    assert_eq!(
-        r.shell_id.as_deref(),
-        Some("49EE5C41-E806-4A44-B192-DAD4B3AEECB5")
-    );
+    assert_eq!(r.command_id.as_deref(), Some("79590BBD-46E2-486A-85B0-70EA7049235E"));
+    assert_eq!(r.shell_id.as_deref(), Some("49EE5C41-E806-4A44-B192-DAD4B3AEECB5"));
 }
 
 #[test]
@@ -211,18 +195,12 @@ fn identify() {
 
     // Same local name in another namespace is not Identify.
     let wrong_ns = envelope("", "<i:Identify xmlns:i=\"http://example.com/identity\"/>");
-    assert_eq!(
-        parse_request(wrong_ns.as_bytes()),
-        Err(WsmanError::MissingAction)
-    );
+    assert_eq!(parse_request(wrong_ns.as_bytes()), Err(WsmanError::MissingAction));
     let typo_ns = envelope(
         "",
         "<i:Identify xmlns:i=\"http://schemas.dmtf.org/wbem/wsman/identify/1/wsmanidentity.xsd\"/>",
     );
-    assert_eq!(
-        parse_request(typo_ns.as_bytes()),
-        Err(WsmanError::MissingAction)
-    );
+    assert_eq!(parse_request(typo_ns.as_bytes()), Err(WsmanError::MissingAction));
 }
 
 #[test]
@@ -262,10 +240,7 @@ fn prefixes_do_not_matter_namespaces_do() {
                xmlns:a=\"http://example.com/not-addressing\"><s:Header>\
                <a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Create</a:Action>\
                </s:Header><s:Body/></s:Envelope>";
-    assert_eq!(
-        parse_request(xml.as_bytes()),
-        Err(WsmanError::MissingAction)
-    );
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::MissingAction));
 
     // Headers are only read in s:Header, the command only in s:Body.
     let xml = envelope(
@@ -275,9 +250,7 @@ fn prefixes_do_not_matter_namespaces_do() {
     let r = req(&xml);
     assert_eq!((r.to, r.shell_id), (None, None));
     let xml = envelope(
-        &format!(
-            "{ACTION_CREATE}<rsp:CommandLine><rsp:Command>calc</rsp:Command></rsp:CommandLine>"
-        ),
+        &format!("{ACTION_CREATE}<rsp:CommandLine><rsp:Command>calc</rsp:Command></rsp:CommandLine>"),
         "",
     );
     assert_eq!(req(&xml).command_line, None);
@@ -308,10 +281,7 @@ fn ambiguous_requests_are_refused() {
         ("<a:To>http://x/</a:To>", "wsa:To"),
         ("<a:MessageID>uuid:1</a:MessageID>", "wsa:MessageID"),
         ("<w:ResourceURI>u</w:ResourceURI>", "w:ResourceURI"),
-        (
-            "<w:OperationTimeout>PT1S</w:OperationTimeout>",
-            "w:OperationTimeout",
-        ),
+        ("<w:OperationTimeout>PT1S</w:OperationTimeout>", "w:OperationTimeout"),
         ("<w:SelectorSet/>", "w:SelectorSet"),
     ] {
         assert_eq!(
@@ -321,10 +291,7 @@ fn ambiguous_requests_are_refused() {
         );
     }
     let xml = envelope(&format!("{ACTION_CREATE}{ACTION_CREATE}"), "");
-    assert_eq!(
-        parse_request(xml.as_bytes()),
-        Err(WsmanError::Duplicate("wsa:Action"))
-    );
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("wsa:Action")));
     let xml = envelope(
         &format!(
             "{ACTION_CREATE}<w:SelectorSet><w:Selector Name=\"ShellId\">A</w:Selector>\
@@ -349,19 +316,13 @@ fn ambiguous_requests_are_refused() {
         ACTION_CREATE,
         "<rsp:CommandLine><rsp:Command>a</rsp:Command><rsp:Command>b</rsp:Command></rsp:CommandLine>",
     );
-    assert_eq!(
-        parse_request(xml.as_bytes()),
-        Err(WsmanError::Duplicate("rsp:Command"))
-    );
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("rsp:Command")));
     let xml = envelope(
         ACTION_CREATE,
         "<rsp:Send><rsp:Stream Name=\"stdin\" CommandId=\"A\">x</rsp:Stream>\
          <rsp:Stream Name=\"stdin\" CommandId=\"B\">y</rsp:Stream></rsp:Send>",
     );
-    assert_eq!(
-        parse_request(xml.as_bytes()),
-        Err(WsmanError::Conflict("CommandId"))
-    );
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Conflict("CommandId")));
     // The same CommandId twice is fine.
     let xml = envelope(
         ACTION_CREATE,
@@ -369,16 +330,11 @@ fn ambiguous_requests_are_refused() {
          <rsp:Stream Name=\"pr\" CommandId=\"A\">y</rsp:Stream></rsp:Send>",
     );
     assert_eq!(req(&xml).command_id.as_deref(), Some("A"));
-    let xml = "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Header/><s:Header/><s:Body/></s:Envelope>";
-    assert_eq!(
-        parse_request(xml.as_bytes()),
-        Err(WsmanError::Duplicate("soap Header"))
-    );
+    let xml =
+        "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Header/><s:Header/><s:Body/></s:Envelope>";
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("soap Header")));
     let xml = "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body/><s:Body/></s:Envelope>";
-    assert_eq!(
-        parse_request(xml.as_bytes()),
-        Err(WsmanError::Duplicate("soap Body"))
-    );
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::Duplicate("soap Body")));
 }
 
 #[test]
@@ -407,10 +363,7 @@ fn hostile_xml_is_refused() {
         <s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body>&xxe;</s:Body></s:Envelope>";
     assert_eq!(parse_request(doctype.as_bytes()), Err(WsmanError::Doctype));
     assert_eq!(parse_response(doctype.as_bytes()), Err(WsmanError::Doctype));
-    assert_eq!(
-        rewrite_to(doctype.as_bytes(), "x"),
-        Err(WsmanError::Doctype)
-    );
+    assert_eq!(rewrite_to(doctype.as_bytes(), "x"), Err(WsmanError::Doctype));
 
     // Undeclared entities are errors, not expansions.
     for bad in [
@@ -426,21 +379,10 @@ fn hostile_xml_is_refused() {
     }
 
     // Depth.
-    let deep = |n: usize| {
-        envelope(
-            ACTION_CREATE,
-            &format!("{}{}", "<x>".repeat(n), "</x>".repeat(n)),
-        )
-    };
+    let deep = |n: usize| envelope(ACTION_CREATE, &format!("{}{}", "<x>".repeat(n), "</x>".repeat(n)));
     assert!(parse_request(deep(MAX_DEPTH - 2).as_bytes()).is_ok());
-    assert_eq!(
-        parse_request(deep(MAX_DEPTH - 1).as_bytes()),
-        Err(WsmanError::TooDeep)
-    );
-    assert_eq!(
-        parse_request(deep(100_000).as_bytes()),
-        Err(WsmanError::TooDeep)
-    );
+    assert_eq!(parse_request(deep(MAX_DEPTH - 1).as_bytes()), Err(WsmanError::TooDeep));
+    assert_eq!(parse_request(deep(100_000).as_bytes()), Err(WsmanError::TooDeep));
 
     // Encoding.
     let mut bad = envelope(ACTION_CREATE, "").into_bytes();
@@ -456,12 +398,8 @@ fn hostile_xml_is_refused() {
     assert_eq!(parse_request(b""), Err(WsmanError::Empty));
     assert_eq!(parse_request(b"   "), Err(WsmanError::NotSoapEnvelope));
     assert_eq!(parse_request(b"<a/>"), Err(WsmanError::NotSoapEnvelope));
-    let soap11 =
-        "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body/></s:Envelope>";
-    assert_eq!(
-        parse_request(soap11.as_bytes()),
-        Err(WsmanError::NotSoapEnvelope)
-    );
+    let soap11 = "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body/></s:Envelope>";
+    assert_eq!(parse_request(soap11.as_bytes()), Err(WsmanError::NotSoapEnvelope));
     let ok = envelope(ACTION_CREATE, "");
     for broken in [
         format!("{ok}{ok}"),
@@ -529,19 +467,13 @@ fn windows_create_responses() {
 #[test]
 fn windows_command_and_receive_responses() {
     let r = resp(WIN_COMMAND);
-    assert_eq!(
-        r.command_id.as_deref(),
-        Some("789B3D38-EDB7-494D-AD3B-3D63B099CD76")
-    );
+    assert_eq!(r.command_id.as_deref(), Some("789B3D38-EDB7-494D-AD3B-3D63B099CD76"));
     assert!(!r.command_done);
 
     let r = resp(WIN_RECEIVE);
     assert!(r.command_done);
     assert_eq!(r.exit_code, Some(0));
-    assert_eq!(
-        r.command_id.as_deref(),
-        Some("789B3D38-EDB7-494D-AD3B-3D63B099CD76")
-    );
+    assert_eq!(r.command_id.as_deref(), Some("789B3D38-EDB7-494D-AD3B-3D63B099CD76"));
     assert_eq!(
         r.relates_to.as_deref(),
         Some("uuid:99A51AC6-1250-4E13-9780-A6520B6FD220")
@@ -622,10 +554,7 @@ fn response_edge_cases() {
     assert_eq!(f.subcode.as_deref(), Some("AccessDenied"));
     assert_eq!(f.wsman_code, None);
     // Two RelatesTo headers would make correlation ambiguous.
-    let xml = envelope(
-        "<a:RelatesTo>uuid:1</a:RelatesTo><a:RelatesTo>uuid:2</a:RelatesTo>",
-        "",
-    );
+    let xml = envelope("<a:RelatesTo>uuid:1</a:RelatesTo><a:RelatesTo>uuid:2</a:RelatesTo>", "");
     assert_eq!(
         parse_response(xml.as_bytes()),
         Err(WsmanError::Duplicate("wsa:RelatesTo"))
@@ -645,51 +574,23 @@ fn fault_envelopes_parse_back() {
             "a:DestinationUnreachable",
             2150858770,
         ),
-        (
-            FaultKind::EncodingLimit,
-            "Sender",
-            "w:EncodingLimit",
-            2150858805,
-        ),
-        (
-            FaultKind::InvalidSelectors,
-            "Sender",
-            "w:InvalidSelectors",
-            2150858843,
-        ),
-        (
-            FaultKind::InternalError,
-            "Receiver",
-            "w:InternalError",
-            1359,
-        ),
+        (FaultKind::EncodingLimit, "Sender", "w:EncodingLimit", 2150858805),
+        (FaultKind::InvalidSelectors, "Sender", "w:InvalidSelectors", 2150858843),
+        (FaultKind::InternalError, "Receiver", "w:InternalError", 1359),
         (FaultKind::QuotaLimit, "Sender", "w:QuotaLimit", 2150858815),
     ];
     for (kind, code, subcode, wsman_code) in kinds {
         assert_eq!(kind.wsman_code(), wsman_code);
-        let xml = fault_envelope(
-            kind,
-            Some("uuid:ABC"),
-            "relay01",
-            "denied by policy rule \"ops\"",
-        );
+        let xml = fault_envelope(kind, Some("uuid:ABC"), "relay01", "denied by policy rule \"ops\"");
         let text = String::from_utf8(xml.clone()).unwrap();
         let r = parse_response(&xml).unwrap();
         assert_eq!(r.relates_to.as_deref(), Some("uuid:ABC"));
         let f = r.fault.unwrap();
-        assert_eq!(
-            f.subcode.as_deref(),
-            Some(subcode.split(':').nth(1).unwrap())
-        );
+        assert_eq!(f.subcode.as_deref(), Some(subcode.split(':').nth(1).unwrap()));
         assert_eq!(f.wsman_code, Some(wsman_code));
         assert_eq!(f.reason.as_deref(), Some("denied by policy rule \"ops\""));
-        assert!(
-            text.contains(&format!("<s:Value>s:{code}</s:Value>")),
-            "{text}"
-        );
-        assert!(text.contains(&format!(
-            "<s:Subcode><s:Value>{subcode}</s:Value></s:Subcode>"
-        )));
+        assert!(text.contains(&format!("<s:Value>s:{code}</s:Value>")), "{text}");
+        assert!(text.contains(&format!("<s:Subcode><s:Value>{subcode}</s:Value></s:Subcode>")));
         assert!(text.contains("Machine=\"relay01\""));
         assert!(text.contains("<f:Message>denied by policy rule &quot;ops&quot;</f:Message>"));
         assert!(text.contains("<s:Text xml:lang=\"en-US\">"));
@@ -705,13 +606,7 @@ fn fault_envelopes_parse_back() {
 
 #[test]
 fn fault_envelope_exact_shape() {
-    let xml = String::from_utf8(fault_envelope(
-        FaultKind::AccessDenied,
-        Some("uuid:R"),
-        "m",
-        "no",
-    ))
-    .unwrap();
+    let xml = String::from_utf8(fault_envelope(FaultKind::AccessDenied, Some("uuid:R"), "m", "no")).unwrap();
     // Replace the random MessageID to compare the rest byte for byte.
     let start = xml.find("<a:MessageID>").unwrap() + "<a:MessageID>".len();
     let end = xml.find("</a:MessageID>").unwrap();
@@ -761,10 +656,7 @@ fn message_ids_are_uuid_v4() {
     assert_ne!(a, b);
     let id = a.strip_prefix("uuid:").unwrap();
     let groups: Vec<&str> = id.split('-').collect();
-    assert_eq!(
-        groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
-        vec![8, 4, 4, 4, 12]
-    );
+    assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
     assert!(id
         .chars()
         .all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()));
@@ -804,16 +696,8 @@ fn assert_single_change(old: &[u8], new: &[u8], was: &str, now: &str) {
         .zip(now.as_bytes()[head..].iter().rev())
         .take_while(|(a, b)| a == b)
         .count();
-    assert_eq!(
-        old_mid,
-        &was.as_bytes()[head..was.len() - tail],
-        "old region"
-    );
-    assert_eq!(
-        new_mid,
-        &now.as_bytes()[head..now.len() - tail],
-        "new region"
-    );
+    assert_eq!(old_mid, &was.as_bytes()[head..was.len() - tail], "old region");
+    assert_eq!(new_mid, &now.as_bytes()[head..now.len() - tail], "new region");
 }
 
 #[test]
@@ -828,10 +712,7 @@ fn rewrite_pywinrm_to() {
     );
     let before = req(PYWINRM_RUN_COMMAND);
     let after = parse_request(&new).unwrap();
-    assert_eq!(
-        after.to.as_deref(),
-        Some("http://web01.corp.example:5985/wsman")
-    );
+    assert_eq!(after.to.as_deref(), Some("http://web01.corp.example:5985/wsman"));
     assert_eq!(
         RequestInfo {
             to: before.to.clone(),
@@ -871,10 +752,7 @@ fn rewrite_keeps_attributes_on_to_and_escapes() {
     );
     let text = String::from_utf8(new.clone()).unwrap();
     assert!(text.contains("<a:To s:mustUnderstand=\"true\" x='1'>http://t/wsman?a=1&amp;b="));
-    assert_eq!(
-        req(&text).to.as_deref(),
-        Some("http://t/wsman?a=1&b=<2>\"'")
-    );
+    assert_eq!(req(&text).to.as_deref(), Some("http://t/wsman?a=1&b=<2>\"'"));
 }
 
 #[test]
@@ -894,10 +772,7 @@ fn rewrite_other_prefixes_and_forms() {
         String::from_utf8(new).unwrap(),
         old.replace("<a:To></a:To>", "<a:To>http://n/</a:To>")
     );
-    let old = envelope(
-        &format!("{ACTION_CREATE}<a:To s:mustUnderstand=\"true\" />"),
-        "",
-    );
+    let old = envelope(&format!("{ACTION_CREATE}<a:To s:mustUnderstand=\"true\" />"), "");
     let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
@@ -922,9 +797,7 @@ fn rewrite_other_prefixes_and_forms() {
     let mut old = b"\xEF\xBB\xBF".to_vec();
     old.extend_from_slice(PYWINRM_OPEN_SHELL.as_bytes());
     let new = rewrite_to(&old, "http://n/").unwrap();
-    assert!(
-        new.starts_with(b"\xEF\xBB\xBF<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<env:Envelope")
-    );
+    assert!(new.starts_with(b"\xEF\xBB\xBF<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<env:Envelope"));
     assert_single_change(&old, &new, "http://windows-host:5985/wsman", "http://n/");
 }
 
@@ -948,19 +821,10 @@ fn rewrite_pretty_printed() {
 #[test]
 fn rewrite_without_to_or_with_two() {
     let old = envelope(ACTION_CREATE, "");
-    assert_eq!(
-        rewrite_to(old.as_bytes(), "http://n/").unwrap(),
-        old.as_bytes()
-    );
+    assert_eq!(rewrite_to(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
     // wsa:To bound to another namespace is not the header.
-    let old = envelope(
-        &format!("{ACTION_CREATE}<b:To xmlns:b=\"urn:x\">keep</b:To>"),
-        "",
-    );
-    assert_eq!(
-        rewrite_to(old.as_bytes(), "http://n/").unwrap(),
-        old.as_bytes()
-    );
+    let old = envelope(&format!("{ACTION_CREATE}<b:To xmlns:b=\"urn:x\">keep</b:To>"), "");
+    assert_eq!(rewrite_to(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
     let old = envelope(&format!("{ACTION_CREATE}<a:To>x</a:To><a:To/>"), "");
     assert_eq!(
         rewrite_to(old.as_bytes(), "http://n/"),
@@ -969,10 +833,7 @@ fn rewrite_without_to_or_with_two() {
     // Nested markup inside To is tolerated and replaced along with the text.
     let old = envelope(&format!("{ACTION_CREATE}<a:To>a<b>c</b>d</a:To>"), "");
     let new = rewrite_to(old.as_bytes(), "N").unwrap();
-    assert_eq!(
-        String::from_utf8(new).unwrap(),
-        old.replace("a<b>c</b>d", "N")
-    );
+    assert_eq!(String::from_utf8(new).unwrap(), old.replace("a<b>c</b>d", "N"));
 }
 
 // ------------------------------------------------------------- robustness
@@ -1000,11 +861,7 @@ fn all_vectors_survive_truncation_and_mutation() {
                 let _ = parse_response(&m);
                 if let Ok(out) = rewrite_to(&m, "http://n/") {
                     // Whatever was accepted must stay well formed.
-                    assert!(
-                        parse_request(&out).is_ok()
-                            || parse_response(&out).is_ok()
-                            || parse_request(&m).is_err()
-                    );
+                    assert!(parse_request(&out).is_ok() || parse_response(&out).is_ok() || parse_request(&m).is_err());
                 }
             }
         }
