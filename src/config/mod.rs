@@ -47,6 +47,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub session: SessionConfig,
     pub defaults: TargetDefaults,
+    pub limits: LimitsConfig,
     /// `[[target]]` entries, in file order.
     pub targets: Vec<TargetConfig>,
     /// `[[allow]]` rules, in file order (the index is the rule number in decisions).
@@ -61,6 +62,13 @@ pub struct ListenConfig {
     pub tls_key: PathBuf,
     /// Largest accepted request body in bytes.
     pub max_envelope_size: usize,
+    /// Largest request head (request line + headers) in bytes.
+    pub max_header_size: usize,
+    /// A client must send a request's headers within this time (slowloris).
+    pub header_read_timeout: Duration,
+    /// Only these source networks may connect; empty means any. Others are
+    /// dropped before any TLS or CredSSP work.
+    pub allow_sources: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +76,13 @@ pub struct AuthConfig {
     pub users_file: PathBuf,
     /// Lowest TSRequest version accepted from clients (2..=6).
     pub credssp_min_version: u32,
+    /// The whole CredSSP exchange must finish within this time.
+    pub handshake_timeout: Duration,
+    /// Failed logons per (source address) and per (user name) within
+    /// `lockout_window` before that key is locked out; 0 disables lockout.
+    pub lockout_threshold: u32,
+    pub lockout_window: Duration,
+    pub lockout_duration: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +93,21 @@ pub struct AuditConfig {
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub idle_timeout: Duration,
+    /// A session ends after this long whatever it does; its credentials go with it.
+    pub max_lifetime: Duration,
+}
+
+/// Quotas, with WinRM's defaults where WinRM has one.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Concurrent authenticated sessions in all (WinRM MaxConnections: 300).
+    pub max_sessions: usize,
+    /// Concurrent authenticated sessions of one user.
+    pub max_sessions_per_user: usize,
+    /// Open shells of one user across sessions (WinRM MaxShellsPerUser: 30).
+    pub max_shells_per_user: usize,
+    /// Requests of one user in flight at once (WinRM MaxConcurrentOperationsPerUser: 1500).
+    pub max_operations_per_user: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +450,15 @@ impl Validator<'_> {
                     DEFAULT_MAX_ENVELOPE_SIZE as i64,
                 )
                 .unsigned_abs() as usize,
+            max_header_size: self
+                .int(l.max_header_size, "listen.max_header_size", 8192..=1_048_576, 65_536)
+                .unsigned_abs() as usize,
+            header_read_timeout: self.secs(
+                l.header_read_timeout_secs,
+                "listen.header_read_timeout_secs",
+                Duration::from_secs(30),
+            ),
+            allow_sources: self.cidr_list(l.allow_sources, "listen.allow_sources"),
         };
 
         let at = self.table_at(raw.auth.is_some(), "auth");
@@ -435,6 +474,20 @@ impl Validator<'_> {
                     DEFAULT_CREDSSP_MIN_VERSION.into(),
                 )
                 .unsigned_abs() as u32,
+            handshake_timeout: self.secs(
+                a.handshake_timeout_secs,
+                "auth.handshake_timeout_secs",
+                Duration::from_secs(30),
+            ),
+            lockout_threshold: self
+                .int(a.lockout_threshold, "auth.lockout_threshold", 0..=1000, 5)
+                .unsigned_abs() as u32,
+            lockout_window: self.secs(a.lockout_window_secs, "auth.lockout_window_secs", Duration::from_secs(300)),
+            lockout_duration: self.secs(
+                a.lockout_duration_secs,
+                "auth.lockout_duration_secs",
+                Duration::from_secs(900),
+            ),
         };
 
         let at = self.table_at(raw.audit.is_some(), "audit");
@@ -449,6 +502,24 @@ impl Validator<'_> {
                 "session.idle_timeout_secs",
                 Duration::from_secs(1800),
             ),
+            max_lifetime: self.secs(
+                raw.session.max_lifetime_secs,
+                "session.max_lifetime_secs",
+                Duration::from_secs(8 * 3600),
+            ),
+        };
+        let m = raw.limits;
+        let limits = LimitsConfig {
+            max_sessions: self.int(m.max_sessions, "limits.max_sessions", 1..=100_000, 300).unsigned_abs() as usize,
+            max_sessions_per_user: self
+                .int(m.max_sessions_per_user, "limits.max_sessions_per_user", 1..=100_000, 25)
+                .unsigned_abs() as usize,
+            max_shells_per_user: self
+                .int(m.max_shells_per_user, "limits.max_shells_per_user", 1..=100_000, 30)
+                .unsigned_abs() as usize,
+            max_operations_per_user: self
+                .int(m.max_operations_per_user, "limits.max_operations_per_user", 1..=100_000, 1500)
+                .unsigned_abs() as usize,
         };
         let d = raw.defaults;
         let defaults = TargetDefaults {
@@ -558,9 +629,34 @@ impl Validator<'_> {
             audit,
             session,
             defaults,
+            limits,
             targets,
             allow,
         }
+    }
+
+    /// An optional list of CIDRs (`10.0.0.0/8`) or single addresses.
+    fn cidr_list(&mut self, v: raw::List, key: &str) -> Vec<ipnet::IpNet> {
+        let Some(v) = v else { return Vec::new() };
+        let mut out = Vec::new();
+        for entry in v.into_inner() {
+            let Value::String(s) = entry.get_ref() else {
+                self.wrong_type(&entry, key, "a string");
+                continue;
+            };
+            let parsed = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net),
+                Err(_) => self.error(
+                    entry.span(),
+                    key,
+                    format!("invalid network {s:?} (expected a CIDR like 10.0.0.0/8 or an address)"),
+                ),
+            }
+        }
+        out
     }
 
     fn check_listener_clash(&mut self, listeners: &[(SocketAddr, String)], addr: SocketAddr, span: Span, key: &str) {
@@ -669,6 +765,33 @@ path = "audit.jsonl"
     }
 
     #[test]
+    fn hardening_keys_parse_and_default() {
+        let c = parse("").unwrap();
+        assert!(c.listen.allow_sources.is_empty());
+        assert_eq!(c.session.max_lifetime, Duration::from_secs(8 * 3600));
+        assert_eq!(c.auth.lockout_threshold, 5);
+        assert_eq!(c.limits.max_shells_per_user, 30);
+        let text = MINIMAL.replace(
+            "[auth]",
+            "allow_sources = [\"127.0.0.0/8\", \"::1\"]\nheader_read_timeout_secs = 5\n[auth]\nlockout_threshold = 0",
+        ) + "[limits]\nmax_sessions = 2\n[session]\nmax_lifetime_secs = 60\n";
+        let c = Config::parse(Path::new("relay.toml"), &text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.listen.allow_sources.len(), 2);
+        assert!(c.listen.allow_sources[0].contains(&"127.0.0.9".parse::<IpAddr>().unwrap()));
+        assert_eq!(c.listen.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.auth.lockout_threshold, 0);
+        assert_eq!(c.limits.max_sessions, 2);
+        assert_eq!(c.session.max_lifetime, Duration::from_secs(60));
+        let bad = MINIMAL.replace("[auth]", "allow_sources = [\"10.0.0.0/33\"]\n[auth]");
+        let errs: Vec<String> = Config::parse(Path::new("relay.toml"), &bad)
+            .expect_err("bad CIDR accepted")
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errs[0].starts_with("relay.toml:7: listen.allow_sources: invalid network"), "{errs:?}");
+    }
+
+    #[test]
     fn defaults_apply() {
         let c = parse("").unwrap();
         assert_eq!(c.listen.max_envelope_size, 512_000);
@@ -773,7 +896,7 @@ shells = ["bash"]
         let errs = errors("[session]\nidle_timeout = 5\n");
         assert_eq!(
             errs,
-            ["relay.toml:13: session.idle_timeout: unknown key (expected one of: idle_timeout_secs)"]
+            ["relay.toml:13: session.idle_timeout: unknown key (expected one of: idle_timeout_secs, max_lifetime_secs)"]
         );
         let errs = errors("[session]\nidle_timeout_secs = \"5\"\n");
         assert_eq!(
@@ -823,7 +946,7 @@ shells = ["bash"]
         let e = Config::parse(Path::new("r.toml"), &top).unwrap_err();
         assert_eq!(
             e[0].to_string(),
-            "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, target, allow)"
+            "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, target, allow)"
         );
     }
 

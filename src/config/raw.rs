@@ -32,6 +32,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub defaults: RawDefaults,
     #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
     pub target: Vec<RawTarget>,
     #[serde(default)]
     pub allow: Vec<RawAllow>,
@@ -43,12 +45,19 @@ pub(super) struct RawListen {
     pub tls_cert: V,
     pub tls_key: V,
     pub max_envelope_size: V,
+    pub max_header_size: V,
+    pub header_read_timeout_secs: V,
+    pub allow_sources: List,
 }
 
 #[derive(Deserialize, Default)]
 pub(super) struct RawAuth {
     pub users_file: V,
     pub credssp_min_version: V,
+    pub handshake_timeout_secs: V,
+    pub lockout_threshold: V,
+    pub lockout_window_secs: V,
+    pub lockout_duration_secs: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -59,6 +68,15 @@ pub(super) struct RawAudit {
 #[derive(Deserialize, Default)]
 pub(super) struct RawSession {
     pub idle_timeout_secs: V,
+    pub max_lifetime_secs: V,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawLimits {
+    pub max_sessions: V,
+    pub max_sessions_per_user: V,
+    pub max_shells_per_user: V,
+    pub max_operations_per_user: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -102,16 +120,39 @@ struct KeyInventory {
     #[serde(default)]
     defaults: Keys,
     #[serde(default)]
+    limits: Keys,
+    #[serde(default)]
     target: Vec<Keys>,
     #[serde(default)]
     allow: Vec<Keys>,
 }
 
-const TOP: &[&str] = &["listen", "auth", "audit", "session", "defaults", "target", "allow"];
-const LISTEN: &[&str] = &["http", "tls_cert", "tls_key", "max_envelope_size"];
-const AUTH: &[&str] = &["users_file", "credssp_min_version"];
+const TOP: &[&str] = &["listen", "auth", "audit", "session", "defaults", "limits", "target", "allow"];
+const LISTEN: &[&str] = &[
+    "http",
+    "tls_cert",
+    "tls_key",
+    "max_envelope_size",
+    "max_header_size",
+    "header_read_timeout_secs",
+    "allow_sources",
+];
+const AUTH: &[&str] = &[
+    "users_file",
+    "credssp_min_version",
+    "handshake_timeout_secs",
+    "lockout_threshold",
+    "lockout_window_secs",
+    "lockout_duration_secs",
+];
 const AUDIT: &[&str] = &["path"];
-const SESSION: &[&str] = &["idle_timeout_secs"];
+const SESSION: &[&str] = &["idle_timeout_secs", "max_lifetime_secs"];
+const LIMITS: &[&str] = &[
+    "max_sessions",
+    "max_sessions_per_user",
+    "max_shells_per_user",
+    "max_operations_per_user",
+];
 const DEFAULTS: &[&str] = &["auth", "port", "connect_timeout_secs", "timeout_secs"];
 const TARGET: &[&str] = &["name", "url", "auth", "listen", "connect_timeout_secs", "timeout_secs"];
 const ALLOW: &[&str] = &["users", "targets", "shells"];
@@ -144,6 +185,7 @@ pub(super) fn unknown_keys(loc: &Locator<'_>, src: &str) -> Vec<ConfigError> {
     check(&inv.audit, "audit", AUDIT);
     check(&inv.session, "session", SESSION);
     check(&inv.defaults, "defaults", DEFAULTS);
+    check(&inv.limits, "limits", LIMITS);
     for (i, t) in inv.target.iter().enumerate() {
         check(t, &format!("target[{i}]"), TARGET);
     }
