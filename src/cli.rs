@@ -129,6 +129,7 @@ fn quiet_security_packages(directives: &str) -> String {
 
 fn serve(path: &Path) -> ExitCode {
     init_tracing();
+    crate::hardening::harden_process().log();
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {

@@ -17,11 +17,13 @@
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, per-connection session state, the relay pipeline.
 //! - [`target`]: authenticated, kept-alive connections to target hosts.
+//! - [`hardening`]: start-up process hardening (no core dumps, no ptrace by peers, memory locked).
 
 pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod hardening;
 pub mod policy;
 pub mod proto;
 pub mod server;

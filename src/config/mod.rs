@@ -482,7 +482,11 @@ impl Validator<'_> {
             lockout_threshold: self
                 .int(a.lockout_threshold, "auth.lockout_threshold", 0..=1000, 5)
                 .unsigned_abs() as u32,
-            lockout_window: self.secs(a.lockout_window_secs, "auth.lockout_window_secs", Duration::from_secs(300)),
+            lockout_window: self.secs(
+                a.lockout_window_secs,
+                "auth.lockout_window_secs",
+                Duration::from_secs(300),
+            ),
             lockout_duration: self.secs(
                 a.lockout_duration_secs,
                 "auth.lockout_duration_secs",
@@ -510,7 +514,9 @@ impl Validator<'_> {
         };
         let m = raw.limits;
         let limits = LimitsConfig {
-            max_sessions: self.int(m.max_sessions, "limits.max_sessions", 1..=100_000, 300).unsigned_abs() as usize,
+            max_sessions: self
+                .int(m.max_sessions, "limits.max_sessions", 1..=100_000, 300)
+                .unsigned_abs() as usize,
             max_sessions_per_user: self
                 .int(m.max_sessions_per_user, "limits.max_sessions_per_user", 1..=100_000, 25)
                 .unsigned_abs() as usize,
@@ -518,7 +524,12 @@ impl Validator<'_> {
                 .int(m.max_shells_per_user, "limits.max_shells_per_user", 1..=100_000, 30)
                 .unsigned_abs() as usize,
             max_operations_per_user: self
-                .int(m.max_operations_per_user, "limits.max_operations_per_user", 1..=100_000, 1500)
+                .int(
+                    m.max_operations_per_user,
+                    "limits.max_operations_per_user",
+                    1..=100_000,
+                    1500,
+                )
                 .unsigned_abs() as usize,
         };
         let d = raw.defaults;
@@ -788,7 +799,10 @@ path = "audit.jsonl"
             .iter()
             .map(|e| e.to_string())
             .collect();
-        assert!(errs[0].starts_with("relay.toml:7: listen.allow_sources: invalid network"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("relay.toml:7: listen.allow_sources: invalid network"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -127,7 +127,9 @@ struct KeyInventory {
     allow: Vec<Keys>,
 }
 
-const TOP: &[&str] = &["listen", "auth", "audit", "session", "defaults", "limits", "target", "allow"];
+const TOP: &[&str] = &[
+    "listen", "auth", "audit", "session", "defaults", "limits", "target", "allow",
+];
 const LISTEN: &[&str] = &[
     "http",
     "tls_cert",

@@ -5,6 +5,7 @@
 //! target connections. The session dies with the connection or its idle
 //! timeout, and the credentials with it.
 
+mod limits;
 mod pipeline;
 mod reply;
 mod session;
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub acceptor: Arc<AcceptorConfig>,
     pub policy: Policy,
     pub audit: AuditSink,
+    pub lockout: limits::Lockout,
+    pub quotas: Arc<limits::Quotas>,
 }
 
 /// Load certificates, users and policy, bind every listener, and serve until
@@ -132,11 +135,15 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     });
     let policy = Policy::new(&config.allow)?;
     let audit = AuditSink::open(&config.audit.path)?;
+    let lockout = limits::Lockout::new(&config.auth);
+    let quotas = limits::Quotas::new(config.limits.clone());
     Ok(Shared {
         config,
         acceptor,
         policy,
         audit,
+        lockout,
+        quotas,
     })
 }
 

@@ -9,7 +9,7 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Request, StatusCode};
 
 use super::reply::{self, HttpResponse};
-use super::session::{read_body, BodyError, Session};
+use super::session::{read_body, BodyError, OpenShell, Session};
 use super::Shared;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::ResolvedTarget;
@@ -215,6 +215,27 @@ async fn forward(
             audit: AuditKind::Denied,
         });
     }
+    if let Err(failure) = check_shell_owner(session, &info, &target) {
+        return fail(failure);
+    }
+    let quota_refusal = |quota: super::limits::QuotaError| Failure {
+        kind: FaultKind::QuotaLimit,
+        message: quota.to_string(),
+        audit: AuditKind::Denied,
+    };
+    let _operation = match shared.quotas.operation(&user) {
+        Ok(slot) => slot,
+        Err(quota) => return fail(quota_refusal(quota)),
+    };
+    let is_create = info.action_name() == "Create";
+    let shell_slot = if is_create {
+        match shared.quotas.shell(&user) {
+            Ok(slot) => Some(slot),
+            Err(quota) => return fail(quota_refusal(quota)),
+        }
+    } else {
+        None
+    };
     let rewritten = match wsman::rewrite_to(plain, &target.url) {
         Ok(rewritten) => rewritten,
         Err(error) => {
@@ -239,8 +260,9 @@ async fn forward(
     if let Ok(answer) = wsman::parse_response(&response.body) {
         event.exit_code = answer.exit_code.filter(|_| answer.command_done);
         if event.shell_id.is_none() {
-            event.shell_id = answer.created_shell_id;
+            event.shell_id.clone_from(&answer.created_shell_id);
         }
+        track_shells(session, &info, &target, &answer, response.status, shell_slot);
         if let Some(fault) = answer.fault {
             event.reason = fault.reason.or(fault.subcode);
         }
@@ -248,11 +270,103 @@ async fn forward(
     Ok((response.status, response.body))
 }
 
+/// A shell belongs to the session (hence the user) that created it, on the
+/// target it was created on: no other session may name it, even one of a
+/// user allowed on the same target.
+fn check_shell_owner(session: &Session, info: &RequestInfo, target: &ResolvedTarget) -> Result<(), Failure> {
+    let Some(shell_id) = info.shell_id.as_deref() else {
+        return Ok(());
+    };
+    if info.action_name() == "Create" {
+        return Ok(());
+    }
+    let denied = |message: String| Failure {
+        kind: FaultKind::AccessDenied,
+        message,
+        audit: AuditKind::Denied,
+    };
+    match session.shells.get(shell_id) {
+        None => Err(denied(format!(
+            "shell {shell_id} was not opened in this session: a shell belongs to the session that created it"
+        ))),
+        Some(open) if !open.target.name.eq_ignore_ascii_case(&target.name) => Err(denied(format!(
+            "shell {shell_id} belongs to target {}, not {}",
+            open.target.name, target.name
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Remember shells the target created; forget the ones it deleted (or no
+/// longer knows).
+fn track_shells(
+    session: &mut Session,
+    info: &RequestInfo,
+    target: &ResolvedTarget,
+    answer: &wsman::ResponseInfo,
+    status: StatusCode,
+    shell_slot: Option<super::limits::Slot>,
+) {
+    match (info.action_name(), shell_slot, answer.created_shell_id.as_ref()) {
+        ("Create", Some(slot), Some(shell_id)) if status.is_success() => {
+            let open = OpenShell {
+                target: target.clone(),
+                resource_uri: info.resource_uri.clone().unwrap_or_default(),
+                _slot: slot,
+            };
+            session.shells.insert(shell_id.clone(), open);
+        }
+        ("Delete", _, _) => {
+            let unknown_to_target = answer
+                .fault
+                .as_ref()
+                .is_some_and(|f| f.subcode.as_deref() == Some("InvalidSelectors"));
+            if let Some(shell_id) = &info.shell_id {
+                if status.is_success() || unknown_to_target {
+                    session.shells.remove(shell_id);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// At session end: delete every shell the caller left open (leaked shells
+/// count against the target's MaxShellsPerUser), while the credentials to
+/// do so are still in the vault.
+pub(crate) async fn delete_leftover_shells(session: &mut Session, shared: &Shared) {
+    let shells: Vec<(String, OpenShell)> = session.shells.drain().collect();
+    for (shell_id, shell) in shells {
+        let started = Instant::now();
+        let mut event = session.event(AuditKind::Cleanup);
+        event.target = Some(shell.target.name.clone());
+        event.action = Some("Delete".into());
+        event.resource_uri = Some(shell.resource_uri.clone());
+        event.shell_id = Some(shell_id.clone());
+        let request = wsman::delete_shell_request(&shell.target.url, &shell.resource_uri, &shell_id);
+        match exchange(session, &shell.target, &request, shell.target.timeout).await {
+            Ok(response) => event.status = Some(response.status.as_u16()),
+            Err(error) => event.reason = Some(error.to_string()),
+        }
+        event.duration_ms = Some(started.elapsed().as_millis() as u64);
+        tracing::info!(session = %session.id, shell = %shell_id, target = %shell.target.name, "deleted a shell left open");
+        shared.audit.emit(&event);
+    }
+}
+
 fn record_request(event: &mut AuditEvent, info: &RequestInfo) {
     event.action = Some(info.action_name().to_string());
     event.resource_uri = info.resource_uri.clone();
     event.shell_id = info.shell_id.clone();
-    event.command = info.command_line.clone();
+    let is_powershell = info
+        .resource_uri
+        .as_deref()
+        .is_some_and(|uri| matches!(wsman::shell_kind(uri), wsman::ShellKind::PowerShell { .. }));
+    // PSRP commands travel as base64 fragments: audit the pipeline they carry.
+    event.command = match (&info.command_line, is_powershell) {
+        (Some(fragments), true) => wsman::psrp_command_summary(fragments).or_else(|| Some(fragments.clone())),
+        (command, _) => command.clone(),
+    };
 }
 
 /// Send on the session's connection to this target, opening (and

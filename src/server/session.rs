@@ -18,9 +18,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
 
+use super::limits::Slot;
 use super::reply::{self, HttpResponse, CREDSSP};
 use super::{pipeline, Shared};
 use crate::audit::{AuditEvent, AuditKind};
+use crate::config::ResolvedTarget;
 use crate::proto::credssp::{Acceptor, SecureChannel, Step};
 use crate::proto::http_auth::parse_scheme_token;
 use crate::target::TargetConnection;
@@ -37,6 +39,18 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if !source_allowed(&shared.config.listen.allow_sources, peer) {
+                        // Dropped before any TLS or CredSSP work.
+                        drop(stream);
+                        let event = AuditEvent {
+                            event: AuditKind::Denied,
+                            source: Some(peer.to_string()),
+                            reason: Some("source address not in listen.allow_sources".into()),
+                            ..AuditEvent::default()
+                        };
+                        shared.audit.emit(&event);
+                        continue;
+                    }
                     let shutdown = shutdown.clone();
                     connections.spawn(serve_connection(stream, peer, fixed_target.clone(), shared.clone(), shutdown));
                 }
@@ -54,11 +68,23 @@ pub(crate) async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
+fn source_allowed(allowed: &[ipnet::IpNet], peer: SocketAddr) -> bool {
+    // An IPv4 client seen through a dual-stack socket arrives as ::ffff:a.b.c.d.
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    allowed.is_empty() || allowed.iter().any(|net| net.contains(&ip))
+}
+
 /// When the session last did something, for the idle timeout.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     busy: AtomicBool,
+    authenticated: AtomicBool,
 }
 
 impl Activity {
@@ -86,6 +112,7 @@ async fn serve_connection(
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
         busy: AtomicBool::new(false),
+        authenticated: AtomicBool::new(false),
     });
     let service = {
         let session = session.clone();
@@ -98,18 +125,33 @@ async fn serve_connection(
             async move {
                 activity.busy.store(true, Ordering::Relaxed);
                 activity.touch();
-                let response = session.lock().await.handle(request, &shared).await;
+                let response = {
+                    let mut session = session.lock().await;
+                    let response = session.handle(request, &shared).await;
+                    activity
+                        .authenticated
+                        .store(session.principal().is_some(), Ordering::Relaxed);
+                    response
+                };
                 activity.touch();
                 activity.busy.store(false, Ordering::Relaxed);
                 Ok::<_, Infallible>(response)
             }
         })
     };
+    let listen = &shared.config.listen;
+    // hyper's own header_read_timeout also runs while a keep-alive
+    // connection waits for its next request, which would end idle but
+    // healthy sessions; the deadline for unauthenticated connections is
+    // enforced below instead.
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .max_buf_size(listen.max_header_size)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let idle_timeout = shared.config.session.idle_timeout;
+    let max_lifetime = shared.config.session.max_lifetime;
+    let header_deadline = listen.header_read_timeout;
     let end_reason = loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -119,23 +161,46 @@ async fn serve_connection(
                 break "connection closed";
             }
             _ = tokio::time::sleep(Duration::from_secs(1).min(idle_timeout)) => {
-                if !activity.busy.load(Ordering::Relaxed) && activity.idle_for() >= idle_timeout {
+                // Until it authenticates, a connection gets only the header
+                // deadline between requests: a slowloris holding hundreds of
+                // sockets (trickling headers or silent after a 401) is cut
+                // loose quickly, while an idle authenticated session is kept.
+                let allowed_idle = if activity.authenticated.load(Ordering::Relaxed) {
+                    idle_timeout
+                } else {
+                    header_deadline
+                };
+                if !activity.busy.load(Ordering::Relaxed) && activity.idle_for() >= allowed_idle {
                     break "idle timeout";
+                }
+                if activity.start.elapsed() >= max_lifetime {
+                    break "maximum session lifetime";
                 }
             }
             _ = shutdown.changed() => break "relay shutting down",
         }
     };
-    session.lock().await.end(&shared, end_reason);
+    session.lock().await.end(&shared, end_reason).await;
 }
 
 enum AuthState {
     None,
-    InProgress(Box<Acceptor>),
+    InProgress {
+        acceptor: Box<Acceptor>,
+        started: Instant,
+    },
     Authenticated {
         principal: String,
         channel: Box<SecureChannel>,
     },
+}
+
+/// A shell the caller created and has not deleted yet.
+pub(crate) struct OpenShell {
+    pub target: ResolvedTarget,
+    pub resource_uri: String,
+    /// Counts against `limits.max_shells_per_user` until dropped.
+    pub _slot: Slot,
 }
 
 pub(crate) struct Session {
@@ -145,6 +210,11 @@ pub(crate) struct Session {
     auth: AuthState,
     pub vault: Vault,
     pub targets: HashMap<String, TargetConnection>,
+    /// Shells opened through this session, by ShellId: only this session
+    /// may use them, and they are deleted when it ends.
+    pub shells: HashMap<String, OpenShell>,
+    /// This session's place in `limits.max_sessions[_per_user]`.
+    slot: Option<Slot>,
     started: Instant,
     pub requests: u64,
 }
@@ -158,6 +228,8 @@ impl Session {
             auth: AuthState::None,
             vault: Vault::default(),
             targets: HashMap::new(),
+            shells: HashMap::new(),
+            slot: None,
             started: Instant::now(),
             requests: 0,
         }
@@ -239,26 +311,58 @@ impl Session {
         let Some(token) = parsed.token else {
             return reply::credssp_401(&[]);
         };
+        let now = Instant::now();
+        let source_ip = self.source.ip();
         // A ClientHello starts a new exchange, even on an authenticated
         // connection: the old credentials and target connections go.
-        if is_client_hello(&token) || !matches!(self.auth, AuthState::InProgress(_)) {
+        if is_client_hello(&token) || !matches!(self.auth, AuthState::InProgress { .. }) {
             self.reset();
+            if shared.lockout.is_locked(source_ip, None, now) {
+                self.audit_auth_failed(shared, None, "source is locked out after repeated malformed logons");
+                return reply::credssp_401(&[]);
+            }
             match Acceptor::new(shared.acceptor.clone()) {
-                Ok(acceptor) => self.auth = AuthState::InProgress(Box::new(acceptor)),
+                Ok(acceptor) => {
+                    self.auth = AuthState::InProgress {
+                        acceptor: Box::new(acceptor),
+                        started: now,
+                    }
+                }
                 Err(error) => {
                     tracing::error!(%error, "cannot start a CredSSP exchange");
                     return reply::refused_401("the relay could not start CredSSP");
                 }
             }
         }
-        let AuthState::InProgress(acceptor) = &mut self.auth else {
+        let AuthState::InProgress { acceptor, started } = &mut self.auth else {
             return reply::credssp_401(&[]);
         };
-        match acceptor.step(&token) {
+        if now.duration_since(*started) > shared.config.auth.handshake_timeout {
+            self.auth = AuthState::None;
+            let reason = "the CredSSP exchange took longer than auth.handshake_timeout_secs";
+            self.audit_auth_failed(shared, None, reason);
+            return reply::refused_401(reason);
+        }
+        let locked_out = |user: &str| shared.lockout.is_locked(source_ip, Some(user), now);
+        match acceptor.step_checked(&token, &locked_out) {
             Step::Continue(out) => reply::credssp_401(&out),
             Step::Authenticated { credentials, channel } => {
                 let principal = credentials.principal();
+                let slot = match shared.quotas.session(&principal) {
+                    Ok(slot) => slot,
+                    Err(quota) => {
+                        self.auth = AuthState::None;
+                        let mut event = self.event(AuditKind::Denied);
+                        event.user = Some(principal);
+                        event.status = Some(503);
+                        event.reason = Some(quota.to_string());
+                        shared.audit.emit(&event);
+                        return reply::plain(StatusCode::SERVICE_UNAVAILABLE, &quota.to_string());
+                    }
+                };
+                shared.lockout.record_success(source_ip, Some(&principal));
                 self.vault.store(credentials);
+                self.slot = Some(slot);
                 self.auth = AuthState::Authenticated { principal, channel };
                 tracing::info!(session = %self.id, user = self.principal(), source = %self.source, "session authenticated");
                 shared.audit.emit(&self.event(AuditKind::SessionStart));
@@ -266,7 +370,10 @@ impl Session {
             }
             Step::Rejected { token, error, user } => {
                 self.auth = AuthState::None;
-                let reason = error.to_string();
+                let mut reason = error.to_string();
+                if shared.lockout.record_failure(source_ip, user.as_deref(), now) {
+                    reason.push_str("; logons from this source for this user are now locked out");
+                }
                 tracing::info!(session = %self.id, user = user.as_deref(), source = %self.source, %reason, "authentication failed");
                 self.audit_auth_failed(shared, user, &reason);
                 reply::credssp_401(token.as_deref().unwrap_or_default())
@@ -285,12 +392,15 @@ impl Session {
     /// Forget authentication: credentials wiped, target connections closed.
     fn reset(&mut self) {
         self.auth = AuthState::None;
+        self.shells.clear();
         self.targets.clear();
         self.vault.wipe();
+        self.slot = None;
     }
 
-    fn end(&mut self, shared: &Shared, reason: &str) {
+    async fn end(&mut self, shared: &Shared, reason: &str) {
         if self.principal().is_some() {
+            pipeline::delete_leftover_shells(self, shared).await;
             let mut event = self.event(AuditKind::SessionEnd);
             event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
             event.reason = Some(reason.to_string());
@@ -345,6 +455,15 @@ pub(crate) enum BodyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_allowlist() {
+        let nets: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        assert!(source_allowed(&nets, "127.0.0.9:1".parse().unwrap()));
+        assert!(source_allowed(&nets, "[::ffff:127.0.0.9]:1".parse().unwrap()));
+        assert!(!source_allowed(&nets, "[::1]:1".parse().unwrap()));
+        assert!(source_allowed(&[], "[::1]:1".parse().unwrap()));
+    }
 
     #[test]
     fn client_hello_detection() {

@@ -51,6 +51,8 @@ pub enum CredSspError {
     PrincipalMismatch { authenticated: String, delegated: String },
     #[error("delegated password does not match the users file entry of {0}")]
     DelegatedPasswordMismatch(String),
+    #[error("{0} is locked out after repeated logon failures")]
+    LockedOut(String),
     #[error("the security package panicked on client input")]
     Panicked,
     #[error("authentication already failed on this connection")]
@@ -138,7 +140,14 @@ impl Acceptor {
 
     /// Process one leg: `input` is the base64-decoded token of the client's header.
     pub fn step(&mut self, input: &[u8]) -> Step {
-        match self.step_inner(input) {
+        self.step_checked(input, &|_| false)
+    }
+
+    /// Like [`Acceptor::step`], but a user for whom `locked_out` answers true
+    /// is refused as soon as the NTLM AUTHENTICATE names them, with the same
+    /// answer as a wrong password, so a lockout reveals nothing.
+    pub fn step_checked(&mut self, input: &[u8], locked_out: &dyn Fn(&str) -> bool) -> Step {
+        match self.step_inner(input, locked_out) {
             Ok(step) => step,
             Err((error, token)) => {
                 self.phase = Phase::Finished;
@@ -160,7 +169,11 @@ impl Acceptor {
         verified.or_else(|| self.wire_user.clone())
     }
 
-    fn step_inner(&mut self, input: &[u8]) -> Result<Step, (CredSspError, Option<Vec<u8>>)> {
+    fn step_inner(
+        &mut self,
+        input: &[u8],
+        locked_out: &dyn Fn(&str) -> bool,
+    ) -> Result<Step, (CredSspError, Option<Vec<u8>>)> {
         if matches!(self.phase, Phase::Finished) {
             return Err((CredSspError::AlreadyFailed, None));
         }
@@ -173,7 +186,7 @@ impl Acceptor {
             return Ok(Step::Continue(out));
         }
         let request = parse_ts_request(&plain).map_err(|e| (e, None))?;
-        match self.process(request) {
+        match self.process(request, locked_out) {
             Ok(Processed::Reply(reply)) => {
                 let token = self.seal_ts_request(&reply).map_err(|e| (e, None))?;
                 Ok(Step::Continue(token))
@@ -204,11 +217,18 @@ impl Acceptor {
         tls::encrypt(tls, &encoded)
     }
 
-    fn process(&mut self, request: TsRequest) -> Result<Processed, Refusal> {
-        if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
-            self.wire_user = Some(Principal::from_parts(Some(&domain), &user).display());
-        }
+    fn process(&mut self, request: TsRequest, locked_out: &dyn Fn(&str) -> bool) -> Result<Processed, Refusal> {
         let reply_version = self.check_version(request.version)?;
+        if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
+            let user = Principal::from_parts(Some(&domain), &user).display();
+            self.wire_user = Some(user.clone());
+            if locked_out(&user) {
+                return Err((
+                    CredSspError::LockedOut(user),
+                    Some(Box::new(logon_failure(reply_version))),
+                ));
+            }
+        }
         if let Some(pub_key_auth) = &request.pub_key_auth {
             tokens::check_sealed_len("pubKeyAuth", pub_key_auth).map_err(|e| (e, None))?;
         }
@@ -239,12 +259,7 @@ impl Acceptor {
         let floor = self.config.min_version;
         if client < floor {
             let error = CredSspError::VersionTooLow { client, floor };
-            let reply = TsRequest {
-                version: client.min(MAX_TS_REQUEST_VERSION),
-                error_code: Some(sspi::credssp::NStatusCode::LOGON_FAILURE),
-                ..TsRequest::default()
-            };
-            return Err((error, Some(Box::new(reply))));
+            return Err((error, Some(Box::new(logon_failure(client.min(MAX_TS_REQUEST_VERSION))))));
         }
         let first = *self.client_version.get_or_insert(client);
         Ok(first.min(MAX_TS_REQUEST_VERSION))
@@ -359,6 +374,15 @@ type Refusal = (CredSspError, Option<Box<TsRequest>>);
 enum Processed {
     Reply(TsRequest),
     Finished(AuthIdentity),
+}
+
+/// The error TSRequest Windows sends for a refused logon (STATUS_LOGON_FAILURE).
+fn logon_failure(version: u32) -> TsRequest {
+    TsRequest {
+        version,
+        error_code: Some(sspi::credssp::NStatusCode::LOGON_FAILURE),
+        ..TsRequest::default()
+    }
 }
 
 fn parse_ts_request(plain: &[u8]) -> Result<TsRequest, CredSspError> {

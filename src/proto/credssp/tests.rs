@@ -11,6 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 use sspi::credssp::TsRequest;
 
+use super::tokens;
 use super::*;
 
 /// CredSSP authenticates the server through pubKeyAuth, not the PKI, so the
@@ -239,5 +240,29 @@ fn short_pub_key_auth_is_refused_before_sspi() {
             ..
         } => {}
         other => panic!("expected a short-field rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn locked_out_user_gets_the_same_answer_as_a_wrong_password() {
+    let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+    let mut client = client(&rustls::version::TLS13);
+    handshake(&mut acceptor, &mut client);
+    let request = ts_request(6, tokens::authenticate_message("LAB", "alice"));
+    let mut encoded = Vec::new();
+    request.encode_ts_request(&mut encoded).expect("encode");
+    client.writer().write_all(&encoded).expect("write");
+    let token = client_output(&mut client);
+    match acceptor.step_checked(&token, &|user| user.eq_ignore_ascii_case("LAB\\alice")) {
+        Step::Rejected {
+            error: CredSspError::LockedOut(user),
+            token: Some(token),
+            ..
+        } => {
+            assert_eq!(user, "LAB\\alice");
+            let reply = TsRequest::from_buffer(&client_input(&mut client, &token)).expect("error TSRequest");
+            assert_eq!(reply.error_code.map(|c| c.0), Some(0xc000_006d));
+        }
+        other => panic!("expected a lockout refusal, got {other:?}"),
     }
 }

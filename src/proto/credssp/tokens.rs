@@ -109,29 +109,31 @@ pub fn claimed_ntlm_user(token: &[u8]) -> Option<(String, String)> {
     (!user.is_empty()).then_some((domain, user))
 }
 
+/// A minimal NTLM AUTHENTICATE naming `domain\user`, for tests.
+#[cfg(test)]
+pub(crate) fn authenticate_message(domain: &str, user: &str) -> Vec<u8> {
+    let utf16 = |s: &str| s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect::<Vec<u8>>();
+    let (domain, user) = (utf16(domain), utf16(user));
+    let mut message = b"NTLMSSP\0\x03\0\0\0".to_vec();
+    message.resize(64, 0);
+    let payload_at = 72u32;
+    let put = |message: &mut Vec<u8>, offset: usize, len: usize, at: u32| {
+        message[offset..offset + 2].copy_from_slice(&(len as u16).to_le_bytes());
+        message[offset + 2..offset + 4].copy_from_slice(&(len as u16).to_le_bytes());
+        message[offset + 4..offset + 8].copy_from_slice(&at.to_le_bytes());
+    };
+    put(&mut message, 28, domain.len(), payload_at);
+    put(&mut message, 36, user.len(), payload_at + domain.len() as u32);
+    message[60..64].copy_from_slice(&0xe288_8215u32.to_le_bytes());
+    message.resize(payload_at as usize, 0);
+    message.extend_from_slice(&domain);
+    message.extend_from_slice(&user);
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn authenticate_message(domain: &str, user: &str) -> Vec<u8> {
-        let utf16 = |s: &str| s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect::<Vec<u8>>();
-        let (domain, user) = (utf16(domain), utf16(user));
-        let mut message = b"NTLMSSP\0\x03\0\0\0".to_vec();
-        message.resize(64, 0);
-        let payload_at = 72u32;
-        let put = |message: &mut Vec<u8>, offset: usize, len: usize, at: u32| {
-            message[offset..offset + 2].copy_from_slice(&(len as u16).to_le_bytes());
-            message[offset + 2..offset + 4].copy_from_slice(&(len as u16).to_le_bytes());
-            message[offset + 4..offset + 8].copy_from_slice(&at.to_le_bytes());
-        };
-        put(&mut message, 28, domain.len(), payload_at);
-        put(&mut message, 36, user.len(), payload_at + domain.len() as u32);
-        message[60..64].copy_from_slice(&0xe288_8215u32.to_le_bytes());
-        message.resize(payload_at as usize, 0);
-        message.extend_from_slice(&domain);
-        message.extend_from_slice(&user);
-        message
-    }
 
     #[test]
     fn claimed_user_is_read_from_a_wrapped_authenticate() {

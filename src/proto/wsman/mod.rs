@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+mod delete;
 mod duration;
 mod fault;
 mod identify;
@@ -22,6 +23,7 @@ mod psrp;
 mod scan;
 mod shell;
 
+pub use delete::{delete_shell_request, DELETE_ACTION};
 pub use duration::parse_duration;
 pub use fault::{fault_envelope, new_message_id, FaultKind};
 pub use identify::identify_response;
