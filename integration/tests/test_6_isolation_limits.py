@@ -1,0 +1,164 @@
+"""Session isolation and abuse limits (issue 5): shell ownership, cleanup of
+shells left open, logon lockout, shell quota, source allowlist.
+
+Limits that would disturb the shared relay run on extra relay instances at
+127.0.0.30-31 with their own config and audit log."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+import winrm
+from winrm.exceptions import WinRMTransportError, WSManFaultError
+
+import harness
+from helpers import ALICE, BOB, USERS, audit_events, double_records, err_text, relay_protocol, run, wait_for
+
+
+def _fault_text(e: BaseException) -> str:
+    return err_text(e)
+
+
+def test_shell_of_another_session_is_denied(relay):
+    """bob may use cmd on web01, like alice, but never alice's shell."""
+    alice = relay_protocol("web01")
+    shell = alice.open_shell()
+    try:
+        bob = relay_protocol("web01", user=BOB)
+        n = len(audit_events(relay))
+        with pytest.raises((WinRMTransportError, WSManFaultError)) as ei:
+            bob.run_command(shell, "echo", ["hijack"])
+        assert "AccessDenied" in _fault_text(ei.value) or "not opened in this session" in _fault_text(ei.value)
+        denied = wait_for(
+            lambda: [e for e in audit_events(relay)[n:] if e.get("event") == "denied" and e.get("shell_id") == shell], 3
+        )
+        assert denied and denied[0]["user"] == BOB
+        # The rightful owner still uses it.
+        command = alice.run_command(shell, "echo", ["mine"])
+        assert alice.get_command_output(shell, command)[0] == b"mine\n"
+        alice.cleanup_command(shell, command)
+        bob.transport.close_session()
+    finally:
+        alice.close_shell(shell)
+        alice.transport.close_session()
+
+
+def test_shells_left_open_are_deleted_at_session_end(relay):
+    p = relay_protocol("web01")
+    shell = p.open_shell()
+    n = len(audit_events(relay))
+    p.transport.close_session()  # the client walks away without Delete
+    cleanup = wait_for(
+        lambda: [e for e in audit_events(relay)[n:] if e.get("event") == "cleanup" and e.get("shell_id") == shell], 10
+    )
+    assert cleanup[0]["status"] == 200 and cleanup[0]["target"] == "web01"
+    deletes = [r for r in double_records(relay, "web01") if r.get("action") == "Delete" and r.get("shell_id") == shell]
+    assert deletes and all(r.get("user", "").lower().endswith("alice") for r in deletes)
+    # Cleanup happens before the credentials go: session_end comes after it.
+    kinds = [e["event"] for e in audit_events(relay)[n:] if e.get("session") == cleanup[0]["session"]]
+    assert kinds.index("cleanup") < kinds.index("session_end")
+
+
+class ExtraRelay:
+    """A second relay process with its own config, on its own loopback address."""
+
+    def __init__(self, h: harness.Harness, host: str, listen_extra: str = "", auth_extra: str = "", tail: str = ""):
+        self.host = host
+        self.dir = os.path.join(h.workdir, "relay-" + host)
+        os.makedirs(self.dir, exist_ok=True)
+        self.audit = os.path.join(self.dir, "audit.jsonl")
+        self.log = os.path.join(self.dir, "relay.log")
+        config = harness.relay_config_toml(h.workdir)
+        config = config.replace('http = "%s:%d"' % (harness.RELAY_HOST, harness.RELAY_PORT), 'http = "%s:5985"' % host)
+        config = config.replace('listen = "%s:%d"' % (harness.RELAY_HOST, harness.RELAY_WEB01_PORT), "")
+        config = config.replace(os.path.join(h.workdir, "audit.jsonl"), self.audit)
+        config = config.replace("[auth]\n", listen_extra + "\n[auth]\n" + auth_extra + "\n", 1) + "\n" + tail
+        self.config = os.path.join(self.dir, "relay.toml")
+        with open(self.config, "w") as fh:
+            fh.write(config)
+        harness.ensure_port_free(host, 5985)
+        self.out = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [h.relay_bin, "serve", "--config", self.config],
+            stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=harness.scrubbed_env({"RUST_LOG": "info"}), cwd=self.dir,
+        )
+        harness.wait_for_port(host, 5985, 60, self.proc)
+
+    def protocol(self, user: str = ALICE, password: str = "") -> winrm.protocol.Protocol:
+        return winrm.protocol.Protocol(
+            endpoint="http://%s:5985/wsman/web01" % self.host, transport="credssp", username=user,
+            password=password or USERS[user], server_cert_validation="ignore", message_encryption="always",
+            operation_timeout_sec=20, read_timeout_sec=30,
+        )
+
+    def events(self):
+        return harness.read_jsonl(self.audit)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.out.close()
+
+
+@pytest.fixture
+def limited(relay):
+    extra = ExtraRelay(relay, "127.0.0.30", auth_extra="lockout_threshold = 3\nlockout_duration_secs = 600",
+                       tail="[limits]\nmax_shells_per_user = 2\n")
+    yield extra
+    extra.stop()
+
+
+def test_lockout_after_repeated_failures_hides_whether_the_password_was_right(limited):
+    for _ in range(3):
+        with pytest.raises(Exception):
+            limited.protocol(password="Wrong-password-1").open_shell()
+    # Locked out now: even the right password is refused, and looks the same.
+    with pytest.raises(Exception) as ei:
+        limited.protocol().open_shell()
+    assert "401" in err_text(ei.value) or "auth" in type(ei.value).__name__.lower() or "logon" in err_text(ei.value).lower()
+    failed = [e for e in limited.events() if e["event"] == "auth_failed"]
+    assert len(failed) == 4
+    assert "locked out" in failed[2]["reason"]
+    assert "locked out" in failed[3]["reason"] and failed[3]["user"] == ALICE
+    # Another user from the same source is not affected.
+    assert run(limited.protocol(user=BOB), "echo", ["bob"])[0] == b"bob\n"
+
+
+def test_shell_quota_per_user(limited):
+    p = limited.protocol()
+    shells = [p.open_shell(), p.open_shell()]
+    with pytest.raises((WinRMTransportError, WSManFaultError)) as ei:
+        p.open_shell()
+    assert "QuotaLimit" in err_text(ei.value) or "max_shells_per_user" in err_text(ei.value)
+    p.close_shell(shells.pop(), close_session=False)
+    shells.append(p.open_shell())  # a slot came free
+    for shell in shells:
+        p.close_shell(shell, close_session=False)
+    p.transport.close_session()
+    denied = [e for e in limited.events() if e["event"] == "denied"]
+    assert any("max_shells_per_user" in e.get("reason", "") for e in denied)
+
+
+def test_sources_outside_the_allowlist_are_dropped(relay):
+    extra = ExtraRelay(relay, "127.0.0.31", listen_extra='allow_sources = ["10.9.9.9/32"]')
+    try:
+        with socket.create_connection(("127.0.0.31", 5985), timeout=5) as s:
+            s.settimeout(5)
+            s.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            try:
+                data = s.recv(4096)
+            except ConnectionResetError:
+                data = b""
+        assert data == b"", "an unlisted source got an answer: %r" % data[:200]
+        events = wait_for(lambda: [e for e in extra.events() if e["event"] == "denied"], 3)
+        assert "allow_sources" in events[0]["reason"]
+    finally:
+        extra.stop()
