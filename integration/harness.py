@@ -41,6 +41,43 @@ HANG = ("127.0.0.24", 5985)  # accepts TCP, never answers
 CONNECT_TIMEOUT_SECS = 3
 TIMEOUT_SECS = 10
 
+# Issue 4 (transports): doubles with TLS / Basic / CredSSP / strict CBT, and a second relay
+# instance that has the HTTPS listener and the extended target list.
+TRANSPORT_RELAY_HOST = "127.0.0.32"
+TRANSPORT_RELAY_HTTP_PORT = 5985
+TRANSPORT_RELAY_HTTPS_PORT = 5986
+CA_FILE_NAME = "test-ca.pem"
+
+
+class DoubleSpec(typing.NamedTuple):
+    host: str
+    port: int
+    auth: str  # --auth of the double: negotiate / basic / credssp (comma list allowed)
+    tls: typing.Optional[str]  # None (HTTP), "ca" (cert from the test CA), "self" (self-signed, no CA)
+    cbt: str = "none"  # "strict" = CbtHardeningLevel=Strict
+    sig_hash: str = "sha256"  # signature hash of the server certificate (RFC 5929 picks the CBT hash from it)
+    relay_auth: str = "negotiate"  # `auth` of the relay's [[target]]
+    ca_file: bool = False  # relay names the test CA as ca_file
+
+    @property
+    def url(self) -> str:
+        return "%s://%s:%d/wsman" % ("https" if self.tls else "http", self.host, self.port)
+
+
+TRANSPORT_DOUBLES: typing.Dict[str, DoubleSpec] = {
+    # HTTPS + Negotiate with CbtHardeningLevel=Strict
+    "web03": DoubleSpec("127.0.0.25", 5986, "negotiate", "ca", cbt="strict", relay_auth="https-ntlm", ca_file=True),
+    # HTTPS + Basic (local accounts)
+    "web04": DoubleSpec("127.0.0.26", 5986, "basic", "ca", relay_auth="basic", ca_file=True),
+    # HTTP + CredSSP (session encryption), the double checks the delegated password
+    "web05": DoubleSpec("127.0.0.27", 5985, "credssp", None, relay_auth="credssp"),
+    # HTTPS with a self-signed certificate and no ca_file: the relay must refuse it
+    "web06": DoubleSpec("127.0.0.28", 5986, "negotiate", "self", relay_auth="https-ntlm"),
+    # HTTPS + strict CBT with a SHA-384-signed certificate: the binding must use SHA-384 (RFC 5929 4.1)
+    "web07": DoubleSpec("127.0.0.29", 5986, "negotiate", "ca", cbt="strict", sig_hash="sha384",
+                        relay_auth="https-ntlm", ca_file=True),
+}
+
 
 def scrubbed_env(extra: typing.Optional[dict] = None) -> dict:
     """Environment without proxies (loopback only) for child processes."""
@@ -103,7 +140,7 @@ def ensure_port_free(host: str, port: int) -> None:
         return
     raise RuntimeError(
         "%s:%d is already in use (another integration run or a leftover process?); "
-        "the suite needs the fixed loopback addresses 127.0.0.20-24" % (host, port)
+        "the suite needs the fixed loopback addresses 127.0.0.20-33" % (host, port)
     )
 
 
@@ -129,11 +166,18 @@ def read_jsonl(path: str) -> typing.List[dict]:
     return out
 
 
-def relay_config_toml(workdir: str) -> str:
+def relay_config_toml(workdir: str, transports: typing.Optional[bool] = None) -> str:
+    """The relay config. transports (default: RELAY_IT_TRANSPORTS=1) adds the issue-4 keys: an HTTPS
+    listener on :5986 and targets web03..web07 with per-target auth / ca_file, allowed for alice."""
     w = workdir
+    if transports is None:
+        transports = transports_enabled()
+    https = f'https = "{RELAY_HOST}:{TRANSPORT_RELAY_HTTPS_PORT}"\n' if transports else ""
+    extra_targets = _transport_targets_toml(w) + "\n" if transports else ""
+    extra_allowed = "".join(', "%s"' % n for n in TRANSPORT_DOUBLES) if transports else ""
     return f"""[listen]
 http = "{RELAY_HOST}:{RELAY_PORT}"
-tls_cert = "{w}/relay.crt"
+{https}tls_cert = "{w}/relay.crt"
 tls_key = "{w}/relay.key"
 
 [auth]
@@ -164,9 +208,9 @@ url = "http://{DOWN[0]}:{DOWN[1]}/wsman"
 name = "hang"
 url = "http://{HANG[0]}:{HANG[1]}/wsman"
 
-[[allow]]
+{extra_targets}[[allow]]
 users = ['LAB\\alice']
-targets = ["web01", "web02", "down", "hang"]
+targets = ["web01", "web02", "down", "hang"{extra_allowed}]
 shells = ["cmd", "powershell"]
 
 [[allow]]
@@ -174,6 +218,132 @@ users = ['LAB\\bob']
 targets = ["web01"]
 shells = ["cmd"]
 """
+
+
+def _hash(name: str) -> typing.Any:
+    from cryptography.hazmat.primitives import hashes
+
+    return {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512(), "sha1": hashes.SHA1()}[name]
+
+
+def _write_key(path: str, key: typing.Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    with open(path, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                   serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+
+
+def make_test_ca(workdir: str) -> typing.Tuple[str, str]:
+    """A test CA (RSA 2048): writes <workdir>/test-ca.pem (+ test-ca.key). Returns (cert path, key path)."""
+    import datetime
+    import ipaddress  # noqa: F401
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    cert_path = os.path.join(workdir, CA_FILE_NAME)
+    key_path = os.path.join(workdir, "test-ca.key")
+    if os.path.exists(cert_path) and os.path.exists(key_path):
+        return cert_path, key_path
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "winrm-relay tests"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "winrm-relay integration test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ski, critical=False)
+        .sign(key, _hash("sha256"))
+    )
+    _write_key(key_path, key)
+    with open(cert_path, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def make_server_cert(workdir: str, name: str, ip: str, ca: typing.Optional[typing.Tuple[str, str]],
+                     sig_hash: str = "sha256") -> typing.Tuple[str, str]:
+    """RSA 2048 server certificate for `ip` (IP + DNS SAN), signed by the test CA, or self-signed when
+    ca is None. Writes <workdir>/<name>.crt/.key; returns their paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    cert_path = os.path.join(workdir, "%s.crt" % name)
+    key_path = os.path.join(workdir, "%s.key" % name)
+    if os.path.exists(cert_path) and os.path.exists(key_path):
+        return cert_path, key_path
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder().subject_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(ip))]),
+                       critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if ca is None:
+        signer = key
+        builder = builder.issuer_name(subject)
+    else:
+        with open(ca[0], "rb") as fh:
+            ca_cert = x509.load_pem_x509_certificate(fh.read())
+        with open(ca[1], "rb") as fh:
+            signer = serialization.load_pem_private_key(fh.read(), password=None)
+        builder = builder.issuer_name(ca_cert.subject).add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+    cert = builder.sign(signer, _hash(sig_hash))
+    _write_key(key_path, key)
+    with open(cert_path, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def transports_enabled() -> bool:
+    """RELAY_IT_TRANSPORTS=1: the main relay (127.0.0.20) also gets the issue-4 config (HTTPS listener,
+    web03..web07). Off by default while the relay is learning those keys: a relay that refuses the config
+    would fail every test. test_7_transports always uses its own relay instance (transports_config_toml)."""
+    return os.environ.get("RELAY_IT_TRANSPORTS", "") == "1"
+
+
+def _transport_targets_toml(workdir: str) -> str:
+    out = []
+    for name, spec in TRANSPORT_DOUBLES.items():
+        t = '[[target]]\nname = "%s"\nurl = "%s"\nauth = "%s"\n' % (name, spec.url, spec.relay_auth)
+        if spec.ca_file:
+            t += 'ca_file = "%s/%s"\n' % (workdir, CA_FILE_NAME)
+        out.append(t)
+    return "\n".join(out)
+
+
+def transports_config_toml(workdir: str, outdir: str) -> str:
+    """The issue-4 config (relay_config_toml with transports) moved to TRANSPORT_RELAY_HOST, without the
+    per-target web01 listener; audit goes to outdir."""
+    config = relay_config_toml(workdir, transports=True)
+    config = config.replace('http = "%s:%d"' % (RELAY_HOST, RELAY_PORT),
+                            'http = "%s:%d"' % (TRANSPORT_RELAY_HOST, TRANSPORT_RELAY_HTTP_PORT))
+    config = config.replace('https = "%s:%d"' % (RELAY_HOST, TRANSPORT_RELAY_HTTPS_PORT),
+                            'https = "%s:%d"' % (TRANSPORT_RELAY_HOST, TRANSPORT_RELAY_HTTPS_PORT))
+    config = config.replace('listen = "%s:%d"\n' % (RELAY_HOST, RELAY_WEB01_PORT), "")
+    config = config.replace('path = "%s/audit.jsonl"' % workdir, 'path = "%s/audit.jsonl"' % outdir)
+    return config
 
 
 class Harness:
@@ -206,7 +376,8 @@ class Harness:
                 fh.write("%s:%s:%s\n" % (dom, name, pw))
         os.chmod(self.ntlm_user_file, 0o600)
 
-    def start_double(self, name: str, host: str, port: int, hang: bool = False) -> subprocess.Popen:
+    def start_double(self, name: str, host: str, port: int, hang: bool = False,
+                     extra_args: typing.Sequence[str] = (), wait: bool = True) -> subprocess.Popen:
         if not os.path.exists(self.ntlm_user_file):
             self.write_ntlm_users()
         ensure_port_free(host, port)
@@ -214,17 +385,21 @@ class Harness:
         if hang:
             argv.append("--hang")
         else:
-            argv += ["--ntlm-user-file", self.ntlm_user_file]
+            argv += ["--ntlm-user-file", self.ntlm_user_file] + list(extra_args)
         out = open(self.double_out(name), "ab")
         self._fhs.append(out)
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=scrubbed_env(), cwd=self.workdir)
         self.procs["double-" + name] = proc
+        if wait:
+            self.wait_double(name, host, port)
+        return proc
+
+    def wait_double(self, name: str, host: str, port: int) -> None:
         try:
-            wait_for_port(host, port, 20, proc)
+            wait_for_port(host, port, 20, self.procs["double-" + name])
         except Exception as e:
             raise RuntimeError("double %s failed to start: %s\n%s" % (name, e, tail(self.double_out(name))))
-        return proc
 
     def start_doubles(self, hang: bool = True, names: typing.Iterable[str] = ("web01", "web02")) -> None:
         for name in names:
@@ -232,6 +407,36 @@ class Harness:
             self.start_double(name, host, port)
         if hang:
             self.start_double("hang", HANG[0], HANG[1], hang=True)
+        if transports_enabled():
+            self.start_transport_doubles()
+
+    # -- issue-4 transport doubles (TLS / Basic / CredSSP / strict CBT)
+    @property
+    def ca_file(self) -> str:
+        return os.path.join(self.workdir, CA_FILE_NAME)
+
+    def server_cert(self, name: str) -> typing.Tuple[str, str]:
+        """(cert, key) of a transport double; generated on first use."""
+        spec = TRANSPORT_DOUBLES[name]
+        ca = make_test_ca(self.workdir) if spec.tls == "ca" else None
+        return make_server_cert(self.workdir, name, spec.host, ca, spec.sig_hash)
+
+    def start_transport_double(self, name: str, wait: bool = True) -> subprocess.Popen:
+        spec = TRANSPORT_DOUBLES[name]
+        args = ["--auth", spec.auth, "--cbt", spec.cbt]
+        if spec.tls:
+            cert, key = self.server_cert(name)
+            args += ["--tls", "%s,%s" % (cert, key)]
+        return self.start_double(name, spec.host, spec.port, extra_args=args, wait=wait)
+
+    def start_transport_doubles(self, names: typing.Optional[typing.Iterable[str]] = None) -> None:
+        """Start web03..web07 (or `names`) in parallel; certificates come from the test CA in the work dir."""
+        make_test_ca(self.workdir)
+        todo = [n for n in (TRANSPORT_DOUBLES if names is None else names) if "double-" + n not in self.procs]
+        for name in todo:
+            self.start_transport_double(name, wait=False)
+        for name in todo:
+            self.wait_double(name, TRANSPORT_DOUBLES[name].host, TRANSPORT_DOUBLES[name].port)
 
     # -- relay
     def add_relay_users(self) -> None:
@@ -262,6 +467,11 @@ class Harness:
             self.write_relay_config()
         ensure_port_free(RELAY_HOST, RELAY_PORT)
         ensure_port_free(RELAY_HOST, RELAY_WEB01_PORT)
+        https = 'https = "%s:%d"' % (RELAY_HOST, TRANSPORT_RELAY_HTTPS_PORT)
+        with open(self.config_file) as fh:
+            has_https = https in fh.read()
+        if has_https:
+            ensure_port_free(RELAY_HOST, TRANSPORT_RELAY_HTTPS_PORT)
         out = open(self.relay_log, "ab")
         self._fhs.append(out)
         proc = subprocess.Popen(
@@ -276,6 +486,8 @@ class Harness:
         try:
             wait_for_port(RELAY_HOST, RELAY_PORT, startup_timeout, proc)
             wait_for_port(RELAY_HOST, RELAY_WEB01_PORT, 10, proc)
+            if has_https:
+                wait_for_port(RELAY_HOST, TRANSPORT_RELAY_HTTPS_PORT, 10, proc)
         except Exception as e:
             raise RuntimeError("relay failed to start: %s\n--- relay.log ---\n%s" % (e, tail(self.relay_log)))
         return proc

@@ -10,13 +10,29 @@ It behaves like a Windows host with AllowUnencrypted=false and Negotiate auth:
   (lines ``DOMAIN:USER:PASSWORD``). Both SPNEGO-wrapped NTLM (the relay, sspi) and
   raw NTLM under the ``Negotiate`` scheme (pywinrm / requests_ntlm) are accepted.
 * After authentication every non-empty body must be
-  ``multipart/encrypted;protocol="application/HTTP-SPNEGO-session-encrypted"``;
-  plain bodies are refused (HTTP 401/500) and never processed.
+  ``multipart/encrypted;protocol="application/HTTP-SPNEGO-session-encrypted"``
+  (or ``HTTP-CredSSP-session-encrypted`` after CredSSP, 16 KiB chunks under
+  ``multipart/x-multi-encrypted``); over plain HTTP unencrypted bodies are refused
+  (HTTP 401) and never processed. Over HTTPS (``--tls CERT,KEY``), like Windows, plain
+  ``application/soap+xml`` bodies are accepted too (and encrypted ones still are).
+* ``--auth negotiate,basic,credssp``: schemes offered, one ``WWW-Authenticate`` line each,
+  in that order. Basic (HTTPS only) is checked against the same users file (user given as
+  ``DOMAIN\\user`` or ``user``). CredSSP uses pyspnego's CredSSP acceptor (inner TLS with
+  the HTTPS certificate, or a generated self-signed one over HTTP); when it completes, the
+  delegated password is compared with the users file and only ``delegated_password_ok``
+  is logged, never the password.
+* ``--cbt strict`` (with ``--tls``): CbtHardeningLevel=Strict. The NTLM AUTHENTICATE must
+  carry MsvAvChannelBindings = MD5(gss_channel_bindings("tls-server-end-point:" +
+  RFC 5929 hash of our certificate)); absent / all-zero / wrong bindings are refused
+  with 401 (checked here and by pyspnego's acceptor, which is given the bindings).
+* Every log record carries ``auth`` (negotiate / basic / credssp / none) and ``tls``;
+  on TLS + Negotiate also ``cbt`` (verified / absent / zero / mismatch).
 * WinRS over ``/bin/sh``: Create, Command, Receive, Send, Signal, Delete on the cmd
   shell resource; Create/Delete (payload stored, not run) on PowerShell resource URIs.
 * Every processed request is logged as one JSON line to ``--log``.
 
 Run: ``python target_double.py --bind 127.0.0.21:5985 --name web01 --log web01.jsonl``
+``python target_double.py --bind 127.0.0.25:5986 --tls web03.crt,web03.key --cbt strict ...``
 ``--hang`` accepts TCP connections and never answers.
 """
 
@@ -599,7 +615,187 @@ class Dispatcher:
 
 
 # ---------------------------------------------------------------------------
+# CredSSP session encryption framing (MS-WSMV 2.2.9.1.3; framing as pywinrm/pypsrp build it)
+
+CREDSSP_ENC_PROTOCOL = "application/HTTP-CredSSP-session-encrypted"
+CREDSSP_CHUNK = 16384
+
+
+def _encrypted_protocol_of(content_type: str) -> typing.Optional[str]:
+    m = re.search(r'protocol="([^"]+)"', content_type)
+    return m.group(1) if m else None
+
+
+def decrypt_credssp_body(ctx: typing.Any, content_type: str, body: bytes) -> typing.Tuple[bytes, int]:
+    """Decrypt a CredSSP-encrypted body. Returns (plain, number of part pairs).
+
+    Each part pair: header part (OriginalContent ... Length=N), then an octet-stream part
+    holding a u32 LE trailer length followed by TLS application-data records. The records
+    are walked by their own length fields (never by searching for the boundary inside
+    ciphertext)."""
+    if not (content_type.startswith("multipart/encrypted") or content_type.startswith("multipart/x-multi-encrypted")):
+        raise ValueError("not an encrypted body")
+    if _encrypted_protocol_of(content_type) != CREDSSP_ENC_PROTOCOL:
+        raise ValueError("unsupported encryption protocol in %r" % content_type)
+    pos = 0
+    out = []
+    parts = 0
+    octet_hdr = b"\tContent-Type: application/octet-stream\r\n"
+    while True:
+        if body.startswith(BOUNDARY + b"--", pos):
+            break
+        if not body.startswith(BOUNDARY + b"\r\n", pos):
+            raise ValueError("malformed multipart at offset %d" % pos)
+        pos += len(BOUNDARY) + 2
+        end = body.find(BOUNDARY + b"\r\n", pos)
+        if end < 0:
+            raise ValueError("missing second part")
+        headers = body[pos:end]
+        m = re.search(rb"Length=(\d+)", headers)
+        if not m or CREDSSP_ENC_PROTOCOL.encode() not in headers:
+            raise ValueError("bad part headers %r" % headers)
+        length = int(m.group(1))
+        pos = end + len(BOUNDARY) + 2
+        if not body.startswith(octet_hdr, pos):
+            raise ValueError("missing octet-stream header")
+        pos += len(octet_hdr)
+        pos += 4  # trailer length: informational (clients compute it differently; Windows ignores it)
+        start = pos
+        while not body.startswith(BOUNDARY, pos):
+            if pos + 5 > len(body):
+                raise ValueError("truncated TLS record at offset %d" % pos)
+            (rec_len,) = struct.unpack(">H", body[pos + 3 : pos + 5])
+            if body[pos] != 23:  # application_data
+                raise ValueError("unexpected TLS record type %d" % body[pos])
+            pos += 5 + rec_len
+            if pos > len(body):
+                raise ValueError("truncated TLS record")
+        plain = ctx.unwrap(body[start:pos]).data
+        if len(plain) != length:
+            raise ValueError("decrypted length %d != declared %d" % (len(plain), length))
+        if parts and length > CREDSSP_CHUNK:
+            raise ValueError("chunk of %d bytes exceeds 16 KiB" % length)
+        out.append(plain)
+        parts += 1
+    if parts > 1 and not content_type.startswith("multipart/x-multi-encrypted"):
+        raise ValueError("several parts under %r" % content_type.split(";")[0])
+    return b"".join(out), parts
+
+
+def encrypt_credssp_body(ctx: typing.Any, plain: bytes) -> typing.Tuple[str, bytes]:
+    from spnego._credssp import _tls_trailer_length  # type: ignore
+
+    ssl_obj = ctx.get_extra_info("ssl_object")
+    cipher, proto, _ = ssl_obj.cipher()
+    chunks = [plain[i : i + CREDSSP_CHUNK] for i in range(0, len(plain), CREDSSP_CHUNK)] or [b""]
+    payload = []
+    for chunk in chunks:
+        records = ctx.wrap(chunk).data
+        trailer = _tls_trailer_length(len(chunk), proto, cipher)
+        payload.append(
+            BOUNDARY + b"\r\n"
+            b"\tContent-Type: " + CREDSSP_ENC_PROTOCOL.encode() + b"\r\n"
+            b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=" + str(len(chunk)).encode() + b"\r\n"
+            + BOUNDARY + b"\r\n"
+            b"\tContent-Type: application/octet-stream\r\n"
+            + struct.pack("<I", trailer) + records
+        )
+    payload.append(BOUNDARY + b"--\r\n")
+    kind = "multipart/x-multi-encrypted" if len(plain) > CREDSSP_CHUNK else "multipart/encrypted"
+    return '%s;protocol="%s";boundary="Encrypted Boundary"' % (kind, CREDSSP_ENC_PROTOCOL), b"".join(payload)
+
+
+# ---------------------------------------------------------------------------
+# Users, TLS, channel bindings
+
+
+class Users:
+    """The NTLM users file (DOMAIN:USER:PASSWORD lines), also used for Basic and delegated-credential checks."""
+
+    def __init__(self, path: str) -> None:
+        self.entries: typing.List[typing.Tuple[str, str, str]] = []
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.rstrip("\r\n")
+                if not line or line.startswith("#"):
+                    continue
+                dom, user, pw = line.split(":", 2)
+                self.entries.append((dom, user, pw))
+
+    @staticmethod
+    def split(name: str, domain: typing.Optional[str] = None) -> typing.Tuple[typing.Optional[str], str]:
+        if "\\" in name:
+            d, _, u = name.partition("\\")
+            return d, u
+        if "@" in name and not domain:
+            u, _, d = name.partition("@")
+            return d, u
+        return (domain or None), name
+
+    def find(self, name: str, domain: typing.Optional[str] = None) -> typing.Optional[typing.Tuple[str, str, str]]:
+        d, u = self.split(name, domain)
+        for ent in self.entries:
+            if ent[1].lower() == u.lower() and (not d or ent[0].lower() == d.lower()):
+                return ent
+        return None
+
+    def check(self, name: str, password: str, domain: typing.Optional[str] = None) -> typing.Optional[str]:
+        """Canonical DOMAIN\\user when the password matches, else None."""
+        import hmac
+
+        ent = self.find(name, domain)
+        if ent is None:
+            hmac.compare_digest(password.encode(), password.encode())
+            return None
+        if hmac.compare_digest(ent[2].encode("utf-8"), password.encode("utf-8")):
+            return "%s\\%s" % (ent[0], ent[1])
+        return None
+
+
+def tls_server_end_point(cert_der: bytes) -> bytes:
+    """RFC 5929 tls-server-end-point: hash of the certificate with its signature hash,
+    SHA-256 when that is MD5 or SHA-1 (or unknown)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_der_x509_certificate(cert_der)
+    try:
+        algo = cert.signature_hash_algorithm
+    except Exception:
+        algo = None
+    if algo is None or algo.name in ("md5", "sha1"):
+        algo = hashes.SHA256()
+    h = hashes.Hash(algo)
+    h.update(cert_der)
+    return h.finalize()
+
+
+def ntlm_cbt_status(token: bytes, expected_md5: bytes) -> typing.Optional[str]:
+    """What an NTLM AUTHENTICATE (raw or inside SPNEGO) says about channel bindings:
+    None if the token holds no AUTHENTICATE, else verified / absent / zero / mismatch / ntlmv1."""
+    from spnego._ntlm_raw.messages import Authenticate, AvId, NTClientChallengeV2  # type: ignore
+
+    i = token.find(b"NTLMSSP\x00\x03\x00\x00\x00")
+    if i < 0:
+        return None
+    auth = Authenticate.unpack(token[i:])
+    resp = auth.nt_challenge_response or b""
+    if len(resp) <= 24:
+        return "ntlmv1"
+    av = NTClientChallengeV2.unpack(resp[16:]).av_pairs
+    cb = av.get(AvId.channel_bindings)
+    if cb is None:
+        return "absent"
+    if cb == b"\x00" * 16:
+        return "zero"
+    return "verified" if cb == expected_md5 else "mismatch"
+
+
+# ---------------------------------------------------------------------------
 # HTTP layer
+
+AUTH_OFFERS = {"negotiate": "Negotiate", "basic": 'Basic realm="WSMAN"', "credssp": "CredSSP"}
+SCHEMES = {"negotiate": "negotiate", "ntlm": "negotiate", "basic": "basic", "credssp": "credssp"}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -610,6 +806,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     # per-connection state
     def setup(self) -> None:
+        self.tls_failed = False
+        self.tls_version: typing.Optional[str] = None
+        ssl_ctx = self.server.ssl_context  # type: ignore[attr-defined]
+        if ssl_ctx is not None:
+            import ssl
+
+            raw = self.request
+            raw.settimeout(15)
+            try:
+                self.request = ssl_ctx.wrap_socket(raw, server_side=True)
+                self.tls_version = self.request.version()
+            except (ssl.SSLError, OSError) as e:
+                # wrap_socket closed the connection. A readiness probe (connect, close) ends in EOF: not logged.
+                self.tls_failed = True
+                if not isinstance(e, (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError)):
+                    self.server.state.log.write({  # type: ignore[attr-defined]
+                        "event": "tls_handshake_failed", "reason": "%s: %s" % (type(e).__name__, e),
+                        "peer": self.client_address[0], "auth": None, "tls": True,
+                    })
+                return
         super().setup()
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -617,8 +833,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             pass
         self.ctx = None
         self.user: typing.Optional[str] = None
+        self.auth_kind: typing.Optional[str] = None  # negotiate / credssp (connection-bound)
+        self.cbt: typing.Optional[str] = None
+        self.delegated: typing.Optional[dict] = None
         self.conn_id = str(uuid.uuid4())[:8]
         self.requests_on_conn = 0
+
+    def handle(self) -> None:
+        if self.tls_failed:
+            return
+        super().handle()
+
+    def finish(self) -> None:
+        if self.tls_failed:
+            return
+        super().finish()
 
     def log_message(self, format: str, *args: typing.Any) -> None:  # quiet
         if self.server.verbose:  # type: ignore[attr-defined]
@@ -627,6 +856,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
     @property
     def app(self) -> "DoubleServer":
         return typing.cast("DoubleServer", self.server)
+
+    def _log(self, record: dict, auth: typing.Optional[str] = None) -> None:
+        """Every record carries auth and tls (and, on TLS + Negotiate, what the channel binding said)."""
+        record.setdefault("auth", auth or self.auth_kind)
+        record["tls"] = self.app.ssl_context is not None
+        if record["tls"] and record.get("auth") == "negotiate" and self.cbt is not None:
+            record.setdefault("cbt", self.cbt)
+        if record.get("auth") == "credssp" and self.delegated is not None:
+            for k, v in self.delegated.items():
+                record.setdefault(k, v)
+        self.app.state.log.write(record)
+
+    def _offers(self) -> typing.List[typing.Tuple[str, str]]:
+        # One WWW-Authenticate line per scheme, in the configured order (like HTTP.sys).
+        return [("WWW-Authenticate", AUTH_OFFERS[a]) for a in self.app.auths]
 
     def _send(self, status: int, headers: typing.List[typing.Tuple[str, str]], body: bytes = b"") -> None:
         self.send_response(status)
@@ -660,10 +904,114 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._read_body()
         self._send(405, [("Allow", "POST")])
 
+    # -- authentication steps; each returns (done, extra response headers). done=False: a response was sent.
+    def _step_negotiate(self, token_b64: str, peer: str) -> typing.Tuple[bool, typing.List[typing.Tuple[str, str]]]:
+        try:
+            in_token = base64.b64decode(token_b64.strip())
+        except Exception:
+            self._fail_auth("undecodable token", peer, "negotiate")
+            return False, []
+        if self.ctx is None or self.ctx.complete or self.auth_kind != "negotiate":
+            self.ctx = self.app.new_acceptor()
+            self.user = None
+            self.auth_kind = "negotiate"
+            self.cbt = None
+            self.delegated = None
+        if self.app.ssl_context is not None:
+            try:
+                status = ntlm_cbt_status(in_token, self.app.cbt_md5)
+            except Exception as e:
+                status = "unparsable (%s)" % e
+            if status is not None:
+                self.cbt = status
+                if self.app.cbt_strict and status != "verified":
+                    self._fail_auth("channel binding %s (CbtHardeningLevel=Strict)" % status, peer, "negotiate")
+                    return False, []
+        try:
+            out = self.ctx.step(in_token)
+        except Exception as e:  # wrong password, malformed token, pyspnego's own CBT check...
+            self._fail_auth("%s: %s" % (type(e).__name__, e), peer, "negotiate")
+            return False, []
+        if not self.ctx.complete:
+            self._send(401, [("WWW-Authenticate", "Negotiate " + base64.b64encode(out or b"").decode())])
+            return False, []
+        if self.app.cbt_strict and self.cbt != "verified":  # never completes without an AUTHENTICATE, but be sure
+            self._fail_auth("channel binding %s (CbtHardeningLevel=Strict)" % self.cbt, peer, "negotiate")
+            return False, []
+        self.user = self.ctx.client_principal or "?"
+        self._log({"event": "auth_ok", "user": self.user, "conn": self.conn_id, "peer": peer})
+        return True, ([("WWW-Authenticate", "Negotiate " + base64.b64encode(out).decode())] if out else [])
+
+    def _step_basic(self, token_b64: str, peer: str) -> typing.Optional[str]:
+        if self.app.ssl_context is None:
+            self._fail_auth("Basic over plain HTTP (AllowUnencrypted=false)", peer, "basic")
+            return None
+        try:
+            name, sep, password = base64.b64decode(token_b64.strip(), validate=True).decode("utf-8").partition(":")
+        except Exception:
+            self._fail_auth("undecodable Basic credentials", peer, "basic")
+            return None
+        user = self.app.users.check(name, password) if sep else None
+        del password
+        if user is None:
+            self._fail_auth("logon failure", peer, "basic", claimed=name)
+            return None
+        return user
+
+    def _step_credssp(self, token_b64: str, peer: str) -> typing.Tuple[bool, typing.List[typing.Tuple[str, str]]]:
+        try:
+            in_token = base64.b64decode(token_b64.strip())
+        except Exception:
+            self._fail_auth("undecodable token", peer, "credssp")
+            return False, []
+        if not in_token:
+            self._send(401, self._offers())
+            return False, []
+        if self.ctx is None or self.ctx.complete or self.auth_kind != "credssp":
+            self.ctx = self.app.new_credssp_acceptor()
+            self.user = None
+            self.auth_kind = "credssp"
+            self.cbt = None
+            self.delegated = None
+        try:
+            out = self.ctx.step(in_token)
+        except Exception as e:
+            self._fail_auth("%s: %s" % (type(e).__name__, e), peer, "credssp")
+            return False, []
+        if not self.ctx.complete:
+            stage = self.ctx.get_extra_info("auth_stage")
+            if not out:
+                self._fail_auth("CredSSP exchange ended at stage %r without completing" % stage, peer, "credssp")
+                return False, []
+            if stage == "Authentication failure":  # TSRequest carrying errorCode (logon failure)
+                self._log({"event": "auth_failed", "reason": "logon failure (TSRequest errorCode)", "conn": self.conn_id,
+                           "peer": peer}, "credssp")
+                self.ctx = None
+            self._send(401, [("WWW-Authenticate", "CredSSP " + base64.b64encode(out).decode())])
+            return False, []
+        # Complete: the TSCredentials have been decrypted. Check, never keep or log the password.
+        cred = self.ctx.get_extra_info("client_credential")
+        dom = getattr(cred, "domain_name", None) or None
+        uname = getattr(cred, "username", None)
+        password = getattr(cred, "password", None)
+        delegated_user = None
+        ok = False
+        if isinstance(uname, str) and isinstance(password, str):
+            canon = self.app.users.check(uname, password, dom)
+            ok = canon is not None
+            d, u = Users.split(uname, dom)
+            delegated_user = "%s\\%s" % (d, u) if d else u
+        del password, cred
+        self.user = self.ctx.client_principal or "?"
+        self.delegated = {"delegated_user": delegated_user, "delegated_password_ok": ok,
+                          "credssp_version": self.ctx.get_extra_info("protocol_version"),
+                          "credssp_tls": self.ctx.get_extra_info("ssl_object").version()}
+        self._log({"event": "auth_ok", "user": self.user, "conn": self.conn_id, "peer": peer})
+        return True, ([("WWW-Authenticate", "CredSSP " + base64.b64encode(out).decode())] if out else [])
+
     def do_POST(self) -> None:
         self.requests_on_conn += 1
         body = self._read_body()
-        log = self.app.state.log
         peer = self.client_address[0]
 
         if not self.path.lower().startswith("/wsman"):
@@ -676,80 +1024,94 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
 
         auth = self.headers.get("Authorization")
-        final_token: typing.Optional[bytes] = None
+        extra_headers: typing.List[typing.Tuple[str, str]] = []
+        basic_user: typing.Optional[str] = None
         if auth:
             scheme, _, token_b64 = auth.strip().partition(" ")
-            if scheme.lower() not in ("negotiate", "ntlm"):
-                self._send(401, [("WWW-Authenticate", "Negotiate")])
+            kind = SCHEMES.get(scheme.lower())
+            if kind is None or kind not in self.app.auths:
+                self._log({"event": "rejected", "reason": "scheme %r not offered" % scheme[:20], "conn": self.conn_id,
+                           "peer": peer, "body_bytes": len(body)}, kind or "none")
+                self._send(401, self._offers())
                 return
-            try:
-                in_token = base64.b64decode(token_b64.strip())
-            except Exception:
-                self._fail_auth("undecodable token", peer)
-                return
-            if self.ctx is None or self.ctx.complete:
-                self.ctx = self.app.new_acceptor()
-                self.user = None
-            try:
-                out = self.ctx.step(in_token)
-            except Exception as e:  # wrong password, malformed token...
-                self._fail_auth("%s: %s" % (type(e).__name__, e), peer)
-                return
-            if not self.ctx.complete:
-                self._send(401, [("WWW-Authenticate", "Negotiate " + base64.b64encode(out or b"").decode())])
-                return
-            self.user = self.ctx.client_principal or "?"
-            log.write({"event": "auth_ok", "user": self.user, "conn": self.conn_id, "peer": peer, "auth": "negotiate"})
-            final_token = out
+            if kind == "negotiate":
+                ok, extra_headers = self._step_negotiate(token_b64, peer)
+                if not ok:
+                    return
+            elif kind == "credssp":
+                ok, extra_headers = self._step_credssp(token_b64, peer)
+                if not ok:
+                    return
+            else:
+                basic_user = self._step_basic(token_b64, peer)
+                if basic_user is None:
+                    return
 
-        if self.user is None or self.ctx is None or not self.ctx.complete:
+        if basic_user is not None:
+            kind, user, ctx = "basic", basic_user, None
+        elif self.user is not None and self.ctx is not None and self.ctx.complete:
+            kind, user, ctx = typing.cast(str, self.auth_kind), self.user, self.ctx
+        else:
             # Not authenticated on this connection: like Windows, never look at the body.
             if body:
-                log.write({"event": "rejected", "reason": "unauthenticated", "conn": self.conn_id, "peer": peer,
-                           "body_bytes": len(body)})
-            self._send(401, [("WWW-Authenticate", "Negotiate")])
+                self._log({"event": "rejected", "reason": "unauthenticated", "conn": self.conn_id, "peer": peer,
+                           "body_bytes": len(body)}, "none")
+            self._send(401, self._offers())
             return
-
-        extra_headers: typing.List[typing.Tuple[str, str]] = []
-        if final_token:
-            extra_headers.append(("WWW-Authenticate", "Negotiate " + base64.b64encode(final_token).decode()))
 
         if not body:
             self._send(200, extra_headers)
             return
 
         ctype = self.headers.get("Content-Type") or ""
-        if not (ctype.startswith("multipart/encrypted") or ctype.startswith("multipart/x-multi-encrypted")):
-            # AllowUnencrypted=false
-            log.write({"event": "rejected", "reason": "unencrypted body", "user": self.user, "conn": self.conn_id,
-                       "peer": peer, "content_type": ctype, "body_bytes": len(body)})
-            self._send(401, [("WWW-Authenticate", "Negotiate")] + extra_headers[:0])
-            return
-        try:
-            plain = decrypt_body(self.ctx, ctype, body)
-        except Exception as e:
-            log.write({"event": "rejected", "reason": "decrypt failed: %s" % e, "user": self.user, "conn": self.conn_id,
-                       "peer": peer})
-            # The sealing state is now unusable: force re-authentication.
-            self.ctx = None
-            self.user = None
-            self._send(400, [("Connection", "close")])
-            self.close_connection = True
-            return
+        encrypted = ctype.startswith("multipart/encrypted") or ctype.startswith("multipart/x-multi-encrypted")
+        tls = self.app.ssl_context is not None
+        chunks = None
+        if not encrypted:
+            if not tls:
+                # AllowUnencrypted=false: over HTTP only sealed bodies are processed.
+                self._log({"event": "rejected", "reason": "unencrypted body", "user": user, "conn": self.conn_id,
+                           "peer": peer, "content_type": ctype, "body_bytes": len(body)}, kind)
+                self._send(401, self._offers())
+                return
+            plain = body  # HTTPS: TLS protects the body, as on Windows
+        else:
+            want = {"negotiate": ENC_PROTOCOL, "credssp": CREDSSP_ENC_PROTOCOL}.get(kind)
+            try:
+                if want is None or _encrypted_protocol_of(ctype) != want:
+                    raise ValueError("protocol %r does not match the %s context" % (_encrypted_protocol_of(ctype), kind))
+                if kind == "negotiate":
+                    plain = decrypt_body(ctx, ctype, body)
+                else:
+                    plain, chunks = decrypt_credssp_body(ctx, ctype, body)
+            except Exception as e:
+                self._log({"event": "rejected", "reason": "decrypt failed: %s" % e, "user": user, "conn": self.conn_id,
+                           "peer": peer}, kind)
+                # The sealing state is now unusable: force re-authentication.
+                self.ctx = None
+                self.user = None
+                self._send(400, [("Connection", "close")])
+                self.close_connection = True
+                return
 
         record: dict = {
             "event": "request",
-            "user": self.user,
+            "user": user,
             "action": None,
             "resource_uri": None,
             "shell_id": None,
             "body_sha256": sha256_hex(raw_body_bytes(plain)),
             "envelope_sha256": sha256_hex(plain),
-            "auth": "negotiate",
+            "auth": kind,
+            "encrypted": encrypted,
             "conn": self.conn_id,
             "peer": peer,
             "path": self.path,
         }
+        if chunks is not None:
+            record["enc_parts"] = chunks
+        if tls:
+            record["tls_version"] = self.tls_version
         status = 200
         relates = ""
         try:
@@ -757,7 +1119,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             relates = req.message_id
             record.update(action=req.action_name, resource_uri=req.resource_uri, shell_id=req.shell_id,
                           message_id=req.message_id, wsa_to=req.to)
-            resp = self.app.dispatcher.handle(req, self.user, peer, record)
+            resp = self.app.dispatcher.handle(req, user, peer, record)
         except Fault as f:
             status = f.http_status
             record["fault"] = f.subcode
@@ -768,16 +1130,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             resp = fault_envelope(relates, Fault("w:SchemaValidationError", 2150858817, "Malformed XML", value="s:Sender"),
                                   self.app.state.name)
         record["status"] = status
-        log.write(record)
-        ctype_out, payload = encrypt_body(self.ctx, resp)
-        self._send(status, extra_headers + [("Content-Type", ctype_out)], payload)
+        self._log(record, kind)
+        if not encrypted:
+            self._send(status, extra_headers + [("Content-Type", "application/soap+xml;charset=UTF-8")], resp)
+        elif kind == "negotiate":
+            ctype_out, payload = encrypt_body(ctx, resp)
+            self._send(status, extra_headers + [("Content-Type", ctype_out)], payload)
+        else:
+            ctype_out, payload = encrypt_credssp_body(ctx, resp)
+            self._send(status, extra_headers + [("Content-Type", ctype_out)], payload)
 
-    def _fail_auth(self, reason: str, peer: str) -> None:
-        self.app.state.log.write({"event": "auth_failed", "reason": reason, "conn": self.conn_id, "peer": peer,
-                                  "auth": "negotiate"})
+    def _fail_auth(self, reason: str, peer: str, auth: str = "negotiate", claimed: typing.Optional[str] = None) -> None:
+        rec = {"event": "auth_failed", "reason": reason, "conn": self.conn_id, "peer": peer}
+        if claimed is not None:
+            rec["claimed_user"] = claimed
+        self._log(rec, auth)
         self.ctx = None
         self.user = None
-        self._send(401, [("WWW-Authenticate", "Negotiate")])
+        self.auth_kind = None
+        self._send(401, self._offers())
 
     def _identify(self, body: bytes) -> None:
         try:
@@ -795,7 +1166,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             payload = envelope("http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity/IdentifyResponse", mid, resp_body)
         else:
             payload = ('<s:Envelope xmlns:s="%s"><s:Header/><s:Body>%s</s:Body></s:Envelope>' % (NS["s"], resp_body)).encode()
-        self.app.state.log.write({"event": "identify", "peer": self.client_address[0], "auth": "none"})
+        self._log({"event": "identify", "peer": self.client_address[0]}, "none")
         self._send(200, [("Content-Type", "application/soap+xml;charset=UTF-8")], payload)
 
 
@@ -804,18 +1175,95 @@ class DoubleServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, addr: typing.Tuple[str, int], state: State, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        addr: typing.Tuple[str, int],
+        state: State,
+        verbose: bool = False,
+        auths: typing.Sequence[str] = ("negotiate",),
+        tls: typing.Optional[typing.Tuple[str, str]] = None,
+        cbt_strict: bool = False,
+        tls_max: typing.Optional[str] = None,
+    ) -> None:
         import spnego  # noqa: F401  (imported here so --hang mode needs no pyspnego)
 
         self.state = state
         self.dispatcher = Dispatcher(state)
         self.verbose = verbose
+        self.auths = list(auths)
+        self.users = Users(os.environ["NTLM_USER_FILE"])
+        self.ssl_context = None
+        self.cbt_strict = cbt_strict
+        self.cbt_bindings = None
+        self.cbt_md5 = b""
+        self.cert_der: typing.Optional[bytes] = None
+        if tls:
+            import ssl
+
+            cert, key = tls
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if tls_max == "1.2":
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(cert, key)
+            self.ssl_context = ctx
+            with open(cert, encoding="ascii") as fh:
+                pem = fh.read()
+            first = pem[pem.index("-----BEGIN CERTIFICATE-----") : pem.index("-----END CERTIFICATE-----") + 25]
+            self.cert_der = ssl.PEM_cert_to_DER_cert(first)
+            from spnego.channel_bindings import GssChannelBindings
+
+            self.cbt_bindings = GssChannelBindings(application_data=b"tls-server-end-point:" + tls_server_end_point(self.cert_der))
+            self.cbt_md5 = hashlib.md5(self.cbt_bindings.pack()).digest()
+        elif cbt_strict:
+            raise ValueError("--cbt strict needs --tls")
+        self.credssp_tls = None
+        if "credssp" in self.auths:
+            self.credssp_tls = self._credssp_tls_context(tls)
         super().__init__(addr, Handler)
+
+    @staticmethod
+    def _credssp_tls_context(tls: typing.Optional[typing.Tuple[str, str]]) -> typing.Any:
+        """The CredSSP (inner) TLS server context: the HTTPS certificate when there is one, else a
+        self-signed RSA certificate like the one WinRM generates for CredSSP over HTTP."""
+        import shutil as _shutil
+        import ssl
+        import tempfile
+
+        import spnego.tls
+
+        ctx = spnego.tls.default_tls_context(usage="accept")
+        if tls:
+            cert, key = tls
+            ctx.context.load_cert_chain(cert, key)
+            with open(cert, encoding="ascii") as fh:
+                pem = fh.read()
+            first = pem[pem.index("-----BEGIN CERTIFICATE-----") : pem.index("-----END CERTIFICATE-----") + 25]
+            ctx.public_key = spnego.tls.get_certificate_public_key(ssl.PEM_cert_to_DER_cert(first))
+        else:
+            cert_pem, key_pem, pub = spnego.tls.generate_tls_certificate()
+            d = tempfile.mkdtemp()
+            try:
+                p = os.path.join(d, "credssp.pem")
+                with open(p, "wb") as fh:
+                    fh.write(cert_pem + key_pem)
+                ctx.context.load_cert_chain(p)
+            finally:
+                _shutil.rmtree(d)
+            ctx.public_key = pub
+        return ctx
 
     def new_acceptor(self) -> typing.Any:
         import spnego
 
-        return spnego.server(hostname=self.state.name, service="http", protocol="negotiate")
+        return spnego.server(hostname=self.state.name, service="http", protocol="negotiate",
+                             channel_bindings=self.cbt_bindings if self.cbt_strict else None)
+
+    def new_credssp_acceptor(self) -> typing.Any:
+        import spnego
+
+        return spnego.server(hostname=self.state.name, service="http", protocol="credssp",
+                             credssp_tls_context=self.credssp_tls)
 
 
 def run_hang(host: str, port: int) -> None:
@@ -849,6 +1297,12 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     p.add_argument("--log", default=None, help="JSON-lines request log file")
     p.add_argument("--ntlm-user-file", default=None, help="sets NTLM_USER_FILE (DOMAIN:USER:PASSWORD lines)")
     p.add_argument("--hang", action="store_true", help="accept TCP and never answer")
+    p.add_argument("--tls", default=None, metavar="CERT,KEY", help="serve HTTPS (TLS 1.2+) with this PEM cert chain and key")
+    p.add_argument("--tls-max", choices=["1.2", "1.3"], default=None, help="highest TLS version offered")
+    p.add_argument("--auth", default="negotiate",
+                   help="comma-separated schemes offered in this order: negotiate, basic, credssp (default negotiate)")
+    p.add_argument("--cbt", choices=["none", "strict"], default="none",
+                   help="strict: with --tls, refuse NTLM without a matching tls-server-end-point binding")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
 
@@ -862,15 +1316,28 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     if not os.environ.get("NTLM_USER_FILE"):
         p.error("NTLM_USER_FILE not set (use --ntlm-user-file)")
 
+    auths = [a.strip().lower() for a in args.auth.split(",") if a.strip()]
+    bad = [a for a in auths if a not in AUTH_OFFERS]
+    if bad or not auths:
+        p.error("--auth: unknown scheme(s) %s" % bad)
+    tls = None
+    if args.tls:
+        cert, _, key = args.tls.partition(",")
+        tls = (cert, key or cert)
+    if args.cbt == "strict" and not tls:
+        p.error("--cbt strict needs --tls")
+
     state = State(args.name or host, JsonLog(args.log))
-    server = DoubleServer((host, port), state, verbose=args.verbose)
+    server = DoubleServer((host, port), state, verbose=args.verbose, auths=auths, tls=tls,
+                         cbt_strict=args.cbt == "strict", tls_max=args.tls_max)
 
     def stop(signum: int, frame: typing.Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print("target_double %s listening on %s:%d" % (state.name, host, port), flush=True)
+    print("target_double %s listening on %s://%s:%d auth=%s cbt=%s" % (
+        state.name, "https" if tls else "http", host, port, ",".join(auths), args.cbt), flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

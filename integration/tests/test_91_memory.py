@@ -35,11 +35,19 @@ ENCODINGS = ("utf-8", "utf-16-le")
 RELAY_PORTS = (harness.RELAY_PORT, harness.RELAY_WEB01_PORT)
 
 # Copies of the password allowed in memory while one session with one target connection is open.
-# Measured (see the report printed by the test): 1 UTF-8 (the vault's SecretString) and 1 UTF-16LE
-# (sspi's NTLM client identity, AuthIdentityBuffers.password, kept by the target connection's context for
-# the life of the connection). The bound leaves room for one more copy per encoding (e.g. a sspi version
-# that keeps the identity in both its Negotiate and NTLM layers) while still catching a copy per request
-# or per message, which is what a leak in the relay's own code would look like.
+# Measured (the test prints where each copy is, with the struct that points at it):
+#   1 x UTF-8    the vault: DelegatedCredentials.password (SecretString = Box<str>, 23 bytes, next to
+#                the user name's length 5);
+#   3 x UTF-16LE sspi's AuthIdentityBuffers.password (ZeroizedUtf16String, a Vec<u16> of 23) of the
+#                target connection: NegotiateClient.handle (the credentials handle sspi returned),
+#                Negotiate.auth_identity and Ntlm.identity (sspi clones the identity into each layer
+#                and keeps it for the life of the context, although NTLM needs only the session keys
+#                once established).
+# All four are owned by the session and zeroized on drop. The UTF-16 copies scale with the number of
+# open target connections (3 each); this test opens one. Any further copy (per request, per message,
+# a freed buffer) would be a regression. Without the binary's zeroing allocator the image also holds
+# 2 freed, unreferenced UTF-16LE copies inside the decrypted TSCredentials DER (TSPasswordCreds,
+# "LAB", "alice", password), which survive session_end: the second image catches that.
 MAX_COPIES_OPEN_SESSION = 4
 
 GDB_TIMEOUT = 120
@@ -313,6 +321,7 @@ def test_password_only_while_session_open(relay, core_dir):
         total = sum(len(v) for v in hits.values())
         # Positive control: the vault holds it in UTF-8, so the image and the search work.
         assert hits["utf-8"], "the open session's password is not in the image: the search is blind\n" + text
+        assert len(hits["utf-8"]) == 1, "the vault should hold the only UTF-8 copy:\n" + text
         assert total <= MAX_COPIES_OPEN_SESSION, "more copies than expected with one session open:\n" + text
 
         # 2. End the session: client closes its connection, the relay audits session_end.

@@ -61,6 +61,10 @@ pub struct AuditEvent {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For HTTPS targets: whether the target's certificate was verified
+    /// (`false` only with an explicit `tls_verify = false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_verified: Option<bool>,
 }
 
 #[derive(Serialize)]

@@ -126,38 +126,68 @@ pub(crate) fn validate_hostname(host: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A parsed `http://host[:port]/path` target URL.
+/// A parsed `http[s]://host[:port]/path` target URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HttpUrl {
+pub(crate) struct TargetUrl {
+    /// The scheme is `https`.
+    pub https: bool,
     pub host: HostPort,
     pub path: String,
 }
 
-impl HttpUrl {
-    /// The URL with an explicit port, as the relay will address the target.
+/// The former name, from when target urls were http only.
+#[allow(dead_code)]
+pub(crate) type HttpUrl = TargetUrl;
+
+impl TargetUrl {
+    pub fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The port, or `default_port` when the url names none (the caller picks the default
+    /// for [`TargetUrl::https`]).
+    pub fn port_or(&self, default_port: u16) -> u16 {
+        self.host.port.unwrap_or(default_port)
+    }
+
+    /// The URL with a lower-case scheme and an explicit port, as the relay will address
+    /// the target.
     pub fn normalized(&self, default_port: u16) -> String {
         format!(
-            "http://{}:{}{}",
+            "{}://{}:{}{}",
+            self.scheme(),
             url_host(&self.host.host, self.host.ip),
-            self.host.port.unwrap_or(default_port),
+            self.port_or(default_port),
             self.path
         )
     }
 }
 
-pub(crate) fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
+/// Parses an `http://` or `https://` target url; whether the scheme suits the target's
+/// authentication is checked by the caller.
+pub(crate) fn parse_target_url(s: &str) -> Result<TargetUrl, String> {
     let Some((scheme, rest)) = s.split_once("://") else {
-        return Err("expected an absolute url like http://host:5985/wsman".into());
+        return Err("expected an absolute url like http://host:5985/wsman or https://host:5986/wsman".into());
     };
-    if !scheme.eq_ignore_ascii_case("http") {
-        // Bodies towards targets are protected by NTLM/Kerberos message encryption.
-        return Err(format!(
-            "scheme must be http (got {scheme:?}); bodies are encrypted by the target authentication"
-        ));
-    }
+    let https = if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else {
+        return Err(format!("scheme must be http or https (got {scheme:?})"));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
-        None => return Err("missing path, e.g. http://host:5985/wsman".into()),
+        None => {
+            return Err(format!(
+                "missing path, e.g. {}://host/wsman",
+                scheme.to_ascii_lowercase()
+            ))
+        }
     };
     if authority.contains('@') {
         return Err("credentials in the url are not allowed".into());
@@ -168,10 +198,17 @@ pub(crate) fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
     if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err("the path contains spaces or control characters".into());
     }
-    Ok(HttpUrl {
+    Ok(TargetUrl {
+        https,
         host: parse_host_port(authority)?,
         path: path.to_string(),
     })
+}
+
+/// The former name, from when target urls were http only; accepts https too.
+#[allow(dead_code)]
+pub(crate) fn parse_http_url(s: &str) -> Result<TargetUrl, String> {
+    parse_target_url(s)
 }
 
 /// Decodes `%XX` escapes (clients may send `%5B::1%5D`); refuses broken escapes.
@@ -241,20 +278,34 @@ mod tests {
 
     #[test]
     fn url_parse_and_normalize() {
-        let u = parse_http_url("http://127.0.0.21/wsman").unwrap();
+        let u = parse_target_url("http://127.0.0.21/wsman").unwrap();
+        assert!(!u.https);
         assert_eq!(u.normalized(5985), "http://127.0.0.21:5985/wsman");
-        let u = parse_http_url("HTTP://[::1]:8080/wsman").unwrap();
+        let u = parse_target_url("HTTP://[::1]:8080/wsman").unwrap();
         assert_eq!(u.normalized(5985), "http://[::1]:8080/wsman");
+        let u = parse_target_url("HTTPS://web01.lab.local/wsman").unwrap();
+        assert!(u.https);
+        assert_eq!(u.port_or(5986), 5986);
+        assert_eq!(u.normalized(5986), "https://web01.lab.local:5986/wsman");
+        let u = parse_target_url("https://[fd00::1]:443/custom").unwrap();
+        assert_eq!(
+            (u.https, u.normalized(5986)),
+            (true, "https://[fd00::1]:443/custom".into())
+        );
         for bad in [
-            "https://web01:5986/wsman",
             "web01:5985/wsman",
             "http://web01:5985",
+            "https://web01",
             "http://u:p@web01/wsman",
+            "https://u@web01/wsman",
             "http://web01/wsman?x=1",
+            "https://web01/wsman#x",
             "ftp://web01/wsman",
+            "httpss://web01/wsman",
         ] {
-            assert!(parse_http_url(bad).is_err(), "{bad:?} accepted");
+            assert!(parse_target_url(bad).is_err(), "{bad:?} accepted");
         }
+        assert!(parse_target_url("ftp://w/wsman").unwrap_err().contains("http or https"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use toml::{Spanned, Value};
 
 use crate::policy;
-use host::{parse_host_port, parse_http_url, percent_decode, url_host, HttpUrl};
+use host::{parse_host_port, parse_target_url, percent_decode, url_host, TargetUrl};
 use raw::Locator;
 
 pub use users::{nt_hash, UserEntry, UsersError, UsersFile};
@@ -27,8 +27,11 @@ pub use users::{nt_hash, UserEntry, UsersError, UsersFile};
 pub const DEFAULT_MAX_ENVELOPE_SIZE: usize = 512_000;
 /// Default floor on the TSRequest version (5 has the CVE-2018-0886 nonce binding).
 pub const DEFAULT_CREDSSP_MIN_VERSION: u32 = 5;
-/// Default WinRM HTTP port for targets without an explicit one.
+/// Default WinRM HTTP port for `http://` targets without an explicit one (`[defaults] port`).
 pub const DEFAULT_TARGET_PORT: u16 = 5985;
+/// Default WinRM HTTPS port for `https://` targets without an explicit one
+/// (`[defaults] https_port`).
+pub const DEFAULT_TARGET_HTTPS_PORT: u16 = 5986;
 /// Default path on targets named directly by host.
 pub const DEFAULT_TARGET_PATH: &str = "/wsman";
 /// Default shells of an `[[allow]]` rule without `shells`.
@@ -58,8 +61,14 @@ pub struct Config {
 pub struct ListenConfig {
     /// The main listener; targets are chosen by the `/wsman/<target>` path.
     pub http: Option<SocketAddr>,
+    /// The HTTPS listener (`tls_cert`/`tls_key`); targets are chosen by path as on `http`.
+    pub https: Option<SocketAddr>,
+    /// Certificate chain and key of the HTTPS listener and of the CredSSP TLS tunnel.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// Whether Basic authentication is accepted on the HTTPS listener (`[listen]
+    /// basic_auth`, default true). Basic is always refused on plain HTTP listeners.
+    pub basic_over_https: bool,
     /// Largest accepted request body in bytes.
     pub max_envelope_size: usize,
     /// Largest request head (request line + headers) in bytes.
@@ -112,29 +121,119 @@ pub struct LimitsConfig {
 
 #[derive(Debug, Clone)]
 pub struct TargetDefaults {
+    /// Also decides the scheme of unlisted hosts: https when it [requires
+    /// it](TargetAuth::requires_https), http otherwise.
     pub auth: TargetAuth,
-    /// Port for targets and urls that name none.
+    /// Port for `http://` targets and urls that name none.
     pub port: u16,
+    /// Port for `https://` targets and urls that name none.
+    pub https_port: u16,
+    /// CA certificates (PEM) trusted in addition to the system roots, for https targets
+    /// without their own `ca_file`. Checked at load time.
+    pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     /// Per request; must exceed the WS-Man OperationTimeout clients send.
     pub timeout: Duration,
 }
 
-/// How the relay authenticates to a target.
+impl TargetDefaults {
+    /// The port of a url without one: `port` for http, `https_port` for https.
+    pub fn port_for(&self, https: bool) -> u16 {
+        if https {
+            self.https_port
+        } else {
+            self.port
+        }
+    }
+}
+
+/// How the relay authenticates to a target, which also fixes the url schemes it accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TargetAuth {
+    /// `"negotiate"`: SPNEGO (NTLM inside) over HTTP, bodies sealed by SPNEGO.
     #[default]
     Negotiate,
+    /// `"ntlm"`: NTLM over HTTP, bodies sealed by NTLM.
     Ntlm,
+    /// `"https-negotiate"`: SPNEGO inside TLS, no message encryption, channel binding.
+    HttpsNegotiate,
+    /// `"https-ntlm"`: NTLM inside TLS, no message encryption, channel binding.
+    HttpsNtlm,
+    /// `"basic"`: the caller's user name and password in the header; HTTPS only.
+    Basic,
+    /// `"credssp"`: the relay is a CredSSP client delegating the caller's credentials
+    /// onward; HTTP (CredSSP session encryption) or HTTPS.
+    CredSsp,
 }
 
 impl TargetAuth {
-    fn parse(s: &str) -> Option<TargetAuth> {
-        match s {
-            "negotiate" => Some(TargetAuth::Negotiate),
-            "ntlm" => Some(TargetAuth::Ntlm),
-            _ => None,
+    /// Every value, in the order the config reference lists them.
+    pub const ALL: [TargetAuth; 6] = [
+        TargetAuth::Negotiate,
+        TargetAuth::Ntlm,
+        TargetAuth::HttpsNegotiate,
+        TargetAuth::HttpsNtlm,
+        TargetAuth::Basic,
+        TargetAuth::CredSsp,
+    ];
+
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetAuth::Negotiate => "negotiate",
+            TargetAuth::Ntlm => "ntlm",
+            TargetAuth::HttpsNegotiate => "https-negotiate",
+            TargetAuth::HttpsNtlm => "https-ntlm",
+            TargetAuth::Basic => "basic",
+            TargetAuth::CredSsp => "credssp",
         }
+    }
+
+    /// Needs an `https://` url: it has no message encryption of its own.
+    pub fn requires_https(self) -> bool {
+        matches!(
+            self,
+            TargetAuth::HttpsNegotiate | TargetAuth::HttpsNtlm | TargetAuth::Basic
+        )
+    }
+
+    /// Accepts an `https://` url. `negotiate` and `ntlm` do not: they seal messages
+    /// themselves, which Windows does not expect inside TLS.
+    pub fn allows_https(self) -> bool {
+        self.requires_https() || self == TargetAuth::CredSsp
+    }
+
+    fn parse(s: &str) -> Option<TargetAuth> {
+        TargetAuth::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Why a url of this scheme does not suit this auth, if it does not; `from` says
+    /// where the auth came from when the target did not set it.
+    fn scheme_problem(self, https: bool, from: &str) -> Option<String> {
+        if !https && self.requires_https() {
+            Some(format!(
+                "auth {:?}{from} requires an https:// url (it has no message encryption of its own)",
+                self.as_str()
+            ))
+        } else if https && !self.allows_https() {
+            let instead = match self {
+                TargetAuth::Ntlm => TargetAuth::HttpsNtlm,
+                _ => TargetAuth::HttpsNegotiate,
+            };
+            Some(format!(
+                "auth {:?}{from} requires an http:// url (it encrypts messages itself); over https use auth = {:?}",
+                self.as_str(),
+                instead.as_str()
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for TargetAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -142,11 +241,17 @@ impl TargetAuth {
 pub struct TargetConfig {
     /// Alias used in `/wsman/<name>`.
     pub name: String,
-    /// `http://host:port/path`, normalized to carry the port.
+    /// `http[s]://host:port/path`, normalized to carry the port.
     pub url: String,
     pub auth: TargetAuth,
     /// Extra listener that always relays to this target (for clients that cannot set a path).
     pub listen: Option<SocketAddr>,
+    /// CA certificates (PEM) trusted for this target in addition to the system roots: its
+    /// own `ca_file`, else `[defaults] ca_file`. Always `None` for http urls.
+    pub ca_file: Option<PathBuf>,
+    /// False only by an explicit `tls_verify = false` on this https target. Always true
+    /// for http urls.
+    pub tls_verify: bool,
     pub connect_timeout: Duration,
     pub timeout: Duration,
 }
@@ -169,9 +274,16 @@ pub struct ResolvedTarget {
     pub port: u16,
     /// Set when the host is an IP literal.
     pub ip: Option<IpAddr>,
-    /// `http://host:port/path`, IPv6 in brackets.
+    /// `http[s]://host:port/path`, IPv6 in brackets.
     pub url: String,
+    /// The url's scheme is https.
+    pub https: bool,
     pub auth: TargetAuth,
+    /// Extra trusted CA certificates (PEM) for an https target; `None` for http.
+    pub ca_file: Option<PathBuf>,
+    /// Whether the target's TLS certificate is verified; always true for http and for
+    /// unlisted hosts.
+    pub tls_verify: bool,
     pub connect_timeout: Duration,
     pub timeout: Duration,
 }
@@ -247,12 +359,20 @@ impl Config {
         self.targets.iter().find(|t| t.listen == Some(addr))
     }
 
+    /// Configured targets whose TLS certificate is not verified (`tls_verify = false`),
+    /// to be logged loudly at start-up. Unlisted hosts are always verified.
+    pub fn insecure_targets(&self) -> Vec<&TargetConfig> {
+        self.targets.iter().filter(|t| !t.tls_verify).collect()
+    }
+
     /// Resolves the path segment after `/wsman/` into a target.
     ///
     /// Accepts an alias (case-insensitive), a host name, an IPv4 address or a bracketed
     /// IPv6 address, each with an optional `:port`; `%XX` escapes are decoded first. A host
     /// and port that match a configured target's url resolve to that target, so rules on
-    /// its alias apply however the client names it. Other hosts get `[defaults]`.
+    /// its alias apply however the client names it; a host without a port also matches a
+    /// configured target on that host's default port for its scheme (5985/5986). Other
+    /// hosts get `[defaults]`: https when `[defaults] auth` requires it, http otherwise.
     pub fn resolve_target(&self, name: &str) -> Result<ResolvedTarget, ResolveError> {
         let invalid = |reason: String| ResolveError::Invalid {
             given: name.to_string(),
@@ -274,40 +394,93 @@ impl Config {
                 t.name
             )));
         }
-        let port = hp.port.unwrap_or(self.defaults.port);
+        let https = self.defaults.auth.requires_https();
+        let port = hp.port.unwrap_or(self.defaults.port_for(https));
+        let mut urls = Vec::with_capacity(self.targets.len());
         for t in &self.targets {
-            let url = parse_http_url(&t.url).map_err(&invalid)?;
-            if url.host.same_host(&hp) && url.host.port.unwrap_or(self.defaults.port) == port {
-                return self.resolve_configured(t, decoded).map_err(invalid);
-            }
+            urls.push((t, parse_target_url(&t.url).map_err(&invalid)?));
         }
+        let same_host = |u: &TargetUrl| u.host.same_host(&hp);
+        // The port as given (or implied by [defaults]) first; then, for a bare host, a
+        // target on its own scheme's default port ("web01" finds https://web01:5986).
+        let found = urls
+            .iter()
+            .find(|(_, u)| same_host(u) && u.port_or(self.defaults.port_for(u.https)) == port)
+            .or_else(|| {
+                if hp.port.is_some() {
+                    return None;
+                }
+                urls.iter().find(|(_, u)| {
+                    let default = self.defaults.port_for(u.https);
+                    same_host(u) && u.port_or(default) == default
+                })
+            });
+        if let Some((t, _)) = found {
+            return self.resolve_configured(t, decoded).map_err(invalid);
+        }
+        let scheme = if https { "https" } else { "http" };
         Ok(ResolvedTarget {
             name: decoded,
             alias: None,
-            url: format!("http://{}:{port}{DEFAULT_TARGET_PATH}", url_host(&hp.host, hp.ip)),
+            url: format!("{scheme}://{}:{port}{DEFAULT_TARGET_PATH}", url_host(&hp.host, hp.ip)),
+            https,
             host: hp.host,
             port,
             ip: hp.ip,
             auth: self.defaults.auth,
+            ca_file: if https { self.defaults.ca_file.clone() } else { None },
+            tls_verify: true,
             connect_timeout: self.defaults.connect_timeout,
             timeout: self.defaults.timeout,
         })
     }
 
     fn resolve_configured(&self, t: &TargetConfig, name: String) -> Result<ResolvedTarget, String> {
-        let url = parse_http_url(&t.url)?;
+        let url = parse_target_url(&t.url)?;
+        let default_port = self.defaults.port_for(url.https);
         Ok(ResolvedTarget {
             name,
             alias: Some(t.name.clone()),
-            port: url.host.port.unwrap_or(self.defaults.port),
-            url: url.normalized(self.defaults.port),
+            port: url.port_or(default_port),
+            url: url.normalized(default_port),
+            https: url.https,
             host: url.host.host,
             ip: url.host.ip,
             auth: t.auth,
+            ca_file: t.ca_file.clone(),
+            tls_verify: t.tls_verify,
             connect_timeout: t.connect_timeout,
             timeout: t.timeout,
         })
     }
+}
+
+/// Reads PEM CA certificates the way target TLS connections trust them: at least one
+/// `CERTIFICATE` block, each usable as a rustls trust anchor. Other PEM blocks (keys)
+/// are ignored. Errors are plain messages; config validation adds file, line and key.
+pub fn load_ca_file(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificates (-----BEGIN CERTIFICATE-----) found",
+            path.display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        roots.add(cert.clone()).map_err(|e| {
+            format!(
+                "{}: certificate {} of {} is not a usable CA certificate: {e}",
+                path.display(),
+                i + 1,
+                certs.len()
+            )
+        })?;
+    }
+    Ok(certs)
 }
 
 /// Collects every validation problem while building the typed config.
@@ -348,6 +521,32 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    fn boolean(&mut self, v: raw::V, key: &str) -> Option<Spanned<bool>> {
+        let v = v?;
+        match v.get_ref() {
+            Value::Boolean(b) => Some(Spanned::new(v.span(), *b)),
+            _ => {
+                self.wrong_type(&v, key, "a boolean");
+                None
+            }
+        }
+    }
+
+    /// An optional `ca_file`, read and checked now so a bad file fails `check`, not the
+    /// first session to that target.
+    fn ca_file(&mut self, v: Option<Spanned<String>>, key: &str) -> Option<PathBuf> {
+        let v = v?;
+        if v.get_ref().is_empty() {
+            self.error(v.span(), key, "must not be empty");
+            return None;
+        }
+        let path = PathBuf::from(v.get_ref());
+        if let Err(m) = load_ca_file(&path) {
+            self.error(v.span(), key, m);
+        }
+        Some(path)
     }
 
     /// A required key; `table_at` is where its table starts, `None` when the whole table
@@ -415,33 +614,97 @@ impl Validator<'_> {
     }
 
     fn auth(&mut self, v: raw::V, key: &str, default: TargetAuth) -> TargetAuth {
-        let Some(v) = self.string(v, key) else {
-            return default;
-        };
-        TargetAuth::parse(v.get_ref()).unwrap_or_else(|| {
+        self.auth_opt(v, key).unwrap_or(default)
+    }
+
+    /// The auth as written; `None` when missing or invalid (reported).
+    fn auth_opt(&mut self, v: raw::V, key: &str) -> Option<TargetAuth> {
+        let v = self.string(v, key)?;
+        let auth = TargetAuth::parse(v.get_ref());
+        if auth.is_none() {
             self.error(
                 v.span(),
                 key,
-                format!("unknown auth {:?} (expected \"negotiate\" or \"ntlm\")", v.get_ref()),
+                format!(
+                    "unknown auth {:?} (expected one of: {})",
+                    v.get_ref(),
+                    TargetAuth::ALL.map(|a| format!("{:?}", a.as_str())).join(", ")
+                ),
             );
-            default
-        })
+        }
+        auth
+    }
+
+    /// `ca_file` and `tls_verify` of `target[i]`; `https` is its url's scheme when the url
+    /// parsed. An https target without `ca_file` inherits `[defaults] ca_file`.
+    fn target_tls(
+        &mut self,
+        ca_file: raw::V,
+        tls_verify: raw::V,
+        https: Option<bool>,
+        defaults: &TargetDefaults,
+        i: usize,
+    ) -> (Option<PathBuf>, bool) {
+        let key = |k: &str| format!("target[{i}].{k}");
+        let ca = self.string(ca_file, &key("ca_file"));
+        let verify = self.boolean(tls_verify, &key("tls_verify"));
+        if https == Some(false) {
+            // No certificate to check on plain http (CredSSP's inner TLS key is
+            // authenticated by its pubKeyAuth exchange, not by a CA).
+            let given = [
+                ca.as_ref().map(|v| (v.span(), "ca_file")),
+                verify.as_ref().map(|v| (v.span(), "tls_verify")),
+            ];
+            for (span, k) in given.into_iter().flatten() {
+                self.error(
+                    span,
+                    key(k),
+                    "only applies to https:// urls; this target's url is http://",
+                );
+            }
+            return (None, true);
+        }
+        if let (Some(c), Some(v)) = (&ca, &verify) {
+            if !v.get_ref() {
+                self.error(c.span(), key("ca_file"), "has no effect with tls_verify = false");
+            }
+        }
+        let ca_file = match ca {
+            Some(c) => self.ca_file(Some(c), &key("ca_file")),
+            None => defaults.ca_file.clone(),
+        };
+        (ca_file, verify.is_none_or(|v| *v.get_ref()))
     }
 
     fn config(&mut self, path: &Path, raw: raw::RawConfig) -> Config {
         let at = self.table_at(raw.listen.is_some(), "listen");
         let l = raw.listen.unwrap_or_default();
         // Declared listeners, valid or not: a bad address is not also "no listener".
-        let mut declared_listeners = usize::from(l.http.is_some());
+        let mut declared_listeners = usize::from(l.http.is_some()) + usize::from(l.https.is_some());
+        // Every listener with where it was declared, to report clashes at the later one.
+        let mut listeners: Vec<(SocketAddr, String)> = Vec::new();
         let listen_http = self
             .string(l.http, "listen.http")
             .and_then(|a| self.socket_addr(&a, "listen.http"));
+        if let Some(a) = listen_http {
+            listeners.push((a, "listen.http".into()));
+        }
+        let listen_https = self.string(l.https, "listen.https").and_then(|a| {
+            let addr = self.socket_addr(&a, "listen.https")?;
+            self.check_listener_clash(&listeners, addr, a.span(), "listen.https");
+            listeners.push((addr, "listen.https".into()));
+            Some(addr)
+        });
         let tls_cert = self.required(l.tls_cert, "listen.tls_cert", at);
         let tls_key = self.required(l.tls_key, "listen.tls_key", at);
         let listen = ListenConfig {
             http: listen_http,
+            https: listen_https,
             tls_cert: self.path(tls_cert, "listen.tls_cert"),
             tls_key: self.path(tls_key, "listen.tls_key"),
+            basic_over_https: self
+                .boolean(l.basic_auth, "listen.basic_auth")
+                .is_none_or(|b| *b.get_ref()),
             max_envelope_size: self
                 .int(
                     l.max_envelope_size,
@@ -538,6 +801,18 @@ impl Validator<'_> {
             port: self
                 .int(d.port, "defaults.port", 1..=65535, DEFAULT_TARGET_PORT.into())
                 .unsigned_abs() as u16,
+            https_port: self
+                .int(
+                    d.https_port,
+                    "defaults.https_port",
+                    1..=65535,
+                    DEFAULT_TARGET_HTTPS_PORT.into(),
+                )
+                .unsigned_abs() as u16,
+            ca_file: {
+                let v = self.string(d.ca_file, "defaults.ca_file");
+                self.ca_file(v, "defaults.ca_file")
+            },
             connect_timeout: self.secs(
                 d.connect_timeout_secs,
                 "defaults.connect_timeout_secs",
@@ -546,13 +821,21 @@ impl Validator<'_> {
             timeout: self.secs(d.timeout_secs, "defaults.timeout_secs", Duration::from_secs(120)),
         };
 
-        // Every listener with where it was declared, to report clashes at the later one.
-        let mut listeners: Vec<(SocketAddr, String)> = Vec::new();
-        if let Some(a) = listen_http {
-            listeners.push((a, "listen.http".into()));
+        // Skipping certificate checks must be a per-target decision (issue 4), never a
+        // blanket one that also covers every host a client can name.
+        if let Some(v) = self.boolean(d.tls_verify, "defaults.tls_verify") {
+            if !v.get_ref() {
+                self.error(
+                    v.span(),
+                    "defaults.tls_verify",
+                    "tls_verify = false is only accepted on a [[target]] (an explicit per-target opt-in); \
+                     unlisted hosts are always verified",
+                );
+            }
         }
+
         let mut targets = Vec::new();
-        let mut seen_urls: Vec<(HttpUrl, String)> = Vec::new();
+        let mut seen_urls: Vec<(TargetUrl, String)> = Vec::new();
         for (i, t) in raw.target.into_iter().enumerate() {
             let key = |k: &str| format!("target[{i}].{k}");
             let at = Some(self.loc.header_offset("target", Some(i)));
@@ -572,22 +855,41 @@ impl Validator<'_> {
                 }
             }
             let name = name.map(Spanned::into_inner).unwrap_or_default();
+            let auth_span = t.auth.as_ref().map(Spanned::span);
+            let explicit_auth = self.auth_opt(t.auth, &key("auth"));
+            let auth = explicit_auth.unwrap_or(defaults.auth);
             let url = self.required(t.url, &key("url"), at);
-            let url = match url.as_ref().map(|u| (u, parse_http_url(u.get_ref()))) {
-                Some((_, Ok(u))) => {
-                    let port = u.host.port.unwrap_or(defaults.port);
+            // The scheme, once the url parsed.
+            let mut https = None;
+            let url = match url.as_ref().map(|u| (u, parse_target_url(u.get_ref()))) {
+                Some((raw_url, Ok(u))) => {
+                    https = Some(u.https);
+                    match auth_span {
+                        // An invalid auth was reported already; its fallback proves nothing.
+                        Some(_) if explicit_auth.is_none() => {}
+                        Some(span) => {
+                            if let Some(m) = auth.scheme_problem(u.https, "") {
+                                self.error(span, key("auth"), format!("{m}; url is {:?}", raw_url.get_ref()));
+                            }
+                        }
+                        None => {
+                            if let Some(m) = auth.scheme_problem(u.https, " (from defaults.auth)") {
+                                self.error(raw_url.span(), key("url"), format!("{:?}: {m}", raw_url.get_ref()));
+                            }
+                        }
+                    }
+                    let port = u.port_or(defaults.port_for(u.https));
                     if let Some((_, other)) = seen_urls
                         .iter()
-                        .find(|(s, _)| s.host.same_host(&u.host) && s.host.port.unwrap_or(defaults.port) == port)
+                        .find(|(s, _)| s.host.same_host(&u.host) && s.port_or(defaults.port_for(s.https)) == port)
                     {
-                        let span = url.as_ref().map(Spanned::span).unwrap_or_default();
                         self.error(
-                            span,
+                            raw_url.span(),
                             key("url"),
                             format!("target {other:?} already uses this host and port"),
                         );
                     }
-                    let normalized = u.normalized(defaults.port);
+                    let normalized = u.normalized(defaults.port_for(u.https));
                     seen_urls.push((u, name.clone()));
                     normalized
                 }
@@ -597,6 +899,7 @@ impl Validator<'_> {
                 }
                 None => String::new(),
             };
+            let (ca_file, tls_verify) = self.target_tls(t.ca_file, t.tls_verify, https, &defaults, i);
             declared_listeners += usize::from(t.listen.is_some());
             let listen = self.string(t.listen, &key("listen")).and_then(|a| {
                 let addr = self.socket_addr(&a, &key("listen"))?;
@@ -607,8 +910,10 @@ impl Validator<'_> {
             targets.push(TargetConfig {
                 name,
                 url,
-                auth: self.auth(t.auth, &key("auth"), defaults.auth),
+                auth,
                 listen,
+                ca_file,
+                tls_verify,
                 connect_timeout: self.secs(
                     t.connect_timeout_secs,
                     &key("connect_timeout_secs"),
@@ -622,7 +927,7 @@ impl Validator<'_> {
             self.error(
                 at..at,
                 "listen.http",
-                "no listener: set listen.http or a listen address on a [[target]]",
+                "no listener: set listen.http, listen.https or a listen address on a [[target]]",
             );
         }
 
@@ -769,7 +1074,13 @@ path = "audit.jsonl"
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.example.toml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.listen.http, Some("127.0.0.1:5985".parse().unwrap()));
+        assert_eq!((c.listen.https, c.listen.basic_over_https), (None, true));
+        assert_eq!(
+            (c.defaults.port, c.defaults.https_port, c.defaults.ca_file.as_ref()),
+            (5985, 5986, None)
+        );
         assert_eq!(c.targets.len(), 1);
+        assert_eq!((c.targets[0].ca_file.as_ref(), c.targets[0].tls_verify), (None, true));
         assert_eq!(c.targets[0].listen, Some("127.0.0.1:15001".parse().unwrap()));
         assert_eq!(c.allow.len(), 1);
         crate::policy::Policy::new(&c.allow).expect("example rules compile");
@@ -889,7 +1200,7 @@ shells = ["bash"]
         );
         let expect = [
             "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
-            "relay.toml:17: target[0].url: \"https://web01/wsman\": scheme must be http",
+            "relay.toml:17: target[0].url: \"https://web01/wsman\": auth \"negotiate\" (from defaults.auth) requires an http:// url",
             "relay.toml:18: target[0].listen: listen address 127.0.0.1:5985 clashes with listen.http",
             "relay.toml:20: target[1].name: duplicate target name \"WEB01\" (also target[0])",
             "relay.toml:22: target[1].auth: unknown auth \"kerberos\"",
@@ -952,8 +1263,8 @@ shells = ["bash"]
             [
                 "relay.toml:12: audit.verbose: unknown key (expected one of: path)",
                 "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
-                "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, connect_timeout_secs, timeout_secs)",
-                "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, connect_timeout_secs, timeout_secs)",
+                "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
+                "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
             ]
         );
         let top = format!("verbose = true\n{MINIMAL}");
@@ -1101,5 +1412,434 @@ url = "http://[fd00::1]/custom"
     fn unreadable_file_is_reported() {
         let e = Config::load(Path::new("/nonexistent/relay.toml")).unwrap_err();
         assert!(e.to_string().starts_with("/nonexistent/relay.toml: cannot read config"));
+    }
+
+    /// A PEM CA certificate file in `dir`.
+    fn ca_pem(dir: &Path) -> PathBuf {
+        let cert = rcgen::generate_simple_self_signed(vec!["lab-ca".into()]).expect("cert");
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, cert.cert.pem()).expect("write ca");
+        path
+    }
+
+    #[test]
+    fn every_target_auth_parses_with_a_suitable_scheme() {
+        let cases = [
+            ("negotiate", "http", TargetAuth::Negotiate),
+            ("ntlm", "http", TargetAuth::Ntlm),
+            ("https-negotiate", "https", TargetAuth::HttpsNegotiate),
+            ("https-ntlm", "https", TargetAuth::HttpsNtlm),
+            ("basic", "https", TargetAuth::Basic),
+            ("credssp", "http", TargetAuth::CredSsp),
+            ("credssp", "https", TargetAuth::CredSsp),
+        ];
+        for (value, scheme, want) in cases {
+            let c = parse(&format!(
+                "[defaults]\nauth = {value:?}\n[[target]]\nname = \"w\"\nurl = \"{scheme}://w/wsman\"\nauth = {value:?}\n"
+            ))
+            .unwrap_or_else(|e| panic!("{value} over {scheme}: {e:?}"));
+            assert_eq!((c.defaults.auth, c.targets[0].auth), (want, want));
+            assert_eq!(want.as_str(), value);
+            assert_eq!(want.to_string(), value);
+            assert_eq!(c.resolve_target("w").unwrap().https, scheme == "https");
+        }
+        let https_only: Vec<_> = TargetAuth::ALL.into_iter().filter(|a| a.requires_https()).collect();
+        assert_eq!(
+            https_only,
+            [TargetAuth::HttpsNegotiate, TargetAuth::HttpsNtlm, TargetAuth::Basic]
+        );
+        let https_ok: Vec<_> = TargetAuth::ALL.into_iter().filter(|a| a.allows_https()).collect();
+        assert_eq!(
+            https_ok,
+            [
+                TargetAuth::HttpsNegotiate,
+                TargetAuth::HttpsNtlm,
+                TargetAuth::Basic,
+                TargetAuth::CredSsp
+            ]
+        );
+        let errs = errors("[defaults]\nauth = \"Basic\"\n");
+        assert_eq!(
+            errs,
+            [
+                "relay.toml:13: defaults.auth: unknown auth \"Basic\" (expected one of: \"negotiate\", \"ntlm\", \
+              \"https-negotiate\", \"https-ntlm\", \"basic\", \"credssp\")"
+            ]
+        );
+    }
+
+    #[test]
+    fn scheme_and_auth_mismatches_name_line_and_key() {
+        let errs = errors(
+            r#"[[target]]
+name = "a"
+url = "http://a/wsman"
+auth = "basic"
+[[target]]
+name = "b"
+url = "https://b/wsman"
+auth = "ntlm"
+[[target]]
+name = "c"
+url = "http://c/wsman"
+auth = "https-negotiate"
+[[target]]
+name = "d"
+url = "https://d/wsman"
+auth = "kerberos"
+"#,
+        );
+        assert_eq!(
+            errs,
+            [
+                "relay.toml:15: target[0].auth: auth \"basic\" requires an https:// url (it has no message \
+                 encryption of its own); url is \"http://a/wsman\"",
+                "relay.toml:19: target[1].auth: auth \"ntlm\" requires an http:// url (it encrypts messages \
+                 itself); over https use auth = \"https-ntlm\"; url is \"https://b/wsman\"",
+                "relay.toml:23: target[2].auth: auth \"https-negotiate\" requires an https:// url (it has no \
+                 message encryption of its own); url is \"http://c/wsman\"",
+                "relay.toml:27: target[3].auth: unknown auth \"kerberos\" (expected one of: \"negotiate\", \"ntlm\", \
+                 \"https-negotiate\", \"https-ntlm\", \"basic\", \"credssp\")",
+            ]
+        );
+        // Inherited from [defaults]: the url is what is wrong.
+        let errs = errors("[defaults]\nauth = \"https-ntlm\"\n[[target]]\nname = \"a\"\nurl = \"http://a/wsman\"\n");
+        assert_eq!(
+            errs,
+            [
+                "relay.toml:16: target[0].url: \"http://a/wsman\": auth \"https-ntlm\" (from defaults.auth) requires \
+              an https:// url (it has no message encryption of its own)"
+            ]
+        );
+        let errs = errors("[[target]]\nname = \"a\"\nurl = \"https://a/wsman\"\n");
+        assert_eq!(
+            errs,
+            [
+                "relay.toml:14: target[0].url: \"https://a/wsman\": auth \"negotiate\" (from defaults.auth) requires \
+              an http:// url (it encrypts messages itself); over https use auth = \"https-negotiate\""
+            ]
+        );
+        let errs = errors("[[target]]\nname = \"a\"\nurl = \"ftp://a/wsman\"\n");
+        assert_eq!(
+            errs,
+            ["relay.toml:14: target[0].url: \"ftp://a/wsman\": scheme must be http or https (got \"ftp\")"]
+        );
+    }
+
+    #[test]
+    fn default_ports_follow_the_scheme() {
+        let targets = "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\n\
+                       [[target]]\nname = \"s\"\nurl = \"HTTPS://s/wsman\"\nauth = \"https-ntlm\"\n";
+        let c = parse(targets).unwrap();
+        assert_eq!((c.defaults.port, c.defaults.https_port), (5985, 5986));
+        assert_eq!(c.targets[0].url, "http://h:5985/wsman");
+        assert_eq!(c.targets[1].url, "https://s:5986/wsman");
+        let s = c.resolve_target("s").unwrap();
+        assert_eq!((s.port, s.https, s.url.as_str()), (5986, true, "https://s:5986/wsman"));
+        let c = parse(&format!("[defaults]\nport = 8985\nhttps_port = 8986\n{targets}")).unwrap();
+        assert_eq!(c.targets[0].url, "http://h:8985/wsman");
+        assert_eq!(c.targets[1].url, "https://s:8986/wsman");
+        let errs = errors("[defaults]\nhttps_port = 70000\n");
+        assert_eq!(
+            errs,
+            ["relay.toml:13: defaults.https_port: 70000 is out of range 1..=65535"]
+        );
+        // The same host and port cannot be two targets, whatever the schemes.
+        let errs = errors(
+            "[[target]]\nname = \"a\"\nurl = \"http://w:5986/wsman\"\n\
+             [[target]]\nname = \"b\"\nurl = \"https://w/wsman\"\nauth = \"basic\"\n",
+        );
+        assert_eq!(
+            errs,
+            ["relay.toml:17: target[1].url: target \"a\" already uses this host and port"]
+        );
+        // http://w and https://w are different ports: both may be configured.
+        parse(
+            "[[target]]\nname = \"a\"\nurl = \"http://w/wsman\"\n\
+             [[target]]\nname = \"b\"\nurl = \"https://w/wsman\"\nauth = \"credssp\"\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn ca_file_must_exist_and_hold_pem_certificates() {
+        let dir = test_dir("ca-file");
+        let good = ca_pem(&dir);
+        let target = |ca: &Path| {
+            format!(
+                "[[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"https-ntlm\"\nca_file = {:?}\n",
+                ca.display().to_string()
+            )
+        };
+        let c = parse(&target(&good)).unwrap();
+        assert_eq!(c.targets[0].ca_file.as_deref(), Some(good.as_path()));
+        assert_eq!(c.resolve_target("s").unwrap().ca_file.as_deref(), Some(good.as_path()));
+        assert_eq!(load_ca_file(&good).unwrap().len(), 1);
+
+        let missing = dir.join("missing.pem");
+        let errs = errors(&target(&missing));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(&format!(
+                "relay.toml:16: target[0].ca_file: cannot read {}: ",
+                missing.display()
+            )),
+            "{errs:?}"
+        );
+        let cases = [
+            ("text.pem", "not a certificate\n".to_string(), "no PEM certificates"),
+            (
+                "key.pem",
+                rcgen::KeyPair::generate().unwrap().serialize_pem(),
+                "no PEM certificates",
+            ),
+            (
+                "garbage.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_string(),
+                "certificate 1 of 1 is not a usable CA certificate",
+            ),
+            (
+                "broken.pem",
+                "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n".to_string(),
+                "invalid PEM",
+            ),
+        ];
+        for (name, text, want) in cases {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let errs = errors(&target(&path));
+            assert_eq!(errs.len(), 1, "{name}: {errs:?}");
+            assert!(
+                errs[0].starts_with(&format!("relay.toml:16: target[0].ca_file: {}: {want}", path.display())),
+                "{name}: {errs:?}"
+            );
+        }
+        let errs = errors(&format!("[defaults]\nca_file = {:?}\n", missing.display().to_string()));
+        assert!(
+            errs[0].starts_with("relay.toml:13: defaults.ca_file: cannot read"),
+            "{errs:?}"
+        );
+        let errs = errors("[defaults]\nca_file = \"\"\n");
+        assert_eq!(errs, ["relay.toml:13: defaults.ca_file: must not be empty"]);
+
+        // [defaults] ca_file goes to https targets without their own, and never to http ones.
+        let other = dir.join("other.pem");
+        std::fs::copy(&good, &other).unwrap();
+        let c = parse(&format!(
+            "[defaults]\nca_file = {:?}\n\
+             [[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\n\
+             [[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"basic\"\n\
+             [[target]]\nname = \"o\"\nurl = \"https://o/wsman\"\nauth = \"basic\"\nca_file = {:?}\n",
+            good.display().to_string(),
+            other.display().to_string()
+        ))
+        .unwrap();
+        let cas: Vec<_> = c.targets.iter().map(|t| t.ca_file.as_deref()).collect();
+        assert_eq!(cas, [None, Some(good.as_path()), Some(other.as_path())]);
+    }
+
+    #[test]
+    fn tls_keys_only_apply_to_https_targets() {
+        let dir = test_dir("tls-keys-http");
+        let ca = ca_pem(&dir);
+        let errs = errors(&format!(
+            "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\nauth = \"credssp\"\nca_file = {:?}\ntls_verify = false\n",
+            ca.display().to_string()
+        ));
+        assert_eq!(
+            errs,
+            [
+                "relay.toml:16: target[0].ca_file: only applies to https:// urls; this target's url is http://",
+                "relay.toml:17: target[0].tls_verify: only applies to https:// urls; this target's url is http://",
+            ]
+        );
+        let errs = errors(&format!(
+            "[[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"basic\"\nca_file = {:?}\ntls_verify = false\n",
+            ca.display().to_string()
+        ));
+        assert_eq!(
+            errs,
+            ["relay.toml:16: target[0].ca_file: has no effect with tls_verify = false"]
+        );
+    }
+
+    #[test]
+    fn tls_verify_defaults_to_true_and_false_is_a_per_target_opt_in() {
+        let c = parse(
+            "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\n\
+             [[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"basic\"\n\
+             [[target]]\nname = \"lab\"\nurl = \"https://lab/wsman\"\nauth = \"https-ntlm\"\ntls_verify = false\n",
+        )
+        .unwrap();
+        let verify: Vec<_> = c.targets.iter().map(|t| t.tls_verify).collect();
+        assert_eq!(verify, [true, true, false]);
+        let insecure: Vec<_> = c.insecure_targets().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(insecure, ["lab"]);
+        assert!(!c.resolve_target("lab").unwrap().tls_verify);
+        assert!(c.resolve_target("s").unwrap().tls_verify);
+        assert!(parse("").unwrap().insecure_targets().is_empty());
+
+        let errs = errors("[defaults]\ntls_verify = false\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0]
+                .starts_with("relay.toml:13: defaults.tls_verify: tls_verify = false is only accepted on a [[target]]"),
+            "{errs:?}"
+        );
+        parse("[defaults]\ntls_verify = true\n").unwrap();
+        let errs =
+            errors("[[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"basic\"\ntls_verify = \"no\"\n");
+        assert_eq!(
+            errs,
+            ["relay.toml:16: target[0].tls_verify: expected a boolean, found a string"]
+        );
+    }
+
+    #[test]
+    fn unlisted_hosts_follow_https_defaults() {
+        let dir = test_dir("https-defaults");
+        let ca = ca_pem(&dir);
+        let c = parse(&format!(
+            "[defaults]\nauth = \"https-ntlm\"\nhttps_port = 15986\nca_file = {:?}\n",
+            ca.display().to_string()
+        ))
+        .unwrap();
+        let t = c.resolve_target("db01.lab.local").unwrap();
+        assert_eq!(t.url, "https://db01.lab.local:15986/wsman");
+        assert_eq!((t.https, t.port, t.auth), (true, 15986, TargetAuth::HttpsNtlm));
+        assert_eq!((t.ca_file.as_deref(), t.tls_verify), (Some(ca.as_path()), true));
+        let t = c.resolve_target("[fd00::9]:443").unwrap();
+        assert_eq!((t.url.as_str(), t.port), ("https://[fd00::9]:443/wsman", 443));
+        // credssp accepts both schemes; unlisted hosts keep http and its port.
+        let c = parse("[defaults]\nauth = \"credssp\"\nport = 15985\n").unwrap();
+        let t = c.resolve_target("db01").unwrap();
+        assert_eq!(
+            (t.url.as_str(), t.https, t.ca_file.as_ref()),
+            ("http://db01:15985/wsman", false, None)
+        );
+        // http defaults: a [defaults] ca_file does not apply.
+        let c = parse(&format!("[defaults]\nca_file = {:?}\n", ca.display().to_string())).unwrap();
+        let t = c.resolve_target("db01").unwrap();
+        assert_eq!((t.https, t.ca_file.as_ref()), (false, None));
+    }
+
+    #[test]
+    fn resolve_https_targets_by_address() {
+        let c = parse(
+            "[[target]]\nname = \"s\"\nurl = \"https://10.0.0.5/wsman\"\nauth = \"https-ntlm\"\ntls_verify = false\n\
+             [[target]]\nname = \"h\"\nurl = \"http://10.0.0.6:5986/wsman\"\n",
+        )
+        .unwrap();
+        for given in ["s", "10.0.0.5", "10.0.0.5:5986"] {
+            let t = c.resolve_target(given).unwrap();
+            assert_eq!(t.alias.as_deref(), Some("s"), "{given}");
+            assert_eq!(
+                (t.url.as_str(), t.https, t.tls_verify),
+                ("https://10.0.0.5:5986/wsman", true, false)
+            );
+        }
+        // Another port of that host is not the configured target.
+        let t = c.resolve_target("10.0.0.5:5985").unwrap();
+        assert_eq!((t.alias, t.https, t.auth), (None, false, TargetAuth::Negotiate));
+        // An http target on a non-default port needs the port named, as before.
+        assert_eq!(c.resolve_target("10.0.0.6:5986").unwrap().alias.as_deref(), Some("h"));
+        assert_eq!(c.resolve_target("10.0.0.6").unwrap().alias, None);
+    }
+
+    #[test]
+    fn https_listener_counts_and_clashes() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.https, None);
+        assert!(c.listen.basic_over_https);
+        // Only an https listener: that is a listener.
+        let src = MINIMAL.replace(
+            "http = \"127.0.0.1:5985\"",
+            "https = \"127.0.0.1:5986\"\nbasic_auth = false",
+        );
+        let c = Config::parse(Path::new("r.toml"), &src).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            (c.listen.http, c.listen.https),
+            (None, Some("127.0.0.1:5986".parse().unwrap()))
+        );
+        assert!(!c.listen.basic_over_https);
+        let both = MINIMAL.replace(
+            "http = \"127.0.0.1:5985\"",
+            "http = \"127.0.0.1:5985\"\nhttps = \"0.0.0.0:5986\"",
+        );
+        let c = Config::parse(Path::new("r.toml"), &both).unwrap();
+        assert_eq!(c.listen.https, Some("0.0.0.0:5986".parse().unwrap()));
+        // https against http, and a target listener against https.
+        for (https, want) in [
+            ("127.0.0.1:5985", "clashes with listen.http (127.0.0.1:5985)"),
+            ("0.0.0.0:5985", "clashes with listen.http (127.0.0.1:5985)"),
+        ] {
+            let src = MINIMAL.replace("tls_cert", &format!("https = {https:?}\ntls_cert"));
+            let errs: Vec<String> = Config::parse(Path::new("r.toml"), &src)
+                .unwrap_err()
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+            assert_eq!(errs, [format!("r.toml:4: listen.https: listen address {https} {want}")]);
+        }
+        let src = format!("{both}[[target]]\nname = \"w\"\nurl = \"http://w/wsman\"\nlisten = \"127.0.0.1:5986\"\n");
+        let errs: Vec<String> = Config::parse(Path::new("r.toml"), &src)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            ["r.toml:16: target[0].listen: listen address 127.0.0.1:5986 clashes with listen.https (0.0.0.0:5986)"]
+        );
+        let src = MINIMAL.replace("tls_cert", "https = \"x\"\nbasic_auth = 1\ntls_cert");
+        let errs: Vec<String> = Config::parse(Path::new("r.toml"), &src)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "r.toml:4: listen.https: invalid socket address \"x\" (expected ip:port)",
+                "r.toml:5: listen.basic_auth: expected a boolean, found an integer",
+            ]
+        );
+    }
+
+    #[test]
+    fn commented_transport_examples_are_valid() {
+        // Lines like `#name = "x"` (no space after '#') are ready-to-use settings in the
+        // example; uncommented, they must still be a valid config.
+        let dir = test_dir("example-uncommented");
+        let ca = ca_pem(&dir);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\n#ca_file = \"certs/web02-ca.pem\"\n"),
+            "example changed"
+        );
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("certs/web02-ca.pem", &ca.display().to_string());
+        let c = Config::parse(&path, &uncommented).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(c.listen.https, Some("127.0.0.1:5986".parse().unwrap()));
+        let auths: Vec<_> = c.targets.iter().map(|t| (t.name.as_str(), t.auth)).collect();
+        assert_eq!(
+            auths,
+            [
+                ("web01", TargetAuth::Negotiate),
+                ("web02", TargetAuth::HttpsNtlm),
+                ("files01", TargetAuth::Basic),
+                ("app01", TargetAuth::CredSsp),
+            ]
+        );
+        assert_eq!(c.targets[1].ca_file.as_deref(), Some(ca.as_path()));
+        assert!(c.insecure_targets().is_empty());
     }
 }

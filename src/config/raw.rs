@@ -42,6 +42,8 @@ pub(super) struct RawConfig {
 #[derive(Deserialize, Default)]
 pub(super) struct RawListen {
     pub http: V,
+    pub https: V,
+    pub basic_auth: V,
     pub tls_cert: V,
     pub tls_key: V,
     pub max_envelope_size: V,
@@ -83,6 +85,9 @@ pub(super) struct RawLimits {
 pub(super) struct RawDefaults {
     pub auth: V,
     pub port: V,
+    pub https_port: V,
+    pub ca_file: V,
+    pub tls_verify: V,
     pub connect_timeout_secs: V,
     pub timeout_secs: V,
 }
@@ -93,6 +98,8 @@ pub(super) struct RawTarget {
     pub url: V,
     pub auth: V,
     pub listen: V,
+    pub ca_file: V,
+    pub tls_verify: V,
     pub connect_timeout_secs: V,
     pub timeout_secs: V,
 }
@@ -132,6 +139,8 @@ const TOP: &[&str] = &[
 ];
 const LISTEN: &[&str] = &[
     "http",
+    "https",
+    "basic_auth",
     "tls_cert",
     "tls_key",
     "max_envelope_size",
@@ -155,8 +164,25 @@ const LIMITS: &[&str] = &[
     "max_shells_per_user",
     "max_operations_per_user",
 ];
-const DEFAULTS: &[&str] = &["auth", "port", "connect_timeout_secs", "timeout_secs"];
-const TARGET: &[&str] = &["name", "url", "auth", "listen", "connect_timeout_secs", "timeout_secs"];
+const DEFAULTS: &[&str] = &[
+    "auth",
+    "port",
+    "https_port",
+    "ca_file",
+    "tls_verify",
+    "connect_timeout_secs",
+    "timeout_secs",
+];
+const TARGET: &[&str] = &[
+    "name",
+    "url",
+    "auth",
+    "listen",
+    "ca_file",
+    "tls_verify",
+    "connect_timeout_secs",
+    "timeout_secs",
+];
 const ALLOW: &[&str] = &["users", "targets", "shells"];
 
 /// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the

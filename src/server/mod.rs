@@ -11,7 +11,7 @@ mod reply;
 mod session;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -40,50 +40,104 @@ pub enum ServerError {
     NoListener,
 }
 
-/// Everything the connections share, read-only.
+/// Everything the connections share.
 pub(crate) struct Shared {
     pub config: Config,
-    pub acceptor: Arc<AcceptorConfig>,
+    /// Certificate, key and users: replaced as a whole on SIGHUP; sessions
+    /// already running keep the one they started with.
+    credssp: RwLock<Arc<AcceptorConfig>>,
     pub policy: Policy,
     pub audit: AuditSink,
     pub lockout: limits::Lockout,
     pub quotas: Arc<limits::Quotas>,
 }
 
+impl Shared {
+    pub fn credssp(&self) -> Arc<AcceptorConfig> {
+        self.credssp
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn replace_credssp(&self, next: Arc<AcceptorConfig>) {
+        *self.credssp.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+    }
+}
+
+/// Which kind of listener accepted a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerKind {
+    /// Every request goes to this target (a `[[target]] listen` address).
+    pub fixed_target: Option<String>,
+    /// HTTPS: TLS first, then Basic is possible and bodies may be plain.
+    pub https: bool,
+}
+
 /// Load certificates, users and policy, bind every listener, and serve until
-/// SIGINT/SIGTERM.
+/// SIGINT/SIGTERM. SIGHUP reloads the certificate, key and users file.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let shared = Arc::new(prepare(config)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut listeners = Vec::new();
     if let Some(addr) = shared.config.listen.http {
-        listeners.push((bind(addr).await?, None));
+        listeners.push((
+            bind(addr).await?,
+            ListenerKind {
+                fixed_target: None,
+                https: false,
+            },
+        ));
+    }
+    if let Some(addr) = shared.config.listen.https {
+        listeners.push((
+            bind(addr).await?,
+            ListenerKind {
+                fixed_target: None,
+                https: true,
+            },
+        ));
     }
     for target in &shared.config.targets {
         if let Some(addr) = target.listen {
-            listeners.push((bind(addr).await?, Some(target.name.clone())));
+            let kind = ListenerKind {
+                fixed_target: Some(target.name.clone()),
+                https: false,
+            };
+            listeners.push((bind(addr).await?, kind));
         }
     }
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
+    for target in shared.config.insecure_targets() {
+        tracing::warn!(
+            target = %target.name,
+            url = %target.url,
+            "TLS CERTIFICATE VERIFICATION IS OFF for this target (tls_verify = false): anyone on the path can \
+             impersonate it and receive delegated credentials"
+        );
+    }
     let mut tasks = Vec::new();
-    for (listener, fixed_target) in listeners {
+    for (listener, kind) in listeners {
         let addr = listener.local_addr().ok();
         tracing::info!(
             ?addr,
-            target = fixed_target.as_deref().unwrap_or("(from path)"),
+            https = kind.https,
+            target = kind.fixed_target.as_deref().unwrap_or("(from path)"),
             "listening"
         );
         tasks.push(tokio::spawn(session::accept_loop(
             listener,
-            fixed_target,
+            kind,
             shared.clone(),
             shutdown_rx.clone(),
         )));
     }
+    let reloader = tokio::spawn(reload_on_hangup(shared.clone()));
     wait_for_signal().await;
     tracing::info!("shutting down: closing listeners and sessions");
+    reloader.abort();
     let _ = shutdown_tx.send(true);
     for task in tasks {
         let _ = task.await;
@@ -100,6 +154,22 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
             "generated a self-signed development certificate; replace it for production"
         );
     }
+    let credssp = acceptor_config(&config, &cert)?;
+    let policy = Policy::new(&config.allow)?;
+    let audit = AuditSink::open(&config.audit.path)?;
+    let lockout = limits::Lockout::new(&config.auth);
+    let quotas = limits::Quotas::new(config.limits.clone());
+    Ok(Shared {
+        config,
+        credssp: RwLock::new(credssp),
+        policy,
+        audit,
+        lockout,
+        quotas,
+    })
+}
+
+fn load_users(config: &Config) -> Result<Arc<[UserHash]>, ServerError> {
     let users = match UsersFile::load(&config.auth.users_file) {
         Ok(users) => users,
         // A fresh install has no users yet: start, and say how to add one.
@@ -113,7 +183,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         }
         Err(error) => return Err(error.into()),
     };
-    let user_hashes: Arc<[UserHash]> = users
+    let hashes: Arc<[UserHash]> = users
         .entries()
         .map(|entry| UserHash {
             domain: entry.domain().to_string(),
@@ -122,29 +192,50 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         })
         .collect::<Vec<_>>()
         .into();
-    tracing::info!(users = user_hashes.len(), "loaded users file");
+    tracing::info!(users = hashes.len(), "loaded users file");
+    Ok(hashes)
+}
+
+/// The TLS configuration (the HTTPS listener and the CredSSP inner channel
+/// share the certificate) and what the CredSSP acceptor binds to.
+fn acceptor_config(config: &Config, cert: &certs::RelayCert) -> Result<Arc<AcceptorConfig>, ServerError> {
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
-    let acceptor = Arc::new(AcceptorConfig {
+    Ok(Arc::new(AcceptorConfig {
         tls: Arc::new(tls),
         public_key: cert.credssp_public_key.clone(),
-        users: user_hashes,
+        users: load_users(config)?,
         min_version: config.auth.credssp_min_version,
-    });
-    let policy = Policy::new(&config.allow)?;
-    let audit = AuditSink::open(&config.audit.path)?;
-    let lockout = limits::Lockout::new(&config.auth);
-    let quotas = limits::Quotas::new(config.limits.clone());
-    Ok(Shared {
-        config,
-        acceptor,
-        policy,
-        audit,
-        lockout,
-        quotas,
-    })
+    }))
+}
+
+/// SIGHUP: reload certificate chain, key and users file without dropping
+/// live sessions. A bad new file keeps the old configuration in force.
+async fn reload_on_hangup(shared: Arc<Shared>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::error!("cannot watch SIGHUP: reloading is unavailable");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let config = &shared.config;
+            let reloaded = certs::load(&config.listen.tls_cert, &config.listen.tls_key)
+                .map_err(ServerError::from)
+                .and_then(|cert| acceptor_config(config, &cert));
+            match reloaded {
+                Ok(next) => {
+                    shared.replace_credssp(next);
+                    tracing::info!("SIGHUP: reloaded certificate, key and users file");
+                }
+                Err(error) => tracing::error!(%error, "SIGHUP: reload failed, keeping the previous configuration"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = shared;
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {

@@ -105,15 +105,22 @@ pub(crate) async fn relay(
         // The empty POST clients use to (re)check authentication.
         return reply::ok_empty();
     }
-    // AllowUnencrypted=false, as on Windows: clear bodies never leave the relay.
-    if sealing::protocol_of(&content_type) != Some(SealProtocol::CredSsp) {
+    let sealed = sealing::protocol_of(&content_type) == Some(SealProtocol::CredSsp);
+    // AllowUnencrypted=false, as on Windows: over HTTP, clear bodies never
+    // leave the relay. Over HTTPS the TLS layer protects them.
+    if !sealed && !session.https {
         let mut event = session.event(AuditKind::Denied);
         event.status = Some(401);
         event.reason = Some("unencrypted request body refused".into());
         shared.audit.emit(&event);
         return reply::refused_401("unencrypted WS-Man bodies are refused over HTTP; enable message encryption");
     }
-    let plain = match unseal(session, &body) {
+    let unsealed = if sealed {
+        unseal(session, &body)
+    } else {
+        Ok(body.to_vec())
+    };
+    let plain = match unsealed {
         Ok(plain) => plain,
         Err(message) => {
             let mut event = session.event(AuditKind::Request);
@@ -139,6 +146,10 @@ pub(crate) async fn relay(
     event.bytes_out = Some(xml.len() as u64);
     event.duration_ms = Some(started.elapsed().as_millis() as u64);
     shared.audit.emit(&event);
+    // Answer in kind: sealed when the request was.
+    if !sealed {
+        return reply::soap(status, xml);
+    }
     let Some(channel) = session.channel() else {
         return reply::credssp_401(&[]);
     };
@@ -206,6 +217,7 @@ async fn forward(
         }
     };
     event.target = Some(target.name.clone());
+    event.tls_verified = target.https.then_some(target.tls_verify);
     let user = session.principal().unwrap_or_default().to_string();
     if let Decision::Deny { reason } = shared.policy.decide(&user, &target, info.resource_uri.as_deref()) {
         tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");

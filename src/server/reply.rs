@@ -50,6 +50,16 @@ pub(crate) fn refused_401(reason: &str) -> HttpResponse {
     )
 }
 
+/// `401` for Basic over HTTPS: offers Basic again (and CredSSP).
+pub(crate) fn basic_401() -> HttpResponse {
+    finish(
+        empty(StatusCode::UNAUTHORIZED)
+            .header(WWW_AUTHENTICATE, "Basic realm=\"WSMAN\"")
+            .header(WWW_AUTHENTICATE, CREDSSP),
+        Bytes::new(),
+    )
+}
+
 pub(crate) fn ok_empty() -> HttpResponse {
     finish(empty(StatusCode::OK), Bytes::new())
 }

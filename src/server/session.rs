@@ -20,17 +20,20 @@ use tokio::sync::{watch, Mutex};
 
 use super::limits::Slot;
 use super::reply::{self, HttpResponse, CREDSSP};
-use super::{pipeline, Shared};
+use super::{pipeline, ListenerKind, Shared};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::ResolvedTarget;
+use crate::proto::credssp::{verify_password, Principal};
 use crate::proto::credssp::{Acceptor, SecureChannel, Step};
-use crate::proto::http_auth::parse_scheme_token;
+use crate::proto::http_auth::{parse_basic, parse_scheme_token};
 use crate::target::TargetConnection;
+use crate::vault::DelegatedCredentials;
 use crate::vault::Vault;
+use secrecy::ExposeSecret;
 
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    fixed_target: Option<String>,
+    kind: ListenerKind,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -52,7 +55,7 @@ pub(crate) async fn accept_loop(
                         continue;
                     }
                     let shutdown = shutdown.clone();
-                    connections.spawn(serve_connection(stream, peer, fixed_target.clone(), shared.clone(), shutdown));
+                    connections.spawn(serve_connection(stream, peer, kind.clone(), shared.clone(), shutdown));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
@@ -102,12 +105,33 @@ impl Activity {
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    fixed_target: Option<String>,
+    kind: ListenerKind,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let session = Arc::new(Mutex::new(Session::new(peer, fixed_target)));
+    if !kind.https {
+        return serve_http(stream, peer, kind, shared, shutdown).await;
+    }
+    // The TLS handshake gets the same deadline as a request's headers.
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.credssp().tls.clone());
+    match tokio::time::timeout(shared.config.listen.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_http(tls, peer, kind, shared, shutdown).await,
+        Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let session = Arc::new(Mutex::new(Session::new(peer, kind)));
     let activity = Arc::new(Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -191,7 +215,8 @@ enum AuthState {
     },
     Authenticated {
         principal: String,
-        channel: Box<SecureChannel>,
+        /// CredSSP's TLS channel, for session encryption; `None` for Basic.
+        channel: Option<Box<SecureChannel>>,
     },
 }
 
@@ -207,6 +232,8 @@ pub(crate) struct Session {
     pub id: String,
     pub source: SocketAddr,
     pub fixed_target: Option<String>,
+    /// Arrived over the HTTPS listener: TLS protects bodies, Basic is possible.
+    pub https: bool,
     auth: AuthState,
     pub vault: Vault,
     pub targets: HashMap<String, TargetConnection>,
@@ -220,11 +247,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    fn new(source: SocketAddr, fixed_target: Option<String>) -> Session {
+    fn new(source: SocketAddr, kind: ListenerKind) -> Session {
         Session {
             id: format!("{:016x}", rand::random::<u64>()),
             source,
-            fixed_target,
+            fixed_target: kind.fixed_target,
+            https: kind.https,
             auth: AuthState::None,
             vault: Vault::default(),
             targets: HashMap::new(),
@@ -244,7 +272,7 @@ impl Session {
 
     pub fn channel(&mut self) -> Option<&mut SecureChannel> {
         match &mut self.auth {
-            AuthState::Authenticated { channel, .. } => Some(channel),
+            AuthState::Authenticated { channel, .. } => channel.as_deref_mut(),
             _ => None,
         }
     }
@@ -281,6 +309,17 @@ impl Session {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if let Some(authorization) = authorization {
+            let is_basic = authorization.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "));
+            if is_basic && self.https && shared.config.listen.basic_over_https {
+                // Basic carries the credentials on every request, with the body.
+                return match self.authenticate_basic(&authorization, shared) {
+                    None => pipeline::relay(self, request, route, shared).await,
+                    Some(refusal) => {
+                        drain(request, shared).await;
+                        refusal
+                    }
+                };
+            }
             drain(request, shared).await;
             return self.authenticate(&authorization, shared);
         }
@@ -299,7 +338,9 @@ impl Session {
             Err(error) => return reply::refused_401(&format!("bad Authorization header: {error}")),
         };
         if !parsed.scheme.eq_ignore_ascii_case(CREDSSP) {
-            let reason = if parsed.scheme.eq_ignore_ascii_case("Basic") {
+            let reason = if parsed.scheme.eq_ignore_ascii_case("Basic") && self.https {
+                "Basic authentication is disabled on this relay (listen.basic_auth = false); use CredSSP".to_string()
+            } else if parsed.scheme.eq_ignore_ascii_case("Basic") {
                 "Basic authentication is refused on the HTTP listener: it would send the password in clear; use CredSSP"
                     .to_string()
             } else {
@@ -321,7 +362,7 @@ impl Session {
                 self.audit_auth_failed(shared, None, "source is locked out after repeated malformed logons");
                 return reply::credssp_401(&[]);
             }
-            match Acceptor::new(shared.acceptor.clone()) {
+            match Acceptor::new(shared.credssp()) {
                 Ok(acceptor) => {
                     self.auth = AuthState::InProgress {
                         acceptor: Box::new(acceptor),
@@ -363,7 +404,10 @@ impl Session {
                 shared.lockout.record_success(source_ip, Some(&principal));
                 self.vault.store(credentials);
                 self.slot = Some(slot);
-                self.auth = AuthState::Authenticated { principal, channel };
+                self.auth = AuthState::Authenticated {
+                    principal,
+                    channel: Some(channel),
+                };
                 tracing::info!(session = %self.id, user = self.principal(), source = %self.source, "session authenticated");
                 shared.audit.emit(&self.event(AuditKind::SessionStart));
                 reply::ok_empty()
@@ -379,6 +423,76 @@ impl Session {
                 reply::credssp_401(token.as_deref().unwrap_or_default())
             }
         }
+    }
+
+    /// `Authorization: Basic` over HTTPS: checked against the users file on
+    /// every request; the session's credentials are the ones last proven.
+    fn authenticate_basic(&mut self, authorization: &str, shared: &Shared) -> Option<HttpResponse> {
+        let now = Instant::now();
+        let source_ip = self.source.ip();
+        let refuse = |session: &mut Session, user: Option<String>, reason: &str| {
+            session.audit_auth_failed(shared, user, reason);
+            reply::basic_401()
+        };
+        let Some((user, password)) = parse_scheme_token(authorization)
+            .ok()
+            .and_then(|parsed| parsed.token)
+            .and_then(|token| parse_basic(&token).ok())
+        else {
+            return Some(refuse(self, None, "malformed Basic credentials"));
+        };
+        let claimed = Principal::parse(&user);
+        if shared.lockout.is_locked(source_ip, Some(&claimed.display()), now) {
+            return Some(refuse(
+                self,
+                Some(claimed.display()),
+                "locked out after repeated logon failures",
+            ));
+        }
+        let users = shared.credssp().users.clone();
+        let Some(entry) = verify_password(&users, &claimed, password.expose_secret()) else {
+            let mut reason = "authentication failed: unknown user or wrong password".to_string();
+            if shared.lockout.record_failure(source_ip, Some(&claimed.display()), now) {
+                reason.push_str("; logons from this source for this user are now locked out");
+            }
+            return Some(refuse(self, Some(claimed.display()), &reason));
+        };
+        let principal = format!("{}\\{}", entry.domain, entry.user);
+        if self.principal() == Some(principal.as_str()) {
+            // Same user as before: keep the session, refresh the password.
+            self.vault.store(DelegatedCredentials::new(
+                entry.domain.clone(),
+                entry.user.clone(),
+                password,
+            ));
+            return None;
+        }
+        self.reset();
+        let slot = match shared.quotas.session(&principal) {
+            Ok(slot) => slot,
+            Err(quota) => {
+                let mut event = self.event(AuditKind::Denied);
+                event.user = Some(principal.clone());
+                event.status = Some(503);
+                event.reason = Some(quota.to_string());
+                shared.audit.emit(&event);
+                return Some(reply::plain(StatusCode::SERVICE_UNAVAILABLE, &quota.to_string()));
+            }
+        };
+        shared.lockout.record_success(source_ip, Some(&principal));
+        self.vault.store(DelegatedCredentials::new(
+            entry.domain.clone(),
+            entry.user.clone(),
+            password,
+        ));
+        self.slot = Some(slot);
+        self.auth = AuthState::Authenticated {
+            principal,
+            channel: None,
+        };
+        tracing::info!(session = %self.id, user = self.principal(), source = %self.source, "session authenticated (Basic over HTTPS)");
+        shared.audit.emit(&self.event(AuditKind::SessionStart));
+        None
     }
 
     fn audit_auth_failed(&self, shared: &Shared, user: Option<String>, reason: &str) {

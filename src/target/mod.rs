@@ -1,9 +1,19 @@
 //! Connections from the relay to target hosts.
 //!
-//! One [`TargetConnection`] per (inbound session, target): a kept-alive HTTP/1.1
-//! connection authenticated once with the caller's delegated credentials
-//! (Negotiate/NTLM), then carrying SPNEGO-sealed WS-Man messages. It is never
-//! shared across sessions, so never across users.
+//! One [`TargetConnection`] per (inbound session, target): a kept-alive
+//! HTTP/1.1 connection, over TLS for `https` targets, authenticated once with
+//! the caller's delegated credentials, then carrying WS-Man messages sealed
+//! as the transport requires. It is never shared across sessions, so never
+//! across users.
+//!
+//! | `auth` | wire | authentication | bodies |
+//! |---|---|---|---|
+//! | negotiate, ntlm | HTTP | SPNEGO/NTLM, once | SPNEGO session encryption |
+//! | https-negotiate, https-ntlm | HTTPS | SPNEGO/NTLM with channel binding, once | plain (TLS protects them) |
+//! | basic | HTTPS | `Basic` on every request | plain |
+//! | credssp | HTTP or HTTPS | CredSSP, delegating the caller's credentials onward | CredSSP session encryption on HTTP, plain on HTTPS |
+
+mod tls;
 
 use std::time::Duration;
 
@@ -13,11 +23,18 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
 
-use crate::config::ResolvedTarget;
-use crate::proto::http_auth::{find_challenge, format_scheme_token, HttpAuthError, NegotiateClient};
+pub use tls::TargetTlsError;
+
+use crate::config::{ResolvedTarget, TargetAuth};
+use crate::proto::credssp::{CredSspError, Initiator, SecureChannel};
+use crate::proto::http_auth::{
+    basic_authorization, find_challenge, format_scheme_token, tls_server_end_point, HttpAuthError, NegotiateClient,
+};
 use crate::proto::sealing::{self, SealProtocol};
 use crate::vault::DelegatedCredentials;
 
@@ -25,6 +42,8 @@ use crate::vault::DelegatedCredentials;
 /// by MaxEnvelopeSize (500 KiB by default), sealing adds little.
 const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 const NEGOTIATE: &str = "Negotiate";
+const CREDSSP: &str = "CredSSP";
+const SOAP_CONTENT_TYPE: &str = "application/soap+xml;charset=UTF-8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -32,12 +51,14 @@ pub enum TargetError {
     Connect { target: String, source: std::io::Error },
     #[error("connecting to {target} timed out after {secs} s")]
     ConnectTimeout { target: String, secs: u64 },
+    #[error("TLS to {target} failed: {detail}")]
+    Tls { target: String, detail: String },
     #[error("timed out: {target} did not answer within {secs} s")]
     Timeout { target: String, secs: u64 },
     #[error("{target} rejected the delegated credentials of {user} (HTTP 401)")]
     AuthRejected { target: String, user: String },
-    #[error("authenticating to {target}: {source}")]
-    Auth { target: String, source: HttpAuthError },
+    #[error("authenticating to {target}: {detail}")]
+    Auth { target: String, detail: String },
     #[error("talking to {target}: {detail}")]
     Http { target: String, detail: String },
     #[error("{target} sent a response the relay cannot decrypt: {detail}")]
@@ -61,10 +82,25 @@ pub struct TargetResponse {
     pub body: Vec<u8>,
 }
 
+/// How bodies travel once authenticated.
+enum Wire {
+    /// SPNEGO session encryption (HTTP).
+    Spnego(Box<NegotiateClient>),
+    /// CredSSP session encryption (HTTP).
+    CredSsp(Box<SecureChannel>),
+    /// Plain SOAP inside the target's TLS.
+    Plain,
+    /// Plain SOAP inside TLS, with the credentials on every request.
+    Basic(Zeroizing<String>),
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 pub struct TargetConnection {
     target: ResolvedTarget,
     sender: SendRequest<Full<Bytes>>,
-    auth: NegotiateClient,
+    wire: Wire,
     driver: JoinHandle<()>,
 }
 
@@ -82,51 +118,38 @@ impl std::fmt::Debug for TargetConnection {
     }
 }
 
+/// The stream to a target, and (over TLS) its certificate for channel binding.
+struct Connected {
+    io: Box<dyn Io>,
+    certificate: Option<Vec<u8>>,
+}
+
 impl TargetConnection {
     /// Connect and authenticate as `credentials`.
     pub async fn open(target: &ResolvedTarget, credentials: &DelegatedCredentials) -> Result<Self, TargetError> {
-        let addr = (target.host.as_str(), target.port);
-        let stream = match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err(TargetError::ConnectTimeout {
+        let connected = connect(target).await?;
+        let (sender, connection) =
+            http1::handshake(TokioIo::new(connected.io))
+                .await
+                .map_err(|e| TargetError::Http {
                     target: describe(target),
-                    secs: target.connect_timeout.as_secs(),
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(TargetError::Connect {
-                    target: describe(target),
-                    source,
-                })
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        // Small request/response exchanges: don't let Nagle add latency.
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| TargetError::Http {
-                target: describe(target),
-                detail: e.to_string(),
-            })?;
+                    detail: e.to_string(),
+                })?;
         let driver = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "target connection ended");
             }
         });
-        let auth = NegotiateClient::new(credentials, &target.host).map_err(|source| TargetError::Auth {
-            target: describe(target),
-            source,
-        })?;
         let mut conn = TargetConnection {
             target: target.clone(),
             sender,
-            auth,
+            wire: Wire::Plain,
             driver,
         };
         let deadline = target.timeout;
-        match tokio::time::timeout(deadline, conn.authenticate(credentials.principal())).await {
-            Ok(result) => result?,
+        let authenticated = conn.authenticate(credentials, connected.certificate.as_deref());
+        match tokio::time::timeout(deadline, authenticated).await {
+            Ok(result) => conn.wire = result?,
             Err(_) => {
                 return Err(TargetError::Timeout {
                     target: describe(target),
@@ -142,64 +165,143 @@ impl TargetConnection {
         self.sender.is_closed()
     }
 
+    async fn authenticate(
+        &mut self,
+        credentials: &DelegatedCredentials,
+        certificate: Option<&[u8]>,
+    ) -> Result<Wire, TargetError> {
+        let auth_error = |detail: String| TargetError::Auth {
+            target: describe(&self.target),
+            detail,
+        };
+        match self.target.auth {
+            TargetAuth::Negotiate | TargetAuth::Ntlm => {
+                let mut client =
+                    NegotiateClient::new(credentials, &self.target.host).map_err(|e| auth_error(e.to_string()))?;
+                self.negotiate(&mut client, credentials).await?;
+                Ok(Wire::Spnego(Box::new(client)))
+            }
+            TargetAuth::HttpsNegotiate | TargetAuth::HttpsNtlm => {
+                let certificate = certificate.ok_or_else(|| auth_error("no TLS certificate to bind to".into()))?;
+                let mut client = NegotiateClient::new(credentials, &self.target.host)
+                    .map_err(|e| auth_error(e.to_string()))?
+                    .with_channel_bindings(&tls_server_end_point(certificate));
+                self.negotiate(&mut client, credentials).await?;
+                Ok(Wire::Plain)
+            }
+            TargetAuth::Basic => Ok(Wire::Basic(basic_authorization(
+                &credentials.principal(),
+                credentials.expose_password(),
+            ))),
+            TargetAuth::CredSsp => {
+                let initiator =
+                    Initiator::new(credentials, &self.target.host).map_err(|e| auth_error(e.to_string()))?;
+                let channel = self.credssp(initiator, credentials).await?;
+                Ok(if self.target.https {
+                    Wire::Plain
+                } else {
+                    Wire::CredSsp(Box::new(channel))
+                })
+            }
+        }
+    }
+
     /// Empty-body POSTs carry the Negotiate legs, as WinRM clients do.
-    async fn authenticate(&mut self, user: String) -> Result<(), TargetError> {
+    async fn negotiate(
+        &mut self,
+        client: &mut NegotiateClient,
+        credentials: &DelegatedCredentials,
+    ) -> Result<(), TargetError> {
+        let target = describe(&self.target);
+        let auth_error = |e: HttpAuthError| TargetError::Auth {
+            target: target.clone(),
+            detail: e.to_string(),
+        };
         let mut server_token: Option<Vec<u8>> = None;
         loop {
-            let token = self
-                .auth
-                .step(server_token.as_deref())
-                .map_err(|source| TargetError::Auth {
-                    target: describe(&self.target),
-                    source,
-                })?;
-            let Some(token) = token else { return Ok(()) };
-            let request = self.request(Bytes::new(), None, Some(&format_scheme_token(NEGOTIATE, &token)))?;
-            let response = self.send(request).await?;
-            let status = response.status();
-            let challenge = {
-                let values = response
-                    .headers()
-                    .get_all(WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok());
-                find_challenge(values, NEGOTIATE).flatten()
+            let Some(token) = client.step(server_token.as_deref()).map_err(auth_error)? else {
+                return Ok(());
             };
-            // Drain the body so the connection stays usable.
-            let _ = response.into_body().collect().await;
+            let (status, challenge) = self.auth_leg(NEGOTIATE, &token).await?;
             match (status, challenge) {
                 (StatusCode::UNAUTHORIZED, Some(next)) => server_token = Some(next),
-                // A bare 401 means the credentials were refused.
-                (StatusCode::UNAUTHORIZED, None) => {
-                    return Err(TargetError::AuthRejected {
-                        target: describe(&self.target),
-                        user,
-                    })
-                }
+                (StatusCode::UNAUTHORIZED, None) => return Err(self.rejected(credentials)),
                 (status, final_token) if status.is_success() => {
                     // The final token (mechListMIC) must be consumed before any
                     // decryption, or sequence numbers go out of step.
                     if let Some(final_token) = final_token {
-                        self.auth.step(Some(&final_token)).map_err(|source| TargetError::Auth {
-                            target: describe(&self.target),
-                            source,
-                        })?;
+                        client.step(Some(&final_token)).map_err(auth_error)?;
                     }
-                    if !self.auth.is_established() {
-                        return Err(TargetError::Auth {
-                            target: describe(&self.target),
-                            source: HttpAuthError::Incomplete,
-                        });
+                    if !client.is_established() {
+                        return Err(auth_error(HttpAuthError::Incomplete));
                     }
                     return Ok(());
                 }
-                (status, _) => {
-                    return Err(TargetError::Http {
-                        target: describe(&self.target),
-                        detail: format!("unexpected HTTP {status} during authentication"),
-                    })
-                }
+                (status, _) => return Err(self.unexpected(status)),
             }
+        }
+    }
+
+    /// CredSSP legs, then the target's 200 accepts the delegated credentials.
+    async fn credssp(
+        &mut self,
+        mut initiator: Initiator,
+        credentials: &DelegatedCredentials,
+    ) -> Result<SecureChannel, TargetError> {
+        let target = describe(&self.target);
+        let auth_error = |e: CredSspError| TargetError::Auth {
+            target: target.clone(),
+            detail: e.to_string(),
+        };
+        let mut token = initiator.step(None).map_err(auth_error)?.unwrap_or_default();
+        loop {
+            let (status, challenge) = self.auth_leg(CREDSSP, &token).await?;
+            match (status, challenge) {
+                (status, _) if status.is_success() && initiator.credentials_sent() => {
+                    return initiator.into_channel().map_err(auth_error);
+                }
+                (StatusCode::UNAUTHORIZED, Some(next)) if !initiator.credentials_sent() => {
+                    match initiator.step(Some(&next)).map_err(auth_error)? {
+                        Some(next_token) => token = next_token,
+                        None => return Err(self.rejected(credentials)),
+                    }
+                }
+                (StatusCode::UNAUTHORIZED, _) => return Err(self.rejected(credentials)),
+                (status, _) => return Err(self.unexpected(status)),
+            }
+        }
+    }
+
+    /// One authentication POST: the status and the server's token for `scheme`.
+    async fn auth_leg(&mut self, scheme: &str, token: &[u8]) -> Result<(StatusCode, Option<Vec<u8>>), TargetError> {
+        let authorization = format_scheme_token(scheme, token);
+        let request = self.request(Bytes::new(), None, Some(&authorization))?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let challenge = {
+            let values = response
+                .headers()
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            find_challenge(values, scheme).flatten()
+        };
+        // Drain the body so the connection stays usable.
+        let _ = response.into_body().collect().await;
+        Ok((status, challenge))
+    }
+
+    fn rejected(&self, credentials: &DelegatedCredentials) -> TargetError {
+        TargetError::AuthRejected {
+            target: describe(&self.target),
+            user: credentials.principal(),
+        }
+    }
+
+    fn unexpected(&self, status: StatusCode) -> TargetError {
+        TargetError::Http {
+            target: describe(&self.target),
+            detail: format!("unexpected HTTP {status} during authentication"),
         }
     }
 
@@ -209,41 +311,41 @@ impl TargetConnection {
         content_type: Option<&str>,
         authorization: Option<&str>,
     ) -> Result<Request<Full<Bytes>>, TargetError> {
+        let http_error = |detail: String| TargetError::Http {
+            target: describe(&self.target),
+            detail,
+        };
         let mut builder = Request::post(url_path(&self.target.url))
-            .header(HOST, format!("{}:{}", self.target.host, self.target.port))
+            .header(HOST, host_header(&self.target))
             .header(CONTENT_LENGTH, body.len())
             .header("User-Agent", "winrm-relay");
         if let Some(content_type) = content_type {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
         if let Some(authorization) = authorization {
-            let value = HeaderValue::from_str(authorization).map_err(|e| TargetError::Http {
-                target: describe(&self.target),
-                detail: e.to_string(),
-            })?;
+            let mut value = HeaderValue::from_str(authorization).map_err(|e| http_error(e.to_string()))?;
+            value.set_sensitive(true);
             builder = builder.header(AUTHORIZATION, value);
         }
-        builder.body(Full::new(body)).map_err(|e| TargetError::Http {
-            target: describe(&self.target),
-            detail: e.to_string(),
-        })
+        builder.body(Full::new(body)).map_err(|e| http_error(e.to_string()))
     }
 
     async fn send(
         &mut self,
         request: Request<Full<Bytes>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, TargetError> {
+        let target = describe(&self.target);
         self.sender.ready().await.map_err(|e| TargetError::Http {
-            target: describe(&self.target),
+            target: target.clone(),
             detail: e.to_string(),
         })?;
         self.sender.send_request(request).await.map_err(|e| TargetError::Http {
-            target: describe(&self.target),
+            target,
             detail: e.to_string(),
         })
     }
 
-    /// Seal one SOAP envelope, send it and unseal the answer. `wait` is how
+    /// Send one SOAP envelope and return the answer in clear. `wait` is how
     /// long the target may legitimately take (at least the request's
     /// OperationTimeout for a Receive).
     pub async fn exchange(&mut self, soap: &[u8], wait: Duration) -> Result<TargetResponse, TargetError> {
@@ -257,18 +359,36 @@ impl TargetConnection {
     }
 
     async fn exchange_inner(&mut self, soap: &[u8]) -> Result<TargetResponse, TargetError> {
-        let part = self.auth.seal(soap).map_err(|source| TargetError::Auth {
-            target: describe(&self.target),
-            source,
-        })?;
-        let body = sealing::build_body(SealProtocol::Spnego, std::slice::from_ref(&part));
-        let content_type = sealing::content_type(SealProtocol::Spnego, 1);
-        let request = self.request(Bytes::from(body), Some(&content_type), None)?;
+        let target = describe(&self.target);
+        let bad = |detail: String| TargetError::BadResponse {
+            target: target.clone(),
+            detail,
+        };
+        let (body, content_type, authorization) = match &mut self.wire {
+            Wire::Spnego(client) => {
+                let part = client.seal(soap).map_err(|e| bad(e.to_string()))?;
+                let body = sealing::build_body(SealProtocol::Spnego, std::slice::from_ref(&part));
+                (body, sealing::content_type(SealProtocol::Spnego, 1), None)
+            }
+            Wire::CredSsp(channel) => {
+                let parts = channel.seal(soap).map_err(|e| bad(e.to_string()))?;
+                let body = sealing::build_body(SealProtocol::CredSsp, &parts);
+                (body, sealing::content_type(SealProtocol::CredSsp, parts.len()), None)
+            }
+            Wire::Plain => (soap.to_vec(), SOAP_CONTENT_TYPE.to_string(), None),
+            Wire::Basic(header) => (soap.to_vec(), SOAP_CONTENT_TYPE.to_string(), Some(header.clone())),
+        };
+        let request = self.request(
+            Bytes::from(body),
+            Some(&content_type),
+            authorization.as_ref().map(|h| h.as_str()),
+        )?;
+        drop(authorization);
         let response = self.send(request).await?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED {
             return Err(TargetError::AuthRejected {
-                target: describe(&self.target),
+                target,
                 user: "the caller".into(),
             });
         }
@@ -282,7 +402,7 @@ impl TargetConnection {
             .collect()
             .await
             .map_err(|e| TargetError::Http {
-                target: describe(&self.target),
+                target: target.clone(),
                 detail: e.to_string(),
             })?
             .to_bytes();
@@ -292,25 +412,90 @@ impl TargetConnection {
                 body: Vec::new(),
             });
         }
-        if sealing::protocol_of(&response_type) != Some(SealProtocol::Spnego) {
-            return Err(TargetError::BadResponse {
-                target: describe(&self.target),
-                detail: format!("HTTP {status} with unencrypted body ({response_type})"),
-            });
-        }
-        let parts = sealing::parse_body(SealProtocol::Spnego, &body).map_err(|e| TargetError::BadResponse {
-            target: describe(&self.target),
-            detail: e.to_string(),
-        })?;
-        let mut plain = Vec::new();
-        for part in &parts {
-            let chunk = self.auth.unseal(part).map_err(|e| TargetError::BadResponse {
-                target: describe(&self.target),
-                detail: e.to_string(),
-            })?;
-            plain.extend_from_slice(&chunk);
-        }
+        let plain = match (sealing::protocol_of(&response_type), &mut self.wire) {
+            (Some(SealProtocol::Spnego), Wire::Spnego(client)) => {
+                let parts = sealing::parse_body(SealProtocol::Spnego, &body).map_err(|e| bad(e.to_string()))?;
+                let mut plain = Vec::new();
+                for part in &parts {
+                    plain.extend_from_slice(&client.unseal(part).map_err(|e| bad(e.to_string()))?);
+                }
+                plain
+            }
+            (Some(SealProtocol::CredSsp), Wire::CredSsp(channel)) => {
+                let parts = sealing::parse_body(SealProtocol::CredSsp, &body).map_err(|e| bad(e.to_string()))?;
+                channel.unseal(&parts).map_err(|e| bad(e.to_string()))?
+            }
+            (None, Wire::Plain | Wire::Basic(_)) => body.to_vec(),
+            (protocol, _) => {
+                return Err(bad(format!(
+                    "HTTP {status} with a body of type {response_type} ({protocol:?})"
+                )));
+            }
+        };
         Ok(TargetResponse { status, body: plain })
+    }
+}
+
+async fn connect(target: &ResolvedTarget) -> Result<Connected, TargetError> {
+    let addr = (target.host.as_str(), target.port);
+    let stream = match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return Err(TargetError::ConnectTimeout {
+                target: describe(target),
+                secs: target.connect_timeout.as_secs(),
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(TargetError::Connect {
+                target: describe(target),
+                source,
+            })
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    // Small request/response exchanges: don't let Nagle add latency.
+    let _ = stream.set_nodelay(true);
+    if !target.https {
+        return Ok(Connected {
+            io: Box::new(stream),
+            certificate: None,
+        });
+    }
+    let tls_error = |detail: String| TargetError::Tls {
+        target: describe(target),
+        detail,
+    };
+    let config =
+        tls::client_config(target.ca_file.as_deref(), target.tls_verify).map_err(|e| tls_error(e.to_string()))?;
+    let name = tls::server_name(&target.host).map_err(|e| tls_error(e.to_string()))?;
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    let stream = match tokio::time::timeout(target.connect_timeout, handshake).await {
+        Err(_) => {
+            return Err(tls_error(format!(
+                "handshake timed out after {} s",
+                target.connect_timeout.as_secs()
+            )))
+        }
+        Ok(Err(error)) => return Err(tls_error(error.to_string())),
+        Ok(Ok(stream)) => stream,
+    };
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
+    Ok(Connected {
+        io: Box::new(stream),
+        certificate,
+    })
+}
+
+fn host_header(target: &ResolvedTarget) -> String {
+    if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
     }
 }
 
@@ -326,5 +511,17 @@ pub fn describe(target: &ResolvedTarget) -> String {
         format!("{}:{}", target.host, target.port)
     } else {
         format!("{} ({}:{})", target.name, target.host, target.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(url_path("http://127.0.0.21:5985/wsman"), "/wsman");
+        assert_eq!(url_path("https://[::1]:5986/wsman/x"), "/wsman/x");
+        assert_eq!(url_path("http://host"), "/wsman");
     }
 }

@@ -1,14 +1,15 @@
 //! CredSSP session encryption: after authentication, WS-Man bodies travel
 //! as TLS application-data records of the CredSSP channel (MS-WSMV 2.2.9.1).
 
-use rustls::{ProtocolVersion, ServerConnection};
+use rustls::{Connection, ProtocolVersion};
 
 use super::{tls, CredSspError};
 use crate::proto::sealing::{plaintext_chunks, SealProtocol, SealedPart};
 
-/// The authenticated TLS channel of one CredSSP session.
+/// The authenticated TLS channel of one CredSSP session (the relay is the
+/// server towards callers and the client towards CredSSP targets).
 pub struct SecureChannel {
-    tls: ServerConnection,
+    tls: Connection,
 }
 
 impl std::fmt::Debug for SecureChannel {
@@ -21,8 +22,8 @@ impl std::fmt::Debug for SecureChannel {
 }
 
 impl SecureChannel {
-    pub(crate) fn new(tls: ServerConnection) -> Self {
-        Self { tls }
+    pub(crate) fn new(tls: impl Into<Connection>) -> Self {
+        Self { tls: tls.into() }
     }
 
     /// Length Windows writes in the part's u32 prefix: the record trailer

@@ -10,6 +10,7 @@
 //! belong to the principal that authenticated.
 
 mod channel;
+mod initiator;
 mod tls;
 mod tokens;
 mod users;
@@ -17,15 +18,16 @@ mod users;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{Connection, ServerConfig, ServerConnection};
 use secrecy::SecretString;
 use sspi::credssp::{CredSspServer, ServerError, ServerMode, ServerState, TsRequest};
 use sspi::ntlm::NtlmConfig;
 use sspi::{AuthIdentity, NegotiateConfig};
 
 pub use channel::SecureChannel;
+pub use initiator::Initiator;
 pub use tokens::{classify_first_token, InnerMechanism};
-pub use users::{hashes_equal, nt_hash, Principal, UserHash};
+pub use users::{hashes_equal, nt_hash, verify_password, Principal, UserHash};
 
 use crate::vault::DelegatedCredentials;
 use users::UsersProxy;
@@ -107,7 +109,7 @@ enum Phase {
 /// Server side of one HTTP-CredSSP exchange, bound to one TCP connection.
 pub struct Acceptor {
     config: Arc<AcceptorConfig>,
-    tls: Option<ServerConnection>,
+    tls: Option<Connection>,
     server: Option<CredSspServer<UsersProxy>>,
     mechanism: Option<InnerMechanism>,
     client_version: Option<u32>,
@@ -123,7 +125,7 @@ impl Acceptor {
         let tls = ServerConnection::new(config.tls.clone()).map_err(|e| CredSspError::Tls(e.to_string()))?;
         Ok(Acceptor {
             config,
-            tls: Some(tls),
+            tls: Some(tls.into()),
             server: None,
             mechanism: None,
             client_version: None,

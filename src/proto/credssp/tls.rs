@@ -1,16 +1,16 @@
-//! Drives a rustls connection purely in memory: bytes in from the HTTP
+//! Drives a rustls connection (either side) purely in memory: bytes in from the HTTP
 //! header or body, bytes out for the reply. No socket is involved.
 
 use std::io::{self, Read, Write};
 
-use rustls::ServerConnection;
+use rustls::Connection;
 
 use super::CredSspError;
 
 /// Feed `input` (TLS records) into the connection and return all plaintext
 /// it yields. Interleaves reads and decryption so that large inputs never
 /// exceed rustls' internal buffer limits.
-pub(crate) fn feed(conn: &mut ServerConnection, input: &[u8]) -> Result<Vec<u8>, CredSspError> {
+pub(crate) fn feed(conn: &mut Connection, input: &[u8]) -> Result<Vec<u8>, CredSspError> {
     let mut cursor = io::Cursor::new(input);
     let mut plain = Vec::new();
     loop {
@@ -31,7 +31,7 @@ pub(crate) fn feed(conn: &mut ServerConnection, input: &[u8]) -> Result<Vec<u8>,
     Ok(plain)
 }
 
-fn drain_plaintext(conn: &mut ServerConnection, out: &mut Vec<u8>) -> Result<(), CredSspError> {
+fn drain_plaintext(conn: &mut Connection, out: &mut Vec<u8>) -> Result<(), CredSspError> {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match conn.reader().read(&mut buf) {
@@ -45,7 +45,7 @@ fn drain_plaintext(conn: &mut ServerConnection, out: &mut Vec<u8>) -> Result<(),
 
 /// Everything the connection wants to send (handshake records, tickets,
 /// encrypted application data).
-pub(crate) fn take_output(conn: &mut ServerConnection) -> Result<Vec<u8>, CredSspError> {
+pub(crate) fn take_output(conn: &mut Connection) -> Result<Vec<u8>, CredSspError> {
     let mut out = Vec::new();
     while conn.wants_write() {
         conn.write_tls(&mut out).map_err(|e| CredSspError::Tls(e.to_string()))?;
@@ -54,7 +54,7 @@ pub(crate) fn take_output(conn: &mut ServerConnection) -> Result<Vec<u8>, CredSs
 }
 
 /// Encrypt `plain` as application data and return the resulting records.
-pub(crate) fn encrypt(conn: &mut ServerConnection, plain: &[u8]) -> Result<Vec<u8>, CredSspError> {
+pub(crate) fn encrypt(conn: &mut Connection, plain: &[u8]) -> Result<Vec<u8>, CredSspError> {
     conn.writer()
         .write_all(plain)
         .map_err(|e| CredSspError::Tls(e.to_string()))?;

@@ -76,6 +76,17 @@ impl Principal {
         }
     }
 
+    /// `DOMAIN\user` or `user@DOMAIN`, as typed into a client.
+    pub fn parse(name: &str) -> Principal {
+        match name.split_once('\\') {
+            Some((domain, user)) => Principal {
+                domain: domain.to_string(),
+                user: user.to_string(),
+            },
+            None => Principal::from_parts(None, name),
+        }
+    }
+
     pub fn matches(&self, other: &Principal) -> bool {
         self.domain.eq_ignore_ascii_case(&other.domain) && self.user.eq_ignore_ascii_case(&other.user)
     }
@@ -83,6 +94,13 @@ impl Principal {
     pub fn display(&self) -> String {
         format!("{}\\{}", self.domain, self.user)
     }
+}
+
+/// The users-file entry of `who` if `password` is theirs (constant-time
+/// hash comparison). For Basic over HTTPS, where the password arrives whole.
+pub fn verify_password<'a>(users: &'a [UserHash], who: &Principal, password: &str) -> Option<&'a UserHash> {
+    let entry = find(users, who)?;
+    hashes_equal(&nt_hash(password), &entry.nt_hash).then_some(entry)
 }
 
 pub(crate) fn find<'a>(users: &'a [UserHash], who: &Principal) -> Option<&'a UserHash> {
@@ -137,6 +155,21 @@ mod tests {
             hex::encode(nt_hash("Password").as_slice()),
             "a4f49c406510bdcab6824ee7c30fd852"
         );
+    }
+
+    #[test]
+    fn password_verification() {
+        let users = vec![UserHash {
+            domain: "LAB".into(),
+            user: "alice".into(),
+            nt_hash: nt_hash("pw"),
+        }];
+        let alice = Principal::parse("lab\\Alice");
+        assert_eq!(alice.display(), "lab\\Alice");
+        assert!(verify_password(&users, &alice, "pw").is_some());
+        assert!(verify_password(&users, &alice, "PW").is_none());
+        assert!(verify_password(&users, &Principal::parse("alice@LAB"), "pw").is_some());
+        assert!(verify_password(&users, &Principal::parse("LAB\\bob"), "pw").is_none());
     }
 
     #[test]

@@ -7,6 +7,9 @@ pub use negotiate_client::NegotiateClient;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpAuthError {
@@ -81,9 +84,88 @@ pub fn format_scheme_token(scheme: &str, token: &[u8]) -> String {
     }
 }
 
+/// `Basic b64(user:password)` for a target. The value holds the password:
+/// it lives in a zeroizing buffer and goes straight into the request.
+pub fn basic_authorization(user: &str, password: &str) -> Zeroizing<String> {
+    let plain = Zeroizing::new(format!("{user}:{password}"));
+    Zeroizing::new(format!("Basic {}", STANDARD.encode(plain.as_bytes())))
+}
+
+/// User and password from a `Basic` token (already base64-decoded).
+pub fn parse_basic(token: &[u8]) -> Result<(String, SecretString), HttpAuthError> {
+    let text = std::str::from_utf8(token).map_err(|_| HttpAuthError::Malformed)?;
+    let (user, password) = text.split_once(':').ok_or(HttpAuthError::Malformed)?;
+    if user.is_empty() {
+        return Err(HttpAuthError::Malformed);
+    }
+    Ok((user.to_string(), SecretString::from(password.to_string())))
+}
+
+/// RFC 5929 `tls-server-end-point` application data for a certificate:
+/// its hash with the certificate's own signature hash, SHA-256 when that is
+/// MD5 or SHA-1 (or unknown).
+pub fn tls_server_end_point(certificate_der: &[u8]) -> Vec<u8> {
+    let algorithm = x509_parser::parse_x509_certificate(certificate_der)
+        .map(|(_, cert)| cert.signature_algorithm.algorithm.to_id_string())
+        .unwrap_or_default();
+    let hash = match algorithm.as_str() {
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Sha384::digest(certificate_der).to_vec(),
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Sha512::digest(certificate_der).to_vec(),
+        _ => Sha256::digest(certificate_der).to_vec(),
+    };
+    let mut data = b"tls-server-end-point:".to_vec();
+    data.extend_from_slice(&hash);
+    data
+}
+
+/// SEC_CHANNEL_BINDINGS: eight u32 fields (no initiator or acceptor
+/// address; application data at offset 32) followed by the data.
+pub fn sec_channel_bindings(application_data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + application_data.len());
+    for field in [0u32, 0, 0, 0, 0, 0, application_data.len() as u32, 32] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+    out.extend_from_slice(application_data);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn basic_round_trip() {
+        let header = basic_authorization("LAB\\alice", "p:w");
+        let parsed = parse_scheme_token(&header).unwrap();
+        assert_eq!(parsed.scheme, "Basic");
+        let (user, password) = parse_basic(&parsed.token.unwrap()).unwrap();
+        assert_eq!(user, "LAB\\alice");
+        assert_eq!(password.expose_secret(), "p:w");
+        assert!(parse_basic(b"no-colon").is_err());
+        assert!(parse_basic(b":pw").is_err());
+        assert!(parse_basic(&[0xff, b':']).is_err());
+    }
+
+    #[test]
+    fn channel_bindings_layout() {
+        let bindings = sec_channel_bindings(b"tls-server-end-point:abc");
+        assert_eq!(bindings.len(), 32 + 24);
+        assert_eq!(&bindings[24..28], &24u32.to_le_bytes());
+        assert_eq!(&bindings[28..32], &32u32.to_le_bytes());
+        assert_eq!(&bindings[32..], b"tls-server-end-point:abc");
+    }
+
+    #[test]
+    fn end_point_hash_defaults_to_sha256() {
+        let cert = rcgen::generate_simple_self_signed(vec!["t".into()]).unwrap();
+        let data = tls_server_end_point(cert.cert.der());
+        // rcgen's default ECDSA P-256 signs with SHA-256.
+        assert_eq!(data.len(), "tls-server-end-point:".len() + 32);
+        assert_eq!(&data[21..], Sha256::digest(cert.cert.der()).as_slice());
+    }
 
     #[test]
     fn parses_scheme_and_token() {

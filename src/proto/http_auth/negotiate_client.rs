@@ -27,6 +27,9 @@ pub struct NegotiateClient {
     handle: Option<CredentialsBuffers>,
     target_name: String,
     state: State,
+    /// SEC_CHANNEL_BINDINGS for `tls-server-end-point` when the connection
+    /// runs over TLS (targets with CbtHardeningLevel=Strict require it).
+    channel_bindings: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for NegotiateClient {
@@ -69,7 +72,16 @@ impl NegotiateClient {
             handle: acquired.credentials_handle,
             target_name: format!("HTTP/{host}"),
             state: State::Initial,
+            channel_bindings: None,
         })
+    }
+
+    /// Bind the authentication to the TLS channel (RFC 5929
+    /// `tls-server-end-point`): `certificate_hash` is the hash of the
+    /// target's certificate, see [`super::tls_server_end_point`].
+    pub fn with_channel_bindings(mut self, certificate_hash: &[u8]) -> Self {
+        self.channel_bindings = Some(super::sec_channel_bindings(certificate_hash));
+        self
     }
 
     pub fn is_established(&self) -> bool {

@@ -1,0 +1,269 @@
+//! The relay as a CredSSP *client* towards a target, so the target gets the
+//! caller's credentials for the next hop. Sans-IO like the acceptor: each
+//! [`Initiator::step`] takes the target's `WWW-Authenticate: CredSSP` token
+//! and returns the next `Authorization: CredSSP` token.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, Connection, DigitallySignedStruct, SignatureScheme};
+use sspi::credssp::{ClientMode, ClientState, CredSspClient, CredSspMode, TsRequest};
+use sspi::ntlm::NtlmConfig;
+use sspi::{AuthIdentity, Credentials, Username};
+
+use super::{tls, CredSspError, SecureChannel};
+use crate::vault::DelegatedCredentials;
+
+/// CredSSP authenticates the target through the pubKeyAuth exchange, which
+/// binds the NTLM session to this TLS channel's public key; the inner TLS
+/// certificate is not checked against a PKI (as in Windows and pyspnego).
+#[derive(Debug)]
+struct PubKeyAuthVerifies;
+
+impl ServerCertVerifier for PubKeyAuthVerifies {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+enum Phase {
+    /// TLS legs; `finished_sent` once our Finished went out.
+    Handshake,
+    /// TSRequest rounds.
+    Authenticating,
+    /// TSCredentials sent: the next answer decides.
+    CredentialsSent,
+}
+
+pub struct Initiator {
+    tls: Option<Connection>,
+    client: Option<CredSspClient>,
+    identity: Option<AuthIdentity>,
+    spn: String,
+    phase: Phase,
+}
+
+impl std::fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initiator").field("spn", &self.spn).finish()
+    }
+}
+
+fn sspi_err(e: impl std::fmt::Display) -> CredSspError {
+    CredSspError::Authentication(e.to_string())
+}
+
+impl Initiator {
+    pub fn new(credentials: &DelegatedCredentials, host: &str) -> Result<Initiator, CredSspError> {
+        let config = ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CredSspError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PubKeyAuthVerifies))
+            .with_no_client_auth();
+        let name = ServerName::try_from(host.to_string()).map_err(|e| CredSspError::Tls(e.to_string()))?;
+        let tls = ClientConnection::new(Arc::new(config), name).map_err(|e| CredSspError::Tls(e.to_string()))?;
+        let username = Username::new(credentials.user(), Some(credentials.domain())).map_err(sspi_err)?;
+        Ok(Initiator {
+            tls: Some(tls.into()),
+            client: None,
+            identity: Some(AuthIdentity {
+                username,
+                password: credentials.expose_password().to_string().into(),
+            }),
+            spn: format!("HTTP/{host}"),
+            phase: Phase::Handshake,
+        })
+    }
+
+    /// `server_token` is `None` for the first leg. Returns the next token,
+    /// or `None` when the credentials went out and the target accepted them.
+    pub fn step(&mut self, server_token: Option<&[u8]>) -> Result<Option<Vec<u8>>, CredSspError> {
+        let tls = self.tls.as_mut().ok_or(CredSspError::AlreadyFailed)?;
+        let plain = match server_token {
+            Some(token) => tls::feed(tls, token)?,
+            None => Vec::new(),
+        };
+        match self.phase {
+            Phase::Handshake => {
+                let out = tls::take_output(tls)?;
+                // Our Finished (and before it the ClientHello) travel alone,
+                // as pyspnego and Windows clients send them.
+                if tls.is_handshaking() || !out.is_empty() {
+                    return Ok(Some(out));
+                }
+                self.phase = Phase::Authenticating;
+                let public_key = peer_public_key(tls)?;
+                let identity = self.identity.take().ok_or(CredSspError::AlreadyFailed)?;
+                let client = CredSspClient::new(
+                    public_key,
+                    Credentials::AuthIdentity(identity),
+                    CredSspMode::WithCredentials,
+                    ClientMode::Ntlm(NtlmConfig::new("WINRM-RELAY".to_string())),
+                    self.spn.clone(),
+                )
+                .map_err(sspi_err)?;
+                self.client = Some(client);
+                self.round(TsRequest::default()).map(Some)
+            }
+            Phase::Authenticating => {
+                let request = TsRequest::from_buffer(&plain).map_err(|e| CredSspError::BadTsRequest(e.to_string()))?;
+                self.round(request).map(Some)
+            }
+            Phase::CredentialsSent => Ok(None),
+        }
+    }
+
+    fn round(&mut self, request: TsRequest) -> Result<Vec<u8>, CredSspError> {
+        let client = self.client.as_mut().ok_or(CredSspError::AlreadyFailed)?;
+        let state = catch_unwind(AssertUnwindSafe(|| client.process(request).resolve_to_result()))
+            .map_err(|_| CredSspError::Panicked)?
+            .map_err(sspi_err)?;
+        let reply = match state {
+            ClientState::ReplyNeeded(reply) => reply,
+            ClientState::FinalMessage(reply) => {
+                self.phase = Phase::CredentialsSent;
+                reply
+            }
+        };
+        let mut encoded = Vec::new();
+        reply
+            .encode_ts_request(&mut encoded)
+            .map_err(|e| CredSspError::BadTsRequest(e.to_string()))?;
+        let tls = self.tls.as_mut().ok_or(CredSspError::AlreadyFailed)?;
+        let out = tls::encrypt(tls, &encoded);
+        encoded.iter_mut().for_each(|b| *b = 0); // the final TSRequest carries the credentials
+        out
+    }
+
+    pub fn credentials_sent(&self) -> bool {
+        matches!(self.phase, Phase::CredentialsSent)
+    }
+
+    /// The channel for CredSSP session encryption once authenticated.
+    pub fn into_channel(mut self) -> Result<SecureChannel, CredSspError> {
+        let tls = self.tls.take().ok_or(CredSspError::AlreadyFailed)?;
+        Ok(SecureChannel::new(tls))
+    }
+}
+
+/// The target certificate's SubjectPublicKey bits: what pubKeyAuth binds.
+fn peer_public_key(tls: &Connection) -> Result<Vec<u8>, CredSspError> {
+    let cert = tls
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| CredSspError::Tls("target sent no certificate".into()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| CredSspError::Tls(format!("target certificate: {e}")))?;
+    Ok(parsed.public_key().subject_public_key.data.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::credssp::{Acceptor, AcceptorConfig, Step, UserHash};
+    use secrecy::SecretString;
+
+    /// Our initiator against our acceptor proves only that the two agree;
+    /// interop with pyspnego's acceptor is in the integration suite. What
+    /// this pins down is the delegation: the acceptor receives exactly the
+    /// credentials the initiator was given.
+    #[test]
+    fn initiator_delegates_to_acceptor_in_memory() {
+        let key = rsa_key();
+        let cert = rcgen::CertificateParams::new(vec!["relay".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let spki = x509_parser::parse_x509_certificate(cert.der())
+            .unwrap()
+            .1
+            .public_key()
+            .subject_public_key
+            .data
+            .to_vec();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let config = Arc::new(AcceptorConfig {
+            tls: Arc::new(tls),
+            public_key: spki,
+            users: vec![UserHash {
+                domain: "LAB".into(),
+                user: "alice".into(),
+                nt_hash: super::super::nt_hash("pw-1"),
+            }]
+            .into(),
+            min_version: 5,
+        });
+        let mut acceptor = Acceptor::new(config).unwrap();
+        let creds = DelegatedCredentials::new("LAB", "alice", SecretString::from("pw-1"));
+        let mut initiator = Initiator::new(&creds, "relay").unwrap();
+        let mut token = initiator.step(None).unwrap().unwrap();
+        for _ in 0..10 {
+            match acceptor.step(&token) {
+                Step::Continue(reply) => match initiator.step(Some(&reply)).unwrap() {
+                    Some(next) => token = next,
+                    None => panic!("initiator finished before the acceptor"),
+                },
+                Step::Authenticated { credentials, .. } => {
+                    assert!(initiator.credentials_sent());
+                    assert_eq!(credentials.principal(), "LAB\\alice");
+                    assert_eq!(credentials.expose_password(), "pw-1");
+                    return;
+                }
+                Step::Rejected { error, .. } => panic!("rejected: {error}"),
+            }
+        }
+        panic!("no agreement after 10 legs");
+    }
+
+    fn rsa_key() -> rcgen::KeyPair {
+        use rsa::pkcs8::EncodePrivateKey;
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let der = key.to_pkcs8_der().unwrap();
+        rcgen::KeyPair::from_der_and_sign_algo(
+            &rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_bytes().to_vec()).into(),
+            &rcgen::PKCS_RSA_SHA256,
+        )
+        .unwrap()
+    }
+}
