@@ -166,12 +166,12 @@ def read_jsonl(path: str) -> typing.List[dict]:
     return out
 
 
-def relay_config_toml(workdir: str, transports: typing.Optional[bool] = None) -> str:
-    """The relay config. transports (default: RELAY_IT_TRANSPORTS=1) adds the issue-4 keys: an HTTPS
-    listener on :5986 and targets web03..web07 with per-target auth / ca_file, allowed for alice."""
+def relay_config_toml(workdir: str, transports: bool = False) -> str:
+    """The relay config. transports adds the issue-4 keys: an HTTPS listener on :5986 and targets
+    web03..web07 with per-target auth / ca_file, allowed for alice. (The shared relay gets them with
+    RELAY_IT_TRANSPORTS=1, see Harness.write_relay_config; extra instances built from this text keep
+    the plain config.)"""
     w = workdir
-    if transports is None:
-        transports = transports_enabled()
     https = f'https = "{RELAY_HOST}:{TRANSPORT_RELAY_HTTPS_PORT}"\n' if transports else ""
     extra_targets = _transport_targets_toml(w) + "\n" if transports else ""
     extra_allowed = "".join(', "%s"' % n for n in TRANSPORT_DOUBLES) if transports else ""
@@ -317,9 +317,10 @@ def make_server_cert(workdir: str, name: str, ip: str, ca: typing.Optional[typin
 
 
 def transports_enabled() -> bool:
-    """RELAY_IT_TRANSPORTS=1: the main relay (127.0.0.20) also gets the issue-4 config (HTTPS listener,
-    web03..web07). Off by default while the relay is learning those keys: a relay that refuses the config
-    would fail every test. test_7_transports always uses its own relay instance (transports_config_toml)."""
+    """RELAY_IT_TRANSPORTS=1: the shared relay (127.0.0.20) also gets the issue-4 config (HTTPS listener
+    on :5986, web03..web07) and start_doubles starts web03..web07. Off by default while the relay is
+    learning those keys: a relay that refuses the config would fail every test. test_7_transports always
+    uses its own relay instance (transports_config_toml) either way."""
     return os.environ.get("RELAY_IT_TRANSPORTS", "") == "1"
 
 
@@ -458,7 +459,7 @@ class Harness:
 
     def write_relay_config(self) -> None:
         with open(self.config_file, "w") as fh:
-            fh.write(relay_config_toml(self.workdir))
+            fh.write(relay_config_toml(self.workdir, transports=transports_enabled()))
 
     def start_relay(self, rust_log: str = "debug", startup_timeout: float = 60) -> subprocess.Popen:
         if not os.path.exists(self.users_file):

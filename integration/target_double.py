@@ -770,9 +770,9 @@ def tls_server_end_point(cert_der: bytes) -> bytes:
     return h.finalize()
 
 
-def ntlm_cbt_status(token: bytes, expected_md5: bytes) -> typing.Optional[str]:
-    """What an NTLM AUTHENTICATE (raw or inside SPNEGO) says about channel bindings:
-    None if the token holds no AUTHENTICATE, else verified / absent / zero / mismatch / ntlmv1."""
+def ntlm_cbt_status(token: bytes, expected_md5: bytes) -> typing.Optional[typing.Tuple[str, typing.List[str]]]:
+    """What an NTLM AUTHENTICATE (raw or inside SPNEGO) says about channel bindings: None if the token holds
+    no AUTHENTICATE, else (verified / absent / zero / mismatch / ntlmv1, names of the AV pairs present)."""
     from spnego._ntlm_raw.messages import Authenticate, AvId, NTClientChallengeV2  # type: ignore
 
     i = token.find(b"NTLMSSP\x00\x03\x00\x00\x00")
@@ -781,14 +781,15 @@ def ntlm_cbt_status(token: bytes, expected_md5: bytes) -> typing.Optional[str]:
     auth = Authenticate.unpack(token[i:])
     resp = auth.nt_challenge_response or b""
     if len(resp) <= 24:
-        return "ntlmv1"
+        return "ntlmv1", []
     av = NTClientChallengeV2.unpack(resp[16:]).av_pairs
+    names = [getattr(k, "name", None) or str(k) for k in av.keys()]
     cb = av.get(AvId.channel_bindings)
     if cb is None:
-        return "absent"
+        return "absent", names
     if cb == b"\x00" * 16:
-        return "zero"
-    return "verified" if cb == expected_md5 else "mismatch"
+        return "zero", names
+    return ("verified" if cb == expected_md5 else "mismatch"), names
 
 
 # ---------------------------------------------------------------------------
@@ -919,13 +920,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.delegated = None
         if self.app.ssl_context is not None:
             try:
-                status = ntlm_cbt_status(in_token, self.app.cbt_md5)
+                found = ntlm_cbt_status(in_token, self.app.cbt_md5)
             except Exception as e:
-                status = "unparsable (%s)" % e
-            if status is not None:
+                found = ("unparsable (%s)" % e, [])
+            if found is not None:
+                status, av_names = found
                 self.cbt = status
                 if self.app.cbt_strict and status != "verified":
-                    self._fail_auth("channel binding %s (CbtHardeningLevel=Strict)" % status, peer, "negotiate")
+                    self._fail_auth("channel binding %s (CbtHardeningLevel=Strict); AV pairs sent: %s"
+                                    % (status, ",".join(av_names)), peer, "negotiate")
                     return False, []
         try:
             out = self.ctx.step(in_token)

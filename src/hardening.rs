@@ -239,7 +239,7 @@ mod tests {
         use nix::sys::resource::{getrlimit, Resource};
 
         let report = harden_process();
-        assert_eq!(prctl::get_dumpable().unwrap(), false);
+        assert!(!prctl::get_dumpable().unwrap());
         assert_eq!(getrlimit(Resource::RLIMIT_CORE).unwrap(), (0, 0));
         assert_eq!(report.dumpable, Some(false), "{report:?}");
         assert_eq!(report.core_limit, Some((0, 0)), "{report:?}");

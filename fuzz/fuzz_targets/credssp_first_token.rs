@@ -1,9 +1,12 @@
 //! Classifying the client's first negotiation token: never panic, and what
-//! is accepted as SPNEGO has the DER framing the check promises (so sspi's
-//! picky-krb parser is only ever handed consistent outer lengths).
+//! is accepted as SPNEGO must be safe for the parser it protects. sspi's
+//! Negotiate server decodes it as picky-krb's `ApplicationTag0<GssApiNegInit>`,
+//! whose `Deserialize` impl `unwrap`s the inner decode: a token the relay lets
+//! through and picky-krb cannot decode panics *before authentication*.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use picky_krb::gss_api::{ApplicationTag0, GssApiNegInit};
 use winrm_relay::proto::credssp::{classify_first_token, InnerMechanism};
 
 fuzz_target!(|data: &[u8]| {
@@ -11,8 +14,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(InnerMechanism::Ntlm) => assert!(data.starts_with(b"NTLMSSP\0")),
         Ok(InnerMechanism::Negotiate) => {
             assert_eq!(data[0], 0x60);
-            // 0x60, a length, the 8-byte SPNEGO OID, 0xa0, a length.
-            assert!(data.len() >= 1 + 1 + 8 + 1 + 1);
+            // Exactly what sspi's extractors::decode_initial_neg_init does; a
+            // panic here (libfuzzer-sys aborts on any) is the finding.
+            let decoded: Result<ApplicationTag0<GssApiNegInit>, _> = picky_asn1_der::from_bytes(data);
+            assert!(decoded.is_ok(), "accepted a token picky-krb refuses: {decoded:?}");
         }
         Err(_) => {}
     }

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
 use hyper::{Request, StatusCode};
 
 use super::reply::{self, HttpResponse};
-use super::session::{read_body, BodyError, OpenShell, Session};
+use super::session::{read_body, OpenShell, Session};
 use super::Shared;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::ResolvedTarget;
@@ -78,34 +78,18 @@ struct Failure {
 
 pub(crate) async fn relay(
     session: &mut Session,
-    request: Request<Incoming>,
+    content_type: &str,
+    body: Bytes,
     route: Route,
     shared: &Shared,
 ) -> HttpResponse {
     let started = Instant::now();
     session.requests += 1;
-    let content_type = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = match read_body(request, shared).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            let mut event = session.event(AuditKind::Denied);
-            event.status = Some(413);
-            event.reason = Some(BodyError::TooLarge.to_string());
-            shared.audit.emit(&event);
-            return reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &BodyError::TooLarge.to_string());
-        }
-        Err(error) => return reply::plain(StatusCode::BAD_REQUEST, &error.to_string()),
-    };
     if body.is_empty() {
         // The empty POST clients use to (re)check authentication.
         return reply::ok_empty();
     }
-    let sealed = sealing::protocol_of(&content_type) == Some(SealProtocol::CredSsp);
+    let sealed = sealing::protocol_of(content_type) == Some(SealProtocol::CredSsp);
     // AllowUnencrypted=false, as on Windows: over HTTP, clear bodies never
     // leave the relay. Over HTTPS the TLS layer protects them.
     if !sealed && !session.https {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -303,31 +303,49 @@ impl Session {
         if pipeline::is_unauthenticated_identify(&request) {
             return pipeline::identify(request, shared).await;
         }
-        let authorization = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let authorization = header(AUTHORIZATION);
+        let content_type = header(CONTENT_TYPE).unwrap_or_default();
+        // Read within the envelope limit before anything else: a body is
+        // never buffered beyond it, authenticated or not.
+        let body = match read_body(request, shared).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                let mut event = self.event(AuditKind::Denied);
+                event.status = Some(413);
+                event.reason = Some(BodyError::TooLarge.to_string());
+                shared.audit.emit(&event);
+                return reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &BodyError::TooLarge.to_string());
+            }
+            Err(error) => return reply::plain(StatusCode::BAD_REQUEST, &error.to_string()),
+        };
         if let Some(authorization) = authorization {
             let is_basic = authorization.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "));
             if is_basic && self.https && shared.config.listen.basic_over_https {
                 // Basic carries the credentials on every request, with the body.
                 return match self.authenticate_basic(&authorization, shared) {
-                    None => pipeline::relay(self, request, route, shared).await,
-                    Some(refusal) => {
-                        drain(request, shared).await;
-                        refusal
-                    }
+                    None => pipeline::relay(self, &content_type, body, route, shared).await,
+                    Some(refusal) => refusal,
                 };
             }
-            drain(request, shared).await;
-            return self.authenticate(&authorization, shared);
+            let response = self.authenticate(&authorization, shared);
+            // Over HTTPS, requests-credssp sends the real request on every
+            // leg: once the last leg authenticates, its body is the first request.
+            if response.status() == StatusCode::OK && self.principal().is_some() && !body.is_empty() {
+                return pipeline::relay(self, &content_type, body, route, shared).await;
+            }
+            return response;
         }
         if self.principal().is_none() {
-            drain(request, shared).await;
             return reply::credssp_401(&[]);
         }
-        pipeline::relay(self, request, route, shared).await
+        pipeline::relay(self, &content_type, body, route, shared).await
     }
 
     /// One `Authorization` leg. CredSSP only: Basic and Negotiate would need
@@ -341,7 +359,8 @@ impl Session {
             let reason = if parsed.scheme.eq_ignore_ascii_case("Basic") && self.https {
                 "Basic authentication is disabled on this relay (listen.basic_auth = false); use CredSSP".to_string()
             } else if parsed.scheme.eq_ignore_ascii_case("Basic") {
-                "Basic authentication is refused on the HTTP listener: it would send the password in clear; use CredSSP"
+                "Basic authentication is refused on the HTTP listener: it would send the password in clear; use CredSSP, \
+                 or Basic over the relay's HTTPS listener"
                     .to_string()
             } else {
                 format!("{} cannot delegate credentials; the relay needs CredSSP", parsed.scheme)
@@ -528,12 +547,6 @@ impl Session {
 /// TLS handshake record (0x16) carrying a ClientHello (type 1).
 fn is_client_hello(token: &[u8]) -> bool {
     token.len() > 5 && token[0] == 0x16 && token[1] == 0x03 && token[5] == 0x01
-}
-
-/// Read and discard a body we will not use, within the size limit, so the
-/// connection stays in step for the next request.
-async fn drain(request: Request<Incoming>, shared: &Shared) {
-    let _ = read_body(request, shared).await;
 }
 
 pub(crate) async fn read_body(request: Request<Incoming>, shared: &Shared) -> Result<Bytes, BodyError> {

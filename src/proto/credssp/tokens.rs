@@ -18,6 +18,11 @@ pub enum InnerMechanism {
 
 /// Classify the client's first negotiation token and check that it is
 /// well-formed enough for sspi to parse without panicking.
+///
+/// SPNEGO tokens are walked field by field: picky-krb decodes the
+/// NegTokenInit inside `ApplicationTag0::deserialize` and `unwrap`s the
+/// result, so *any* malformed inner field (not only the outer framing)
+/// panics there. Only canonical DER of the shape RFC 4178 defines passes.
 pub fn classify_first_token(token: &[u8]) -> Result<InnerMechanism, CredSspError> {
     if token.starts_with(NTLMSSP_SIGNATURE) {
         return Ok(InnerMechanism::Ntlm);
@@ -25,10 +30,8 @@ pub fn classify_first_token(token: &[u8]) -> Result<InnerMechanism, CredSspError
     if token.first() != Some(&0x60) {
         return Err(CredSspError::BadToken("first token is neither SPNEGO nor NTLM"));
     }
-    let (content_start, content_len) =
-        der_length(&token[1..]).ok_or(CredSspError::BadToken("bad DER length in SPNEGO token"))?;
-    let body = &token[1 + content_start..];
-    if body.len() != content_len {
+    let (body, rest) = der_tlv(token, 0x60).ok_or(CredSspError::BadToken("bad DER length in SPNEGO token"))?;
+    if !rest.is_empty() {
         return Err(CredSspError::BadToken(
             "SPNEGO token length does not match its DER header",
         ));
@@ -41,12 +44,100 @@ pub fn classify_first_token(token: &[u8]) -> Result<InnerMechanism, CredSspError
     if inner.first() != Some(&0xa0) {
         return Err(CredSspError::BadToken("SPNEGO token does not carry a NegTokenInit"));
     }
-    let (inner_start, inner_len) =
-        der_length(&inner[1..]).ok_or(CredSspError::BadToken("bad DER length in NegTokenInit"))?;
-    if inner.len() != 1 + inner_start + inner_len {
+    let (init, rest) = der_tlv(inner, 0xa0).ok_or(CredSspError::BadToken("bad DER length in NegTokenInit"))?;
+    if !rest.is_empty() {
         return Err(CredSspError::BadToken("NegTokenInit length does not match the token"));
     }
+    check_neg_token_init(init)
+        .ok_or(CredSspError::BadToken("malformed NegTokenInit"))?;
     Ok(InnerMechanism::Negotiate)
+}
+
+/// `NegTokenInit ::= SEQUENCE { mechTypes [0] SEQUENCE OF OID, reqFlags [1]
+/// BIT STRING, mechToken [2] OCTET STRING, mechListMIC [3] OCTET STRING }`,
+/// every field optional, in this order, nothing else.
+fn check_neg_token_init(content: &[u8]) -> Option<()> {
+    let (mut fields, rest) = der_tlv(content, 0x30)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    if let Some((mech_types, rest)) = der_optional(fields, 0xa0)? {
+        let (mut list, after) = der_tlv(mech_types, 0x30)?;
+        if !after.is_empty() {
+            return None;
+        }
+        while !list.is_empty() {
+            let (oid, rest) = der_tlv(list, 0x06)?;
+            check_oid(oid)?;
+            list = rest;
+        }
+        fields = rest;
+    }
+    if let Some((flags, rest)) = der_optional(fields, 0xa1)? {
+        let (bits, after) = der_tlv(flags, 0x03)?;
+        // The unused-bits count, then at most 32 flag bits.
+        if !after.is_empty() || bits.is_empty() || bits.len() > 5 || bits[0] > 7 {
+            return None;
+        }
+        fields = rest;
+    }
+    for tag in [0xa2, 0xa3] {
+        if let Some((octets, rest)) = der_optional(fields, tag)? {
+            let (_, after) = der_tlv(octets, 0x04)?;
+            if !after.is_empty() {
+                return None;
+            }
+            fields = rest;
+        }
+    }
+    fields.is_empty().then_some(())
+}
+
+/// An OBJECT IDENTIFIER the `oid` crate decodes: first byte below 120
+/// (root arc 0..2), each sub-identifier minimal and at most 4 bytes, none
+/// left unfinished.
+fn check_oid(oid: &[u8]) -> Option<()> {
+    if oid.is_empty() || oid.len() > 64 || oid[0] >= 120 || oid[oid.len() - 1] & 0x80 != 0 {
+        return None;
+    }
+    let mut arc_len = 0;
+    for &b in &oid[1..] {
+        if arc_len == 0 && b == 0x80 {
+            return None;
+        }
+        arc_len += 1;
+        if arc_len > 4 {
+            return None;
+        }
+        if b & 0x80 == 0 {
+            arc_len = 0;
+        }
+    }
+    Some(())
+}
+
+/// One TLV with `tag` at the start of `input`, canonical DER length:
+/// (content, what follows).
+fn der_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    if *input.first()? != tag {
+        return None;
+    }
+    let (used, len) = der_length(&input[1..])?;
+    // Canonical lengths only: long form for 128 and up, no leading zero.
+    if used > 1 && (len < 0x80 || input[2] == 0) {
+        return None;
+    }
+    let end = (1 + used).checked_add(len)?;
+    Some((input.get(1 + used..end)?, &input[end..]))
+}
+
+/// Like [`der_tlv`] for an optional field: `Some(None)` when the next tag differs.
+#[allow(clippy::type_complexity)]
+fn der_optional(input: &[u8], tag: u8) -> Option<Option<(&[u8], &[u8])>> {
+    if input.first() != Some(&tag) {
+        return Some(None);
+    }
+    der_tlv(input, tag).map(Some)
 }
 
 /// Parse a DER length: returns (bytes used by the length field, length).
@@ -179,6 +270,62 @@ mod tests {
         assert!(classify_first_token(&[0x60, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
         assert!(classify_first_token(&[0x60, 0x02, 0x06, 0x00]).is_err());
         assert!(classify_first_token(&[]).is_err());
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn pyspnego_negotiate_token_is_recognised() {
+        // pyspnego 0.12 (requests-credssp, pywinrm): NegTokenInit{mechTypes=[NTLM], mechToken=NEGOTIATE}.
+        let token = hex(
+            "604806062b0601050502a03e303ca00e300c060a2b06010401823702020aa22a04284e544c4d5353500001000000\
+             378208e200000000280000000000000028000000000c04000000000f",
+        );
+        assert_eq!(classify_first_token(&token).unwrap(), InnerMechanism::Negotiate);
+    }
+
+    #[test]
+    fn garbage_inside_a_well_framed_spnego_token_is_refused() {
+        // Crasher found by integration/corpus (tsreq/spnego_bad_inner): the outer 0x60 frame, the
+        // SPNEGO OID and the [0] length are all consistent, the NegTokenInit is 40 random bytes.
+        // picky-krb panicked in ApplicationTag0::deserialize (gss_api.rs:336, `unwrap`) before
+        // authentication; sspi's catch_unwind turned it into a refusal, but only just.
+        let token = hex(
+            "603206062b0601050502a0286bf1d9c3a316e95c8d1d362d81701d0acc0db3da824e7499a1bc202e2dd0\
+             6625982dbbb72ea53b87",
+        );
+        assert!(classify_first_token(&token).is_err());
+    }
+
+    #[test]
+    fn negtokeninit_fields_are_checked() {
+        let wrap = |init: &[u8]| {
+            let a0 = [&[0xa0, init.len() as u8][..], init].concat();
+            let body = [&SPNEGO_OID[..], &a0].concat();
+            [&[0x60, body.len() as u8][..], &body].concat()
+        };
+        let ntlm_oid = [0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x02, 0x02, 0x0a];
+        let mech_types = [&[0xa0, 0x0e, 0x30, 0x0c][..], &ntlm_oid].concat();
+        let ok = [&[0x30, mech_types.len() as u8][..], &mech_types].concat();
+        assert!(classify_first_token(&wrap(&ok)).is_ok());
+        // Fields out of order, unknown fields, trailing bytes, bad OIDs, bad bit strings.
+        let bad: Vec<Vec<u8>> = vec![
+            vec![0x30, 0x04, 0xa2, 0x02, 0x04, 0x00, 0xa0, 0x00],
+            vec![0x30, 0x02, 0xa4, 0x00],
+            [&ok[..], &[0x00]].concat(),
+            vec![0x30, 0x06, 0xa0, 0x04, 0x30, 0x02, 0x06, 0x00],
+            vec![0x30, 0x07, 0xa0, 0x05, 0x30, 0x03, 0x06, 0x01, 0x78],
+            vec![0x30, 0x08, 0xa0, 0x06, 0x30, 0x04, 0x06, 0x02, 0x2b, 0x86],
+            vec![0x30, 0x04, 0xa1, 0x02, 0x03, 0x00],
+            vec![0x30, 0x05, 0xa1, 0x03, 0x03, 0x01, 0x08],
+            vec![0x30, 0x05, 0xa2, 0x03, 0x04, 0x81, 0x00],
+            vec![0x31, 0x00],
+        ];
+        for init in bad {
+            assert!(classify_first_token(&wrap(&init)).is_err(), "{init:02x?}");
+        }
     }
 
     #[test]

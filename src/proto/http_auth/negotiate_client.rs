@@ -104,6 +104,9 @@ impl NegotiateClient {
             server_token.unwrap_or_default().to_vec(),
             BufferType::Token,
         )];
+        if let Some(bindings) = &self.channel_bindings {
+            input.push(SecurityBuffer::new(bindings.clone(), BufferType::ChannelBindings));
+        }
         let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
         let target_name = self.target_name.clone();
         let mut builder = self
