@@ -9,7 +9,8 @@ import uuid
 
 from helpers import ALICE, USERS, audit_events, relay_log_excerpt, relay_protocol, run, user_is, wait_for
 
-EVENTS = {"session_start", "auth_failed", "request", "denied", "session_end"}
+# "cleanup": shells a caller left open, deleted by the relay at session end (issue 5).
+EVENTS = {"session_start", "auth_failed", "request", "denied", "session_end", "cleanup"}
 REQUEST_FIELDS = {"time", "event", "session", "user", "source", "target", "action", "resource_uri", "status",
                   "bytes_in", "bytes_out", "duration_ms"}
 WRONG_PASSWORDS = ["Wrong-Alice-Pass-77!"]
