@@ -66,7 +66,8 @@ def test_shells_left_open_are_deleted_at_session_end(relay):
 class ExtraRelay:
     """A second relay process with its own config, on its own loopback address."""
 
-    def __init__(self, h: harness.Harness, host: str, listen_extra: str = "", auth_extra: str = "", tail: str = ""):
+    def __init__(self, h: harness.Harness, host: str, listen_extra: str = "", auth_extra: str = "", tail: str = "",
+                 own_certificate: bool = False):
         self.host = host
         self.dir = os.path.join(h.workdir, "relay-" + host)
         os.makedirs(self.dir, exist_ok=True)
@@ -76,6 +77,10 @@ class ExtraRelay:
         config = config.replace('http = "%s:%d"' % (harness.RELAY_HOST, harness.RELAY_PORT), 'http = "%s:5985"' % host)
         config = config.replace('listen = "%s:%d"' % (harness.RELAY_HOST, harness.RELAY_WEB01_PORT), "")
         config = config.replace(os.path.join(h.workdir, "audit.jsonl"), self.audit)
+        if own_certificate:
+            # A certificate pair of its own (generated at first start) that a test may replace.
+            for name in ("relay.crt", "relay.key"):
+                config = config.replace(os.path.join(h.workdir, name), os.path.join(self.dir, name))
         config = config.replace("[auth]\n", listen_extra + "\n[auth]\n" + auth_extra + "\n", 1) + "\n" + tail
         self.config = os.path.join(self.dir, "relay.toml")
         with open(self.config, "w") as fh:
