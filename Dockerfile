@@ -12,6 +12,10 @@ COPY --from=build /src/target/release/winrm-relay /usr/local/bin/winrm-relay
 COPY config/relay.example.toml /etc/winrm-relay/relay.toml
 WORKDIR /var/lib/winrm-relay
 USER relay
+# The relay locks its memory against swap only when allowed to:
+#   docker run --ulimit memlock=-1 ...
+# Mount a real config over /etc/winrm-relay/relay.toml (the example listens on
+# 127.0.0.1, which is unreachable from outside the container).
 EXPOSE 5985
 ENTRYPOINT ["/usr/local/bin/winrm-relay"]
 CMD ["serve", "--config", "/etc/winrm-relay/relay.toml"]

@@ -39,6 +39,13 @@ fi
 target_dir="${CARGO_TARGET_DIR:-$REPO/target}"
 case "$target_dir" in /*) ;; *) target_dir="$REPO/$target_dir" ;; esac
 build_ok=1
+# ---- gdb for test_91_memory (core images of the live relay); root on a fresh machine
+if ! command -v gdb >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[run.sh] installing gdb (test_91_memory)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdb) </dev/null >/dev/null 2>&1 \
+        || echo "[run.sh] gdb install failed: test_91_memory will skip"
+fi
+
 echo "[run.sh] cargo build --bin winrm-relay"
 if ! (cd "$REPO" && cargo build --bin winrm-relay </dev/null); then
     build_ok=0

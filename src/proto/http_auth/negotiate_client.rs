@@ -132,6 +132,9 @@ impl NegotiateClient {
         match result.status {
             SecurityStatus::Ok => {
                 self.state = State::Established;
+                // The context keeps its session keys; the credentials handle
+                // (a copy of the password) is no longer needed.
+                self.handle = None;
                 Ok((!token.is_empty()).then_some(token))
             }
             SecurityStatus::ContinueNeeded => {
