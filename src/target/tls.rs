@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::proto::credssp::SkipCertificateVerification;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetTlsError {
@@ -58,7 +59,9 @@ pub fn client_config(ca_file: Option<&Path>, verify: bool) -> Result<Arc<ClientC
     } else {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification))
+            // `tls_verify = false`, an explicit per-target opt-in, logged at
+            // start-up and audited per request.
+            .with_custom_certificate_verifier(Arc::new(SkipCertificateVerification))
             .with_no_client_auth()
     };
     Ok(Arc::new(config))
@@ -80,44 +83,6 @@ fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ta
 
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TargetTlsError> {
     ServerName::try_from(host.to_string()).map_err(|e| TargetTlsError::Config(format!("{host}: {e}")))
-}
-
-/// `tls_verify = false`: accepts any certificate (signatures still checked
-/// for the handshake itself). Only reachable through explicit per-target
-/// configuration, which is logged at start-up and audited per session.
-#[derive(Debug)]
-struct NoVerification;
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -6,53 +6,14 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, Connection, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection};
 use sspi::credssp::{ClientMode, ClientState, CredSspClient, CredSspMode, TsRequest};
 use sspi::ntlm::NtlmConfig;
 use sspi::{AuthIdentity, Credentials, Username};
 
 use super::{tls, CredSspError, SecureChannel};
 use crate::vault::DelegatedCredentials;
-
-/// CredSSP authenticates the target through the pubKeyAuth exchange, which
-/// binds the NTLM session to this TLS channel's public key; the inner TLS
-/// certificate is not checked against a PKI (as in Windows and pyspnego).
-#[derive(Debug)]
-struct PubKeyAuthVerifies;
-
-impl ServerCertVerifier for PubKeyAuthVerifies {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
-    }
-}
 
 fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
@@ -87,11 +48,13 @@ fn sspi_err(e: impl std::fmt::Display) -> CredSspError {
 
 impl Initiator {
     pub fn new(credentials: &DelegatedCredentials, host: &str) -> Result<Initiator, CredSspError> {
+        // CredSSP authenticates the target through pubKeyAuth, which binds
+        // the NTLM session to this channel's key, not through a PKI.
         let config = ClientConfig::builder_with_provider(Arc::new(provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| CredSspError::Tls(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PubKeyAuthVerifies))
+            .with_custom_certificate_verifier(Arc::new(tls::SkipCertificateVerification))
             .with_no_client_auth();
         let name = ServerName::try_from(host.to_string()).map_err(|e| CredSspError::Tls(e.to_string()))?;
         let tls = ClientConnection::new(Arc::new(config), name).map_err(|e| CredSspError::Tls(e.to_string()))?;

@@ -26,6 +26,7 @@ use sspi::{AuthIdentity, NegotiateConfig};
 
 pub use channel::SecureChannel;
 pub use initiator::Initiator;
+pub use tls::SkipCertificateVerification;
 pub use tokens::{classify_first_token, InnerMechanism};
 pub use users::{hashes_equal, nt_hash, verify_password, Principal, UserHash};
 

@@ -60,3 +60,50 @@ pub(crate) fn encrypt(conn: &mut Connection, plain: &[u8]) -> Result<Vec<u8>, Cr
         .map_err(|e| CredSspError::Tls(e.to_string()))?;
     take_output(conn)
 }
+
+/// Accepts any certificate chain, but still checks the handshake signatures
+/// made with its key. For the two places where the certificate is not what
+/// authenticates the peer: CredSSP's inner channel (pubKeyAuth binds the
+/// NTLM session to the key instead, as Windows and pyspnego do), and an
+/// HTTPS target whose operator set `tls_verify = false` explicitly.
+#[derive(Debug)]
+pub struct SkipCertificateVerification;
+
+fn signature_algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+impl rustls::client::danger::ServerCertVerifier for SkipCertificateVerification {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &signature_algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &signature_algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        signature_algorithms().supported_schemes()
+    }
+}

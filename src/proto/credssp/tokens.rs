@@ -48,8 +48,7 @@ pub fn classify_first_token(token: &[u8]) -> Result<InnerMechanism, CredSspError
     if !rest.is_empty() {
         return Err(CredSspError::BadToken("NegTokenInit length does not match the token"));
     }
-    check_neg_token_init(init)
-        .ok_or(CredSspError::BadToken("malformed NegTokenInit"))?;
+    check_neg_token_init(init).ok_or(CredSspError::BadToken("malformed NegTokenInit"))?;
     Ok(InnerMechanism::Negotiate)
 }
 
@@ -273,7 +272,10 @@ mod tests {
     }
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
