@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.scheme, parsed.scheme);
         assert_eq!(again.token.unwrap_or_default(), token);
         if !text.contains(',') {
-            assert_eq!(find_challenge([text.as_ref()], &parsed.scheme), Some(parsed.token.clone()));
+            assert_eq!(
+                find_challenge([text.as_ref()], &parsed.scheme),
+                Some(parsed.token.clone())
+            );
         }
     }
 

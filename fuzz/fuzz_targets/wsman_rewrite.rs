@@ -10,9 +10,8 @@ fn expected_to(to: &str) -> String {
     let sanitized: String = to
         .chars()
         .map(|c| {
-            let forbidden = ((c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r'))
-                || c == '\u{FFFE}'
-                || c == '\u{FFFF}';
+            let forbidden =
+                ((c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}';
             if forbidden {
                 '\u{FFFD}'
             } else {

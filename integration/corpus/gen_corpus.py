@@ -222,8 +222,8 @@ def http_cases() -> typing.List[Case]:
     add("cl_list", "Content-Length: 5, 10",
         post(body=b"12345", content_length="5, 10"))
     add("cl_and_te", "Content-Length and Transfer-Encoding: chunked together (smuggling shape)",
-        post(headers=[("Transfer-Encoding", "chunked")], body=b"0\r\n\r\nPOST /wsman/x HTTP/1.1\r\n\r\n",
-             content_length="4"))
+        post(headers=[("Transfer-Encoding", "chunked")],
+             body=b"0\r\n\r\nPOST /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", content_length="4"))
     add("cl_negative", "Content-Length: -1", post(body=b"", content_length="-1"))
     add("cl_overflow", "Content-Length: 2^70", post(body=b"", content_length=str(2 ** 70)))
     add("cl_hex", "Content-Length: 0x10", post(body=b"", content_length="0x10"))

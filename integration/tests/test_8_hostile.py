@@ -172,7 +172,8 @@ def deliver_raw(data: bytes, halfclose: bool = False, more: bool = False) -> Out
                 pass
         while True:
             try:
-                resp = c.read_response(timeout=0.5 if (responses and more) else TIMEOUT)
+                # After a first answer, only a short wait for more (pipelining) or for the close.
+                resp = c.read_response(timeout=2.0 if responses else TIMEOUT)
             except Hang:
                 if responses:
                     break  # answered, and the relay waits for the next request on a keep-alive connection
@@ -216,6 +217,7 @@ class CredSSPClient:
         self.auth = spnego.client(user, USERS[user], hostname="relay", protocol="negotiate")
         self.nonce = os.urandom(32)
         self._auth_token: typing.Optional[bytes] = None
+        self.records = 0  # records sealed for the session so far
 
     def close(self) -> None:
         self.conn.close()
@@ -296,6 +298,11 @@ class CredSSPClient:
         assert not reply.error_code and reply.pub_key_auth, "relay refused pubKeyAuth"
         if reply.nego_tokens:
             self.auth.step(reply.nego_tokens[0].nego_token)
+        from spnego._credssp import _get_pub_key_auth
+        from spnego.tls import get_certificate_public_key
+
+        expected = _get_pub_key_auth(get_certificate_public_key(self.tls.getpeercert(True)), "accept", nonce=self.nonce)
+        assert self.auth.unwrap(reply.pub_key_auth).data == expected, "relay's pubKeyAuth answer does not bind its key"
 
     def delegate(self) -> Response:
         from spnego._credssp_structures import TSCredentials, TSPasswordCreds, TSRequest
@@ -318,6 +325,7 @@ class CredSSPClient:
         return corpus.create_envelope().encode()
 
     def record(self, plain: bytes) -> bytes:
+        self.records += 1
         return self.wrap(plain)
 
     def sealed_body(self, plain: bytes) -> typing.Tuple[str, bytes]:
@@ -398,7 +406,8 @@ def run_case(results: Results, failures: typing.List[str], case: corpus.Case, fn
 # --------------------------------------------------------------------------- layers
 
 def http_case(case: corpus.Case) -> str:
-    more = case.name.startswith("pipelined")
+    # Pipelined cases (and the CL+TE smuggling shape) may get several answers.
+    more = case.name.startswith("pipelined") or case.name == "cl_and_te"
     o = deliver_raw(case.payload, halfclose=case.stage == "halfclose", more=more)
     # Identify answers unauthenticated by design, whatever the body (as Windows).
     clear_answer(o, allowed=(200,) if case.name.startswith("identify") else ())
@@ -509,7 +518,19 @@ def session_case(case: corpus.Case) -> str:
             plain = c.open_reply(r)
             assert b"Fault" in plain, plain[:300]
             return "%d sealed fault" % r.status
-        return "%d %s" % (r.status, r.body[:60].decode("utf-8", "replace").strip())
+        answer = "%d %s" % (r.status, r.body[:60].decode("utf-8", "replace").strip())
+        framing_dropped_a_record = b"bad encrypted body" in r.body and c.records > 0
+        if r.status == 400 and not c.conn.closed and not framing_dropped_a_record:
+            # Is the session still usable? Recorded, not asserted. (Skipped when the body was
+            # refused for framing after we sealed a record into it: the relay never saw that
+            # record, so the two TLS sequence numbers differ from then on, on Windows too.)
+            ct, body = c.sealed_body(c.soap)
+            try:
+                nxt = c.post_body(ct, body)
+                answer += " | then a valid request: %d" % nxt.status
+            except (ConnectionError, OSError):
+                answer += " | then the connection closed"
+        return answer
     finally:
         c.close()
 

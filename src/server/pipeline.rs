@@ -110,7 +110,17 @@ pub(crate) async fn relay(
             let mut event = session.event(AuditKind::Request);
             event.status = Some(400);
             event.reason = Some(message.clone());
+            event.bytes_in = Some(0);
+            event.bytes_out = Some(message.len() as u64);
+            event.duration_ms = Some(started.elapsed().as_millis() as u64);
             shared.audit.emit(&event);
+            if sealed {
+                // The CredSSP channel is out of step (or under attack): it
+                // cannot carry another message, so end the session now rather
+                // than keep the credentials for a connection that is useless.
+                session.end(shared, &message).await;
+                return reply::closing(StatusCode::BAD_REQUEST, &message);
+            }
             return reply::plain(StatusCode::BAD_REQUEST, &message);
         }
     };

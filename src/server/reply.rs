@@ -60,6 +60,15 @@ pub(crate) fn basic_401() -> HttpResponse {
     )
 }
 
+/// A plain-text error after which the connection is closed.
+pub(crate) fn closing(status: StatusCode, text: &str) -> HttpResponse {
+    let mut response = plain(status, text);
+    response
+        .headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 pub(crate) fn ok_empty() -> HttpResponse {
     finish(empty(StatusCode::OK), Bytes::new())
 }

@@ -314,7 +314,18 @@ impl Session {
         let content_type = header(CONTENT_TYPE).unwrap_or_default();
         // Read within the envelope limit before anything else: a body is
         // never buffered beyond it, authenticated or not.
-        let body = match read_body(request, shared).await {
+        // Until a connection authenticates, its body gets the header deadline
+        // too: a stalled upload must not hold a socket open.
+        let deadline = if self.principal().is_some() {
+            shared.config.session.idle_timeout
+        } else {
+            shared.config.listen.header_read_timeout
+        };
+        let body = match tokio::time::timeout(deadline, read_body(request, shared)).await {
+            Err(_) => return reply::closing(StatusCode::REQUEST_TIMEOUT, "request body not received in time"),
+            Ok(body) => body,
+        };
+        let body = match body {
             Ok(body) => body,
             Err(BodyError::TooLarge) => {
                 let mut event = self.event(AuditKind::Denied);
@@ -377,10 +388,6 @@ impl Session {
         // connection: the old credentials and target connections go.
         if is_client_hello(&token) || !matches!(self.auth, AuthState::InProgress { .. }) {
             self.reset();
-            if shared.lockout.is_locked(source_ip, None, now) {
-                self.audit_auth_failed(shared, None, "source is locked out after repeated malformed logons");
-                return reply::credssp_401(&[]);
-            }
             match Acceptor::new(shared.credssp()) {
                 Ok(acceptor) => {
                     self.auth = AuthState::InProgress {
@@ -434,7 +441,13 @@ impl Session {
             Step::Rejected { token, error, user } => {
                 self.auth = AuthState::None;
                 let mut reason = error.to_string();
-                if shared.lockout.record_failure(source_ip, user.as_deref(), now) {
+                // Only failures that name a user count: anonymous garbage
+                // from a shared address (NAT, jump host) must not lock every
+                // admin behind it out.
+                let locks = user
+                    .as_deref()
+                    .is_some_and(|user| shared.lockout.record_failure(source_ip, Some(user), now));
+                if locks {
                     reason.push_str("; logons from this source for this user are now locked out");
                 }
                 tracing::info!(session = %self.id, user = user.as_deref(), source = %self.source, %reason, "authentication failed");
@@ -531,7 +544,10 @@ impl Session {
         self.slot = None;
     }
 
-    async fn end(&mut self, shared: &Shared, reason: &str) {
+    /// End the session: delete the shells its caller left open, audit, then
+    /// wipe the credentials. At connection close, idle timeout or lifetime
+    /// end, and when its CredSSP channel breaks.
+    pub(crate) async fn end(&mut self, shared: &Shared, reason: &str) {
         if self.principal().is_some() {
             pipeline::delete_leftover_shells(self, shared).await;
             let mut event = self.event(AuditKind::SessionEnd);
