@@ -66,10 +66,6 @@ pub enum TargetError {
 }
 
 impl TargetError {
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, TargetError::Timeout { .. } | TargetError::ConnectTimeout { .. })
-    }
-
     pub fn is_auth(&self) -> bool {
         matches!(self, TargetError::AuthRejected { .. } | TargetError::Auth { .. })
     }

@@ -45,7 +45,11 @@ pub fn client_config(ca_file: Option<&Path>, verify: bool) -> Result<Arc<ClientC
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(system_roots().iter().cloned());
         if let Some(path) = ca_file {
-            for cert in read_pem_certificates(path)? {
+            let certs = crate::config::load_ca_file(path).map_err(|detail| TargetTlsError::CaFile {
+                path: path.display().to_string(),
+                detail,
+            })?;
+            for cert in certs {
                 roots.add(cert).map_err(|e| TargetTlsError::CaFile {
                     path: path.display().to_string(),
                     detail: e.to_string(),
@@ -65,20 +69,6 @@ pub fn client_config(ca_file: Option<&Path>, verify: bool) -> Result<Arc<ClientC
             .with_no_client_auth()
     };
     Ok(Arc::new(config))
-}
-
-fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TargetTlsError> {
-    let error = |detail: String| TargetTlsError::CaFile {
-        path: path.display().to_string(),
-        detail,
-    };
-    let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
-    let certs = certs.map_err(|e| error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(error("no PEM certificate in it".into()));
-    }
-    Ok(certs)
 }
 
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TargetTlsError> {
