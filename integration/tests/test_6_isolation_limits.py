@@ -167,3 +167,30 @@ def test_sources_outside_the_allowlist_are_dropped(relay):
         assert "allow_sources" in events[0]["reason"]
     finally:
         extra.stop()
+
+
+def test_connections_waiting_to_authenticate_are_capped(relay):
+    extra = ExtraRelay(relay, "127.0.0.35", tail="[limits]\nmax_sessions = 2\n")
+    idle = []
+    try:
+        # A logged-on session frees its place among the unauthenticated.
+        session = extra.protocol()
+        assert run(session, "echo", ["in"])[0] == b"in\n"
+        idle = [socket.create_connection(("127.0.0.35", 5985), timeout=5) for _ in range(2)]
+        time.sleep(0.3)  # let the relay accept both
+        with socket.create_connection(("127.0.0.35", 5985), timeout=5) as third:
+            third.settimeout(5)
+            third.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            try:
+                answer = third.recv(4096)
+            except ConnectionResetError:
+                answer = b""
+        assert answer == b"", "a connection over the cap was served: %r" % answer[:100]
+        assert any("waiting to authenticate" in e.get("reason", "") for e in extra.events())
+        # The logged-on session is unaffected.
+        assert run(session, "echo", ["still"])[0] == b"still\n"
+        session.transport.close_session()
+    finally:
+        for s in idle:
+            s.close()
+        extra.stop()

@@ -50,6 +50,10 @@ pub(crate) struct Shared {
     pub audit: AuditSink,
     pub lockout: limits::Lockout,
     pub quotas: Arc<limits::Quotas>,
+    /// Connections that have not authenticated yet, capped at
+    /// `limits.max_sessions` so a flood of idle sockets cannot exhaust
+    /// file descriptors; a permit is held until the connection logs on.
+    pub unauthenticated: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -159,6 +163,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     let audit = AuditSink::open(&config.audit.path)?;
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
+    let unauthenticated = Arc::new(tokio::sync::Semaphore::new(config.limits.max_sessions));
     Ok(Shared {
         config,
         credssp: RwLock::new(credssp),
@@ -166,6 +171,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         audit,
         lockout,
         quotas,
+        unauthenticated,
     })
 }
 

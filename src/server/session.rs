@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, OwnedSemaphorePermit};
 
 use super::limits::Slot;
 use super::reply::{self, HttpResponse, CREDSSP};
@@ -54,8 +54,19 @@ pub(crate) async fn accept_loop(
                         shared.audit.emit(&event);
                         continue;
                     }
+                    let Ok(pending) = shared.unauthenticated.clone().try_acquire_owned() else {
+                        drop(stream);
+                        let event = AuditEvent {
+                            event: AuditKind::Denied,
+                            source: Some(peer.to_string()),
+                            reason: Some("too many connections waiting to authenticate (limits.max_sessions)".into()),
+                            ..AuditEvent::default()
+                        };
+                        shared.audit.emit(&event);
+                        continue;
+                    };
                     let shutdown = shutdown.clone();
-                    connections.spawn(serve_connection(stream, peer, kind.clone(), shared.clone(), shutdown));
+                    connections.spawn(serve_connection(stream, peer, kind.clone(), pending, shared.clone(), shutdown));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
@@ -106,17 +117,18 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     kind: ListenerKind,
+    pending: OwnedSemaphorePermit,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     if !kind.https {
-        return serve_http(stream, peer, kind, shared, shutdown).await;
+        return serve_http(stream, peer, kind, pending, shared, shutdown).await;
     }
     // The TLS handshake gets the same deadline as a request's headers.
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.credssp().tls.clone());
     match tokio::time::timeout(shared.config.listen.header_read_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_http(tls, peer, kind, shared, shutdown).await,
+        Ok(Ok(tls)) => serve_http(tls, peer, kind, pending, shared, shutdown).await,
         Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
@@ -126,12 +138,13 @@ async fn serve_http<S>(
     stream: S,
     peer: SocketAddr,
     kind: ListenerKind,
+    pending: OwnedSemaphorePermit,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let session = Arc::new(Mutex::new(Session::new(peer, kind)));
+    let session = Arc::new(Mutex::new(Session::new(peer, kind, pending)));
     let activity = Arc::new(Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -242,12 +255,14 @@ pub(crate) struct Session {
     pub shells: HashMap<String, OpenShell>,
     /// This session's place in `limits.max_sessions[_per_user]`.
     slot: Option<Slot>,
+    /// Its place among connections not yet authenticated; released at logon.
+    pending: Option<OwnedSemaphorePermit>,
     started: Instant,
     pub requests: u64,
 }
 
 impl Session {
-    fn new(source: SocketAddr, kind: ListenerKind) -> Session {
+    fn new(source: SocketAddr, kind: ListenerKind, pending: OwnedSemaphorePermit) -> Session {
         Session {
             id: format!("{:016x}", rand::random::<u64>()),
             source,
@@ -258,6 +273,7 @@ impl Session {
             targets: HashMap::new(),
             shells: HashMap::new(),
             slot: None,
+            pending: Some(pending),
             started: Instant::now(),
             requests: 0,
         }
@@ -430,6 +446,7 @@ impl Session {
                 shared.lockout.record_success(source_ip, Some(&principal));
                 self.vault.store(credentials);
                 self.slot = Some(slot);
+                self.pending = None;
                 self.auth = AuthState::Authenticated {
                     principal,
                     channel: Some(channel),
@@ -518,6 +535,7 @@ impl Session {
             password,
         ));
         self.slot = Some(slot);
+        self.pending = None;
         self.auth = AuthState::Authenticated {
             principal,
             channel: None,
