@@ -58,6 +58,8 @@ class DoubleSpec(typing.NamedTuple):
     sig_hash: str = "sha256"  # signature hash of the server certificate (RFC 5929 picks the CBT hash from it)
     relay_auth: str = "negotiate"  # `auth` of the relay's [[target]]
     ca_file: bool = False  # relay names the test CA as ca_file
+    tls_verify: bool = True  # False: the relay target says tls_verify = false
+    cert_of: typing.Optional[str] = None  # serve this other double's certificate and key
 
     @property
     def url(self) -> str:
@@ -76,6 +78,12 @@ TRANSPORT_DOUBLES: typing.Dict[str, DoubleSpec] = {
     # HTTPS + strict CBT with a SHA-384-signed certificate: the binding must use SHA-384 (RFC 5929 4.1)
     "web07": DoubleSpec("127.0.0.29", 5986, "negotiate", "ca", cbt="strict", sig_hash="sha384",
                         relay_auth="https-ntlm", ca_file=True),
+    # HTTPS + CredSSP (test-CA cert): after the CredSSP exchange the bodies are plain inside TLS, like Windows
+    "web08": DoubleSpec("127.0.0.36", 5986, "credssp", "ca", relay_auth="credssp", ca_file=True),
+    # web06 again (same self-signed certificate) for a relay target with tls_verify = false. A second
+    # instance because the relay refuses two targets at one host:port; no ca_file (refused with tls_verify = false).
+    "web06-insecure": DoubleSpec("127.0.0.37", 5986, "negotiate", "self", relay_auth="https-ntlm",
+                                 tls_verify=False, cert_of="web06"),
 }
 
 
@@ -140,7 +148,7 @@ def ensure_port_free(host: str, port: int) -> None:
         return
     raise RuntimeError(
         "%s:%d is already in use (another integration run or a leftover process?); "
-        "the suite needs the fixed loopback addresses 127.0.0.20-33" % (host, port)
+        "the suite needs the fixed loopback addresses 127.0.0.20-37" % (host, port)
     )
 
 
@@ -168,7 +176,7 @@ def read_jsonl(path: str) -> typing.List[dict]:
 
 def relay_config_toml(workdir: str, transports: bool = False) -> str:
     """The relay config. transports adds the issue-4 keys: an HTTPS listener on :5986 and targets
-    web03..web07 with per-target auth / ca_file, allowed for alice. (The shared relay gets them with
+    web03..web08 with per-target auth / ca_file, allowed for alice. (The shared relay gets them with
     RELAY_IT_TRANSPORTS=1, see Harness.write_relay_config; extra instances built from this text keep
     the plain config.)"""
     w = workdir
@@ -318,7 +326,7 @@ def make_server_cert(workdir: str, name: str, ip: str, ca: typing.Optional[typin
 
 def transports_enabled() -> bool:
     """RELAY_IT_TRANSPORTS=1: the shared relay (127.0.0.20) also gets the issue-4 config (HTTPS listener
-    on :5986, web03..web07) and start_doubles starts web03..web07. Off by default while the relay is
+    on :5986, web03..web08) and start_doubles starts web03..web08. Off by default while the relay is
     learning those keys: a relay that refuses the config would fail every test. test_7_transports always
     uses its own relay instance (transports_config_toml) either way."""
     return os.environ.get("RELAY_IT_TRANSPORTS", "") == "1"
@@ -330,6 +338,8 @@ def _transport_targets_toml(workdir: str) -> str:
         t = '[[target]]\nname = "%s"\nurl = "%s"\nauth = "%s"\n' % (name, spec.url, spec.relay_auth)
         if spec.ca_file:
             t += 'ca_file = "%s/%s"\n' % (workdir, CA_FILE_NAME)
+        if not spec.tls_verify:
+            t += "tls_verify = false\n"
         out.append(t)
     return "\n".join(out)
 
@@ -419,6 +429,8 @@ class Harness:
     def server_cert(self, name: str) -> typing.Tuple[str, str]:
         """(cert, key) of a transport double; generated on first use."""
         spec = TRANSPORT_DOUBLES[name]
+        if spec.cert_of:
+            name, spec = spec.cert_of, TRANSPORT_DOUBLES[spec.cert_of]
         ca = make_test_ca(self.workdir) if spec.tls == "ca" else None
         return make_server_cert(self.workdir, name, spec.host, ca, spec.sig_hash)
 
@@ -431,7 +443,7 @@ class Harness:
         return self.start_double(name, spec.host, spec.port, extra_args=args, wait=wait)
 
     def start_transport_doubles(self, names: typing.Optional[typing.Iterable[str]] = None) -> None:
-        """Start web03..web07 (or `names`) in parallel; certificates come from the test CA in the work dir."""
+        """Start web03..web08 (or `names`) in parallel; certificates come from the test CA in the work dir."""
         make_test_ca(self.workdir)
         todo = [n for n in (TRANSPORT_DOUBLES if names is None else names) if "double-" + n not in self.procs]
         for name in todo:

@@ -177,7 +177,7 @@ def test_connections_waiting_to_authenticate_are_capped(relay):
         session = extra.protocol()
         assert run(session, "echo", ["in"])[0] == b"in\n"
         idle = [socket.create_connection(("127.0.0.35", 5985), timeout=5) for _ in range(2)]
-        time.sleep(0.3)  # let the relay accept both
+        time.sleep(0.5)  # let the relay accept both
         with socket.create_connection(("127.0.0.35", 5985), timeout=5) as third:
             third.settimeout(5)
             third.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
@@ -186,7 +186,7 @@ def test_connections_waiting_to_authenticate_are_capped(relay):
             except ConnectionResetError:
                 answer = b""
         assert answer == b"", "a connection over the cap was served: %r" % answer[:100]
-        assert any("waiting to authenticate" in e.get("reason", "") for e in extra.events())
+        assert wait_for(lambda: [e for e in extra.events() if "waiting to authenticate" in e.get("reason", "")], 3)
         # The logged-on session is unaffected.
         assert run(session, "echo", ["still"])[0] == b"still\n"
         session.transport.close_session()

@@ -15,7 +15,10 @@ Two halves:
 Doubles: web03 127.0.0.25:5986 HTTPS+Negotiate+strict CBT (test-CA cert, SHA-256),
 web04 127.0.0.26:5986 HTTPS+Basic, web05 127.0.0.27:5985 HTTP+CredSSP, web06 127.0.0.28:5986
 HTTPS with a self-signed certificate (no ca_file), web07 127.0.0.29:5986 like web03 but with a
-SHA-384-signed certificate (the binding hash must follow RFC 5929).
+SHA-384-signed certificate (the binding hash must follow RFC 5929), web08 127.0.0.36:5986
+HTTPS+CredSSP (test-CA cert), web06-insecure 127.0.0.37:5986 a second web06 (same self-signed
+certificate) that the relay reaches with ``tls_verify = false`` (the relay refuses two targets at
+one host:port, so it cannot share web06's address).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def double_says(h: harness.Harness, name: str, since: int) -> str:
 
 @pytest.fixture(scope="module")
 def tdoubles(h: harness.Harness) -> typing.Iterator[harness.Harness]:
-    """web03..web07 (started here unless RELAY_IT_TRANSPORTS=1 already started them with the others).
+    """web03..web08 (started here unless RELAY_IT_TRANSPORTS=1 already started them with the others).
     Needs only the work directory: the direct tests run without web01/web02 or the relay."""
     started = [n for n in TRANSPORT_DOUBLES if "double-" + n not in h.procs]
     h.start_transport_doubles(started)
@@ -508,6 +511,60 @@ def test_relay_credssp_http_in_credssp_http_out(rt, tdoubles):
                       and r["user"].lower() == ALICE.lower() for r in ok), ok
     reqs = [r for r in recs if r["event"] == "request"]
     assert reqs and all(r["auth"] == "credssp" and r["encrypted"] and r["delegated_password_ok"] for r in reqs)
+
+
+def test_relay_credssp_http_in_credssp_https_out(rt, tdoubles):
+    """CredSSP onward to an HTTPS target: the relay verifies web08's certificate against ca_file, runs CredSSP
+    inside TLS and delegates the caller's password; after the exchange the bodies are plain SOAP inside TLS
+    (as Windows accepts them), and the double confirms the delegated password."""
+    n = len(double_records(tdoubles, "web08"))
+    try:
+        out = run(relay_proto("web08"), "echo", ["credssp-to-https"])
+    except Exception as e:  # noqa: BLE001
+        pytest.fail("CredSSP/HTTP -> credssp https web08 failed: %s%s%s" % (
+            err_text(e), double_says(tdoubles, "web08", n), rt.excerpt()))
+    assert out == (b"credssp-to-https\n", b"", 0)
+    recs = new_records(tdoubles, "web08", n)
+    ok = [r for r in recs if r["event"] == "auth_ok"]
+    assert ok and all(r["auth"] == "credssp" and r["tls"] is True and r["delegated_password_ok"] is True
+                      and r["delegated_user"].lower() == ALICE.lower() and r["user"].lower() == ALICE.lower()
+                      for r in ok), ok
+    reqs = [r for r in recs if r["event"] == "request"]
+    assert reqs and all(r["auth"] == "credssp" and r["tls"] is True and r["delegated_password_ok"] is True
+                        and r["encrypted"] is False and r["user"].lower() == ALICE.lower() for r in reqs), reqs[:3]
+    assert not [r for r in recs if r["event"] in ("rejected", "auth_failed", "tls_handshake_failed")], recs
+
+
+def test_relay_tls_verify_false_target_works_and_is_recorded(rt, tdoubles):
+    """web06-insecure: web06's self-signed certificate, reached with tls_verify = false. Commands go through; every audited
+    request to it says tls_verified: false, the start-up log names it loudly, and requests to a verified
+    HTTPS target (web03) say tls_verified: true."""
+    n6 = len(double_records(tdoubles, "web06-insecure"))
+    n3 = len(double_records(tdoubles, "web03"))
+    before = len(rt.events())
+    try:
+        out = run(relay_proto("web06-insecure"), "echo", ["insecure-but-allowed"])
+        out3 = run(relay_proto("web03"), "echo", ["verified"])
+    except Exception as e:  # noqa: BLE001
+        pytest.fail("CredSSP/HTTP -> web06-insecure / web03 failed: %s%s%s" % (
+            err_text(e), double_says(tdoubles, "web06-insecure", n6), rt.excerpt()))
+    assert out == (b"insecure-but-allowed\n", b"", 0)
+    assert out3 == (b"verified\n", b"", 0)
+    reqs = _requests_for(tdoubles, "web06-insecure", n6)
+    assert reqs and all(r["user"] == ALICE and r["tls"] is True and r["auth"] == "negotiate" for r in reqs), reqs[:3]
+    assert _requests_for(tdoubles, "web03", n3)
+
+    events = rt.events()[before:]
+    insecure = [e for e in events if e.get("event") == "request" and e.get("target") == "web06-insecure"]
+    assert insecure and all(e.get("tls_verified") is False for e in insecure), insecure[:3]
+    verified = [e for e in events if e.get("event") == "request" and e.get("target") == "web03"]
+    assert verified and all(e.get("tls_verified") is True for e in verified), verified[:3]
+
+    with open(rt.log, "rb") as fh:
+        log = fh.read().decode("utf-8", "replace")
+    loud = [line for line in log.splitlines() if "TLS CERTIFICATE VERIFICATION IS OFF" in line]
+    assert loud and any("web06-insecure" in line for line in loud), \
+        "no start-up warning naming web06-insecure: %r%s" % (loud, rt.excerpt(40))
 
 
 def test_relay_basic_over_http_refused_with_reason(rt, tdoubles):
