@@ -42,27 +42,14 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Both refusals drop the socket before any TLS or CredSSP work.
                     if !source_allowed(&shared.config.listen.allow_sources, peer) {
-                        // Dropped before any TLS or CredSSP work.
-                        drop(stream);
-                        let event = AuditEvent {
-                            event: AuditKind::Denied,
-                            source: Some(peer.to_string()),
-                            reason: Some("source address not in listen.allow_sources".into()),
-                            ..AuditEvent::default()
-                        };
-                        shared.audit.emit(&event);
+                        refuse_connection(&shared, stream, peer, "source address not in listen.allow_sources");
                         continue;
                     }
                     let Ok(pending) = shared.unauthenticated.clone().try_acquire_owned() else {
-                        drop(stream);
-                        let event = AuditEvent {
-                            event: AuditKind::Denied,
-                            source: Some(peer.to_string()),
-                            reason: Some("too many connections waiting to authenticate (limits.max_sessions)".into()),
-                            ..AuditEvent::default()
-                        };
-                        shared.audit.emit(&event);
+                        let reason = "too many connections waiting to authenticate (limits.max_sessions)";
+                        refuse_connection(&shared, stream, peer, reason);
                         continue;
                     };
                     let shutdown = shutdown.clone();
@@ -80,6 +67,17 @@ pub(crate) async fn accept_loop(
     }
     // Sessions see the shutdown too and end (wiping credentials); wait for them.
     while connections.join_next().await.is_some() {}
+}
+
+/// Close a just-accepted connection unanswered, and audit why.
+fn refuse_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &str) {
+    drop(stream);
+    shared.audit.emit(&AuditEvent {
+        event: AuditKind::Denied,
+        source: Some(peer.to_string()),
+        reason: Some(reason.to_string()),
+        ..AuditEvent::default()
+    });
 }
 
 fn source_allowed(allowed: &[ipnet::IpNet], peer: SocketAddr) -> bool {
@@ -430,30 +428,9 @@ impl Session {
         match acceptor.step_checked(&token, &locked_out) {
             Step::Continue(out) => reply::credssp_401(&out),
             Step::Authenticated { credentials, channel } => {
-                let principal = credentials.principal();
-                let slot = match shared.quotas.session(&principal) {
-                    Ok(slot) => slot,
-                    Err(quota) => {
-                        self.auth = AuthState::None;
-                        let mut event = self.event(AuditKind::Denied);
-                        event.user = Some(principal);
-                        event.status = Some(503);
-                        event.reason = Some(quota.to_string());
-                        shared.audit.emit(&event);
-                        return reply::plain(StatusCode::SERVICE_UNAVAILABLE, &quota.to_string());
-                    }
-                };
-                shared.lockout.record_success(source_ip, Some(&principal));
-                self.vault.store(credentials);
-                self.slot = Some(slot);
-                self.pending = None;
-                self.auth = AuthState::Authenticated {
-                    principal,
-                    channel: Some(channel),
-                };
-                tracing::info!(session = %self.id, user = self.principal(), source = %self.source, "session authenticated");
-                shared.audit.emit(&self.event(AuditKind::SessionStart));
-                reply::ok_empty()
+                self.auth = AuthState::None;
+                self.begin_session(shared, credentials, Some(channel))
+                    .unwrap_or_else(reply::ok_empty)
             }
             Step::Rejected { token, error, user } => {
                 self.auth = AuthState::None;
@@ -517,30 +494,38 @@ impl Session {
             return None;
         }
         self.reset();
+        let credentials = DelegatedCredentials::new(entry.domain.clone(), entry.user.clone(), password);
+        self.begin_session(shared, credentials, None)
+    }
+
+    /// A logon succeeded (CredSSP, or Basic without a channel): take a
+    /// session slot, store the credentials and audit the start. Returns the
+    /// refusal to send when the session quota is full.
+    fn begin_session(
+        &mut self,
+        shared: &Shared,
+        credentials: DelegatedCredentials,
+        channel: Option<Box<SecureChannel>>,
+    ) -> Option<HttpResponse> {
+        let principal = credentials.principal();
         let slot = match shared.quotas.session(&principal) {
             Ok(slot) => slot,
             Err(quota) => {
                 let mut event = self.event(AuditKind::Denied);
-                event.user = Some(principal.clone());
+                event.user = Some(principal);
                 event.status = Some(503);
                 event.reason = Some(quota.to_string());
                 shared.audit.emit(&event);
                 return Some(reply::plain(StatusCode::SERVICE_UNAVAILABLE, &quota.to_string()));
             }
         };
-        shared.lockout.record_success(source_ip, Some(&principal));
-        self.vault.store(DelegatedCredentials::new(
-            entry.domain.clone(),
-            entry.user.clone(),
-            password,
-        ));
+        shared.lockout.record_success(self.source.ip(), Some(&principal));
+        self.vault.store(credentials);
         self.slot = Some(slot);
         self.pending = None;
-        self.auth = AuthState::Authenticated {
-            principal,
-            channel: None,
-        };
-        tracing::info!(session = %self.id, user = self.principal(), source = %self.source, "session authenticated (Basic over HTTPS)");
+        let basic = channel.is_none();
+        self.auth = AuthState::Authenticated { principal, channel };
+        tracing::info!(session = %self.id, user = self.principal(), source = %self.source, basic, "session authenticated");
         shared.audit.emit(&self.event(AuditKind::SessionStart));
         None
     }
