@@ -87,6 +87,9 @@ pub struct AuthConfig {
     pub credssp_min_version: u32,
     /// The whole CredSSP exchange must finish within this time.
     pub handshake_timeout: Duration,
+    /// From accept to authenticated, however many 401s a connection collects on
+    /// the way; then it is closed. Defaults to `handshake_timeout`.
+    pub logon_timeout: Duration,
     /// Failed logons per (source address) and per (user name) within
     /// `lockout_window` before that key is locked out; 0 disables lockout.
     pub lockout_threshold: u32,
@@ -104,6 +107,9 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// A session ends after this long whatever it does; its credentials go with it.
     pub max_lifetime: Duration,
+    /// On SIGTERM, sessions get this long to end (cancel, clean up, audit) before the
+    /// relay exits anyway.
+    pub shutdown_timeout: Duration,
 }
 
 /// Quotas, with WinRM's defaults where WinRM has one.
@@ -117,6 +123,9 @@ pub struct LimitsConfig {
     pub max_shells_per_user: usize,
     /// Requests of one user in flight at once (WinRM MaxConcurrentOperationsPerUser: 1500).
     pub max_operations_per_user: usize,
+    /// Connections from one source address that have not authenticated yet; more are
+    /// closed at once, so one address cannot crowd out everyone else's logons.
+    pub max_unauthenticated_per_source: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -722,6 +731,11 @@ impl Validator<'_> {
         let at = self.table_at(raw.auth.is_some(), "auth");
         let a = raw.auth.unwrap_or_default();
         let users_file = self.required(a.users_file, "auth.users_file", at);
+        let handshake_timeout = self.secs(
+            a.handshake_timeout_secs,
+            "auth.handshake_timeout_secs",
+            Duration::from_secs(30),
+        );
         let auth = AuthConfig {
             users_file: self.path(users_file, "auth.users_file"),
             credssp_min_version: self
@@ -732,11 +746,8 @@ impl Validator<'_> {
                     DEFAULT_CREDSSP_MIN_VERSION.into(),
                 )
                 .unsigned_abs() as u32,
-            handshake_timeout: self.secs(
-                a.handshake_timeout_secs,
-                "auth.handshake_timeout_secs",
-                Duration::from_secs(30),
-            ),
+            handshake_timeout,
+            logon_timeout: self.secs(a.logon_timeout_secs, "auth.logon_timeout_secs", handshake_timeout),
             lockout_threshold: self
                 .int(a.lockout_threshold, "auth.lockout_threshold", 0..=1000, 5)
                 .unsigned_abs() as u32,
@@ -769,6 +780,11 @@ impl Validator<'_> {
                 "session.max_lifetime_secs",
                 Duration::from_secs(8 * 3600),
             ),
+            shutdown_timeout: self.secs(
+                raw.session.shutdown_timeout_secs,
+                "session.shutdown_timeout_secs",
+                Duration::from_secs(10),
+            ),
         };
         let m = raw.limits;
         let limits = LimitsConfig {
@@ -787,6 +803,14 @@ impl Validator<'_> {
                     "limits.max_operations_per_user",
                     1..=100_000,
                     1500,
+                )
+                .unsigned_abs() as usize,
+            max_unauthenticated_per_source: self
+                .int(
+                    m.max_unauthenticated_per_source,
+                    "limits.max_unauthenticated_per_source",
+                    1..=100_000,
+                    16,
                 )
                 .unsigned_abs() as usize,
         };

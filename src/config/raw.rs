@@ -57,6 +57,7 @@ pub(super) struct RawAuth {
     pub users_file: V,
     pub credssp_min_version: V,
     pub handshake_timeout_secs: V,
+    pub logon_timeout_secs: V,
     pub lockout_threshold: V,
     pub lockout_window_secs: V,
     pub lockout_duration_secs: V,
@@ -71,6 +72,7 @@ pub(super) struct RawAudit {
 pub(super) struct RawSession {
     pub idle_timeout_secs: V,
     pub max_lifetime_secs: V,
+    pub shutdown_timeout_secs: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -79,6 +81,7 @@ pub(super) struct RawLimits {
     pub max_sessions_per_user: V,
     pub max_shells_per_user: V,
     pub max_operations_per_user: V,
+    pub max_unauthenticated_per_source: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,17 +155,19 @@ const AUTH: &[&str] = &[
     "users_file",
     "credssp_min_version",
     "handshake_timeout_secs",
+    "logon_timeout_secs",
     "lockout_threshold",
     "lockout_window_secs",
     "lockout_duration_secs",
 ];
 const AUDIT: &[&str] = &["path"];
-const SESSION: &[&str] = &["idle_timeout_secs", "max_lifetime_secs"];
+const SESSION: &[&str] = &["idle_timeout_secs", "max_lifetime_secs", "shutdown_timeout_secs"];
 const LIMITS: &[&str] = &[
     "max_sessions",
     "max_sessions_per_user",
     "max_shells_per_user",
     "max_operations_per_user",
+    "max_unauthenticated_per_source",
 ];
 const DEFAULTS: &[&str] = &[
     "auth",

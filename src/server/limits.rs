@@ -1,6 +1,7 @@
-//! Abuse limits shared by all connections: logon lockout and quotas
-//! (sessions, shells, operations). Plain data behind a mutex; the caller
-//! passes `now` so the rules are testable without waiting.
+//! Abuse limits shared by all connections: logon lockout, connections waiting
+//! to authenticate, and quotas (sessions, shells, operations). Plain data
+//! behind a mutex; the caller passes `now` so the rules are testable without
+//! waiting.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -80,6 +81,73 @@ impl Lockout {
 
     pub fn record_success(&self, source: IpAddr, user: Option<&str>) {
         self.entries().remove(&Self::key(source, user));
+    }
+}
+
+/// Connections that have not authenticated yet: at most `per_source` from one
+/// address (so one address cannot crowd out everyone else's logons, in the
+/// spirit of OpenSSH's MaxStartups) and `total` in all (file descriptors).
+pub(crate) struct Unauthenticated {
+    per_source: usize,
+    total: usize,
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why a connection may not wait to authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PendingRefusal {
+    #[error("too many connections from {0} waiting to authenticate (limits.max_unauthenticated_per_source)")]
+    Source(IpAddr),
+    #[error("too many connections waiting to authenticate (limits.max_sessions)")]
+    Total,
+}
+
+/// One connection's place among those waiting to authenticate; released on drop.
+pub(crate) struct Pending {
+    owner: Arc<Unauthenticated>,
+    source: IpAddr,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts();
+        counts.0 = counts.0.saturating_sub(1);
+        if let Some(n) = counts.1.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.1.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Unauthenticated {
+    pub fn new(limits: &LimitsConfig) -> Arc<Unauthenticated> {
+        Arc::new(Unauthenticated {
+            per_source: limits.max_unauthenticated_per_source,
+            total: limits.max_sessions,
+            counts: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    fn counts(&self) -> MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
+        self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn acquire(self: &Arc<Self>, source: IpAddr) -> Result<Pending, PendingRefusal> {
+        let mut counts = self.counts();
+        if counts.1.get(&source).copied().unwrap_or(0) >= self.per_source {
+            return Err(PendingRefusal::Source(source));
+        }
+        if counts.0 >= self.total {
+            return Err(PendingRefusal::Total);
+        }
+        counts.0 += 1;
+        *counts.1.entry(source).or_default() += 1;
+        Ok(Pending {
+            owner: self.clone(),
+            source,
+        })
     }
 }
 
@@ -233,6 +301,7 @@ mod tests {
             users_file: Default::default(),
             credssp_min_version: 5,
             handshake_timeout: Duration::from_secs(30),
+            logon_timeout: Duration::from_secs(30),
             lockout_threshold: threshold,
             lockout_window: Duration::from_secs(300),
             lockout_duration: Duration::from_secs(900),
@@ -276,12 +345,34 @@ mod tests {
     }
 
     #[test]
+    fn one_source_cannot_take_every_pending_place() {
+        let limits = LimitsConfig {
+            max_sessions: 3,
+            max_sessions_per_user: 1,
+            max_shells_per_user: 1,
+            max_operations_per_user: 1,
+            max_unauthenticated_per_source: 2,
+        };
+        let pending = Unauthenticated::new(&limits);
+        let crowd: IpAddr = "127.0.0.50".parse().unwrap();
+        let user: IpAddr = "127.0.0.51".parse().unwrap();
+        let first = pending.acquire(crowd).unwrap();
+        let _second = pending.acquire(crowd).unwrap();
+        assert_eq!(pending.acquire(crowd).err(), Some(PendingRefusal::Source(crowd)));
+        let _other = pending.acquire(user).unwrap();
+        assert_eq!(pending.acquire(user).err(), Some(PendingRefusal::Total));
+        drop(first);
+        assert!(pending.acquire(crowd).is_ok());
+    }
+
+    #[test]
     fn quota_slots_are_released_on_drop() {
         let quotas = Quotas::new(LimitsConfig {
             max_sessions: 2,
             max_sessions_per_user: 1,
             max_shells_per_user: 1,
             max_operations_per_user: 1,
+            max_unauthenticated_per_source: 1,
         });
         let a = quotas.session("LAB\\alice").unwrap();
         assert!(matches!(

@@ -1,20 +1,36 @@
 //! The relay's listeners and per-connection sessions.
 //!
-//! Each accepted TCP connection gets one [`session::Session`]: its CredSSP
-//! acceptor, its delegated credentials (in the vault) and its authenticated
-//! target connections. The session dies with the connection or its idle
-//! timeout, and the credentials with it.
+//! - `listen`: accept, source allowlist, places for connections waiting to log on.
+//! - `conn`: one connection from accept to its session's end: deadlines, drain.
+//! - `auth`: CredSSP and Basic logons; decides whether a request may proceed.
+//! - `session`: a session's state, and its end (cleanup, audit, wipe).
+//! - `shells`: which shells a session owns; their deletion at its end.
+//! - `request`: route, unauthenticated Identify, body within limits.
+//! - `pipeline`: an authenticated request, unseal to audit, in one place.
+//! - `reply`: every response the relay itself builds.
+//! - `limits`: lockout, pending connections, quotas.
+//!
+//! Each accepted TCP connection gets one session: its CredSSP acceptor, its
+//! delegated credentials (in the vault) and its authenticated target
+//! connections. The session dies with the connection, a deadline or SIGTERM,
+//! and the credentials with it.
 
+mod auth;
+mod conn;
 mod limits;
+mod listen;
 mod pipeline;
 mod reply;
+mod request;
 mod session;
+mod shells;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditError, AuditSink};
 use crate::certs::{self, CertError};
@@ -40,33 +56,50 @@ pub enum ServerError {
     NoListener,
 }
 
+/// What SIGHUP reloads: targets, rules and the rest of the file. Requests
+/// read it afresh; listeners, limits and the audit path stay as started.
+pub(crate) struct Settings {
+    pub config: Config,
+    pub policy: Policy,
+}
+
 /// Everything the connections share.
 pub(crate) struct Shared {
-    pub config: Config,
+    settings: RwLock<Arc<Settings>>,
     /// Certificate, key and users: replaced as a whole on SIGHUP; sessions
     /// already running keep the one they started with.
     credssp: RwLock<Arc<AcceptorConfig>>,
-    pub policy: Policy,
     pub audit: AuditSink,
     pub lockout: limits::Lockout,
     pub quotas: Arc<limits::Quotas>,
-    /// Connections that have not authenticated yet, capped at
-    /// `limits.max_sessions` so a flood of idle sockets cannot exhaust
-    /// file descriptors; a permit is held until the connection logs on.
-    pub unauthenticated: Arc<tokio::sync::Semaphore>,
+    /// Connections that have not authenticated yet, per source and in all, so
+    /// that idle sockets can neither exhaust file descriptors nor crowd out
+    /// other addresses; a place is held until the connection logs on.
+    pub unauthenticated: Arc<limits::Unauthenticated>,
+    /// Authenticated sessions, for ending those of users removed on reload.
+    pub sessions: conn::Registry,
+    /// Cancelled on SIGTERM: listeners stop, every session ends.
+    pub stop: CancellationToken,
+    /// Every connection task; the relay exits when all have finished.
+    pub sessions_tracker: TaskTracker,
 }
 
 impl Shared {
-    pub fn credssp(&self) -> Arc<AcceptorConfig> {
-        self.credssp
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    pub fn settings(&self) -> Arc<Settings> {
+        read(&self.settings)
     }
 
-    fn replace_credssp(&self, next: Arc<AcceptorConfig>) {
-        *self.credssp.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+    pub fn credssp(&self) -> Arc<AcceptorConfig> {
+        read(&self.credssp)
     }
+}
+
+fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+}
+
+fn replace<T>(lock: &RwLock<Arc<T>>, next: Arc<T>) {
+    *lock.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
 }
 
 /// Which kind of listener accepted a connection.
@@ -79,12 +112,14 @@ pub(crate) struct ListenerKind {
 }
 
 /// Load certificates, users and policy, bind every listener, and serve until
-/// SIGINT/SIGTERM. SIGHUP reloads the certificate, key and users file.
+/// SIGINT/SIGTERM; then drain: stop accepting, end every session (cancel what
+/// is in flight, delete leftover shells, audit, wipe) and return within
+/// `session.shutdown_timeout_secs`. SIGHUP reloads (see [`reload`]).
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let shared = Arc::new(prepare(config)?);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let config = &shared.settings().config;
     let mut listeners = Vec::new();
-    if let Some(addr) = shared.config.listen.http {
+    if let Some(addr) = config.listen.http {
         listeners.push((
             bind(addr).await?,
             ListenerKind {
@@ -93,7 +128,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             },
         ));
     }
-    if let Some(addr) = shared.config.listen.https {
+    if let Some(addr) = config.listen.https {
         listeners.push((
             bind(addr).await?,
             ListenerKind {
@@ -102,7 +137,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             },
         ));
     }
-    for target in &shared.config.targets {
+    for target in &config.targets {
         if let Some(addr) = target.listen {
             let kind = ListenerKind {
                 fixed_target: Some(target.name.clone()),
@@ -114,15 +149,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
-    for target in shared.config.insecure_targets() {
-        tracing::warn!(
-            target = %target.name,
-            url = %target.url,
-            "TLS CERTIFICATE VERIFICATION IS OFF for this target (tls_verify = false): anyone on the path can \
-             impersonate it and receive delegated credentials"
-        );
-    }
-    let mut tasks = Vec::new();
+    warn_insecure_targets(config);
+    let accepting = TaskTracker::new();
     for (listener, kind) in listeners {
         let addr = listener.local_addr().ok();
         tracing::info!(
@@ -131,22 +159,42 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             target = kind.fixed_target.as_deref().unwrap_or("(from path)"),
             "listening"
         );
-        tasks.push(tokio::spawn(session::accept_loop(
-            listener,
-            kind,
-            shared.clone(),
-            shutdown_rx.clone(),
-        )));
+        accepting.spawn(listen::accept_loop(listener, kind, shared.clone()));
     }
+    accepting.close();
     let reloader = tokio::spawn(reload_on_hangup(shared.clone()));
     wait_for_signal().await;
-    tracing::info!("shutting down: closing listeners and sessions");
+    let deadline = config.session.shutdown_timeout;
+    tracing::info!(
+        secs = deadline.as_secs(),
+        "shutting down: closing listeners, ending sessions"
+    );
     reloader.abort();
-    let _ = shutdown_tx.send(true);
-    for task in tasks {
-        let _ = task.await;
+    shared.stop.cancel();
+    // Listeners first, so no session starts after the tracker is closed.
+    accepting.wait().await;
+    shared.sessions_tracker.close();
+    if tokio::time::timeout(deadline, shared.sessions_tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = shared.sessions_tracker.len(),
+            "sessions still ending at session.shutdown_timeout_secs: exiting anyway"
+        );
     }
     Ok(())
+}
+
+fn warn_insecure_targets(config: &Config) {
+    for target in config.insecure_targets() {
+        tracing::warn!(
+            target = %target.name,
+            url = %target.url,
+            "TLS CERTIFICATE VERIFICATION IS OFF for this target (tls_verify = false): anyone on the path can \
+             impersonate it and receive delegated credentials"
+        );
+    }
 }
 
 fn prepare(config: Config) -> Result<Shared, ServerError> {
@@ -163,15 +211,17 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     let audit = AuditSink::open(&config.audit.path)?;
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
-    let unauthenticated = Arc::new(tokio::sync::Semaphore::new(config.limits.max_sessions));
+    let unauthenticated = limits::Unauthenticated::new(&config.limits);
     Ok(Shared {
-        config,
+        settings: RwLock::new(Arc::new(Settings { config, policy })),
         credssp: RwLock::new(credssp),
-        policy,
         audit,
         lockout,
         quotas,
         unauthenticated,
+        sessions: conn::Registry::default(),
+        stop: CancellationToken::new(),
+        sessions_tracker: TaskTracker::new(),
     })
 }
 
@@ -217,8 +267,10 @@ fn acceptor_config(config: &Config, cert: &certs::RelayCert) -> Result<Arc<Accep
     }))
 }
 
-/// SIGHUP: reload certificate chain, key and users file without dropping
-/// live sessions. A bad new file keeps the old configuration in force.
+/// SIGHUP (also what logrotate sends): reopen the audit log, reload the
+/// config file (targets, rules), the certificate chain, key and users file,
+/// without dropping live sessions, except those of users no longer in the
+/// users file. A bad new file keeps the old configuration in force.
 async fn reload_on_hangup(shared: Arc<Shared>) {
     #[cfg(unix)]
     {
@@ -227,21 +279,46 @@ async fn reload_on_hangup(shared: Arc<Shared>) {
             return;
         };
         while hangups.recv().await.is_some() {
-            let config = &shared.config;
-            let reloaded = certs::load(&config.listen.tls_cert, &config.listen.tls_key)
-                .map_err(ServerError::from)
-                .and_then(|cert| acceptor_config(config, &cert));
-            match reloaded {
-                Ok(next) => {
-                    shared.replace_credssp(next);
-                    tracing::info!("SIGHUP: reloaded certificate, key and users file");
-                }
-                Err(error) => tracing::error!(%error, "SIGHUP: reload failed, keeping the previous configuration"),
-            }
+            reload(&shared);
         }
     }
     #[cfg(not(unix))]
     let _ = shared;
+}
+
+fn reload(shared: &Shared) {
+    let path = shared.settings().config.path.clone();
+    let loaded = Config::load(&path)
+        .map_err(|error| error.to_string())
+        .and_then(|config| {
+            let policy = Policy::new(&config.allow).map_err(|error| error.to_string())?;
+            let cert = certs::load(&config.listen.tls_cert, &config.listen.tls_key).map_err(|e| e.to_string())?;
+            let credssp = acceptor_config(&config, &cert).map_err(|e| e.to_string())?;
+            Ok((Settings { config, policy }, credssp))
+        });
+    let (settings, credssp) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: reload failed, keeping the previous configuration");
+            return;
+        }
+    };
+    warn_insecure_targets(&settings.config);
+    let users: std::collections::HashSet<String> = credssp
+        .users
+        .iter()
+        .map(|u| format!("{}\\{}", u.domain, u.user).to_ascii_lowercase())
+        .collect();
+    replace(&shared.settings, Arc::new(settings));
+    replace(&shared.credssp, credssp);
+    let ended = shared.sessions.end_where(
+        |principal| users.contains(&principal.to_ascii_lowercase()),
+        "user removed from the users file",
+    );
+    tracing::info!(
+        ended_sessions = ended,
+        "SIGHUP: reloaded certificate, key, users file and configuration"
+    );
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {

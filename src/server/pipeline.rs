@@ -5,69 +5,23 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 
+use super::limits::QuotaError;
 use super::reply::{self, HttpResponse};
-use super::session::{read_body, OpenShell, Session};
+use super::request::Route;
+use super::session::Session;
 use super::Shared;
-use crate::audit::{AuditEvent, AuditKind};
-use crate::config::ResolvedTarget;
+use crate::audit::{AuditEvent, AuditKind, AuditSink};
 use crate::policy::Decision;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo};
-use crate::target::{self, TargetConnection, TargetError};
+use crate::target::TargetError;
 
 /// Margin over a request's OperationTimeout before the relay gives up on
 /// the target: a Receive may legitimately wait that long.
 const OPERATION_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 const RELAY_MACHINE: &str = "winrm-relay";
-
-/// Which target a request names: `None` for a bare `/wsman` on the main listener.
-pub(crate) struct Route {
-    pub target: Option<String>,
-}
-
-/// `/wsman` or `/wsman/<target>` (case-insensitive, as Windows); on a
-/// per-target listener every path goes to that target.
-pub(crate) fn route(path: &str, fixed_target: Option<&str>) -> Option<Route> {
-    if let Some(fixed) = fixed_target {
-        return Some(Route {
-            target: Some(fixed.to_string()),
-        });
-    }
-    let path = path.trim_end_matches('/');
-    let prefix = "/wsman";
-    if path.len() < prefix.len() || !path[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        return None;
-    }
-    let rest = &path[prefix.len()..];
-    if rest.is_empty() {
-        return Some(Route { target: None });
-    }
-    let name = rest.strip_prefix('/')?;
-    if name.is_empty() || name.contains('/') {
-        return None;
-    }
-    Some(Route {
-        target: Some(name.to_string()),
-    })
-}
-
-pub(crate) fn is_unauthenticated_identify(request: &Request<Incoming>) -> bool {
-    request
-        .headers()
-        .get("WSMANIDENTIFY")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("unauthenticated"))
-}
-
-pub(crate) async fn identify(request: Request<Incoming>, shared: &Shared) -> HttpResponse {
-    match read_body(request, shared).await {
-        Ok(_) => reply::soap(StatusCode::OK, wsman::identify_response()),
-        Err(error) => reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string()),
-    }
-}
 
 /// A request that failed before or at the target: its fault and audit fields.
 struct Failure {
@@ -76,6 +30,9 @@ struct Failure {
     audit: AuditKind,
 }
 
+/// The one way into the pipeline: an authenticated request's body, relayed
+/// to its target and answered in kind. Every request is audited, also one
+/// cancelled half-way because the caller went away or the session ended.
 pub(crate) async fn relay(
     session: &mut Session,
     content_type: &str,
@@ -83,7 +40,6 @@ pub(crate) async fn relay(
     route: Route,
     shared: &Shared,
 ) -> HttpResponse {
-    let started = Instant::now();
     session.requests += 1;
     if body.is_empty() {
         // The empty POST clients use to (re)check authentication.
@@ -99,6 +55,7 @@ pub(crate) async fn relay(
         shared.audit.emit(&event);
         return reply::refused_401("unencrypted WS-Man bodies are refused over HTTP; enable message encryption");
     }
+    let mut audit = RequestAudit::new(&shared.audit, session.event(AuditKind::Request));
     let unsealed = if sealed {
         unseal(session, &body)
     } else {
@@ -107,39 +64,35 @@ pub(crate) async fn relay(
     let plain = match unsealed {
         Ok(plain) => plain,
         Err(message) => {
-            let mut event = session.event(AuditKind::Request);
-            event.status = Some(400);
-            event.reason = Some(message.clone());
-            event.bytes_in = Some(0);
-            event.bytes_out = Some(message.len() as u64);
-            event.duration_ms = Some(started.elapsed().as_millis() as u64);
-            shared.audit.emit(&event);
+            audit.event.status = Some(400);
+            audit.event.reason = Some(message.clone());
+            audit.event.bytes_in = Some(0);
+            audit.event.bytes_out = Some(message.len() as u64);
+            audit.finish();
             if sealed {
                 // The CredSSP channel is out of step (or under attack): it
-                // cannot carry another message, so end the session now rather
+                // cannot carry another message, so the session ends now rather
                 // than keep the credentials for a connection that is useless.
-                session.end(shared, &message).await;
+                session.ender.end(&message);
                 return reply::closing(StatusCode::BAD_REQUEST, &message);
             }
             return reply::plain(StatusCode::BAD_REQUEST, &message);
         }
     };
-    let mut event = session.event(AuditKind::Request);
-    event.bytes_in = Some(plain.len() as u64);
-    let outcome = forward(session, &plain, route, shared, &mut event).await;
+    audit.event.bytes_in = Some(plain.len() as u64);
+    let outcome = forward(session, &plain, route, shared, &mut audit.event).await;
     let (status, xml) = match outcome {
         Ok((status, xml)) => (status, xml),
         Err((failure, relates_to)) => {
-            event.event = failure.audit;
-            event.reason = Some(failure.message.clone());
+            audit.event.event = failure.audit;
+            audit.event.reason = Some(failure.message.clone());
             let xml = wsman::fault_envelope(failure.kind, relates_to.as_deref(), RELAY_MACHINE, &failure.message);
             (StatusCode::INTERNAL_SERVER_ERROR, xml)
         }
     };
-    event.status = Some(status.as_u16());
-    event.bytes_out = Some(xml.len() as u64);
-    event.duration_ms = Some(started.elapsed().as_millis() as u64);
-    shared.audit.emit(&event);
+    audit.event.status = Some(status.as_u16());
+    audit.event.bytes_out = Some(xml.len() as u64);
+    audit.finish();
     // Answer in kind: sealed when the request was.
     if !sealed {
         return reply::soap(status, xml);
@@ -155,6 +108,45 @@ pub(crate) async fn relay(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the relay could not encrypt the response",
             )
+        }
+    }
+}
+
+/// The audit line of one request: written once its outcome is known, or,
+/// when the request is dropped half-way (the caller went away, the session
+/// ended), saying so: a command that reached a target is never unaudited.
+struct RequestAudit<'a> {
+    sink: &'a AuditSink,
+    event: AuditEvent,
+    started: Instant,
+    written: bool,
+}
+
+impl<'a> RequestAudit<'a> {
+    fn new(sink: &'a AuditSink, event: AuditEvent) -> Self {
+        RequestAudit {
+            sink,
+            event,
+            started: Instant::now(),
+            written: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.written {
+            self.written = true;
+            self.event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+            self.sink.emit(&self.event);
+        }
+    }
+}
+
+impl Drop for RequestAudit<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            self.event.reason =
+                Some("cancelled before the target answered: the caller went away or the session ended".into());
+            self.finish();
         }
     }
 }
@@ -199,7 +191,8 @@ async fn forward(
             audit: AuditKind::Denied,
         });
     };
-    let target = match shared.config.resolve_target(&name) {
+    let settings = shared.settings();
+    let target = match settings.config.resolve_target(&name) {
         Ok(target) => target,
         Err(error) => {
             event.target = Some(name.clone());
@@ -213,7 +206,7 @@ async fn forward(
     event.target = Some(target.name.clone());
     event.tls_verified = target.https.then_some(target.tls_verify);
     let user = session.principal().unwrap_or_default().to_string();
-    if let Decision::Deny { reason } = shared.policy.decide(&user, &target, info.resource_uri.as_deref()) {
+    if let Decision::Deny { reason } = settings.policy.decide(&user, &target, info.resource_uri.as_deref()) {
         tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");
         return fail(Failure {
             kind: FaultKind::AccessDenied,
@@ -221,10 +214,14 @@ async fn forward(
             audit: AuditKind::Denied,
         });
     }
-    if let Err(failure) = check_shell_owner(session, &info, &target) {
-        return fail(failure);
+    if let Err(message) = session.shells.check_owner(&info, &target) {
+        return fail(Failure {
+            kind: FaultKind::AccessDenied,
+            message,
+            audit: AuditKind::Denied,
+        });
     }
-    let quota_refusal = |quota: super::limits::QuotaError| Failure {
+    let quota_refusal = |quota: QuotaError| Failure {
         kind: FaultKind::QuotaLimit,
         message: quota.to_string(),
         audit: AuditKind::Denied,
@@ -256,7 +253,15 @@ async fn forward(
         .operation_timeout
         .map(|op| (op + OPERATION_TIMEOUT_MARGIN).max(target.timeout))
         .unwrap_or(target.timeout);
-    let response = match exchange(session, &target, &rewritten, wait).await {
+    // A Create the target carries out must be tracked (and so deleted at
+    // session end), so it is let finish briefly even if the session ends.
+    session.ender.set_completing(is_create);
+    let exchanged = session
+        .targets
+        .exchange(&target, session.vault.get(), &rewritten, wait)
+        .await;
+    session.ender.set_completing(false);
+    let response = match exchanged {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(session = %session.id, target = %target.name, %error, "target request failed");
@@ -268,96 +273,14 @@ async fn forward(
         if event.shell_id.is_none() {
             event.shell_id.clone_from(&answer.created_shell_id);
         }
-        track_shells(session, &info, &target, &answer, response.status, shell_slot);
+        session
+            .shells
+            .track(&info, &target, &answer, response.status, shell_slot);
         if let Some(fault) = answer.fault {
             event.reason = fault.reason.or(fault.subcode);
         }
     }
     Ok((response.status, response.body))
-}
-
-/// A shell belongs to the session (hence the user) that created it, on the
-/// target it was created on: no other session may name it, even one of a
-/// user allowed on the same target.
-fn check_shell_owner(session: &Session, info: &RequestInfo, target: &ResolvedTarget) -> Result<(), Failure> {
-    let Some(shell_id) = info.shell_id.as_deref() else {
-        return Ok(());
-    };
-    if info.action_name() == "Create" {
-        return Ok(());
-    }
-    let denied = |message: String| Failure {
-        kind: FaultKind::AccessDenied,
-        message,
-        audit: AuditKind::Denied,
-    };
-    match session.shells.get(shell_id) {
-        None => Err(denied(format!(
-            "shell {shell_id} was not opened in this session: a shell belongs to the session that created it"
-        ))),
-        Some(open) if !open.target.name.eq_ignore_ascii_case(&target.name) => Err(denied(format!(
-            "shell {shell_id} belongs to target {}, not {}",
-            open.target.name, target.name
-        ))),
-        Some(_) => Ok(()),
-    }
-}
-
-/// Remember shells the target created; forget the ones it deleted (or no
-/// longer knows).
-fn track_shells(
-    session: &mut Session,
-    info: &RequestInfo,
-    target: &ResolvedTarget,
-    answer: &wsman::ResponseInfo,
-    status: StatusCode,
-    shell_slot: Option<super::limits::Slot>,
-) {
-    match (info.action_name(), shell_slot, answer.created_shell_id.as_ref()) {
-        ("Create", Some(slot), Some(shell_id)) if status.is_success() => {
-            let open = OpenShell {
-                target: target.clone(),
-                resource_uri: info.resource_uri.clone().unwrap_or_default(),
-                _slot: slot,
-            };
-            session.shells.insert(shell_id.clone(), open);
-        }
-        ("Delete", _, _) => {
-            let unknown_to_target = answer
-                .fault
-                .as_ref()
-                .is_some_and(|f| f.subcode.as_deref() == Some("InvalidSelectors"));
-            if let Some(shell_id) = &info.shell_id {
-                if status.is_success() || unknown_to_target {
-                    session.shells.remove(shell_id);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// At session end: delete every shell the caller left open (leaked shells
-/// count against the target's MaxShellsPerUser), while the credentials to
-/// do so are still in the vault.
-pub(crate) async fn delete_leftover_shells(session: &mut Session, shared: &Shared) {
-    let shells: Vec<(String, OpenShell)> = session.shells.drain().collect();
-    for (shell_id, shell) in shells {
-        let started = Instant::now();
-        let mut event = session.event(AuditKind::Cleanup);
-        event.target = Some(shell.target.name.clone());
-        event.action = Some("Delete".into());
-        event.resource_uri = Some(shell.resource_uri.clone());
-        event.shell_id = Some(shell_id.clone());
-        let request = wsman::delete_shell_request(&shell.target.url, &shell.resource_uri, &shell_id);
-        match exchange(session, &shell.target, &request, shell.target.timeout).await {
-            Ok(response) => event.status = Some(response.status.as_u16()),
-            Err(error) => event.reason = Some(error.to_string()),
-        }
-        event.duration_ms = Some(started.elapsed().as_millis() as u64);
-        tracing::info!(session = %session.id, shell = %shell_id, target = %shell.target.name, "deleted a shell left open");
-        shared.audit.emit(&event);
-    }
 }
 
 fn record_request(event: &mut AuditEvent, info: &RequestInfo) {
@@ -375,40 +298,6 @@ fn record_request(event: &mut AuditEvent, info: &RequestInfo) {
     };
 }
 
-/// Send on the session's connection to this target, opening (and
-/// authenticating) one when there is none or the target closed it.
-async fn exchange(
-    session: &mut Session,
-    target: &ResolvedTarget,
-    soap: &[u8],
-    wait: Duration,
-) -> Result<target::TargetResponse, TargetError> {
-    let key = target.name.to_ascii_lowercase();
-    if session.targets.get(&key).is_some_and(TargetConnection::is_closed) {
-        session.targets.remove(&key);
-    }
-    if !session.targets.contains_key(&key) {
-        let credentials = session.vault.get().ok_or_else(|| TargetError::AuthRejected {
-            target: target::describe(target),
-            user: "(no delegated credentials)".into(),
-        })?;
-        let connection = TargetConnection::open(target, credentials).await?;
-        session.targets.insert(key.clone(), connection);
-    }
-    let Some(connection) = session.targets.get_mut(&key) else {
-        return Err(TargetError::Http {
-            target: target::describe(target),
-            detail: "connection lost".into(),
-        });
-    };
-    let result = connection.exchange(soap, wait).await;
-    if result.is_err() {
-        // The context's sequence numbers may be out of step: start afresh next time.
-        session.targets.remove(&key);
-    }
-    result
-}
-
 fn target_failure(error: &TargetError) -> Failure {
     let kind = if error.is_auth() {
         FaultKind::AccessDenied
@@ -419,28 +308,5 @@ fn target_failure(error: &TargetError) -> Failure {
         kind,
         message: error.to_string(),
         audit: AuditKind::Request,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes() {
-        assert_eq!(route("/wsman", None).unwrap().target, None);
-        assert_eq!(route("/wsman/", None).unwrap().target, None);
-        assert_eq!(route("/WSMAN/web01", None).unwrap().target.as_deref(), Some("web01"));
-        assert_eq!(
-            route("/wsman/10.0.0.1:5985/", None).unwrap().target.as_deref(),
-            Some("10.0.0.1:5985")
-        );
-        assert!(route("/other", None).is_none());
-        assert!(route("/wsmanx", None).is_none());
-        assert!(route("/wsman/a/b", None).is_none());
-        assert_eq!(
-            route("/anything", Some("web01")).unwrap().target.as_deref(),
-            Some("web01")
-        );
     }
 }

@@ -13,6 +13,7 @@
 //! | basic | HTTPS | `Basic` on every request | plain |
 //! | credssp | HTTP or HTTPS | CredSSP, delegating the caller's credentials onward | CredSSP session encryption on HTTP, plain on HTTPS |
 
+mod pool;
 mod tls;
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+pub use pool::Pool;
 pub use tls::TargetTlsError;
 
 use crate::config::{ResolvedTarget, TargetAuth};

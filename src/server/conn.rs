@@ -1,0 +1,313 @@
+//! One accepted connection, from its first byte to its session's end.
+//!
+//! hyper reads requests and writes answers; the session itself is driven by
+//! [`drive`], one request at a time, in the connection's own task. Whatever
+//! ends the session — the connection closing, a deadline, SIGTERM, a
+//! re-authentication, the user leaving the users file — goes through the
+//! session's [`Ender`]: the request in flight is dropped (its target exchange
+//! cancelled, its target connection thrown away, its audit line written),
+//! then [`Session::end`] deletes the shells left open, audits and wipes the
+//! credentials. Deadlines are timers that fire when due, not a ticker.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::auth::{self, Logon};
+use super::limits::Pending;
+use super::reply::{self, HttpResponse};
+use super::request::{self, BodyError};
+use super::session::Session;
+use super::{pipeline, ListenerKind, Shared};
+use crate::audit::AuditKind;
+use crate::proto::wsman;
+
+/// How long a Create already sent to a target may still finish after its
+/// session was told to end, so the shell it makes is known and deleted.
+const CREATE_GRACE: Duration = Duration::from_secs(2);
+/// How long a last answer (a refusal that closes the connection) may take to
+/// reach the caller once the session is over.
+const FLUSH_GRACE: Duration = Duration::from_secs(1);
+
+/// A session's "end now", and why. Its token is a child of the relay's stop
+/// token, so SIGTERM ends every session.
+pub(crate) struct Ender {
+    token: CancellationToken,
+    reason: Mutex<Option<String>>,
+    /// The request in flight must be let finish briefly (see [`CREATE_GRACE`]).
+    completing: AtomicBool,
+}
+
+impl Ender {
+    fn new(stop: &CancellationToken) -> Arc<Ender> {
+        Arc::new(Ender {
+            token: stop.child_token(),
+            reason: Mutex::new(None),
+            completing: AtomicBool::new(false),
+        })
+    }
+
+    /// Ask the session to end; the first reason given is kept.
+    pub fn end(&self, reason: &str) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_or_insert_with(|| reason.to_string());
+        self.token.cancel();
+    }
+
+    fn is_ended(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .unwrap_or_else(|| "relay shutting down".into())
+    }
+
+    pub fn set_completing(&self, completing: bool) {
+        self.completing.store(completing, Ordering::Relaxed);
+    }
+}
+
+/// The authenticated sessions, so that a reload can end those of users who
+/// were removed from the users file.
+#[derive(Default)]
+pub(crate) struct Registry {
+    sessions: Mutex<HashMap<String, (String, Arc<Ender>)>>,
+}
+
+impl Registry {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Arc<Ender>)>> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, id: &str, principal: &str, ender: Arc<Ender>) {
+        self.sessions().insert(id.to_string(), (principal.to_string(), ender));
+    }
+
+    pub fn unregister(&self, id: &str) {
+        self.sessions().remove(id);
+    }
+
+    /// End every session whose principal `keep` refuses; returns how many.
+    pub fn end_where(&self, keep: impl Fn(&str) -> bool, reason: &str) -> usize {
+        let sessions = self.sessions();
+        let mut ended = 0;
+        for (principal, ender) in sessions.values() {
+            if !keep(principal) {
+                ender.end(reason);
+                ended += 1;
+            }
+        }
+        ended
+    }
+}
+
+/// A request handed from hyper to the session, and where its answer goes.
+struct Call {
+    request: Request<Incoming>,
+    reply: oneshot::Sender<HttpResponse>,
+}
+
+/// Serve one accepted connection (TLS first on the HTTPS listener) until its
+/// session ends.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    pending: Pending,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let ender = Ender::new(&shared.stop);
+    let session = Session::new(peer, kind.fixed_target.clone(), kind.https, pending, ender.clone());
+    let span = tracing::info_span!("conn", session = %session.id, source = %peer, user = tracing::field::Empty);
+    async move {
+        if !kind.https {
+            return serve_http(stream, session, &shared).await;
+        }
+        // The TLS handshake gets the same deadline as a request's headers.
+        let acceptor = tokio_rustls::TlsAcceptor::from(shared.credssp().tls.clone());
+        let handshake = timeout(
+            shared.settings().config.listen.header_read_timeout,
+            acceptor.accept(stream),
+        );
+        tokio::select! {
+            accepted = handshake => match accepted {
+                Ok(Ok(tls)) => serve_http(tls, session, &shared).await,
+                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            },
+            _ = ender.token.cancelled() => {}
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve_http<S>(stream: S, mut session: Session, shared: &Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (calls, mut incoming) = mpsc::channel::<Call>(1);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let calls = calls.clone();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            let gone = || reply::closing(StatusCode::SERVICE_UNAVAILABLE, "the session has ended");
+            if calls.send(Call { request, reply }).await.is_err() {
+                return Ok::<_, Infallible>(gone());
+            }
+            Ok(answer.await.unwrap_or_else(|_| gone()))
+        }
+    });
+    // hyper's own header_read_timeout also runs while a keep-alive
+    // connection waits for its next request, which would end idle but
+    // healthy sessions; `drive` enforces the deadlines instead.
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(shared.settings().config.listen.max_header_size)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let ender = session.ender.clone();
+    {
+        let driving = drive(&mut session, &mut incoming, shared);
+        tokio::pin!(driving);
+        tokio::select! {
+            _ = &mut driving => {}
+            result = &mut connection => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection error");
+                }
+                ender.end("connection closed");
+                driving.await;
+            }
+        }
+    }
+    incoming.close();
+    let reason = ender.reason();
+    let flush = async {
+        let _ = timeout(FLUSH_GRACE, &mut connection).await;
+    };
+    tokio::join!(session.end(shared, &reason), flush);
+}
+
+/// Run the session's requests one by one until something ends it. On
+/// return, any request in flight has been dropped.
+async fn drive(session: &mut Session, incoming: &mut mpsc::Receiver<Call>, shared: &Shared) {
+    let ender = session.ender.clone();
+    loop {
+        let deadline = session.idle_deadline(&shared.settings().config);
+        let call = tokio::select! {
+            biased;
+            _ = ender.token.cancelled() => return,
+            _ = sleep_until(deadline.at.into()) => {
+                ender.end(deadline.reason);
+                return;
+            }
+            call = incoming.recv() => match call {
+                Some(call) => call,
+                None => return,
+            },
+        };
+        let busy = session.busy_deadline(&shared.settings().config);
+        let answer = {
+            let handling = handle(session, call.request, shared);
+            tokio::pin!(handling);
+            let answer = tokio::select! {
+                biased;
+                answer = &mut handling => Some(answer),
+                _ = ender.token.cancelled() => None,
+                _ = sleep_until(busy.at.into()) => {
+                    ender.end(busy.reason);
+                    None
+                }
+            };
+            if answer.is_none() && ender.completing.load(Ordering::Relaxed) {
+                let _ = timeout(CREATE_GRACE, &mut handling).await;
+            }
+            answer
+        };
+        let Some(answer) = answer else {
+            return;
+        };
+        let _ = call.reply.send(answer);
+        session.touch();
+        if ender.is_ended() {
+            return;
+        }
+    }
+}
+
+/// One request: route, read the body, authenticate, then the pipeline.
+async fn handle(session: &mut Session, request: Request<Incoming>, shared: &Shared) -> HttpResponse {
+    if request.method() != Method::POST {
+        return reply::plain(StatusCode::METHOD_NOT_ALLOWED, "WS-Management accepts POST only");
+    }
+    let Some(route) = request::route(request.uri().path(), session.fixed_target.as_deref()) else {
+        return reply::plain(
+            StatusCode::NOT_FOUND,
+            "not a WS-Management endpoint: use /wsman/<target>",
+        );
+    };
+    let settings = shared.settings();
+    let max_envelope = settings.config.listen.max_envelope_size;
+    if request::is_unauthenticated_identify(&request) {
+        return match request::read_body(request, max_envelope).await {
+            Ok(_) => reply::soap(StatusCode::OK, wsman::identify_response()),
+            Err(error) => reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string()),
+        };
+    }
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let authorization = header(AUTHORIZATION);
+    let content_type = header(CONTENT_TYPE).unwrap_or_default();
+    // Read within the envelope limit before anything else: a body is never
+    // buffered beyond it, authenticated or not. Before logon, the logon
+    // deadline bounds a stalled upload; after, the idle timeout does.
+    let body = match timeout(
+        settings.config.session.idle_timeout,
+        request::read_body(request, max_envelope),
+    )
+    .await
+    {
+        Err(_) => return reply::closing(StatusCode::REQUEST_TIMEOUT, "request body not received in time"),
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyError::TooLarge)) => {
+            let mut event = session.event(AuditKind::Denied);
+            event.status = Some(413);
+            event.reason = Some(BodyError::TooLarge.to_string());
+            shared.audit.emit(&event);
+            return reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &BodyError::TooLarge.to_string());
+        }
+        Ok(Err(error)) => return reply::plain(StatusCode::BAD_REQUEST, &error.to_string()),
+    };
+    drop(settings);
+    match auth::authenticate(session, authorization.as_deref(), shared).await {
+        Logon::Proceed => pipeline::relay(session, &content_type, body, route, shared).await,
+        Logon::Answer(answer) => answer,
+    }
+}

@@ -1,0 +1,64 @@
+//! The target connections of one inbound session, by target name.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{describe, TargetConnection, TargetError, TargetResponse};
+use crate::config::ResolvedTarget;
+use crate::vault::DelegatedCredentials;
+
+/// Connections authenticated with one session's credentials: never shared
+/// with another session, so never with another user.
+#[derive(Default)]
+pub struct Pool {
+    connections: HashMap<String, TargetConnection>,
+}
+
+impl Pool {
+    /// Send on this session's connection to `target`, opening (and
+    /// authenticating) one when there is none or the target closed it.
+    ///
+    /// The connection is out of the pool while the exchange runs: if the
+    /// exchange fails, or its future is dropped half-way (the caller went
+    /// away, the session ended), the connection goes with it, since its
+    /// HTTP state and sealing sequence numbers are out of step.
+    pub async fn exchange(
+        &mut self,
+        target: &ResolvedTarget,
+        credentials: Option<&DelegatedCredentials>,
+        soap: &[u8],
+        wait: Duration,
+    ) -> Result<TargetResponse, TargetError> {
+        let key = target.name.to_ascii_lowercase();
+        let mut connection = match self.connections.remove(&key) {
+            Some(connection) if !connection.is_closed() => connection,
+            _ => {
+                let credentials = credentials.ok_or_else(|| TargetError::AuthRejected {
+                    target: describe(target),
+                    user: "(no delegated credentials)".into(),
+                })?;
+                TargetConnection::open(target, credentials).await?
+            }
+        };
+        let result = connection.exchange(soap, wait).await;
+        if result.is_ok() {
+            self.connections.insert(key, connection);
+        }
+        result
+    }
+
+    /// Take the connection to `target` out of the pool (to use it elsewhere).
+    pub fn take(&mut self, target: &str) -> Option<TargetConnection> {
+        self.connections.remove(&target.to_ascii_lowercase())
+    }
+
+    /// Put a connection (back) into the pool.
+    pub fn insert(&mut self, connection: TargetConnection) {
+        self.connections
+            .insert(connection.target.name.to_ascii_lowercase(), connection);
+    }
+
+    pub fn clear(&mut self) {
+        self.connections.clear();
+    }
+}
