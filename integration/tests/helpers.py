@@ -164,3 +164,68 @@ def capture_responses(protocol: typing.Any) -> typing.List[typing.Tuple[int, str
 
 
 CREDSSP_ENCRYPTED = 'protocol="application/HTTP-CredSSP-session-encrypted"'
+
+
+class RawCredSSP:
+    """A CredSSP client on ONE TCP connection, driven by hand (pyspnego's CredSSP initiator and the
+    double's multipart framing): what a real client never does on its own, such as logging on again
+    on a connection that is already authenticated, or connecting from a chosen source address.
+    `protocol()` gives a pywinrm Protocol whose messages travel on this connection."""
+
+    def __init__(self, host: str, port: int, path: str = "/wsman/web01", source: typing.Optional[str] = None):
+        import http.client
+
+        self.host, self.port, self.path = host, port, path
+        self.conn = http.client.HTTPConnection(host, port, timeout=60,
+                                               source_address=(source, 0) if source else None)
+        self.ctx: typing.Any = None
+
+    def _post(self, body: bytes, headers: typing.Dict[str, str]) -> typing.Tuple[int, typing.Any, bytes]:
+        self.conn.request("POST", self.path, body=body, headers=dict(headers, Connection="Keep-Alive"))
+        response = self.conn.getresponse()
+        return response.status, response.headers, response.read()
+
+    def logon(self, user: str, password: typing.Optional[str] = None) -> None:
+        import base64
+        import re
+
+        import spnego
+
+        ctx = spnego.client(user, USERS[user] if password is None else password, hostname=self.host,
+                            protocol="credssp")
+        token = ctx.step()
+        while True:
+            status, headers, _ = self._post(b"", {"Authorization": "CredSSP " + base64.b64encode(token).decode()})
+            if status == 200 and ctx.complete:
+                self.ctx = ctx
+                return
+            found = re.search(r"CredSSP ([^,\s]*)$", headers.get("WWW-Authenticate", ""))
+            if status != 401 or not found or not found.group(1):
+                raise PermissionError("logon refused: HTTP %d" % status)
+            token = ctx.step(base64.b64decode(found.group(1)))
+            if token is None:
+                raise PermissionError("CredSSP exchange ended without a token")
+
+    def send_message(self, message: typing.Union[str, bytes]) -> bytes:
+        import target_double
+        from winrm.exceptions import WinRMTransportError
+
+        plain = message.encode() if isinstance(message, str) else message
+        content_type, body = target_double.encrypt_credssp_body(self.ctx, plain)
+        status, headers, answer = self._post(body, {"Content-Type": content_type})
+        text, _ = target_double.decrypt_credssp_body(self.ctx, headers.get("Content-Type", ""), answer)
+        if status != 200:
+            raise WinRMTransportError("http", status, text.decode("utf-8", "replace"))
+        return text
+
+    def protocol(self, user: str = ALICE) -> typing.Any:
+        import winrm
+
+        p = winrm.protocol.Protocol(endpoint="http://%s:%d%s" % (self.host, self.port, self.path),
+                                    transport="credssp", username=user, password=USERS[user],
+                                    operation_timeout_sec=20, read_timeout_sec=30)
+        p.transport.send_message = self.send_message
+        return p
+
+    def close(self) -> None:
+        self.conn.close()

@@ -172,7 +172,7 @@ where
         let calls = calls.clone();
         async move {
             let (reply, answer) = oneshot::channel();
-            let gone = || reply::closing(StatusCode::SERVICE_UNAVAILABLE, "the session has ended");
+            let gone = || reply::closing(StatusCode::SERVICE_UNAVAILABLE, "the relay is closing this connection");
             if calls.send(Call { request, reply }).await.is_err() {
                 return Ok::<_, Infallible>(gone());
             }

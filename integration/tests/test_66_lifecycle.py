@@ -1,0 +1,209 @@
+"""A session ends when it must, whatever is in flight (issue 8): the caller vanishing during a
+Receive long-poll, SIGTERM, the lifetime and idle limits, re-authentication on an open connection;
+and one address cannot lock everyone else out (per-source cap, absolute logon deadline).
+
+Each test asserts the relay's own behaviour: its audit (cleanup, session_end, the cancelled
+request), the double's independent log (the Delete arrived), and the wire (connections closed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing
+
+import harness
+from helpers import ALICE, USERS, RawCredSSP, audit_events, double_records, run, wait_for
+from test_6_isolation_limits import ExtraRelay
+
+# A client that opens a shell, starts a command that prints nothing for a minute, says so, then
+# long-polls Receive with a 50 s OperationTimeout: the test kills it mid-Receive.
+LONG_RECEIVE_CLIENT = r"""
+import os, sys, winrm
+p = winrm.protocol.Protocol(endpoint=os.environ["ENDPOINT"], transport="credssp", username=os.environ["USER_NAME"],
+                            password=os.environ["USER_PASSWORD"], message_encryption="always",
+                            operation_timeout_sec=50, read_timeout_sec=60)
+shell = p.open_shell()
+command = p.run_command(shell, "sleep", ["60"])
+print(shell, flush=True)
+p.get_command_output(shell, command)
+"""
+
+
+def start_long_receive(endpoint: str) -> typing.Tuple[subprocess.Popen, str]:
+    env = harness.scrubbed_env({"ENDPOINT": endpoint, "USER_NAME": ALICE, "USER_PASSWORD": USERS[ALICE],
+                                "PYTHONPATH": os.pathsep.join(sys.path)})
+    child = subprocess.Popen([sys.executable, "-c", LONG_RECEIVE_CLIENT], stdout=subprocess.PIPE, env=env)
+    shell = child.stdout.readline().decode().strip()
+    assert shell, "the client did not open a shell"
+    time.sleep(1.5)  # the Receive is on its way to the target and waiting there
+    return child, shell
+
+
+def session_of(events: typing.List[dict], shell: str) -> str:
+    return next(e["session"] for e in events if e.get("shell_id") == shell)
+
+
+def session_end(events: typing.List[dict], session: str) -> typing.Optional[dict]:
+    return next((e for e in events if e["event"] == "session_end" and e["session"] == session), None)
+
+
+def assert_ended_cleanly(events: typing.List[dict], session: str, shell: str, double_log: typing.List[dict],
+                         reason: str) -> None:
+    mine = [e for e in events if e.get("session") == session]
+    kinds = [e["event"] for e in mine]
+    cleanup = [e for e in mine if e["event"] == "cleanup" and e.get("shell_id") == shell]
+    assert cleanup and cleanup[0].get("status") == 200, mine
+    assert kinds.index("cleanup") < kinds.index("session_end")
+    assert session_end(events, session)["reason"] == reason
+    # The Receive that was in flight is audited, as cancelled.
+    receives = [e for e in mine if e.get("action") == "Receive"]
+    assert receives and "cancelled" in receives[-1].get("reason", ""), receives
+    # The target really deleted it, at the relay's request.
+    assert [r for r in double_log if r.get("action") == "Delete" and r.get("shell_id") == shell]
+
+
+def test_caller_vanishing_during_receive_ends_the_session_within_5s(relay):
+    child, shell = start_long_receive("http://%s:%d/wsman/web01" % (harness.RELAY_HOST, harness.RELAY_PORT))
+    killed = time.monotonic()
+    child.kill()
+    child.wait()
+    session = session_of(audit_events(relay), shell)
+    ended = wait_for(lambda: session_end(audit_events(relay), session), 10, 0.05)
+    elapsed = time.monotonic() - killed
+    assert ended, "no session_end within 10 s of the caller going away"
+    assert elapsed < 5, "session ended %.1f s after the caller went away" % elapsed
+    assert_ended_cleanly(audit_events(relay), session, shell, double_records(relay, "web01"), "connection closed")
+    print("[measure] session_end %.2f s after the caller was killed mid-Receive" % elapsed)
+
+
+def test_sigterm_with_receive_in_flight_drains_and_exits_0(relay):
+    extra = ExtraRelay(relay, "127.0.0.40")
+    try:
+        child, shell = start_long_receive("http://127.0.0.40:5985/wsman/web01")
+        signalled = time.monotonic()
+        extra.proc.send_signal(signal.SIGTERM)
+        code = extra.proc.wait(timeout=15)
+        elapsed = time.monotonic() - signalled
+        child.wait(timeout=30)
+        assert code == 0
+        assert elapsed < 5, "relay took %.1f s to exit after SIGTERM" % elapsed
+        events = extra.events()
+        assert_ended_cleanly(events, session_of(events, shell), shell, double_records(relay, "web01"),
+                             "relay shutting down")
+        print("[measure] relay exited %.2f s after SIGTERM with a Receive in flight" % elapsed)
+    finally:
+        extra.stop()
+
+
+def test_lifetime_ends_a_session_with_receive_in_flight(relay):
+    extra = ExtraRelay(relay, "127.0.0.41", tail="[session]\nmax_lifetime_secs = 3\n")
+    try:
+        child, shell = start_long_receive("http://127.0.0.41:5985/wsman/web01")
+        events = extra.events()
+        session = session_of(events, shell)
+        started = next(e for e in events if e["event"] == "session_start" and e["session"] == session)
+        ended = wait_for(lambda: session_end(extra.events(), session), 10, 0.05)
+        child.kill()
+        assert ended, "the lifetime did not end the session"
+        assert ended["duration_ms"] < 3000 + 5000
+        assert_ended_cleanly(extra.events(), session, shell, double_records(relay, "web01"),
+                             "maximum session lifetime")
+        assert started["time"] < ended["time"]
+    finally:
+        extra.stop()
+
+
+def test_idle_timeout_ends_a_session_and_deletes_its_shell(relay):
+    extra = ExtraRelay(relay, "127.0.0.42", tail="[session]\nidle_timeout_secs = 2\n")
+    try:
+        p = extra.protocol()
+        shell = p.open_shell()
+        session = session_of(extra.events(), shell)
+        ended = wait_for(lambda: session_end(extra.events(), session), 6, 0.05)
+        assert ended and ended["reason"] == "idle timeout"
+        cleanup = [e for e in extra.events() if e["event"] == "cleanup" and e.get("shell_id") == shell]
+        assert cleanup and cleanup[0]["status"] == 200
+    finally:
+        extra.stop()
+
+
+def test_reauthentication_deletes_the_previous_sessions_shells(relay):
+    """A new CredSSP exchange on an authenticated connection ends that session first: its shells
+    are deleted on the target (not just forgotten, which would leak them and free their quota)."""
+    extra = ExtraRelay(relay, "127.0.0.43", tail="[limits]\nmax_shells_per_user = 1\n")
+    raw = RawCredSSP("127.0.0.43", 5985)
+    try:
+        raw.logon(ALICE)
+        shell = raw.protocol().open_shell()
+        first = session_of(extra.events(), shell)
+        raw.logon(ALICE)  # same TCP connection, new ClientHello
+        events = extra.events()
+        ended = session_end(events, first)
+        assert ended and ended["reason"] == "re-authentication on the same connection"
+        cleanup = [e for e in events if e["event"] == "cleanup" and e.get("shell_id") == shell]
+        assert cleanup and cleanup[0]["status"] == 200
+        assert [r for r in double_records(relay, "web01") if r.get("action") == "Delete" and r.get("shell_id") == shell]
+        starts = [e for e in events if e["event"] == "session_start"]
+        assert len({e["session"] for e in starts}) == 2
+        # The quota slot came free because the shell is gone, and the new session works.
+        again = raw.protocol()
+        second_shell = again.open_shell()
+        again.close_shell(second_shell, close_session=False)
+    finally:
+        raw.close()
+        extra.stop()
+
+
+def test_a_crowd_of_half_open_requests_from_one_address_locks_nobody_else_out(relay):
+    extra = ExtraRelay(relay, "127.0.0.44")
+    crowd: typing.List[socket.socket] = []
+    try:
+        for _ in range(500):
+            s = socket.socket()
+            s.bind(("127.0.0.50", 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.44", 5985))
+            try:
+                s.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: relay\r\nContent-Type: application/soap+xml\r\n")
+            except OSError:
+                pass  # already closed by the relay: that is the point
+            crowd.append(s)
+        started = time.monotonic()
+        out = run(extra.protocol(), "echo", ["through the crowd"])
+        elapsed = time.monotonic() - started
+        assert out[0] == b"through the crowd\n"
+        assert elapsed < 1.0, "logon + command took %.2f s under the crowd" % elapsed
+        refused = [e for e in extra.events() if "max_unauthenticated_per_source" in e.get("reason", "")]
+        assert len(refused) >= 500 - 16 - 1, len(refused)
+        print("[measure] logon + echo from another address under 500 half-open sockets: %.3f s" % elapsed)
+    finally:
+        for s in crowd:
+            s.close()
+        extra.stop()
+
+
+def test_401s_do_not_extend_the_logon_deadline(relay):
+    extra = ExtraRelay(relay, "127.0.0.45", auth_extra="logon_timeout_secs = 2")
+    try:
+        with socket.create_connection(("127.0.0.45", 5985), timeout=5) as s:
+            accepted = time.monotonic()
+            closed_after = None
+            while time.monotonic() - accepted < 8:
+                try:
+                    s.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n\r\n")
+                    answer = s.recv(65536)
+                except OSError:
+                    answer = b""
+                if not answer or answer.startswith(b"HTTP/1.1 503"):  # EOF, or the closing answer
+                    closed_after = time.monotonic() - accepted
+                    break
+                assert answer.startswith(b"HTTP/1.1 401"), answer[:100]
+                time.sleep(0.5)
+        assert closed_after is not None, "a connection re-sending unauthenticated requests was kept for 8 s"
+        assert 1.5 < closed_after < 3.5, closed_after
+    finally:
+        extra.stop()
