@@ -207,3 +207,44 @@ def test_401s_do_not_extend_the_logon_deadline(relay):
         assert 1.5 < closed_after < 3.5, closed_after
     finally:
         extra.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open("/proc/%d/stat" % pid) as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors_the_accept_loop_backs_off(relay):
+    extra = ExtraRelay(relay, "127.0.0.46", nofile=48)
+    held: typing.List[socket.socket] = []
+    try:
+        # Connections from several addresses (each within its per-source share) use up the
+        # relay's descriptors; the rest wait in the backlog while accept() fails with EMFILE.
+        for i in range(6):
+            for _ in range(16):
+                s = socket.socket()
+                s.bind(("127.0.0.%d" % (60 + i), 0))
+                s.settimeout(5)
+                s.connect(("127.0.0.46", 5985))
+                held.append(s)
+        time.sleep(0.5)
+        with open(extra.log, "rb") as fh:
+            before = fh.read().count(b"accept failed")
+        cpu_before = _cpu_seconds(extra.proc.pid)
+        time.sleep(3)
+        cpu = _cpu_seconds(extra.proc.pid) - cpu_before
+        with open(extra.log, "rb") as fh:
+            failures = fh.read().count(b"accept failed") - before
+        assert failures > 0, "the test did not exhaust the relay's file descriptors"
+        assert failures <= 8, "%d failed accepts in 3 s: the loop retries too fast" % failures
+        assert cpu < 0.5, "relay used %.2f s CPU in 3 s while out of descriptors" % cpu
+        for s in held:
+            s.close()
+        held.clear()
+        # Descriptors free again: the relay serves as before.
+        assert wait_for(lambda: run(extra.protocol(), "echo", ["back"])[0] == b"back\n", 5)
+    finally:
+        for s in held:
+            s.close()
+        extra.stop()

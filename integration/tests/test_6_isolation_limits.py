@@ -7,9 +7,11 @@ Limits that would disturb the shared relay run on extra relay instances at
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import time
+import typing
 
 import pytest
 import winrm
@@ -67,7 +69,7 @@ class ExtraRelay:
     """A second relay process with its own config, on its own loopback address."""
 
     def __init__(self, h: harness.Harness, host: str, listen_extra: str = "", auth_extra: str = "", tail: str = "",
-                 own_certificate: bool = False):
+                 own_certificate: bool = False, nofile: typing.Optional[int] = None):
         self.host = host
         self.dir = os.path.join(h.workdir, "relay-" + host)
         os.makedirs(self.dir, exist_ok=True)
@@ -91,6 +93,7 @@ class ExtraRelay:
             [h.relay_bin, "serve", "--config", self.config],
             stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=harness.scrubbed_env({"RUST_LOG": "info"}), cwd=self.dir,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None,
         )
         harness.wait_for_port(host, 5985, 60, self.proc)
 

@@ -1106,6 +1106,24 @@ path = "audit.jsonl"
     }
 
     #[test]
+    fn lifecycle_keys_parse_and_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c.auth.logon_timeout, c.auth.handshake_timeout);
+        assert_eq!(c.session.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_unauthenticated_per_source, 16);
+        let text = MINIMAL.replace("[auth]", "[auth]\nhandshake_timeout_secs = 20")
+            + "[limits]\nmax_unauthenticated_per_source = 4\n[session]\nshutdown_timeout_secs = 3\n";
+        let c = Config::parse(Path::new("relay.toml"), &text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.auth.logon_timeout, Duration::from_secs(20));
+        assert_eq!(c.session.shutdown_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.max_unauthenticated_per_source, 4);
+        let text = MINIMAL.replace("[auth]", "[auth]\nlogon_timeout_secs = 7");
+        let c = Config::parse(Path::new("relay.toml"), &text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.auth.logon_timeout, Duration::from_secs(7));
+        assert!(errors("[limits]\nmax_unauthenticated_per_source = 0\n")[0].contains("max_unauthenticated_per_source"));
+    }
+
+    #[test]
     fn hardening_keys_parse_and_default() {
         let c = parse("").unwrap();
         assert!(c.listen.allow_sources.is_empty());
@@ -1240,7 +1258,7 @@ shells = ["bash"]
         let errs = errors("[session]\nidle_timeout = 5\n");
         assert_eq!(
             errs,
-            ["relay.toml:13: session.idle_timeout: unknown key (expected one of: idle_timeout_secs, max_lifetime_secs)"]
+            ["relay.toml:13: session.idle_timeout: unknown key (expected one of: idle_timeout_secs, max_lifetime_secs, shutdown_timeout_secs)"]
         );
         let errs = errors("[session]\nidle_timeout_secs = \"5\"\n");
         assert_eq!(
