@@ -15,8 +15,11 @@ import sys
 import time
 import typing
 
+import pytest
+from winrm.exceptions import WSManFaultError
+
 import harness
-from helpers import ALICE, USERS, RawCredSSP, audit_events, double_records, run, wait_for
+from helpers import ALICE, BOB, USERS, RawCredSSP, audit_events, double_records, err_text, run, wait_for
 from test_6_isolation_limits import ExtraRelay
 
 # A client that opens a shell, starts a command that prints nothing for a minute, says so, then
@@ -247,4 +250,46 @@ def test_out_of_file_descriptors_the_accept_loop_backs_off(relay):
     finally:
         for s in held:
             s.close()
+        extra.stop()
+
+
+def test_sighup_reloads_rules_and_ends_sessions_of_removed_users(relay):
+    extra = ExtraRelay(relay, "127.0.0.47", own_users=True)
+    try:
+        alice, bob = extra.protocol(), extra.protocol(user=BOB)
+        alice_shell, bob_shell = alice.open_shell(), bob.open_shell()
+        bob_session = session_of(extra.events(), bob_shell)
+        removed = subprocess.run([relay.relay_bin, "user", "remove", BOB, "--users-file", extra.users],
+                                 capture_output=True, timeout=30)
+        assert removed.returncode == 0, removed.stderr
+        # alice loses web02 in the new rules.
+        with open(extra.config) as fh:
+            config = fh.read()
+        with open(extra.config, "w") as fh:
+            fh.write(config.replace('targets = ["web01", "web02", "down", "hang"]', 'targets = ["web01"]'))
+        extra.proc.send_signal(signal.SIGHUP)
+        ended = wait_for(lambda: session_end(extra.events(), bob_session), 5, 0.05)
+        assert ended and ended["reason"] == "user removed from the users file"
+        cleanup = [e for e in extra.events() if e["event"] == "cleanup" and e.get("shell_id") == bob_shell]
+        assert cleanup and cleanup[0]["status"] == 200
+        # alice's session goes on under the new rules: web01 yes, web02 no.
+        command = alice.run_command(alice_shell, "echo", ["kept"])
+        assert alice.get_command_output(alice_shell, command)[0] == b"kept\n"
+        web02 = RawCredSSP("127.0.0.47", 5985, path="/wsman/web02")
+        try:
+            web02.logon(ALICE)
+            with pytest.raises(WSManFaultError) as denied:
+                web02.protocol().open_shell()
+            assert "AccessDenied" in str(denied.value.fault_subcode) or "no [[allow]]" in err_text(denied.value)
+        finally:
+            web02.close()
+        # A broken config is reported and the one in force stays.
+        with open(extra.config, "a") as fh:
+            fh.write("\n[nonsense\n")
+        extra.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: b"reload failed" in open(extra.log, "rb").read(), 5)
+        command = alice.run_command(alice_shell, "echo", ["still"])
+        assert alice.get_command_output(alice_shell, command)[0] == b"still\n"
+        alice.close_shell(alice_shell)
+    finally:
         extra.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import time
@@ -69,7 +70,7 @@ class ExtraRelay:
     """A second relay process with its own config, on its own loopback address."""
 
     def __init__(self, h: harness.Harness, host: str, listen_extra: str = "", auth_extra: str = "", tail: str = "",
-                 own_certificate: bool = False, nofile: typing.Optional[int] = None):
+                 own_certificate: bool = False, nofile: typing.Optional[int] = None, own_users: bool = False):
         self.host = host
         self.dir = os.path.join(h.workdir, "relay-" + host)
         os.makedirs(self.dir, exist_ok=True)
@@ -83,6 +84,11 @@ class ExtraRelay:
             # A certificate pair of its own (generated at first start) that a test may replace.
             for name in ("relay.crt", "relay.key"):
                 config = config.replace(os.path.join(h.workdir, name), os.path.join(self.dir, name))
+        if own_users:
+            # A users file of its own that a test may change.
+            self.users = os.path.join(self.dir, "users")
+            shutil.copy(h.users_file, self.users)
+            config = config.replace(h.users_file, self.users)
         config = config.replace("[auth]\n", listen_extra + "\n[auth]\n" + auth_extra + "\n", 1) + "\n" + tail
         self.config = os.path.join(self.dir, "relay.toml")
         with open(self.config, "w") as fh:
