@@ -224,6 +224,8 @@ class State:
         self.log = log
         self.lock = threading.Lock()
         self.shells: typing.Dict[str, Shell] = {}
+        # Seconds a Create answer is held back after the shell exists (a slow target).
+        self.create_delay = 0.0
 
     def kill_all(self) -> None:
         with self.lock:
@@ -415,7 +417,9 @@ class Dispatcher:
     def handle(self, req: WsmanRequest, user: str, client_ip: str, log_extra: dict) -> bytes:
         name = req.action_name
         if name == "Create":
-            return self.create(req, user, client_ip, log_extra)
+            created = self.create(req, user, client_ip, log_extra)
+            time.sleep(self.state.create_delay)
+            return created
         if name == "Delete":
             return self.delete(req, user)
         if name == "Command":
@@ -1306,6 +1310,7 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
                    help="comma-separated schemes offered in this order: negotiate, basic, credssp (default negotiate)")
     p.add_argument("--cbt", choices=["none", "strict"], default="none",
                    help="strict: with --tls, refuse NTLM without a matching tls-server-end-point binding")
+    p.add_argument("--create-delay", type=float, default=0.0, help="hold each Create answer back this many seconds")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
 
@@ -1331,6 +1336,7 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
         p.error("--cbt strict needs --tls")
 
     state = State(args.name or host, JsonLog(args.log))
+    state.create_delay = args.create_delay
     server = DoubleServer((host, port), state, verbose=args.verbose, auths=auths, tls=tls,
                          cbt_strict=args.cbt == "strict", tls_max=args.tls_max)
 

@@ -293,3 +293,38 @@ def test_sighup_reloads_rules_and_ends_sessions_of_removed_users(relay):
         alice.close_shell(alice_shell)
     finally:
         extra.stop()
+
+
+def test_a_shell_created_after_the_caller_went_away_is_still_deleted(relay):
+    """The caller dies while its Create is at a slow target: the relay lets the Create finish,
+    learns the ShellId, and deletes the shell at session end instead of leaking it."""
+    relay.start_double("slow", "127.0.0.48", 5985, extra_args=["--create-delay", "1.5"])
+    tail = ('[[target]]\nname = "slow"\nurl = "http://127.0.0.48:5985/wsman"\n\n'
+            '[[allow]]\nusers = [\'LAB\\alice\']\ntargets = ["slow"]\n')
+    extra = ExtraRelay(relay, "127.0.0.49", tail=tail)
+    try:
+        client = ("import os, winrm\n"
+                  "winrm.protocol.Protocol(endpoint=os.environ['ENDPOINT'], transport='credssp', "
+                  "username=os.environ['USER_NAME'], password=os.environ['USER_PASSWORD'], "
+                  "message_encryption='always').open_shell()\n")
+        env = harness.scrubbed_env({"ENDPOINT": "http://127.0.0.49:5985/wsman/slow", "USER_NAME": ALICE,
+                                    "USER_PASSWORD": USERS[ALICE], "PYTHONPATH": os.pathsep.join(sys.path)})
+        child = subprocess.Popen([sys.executable, "-c", client], env=env)
+        assert wait_for(lambda: [e for e in extra.events() if e["event"] == "session_start"], 10, 0.02)
+        time.sleep(0.5)  # the Create is at the target, which holds its answer back for 1.5 s
+        child.kill()
+        child.wait()
+        assert not [e for e in extra.events() if e.get("action") == "Create"], "the Create finished too early"
+        created = wait_for(lambda: [r for r in double_records(relay, "slow") if r.get("action") == "Create"], 5, 0.02)
+        assert created, "the Create never reached the target"
+        shell = created[0].get("shell_id")
+        assert shell
+        cleanup = wait_for(lambda: [e for e in extra.events() if e["event"] == "cleanup" and e.get("shell_id") == shell],
+                           8, 0.05)
+        assert cleanup and cleanup[0]["status"] == 200, extra.events()
+        creates = [e for e in extra.events() if e.get("action") == "Create"]
+        assert creates and creates[0].get("shell_id") == shell and creates[0]["status"] == 200
+        assert "went away" in creates[0].get("reason", ""), creates[0]
+        assert [r for r in double_records(relay, "slow") if r.get("action") == "Delete" and r.get("shell_id") == shell]
+    finally:
+        extra.stop()

@@ -70,7 +70,7 @@ impl Ender {
         self.token.cancel();
     }
 
-    fn is_ended(&self) -> bool {
+    pub fn is_ended(&self) -> bool {
         self.token.is_cancelled()
     }
 

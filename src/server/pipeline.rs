@@ -92,6 +92,11 @@ pub(crate) async fn relay(
     };
     audit.event.status = Some(status.as_u16());
     audit.event.bytes_out = Some(xml.len() as u64);
+    if session.ender.is_ended() {
+        // Let finish after the session was told to end (a Create): the caller
+        // never sees this answer.
+        audit.event.reason = Some("the caller went away or the session ended before the answer reached it".into());
+    }
     audit.finish();
     // Answer in kind: sealed when the request was.
     if !sealed {
