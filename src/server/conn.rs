@@ -61,6 +61,11 @@ impl Ender {
         })
     }
 
+    #[cfg(test)]
+    pub fn new_for_tests() -> Arc<Ender> {
+        Ender::new(&CancellationToken::new())
+    }
+
     /// Ask the session to end; the first reason given is kept.
     pub fn end(&self, reason: &str) {
         self.reason
@@ -309,5 +314,38 @@ async fn handle(session: &mut Session, request: Request<Incoming>, shared: &Shar
     match auth::authenticate(session, authorization.as_deref(), shared).await {
         Logon::Proceed => pipeline::relay(session, &content_type, body, route, shared).await,
         Logon::Answer(answer) => answer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins_and_a_stop_ends_every_session() {
+        let stop = CancellationToken::new();
+        let (a, b) = (Ender::new(&stop), Ender::new(&stop));
+        a.end("idle timeout");
+        a.end("connection closed");
+        assert_eq!(a.reason(), "idle timeout");
+        assert!(!b.is_ended());
+        stop.cancel();
+        assert!(b.is_ended());
+        assert_eq!(b.reason(), "relay shutting down");
+    }
+
+    #[test]
+    fn registry_ends_only_sessions_of_removed_users() {
+        let stop = CancellationToken::new();
+        let registry = Registry::default();
+        let (alice, bob) = (Ender::new(&stop), Ender::new(&stop));
+        registry.register("1", "LAB\\alice", alice.clone());
+        registry.register("2", "LAB\\bob", bob.clone());
+        let ended = registry.end_where(|p| p.eq_ignore_ascii_case("lab\\alice"), "user removed");
+        assert_eq!(ended, 1);
+        assert!(!alice.is_ended());
+        assert_eq!(bob.reason(), "user removed");
+        registry.unregister("2");
+        assert_eq!(registry.end_where(|_| false, "x"), 1);
     }
 }

@@ -253,3 +253,71 @@ impl Session {
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::server::limits::Unauthenticated;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[listen]\nhttp = \"127.0.0.1:5985\"\ntls_cert = \"c\"\ntls_key = \"k\"\nheader_read_timeout_secs = 5\n\
+             [auth]\nusers_file = \"u\"\nlogon_timeout_secs = 20\n[audit]\npath = \"a\"\n\
+             [session]\nidle_timeout_secs = 60\nmax_lifetime_secs = 100\n{extra}"
+        );
+        Config::parse(Path::new("relay.toml"), &text).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn session(config: &Config) -> Session {
+        let pending = Unauthenticated::new(&config.limits)
+            .acquire("127.0.0.1".parse().unwrap())
+            .unwrap();
+        let ender = Ender::new_for_tests();
+        Session::new("127.0.0.1:1".parse().unwrap(), None, false, pending, ender)
+    }
+
+    #[test]
+    fn before_logon_the_deadline_is_absolute_from_the_attempt() {
+        let config = config("");
+        let mut s = session(&config);
+        let start = s.logon_started;
+        // Between requests: the short header deadline.
+        let idle = s.idle_deadline(&config);
+        assert_eq!(idle.at, s.last_activity + Duration::from_secs(5));
+        // Activity (a 401 answered) does not move the logon deadline.
+        s.last_activity = start + Duration::from_secs(18);
+        let idle = s.idle_deadline(&config);
+        assert_eq!(idle.at, start + Duration::from_secs(20));
+        assert!(idle.reason.contains("logon_timeout"));
+        assert_eq!(s.busy_deadline(&config).at, start + Duration::from_secs(20));
+    }
+
+    #[test]
+    fn after_logon_idle_and_lifetime_apply_and_a_busy_session_is_not_idle() {
+        let config = config("");
+        let mut s = session(&config);
+        s.auth = AuthState::Authenticated {
+            principal: "LAB\\alice".into(),
+            channel: None,
+        };
+        let idle = s.idle_deadline(&config);
+        assert_eq!(
+            (idle.at, idle.reason),
+            (s.last_activity + Duration::from_secs(60), "idle timeout")
+        );
+        s.last_activity = s.started + Duration::from_secs(70);
+        let idle = s.idle_deadline(&config);
+        assert_eq!(
+            (idle.at, idle.reason),
+            (s.started + Duration::from_secs(100), "maximum session lifetime")
+        );
+        let busy = s.busy_deadline(&config);
+        assert_eq!(
+            (busy.at, busy.reason),
+            (s.started + Duration::from_secs(100), "maximum session lifetime")
+        );
+    }
+}
