@@ -167,7 +167,7 @@ def test_a_crowd_of_half_open_requests_from_one_address_locks_nobody_else_out(re
     try:
         for _ in range(500):
             s = socket.socket()
-            s.bind(("127.0.0.50", 0))
+            s.bind(("127.0.0.70", 0))
             s.settimeout(5)
             s.connect(("127.0.0.44", 5985))
             try:
