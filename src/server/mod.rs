@@ -160,7 +160,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     }
     let credssp = acceptor_config(&config, &cert)?;
     let policy = Policy::new(&config.allow)?;
-    let audit = AuditSink::open(&config.audit.path)?;
+    let audit = AuditSink::open(&config.audit)?;
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
     let unauthenticated = Arc::new(tokio::sync::Semaphore::new(config.limits.max_sessions));
