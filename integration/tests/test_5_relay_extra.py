@@ -13,8 +13,8 @@ import pytest
 import requests
 from winrm.exceptions import WinRMTransportError, WSManFaultError
 
-from helpers import (ALICE, BOB, RELAY_HOST, RELAY_PORT, double_records, err_text, relay_log_excerpt, relay_protocol,
-                     relay_url, run)
+from helpers import (ALICE, BOB, RELAY_HOST, RELAY_PORT, audit_events, double_records, err_text, relay_log_excerpt,
+                     relay_protocol, relay_url, run, user_is, wait_for)
 
 
 def test_relay_receive_timedout_passthrough(relay):
@@ -91,16 +91,27 @@ def test_relay_credssp_tls12(relay, monkeypatch):
 
 
 def test_relay_shell_belongs_to_creator(relay):
+    """Bob may use web01, but not alice's shell there: the relay refuses it itself. (The double
+    would refuse it too, so its answer alone proves nothing: what counts is that bob's request
+    never reached it, and the relay's audit says why.)"""
     pa = relay_protocol("web01")
     sid = pa.open_shell()
     pb = relay_protocol("web01", user=BOB)
-    with pytest.raises((WSManFaultError, WinRMTransportError)) as ei:
-        pb.run_command(sid, "echo", ["stolen"])
-    text = err_text(ei.value)
-    assert "AccessDenied" in text or "InvalidSelectors" in text, text
-    pb.transport.close_session()
-    pa.close_shell(sid)
-    assert not [r for r in double_records(relay, "web01") if r.get("command") == "echo stolen"]
+    try:
+        with pytest.raises((WSManFaultError, WinRMTransportError)) as ei:
+            pb.run_command(sid, "echo", ["stolen"])
+        text = err_text(ei.value)
+        assert "AccessDenied" in text, text
+        denied = wait_for(lambda: [e for e in audit_events(relay) if e.get("event") == "denied"
+                                   and e.get("shell_id") == sid and user_is(e.get("user"), BOB)])
+        assert denied, "no denied audit event for bob on alice's shell" + relay_log_excerpt(relay)
+        assert "session that created it" in (denied[-1].get("reason") or ""), denied[-1]
+        reached = [r for r in double_records(relay, "web01") if user_is(r.get("user"), BOB)
+                   and (r.get("shell_id") or "").upper() == sid.upper()]
+        assert not reached, "bob's request on alice's shell reached the target: %s" % reached
+    finally:
+        pb.transport.close_session()
+        pa.close_shell(sid)
 
 
 def test_relay_identify_unauthenticated(relay):
@@ -167,3 +178,5 @@ def test_relay_reconnects_after_target_restart(relay):
     relay.start_double("web02", *harness.DOUBLES["web02"])
     assert run(p, "echo", ["after"]) == (b"after\n", b"", 0), relay_log_excerpt(relay)
     p.transport.close_session()
+
+
