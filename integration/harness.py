@@ -55,7 +55,7 @@ class DoubleSpec(typing.NamedTuple):
     auth: str  # --auth of the double: negotiate / basic / credssp (comma list allowed)
     tls: typing.Optional[str]  # None (HTTP), "ca" (cert from the test CA), "self" (self-signed, no CA)
     cbt: str = "none"  # "strict" = CbtHardeningLevel=Strict
-    sig_hash: str = "sha256"  # signature hash of the server certificate (RFC 5929 picks the CBT hash from it)
+    sig_hash: str = "sha256"  # signature hash of the server certificate (the channel binding hashes with it)
     relay_auth: str = "negotiate"  # `auth` of the relay's [[target]]
     ca_file: bool = False  # relay names the test CA as ca_file
     tls_verify: bool = True  # False: the relay target says tls_verify = false
@@ -75,7 +75,7 @@ TRANSPORT_DOUBLES: typing.Dict[str, DoubleSpec] = {
     "web05": DoubleSpec("127.0.0.27", 5985, "credssp", None, relay_auth="credssp"),
     # HTTPS with a self-signed certificate and no ca_file: the relay must refuse it
     "web06": DoubleSpec("127.0.0.28", 5986, "negotiate", "self", relay_auth="https-ntlm"),
-    # HTTPS + strict CBT with a SHA-384-signed certificate: the binding must use SHA-384 (RFC 5929 4.1)
+    # HTTPS + strict CBT with a SHA-384-signed certificate: the binding must use SHA-384, as Windows computes it
     "web07": DoubleSpec("127.0.0.29", 5986, "negotiate", "ca", cbt="strict", sig_hash="sha384",
                         relay_auth="https-ntlm", ca_file=True),
     # HTTPS + CredSSP (test-CA cert): after the CredSSP exchange the bodies are plain inside TLS, like Windows

@@ -23,7 +23,7 @@ It behaves like a Windows host with AllowUnencrypted=false and Negotiate auth:
   is logged, never the password.
 * ``--cbt strict`` (with ``--tls``): CbtHardeningLevel=Strict. The NTLM AUTHENTICATE must
   carry MsvAvChannelBindings = MD5(gss_channel_bindings("tls-server-end-point:" +
-  RFC 5929 hash of our certificate)); absent / all-zero / wrong bindings are refused
+  hash of our certificate)); absent / all-zero / wrong bindings are refused
   with 401 (checked here and by pyspnego's acceptor, which is given the bindings).
 * Every log record carries ``auth`` (negotiate / basic / credssp / none) and ``tls``;
   on TLS + Negotiate also ``cbt`` (verified / absent / zero / mismatch).
@@ -312,7 +312,7 @@ def text_of(el: typing.Optional[ET.Element]) -> typing.Optional[str]:
 
 
 # ---------------------------------------------------------------------------
-# Session encryption framing (MS-WSMV 2.2.9.1.1)
+# Session encryption framing
 
 
 def decrypt_body(ctx: typing.Any, content_type: str, body: bytes) -> bytes:
@@ -619,7 +619,7 @@ class Dispatcher:
 
 
 # ---------------------------------------------------------------------------
-# CredSSP session encryption framing (MS-WSMV 2.2.9.1.3; framing as pywinrm/pypsrp build it)
+# CredSSP session encryption framing (as pywinrm/pypsrp build it)
 
 CREDSSP_ENC_PROTOCOL = "application/HTTP-CredSSP-session-encrypted"
 CREDSSP_CHUNK = 16384
@@ -757,7 +757,7 @@ class Users:
 
 
 def tls_server_end_point(cert_der: bytes) -> bytes:
-    """RFC 5929 tls-server-end-point: hash of the certificate with its signature hash,
+    """tls-server-end-point: hash of the certificate with its signature hash,
     SHA-256 when that is MD5 or SHA-1 (or unknown)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes

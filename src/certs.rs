@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey, EncodeRsaPublicKey};
@@ -60,6 +60,12 @@ pub enum CertError {
     NotRsa { path: PathBuf, algorithm: String },
     #[error("{}: the RSA key has {bits} bits; use {MIN_RSA_BITS} or more", path.display())]
     WeakKey { path: PathBuf, bits: usize },
+    #[error(
+        "{} is readable by group or others (mode {mode:04o}); run chmod 600 {}",
+        path.display(),
+        path.display()
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
     #[error("{} does not belong to the certificate in {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error(
@@ -118,7 +124,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<RelayCert, CertError> {
     };
     let credssp_public_key = rsa_public_key(cert, leaf)?;
 
-    let key_pem = Zeroizing::new(std::fs::read(key).map_err(io_err(key))?);
+    let key_pem = read_private(key)?;
     let private = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| CertError::InvalidKey {
             path: key.to_path_buf(),
@@ -155,6 +161,27 @@ pub fn load(cert: &Path, key: &Path) -> Result<RelayCert, CertError> {
         key: private,
         credssp_public_key,
     })
+}
+
+/// Reads the private key file, refusing one that group or others can read: whoever
+/// reads it can impersonate the relay to CredSSP clients.
+fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, CertError> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // fstat on the opened file, so the checked file is the one read.
+        let mode = file.metadata().map_err(io_err(path))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(CertError::KeyPermissions {
+                path: path.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
+    }
+    let mut pem = Zeroizing::new(Vec::new());
+    file.read_to_end(&mut pem).map_err(io_err(path))?;
+    Ok(pem)
 }
 
 /// The leaf's SubjectPublicKey contents (PKCS#1 RSAPublicKey), refusing non-RSA and
@@ -309,11 +336,10 @@ mod tests {
         let pkcs8 = std::fs::read_to_string(&key).unwrap();
         let rsa_key = RsaPrivateKey::from_pkcs8_pem(&pkcs8).unwrap();
         let pkcs1_path = dir.join("pkcs1.key");
-        std::fs::write(
+        write_key(
             &pkcs1_path,
             rsa_key.to_pkcs1_pem(Pkcs1LineEnding::LF).unwrap().as_bytes(),
-        )
-        .unwrap();
+        );
         let via_pkcs1 = load(&cert, &pkcs1_path).unwrap();
         assert!(matches!(via_pkcs1.key, PrivateKeyDer::Pkcs1(_)));
 
@@ -330,6 +356,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    fn write_key(path: &Path, pem: &[u8]) {
+        write_new(path, pem, 0o600).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::config::test_dir("certs-key-mode");
+        let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+        load_or_generate(&cert, &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = load(&cert, &key).unwrap_err();
+        assert!(matches!(e, CertError::KeyPermissions { mode: 0o640, .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("mode 0640"), "{text}");
+        assert!(text.contains(&format!("run chmod 600 {}", key.display())), "{text}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(matches!(
+            load(&cert, &key),
+            Err(CertError::KeyPermissions { mode: 0o604, .. })
+        ));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        load(&cert, &key).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn ecdsa_certificate_is_refused() {
         let dir = crate::config::test_dir("certs-ecdsa");
@@ -340,7 +393,7 @@ mod tests {
             .unwrap();
         let (cert, key) = (dir.join("ec.crt"), dir.join("ec.key"));
         std::fs::write(&cert, c.pem()).unwrap();
-        std::fs::write(&key, kp.serialize_pem()).unwrap();
+        write_key(&key, kp.serialize_pem().as_bytes());
         let e = load(&cert, &key).unwrap_err();
         assert!(matches!(e, CertError::NotRsa { .. }), "{e}");
         assert!(e.to_string().contains("ECDSA, not RSA"), "{e}");
@@ -360,7 +413,7 @@ mod tests {
         let dir = crate::config::test_dir("certs-empty");
         let (cert, key) = (dir.join("c.crt"), dir.join("c.key"));
         std::fs::write(&cert, "not pem").unwrap();
-        std::fs::write(&key, "").unwrap();
+        write_key(&key, b"");
         let e = load(&cert, &key).unwrap_err();
         assert!(matches!(e, CertError::NoCertificate { .. }), "{e}");
         let _ = std::fs::remove_dir_all(dir);

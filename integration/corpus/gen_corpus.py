@@ -21,8 +21,8 @@ Layers and how the test delivers them (integration/tests/test_8_hostile.py):
            after_pubkey (pubKeyAuth was verified; next is authInfo)
   session  an HTTP body sent on an authenticated session (multipart framing, lengths,
            records); builders get a function that seals plaintext with the session
-  soap     plaintext SOAP sealed correctly on an authenticated session, to /wsman/down
-           (a configured target where nothing listens, so nothing reaches a double)
+  soap     plaintext SOAP sealed correctly on an authenticated session; the test posts it
+           to a live double (web01) and checks from its log that the relay let nothing through
 """
 
 from __future__ import annotations
@@ -477,7 +477,7 @@ def body(*pairs: bytes) -> bytes:
 
 def session_cases() -> typing.List[Case]:
     """Builders take a Sealer `s`: s.record(plain) seals with the session (advancing its sequence
-    number), s.soap is a valid Identify-less Create envelope for /wsman/down."""
+    number), s.soap is a valid Identify-less Create envelope for the path it is posted to."""
     c: typing.List[Case] = []
 
     def add(name: str, what: str, payload: typing.Any, stage: str = "") -> None:

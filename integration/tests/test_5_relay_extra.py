@@ -1,20 +1,25 @@
 """Beyond the basic scenarios: concurrency, TimedOut passthrough, raw-NTLM CredSSP clients,
-shell ownership, unauthenticated Identify, hostile tokens."""
+shell ownership, unauthenticated Identify, hostile tokens, and what happens when the audit log
+cannot be written or is rotated."""
 
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import socket
 import threading
 import time
+import typing
 import uuid
 
 import pytest
 import requests
 from winrm.exceptions import WinRMTransportError, WSManFaultError
 
-from helpers import (ALICE, BOB, RELAY_HOST, RELAY_PORT, double_records, err_text, relay_log_excerpt, relay_protocol,
-                     relay_url, run)
+import harness
+from helpers import (ALICE, BOB, RELAY_HOST, RELAY_PORT, audit_events, double_records, err_text, relay_log_excerpt,
+                     relay_protocol, relay_url, run, user_is, wait_for)
 
 
 def test_relay_receive_timedout_passthrough(relay):
@@ -91,16 +96,27 @@ def test_relay_credssp_tls12(relay, monkeypatch):
 
 
 def test_relay_shell_belongs_to_creator(relay):
+    """Bob may use web01, but not alice's shell there: the relay refuses it itself. (The double
+    would refuse it too, so its answer alone proves nothing: what counts is that bob's request
+    never reached it, and the relay's audit says why.)"""
     pa = relay_protocol("web01")
     sid = pa.open_shell()
     pb = relay_protocol("web01", user=BOB)
-    with pytest.raises((WSManFaultError, WinRMTransportError)) as ei:
-        pb.run_command(sid, "echo", ["stolen"])
-    text = err_text(ei.value)
-    assert "AccessDenied" in text or "InvalidSelectors" in text, text
-    pb.transport.close_session()
-    pa.close_shell(sid)
-    assert not [r for r in double_records(relay, "web01") if r.get("command") == "echo stolen"]
+    try:
+        with pytest.raises((WSManFaultError, WinRMTransportError)) as ei:
+            pb.run_command(sid, "echo", ["stolen"])
+        text = err_text(ei.value)
+        assert "AccessDenied" in text, text
+        denied = wait_for(lambda: [e for e in audit_events(relay) if e.get("event") == "denied"
+                                   and e.get("shell_id") == sid and user_is(e.get("user"), BOB)])
+        assert denied, "no denied audit event for bob on alice's shell" + relay_log_excerpt(relay)
+        assert "session that created it" in (denied[-1].get("reason") or ""), denied[-1]
+        reached = [r for r in double_records(relay, "web01") if user_is(r.get("user"), BOB)
+                   and (r.get("shell_id") or "").upper() == sid.upper()]
+        assert not reached, "bob's request on alice's shell reached the target: %s" % reached
+    finally:
+        pb.transport.close_session()
+        pa.close_shell(sid)
 
 
 def test_relay_identify_unauthenticated(relay):
@@ -167,3 +183,100 @@ def test_relay_reconnects_after_target_restart(relay):
     relay.start_double("web02", *harness.DOUBLES["web02"])
     assert run(p, "echo", ["after"]) == (b"after\n", b"", 0), relay_log_excerpt(relay)
     p.transport.close_session()
+
+
+
+# ---------------------------------------------------------------- the audit trail cannot be lost
+
+# Relay instances of their own, on addresses no other test uses.
+AUDIT_REFUSE_HOST = "127.0.0.50"
+AUDIT_CONTINUE_HOST = "127.0.0.51"
+AUDIT_ROTATE_HOST = "127.0.0.52"
+
+
+def audit_relay(h, monkeypatch, host: str, on_failure: str = "refuse", full: bool = False):
+    """An ExtraRelay with `[audit] on_failure`. With `full`, its audit path is /dev/full, which opens
+    in append mode and fails every write with ENOSPC, as a full disk does."""
+    from test_6_isolation_limits import ExtraRelay
+
+    # ExtraRelay builds its config from relay_config_toml; these keys belong in its [audit] table.
+    orig = harness.relay_config_toml
+
+    def config(workdir: str, transports: bool = False) -> str:
+        text = orig(workdir, transports).replace("[audit]\n", '[audit]\non_failure = "%s"\n' % on_failure, 1)
+        if full:
+            text = text.replace('path = "%s"' % os.path.join(workdir, "audit.jsonl"), 'path = "/dev/full"', 1)
+        return text
+
+    monkeypatch.setattr(harness, "relay_config_toml", config)
+    try:
+        return ExtraRelay(h, host)
+    finally:
+        monkeypatch.setattr(harness, "relay_config_toml", orig)
+
+
+def creates_since(h, n: int) -> typing.List[dict]:
+    return [r for r in double_records(h, "web01")[n:] if r.get("action") == "Create"]
+
+
+def test_relay_refuses_requests_while_the_audit_cannot_be_written(relay, monkeypatch):
+    """[audit] on_failure = "refuse" (the default): with the audit log failing, a request gets a
+    WS-Man fault and is never forwarded; the relay says so in its log, once."""
+    extra = audit_relay(relay, monkeypatch, AUDIT_REFUSE_HOST, "refuse", full=True)
+    try:
+        seen = len(double_records(relay, "web01"))
+        p = extra.protocol()
+        for _ in range(2):
+            with pytest.raises(WSManFaultError) as ei:
+                p.open_shell()
+            assert "audit" in err_text(ei.value).lower(), err_text(ei.value)
+        p.transport.close_session()
+        assert not creates_since(relay, seen), "a request reached the target although it could not be audited"
+        with open(extra.log, encoding="utf-8", errors="replace") as fh:
+            log = fh.read()
+        assert log.count("audit log cannot be written") == 1, harness.tail(extra.log, 30)
+        assert "refusing requests" in log, harness.tail(extra.log, 30)
+    finally:
+        extra.stop()
+
+
+def test_relay_goes_on_unaudited_when_told_to(relay, monkeypatch):
+    """on_failure = "continue": the same failing log does not stop requests; the log says they go
+    on unaudited."""
+    extra = audit_relay(relay, monkeypatch, AUDIT_CONTINUE_HOST, "continue", full=True)
+    try:
+        seen = len(double_records(relay, "web01"))
+        p = extra.protocol()
+        assert run(p, "echo", ["unaudited"]) == (b"unaudited\n", b"", 0), harness.tail(extra.log, 30)
+        p.transport.close_session()
+        assert creates_since(relay, seen)
+        with open(extra.log, encoding="utf-8", errors="replace") as fh:
+            log = fh.read()
+        assert log.count("audit log cannot be written") == 1 and "unaudited" in log, harness.tail(extra.log, 30)
+    finally:
+        extra.stop()
+
+
+def test_sighup_reopens_a_rotated_audit_log(relay, monkeypatch):
+    """logrotate renames the log and sends SIGHUP: later events go to a new file at the configured
+    path (mode 0600), earlier ones stay in the renamed file."""
+    extra = audit_relay(relay, monkeypatch, AUDIT_ROTATE_HOST)
+    try:
+        p = extra.protocol()
+        assert run(p, "echo", ["before-rotate"])[0] == b"before-rotate\n"
+        rotated = extra.audit + ".1"
+        os.rename(extra.audit, rotated)
+        extra.proc.send_signal(signal.SIGHUP)
+        # The reload is asynchronous: wait until the relay has created the new file.
+        assert wait_for(lambda: os.path.exists(extra.audit), 10), \
+            "no new audit log at %s after SIGHUP\n%s" % (extra.audit, harness.tail(extra.log, 20))
+        assert os.stat(extra.audit).st_mode & 0o777 == 0o600
+        assert run(p, "echo", ["after-rotate"])[0] == b"after-rotate\n"
+        p.transport.close_session()
+        commands = lambda path: [e.get("command") for e in harness.read_jsonl(path) if e.get("event") == "request"]
+        assert any("before-rotate" in (c or "") for c in commands(rotated)), commands(rotated)
+        assert not any("after-rotate" in (c or "") for c in commands(rotated)), commands(rotated)
+        assert wait_for(lambda: any("after-rotate" in (c or "") for c in commands(extra.audit)), 5), \
+            commands(extra.audit)
+    finally:
+        extra.stop()

@@ -15,7 +15,7 @@ Two halves:
 Doubles: web03 127.0.0.25:5986 HTTPS+Negotiate+strict CBT (test-CA cert, SHA-256),
 web04 127.0.0.26:5986 HTTPS+Basic, web05 127.0.0.27:5985 HTTP+CredSSP, web06 127.0.0.28:5986
 HTTPS with a self-signed certificate (no ca_file), web07 127.0.0.29:5986 like web03 but with a
-SHA-384-signed certificate (the binding hash must follow RFC 5929), web08 127.0.0.36:5986
+SHA-384-signed certificate (the binding hash must follow the signature hash), web08 127.0.0.36:5986
 HTTPS+CredSSP (test-CA cert), web06-insecure 127.0.0.37:5986 a second web06 (same self-signed
 certificate) that the relay reaches with ``tls_verify = false`` (the relay refuses two targets at
 one host:port, so it cannot share web06's address).
@@ -194,7 +194,7 @@ def _raw_ntlm_over_https(h: harness.Harness, name: str, cbt: str, monkeypatch: p
     import spnego._ntlm
     from spnego.channel_bindings import GssChannelBindings
 
-    from target_double import tls_server_end_point  # the double's own RFC 5929 helper
+    from target_double import tls_server_end_point  # the double's own tls-server-end-point helper
 
     app_data = b"tls-server-end-point:" + tls_server_end_point(_cert_der(h, name))
     cb = {
@@ -280,7 +280,7 @@ def test_direct_pyspnego_acceptor_itself_checks_bindings(tdoubles, monkeypatch):
 
 
 def test_direct_cbt_hash_follows_certificate_signature(tdoubles):
-    """web07's certificate is signed with SHA-384, so tls-server-end-point is SHA-384 (RFC 5929 4.1);
+    """web07's certificate is signed with SHA-384, so tls-server-end-point is SHA-384;
     requests-ntlm does the same, and the double verifies it."""
     from cryptography import x509
 

@@ -5,6 +5,10 @@ with a sealed SOAP Fault), or a clean connection close. Never a hang (10 s socke
 timeouts), never a crash: afterwards the relay is alive, a real pywinrm CredSSP session
 still runs `echo ok`, and the relay log has no panic.
 
+Every case is addressed to a live target double (web01), and none may reach it: the
+double's request log must not grow during a case. So a refusal is the relay's own, not
+a forwarded request that a target happened to refuse.
+
 The TSRequest and session layers use a small CredSSP client of our own (ssl.SSLObject
 over MemoryBIO for the TLS channel, pyspnego for NTLM-in-SPNEGO and the TS structures)
 on a raw socket, so hostile bytes can be injected at any step of a genuine exchange.
@@ -24,14 +28,17 @@ import typing
 
 import pytest
 
-from helpers import ALICE, RELAY_HOST, RELAY_PORT, USERS, relay_log_excerpt, relay_protocol, run
+import harness
+from helpers import (ALICE, RELAY_HOST, RELAY_PORT, USERS, audit_events, double_records, relay_log_excerpt,
+                     relay_protocol, run, wait_for)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "corpus"))
 
 import gen_corpus as corpus  # noqa: E402
 
 TIMEOUT = 10.0
-TARGET_PATH = "/wsman/down"  # configured and allowed for alice; nothing listens there
+LIVE_TARGET = "web01"  # a running double, allowed for alice: what the relay forwards shows in its log
+TARGET_PATH = "/wsman/" + LIVE_TARGET
 MULTIPART_CT = 'multipart/encrypted;protocol="application/HTTP-CredSSP-session-encrypted";boundary="Encrypted Boundary"'
 # Panics the relay may log and survive. None are acceptable today.
 ACCEPTED_PANICS: typing.List[str] = []
@@ -322,7 +329,8 @@ class CredSSPClient:
     # -- session encryption
     @property
     def soap(self) -> bytes:
-        return corpus.create_envelope().encode()
+        """A valid Create envelope, addressed like the path it is posted to."""
+        return corpus.create_envelope(to="http://%s:%d%s" % (RELAY_HOST, RELAY_PORT, self.path)).encode()
 
     def record(self, plain: bytes) -> bytes:
         self.records += 1
@@ -358,6 +366,36 @@ class CredSSPClient:
 
 # --------------------------------------------------------------------------- checks
 
+class TargetLog:
+    """The live double's log: whatever a case got through the relay to the target."""
+
+    def __init__(self, h: harness.Harness) -> None:
+        self.h = h
+        self.seen = len(double_records(h, LIVE_TARGET))
+        self.cleanup: typing.Set[str] = set()
+
+    def arrived(self) -> typing.List[dict]:
+        """Requests the double saw since the last call. It logs a request before answering it, so
+        once the relay has answered a case, anything the case let through is in the log. Logons
+        (auth_ok) alone are not counted: a forwarded request always logs a record of its own."""
+        records = double_records(self.h, LIVE_TARGET)
+        new, self.seen = records[self.seen:], len(records)
+        # When a session ends the relay deletes the shells it left open, whenever that happens.
+        return [r for r in new if r.get("event") != "auth_ok"
+                and not (r.get("action") == "Delete" and r.get("shell_id") in self.cleanup)]
+
+    def expected(self) -> typing.List[dict]:
+        """Like arrived(), for requests a case means to reach the target (a genuine one)."""
+        new = self.arrived()
+        self.cleanup.update(r["shell_id"] for r in new if r.get("action") == "Create" and r.get("shell_id"))
+        return new
+
+
+def brief(records: typing.List[dict]) -> str:
+    return "; ".join("%s %s %s" % (r.get("event"), r.get("action") or "", r.get("status") or r.get("reason") or "")
+                     for r in records[:3])
+
+
 def clear_answer(o: Outcome, allowed: typing.Iterable[int] = ()) -> None:
     """Every answer is 4xx/5xx (or explicitly allowed), or the relay closed the connection."""
     assert o.responses or o.closed, "neither answer nor close"
@@ -385,7 +423,8 @@ class Results:
         return "\n".join("%-8s %-60s %d" % (k[0], k[1], v) for k, v in sorted(by.items()))
 
 
-def run_case(results: Results, failures: typing.List[str], case: corpus.Case, fn: typing.Callable[[], str]) -> None:
+def run_case(results: Results, failures: typing.List[str], case: corpus.Case, fn: typing.Callable[[], str],
+             target: TargetLog) -> None:
     t0 = time.monotonic()
     try:
         answer = fn()
@@ -400,6 +439,10 @@ def run_case(results: Results, failures: typing.List[str], case: corpus.Case, fn
     dt = time.monotonic() - t0
     if dt > TIMEOUT + 2:
         failures.append("%s/%s: took %.1fs" % (case.layer, case.name, dt))
+    arrived = target.arrived()
+    if arrived:
+        answer += " FORWARDED"
+        failures.append("%s/%s: reached the target: %s" % (case.layer, case.name, brief(arrived)))
     results.add(case, answer)
 
 
@@ -494,7 +537,7 @@ def tsreq_case(case: corpus.Case) -> str:
         c.close()
 
 
-def session_case(case: corpus.Case) -> str:
+def session_case(h: harness.Harness, target: TargetLog, case: corpus.Case) -> str:
     c = CredSSPClient().login()
     try:
         if case.name == "unencrypted_soap":
@@ -503,10 +546,7 @@ def session_case(case: corpus.Case) -> str:
             ct, body = c.sealed_body(c.soap)
             r = c.post_body(ct.replace("HTTP-CredSSP", "HTTP-SPNEGO"), body)
         elif case.name == "replay":
-            ct, body = c.sealed_body(c.soap)
-            first = c.post_body(ct, body)
-            assert first.status == 500 and b"Fault" in c.open_reply(first), first
-            r = c.post_body(ct, body)
+            return replay(h, target, c)
         else:
             payload = case.payload(c) if case.runtime else case.payload
             c.conn.send(corpus.post(c.path, [("Content-Type", MULTIPART_CT)], payload))
@@ -514,6 +554,8 @@ def session_case(case: corpus.Case) -> str:
             if r is None:
                 return "close"
         assert 400 <= r.status < 600, "expected an error status, got %d" % r.status
+        arrived = target.arrived()
+        assert not arrived, "reached the target: " + brief(arrived)
         if "HTTP-CredSSP-session-encrypted" in r.header("content-type"):
             plain = c.open_reply(r)
             assert b"Fault" in plain, plain[:300]
@@ -530,9 +572,33 @@ def session_case(case: corpus.Case) -> str:
                 answer += " | then a valid request: %d" % nxt.status
             except (ConnectionError, OSError):
                 answer += " | then the connection closed"
+            target.expected()
         return answer
     finally:
         c.close()
+
+
+def replay(h: harness.Harness, target: TargetLog, c: CredSSPClient) -> str:
+    """The same sealed body twice: the first is a genuine Create (it reaches the target), the copy
+    must not decrypt (its TLS record sequence number is spent). The relay refuses it and audits why,
+    and the copy never reaches the target."""
+    ct, body = c.sealed_body(c.soap)
+    first = c.post_body(ct, body)
+    assert first.status == 200 and b"ResourceCreated" in c.open_reply(first), first
+    assert [r for r in target.expected() if r.get("action") == "Create"], "the genuine Create did not reach the target"
+    audited = len(audit_events(h))
+    try:
+        again = c.post_body(ct, body)
+    except (ConnectionError, OSError):
+        again = None
+    assert not target.arrived(), "the replayed body reached the target"
+    if again is not None:
+        assert again.status == 400, "replay answered %d: %r" % (again.status, again.body[:200])
+        assert b"cannot decrypt" in again.body, again.body[:200]
+    refused = wait_for(lambda: [e for e in audit_events(h)[audited:] if e.get("status") == 400
+                                and "cannot decrypt" in (e.get("reason") or "")], 5)
+    assert refused, "no audit event for the refused replay"
+    return "%s, audited" % ("close" if again is None else "%d %s" % (again.status, again.body[:40].decode()))
 
 
 class SoapSession:
@@ -554,14 +620,29 @@ class SoapSession:
         self.c = None
 
 
-def soap_case(sessions: SoapSession, case: corpus.Case) -> str:
+# Well-formed envelopes the relay has no reason to refuse (a big text node; CDATA, a processing
+# instruction and a comment, which every XML parser reads alike): they go to the target as they are
+# and its answer comes back. Every other SOAP case must be refused by the relay itself.
+SOAP_FORWARDED = {"huge_text", "cdata_pi_comment"}
+
+
+def soap_case(sessions: SoapSession, target: TargetLog, case: corpus.Case) -> str:
     c = sessions.get()
+    # Addressed like the path it is posted to, as a client would.
+    payload = case.payload.replace(b"/wsman/down", TARGET_PATH.encode())
     try:
-        ct, body = c.sealed_body(case.payload)
+        ct, body = c.sealed_body(payload)
         r = c.post_body(ct, body)
     except Exception:
         sessions.drop()
         raise
+    if case.name in SOAP_FORWARDED:
+        arrived = target.expected()
+        assert len(arrived) == 1 and arrived[0].get("event") == "request", "forwarded as: " + brief(arrived)
+        assert r.status == arrived[0].get("status"), "the target answered %s, the relay %d" % (
+            arrived[0].get("status"), r.status)
+        c.open_reply(r)  # keeps our TLS channel in step with the relay's
+        return "%d from the target" % r.status
     if r.status == 500 and "HTTP-CredSSP-session-encrypted" in r.header("content-type"):
         plain = c.open_reply(r)
         m = re.search(rb"<s:Text[^>]*>([^<]*)</s:Text>", plain)
@@ -593,18 +674,19 @@ def test_hostile_corpus(relay):
     log_before = panics_in(relay.relay_log)
     results, failures = Results(), []
     sessions = SoapSession()
+    target = TargetLog(relay)
     t0 = time.monotonic()
     handlers: typing.Dict[str, typing.Callable[[corpus.Case], str]] = {
         "http": http_case,
         "authz": authz_case,
         "tls": tls_case,
         "tsreq": tsreq_case,
-        "session": session_case,
-        "soap": lambda case: soap_case(sessions, case),
+        "session": lambda case: session_case(relay, target, case),
+        "soap": lambda case: soap_case(sessions, target, case),
     }
     try:
         for case in corpus.all_cases():
-            run_case(results, failures, case, lambda: handlers[case.layer](case))
+            run_case(results, failures, case, lambda: handlers[case.layer](case), target)
             if not relay.relay_alive():
                 failures.append("relay died after %s/%s" % (case.layer, case.name))
                 break

@@ -6,15 +6,20 @@ import signal
 import socket
 import time
 
-from helpers import RELAY_HOST, RELAY_PORT, audit_events, relay_protocol, wait_for
+from helpers import ALICE, RELAY_HOST, RELAY_PORT, audit_events, relay_protocol, user_is
 
 import harness
 
 
 def test_relay_sigterm_clean_exit(relay):
     # An idle authenticated keep-alive connection is open while we stop it.
+    before = {e.get("session") for e in audit_events(relay) if e.get("event") == "session_start"}
     p = relay_protocol("web01")
-    sid = p.open_shell()
+    shell = p.open_shell()
+    started = [e for e in audit_events(relay) if e.get("event") == "session_start"
+               and e.get("session") not in before and user_is(e.get("user"), ALICE)]
+    assert len(started) == 1, started
+    session = started[0]["session"]
     proc = relay.procs["relay"]
     relay.relay_stopped_on_purpose = True
     t0 = time.monotonic()
@@ -31,5 +36,10 @@ def test_relay_sigterm_clean_exit(relay):
         raise AssertionError("listener still accepting after exit")
     except OSError:
         pass
-    ends = wait_for(lambda: [e for e in audit_events(relay) if e.get("event") == "session_end"], 1)
-    assert ends
+    # The session it interrupted ended as sessions do: its shell deleted, then the end audited.
+    events = [e for e in audit_events(relay) if e.get("session") == session]
+    kinds = [e.get("event") for e in events]
+    assert "session_end" in kinds, "no session_end for the interrupted session %s: %s" % (session, kinds)
+    cleanup = [e for e in events if e.get("event") == "cleanup" and e.get("shell_id") == shell]
+    assert cleanup, "shell %s left open on the target at shutdown: %s" % (shell, kinds)
+    assert kinds.index("cleanup") < kinds.index("session_end"), kinds

@@ -1,20 +1,27 @@
 //! Audit events and the JSON-lines sink.
 //!
-//! Each event is one JSON object on its own line, starting with `time` (RFC 3339 UTC with
-//! milliseconds); fields that are `None` are left out. Every event is written with a
-//! single `write` on an append-mode file, so lines from concurrent sessions never
-//! interleave and a crash loses at most the event being written. Emitting never fails the
-//! caller: write errors are logged with `tracing`.
+//! Each event is one JSON object on its own line, starting with `time` (UTC with
+//! milliseconds, `2024-01-02T03:04:05.678Z`); fields that are `None` are left out. Every
+//! event is written with a single `write` on an append-mode file, so lines from
+//! concurrent sessions never interleave and a crash loses at most the event being written.
+//!
+//! A failed write (disk full, I/O error) makes the sink *failing*: logged once, and with
+//! `[audit] on_failure = "refuse"` the server refuses requests while it lasts
+//! ([`AuditSink::refuses_requests`]). The first write that succeeds again records the
+//! gap as an `audit_resumed` event, so lost events are never silently missing.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
+
+use crate::config::{AuditConfig, AuditOnFailure};
 
 const TIME_FORMAT: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
@@ -29,6 +36,9 @@ pub enum AuditKind {
     Denied,
     SessionEnd,
     Cleanup,
+    /// Written first once the log is writable again after failed writes; `reason` says
+    /// how many events are missing and since when.
+    AuditResumed,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -80,16 +90,56 @@ pub enum AuditError {
     Open { path: PathBuf, source: std::io::Error },
 }
 
+/// An event that did not reach the audit log; the sink is failing until a write succeeds.
+#[derive(Debug, thiserror::Error)]
+#[error("{label}: cannot write audit event: {source}")]
+pub struct AuditWriteError {
+    label: String,
+    source: std::io::Error,
+}
+
 #[derive(Debug)]
 enum Output {
     File(File),
     Memory(Arc<Mutex<Vec<u8>>>),
 }
 
+impl Output {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            // One write_all on an O_APPEND file: whole lines, in order.
+            Output::File(f) => f.write_all(line).and_then(|()| f.flush()),
+            Output::Memory(buf) => {
+                buf.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(line);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Since when writes fail, and how many events were not written.
+#[derive(Debug)]
+struct Failure {
+    since: String,
+    error: String,
+    lost: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    out: Output,
+    failure: Option<Failure>,
+}
+
 #[derive(Debug)]
 pub struct AuditSink {
     label: String,
-    out: Mutex<Output>,
+    /// The configured path, reopened by [`AuditSink::reopen`]; `None` in memory.
+    path: Option<PathBuf>,
+    on_failure: AuditOnFailure,
+    state: Mutex<State>,
+    /// Mirrors `state.failure.is_some()` so the per-request check takes no lock while healthy.
+    failing: AtomicBool,
 }
 
 /// Read side of [`AuditSink::in_memory`].
@@ -104,72 +154,189 @@ impl AuditCapture {
     }
 }
 
-impl AuditSink {
-    /// Opens (creating with mode 0600) `path` for appending.
-    pub fn open(path: &Path) -> Result<AuditSink, AuditError> {
-        let mut options = OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(path).map_err(|source| AuditError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // Commands can carry secrets; an existing log keeps its mode, so say so.
-            if let Ok(meta) = file.metadata() {
-                let mode = meta.permissions().mode();
-                if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        mode = format_args!("{:04o}", mode & 0o7777),
-                        "audit log is readable by group or others"
-                    );
-                }
+/// Opens (creating with mode 0600) `path` for appending, warning when an existing file is
+/// readable by others.
+fn open_append(path: &Path) -> Result<File, AuditError> {
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path).map_err(|source| AuditError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Commands can carry secrets; an existing log keeps its mode, so say so.
+        if let Ok(meta) = file.metadata() {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{:04o}", mode & 0o7777),
+                    "audit log is readable by group or others"
+                );
             }
         }
-        Ok(AuditSink {
-            label: path.display().to_string(),
-            out: Mutex::new(Output::File(file)),
-        })
+    }
+    Ok(file)
+}
+
+fn now() -> String {
+    let now = OffsetDateTime::now_utc();
+    now.format(TIME_FORMAT).unwrap_or_else(|_| now.to_string())
+}
+
+fn line_of(time: &str, event: &AuditEvent) -> serde_json::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(&Line { time, event })?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+impl AuditSink {
+    /// Opens (creating with mode 0600) the configured path for appending.
+    pub fn open(config: &AuditConfig) -> Result<AuditSink, AuditError> {
+        let file = open_append(&config.path)?;
+        Ok(AuditSink::with_output(
+            config.path.display().to_string(),
+            Some(config.path.clone()),
+            config.on_failure,
+            Output::File(file),
+        ))
     }
 
     /// A sink that keeps lines in memory, for tests.
     pub fn in_memory() -> (AuditSink, AuditCapture) {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = AuditSink {
-            label: "memory".into(),
-            out: Mutex::new(Output::Memory(buf.clone())),
-        };
+        let sink = AuditSink::with_output(
+            "memory".into(),
+            None,
+            AuditOnFailure::Refuse,
+            Output::Memory(buf.clone()),
+        );
         (sink, AuditCapture(buf))
     }
 
-    /// Appends one event as a JSON line. Never panics; failures are logged.
+    fn with_output(label: String, path: Option<PathBuf>, on_failure: AuditOnFailure, out: Output) -> AuditSink {
+        AuditSink {
+            label,
+            path,
+            on_failure,
+            state: Mutex::new(State { out, failure: None }),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock must not stop auditing.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one event as a JSON line. A failure is logged (once, when the log starts
+    /// failing) and makes the sink failing; see [`AuditSink::try_emit`] to act on it.
     pub fn emit(&self, event: &AuditEvent) {
-        let now = OffsetDateTime::now_utc();
-        let time = now.format(TIME_FORMAT).unwrap_or_else(|_| now.to_string());
-        let mut line = match serde_json::to_vec(&Line { time: &time, event }) {
-            Ok(l) => l,
+        let _ = self.try_emit(event);
+    }
+
+    /// Appends one event as a JSON line, or says it could not. For events that must be
+    /// written before the relay acts, e.g. a request before it is forwarded.
+    pub fn try_emit(&self, event: &AuditEvent) -> Result<(), AuditWriteError> {
+        let line = match line_of(&now(), event) {
+            Ok(line) => line,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize audit event");
-                return;
+                return Err(self.write_error(std::io::Error::other(e)));
             }
         };
-        line.push(b'\n');
-        // A panic elsewhere while holding the lock must not stop auditing.
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let result = match &mut *out {
-            // One write_all on an O_APPEND file: whole lines, in order.
-            Output::File(f) => f.write_all(&line).and_then(|()| f.flush()),
-            Output::Memory(buf) => {
-                buf.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&line);
+        let mut state = self.lock();
+        // A gap in the trail is recorded before the events that follow it.
+        let written = self
+            .write_resumed(&mut state)
+            .and_then(|()| state.out.write_line(&line));
+        written.map_err(|e| self.fail(&mut state, e))
+    }
+
+    /// Whether the last write failed (and no write succeeded since).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// Call before forwarding a request: true when the request must be refused because
+    /// the log cannot be written and `[audit] on_failure = "refuse"`. While failing, each
+    /// call retries the log (writing the `audit_resumed` record), so the relay serves
+    /// again as soon as the log is writable.
+    pub fn refuses_requests(&self) -> bool {
+        if self.on_failure == AuditOnFailure::Continue || !self.is_failing() {
+            return false;
+        }
+        let mut state = self.lock();
+        // A failed retry loses no event: nothing to count.
+        self.write_resumed(&mut state).is_err()
+    }
+
+    /// Reopens the configured path (after logrotate moved the file), creating it with
+    /// mode 0600. If that fails the previous file stays in use. Logs the outcome either way.
+    pub fn reopen(&self) -> Result<(), AuditError> {
+        let Some(path) = &self.path else { return Ok(()) };
+        match open_append(path) {
+            Ok(file) => {
+                self.lock().out = Output::File(file);
+                tracing::info!(audit_log = %self.label, "audit log reopened");
                 Ok(())
             }
+            Err(error) => {
+                tracing::error!(%error, "cannot reopen the audit log; still writing to the previous file");
+                Err(error)
+            }
+        }
+    }
+
+    /// After failures, writes the `audit_resumed` record saying how many events were lost;
+    /// its success ends the failing state.
+    fn write_resumed(&self, state: &mut State) -> std::io::Result<()> {
+        let Some(failure) = &state.failure else { return Ok(()) };
+        let lost = failure.lost;
+        let event = AuditEvent {
+            event: AuditKind::AuditResumed,
+            reason: Some(format!(
+                "{lost} audit events could not be written since {} ({})",
+                failure.since, failure.error
+            )),
+            ..AuditEvent::default()
         };
-        if let Err(e) = result {
-            tracing::error!(audit_log = %self.label, error = %e, "cannot write audit event");
+        state.out.write_line(&line_of(&now(), &event)?)?;
+        state.failure = None;
+        self.failing.store(false, Ordering::Release);
+        tracing::warn!(audit_log = %self.label, lost, "audit log is writable again");
+        Ok(())
+    }
+
+    /// Records a failed write; logs only when the log starts failing, not per event.
+    fn fail(&self, state: &mut State, error: std::io::Error) -> AuditWriteError {
+        match &mut state.failure {
+            Some(failure) => failure.lost += 1,
+            None => {
+                let consequence = match self.on_failure {
+                    AuditOnFailure::Refuse => "refusing requests until it can (audit.on_failure = \"refuse\")",
+                    AuditOnFailure::Continue => "requests go on unaudited (audit.on_failure = \"continue\")",
+                };
+                tracing::error!(audit_log = %self.label, %error, "audit log cannot be written: {consequence}");
+                state.failure = Some(Failure {
+                    since: now(),
+                    error: error.to_string(),
+                    lost: 1,
+                });
+                self.failing.store(true, Ordering::Release);
+            }
+        }
+        self.write_error(error)
+    }
+
+    fn write_error(&self, source: std::io::Error) -> AuditWriteError {
+        AuditWriteError {
+            label: self.label.clone(),
+            source,
         }
     }
 }
@@ -215,6 +382,7 @@ mod tests {
             AuditKind::Denied,
             AuditKind::SessionEnd,
             AuditKind::Cleanup,
+            AuditKind::AuditResumed,
         ]
         .iter()
         .map(|k| serde_json::to_value(k).unwrap())
@@ -227,7 +395,8 @@ mod tests {
                 "request",
                 "denied",
                 "session_end",
-                "cleanup"
+                "cleanup",
+                "audit_resumed"
             ]
         );
     }
@@ -242,12 +411,175 @@ mod tests {
         assert_eq!(capture.lines().len(), 1);
     }
 
+    fn config(path: &Path, on_failure: AuditOnFailure) -> AuditConfig {
+        AuditConfig {
+            path: path.to_path_buf(),
+            on_failure,
+        }
+    }
+
+    fn event(session: &str) -> AuditEvent {
+        AuditEvent {
+            session: session.into(),
+            ..Default::default()
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<Value> {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Collects what the sink logs while `f` runs.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let out = buf.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn write_failures_make_the_sink_failing_and_are_logged_once() {
+        // /dev/full opens in append mode and fails every write with ENOSPC, like a full disk.
+        let full = Path::new("/dev/full");
+        let refuse = AuditSink::open(&config(full, AuditOnFailure::Refuse)).unwrap();
+        assert!(!refuse.is_failing() && !refuse.refuses_requests());
+        let logs = logs_of(|| {
+            let e = refuse.try_emit(&event("s1")).unwrap_err();
+            assert!(
+                e.to_string().starts_with("/dev/full: cannot write audit event: "),
+                "{e}"
+            );
+            refuse.emit(&event("s2"));
+            refuse.emit(&event("s3"));
+            assert!(refuse.refuses_requests());
+        });
+        assert!(refuse.is_failing() && refuse.refuses_requests());
+        assert_eq!(logs.matches("audit log cannot be written").count(), 1, "{logs}");
+        assert!(logs.contains("refusing requests until it can"), "{logs}");
+
+        let go_on = AuditSink::open(&config(full, AuditOnFailure::Continue)).unwrap();
+        let logs = logs_of(|| go_on.emit(&event("s1")));
+        assert!(go_on.is_failing());
+        assert!(!go_on.refuses_requests(), "on_failure = continue must not refuse");
+        assert!(logs.contains("requests go on unaudited"), "{logs}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn sink_recovers_and_records_the_gap() {
+        let dir = crate::config::test_dir("audit-recover");
+        // The configured path first names a device that fails writes, then a writable file.
+        let path = dir.join("audit.jsonl");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
+        sink.emit(&event("lost-1"));
+        sink.emit(&event("lost-2"));
+        assert!(sink.refuses_requests());
+        std::fs::remove_file(&path).unwrap();
+        sink.reopen().unwrap();
+        // Reopening alone is not proof: the first write that succeeds is.
+        assert!(sink.is_failing());
+        let logs = logs_of(|| assert!(!sink.refuses_requests()));
+        assert!(!sink.is_failing());
+        assert!(
+            logs.contains("audit log is writable again") && logs.contains("lost=2"),
+            "{logs}"
+        );
+        sink.try_emit(&event("kept")).unwrap();
+        let written = lines(&path);
+        assert_eq!(written.len(), 2, "{written:?}");
+        assert_eq!(written[0]["event"], "audit_resumed");
+        let reason = written[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("2 audit events could not be written since "),
+            "{reason}"
+        );
+        assert_eq!(written[1]["session"], "kept");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn continue_mode_recovers_on_the_next_event() {
+        let dir = crate::config::test_dir("audit-continue");
+        let path = dir.join("audit.jsonl");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Continue)).unwrap();
+        sink.emit(&event("lost"));
+        std::fs::remove_file(&path).unwrap();
+        sink.reopen().unwrap();
+        sink.emit(&event("kept"));
+        assert!(!sink.is_failing());
+        let kinds: Vec<String> = lines(&path).iter().map(|l| l["event"].to_string()).collect();
+        assert_eq!(kinds, ["\"audit_resumed\"", "\"request\""]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn reopen_follows_a_rotated_file() {
+        let dir = crate::config::test_dir("audit-rotate");
+        let path = dir.join("audit.jsonl");
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
+        sink.emit(&event("before"));
+        // logrotate renames the file; the open handle still writes to it until reopened.
+        let rotated = dir.join("audit.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        sink.emit(&event("still-old"));
+        sink.reopen().unwrap();
+        sink.emit(&event("after"));
+        let sessions = |p: &Path| -> Vec<String> { lines(p).iter().map(|l| l["session"].to_string()).collect() };
+        assert_eq!(sessions(&rotated), ["\"before\"", "\"still-old\""]);
+        assert_eq!(sessions(&path), ["\"after\""]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn failed_reopen_keeps_the_previous_file() {
+        let dir = crate::config::test_dir("audit-reopen-fails");
+        let logs_dir = dir.join("logs");
+        std::fs::create_dir(&logs_dir).unwrap();
+        let path = logs_dir.join("audit.jsonl");
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
+        // The directory moves away: the configured path cannot be created any more.
+        let moved = dir.join("moved");
+        std::fs::rename(&logs_dir, &moved).unwrap();
+        let e = sink.reopen().unwrap_err();
+        assert!(e.to_string().contains("cannot open audit log"), "{e}");
+        sink.try_emit(&event("kept")).unwrap();
+        assert_eq!(lines(&moved.join("audit.jsonl"))[0]["session"], "kept");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn file_sink_appends_with_mode_0600() {
         let dir = crate::config::test_dir("audit-file");
         let path = dir.join("audit.jsonl");
         for i in 0..2 {
-            let sink = AuditSink::open(&path).unwrap();
+            let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
             sink.emit(&AuditEvent {
                 session: format!("s{i}"),
                 status: Some(200),
@@ -266,7 +598,7 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let e = AuditSink::open(&dir.join("missing/dir/audit.jsonl")).unwrap_err();
+        let e = AuditSink::open(&config(&dir.join("missing/dir/audit.jsonl"), AuditOnFailure::Refuse)).unwrap_err();
         assert!(e.to_string().contains("cannot open audit log"));
         let _ = std::fs::remove_dir_all(dir);
     }

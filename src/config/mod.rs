@@ -100,6 +100,17 @@ pub struct AuthConfig {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub path: PathBuf,
+    pub on_failure: AuditOnFailure,
+}
+
+/// What the relay does while the audit log cannot be written (`[audit] on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditOnFailure {
+    /// Answer requests with a fault: nothing is forwarded unaudited.
+    #[default]
+    Refuse,
+    /// Forward requests anyway; their events are lost.
+    Continue,
 }
 
 #[derive(Debug, Clone)]
@@ -639,6 +650,22 @@ impl Validator<'_> {
         auth
     }
 
+    fn audit_on_failure(&mut self, v: raw::V) -> AuditOnFailure {
+        let key = "audit.on_failure";
+        let Some(v) = self.string(v, key) else {
+            return AuditOnFailure::default();
+        };
+        match v.get_ref().as_str() {
+            "refuse" => AuditOnFailure::Refuse,
+            "continue" => AuditOnFailure::Continue,
+            other => {
+                let message = format!("unknown value {other:?} (expected one of: \"refuse\", \"continue\")");
+                self.error(v.span(), key, message);
+                AuditOnFailure::default()
+            }
+        }
+    }
+
     /// `ca_file` and `tls_verify` of `target[i]`; `https` is its url's scheme when the url
     /// parsed. An https target without `ca_file` inherits `[defaults] ca_file`.
     fn target_tls(
@@ -764,9 +791,11 @@ impl Validator<'_> {
         };
 
         let at = self.table_at(raw.audit.is_some(), "audit");
-        let audit_path = self.required(raw.audit.unwrap_or_default().path, "audit.path", at);
+        let raw_audit = raw.audit.unwrap_or_default();
+        let audit_path = self.required(raw_audit.path, "audit.path", at);
         let audit = AuditConfig {
             path: self.path(audit_path, "audit.path"),
+            on_failure: self.audit_on_failure(raw_audit.on_failure),
         };
 
         let session = SessionConfig {
@@ -1124,6 +1153,21 @@ path = "audit.jsonl"
     }
 
     #[test]
+    fn audit_on_failure_defaults_to_refuse() {
+        assert_eq!(parse("").unwrap().audit.on_failure, AuditOnFailure::Refuse);
+        let c = parse("on_failure = \"continue\"\n").unwrap();
+        assert_eq!(c.audit.on_failure, AuditOnFailure::Continue);
+        assert_eq!(
+            errors("on_failure = \"ignore\"\n"),
+            ["relay.toml:12: audit.on_failure: unknown value \"ignore\" (expected one of: \"refuse\", \"continue\")"]
+        );
+        assert_eq!(
+            errors("on_failure = false\n"),
+            ["relay.toml:12: audit.on_failure: expected a string, found a boolean"]
+        );
+    }
+
+    #[test]
     fn hardening_keys_parse_and_default() {
         let c = parse("").unwrap();
         assert!(c.listen.allow_sources.is_empty());
@@ -1298,7 +1342,7 @@ shells = ["bash"]
         assert_eq!(
             errs,
             [
-                "relay.toml:12: audit.verbose: unknown key (expected one of: path)",
+                "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure)",
                 "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
                 "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
                 "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",

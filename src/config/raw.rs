@@ -66,6 +66,7 @@ pub(super) struct RawAuth {
 #[derive(Deserialize, Default)]
 pub(super) struct RawAudit {
     pub path: V,
+    pub on_failure: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -160,7 +161,7 @@ const AUTH: &[&str] = &[
     "lockout_window_secs",
     "lockout_duration_secs",
 ];
-const AUDIT: &[&str] = &["path"];
+const AUDIT: &[&str] = &["path", "on_failure"];
 const SESSION: &[&str] = &["idle_timeout_secs", "max_lifetime_secs", "shutdown_timeout_secs"];
 const LIMITS: &[&str] = &[
     "max_sessions",

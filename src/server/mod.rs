@@ -208,7 +208,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     }
     let credssp = acceptor_config(&config, &cert)?;
     let policy = Policy::new(&config.allow)?;
-    let audit = AuditSink::open(&config.audit.path)?;
+    let audit = AuditSink::open(&config.audit)?;
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
     let unauthenticated = limits::Unauthenticated::new(&config.limits);
@@ -287,6 +287,9 @@ async fn reload_on_hangup(shared: Arc<Shared>) {
 }
 
 fn reload(shared: &Shared) {
+    // The audit log first: logrotate has moved it and waits for the reopen.
+    // A failed reopen keeps the old file and is logged by the sink itself.
+    let _ = shared.audit.reopen();
     let path = shared.settings().config.path.clone();
     let loaded = Config::load(&path)
         .map_err(|error| error.to_string())

@@ -187,6 +187,16 @@ async fn forward(
     record_request(event, &info);
     let relates_to = info.message_id.clone();
     let fail = |failure: Failure| Err((failure, relates_to.clone()));
+    if shared.audit.refuses_requests() {
+        // Nothing leaves the relay that the audit cannot record.
+        return fail(Failure {
+            kind: FaultKind::InternalError,
+            message: "the relay's audit log cannot be written: request refused (audit.on_failure = \"refuse\"); \
+                      free space or fix the log, requests resume on their own"
+                .into(),
+            audit: AuditKind::Denied,
+        });
+    }
     let Some(name) = route.target else {
         return fail(Failure {
             kind: FaultKind::DestinationUnreachable,

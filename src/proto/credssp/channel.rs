@@ -1,5 +1,5 @@
 //! CredSSP session encryption: after authentication, WS-Man bodies travel
-//! as TLS application-data records of the CredSSP channel (MS-WSMV 2.2.9.1).
+//! as TLS application-data records of the CredSSP channel.
 
 use rustls::{Connection, ProtocolVersion};
 

@@ -1,4 +1,4 @@
-//! HTTP-CredSSP acceptor (MS-CSSP over WinRM's `Authorization: CredSSP`).
+//! HTTP-CredSSP acceptor (CredSSP over WinRM's `Authorization: CredSSP`).
 //!
 //! A sans-IO state machine: each call to [`Acceptor::step`] takes the decoded
 //! bytes of one `Authorization: CredSSP <b64>` header and says what to answer.
@@ -286,7 +286,7 @@ impl Acceptor {
             .map_err(|e| CredSspError::Authentication(e.to_string()))
     }
 
-    /// sspi workaround (protocol.md §3): pyspnego sends the NTLM AUTHENTICATE
+    /// sspi workaround: pyspnego sends the NTLM AUTHENTICATE
     /// (with its mechListMIC) and pubKeyAuth in one TSRequest. Processed in one
     /// call, sspi drops the SPNEGO reply token carrying the server's mechListMIC
     /// and seals pubKeyAuth with the wrong sequence number, so the client fails

@@ -1,5 +1,6 @@
 //! Checks made on client input *before* it reaches sspi, whose parsers
-//! panic on some malformed tokens (see protocol.md §3).
+//! panic on some malformed tokens (picky-krb unwraps its SPNEGO decoding):
+//! a panic there would take the connection task down on network input.
 
 use super::CredSspError;
 
@@ -22,7 +23,7 @@ pub enum InnerMechanism {
 /// SPNEGO tokens are walked field by field: picky-krb decodes the
 /// NegTokenInit inside `ApplicationTag0::deserialize` and `unwrap`s the
 /// result, so *any* malformed inner field (not only the outer framing)
-/// panics there. Only canonical DER of the shape RFC 4178 defines passes.
+/// panics there. Only canonical DER of the SPNEGO NegTokenInit shape passes.
 pub fn classify_first_token(token: &[u8]) -> Result<InnerMechanism, CredSspError> {
     if token.starts_with(NTLMSSP_SIGNATURE) {
         return Ok(InnerMechanism::Ntlm);

@@ -101,9 +101,9 @@ pub fn parse_basic(token: &[u8]) -> Result<(String, SecretString), HttpAuthError
     Ok((user.to_string(), SecretString::from(password.to_string())))
 }
 
-/// RFC 5929 `tls-server-end-point` application data for a certificate:
-/// its hash with the certificate's own signature hash, SHA-256 when that is
-/// MD5 or SHA-1 (or unknown).
+/// `tls-server-end-point` channel-binding data for a certificate: its hash
+/// with the certificate's own signature hash, SHA-256 when that is MD5 or
+/// SHA-1 (or unknown), which is the hash a Windows target computes too.
 pub fn tls_server_end_point(certificate_der: &[u8]) -> Vec<u8> {
     let algorithm = x509_parser::parse_x509_certificate(certificate_der)
         .map(|(_, cert)| cert.signature_algorithm.algorithm.to_id_string())

@@ -76,9 +76,9 @@ impl NegotiateClient {
         })
     }
 
-    /// Bind the authentication to the TLS channel (RFC 5929
-    /// `tls-server-end-point`): `certificate_hash` is the hash of the
-    /// target's certificate, see [`super::tls_server_end_point`].
+    /// Bind the authentication to the TLS channel (`tls-server-end-point`
+    /// channel bindings): `certificate_hash` is the hash of the target's
+    /// certificate, see [`super::tls_server_end_point`].
     pub fn with_channel_bindings(mut self, certificate_hash: &[u8]) -> Self {
         self.channel_bindings = Some(super::sec_channel_bindings(certificate_hash));
         self

@@ -1,4 +1,4 @@
-//! `multipart/encrypted` framing for WinRM session encryption (MS-WSMV 2.2.9.1).
+//! `multipart/encrypted` framing for WinRM session encryption.
 //!
 //! After authentication, WinRM bodies travel as pairs of MIME parts under the
 //! boundary `Encrypted Boundary`:

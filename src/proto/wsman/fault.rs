@@ -119,7 +119,7 @@ pub fn fault_envelope(kind: FaultKind, relates_to: Option<&str>, machine: &str, 
 pub fn new_message_id() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
-    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    b[8] = (b[8] & 0x3f) | 0x80; // variant bits 10: a standard UUID
     let mut s = String::with_capacity(41);
     s.push_str("uuid:");
     for (i, byte) in b.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! Audit helper: the PowerShell pipeline inside a PSRP CREATE_PIPELINE
-//! message (MS-PSRP 2.2.4 fragments, 2.2.1 messages, 2.2.3.11 payload).
+//! message, found through the layers PSRP wraps it in: base64 fragments,
+//! then messages, then the CLIXML payload.
 //!
 //! Best effort by design: whatever is malformed is skipped, never fatal.
 
@@ -11,7 +12,7 @@ use base64::Engine as _;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
-/// MS-PSRP message type CREATE_PIPELINE.
+/// PSRP message type CREATE_PIPELINE.
 pub const CREATE_PIPELINE: u32 = 0x0002_1006;
 
 const FRAGMENT_HEADER: usize = 21;
@@ -148,7 +149,7 @@ fn is(frame: Option<&Frame>, tag: &str, n: Option<&str>) -> bool {
     frame.is_some_and(|f| &*f.tag == tag && (n.is_none() || f.n.as_deref() == n))
 }
 
-/// Walks the CLIXML of a CREATE_PIPELINE payload. Shape (MS-PSRP 2.2.3.11):
+/// Walks the CLIXML of a CREATE_PIPELINE payload. Shape:
 /// `Obj N="PowerShell"/MS/Obj N="Cmds"/LST/Obj/MS/{S N="Cmd", Obj N="Args"/LST/Obj/MS/{N, V}}`,
 /// with several statements listed under `Obj N="ExtraCmds"` (whose first entry
 /// the top-level `Cmds` repeats).
@@ -312,8 +313,8 @@ fn quote(v: &str) -> String {
     }
 }
 
-/// CLIXML escapes characters as `_xHHHH_` UTF-16 code units (MS-PSRP
-/// 2.2.5.3.2), including `_x005F_` for a literal underscore and surrogate pairs.
+/// CLIXML escapes characters as `_xHHHH_` UTF-16 code units, including
+/// `_x005F_` for a literal underscore and surrogate pairs.
 fn decode_psrp_escapes(s: &str) -> String {
     if !s.contains("_x") {
         return s.to_string();
