@@ -84,9 +84,9 @@ def test_caller_vanishing_during_receive_ends_the_session_within_5s(relay):
 
 
 def test_sigterm_with_receive_in_flight_drains_and_exits_0(relay):
-    extra = ExtraRelay(relay, "127.0.0.40")
+    extra = ExtraRelay(relay, "127.0.0.53")
     try:
-        child, shell = start_long_receive("http://127.0.0.40:5985/wsman/web01")
+        child, shell = start_long_receive("http://127.0.0.53:5985/wsman/web01")
         signalled = time.monotonic()
         extra.proc.send_signal(signal.SIGTERM)
         code = extra.proc.wait(timeout=15)
