@@ -19,7 +19,6 @@ use tokio::sync::watch;
 use crate::audit::{AuditError, AuditSink};
 use crate::certs::{self, CertError};
 use crate::config::{Config, UsersError, UsersFile};
-use crate::policy::{Policy, PolicyError};
 use crate::proto::credssp::{AcceptorConfig, UserHash};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +29,6 @@ pub enum ServerError {
     Users(#[from] UsersError),
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
-    #[error("policy: {0}")]
-    Policy(#[from] PolicyError),
     #[error("tls configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -46,7 +43,6 @@ pub(crate) struct Shared {
     /// Certificate, key and users: replaced as a whole on SIGHUP; sessions
     /// already running keep the one they started with.
     credssp: RwLock<Arc<AcceptorConfig>>,
-    pub policy: Policy,
     pub audit: AuditSink,
     pub lockout: limits::Lockout,
     pub quotas: Arc<limits::Quotas>,
@@ -114,14 +110,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
-    for target in shared.config.insecure_targets() {
-        tracing::warn!(
-            target = %target.name,
-            url = %target.url,
-            "TLS CERTIFICATE VERIFICATION IS OFF for this target (tls_verify = false): anyone on the path can \
-             impersonate it and receive delegated credentials"
-        );
-    }
     let mut tasks = Vec::new();
     for (listener, kind) in listeners {
         let addr = listener.local_addr().ok();
@@ -159,7 +147,6 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         );
     }
     let credssp = acceptor_config(&config, &cert)?;
-    let policy = Policy::new(&config.allow)?;
     let audit = AuditSink::open(&config.audit.path)?;
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
@@ -167,7 +154,6 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     Ok(Shared {
         config,
         credssp: RwLock::new(credssp),
-        policy,
         audit,
         lockout,
         quotas,

@@ -2,6 +2,7 @@
 //! unseal -> parse envelope -> policy -> rewrite -> target -> inspect ->
 //! seal for the caller -> audit.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,10 +13,10 @@ use super::reply::{self, HttpResponse};
 use super::session::{read_body, OpenShell, Session};
 use super::Shared;
 use crate::audit::{AuditEvent, AuditKind};
-use crate::config::ResolvedTarget;
 use crate::policy::Decision;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo};
+use crate::resolve::ResolvedTarget;
 use crate::target::{self, TargetConnection, TargetError};
 
 /// Margin over a request's OperationTimeout before the relay gives up on
@@ -211,16 +212,13 @@ async fn forward(
         }
     };
     event.target = Some(target.name.clone());
-    event.tls_verified = target.https.then_some(target.tls_verify);
+    // Every https target's certificate is checked: against CAs, or its pinned fingerprint.
+    event.tls_verified = target.https.then_some(true);
     let user = session.principal().unwrap_or_default().to_string();
-    if let Decision::Deny { reason } = shared.policy.decide(&user, &target, info.resource_uri.as_deref()) {
-        tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");
-        return fail(Failure {
-            kind: FaultKind::AccessDenied,
-            message: reason,
-            audit: AuditKind::Denied,
-        });
-    }
+    let addresses = match checked_addresses(session, shared, &user, &target, info.resource_uri.as_deref()).await {
+        Ok(addresses) => addresses,
+        Err(failure) => return fail(failure),
+    };
     if let Err(failure) = check_shell_owner(session, &info, &target) {
         return fail(failure);
     }
@@ -256,7 +254,7 @@ async fn forward(
         .operation_timeout
         .map(|op| (op + OPERATION_TIMEOUT_MARGIN).max(target.timeout))
         .unwrap_or(target.timeout);
-    let response = match exchange(session, &target, &rewritten, wait).await {
+    let response = match exchange(session, &target, &addresses, &rewritten, wait).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(session = %session.id, target = %target.name, %error, "target request failed");
@@ -274,6 +272,39 @@ async fn forward(
         }
     }
     Ok((response.status, response.body))
+}
+
+/// Decides `user`'s request to `target`, returning the addresses the policy checked and the
+/// relay may connect to: the peer of the session's live connection to it, else a lookup.
+/// Nothing is looked up for a user no rule could grant the target, so such a user cannot
+/// make the relay resolve names.
+async fn checked_addresses(
+    session: &Session,
+    shared: &Shared,
+    user: &str,
+    target: &ResolvedTarget,
+    resource_uri: Option<&str>,
+) -> Result<Vec<IpAddr>, Failure> {
+    let policy = &shared.config.policy;
+    let addresses = if policy.may_reach(user, target) {
+        match session.targets.get(&target.name.to_ascii_lowercase()) {
+            Some(connection) if !connection.is_closed() => vec![connection.peer()],
+            _ => target::lookup_addresses(target).await.map_err(|e| target_failure(&e))?,
+        }
+    } else {
+        Vec::new()
+    };
+    match policy.decide(user, target, &addresses, resource_uri) {
+        Decision::Allow { .. } => Ok(addresses),
+        Decision::Deny { reason } => {
+            tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");
+            Err(Failure {
+                kind: FaultKind::AccessDenied,
+                message: reason,
+                audit: AuditKind::Denied,
+            })
+        }
+    }
 }
 
 /// A shell belongs to the session (hence the user) that created it, on the
@@ -350,9 +381,13 @@ pub(crate) async fn delete_leftover_shells(session: &mut Session, shared: &Share
         event.resource_uri = Some(shell.resource_uri.clone());
         event.shell_id = Some(shell_id.clone());
         let request = wsman::delete_shell_request(&shell.target.url, &shell.resource_uri, &shell_id);
-        match exchange(session, &shell.target, &request, shell.target.timeout).await {
-            Ok(response) => event.status = Some(response.status.as_u16()),
-            Err(error) => event.reason = Some(error.to_string()),
+        let user = session.principal().unwrap_or_default().to_string();
+        match checked_addresses(session, shared, &user, &shell.target, Some(&shell.resource_uri)).await {
+            Ok(addresses) => match exchange(session, &shell.target, &addresses, &request, shell.target.timeout).await {
+                Ok(response) => event.status = Some(response.status.as_u16()),
+                Err(error) => event.reason = Some(error.to_string()),
+            },
+            Err(failure) => event.reason = Some(failure.message),
         }
         event.duration_ms = Some(started.elapsed().as_millis() as u64);
         tracing::info!(session = %session.id, shell = %shell_id, target = %shell.target.name, "deleted a shell left open");
@@ -376,10 +411,11 @@ fn record_request(event: &mut AuditEvent, info: &RequestInfo) {
 }
 
 /// Send on the session's connection to this target, opening (and
-/// authenticating) one when there is none or the target closed it.
+/// authenticating) one to `addresses` when there is none or the target closed it.
 async fn exchange(
     session: &mut Session,
     target: &ResolvedTarget,
+    addresses: &[IpAddr],
     soap: &[u8],
     wait: Duration,
 ) -> Result<target::TargetResponse, TargetError> {
@@ -392,7 +428,7 @@ async fn exchange(
             target: target::describe(target),
             user: "(no delegated credentials)".into(),
         })?;
-        let connection = TargetConnection::open(target, credentials).await?;
+        let connection = TargetConnection::open(target, addresses, credentials).await?;
         session.targets.insert(key.clone(), connection);
     }
     let Some(connection) = session.targets.get_mut(&key) else {
