@@ -424,6 +424,62 @@ def transports_config_toml(workdir: str, outdir: str) -> str:
     return config
 
 
+def own_relay_config_toml(workdir: str, host: str, outdir: str, extra: str = "") -> str:
+    """relay_config_toml moved to host:5985 without the web01 listener, its audit log in outdir, `extra` appended
+    (e.g. more [[allow]] rules)."""
+    config = relay_config_toml(workdir)
+    config = config.replace('http = "%s:%d"' % (RELAY_HOST, RELAY_PORT), 'http = "%s:5985"' % host)
+    config = config.replace('listen = "%s:%d"\n' % (RELAY_HOST, RELAY_WEB01_PORT), "")
+    config = config.replace(os.path.join(workdir, "audit.jsonl"), os.path.join(outdir, "audit.jsonl"))
+    return config + "\n" + extra
+
+
+class OwnRelay:
+    """A relay process with a config of its own (own_relay_config_toml) on host:5985; audit and log in a
+    directory of its own under the work directory. Call stop() when done."""
+
+    def __init__(self, h: "Harness", host: str, extra: str = "") -> None:
+        self.host = host
+        self.dir = os.path.join(h.workdir, "relay-" + host)
+        os.makedirs(self.dir, exist_ok=True)
+        self.audit = os.path.join(self.dir, "audit.jsonl")
+        self.log = os.path.join(self.dir, "relay.log")
+        self.config = os.path.join(self.dir, "relay.toml")
+        with open(self.config, "w") as fh:
+            fh.write(own_relay_config_toml(h.workdir, host, self.dir, extra))
+        ensure_port_free(host, 5985)
+        self.out = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [h.relay_bin, "serve", "--config", self.config],
+            stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=scrubbed_env({"RUST_LOG": "debug"}), cwd=self.dir,
+        )
+        try:
+            wait_for_port(host, 5985, 60, self.proc)
+        except Exception as e:
+            self.stop()
+            raise RuntimeError("relay at %s failed to start: %s\n%s" % (host, e, tail(self.log)))
+
+    def url(self, target: str) -> str:
+        return "http://%s:5985/wsman/%s" % (self.host, target)
+
+    def events(self) -> typing.List[dict]:
+        return read_jsonl(self.audit)
+
+    def excerpt(self, n: int = 30) -> str:
+        return "\n--- %s (tail) ---\n%s" % (self.log, tail(self.log, n))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.out.close()
+
+
 class Harness:
     """Owns a work directory, the target doubles and the relay process."""
 
