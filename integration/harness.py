@@ -53,13 +53,16 @@ class DoubleSpec(typing.NamedTuple):
     host: str
     port: int
     auth: str  # --auth of the double: negotiate / basic / credssp (comma list allowed)
-    tls: typing.Optional[str]  # None (HTTP), "ca" (cert from the test CA), "self" (self-signed, no CA)
+    # None (HTTP), "ca" (cert from the test CA), "self" (self-signed, no CA), "self-ca" (self-signed with
+    # CA:TRUE, as `openssl req -x509` makes it)
+    tls: typing.Optional[str]
     cbt: str = "none"  # "strict" = CbtHardeningLevel=Strict
     sig_hash: str = "sha256"  # signature hash of the server certificate (the channel binding hashes with it)
     relay_auth: str = "negotiate"  # `auth` of the relay's [[target]]
     ca_file: bool = False  # relay names the test CA as ca_file
-    tls_verify: bool = True  # False: the relay target says tls_verify = false
     cert_of: typing.Optional[str] = None  # serve this other double's certificate and key
+    pin_of: typing.Optional[str] = None  # relay pins (tls_fingerprint) the certificate this double serves
+    ca_file_own_cert: bool = False  # relay names the double's own certificate as ca_file
 
     @property
     def url(self) -> str:
@@ -80,10 +83,15 @@ TRANSPORT_DOUBLES: typing.Dict[str, DoubleSpec] = {
                         relay_auth="https-ntlm", ca_file=True),
     # HTTPS + CredSSP (test-CA cert): after the CredSSP exchange the bodies are plain inside TLS, like Windows
     "web08": DoubleSpec("127.0.0.36", 5986, "credssp", "ca", relay_auth="credssp", ca_file=True),
-    # web06 again (same self-signed certificate) for a relay target with tls_verify = false. A second
-    # instance because the relay refuses two targets at one host:port; no ca_file (refused with tls_verify = false).
-    "web06-insecure": DoubleSpec("127.0.0.37", 5986, "negotiate", "self", relay_auth="https-ntlm",
-                                 tls_verify=False, cert_of="web06"),
+    # web06 again (same self-signed certificate) for a relay target that pins it with tls_fingerprint. A second
+    # instance because the relay refuses two targets at one host:port.
+    "web06-pinned": DoubleSpec("127.0.0.37", 5986, "negotiate", "self", relay_auth="https-ntlm",
+                               cert_of="web06", pin_of="web06"),
+    # Serves web03's certificate (from the test CA) but the relay pins web06's: refused, whatever its issuer.
+    "web09": DoubleSpec("127.0.0.38", 5986, "negotiate", "ca", relay_auth="https-ntlm", cert_of="web03",
+                        pin_of="web06"),
+    # Self-signed with CA:TRUE (`openssl req -x509`), listed as its own ca_file, as admins trust such a target.
+    "web10": DoubleSpec("127.0.0.39", 5986, "negotiate", "self-ca", relay_auth="https-ntlm", ca_file_own_cert=True),
 }
 
 
@@ -148,7 +156,7 @@ def ensure_port_free(host: str, port: int) -> None:
         return
     raise RuntimeError(
         "%s:%d is already in use (another integration run or a leftover process?); "
-        "the suite needs the fixed loopback addresses 127.0.0.20-37" % (host, port)
+        "the suite needs the fixed loopback addresses 127.0.0.20-40 (and 127.0.0.1:15985)" % (host, port)
     )
 
 
@@ -324,6 +332,63 @@ def make_server_cert(workdir: str, name: str, ip: str, ca: typing.Optional[typin
     return cert_path, key_path
 
 
+def make_openssl_style_cert(workdir: str, name: str, ip: str) -> typing.Tuple[str, str]:
+    """What `openssl req -x509 -newkey rsa:2048 -subj /CN=<name> -addext subjectAltName=DNS:<name>,IP:<ip>` writes:
+    self-signed, basicConstraints critical CA:TRUE, subject and authority key identifiers, the SAN, no key usage.
+    Writes <workdir>/<name>.crt/.key; returns their paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    cert_path = os.path.join(workdir, "%s.crt" % name)
+    key_path = os.path.join(workdir, "%s.key" % name)
+    if os.path.exists(cert_path) and os.path.exists(key_path):
+        return cert_path, key_path
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(ip))]),
+                       critical=False)
+        .sign(key, _hash("sha256"))
+    )
+    _write_key(key_path, key)
+    with open(cert_path, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def transport_server_cert(workdir: str, name: str) -> typing.Tuple[str, str]:
+    """(cert, key) a transport double serves; generated on first use (test-CA certificates from the CA in workdir)."""
+    spec = TRANSPORT_DOUBLES[name]
+    if spec.cert_of:
+        name, spec = spec.cert_of, TRANSPORT_DOUBLES[spec.cert_of]
+    if spec.tls == "self-ca":
+        return make_openssl_style_cert(workdir, name, spec.host)
+    ca = make_test_ca(workdir) if spec.tls == "ca" else None
+    return make_server_cert(workdir, name, spec.host, ca, spec.sig_hash)
+
+
+def cert_fingerprint(cert_path: str) -> str:
+    """SHA-256 fingerprint of a PEM certificate as the relay's tls_fingerprint takes it (sha256:AB:CD:...)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    with open(cert_path, "rb") as fh:
+        digest = x509.load_pem_x509_certificate(fh.read()).fingerprint(hashes.SHA256())
+    return "sha256:" + ":".join("%02X" % b for b in digest)
+
+
 def transports_enabled() -> bool:
     """RELAY_IT_TRANSPORTS=1: the shared relay (127.0.0.20) also gets the issue-4 config (HTTPS listener
     on :5986, web03..web08) and start_doubles starts web03..web08. Off by default while the relay is
@@ -338,8 +403,10 @@ def _transport_targets_toml(workdir: str) -> str:
         t = '[[target]]\nname = "%s"\nurl = "%s"\nauth = "%s"\n' % (name, spec.url, spec.relay_auth)
         if spec.ca_file:
             t += 'ca_file = "%s/%s"\n' % (workdir, CA_FILE_NAME)
-        if not spec.tls_verify:
-            t += "tls_verify = false\n"
+        if spec.ca_file_own_cert:
+            t += 'ca_file = "%s"\n' % transport_server_cert(workdir, name)[0]
+        if spec.pin_of:
+            t += 'tls_fingerprint = "%s"\n' % cert_fingerprint(transport_server_cert(workdir, spec.pin_of)[0])
         out.append(t)
     return "\n".join(out)
 
@@ -355,6 +422,62 @@ def transports_config_toml(workdir: str, outdir: str) -> str:
     config = config.replace('listen = "%s:%d"\n' % (RELAY_HOST, RELAY_WEB01_PORT), "")
     config = config.replace('path = "%s/audit.jsonl"' % workdir, 'path = "%s/audit.jsonl"' % outdir)
     return config
+
+
+def own_relay_config_toml(workdir: str, host: str, outdir: str, extra: str = "") -> str:
+    """relay_config_toml moved to host:5985 without the web01 listener, its audit log in outdir, `extra` appended
+    (e.g. more [[allow]] rules)."""
+    config = relay_config_toml(workdir)
+    config = config.replace('http = "%s:%d"' % (RELAY_HOST, RELAY_PORT), 'http = "%s:5985"' % host)
+    config = config.replace('listen = "%s:%d"\n' % (RELAY_HOST, RELAY_WEB01_PORT), "")
+    config = config.replace(os.path.join(workdir, "audit.jsonl"), os.path.join(outdir, "audit.jsonl"))
+    return config + "\n" + extra
+
+
+class OwnRelay:
+    """A relay process with a config of its own (own_relay_config_toml) on host:5985; audit and log in a
+    directory of its own under the work directory. Call stop() when done."""
+
+    def __init__(self, h: "Harness", host: str, extra: str = "") -> None:
+        self.host = host
+        self.dir = os.path.join(h.workdir, "relay-" + host)
+        os.makedirs(self.dir, exist_ok=True)
+        self.audit = os.path.join(self.dir, "audit.jsonl")
+        self.log = os.path.join(self.dir, "relay.log")
+        self.config = os.path.join(self.dir, "relay.toml")
+        with open(self.config, "w") as fh:
+            fh.write(own_relay_config_toml(h.workdir, host, self.dir, extra))
+        ensure_port_free(host, 5985)
+        self.out = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [h.relay_bin, "serve", "--config", self.config],
+            stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=scrubbed_env({"RUST_LOG": "debug"}), cwd=self.dir,
+        )
+        try:
+            wait_for_port(host, 5985, 60, self.proc)
+        except Exception as e:
+            self.stop()
+            raise RuntimeError("relay at %s failed to start: %s\n%s" % (host, e, tail(self.log)))
+
+    def url(self, target: str) -> str:
+        return "http://%s:5985/wsman/%s" % (self.host, target)
+
+    def events(self) -> typing.List[dict]:
+        return read_jsonl(self.audit)
+
+    def excerpt(self, n: int = 30) -> str:
+        return "\n--- %s (tail) ---\n%s" % (self.log, tail(self.log, n))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.out.close()
 
 
 class Harness:
@@ -428,11 +551,7 @@ class Harness:
 
     def server_cert(self, name: str) -> typing.Tuple[str, str]:
         """(cert, key) of a transport double; generated on first use."""
-        spec = TRANSPORT_DOUBLES[name]
-        if spec.cert_of:
-            name, spec = spec.cert_of, TRANSPORT_DOUBLES[spec.cert_of]
-        ca = make_test_ca(self.workdir) if spec.tls == "ca" else None
-        return make_server_cert(self.workdir, name, spec.host, ca, spec.sig_hash)
+        return transport_server_cert(self.workdir, name)
 
     def start_transport_double(self, name: str, wait: bool = True) -> subprocess.Popen:
         spec = TRANSPORT_DOUBLES[name]

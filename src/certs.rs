@@ -292,7 +292,7 @@ fn hostname() -> Option<String> {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())?;
     let name = name.trim().to_string();
-    crate::config::host::validate_hostname(&name).ok()?;
+    crate::resolve::host::validate_hostname(&name).ok()?;
     Some(name)
 }
 

@@ -190,7 +190,7 @@ fn check(path: &Path) -> ExitCode {
     println!(
         "ok: {} targets, {} allow rules",
         config.targets.len(),
-        config.allow.len()
+        config.policy.rule_count()
     );
     ExitCode::SUCCESS
 }

@@ -5,18 +5,24 @@
 //! A request reads top to bottom:
 //! `server` (accept, HTTP) -> `proto::credssp` (authenticate the caller) ->
 //! `proto::sealing` (unseal the body) -> `proto::wsman` (parse envelope) ->
-//! `policy` (decide) -> `proto::wsman` (rewrite) -> `target` (authenticate and
-//! seal towards the target) -> response back the same way -> `audit`.
+//! `resolve` (which target) -> `target` (look its address up, once) -> `policy`
+//! (decide on names and that address) -> `proto::wsman` (rewrite) -> `target`
+//! (connect to that address, authenticate and seal towards the target) -> response
+//! back the same way -> `audit`.
 //!
 //! - [`cli`]: clap definitions and subcommand dispatch.
-//! - [`config`]: TOML schema, validation with file:line messages, the users file.
+//! - [`config`]: TOML schema, validation with file:line messages, the users file; builds
+//!   the target settings and compiles the allow rules.
+//! - [`resolve`]: target settings (TLS trust included) and how a request's target name
+//!   resolves to one; used by `config`, `policy` and `target`, depends on none of them.
 //! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets).
-//! - [`policy`]: allow rules, user x target x shell -> decision with a reason.
+//! - [`policy`]: allow rules, user x target (names, addresses) x shell -> decision with a
+//!   reason.
 //! - [`vault`]: delegated credentials, zeroized on drop, never printed.
 //! - [`audit`]: audit event type and the JSON-lines sink.
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, per-connection session state, the relay pipeline.
-//! - [`target`]: authenticated, kept-alive connections to target hosts.
+//! - [`target`]: address lookup and authenticated, kept-alive connections to target hosts.
 //! - [`hardening`]: start-up process hardening (no core dumps, no ptrace by peers, memory locked).
 
 pub mod audit;
@@ -26,6 +32,7 @@ pub mod config;
 pub mod hardening;
 pub mod policy;
 pub mod proto;
+pub mod resolve;
 pub mod server;
 pub mod target;
 pub mod vault;

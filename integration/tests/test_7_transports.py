@@ -16,9 +16,11 @@ Doubles: web03 127.0.0.25:5986 HTTPS+Negotiate+strict CBT (test-CA cert, SHA-256
 web04 127.0.0.26:5986 HTTPS+Basic, web05 127.0.0.27:5985 HTTP+CredSSP, web06 127.0.0.28:5986
 HTTPS with a self-signed certificate (no ca_file), web07 127.0.0.29:5986 like web03 but with a
 SHA-384-signed certificate (the binding hash must follow the signature hash), web08 127.0.0.36:5986
-HTTPS+CredSSP (test-CA cert), web06-insecure 127.0.0.37:5986 a second web06 (same self-signed
-certificate) that the relay reaches with ``tls_verify = false`` (the relay refuses two targets at
-one host:port, so it cannot share web06's address).
+HTTPS+CredSSP (test-CA cert), web06-pinned 127.0.0.37:5986 a second web06 (same self-signed
+certificate) that the relay pins with ``tls_fingerprint`` (the relay refuses two targets at one
+host:port, so it cannot share web06's address), web09 127.0.0.38:5986 serving web03's test-CA
+certificate while the relay pins web06's, web10 127.0.0.39:5986 with a self-signed CA:TRUE
+certificate (as ``openssl req -x509`` makes it) that the relay lists as its ``ca_file``.
 """
 
 from __future__ import annotations
@@ -535,36 +537,74 @@ def test_relay_credssp_http_in_credssp_https_out(rt, tdoubles):
     assert not [r for r in recs if r["event"] in ("rejected", "auth_failed", "tls_handshake_failed")], recs
 
 
-def test_relay_tls_verify_false_target_works_and_is_recorded(rt, tdoubles):
-    """web06-insecure: web06's self-signed certificate, reached with tls_verify = false. Commands go through; every audited
-    request to it says tls_verified: false, the start-up log names it loudly, and requests to a verified
-    HTTPS target (web03) say tls_verified: true."""
-    n6 = len(double_records(tdoubles, "web06-insecure"))
+def test_relay_pinned_target_works_and_is_recorded(rt, tdoubles):
+    """web06-pinned: web06's self-signed certificate, which no CA vouches for, pinned by its SHA-256 fingerprint.
+    Commands go through (NTLM with channel binding to that certificate); audited requests to it, like those to a
+    CA-verified target (web03), say tls_verified: true."""
+    n6 = len(double_records(tdoubles, "web06-pinned"))
     n3 = len(double_records(tdoubles, "web03"))
     before = len(rt.events())
     try:
-        out = run(relay_proto("web06-insecure"), "echo", ["insecure-but-allowed"])
+        out = run(relay_proto("web06-pinned"), "echo", ["pinned"])
         out3 = run(relay_proto("web03"), "echo", ["verified"])
     except Exception as e:  # noqa: BLE001
-        pytest.fail("CredSSP/HTTP -> web06-insecure / web03 failed: %s%s%s" % (
-            err_text(e), double_says(tdoubles, "web06-insecure", n6), rt.excerpt()))
-    assert out == (b"insecure-but-allowed\n", b"", 0)
+        pytest.fail("CredSSP/HTTP -> web06-pinned / web03 failed: %s%s%s" % (
+            err_text(e), double_says(tdoubles, "web06-pinned", n6), rt.excerpt()))
+    assert out == (b"pinned\n", b"", 0)
     assert out3 == (b"verified\n", b"", 0)
-    reqs = _requests_for(tdoubles, "web06-insecure", n6)
+    reqs = _requests_for(tdoubles, "web06-pinned", n6)
     assert reqs and all(r["user"] == ALICE and r["tls"] is True and r["auth"] == "negotiate" for r in reqs), reqs[:3]
     assert _requests_for(tdoubles, "web03", n3)
 
     events = rt.events()[before:]
-    insecure = [e for e in events if e.get("event") == "request" and e.get("target") == "web06-insecure"]
-    assert insecure and all(e.get("tls_verified") is False for e in insecure), insecure[:3]
-    verified = [e for e in events if e.get("event") == "request" and e.get("target") == "web03"]
-    assert verified and all(e.get("tls_verified") is True for e in verified), verified[:3]
+    for name in ("web06-pinned", "web03"):
+        audited = [e for e in events if e.get("event") == "request" and e.get("target") == name]
+        assert audited and all(e.get("tls_verified") is True for e in audited), audited[:3]
 
-    with open(rt.log, "rb") as fh:
-        log = fh.read().decode("utf-8", "replace")
-    loud = [line for line in log.splitlines() if "TLS CERTIFICATE VERIFICATION IS OFF" in line]
-    assert loud and any("web06-insecure" in line for line in loud), \
-        "no start-up warning naming web06-insecure: %r%s" % (loud, rt.excerpt(40))
+
+def test_relay_wrong_pin_refused_with_fingerprint_fault(rt, tdoubles):
+    """web09 presents a certificate from the test CA, but the relay pinned another one: the handshake is
+    refused (a pin admits exactly one certificate, whatever its issuer), the fault names the target and the
+    fingerprint, and nothing reaches the double."""
+    n = len(double_records(tdoubles, "web09"))
+    with pytest.raises((WinRMTransportError, WSManFaultError, WinRMError)) as ei:
+        run(relay_proto("web09"), "echo", ["must-not-run"])
+    text = err_text(ei.value)
+    assert "web09" in text and "fingerprint" in text, "the fault does not name web09 and the fingerprint: %s%s" % (
+        text[:800], rt.excerpt())
+    assert harness.cert_fingerprint(tdoubles.server_cert("web06")[0]) in text, text[:800]
+    assert not _requests_for(tdoubles, "web09", n)
+    failed = wait_for(lambda: [r for r in new_records(tdoubles, "web09", n) if r["event"] == "tls_handshake_failed"], 3)
+    assert failed, "web09 saw no refused handshake"
+
+
+def test_direct_openssl_style_self_signed_cert_is_trusted_by_pywinrm(tdoubles):
+    """What the relay has to match: pywinrm (requests/OpenSSL) trusts web10's CA:TRUE self-signed certificate
+    once it is the CA bundle, and still checks the host name."""
+    cert = tdoubles.server_cert("web10")[0]
+    assert run(direct_proto("web10", "ntlm", ca_trust_path=cert), "echo", ["openssl-style"])[0] == b"openssl-style\n"
+    import socket
+
+    ctx = ssl.create_default_context(cafile=cert)
+    spec = TRANSPORT_DOUBLES["web10"]
+    with socket.create_connection((spec.host, spec.port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError) as ei:
+            ctx.wrap_socket(raw, server_hostname="web11")
+    assert "hostname mismatch" in str(ei.value).lower(), ei.value
+
+
+def test_relay_openssl_style_self_signed_cert_in_ca_file(rt, tdoubles):
+    """web10's certificate says CA:TRUE; listed as its own ca_file it is accepted as the server certificate
+    (chain validation alone refuses a CA used as end entity), with channel binding to it."""
+    n = len(double_records(tdoubles, "web10"))
+    try:
+        out = run(relay_proto("web10"), "echo", ["self-signed-ca"])
+    except Exception as e:  # noqa: BLE001
+        pytest.fail("CredSSP/HTTP -> web10 failed: %s%s%s" % (err_text(e), double_says(tdoubles, "web10", n),
+                                                              rt.excerpt()))
+    assert out == (b"self-signed-ca\n", b"", 0)
+    reqs = _requests_for(tdoubles, "web10", n)
+    assert reqs and all(r["user"] == ALICE and r["tls"] is True for r in reqs), reqs[:3]
 
 
 def test_relay_basic_over_http_refused_with_reason(rt, tdoubles):

@@ -71,8 +71,9 @@ pub struct AuditEvent {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// For HTTPS targets: whether the target's certificate was verified
-    /// (`false` only with an explicit `tls_verify = false`).
+    /// For HTTPS targets: whether the target's certificate was verified, by
+    /// a chain to a trusted CA or by its pinned fingerprint (the relay refuses
+    /// to skip the check, so never `false` today).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_verified: Option<bool>,
 }

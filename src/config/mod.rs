@@ -1,13 +1,15 @@
-//! Relay configuration: the TOML schema, its validation and target resolution.
+//! Relay configuration: the TOML schema and its validation.
 //!
 //! The file is parsed into spanned raw values first and validated by hand, so that
 //! `winrm-relay check` can report every problem at once as `file:line: key: message`.
+//! Validation builds everything a running relay needs from the file: the target settings
+//! with each https target's TLS configuration ([`crate::resolve`]) and the compiled allow
+//! rules ([`crate::policy`]). Reloading is loading again and swapping the whole `Config`.
 //! Relative paths in the file (certificates, users file, audit log) are relative to the
 //! relay's current working directory, not to the config file.
 //!
 //! See `config/relay.example.toml` for every key with its default.
 
-pub(crate) mod host;
 mod raw;
 pub mod users;
 
@@ -17,8 +19,12 @@ use std::time::Duration;
 
 use toml::{Spanned, Value};
 
-use crate::policy;
-use host::{parse_host_port, parse_target_url, percent_decode, url_host, TargetUrl};
+use crate::policy::{self, Policy};
+use crate::resolve::host::{self, parse_target_url, TargetUrl};
+use crate::resolve::{
+    self, CaFile, Fingerprint, ResolveError, ResolvedTarget, TargetAuth, TargetConfig, TargetDefaults, TargetTls,
+    TlsTrust,
+};
 use raw::Locator;
 
 pub use users::{nt_hash, UserEntry, UsersError, UsersFile};
@@ -32,8 +38,6 @@ pub const DEFAULT_TARGET_PORT: u16 = 5985;
 /// Default WinRM HTTPS port for `https://` targets without an explicit one
 /// (`[defaults] https_port`).
 pub const DEFAULT_TARGET_HTTPS_PORT: u16 = 5986;
-/// Default path on targets named directly by host.
-pub const DEFAULT_TARGET_PATH: &str = "/wsman";
 /// Default shells of an `[[allow]]` rule without `shells`.
 pub const DEFAULT_SHELLS: [&str; 2] = ["cmd", "powershell"];
 
@@ -53,8 +57,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[[target]]` entries, in file order.
     pub targets: Vec<TargetConfig>,
-    /// `[[allow]]` rules, in file order (the index is the rule number in decisions).
-    pub allow: Vec<AllowRule>,
+    /// The `[[allow]]` rules, compiled, in file order (the index is the rule number in
+    /// decisions).
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -139,175 +144,6 @@ pub struct LimitsConfig {
     pub max_unauthenticated_per_source: usize,
 }
 
-#[derive(Debug, Clone)]
-pub struct TargetDefaults {
-    /// Also decides the scheme of unlisted hosts: https when it [requires
-    /// it](TargetAuth::requires_https), http otherwise.
-    pub auth: TargetAuth,
-    /// Port for `http://` targets and urls that name none.
-    pub port: u16,
-    /// Port for `https://` targets and urls that name none.
-    pub https_port: u16,
-    /// CA certificates (PEM) trusted in addition to the system roots, for https targets
-    /// without their own `ca_file`. Checked at load time.
-    pub ca_file: Option<PathBuf>,
-    pub connect_timeout: Duration,
-    /// Per request; must exceed the WS-Man OperationTimeout clients send.
-    pub timeout: Duration,
-}
-
-impl TargetDefaults {
-    /// The port of a url without one: `port` for http, `https_port` for https.
-    pub fn port_for(&self, https: bool) -> u16 {
-        if https {
-            self.https_port
-        } else {
-            self.port
-        }
-    }
-}
-
-/// How the relay authenticates to a target, which also fixes the url schemes it accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TargetAuth {
-    /// `"negotiate"`: SPNEGO (NTLM inside) over HTTP, bodies sealed by SPNEGO.
-    #[default]
-    Negotiate,
-    /// `"ntlm"`: NTLM over HTTP, bodies sealed by NTLM.
-    Ntlm,
-    /// `"https-negotiate"`: SPNEGO inside TLS, no message encryption, channel binding.
-    HttpsNegotiate,
-    /// `"https-ntlm"`: NTLM inside TLS, no message encryption, channel binding.
-    HttpsNtlm,
-    /// `"basic"`: the caller's user name and password in the header; HTTPS only.
-    Basic,
-    /// `"credssp"`: the relay is a CredSSP client delegating the caller's credentials
-    /// onward; HTTP (CredSSP session encryption) or HTTPS.
-    CredSsp,
-}
-
-impl TargetAuth {
-    /// Every value, in the order the config reference lists them.
-    pub const ALL: [TargetAuth; 6] = [
-        TargetAuth::Negotiate,
-        TargetAuth::Ntlm,
-        TargetAuth::HttpsNegotiate,
-        TargetAuth::HttpsNtlm,
-        TargetAuth::Basic,
-        TargetAuth::CredSsp,
-    ];
-
-    /// The value as written in the config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetAuth::Negotiate => "negotiate",
-            TargetAuth::Ntlm => "ntlm",
-            TargetAuth::HttpsNegotiate => "https-negotiate",
-            TargetAuth::HttpsNtlm => "https-ntlm",
-            TargetAuth::Basic => "basic",
-            TargetAuth::CredSsp => "credssp",
-        }
-    }
-
-    /// Needs an `https://` url: it has no message encryption of its own.
-    pub fn requires_https(self) -> bool {
-        matches!(
-            self,
-            TargetAuth::HttpsNegotiate | TargetAuth::HttpsNtlm | TargetAuth::Basic
-        )
-    }
-
-    /// Accepts an `https://` url. `negotiate` and `ntlm` do not: they seal messages
-    /// themselves, which Windows does not expect inside TLS.
-    pub fn allows_https(self) -> bool {
-        self.requires_https() || self == TargetAuth::CredSsp
-    }
-
-    fn parse(s: &str) -> Option<TargetAuth> {
-        TargetAuth::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
-    /// Why a url of this scheme does not suit this auth, if it does not; `from` says
-    /// where the auth came from when the target did not set it.
-    fn scheme_problem(self, https: bool, from: &str) -> Option<String> {
-        if !https && self.requires_https() {
-            Some(format!(
-                "auth {:?}{from} requires an https:// url (it has no message encryption of its own)",
-                self.as_str()
-            ))
-        } else if https && !self.allows_https() {
-            let instead = match self {
-                TargetAuth::Ntlm => TargetAuth::HttpsNtlm,
-                _ => TargetAuth::HttpsNegotiate,
-            };
-            Some(format!(
-                "auth {:?}{from} requires an http:// url (it encrypts messages itself); over https use auth = {:?}",
-                self.as_str(),
-                instead.as_str()
-            ))
-        } else {
-            None
-        }
-    }
-}
-
-impl std::fmt::Display for TargetAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct TargetConfig {
-    /// Alias used in `/wsman/<name>`.
-    pub name: String,
-    /// `http[s]://host:port/path`, normalized to carry the port.
-    pub url: String,
-    pub auth: TargetAuth,
-    /// Extra listener that always relays to this target (for clients that cannot set a path).
-    pub listen: Option<SocketAddr>,
-    /// CA certificates (PEM) trusted for this target in addition to the system roots: its
-    /// own `ca_file`, else `[defaults] ca_file`. Always `None` for http urls.
-    pub ca_file: Option<PathBuf>,
-    /// False only by an explicit `tls_verify = false` on this https target. Always true
-    /// for http urls.
-    pub tls_verify: bool,
-    pub connect_timeout: Duration,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowRule {
-    pub users: Vec<String>,
-    pub targets: Vec<String>,
-    pub shells: Vec<String>,
-}
-
-/// A target a request will be relayed to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedTarget {
-    /// The alias, or `host[:port]` as the client gave it.
-    pub name: String,
-    /// The configured target this resolved to, if any.
-    pub alias: Option<String>,
-    pub host: String,
-    pub port: u16,
-    /// Set when the host is an IP literal.
-    pub ip: Option<IpAddr>,
-    /// `http[s]://host:port/path`, IPv6 in brackets.
-    pub url: String,
-    /// The url's scheme is https.
-    pub https: bool,
-    pub auth: TargetAuth,
-    /// Extra trusted CA certificates (PEM) for an https target; `None` for http.
-    pub ca_file: Option<PathBuf>,
-    /// Whether the target's TLS certificate is verified; always true for http and for
-    /// unlisted hosts.
-    pub tls_verify: bool,
-    pub connect_timeout: Duration,
-    pub timeout: Duration,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read config: {source}", path.display())]
@@ -319,12 +155,6 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error("invalid target {given:?}: {reason}")]
-    Invalid { given: String, reason: String },
 }
 
 impl Config {
@@ -360,142 +190,42 @@ impl Config {
             loc: &loc,
             errors: raw::unknown_keys(&loc, src),
         };
-        let config = v.config(path, raw);
-        if v.errors.is_empty() {
-            Ok(config)
-        } else {
-            let mut errors = v.errors;
-            // Report in file order, whichever check found them.
-            errors.sort_by_key(|e| match e {
-                ConfigError::Invalid { line, .. } => *line,
-                ConfigError::Read { .. } => 0,
-            });
-            Err(errors)
+        // `None` only with a problem reported.
+        match v.config(path, raw) {
+            Some(config) if v.errors.is_empty() => Ok(config),
+            _ => {
+                let mut errors = v.errors;
+                // Report in file order, whichever check found them.
+                errors.sort_by_key(|e| match e {
+                    ConfigError::Invalid { line, .. } => *line,
+                    ConfigError::Read { .. } => 0,
+                });
+                Err(errors)
+            }
         }
     }
 
-    /// Configured targets whose TLS certificate is not verified (`tls_verify = false`),
-    /// to be logged loudly at start-up. Unlisted hosts are always verified.
-    pub fn insecure_targets(&self) -> Vec<&TargetConfig> {
-        self.targets.iter().filter(|t| !t.tls_verify).collect()
-    }
-
-    /// Resolves the path segment after `/wsman/` into a target.
-    ///
-    /// Accepts an alias (case-insensitive), a host name, an IPv4 address or a bracketed
-    /// IPv6 address, each with an optional `:port`; `%XX` escapes are decoded first. A host
-    /// and port that match a configured target's url resolve to that target, so rules on
-    /// its alias apply however the client names it; a host without a port also matches a
-    /// configured target on that host's default port for its scheme (5985/5986). Other
-    /// hosts get `[defaults]`: https when `[defaults] auth` requires it, http otherwise.
+    /// Resolves the path segment after `/wsman/` into a target; see
+    /// [`resolve::resolve_target`].
     pub fn resolve_target(&self, name: &str) -> Result<ResolvedTarget, ResolveError> {
-        let invalid = |reason: String| ResolveError::Invalid {
-            given: name.to_string(),
-            reason,
-        };
-        let decoded = percent_decode(name).map_err(invalid)?;
-        if decoded.is_empty() {
-            return Err(invalid("empty target name".into()));
-        }
-        if let Some(t) = self.targets.iter().find(|t| t.name.eq_ignore_ascii_case(&decoded)) {
-            return self.resolve_configured(t, t.name.clone()).map_err(invalid);
-        }
-        let hp = parse_host_port(&decoded).map_err(invalid)?;
-        // Aliases shadow host names: "web01:5986" must not quietly mean a DNS lookup of
-        // "web01" when web01 is configured to live elsewhere.
-        if let Some(t) = self.targets.iter().find(|t| t.name.eq_ignore_ascii_case(&hp.host)) {
-            return Err(invalid(format!(
-                "{} is a configured target; name it without a port",
-                t.name
-            )));
-        }
-        let https = self.defaults.auth.requires_https();
-        let port = hp.port.unwrap_or(self.defaults.port_for(https));
-        let mut urls = Vec::with_capacity(self.targets.len());
-        for t in &self.targets {
-            urls.push((t, parse_target_url(&t.url).map_err(&invalid)?));
-        }
-        let same_host = |u: &TargetUrl| u.host.same_host(&hp);
-        // The port as given (or implied by [defaults]) first; then, for a bare host, a
-        // target on its own scheme's default port ("web01" finds https://web01:5986).
-        let found = urls
-            .iter()
-            .find(|(_, u)| same_host(u) && u.port_or(self.defaults.port_for(u.https)) == port)
-            .or_else(|| {
-                if hp.port.is_some() {
-                    return None;
-                }
-                urls.iter().find(|(_, u)| {
-                    let default = self.defaults.port_for(u.https);
-                    same_host(u) && u.port_or(default) == default
-                })
-            });
-        if let Some((t, _)) = found {
-            return self.resolve_configured(t, decoded).map_err(invalid);
-        }
-        let scheme = if https { "https" } else { "http" };
-        Ok(ResolvedTarget {
-            name: decoded,
-            alias: None,
-            url: format!("{scheme}://{}:{port}{DEFAULT_TARGET_PATH}", url_host(&hp.host, hp.ip)),
-            https,
-            host: hp.host,
-            port,
-            ip: hp.ip,
-            auth: self.defaults.auth,
-            ca_file: if https { self.defaults.ca_file.clone() } else { None },
-            tls_verify: true,
-            connect_timeout: self.defaults.connect_timeout,
-            timeout: self.defaults.timeout,
-        })
-    }
-
-    fn resolve_configured(&self, t: &TargetConfig, name: String) -> Result<ResolvedTarget, String> {
-        let url = parse_target_url(&t.url)?;
-        let default_port = self.defaults.port_for(url.https);
-        Ok(ResolvedTarget {
-            name,
-            alias: Some(t.name.clone()),
-            port: url.port_or(default_port),
-            url: url.normalized(default_port),
-            https: url.https,
-            host: url.host.host,
-            ip: url.host.ip,
-            auth: t.auth,
-            ca_file: t.ca_file.clone(),
-            tls_verify: t.tls_verify,
-            connect_timeout: t.connect_timeout,
-            timeout: t.timeout,
-        })
+        resolve::resolve_target(&self.targets, &self.defaults, name)
     }
 }
 
-/// Reads PEM CA certificates the way target TLS connections trust them: at least one
-/// `CERTIFICATE` block, each usable as a rustls trust anchor. Other PEM blocks (keys)
-/// are ignored. Errors are plain messages; config validation adds file, line and key.
-pub fn load_ca_file(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificates (-----BEGIN CERTIFICATE-----) found",
-            path.display()
-        ));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for (i, cert) in certs.iter().enumerate() {
-        roots.add(cert.clone()).map_err(|e| {
-            format!(
-                "{}: certificate {} of {} is not a usable CA certificate: {e}",
-                path.display(),
-                i + 1,
-                certs.len()
-            )
-        })?;
-    }
-    Ok(certs)
+/// The TLS keys of one `[[target]]`, as written.
+struct TlsKeys {
+    ca_file: raw::V,
+    tls_fingerprint: raw::V,
+    tls_verify: raw::V,
+}
+
+/// Which `[[target]]` a check is about, for its messages.
+struct TargetRef<'a> {
+    index: usize,
+    name: &'a str,
+    auth: TargetAuth,
+    /// Offset of its `[[target]]` header.
+    at: usize,
 }
 
 /// Collects every validation problem while building the typed config.
@@ -551,17 +281,30 @@ impl Validator<'_> {
 
     /// An optional `ca_file`, read and checked now so a bad file fails `check`, not the
     /// first session to that target.
-    fn ca_file(&mut self, v: Option<Spanned<String>>, key: &str) -> Option<PathBuf> {
+    fn ca_file(&mut self, v: Option<Spanned<String>>, key: &str) -> Option<CaFile> {
         let v = v?;
         if v.get_ref().is_empty() {
             self.error(v.span(), key, "must not be empty");
             return None;
         }
-        let path = PathBuf::from(v.get_ref());
-        if let Err(m) = load_ca_file(&path) {
-            self.error(v.span(), key, m);
+        match CaFile::load(Path::new(v.get_ref())) {
+            Ok(ca) => Some(ca),
+            Err(m) => {
+                self.error(v.span(), key, m);
+                None
+            }
         }
-        Some(path)
+    }
+
+    /// The TLS configuration for `trust`, built once here; `at` and `key` place a failure.
+    fn tls(&mut self, trust: TlsTrust, at: usize, key: &str) -> Option<TargetTls> {
+        match TargetTls::new(trust) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                self.error(at..at, key, e.to_string());
+                None
+            }
+        }
     }
 
     /// A required key; `table_at` is where its table starts, `None` when the whole table
@@ -666,24 +409,28 @@ impl Validator<'_> {
         }
     }
 
-    /// `ca_file` and `tls_verify` of `target[i]`; `https` is its url's scheme when the url
-    /// parsed. An https target without `ca_file` inherits `[defaults] ca_file`.
+    /// The TLS keys of `target[i]` (`ca_file`, `tls_fingerprint`, `tls_verify`) and the
+    /// TLS configuration built from them, for an https url (`https` is the url's scheme when
+    /// it parsed). Without `ca_file` or `tls_fingerprint` the target trusts what
+    /// `[defaults] ca_file` adds to the system roots.
     fn target_tls(
         &mut self,
-        ca_file: raw::V,
-        tls_verify: raw::V,
+        keys: TlsKeys,
+        target: &TargetRef<'_>,
         https: Option<bool>,
-        defaults: &TargetDefaults,
-        i: usize,
-    ) -> (Option<PathBuf>, bool) {
+        defaults_ca: Option<&CaFile>,
+    ) -> Option<TargetTls> {
+        let i = target.index;
         let key = |k: &str| format!("target[{i}].{k}");
-        let ca = self.string(ca_file, &key("ca_file"));
-        let verify = self.boolean(tls_verify, &key("tls_verify"));
+        let ca = self.string(keys.ca_file, &key("ca_file"));
+        let pin = self.string(keys.tls_fingerprint, &key("tls_fingerprint"));
+        let verify = self.boolean(keys.tls_verify, &key("tls_verify"));
         if https == Some(false) {
             // No certificate to check on plain http (CredSSP's inner TLS key is
             // authenticated by its pubKeyAuth exchange, not by a CA).
             let given = [
                 ca.as_ref().map(|v| (v.span(), "ca_file")),
+                pin.as_ref().map(|v| (v.span(), "tls_fingerprint")),
                 verify.as_ref().map(|v| (v.span(), "tls_verify")),
             ];
             for (span, k) in given.into_iter().flatten() {
@@ -693,21 +440,50 @@ impl Validator<'_> {
                     "only applies to https:// urls; this target's url is http://",
                 );
             }
-            return (None, true);
+            return None;
         }
-        if let (Some(c), Some(v)) = (&ca, &verify) {
-            if !v.get_ref() {
-                self.error(c.span(), key("ca_file"), "has no effect with tls_verify = false");
+        // Every auth an https target can use sends the caller's password or its whole
+        // session inside this TLS: without a checked certificate they go to whoever answers.
+        if let Some(v) = verify.as_ref().filter(|v| !v.get_ref()) {
+            self.error(
+                v.span(),
+                key("tls_verify"),
+                format!(
+                    "tls_verify = false is refused: target {:?} (auth {:?}) would send the caller's credentials \
+                     to whoever answers; pin its certificate instead with tls_fingerprint = \"sha256:...\" \
+                     (openssl x509 -in cert.pem -noout -fingerprint -sha256)",
+                    target.name,
+                    target.auth.as_str()
+                ),
+            );
+        }
+        let trust = match (pin, ca) {
+            (Some(pin), Some(_)) => {
+                self.error(
+                    pin.span(),
+                    key("tls_fingerprint"),
+                    "cannot be combined with ca_file: a pinned certificate is accepted whatever its chain",
+                );
+                None
             }
-        }
-        let ca_file = match ca {
-            Some(c) => self.ca_file(Some(c), &key("ca_file")),
-            None => defaults.ca_file.clone(),
-        };
-        (ca_file, verify.is_none_or(|v| *v.get_ref()))
+            (Some(pin), None) => match Fingerprint::parse(pin.get_ref()) {
+                Ok(fingerprint) => Some(TlsTrust::Pinned(fingerprint)),
+                Err(m) => {
+                    self.error(pin.span(), key("tls_fingerprint"), m);
+                    None
+                }
+            },
+            (None, Some(ca)) => self
+                .ca_file(Some(ca), &key("ca_file"))
+                .map(|ca| TlsTrust::Roots(Some(ca))),
+            (None, None) => Some(TlsTrust::Roots(defaults_ca.cloned())),
+        }?;
+        // An unparsable url was reported already; there is no TLS to build for it.
+        https?;
+        self.tls(trust, target.at, &key("url"))
     }
 
-    fn config(&mut self, path: &Path, raw: raw::RawConfig) -> Config {
+    fn config(&mut self, path: &Path, raw: raw::RawConfig) -> Option<Config> {
         let at = self.table_at(raw.listen.is_some(), "listen");
         let l = raw.listen.unwrap_or_default();
         // Declared listeners, valid or not: a bad address is not also "no listener".
@@ -844,6 +620,11 @@ impl Validator<'_> {
                 .unsigned_abs() as usize,
         };
         let d = raw.defaults;
+        let defaults_ca = {
+            let v = self.string(d.ca_file, "defaults.ca_file");
+            self.ca_file(v, "defaults.ca_file")
+        };
+        let defaults_at = self.loc.header_offset("defaults", None);
         let defaults = TargetDefaults {
             auth: self.auth(d.auth, "defaults.auth", TargetAuth::default()),
             port: self
@@ -857,10 +638,8 @@ impl Validator<'_> {
                     DEFAULT_TARGET_HTTPS_PORT.into(),
                 )
                 .unsigned_abs() as u16,
-            ca_file: {
-                let v = self.string(d.ca_file, "defaults.ca_file");
-                self.ca_file(v, "defaults.ca_file")
-            },
+            // Cannot fail short of a broken TLS library; then there is nothing to go on with.
+            tls: self.tls(TlsTrust::Roots(defaults_ca.clone()), defaults_at, "defaults")?,
             connect_timeout: self.secs(
                 d.connect_timeout_secs,
                 "defaults.connect_timeout_secs",
@@ -869,15 +648,16 @@ impl Validator<'_> {
             timeout: self.secs(d.timeout_secs, "defaults.timeout_secs", Duration::from_secs(120)),
         };
 
-        // Skipping certificate checks must be a per-target decision (issue 4), never a
-        // blanket one that also covers every host a client can name.
+        // Certificates are always checked; a target whose certificate no CA vouches for is
+        // pinned on its own [[target]].
         if let Some(v) = self.boolean(d.tls_verify, "defaults.tls_verify") {
             if !v.get_ref() {
                 self.error(
                     v.span(),
                     "defaults.tls_verify",
-                    "tls_verify = false is only accepted on a [[target]] (an explicit per-target opt-in); \
-                     unlisted hosts are always verified",
+                    "tls_verify = false is refused: https targets always have their certificate checked; \
+                     for one whose certificate no CA vouches for, set tls_fingerprint = \"sha256:...\" on its \
+                     [[target]]",
                 );
             }
         }
@@ -886,7 +666,8 @@ impl Validator<'_> {
         let mut seen_urls: Vec<(TargetUrl, String)> = Vec::new();
         for (i, t) in raw.target.into_iter().enumerate() {
             let key = |k: &str| format!("target[{i}].{k}");
-            let at = Some(self.loc.header_offset("target", Some(i)));
+            let header = self.loc.header_offset("target", Some(i));
+            let at = Some(header);
             let name = self.required(t.name, &key("name"), at);
             if let Some(name) = &name {
                 if let Err(m) = validate_target_name(name.get_ref()) {
@@ -947,7 +728,18 @@ impl Validator<'_> {
                 }
                 None => String::new(),
             };
-            let (ca_file, tls_verify) = self.target_tls(t.ca_file, t.tls_verify, https, &defaults, i);
+            let tls_keys = TlsKeys {
+                ca_file: t.ca_file,
+                tls_fingerprint: t.tls_fingerprint,
+                tls_verify: t.tls_verify,
+            };
+            let target = TargetRef {
+                index: i,
+                name: &name,
+                auth,
+                at: header,
+            };
+            let tls = self.target_tls(tls_keys, &target, https, defaults_ca.as_ref());
             declared_listeners += usize::from(t.listen.is_some());
             let listen = self.string(t.listen, &key("listen")).and_then(|a| {
                 let addr = self.socket_addr(&a, &key("listen"))?;
@@ -960,8 +752,7 @@ impl Validator<'_> {
                 url,
                 auth,
                 listen,
-                ca_file,
-                tls_verify,
+                tls,
                 connect_timeout: self.secs(
                     t.connect_timeout_secs,
                     &key("connect_timeout_secs"),
@@ -979,14 +770,14 @@ impl Validator<'_> {
             );
         }
 
-        let allow = raw
+        let rules = raw
             .allow
             .into_iter()
             .enumerate()
             .map(|(i, r)| self.allow_rule(i, r))
             .collect();
 
-        Config {
+        Some(Config {
             path: path.to_path_buf(),
             listen,
             auth,
@@ -995,8 +786,8 @@ impl Validator<'_> {
             defaults,
             limits,
             targets,
-            allow,
-        }
+            policy: Policy::new(rules),
+        })
     }
 
     /// An optional list of CIDRs (`10.0.0.0/8`) or single addresses.
@@ -1037,8 +828,8 @@ impl Validator<'_> {
         }
     }
 
-    /// Checks a list of strings entry by entry with `parse`.
-    fn list(&mut self, v: raw::List, key: &str, table_at: usize, parse: fn(&str) -> Result<(), String>) -> Vec<String> {
+    /// Parses a list of strings entry by entry with `parse`.
+    fn list<T>(&mut self, v: raw::List, key: &str, table_at: usize, parse: fn(&str) -> Result<T, String>) -> Vec<T> {
         let Some(v) = v else {
             self.error(table_at..table_at, key, "required key is missing");
             return Vec::new();
@@ -1052,24 +843,27 @@ impl Validator<'_> {
                 self.wrong_type(&entry, key, "a string");
                 continue;
             };
-            if let Err(m) = parse(s) {
-                self.error(entry.span(), key, m);
+            match parse(s) {
+                Ok(parsed) => out.push(parsed),
+                Err(m) => self.error(entry.span(), key, m),
             }
-            out.push(s.clone());
         }
         out
     }
 
-    fn allow_rule(&mut self, i: usize, r: raw::RawAllow) -> AllowRule {
+    fn allow_rule(&mut self, i: usize, r: raw::RawAllow) -> policy::Rule {
         let at = self.loc.header_offset("allow", Some(i));
         let key = |k: &str| format!("allow[{i}].{k}");
-        let users = self.list(r.users, &key("users"), at, |s| policy::parse_user(s).map(drop));
-        let targets = self.list(r.targets, &key("targets"), at, |s| policy::parse_target(s).map(drop));
+        let users = self.list(r.users, &key("users"), at, policy::parse_user);
+        let targets = self.list(r.targets, &key("targets"), at, policy::parse_target);
         let shells = match r.shells {
-            Some(_) => self.list(r.shells, &key("shells"), at, |s| policy::parse_shell(s).map(drop)),
-            None => DEFAULT_SHELLS.iter().map(|s| s.to_string()).collect(),
+            Some(_) => self.list(r.shells, &key("shells"), at, policy::parse_shell),
+            None => DEFAULT_SHELLS
+                .iter()
+                .filter_map(|s| policy::parse_shell(s).ok())
+                .collect(),
         };
-        AllowRule { users, targets, shells }
+        policy::Rule::new(users, targets, shells)
     }
 }
 
@@ -1094,6 +888,7 @@ pub(crate) fn test_dir(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const MINIMAL: &str = r#"
 [listen]
@@ -1117,6 +912,17 @@ path = "audit.jsonl"
         parse(extra).expect_err("config accepted")
     }
 
+    /// Any SHA-256 fingerprint, for configs that pin one.
+    const PIN_HEX: &str = "5A0F3C2B9E8D7A6B5C4D3E2F1A0B9C8D7E6F5A4B3C2D1E0F9A8B7C6D5E4F3A2B";
+
+    /// The `ca_file` a target trusts (besides the system roots), if any.
+    fn ca_of(tls: Option<&TargetTls>) -> Option<&Path> {
+        match tls?.trust() {
+            TlsTrust::Roots(Some(ca)) => Some(ca.path()),
+            _ => None,
+        }
+    }
+
     #[test]
     fn example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.example.toml");
@@ -1124,14 +930,13 @@ path = "audit.jsonl"
         assert_eq!(c.listen.http, Some("127.0.0.1:5985".parse().unwrap()));
         assert_eq!((c.listen.https, c.listen.basic_over_https), (None, true));
         assert_eq!(
-            (c.defaults.port, c.defaults.https_port, c.defaults.ca_file.as_ref()),
+            (c.defaults.port, c.defaults.https_port, ca_of(Some(&c.defaults.tls))),
             (5985, 5986, None)
         );
         assert_eq!(c.targets.len(), 1);
-        assert_eq!((c.targets[0].ca_file.as_ref(), c.targets[0].tls_verify), (None, true));
+        assert!(c.targets[0].tls.is_none());
         assert_eq!(c.targets[0].listen, Some("127.0.0.1:15001".parse().unwrap()));
-        assert_eq!(c.allow.len(), 1);
-        crate::policy::Policy::new(&c.allow).expect("example rules compile");
+        assert_eq!(c.policy.rule_count(), 1);
     }
 
     #[test]
@@ -1237,7 +1042,12 @@ targets = ["web*"]
         assert_eq!(t.url, "http://[fd00::2]:5986/wsman");
         assert_eq!(t.auth, TargetAuth::Negotiate);
         assert_eq!(t.connect_timeout, Duration::from_secs(3));
-        assert_eq!(c.allow[0].shells, ["cmd", "powershell"]);
+        // A rule without shells grants cmd and PowerShell.
+        let web01 = c.resolve_target("web01").unwrap();
+        let decide = |uri| c.policy.decide("LAB\\alice", &web01, &[], Some(uri));
+        assert!(decide(policy::CMD_URI).is_allowed());
+        assert!(decide("http://schemas.microsoft.com/powershell/Microsoft.PowerShell").is_allowed());
+        assert!(!decide("http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service").is_allowed());
     }
 
     #[test]
@@ -1345,7 +1155,7 @@ shells = ["bash"]
                 "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure)",
                 "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
                 "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
-                "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
+                "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, ca_file, tls_fingerprint, tls_verify, connect_timeout_secs, timeout_secs)",
             ]
         );
         let top = format!("verbose = true\n{MINIMAL}");
@@ -1653,9 +1463,9 @@ auth = "kerberos"
             )
         };
         let c = parse(&target(&good)).unwrap();
-        assert_eq!(c.targets[0].ca_file.as_deref(), Some(good.as_path()));
-        assert_eq!(c.resolve_target("s").unwrap().ca_file.as_deref(), Some(good.as_path()));
-        assert_eq!(load_ca_file(&good).unwrap().len(), 1);
+        assert_eq!(ca_of(c.targets[0].tls.as_ref()), Some(good.as_path()));
+        assert_eq!(ca_of(c.resolve_target("s").unwrap().tls.as_ref()), Some(good.as_path()));
+        assert_eq!(CaFile::load(&good).unwrap().certificates().len(), 1);
 
         let missing = dir.join("missing.pem");
         let errs = errors(&target(&missing));
@@ -1715,7 +1525,7 @@ auth = "kerberos"
             other.display().to_string()
         ))
         .unwrap();
-        let cas: Vec<_> = c.targets.iter().map(|t| t.ca_file.as_deref()).collect();
+        let cas: Vec<_> = c.targets.iter().map(|t| ca_of(t.tls.as_ref())).collect();
         assert_eq!(cas, [None, Some(good.as_path()), Some(other.as_path())]);
     }
 
@@ -1724,47 +1534,60 @@ auth = "kerberos"
         let dir = test_dir("tls-keys-http");
         let ca = ca_pem(&dir);
         let errs = errors(&format!(
-            "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\nauth = \"credssp\"\nca_file = {:?}\ntls_verify = false\n",
+            "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\nauth = \"credssp\"\nca_file = {:?}\n\
+             tls_fingerprint = \"sha256:{PIN_HEX}\"\ntls_verify = true\n",
+            ca.display().to_string()
+        ));
+        let only = "only applies to https:// urls; this target's url is http://";
+        assert_eq!(
+            errs,
+            [
+                format!("relay.toml:16: target[0].ca_file: {only}"),
+                format!("relay.toml:17: target[0].tls_fingerprint: {only}"),
+                format!("relay.toml:18: target[0].tls_verify: {only}"),
+            ]
+        );
+        let errs = errors(&format!(
+            "[[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"basic\"\nca_file = {:?}\n\
+             tls_fingerprint = \"sha256:{PIN_HEX}\"\n",
             ca.display().to_string()
         ));
         assert_eq!(
             errs,
             [
-                "relay.toml:16: target[0].ca_file: only applies to https:// urls; this target's url is http://",
-                "relay.toml:17: target[0].tls_verify: only applies to https:// urls; this target's url is http://",
+                "relay.toml:17: target[0].tls_fingerprint: cannot be combined with ca_file: a pinned certificate \
+              is accepted whatever its chain"
             ]
-        );
-        let errs = errors(&format!(
-            "[[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"basic\"\nca_file = {:?}\ntls_verify = false\n",
-            ca.display().to_string()
-        ));
-        assert_eq!(
-            errs,
-            ["relay.toml:16: target[0].ca_file: has no effect with tls_verify = false"]
         );
     }
 
     #[test]
-    fn tls_verify_defaults_to_true_and_false_is_a_per_target_opt_in() {
-        let c = parse(
-            "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\n\
-             [[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"basic\"\n\
-             [[target]]\nname = \"lab\"\nurl = \"https://lab/wsman\"\nauth = \"https-ntlm\"\ntls_verify = false\n",
-        )
-        .unwrap();
-        let verify: Vec<_> = c.targets.iter().map(|t| t.tls_verify).collect();
-        assert_eq!(verify, [true, true, false]);
-        let insecure: Vec<_> = c.insecure_targets().iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(insecure, ["lab"]);
-        assert!(!c.resolve_target("lab").unwrap().tls_verify);
-        assert!(c.resolve_target("s").unwrap().tls_verify);
-        assert!(parse("").unwrap().insecure_targets().is_empty());
+    fn tls_verify_false_is_refused_with_every_https_auth() {
+        // Each of these sends the caller's password, or its whole session, inside the TLS.
+        for auth in ["https-ntlm", "https-negotiate", "basic", "credssp"] {
+            let errs = errors(&format!(
+                "[[target]]\nname = \"lab\"\nurl = \"https://lab/wsman\"\nauth = \"{auth}\"\ntls_verify = false\n"
+            ));
+            assert_eq!(errs.len(), 1, "{auth}: {errs:?}");
+            let want = format!(
+                "relay.toml:16: target[0].tls_verify: tls_verify = false is refused: target \"lab\" (auth \"{auth}\") \
+                 would send the caller's credentials to whoever answers; pin its certificate instead with \
+                 tls_fingerprint = \"sha256:...\""
+            );
+            assert!(errs[0].starts_with(&want), "{auth}: {errs:?}");
+        }
+        let c = parse("[[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\nauth = \"basic\"\ntls_verify = true\n")
+            .unwrap();
+        assert!(matches!(
+            c.targets[0].tls.as_ref().map(TargetTls::trust),
+            Some(TlsTrust::Roots(None))
+        ));
 
         let errs = errors("[defaults]\ntls_verify = false\n");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
-            errs[0]
-                .starts_with("relay.toml:13: defaults.tls_verify: tls_verify = false is only accepted on a [[target]]"),
+            errs[0].starts_with("relay.toml:13: defaults.tls_verify: tls_verify = false is refused")
+                && errs[0].contains("tls_fingerprint"),
             "{errs:?}"
         );
         parse("[defaults]\ntls_verify = true\n").unwrap();
@@ -1774,6 +1597,70 @@ auth = "kerberos"
             errs,
             ["relay.toml:16: target[0].tls_verify: expected a boolean, found a string"]
         );
+    }
+
+    #[test]
+    fn tls_fingerprint_pins_a_target() {
+        let pin = Fingerprint::parse(&format!("sha256:{PIN_HEX}")).unwrap();
+        let colons: Vec<String> = PIN_HEX
+            .as_bytes()
+            .chunks(2)
+            .map(|p| String::from_utf8_lossy(p).to_lowercase())
+            .collect();
+        for written in [format!("sha256:{PIN_HEX}"), format!("SHA256:{}", colons.join(":"))] {
+            let c = parse(&format!(
+                "[[target]]\nname = \"p\"\nurl = \"https://p/wsman\"\nauth = \"https-ntlm\"\ntls_fingerprint = {written:?}\n"
+            ))
+            .unwrap_or_else(|e| panic!("{written}: {e:?}"));
+            let trust = c.resolve_target("p").unwrap().tls.map(|t| t.trust().clone());
+            assert!(
+                matches!(trust, Some(TlsTrust::Pinned(p)) if p == pin),
+                "{written}: {trust:?}"
+            );
+        }
+        for bad in [
+            PIN_HEX.to_string(),
+            format!("sha1:{PIN_HEX}"),
+            format!("sha256:{}", &PIN_HEX[2..]),
+            format!("sha256:{PIN_HEX}00"),
+            format!("sha256:{}:", &PIN_HEX),
+            format!("sha256:g{}", &PIN_HEX[1..]),
+        ] {
+            let errs = errors(&format!(
+                "[[target]]\nname = \"p\"\nurl = \"https://p/wsman\"\nauth = \"basic\"\ntls_fingerprint = {bad:?}\n"
+            ));
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(
+                errs[0].starts_with("relay.toml:16: target[0].tls_fingerprint: invalid fingerprint"),
+                "{bad}: {errs:?}"
+            );
+        }
+        let errs = errors("[defaults]\ntls_fingerprint = \"x\"\n");
+        assert!(
+            errs[0].starts_with("relay.toml:13: defaults.tls_fingerprint: unknown key"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn tls_configuration_is_built_once_per_target() {
+        let src = "[[target]]\nname = \"s\"\nurl = \"https://10.0.0.5/wsman\"\nauth = \"https-ntlm\"\n\
+                   [[target]]\nname = \"t\"\nurl = \"https://10.0.0.6/wsman\"\nauth = \"https-ntlm\"\n\
+                   [defaults]\nauth = \"basic\"\n";
+        let c = parse(src).unwrap();
+        let config_of = |name: &str| c.resolve_target(name).unwrap().tls.unwrap().client_config();
+        // However a request names the target, its connections share one configuration (and
+        // so one session cache); other targets and unlisted hosts have their own.
+        assert!(Arc::ptr_eq(&config_of("s"), &config_of("S")));
+        assert!(Arc::ptr_eq(&config_of("s"), &config_of("10.0.0.5")));
+        assert!(!Arc::ptr_eq(&config_of("s"), &config_of("t")));
+        assert!(Arc::ptr_eq(&config_of("db01"), &config_of("db02")));
+        assert!(Arc::ptr_eq(&config_of("db01"), &c.defaults.tls.client_config()));
+        assert!(!Arc::ptr_eq(&config_of("db01"), &config_of("s")));
+        // Loading again (a reload) builds fresh ones.
+        let again = parse(src).unwrap();
+        let reloaded = again.resolve_target("s").unwrap().tls.unwrap().client_config();
+        assert!(!Arc::ptr_eq(&config_of("s"), &reloaded));
     }
 
     #[test]
@@ -1788,36 +1675,38 @@ auth = "kerberos"
         let t = c.resolve_target("db01.lab.local").unwrap();
         assert_eq!(t.url, "https://db01.lab.local:15986/wsman");
         assert_eq!((t.https, t.port, t.auth), (true, 15986, TargetAuth::HttpsNtlm));
-        assert_eq!((t.ca_file.as_deref(), t.tls_verify), (Some(ca.as_path()), true));
+        assert_eq!(ca_of(t.tls.as_ref()), Some(ca.as_path()));
         let t = c.resolve_target("[fd00::9]:443").unwrap();
         assert_eq!((t.url.as_str(), t.port), ("https://[fd00::9]:443/wsman", 443));
         // credssp accepts both schemes; unlisted hosts keep http and its port.
         let c = parse("[defaults]\nauth = \"credssp\"\nport = 15985\n").unwrap();
         let t = c.resolve_target("db01").unwrap();
         assert_eq!(
-            (t.url.as_str(), t.https, t.ca_file.as_ref()),
-            ("http://db01:15985/wsman", false, None)
+            (t.url.as_str(), t.https, t.tls.is_none()),
+            ("http://db01:15985/wsman", false, true)
         );
         // http defaults: a [defaults] ca_file does not apply.
         let c = parse(&format!("[defaults]\nca_file = {:?}\n", ca.display().to_string())).unwrap();
         let t = c.resolve_target("db01").unwrap();
-        assert_eq!((t.https, t.ca_file.as_ref()), (false, None));
+        assert_eq!((t.https, t.tls.is_none()), (false, true));
     }
 
     #[test]
     fn resolve_https_targets_by_address() {
-        let c = parse(
-            "[[target]]\nname = \"s\"\nurl = \"https://10.0.0.5/wsman\"\nauth = \"https-ntlm\"\ntls_verify = false\n\
+        let c = parse(&format!(
+            "[[target]]\nname = \"s\"\nurl = \"https://10.0.0.5/wsman\"\nauth = \"https-ntlm\"\n\
+             tls_fingerprint = \"sha256:{PIN_HEX}\"\n\
              [[target]]\nname = \"h\"\nurl = \"http://10.0.0.6:5986/wsman\"\n",
-        )
+        ))
         .unwrap();
         for given in ["s", "10.0.0.5", "10.0.0.5:5986"] {
             let t = c.resolve_target(given).unwrap();
             assert_eq!(t.alias.as_deref(), Some("s"), "{given}");
-            assert_eq!(
-                (t.url.as_str(), t.https, t.tls_verify),
-                ("https://10.0.0.5:5986/wsman", true, false)
-            );
+            assert_eq!((t.url.as_str(), t.https), ("https://10.0.0.5:5986/wsman", true));
+            assert!(matches!(
+                t.tls.as_ref().map(TargetTls::trust),
+                Some(TlsTrust::Pinned(_))
+            ));
         }
         // Another port of that host is not the configured target.
         let t = c.resolve_target("10.0.0.5:5985").unwrap();
@@ -1920,7 +1809,10 @@ auth = "kerberos"
                 ("app01", TargetAuth::CredSsp),
             ]
         );
-        assert_eq!(c.targets[1].ca_file.as_deref(), Some(ca.as_path()));
-        assert!(c.insecure_targets().is_empty());
+        assert_eq!(ca_of(c.targets[1].tls.as_ref()), Some(ca.as_path()));
+        assert!(matches!(
+            c.targets[2].tls.as_ref().map(TargetTls::trust),
+            Some(TlsTrust::Pinned(_))
+        ));
     }
 }

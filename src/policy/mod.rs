@@ -1,25 +1,35 @@
 //! Deny-by-default access policy: `[[allow]]` rules decide which user may reach which
 //! target and open which shell (WS-Man resource URI).
 //!
-//! A rule matches when one of its `users` matches, one of its `targets` matches and, for
+//! A rule matches when one of its `users` matches, its `targets` reach the target and, for
 //! requests that carry a resource URI, one of its `shells` matches. Rules only ever grant;
 //! nothing matches means deny, with a reason an operator can act on.
 //!
 //! - users: globs on `DOMAIN\user`, case-insensitive (`user@DOMAIN` is rewritten).
-//! - targets: globs on the alias name or the host (case-insensitive), or a CIDR / IP that
-//!   matches when the target was named by IP literal (names are never resolved here).
+//! - targets (case-insensitive):
+//!   - a glob (`web*`, `*`) matches configured `[[target]]` aliases only, so that a caller
+//!     cannot type any host that happens to match (`web.attacker.example`) and use the
+//!     relay as a pivot;
+//!   - an exact name (`web01`, `db01.lab.local`) matches an alias or a host name;
+//!   - `*.` and a domain (`*.corp.example.com`) matches alias and host names under that
+//!     domain, at any depth, but not the domain itself;
+//!   - CIDRs and addresses (`10.1.0.0/16`, `10.0.0.5`) match when every address the relay
+//!     will connect to lies in the rule's networks. The caller passes the addresses it
+//!     looked up once and then connects to, so a name cannot resolve to one address when
+//!     checked and to another when connected.
 //! - shells: `cmd`, `powershell` (any PSRP configuration), `powershell/<glob>` (configuration
 //!   name), or an exact resource URI.
 //!
-//! The entry parsers below are also what config validation runs, so `check` and the
-//! running relay agree on what a rule means.
+//! Config validation compiles the rules once with the entry parsers below, so `check` and
+//! the running relay agree on what a rule means.
 
 use std::net::IpAddr;
 
 use glob::{MatchOptions, Pattern};
 use ipnet::IpNet;
 
-use crate::config::{AllowRule, ResolvedTarget};
+use crate::resolve::host::validate_hostname;
+use crate::resolve::ResolvedTarget;
 
 /// The resource URI of a cmd shell.
 pub const CMD_URI: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd";
@@ -31,16 +41,6 @@ const MATCH: MatchOptions = MatchOptions {
     require_literal_separator: false,
     require_literal_leading_dot: false,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("allow[{rule}].{field}: {message}")]
-    Invalid {
-        rule: usize,
-        field: &'static str,
-        message: String,
-    },
-}
 
 /// Outcome of [`Policy::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,41 +60,100 @@ impl Decision {
     }
 }
 
-#[derive(Debug)]
+/// The compiled `[[allow]]` rules, in file order.
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
 }
 
-#[derive(Debug)]
-struct Rule {
+/// One compiled `[[allow]]` rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
     users: Vec<Pattern>,
-    targets: Vec<TargetMatcher>,
+    names: Vec<NameMatcher>,
+    networks: Vec<IpNet>,
     shells: Vec<ShellMatcher>,
-    /// The shells as written, for deny reasons.
-    shell_labels: Vec<String>,
+}
+
+impl Rule {
+    pub(crate) fn new(users: Vec<Pattern>, targets: Vec<TargetMatcher>, shells: Vec<ShellMatcher>) -> Rule {
+        let mut names = Vec::new();
+        let mut networks = Vec::new();
+        for target in targets {
+            match target {
+                TargetMatcher::Name(n) => names.push(n),
+                TargetMatcher::Network(net) => networks.push(net),
+            }
+        }
+        Rule {
+            users,
+            names,
+            networks,
+            shells,
+        }
+    }
+
+    fn matches_user(&self, user: &str) -> bool {
+        self.users.iter().any(|p| p.matches_with(user, MATCH))
+    }
+
+    fn reaches(&self, target: &ResolvedTarget, addresses: &[IpAddr]) -> bool {
+        self.names.iter().any(|n| n.matches(target))
+            || (!addresses.is_empty()
+                && addresses
+                    .iter()
+                    .all(|a| self.networks.iter().any(|net| net.contains(&a.to_canonical()))))
+    }
+}
+
+/// One `targets` entry.
+#[derive(Debug, Clone)]
+pub(crate) enum TargetMatcher {
+    Name(NameMatcher),
+    /// Matches the addresses the relay connects to.
+    Network(IpNet),
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum TargetMatcher {
-    /// Matches the alias name or the host.
-    Glob(Pattern),
-    /// Matches the IP of a target named by IP literal.
-    Net(IpNet),
+pub(crate) enum NameMatcher {
+    /// A glob on configured aliases only.
+    AliasGlob(Pattern),
+    /// An alias or a host name, exactly.
+    Exact(String),
+    /// Names under a domain; holds the domain with its leading dot (`.corp.example.com`).
+    Subdomain(String),
 }
 
-impl TargetMatcher {
+impl NameMatcher {
     fn matches(&self, t: &ResolvedTarget) -> bool {
+        let alias = t.alias.as_deref();
         match self {
-            TargetMatcher::Glob(p) => {
-                t.alias.as_deref().is_some_and(|a| p.matches_with(a, MATCH)) || p.matches_with(&t.host, MATCH)
+            NameMatcher::AliasGlob(p) => alias.is_some_and(|a| p.matches_with(a, MATCH)),
+            NameMatcher::Exact(name) => {
+                alias.is_some_and(|a| a.eq_ignore_ascii_case(name)) || t.host.eq_ignore_ascii_case(name)
             }
-            TargetMatcher::Net(net) => t.ip.is_some_and(|ip| net.contains(&ip)),
+            NameMatcher::Subdomain(suffix) => alias
+                .into_iter()
+                .chain([t.host.as_str()])
+                .any(|name| ends_with_ignore_case(name, suffix)),
         }
     }
 }
 
+fn ends_with_ignore_case(name: &str, suffix: &str) -> bool {
+    let (name, suffix) = (name.as_bytes(), suffix.as_bytes());
+    name.len() > suffix.len() && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+/// One `shells` entry, with the text it was written as (for deny reasons).
 #[derive(Debug, Clone)]
-pub(crate) enum ShellMatcher {
+pub(crate) struct ShellMatcher {
+    entry: String,
+    kind: ShellKind,
+}
+
+#[derive(Debug, Clone)]
+enum ShellKind {
     Cmd,
     /// `None`: any PowerShell configuration.
     PowerShell(Option<Pattern>),
@@ -103,13 +162,13 @@ pub(crate) enum ShellMatcher {
 
 impl ShellMatcher {
     fn matches(&self, uri: &str) -> bool {
-        match self {
-            ShellMatcher::Cmd => uri.eq_ignore_ascii_case(CMD_URI),
-            ShellMatcher::PowerShell(glob) => match powershell_configuration(uri) {
+        match &self.kind {
+            ShellKind::Cmd => uri.eq_ignore_ascii_case(CMD_URI),
+            ShellKind::PowerShell(glob) => match powershell_configuration(uri) {
                 Some(conf) => glob.as_ref().is_none_or(|g| g.matches_with(conf, MATCH)),
                 None => false,
             },
-            ShellMatcher::Uri(u) => uri.eq_ignore_ascii_case(u),
+            ShellKind::Uri(u) => uri.eq_ignore_ascii_case(u),
         }
     }
 }
@@ -157,7 +216,7 @@ pub(crate) fn parse_user(entry: &str) -> Result<Pattern, String> {
     compile_glob(&normalized)
 }
 
-/// Parses one `targets` entry: CIDR, IP literal or glob on alias/host.
+/// Parses one `targets` entry: CIDR, IP literal, `*.domain`, alias glob or exact name.
 pub(crate) fn parse_target(entry: &str) -> Result<TargetMatcher, String> {
     if entry.is_empty() {
         return Err("empty target pattern".into());
@@ -165,7 +224,7 @@ pub(crate) fn parse_target(entry: &str) -> Result<TargetMatcher, String> {
     if entry.contains('/') {
         return entry
             .parse::<IpNet>()
-            .map(|n| TargetMatcher::Net(n.trunc()))
+            .map(|n| TargetMatcher::Network(n.trunc()))
             .map_err(|_| format!("invalid CIDR {entry:?}"));
     }
     let unbracketed = entry
@@ -173,23 +232,36 @@ pub(crate) fn parse_target(entry: &str) -> Result<TargetMatcher, String> {
         .and_then(|e| e.strip_suffix(']'))
         .unwrap_or(entry);
     if let Ok(ip) = unbracketed.parse::<IpAddr>() {
-        return Ok(TargetMatcher::Net(IpNet::from(ip)));
+        return Ok(TargetMatcher::Network(IpNet::from(ip.to_canonical())));
     }
     if entry.contains(':') {
         return Err(format!(
             "target pattern {entry:?}: ports are not matched, name the host or alias only"
         ));
     }
-    compile_glob(entry).map(TargetMatcher::Glob)
+    let is_glob = |s: &str| s.contains(['*', '?', '[', ']']);
+    if let Some(domain) = entry.strip_prefix("*.").filter(|d| !is_glob(d)) {
+        validate_hostname(domain).map_err(|m| format!("target pattern {entry:?}: {m}"))?;
+        return Ok(TargetMatcher::Name(NameMatcher::Subdomain(format!(".{domain}"))));
+    }
+    if is_glob(entry) {
+        return compile_glob(entry).map(|g| TargetMatcher::Name(NameMatcher::AliasGlob(g)));
+    }
+    validate_hostname(entry).map_err(|m| format!("target pattern {entry:?}: {m}"))?;
+    Ok(TargetMatcher::Name(NameMatcher::Exact(entry.to_string())))
 }
 
 /// Parses one `shells` entry.
 pub(crate) fn parse_shell(entry: &str) -> Result<ShellMatcher, String> {
+    let matcher = |kind| ShellMatcher {
+        entry: entry.to_string(),
+        kind,
+    };
     if entry.eq_ignore_ascii_case("cmd") {
-        return Ok(ShellMatcher::Cmd);
+        return Ok(matcher(ShellKind::Cmd));
     }
     if entry.eq_ignore_ascii_case("powershell") {
-        return Ok(ShellMatcher::PowerShell(None));
+        return Ok(matcher(ShellKind::PowerShell(None)));
     }
     if let Some(conf) = entry
         .get(..11)
@@ -199,12 +271,14 @@ pub(crate) fn parse_shell(entry: &str) -> Result<ShellMatcher, String> {
         if conf.is_empty() {
             return Err("powershell/ needs a configuration name or glob".into());
         }
-        return compile_glob(conf).map(|g| ShellMatcher::PowerShell(Some(g)));
+        return compile_glob(conf).map(|g| matcher(ShellKind::PowerShell(Some(g))));
     }
     let lower = entry.to_ascii_lowercase();
     let rest = lower.strip_prefix("http://").or_else(|| lower.strip_prefix("https://"));
     match rest {
-        Some(r) if !r.is_empty() && !entry.contains(char::is_whitespace) => Ok(ShellMatcher::Uri(entry.to_string())),
+        Some(r) if !r.is_empty() && !entry.contains(char::is_whitespace) => {
+            Ok(matcher(ShellKind::Uri(entry.to_string())))
+        }
         _ => Err(format!(
             "invalid shell {entry:?}: expected cmd, powershell, powershell/<configuration glob> \
              or an absolute http(s) resource URI"
@@ -213,61 +287,58 @@ pub(crate) fn parse_shell(entry: &str) -> Result<ShellMatcher, String> {
 }
 
 impl Policy {
-    pub fn new(rules: &[AllowRule]) -> Result<Policy, PolicyError> {
-        let err = |rule, field, message| PolicyError::Invalid { rule, field, message };
-        let mut compiled = Vec::with_capacity(rules.len());
-        for (i, r) in rules.iter().enumerate() {
-            if r.users.is_empty() {
-                return Err(err(i, "users", "must not be empty".into()));
-            }
-            if r.targets.is_empty() {
-                return Err(err(i, "targets", "must not be empty".into()));
-            }
-            let users = r
-                .users
-                .iter()
-                .map(|u| parse_user(u))
-                .collect::<Result<_, _>>()
-                .map_err(|m| err(i, "users", m))?;
-            let targets = r
-                .targets
-                .iter()
-                .map(|t| parse_target(t))
-                .collect::<Result<_, _>>()
-                .map_err(|m| err(i, "targets", m))?;
-            let shells = r
-                .shells
-                .iter()
-                .map(|s| parse_shell(s))
-                .collect::<Result<_, _>>()
-                .map_err(|m| err(i, "shells", m))?;
-            compiled.push(Rule {
-                users,
-                targets,
-                shells,
-                shell_labels: r.shells.clone(),
-            });
-        }
-        Ok(Policy { rules: compiled })
+    pub fn new(rules: Vec<Rule>) -> Policy {
+        Policy { rules }
     }
 
-    /// Decides whether `user` (`DOMAIN\user`) may send a request to `target`.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether some rule could let `user` reach `target` once its addresses are known:
+    /// one that names it, or one with networks. When not, the request can be denied
+    /// without a lookup, so a user no rule could grant cannot make the relay resolve names.
+    pub fn may_reach(&self, user: &str, target: &ResolvedTarget) -> bool {
+        let user = normalize_user(user);
+        self.rules
+            .iter()
+            .filter(|r| r.matches_user(&user))
+            .any(|r| !r.networks.is_empty() || r.names.iter().any(|n| n.matches(target)))
+    }
+
+    /// Decides whether `user` (`DOMAIN\user`) may send a request to `target` at
+    /// `addresses`: every address the relay may connect to for it (looked up once, or the
+    /// peer of the connection in use). CIDR rules grant only when all of them lie in
+    /// their networks; with no addresses, only rules naming the target can grant.
     ///
     /// `resource_uri` is the request's WS-Man ResourceURI; `None` (e.g. Identify) is allowed
     /// as soon as some rule lets the user reach the target.
-    pub fn decide(&self, user: &str, target: &ResolvedTarget, resource_uri: Option<&str>) -> Decision {
+    pub fn decide(
+        &self,
+        user: &str,
+        target: &ResolvedTarget,
+        addresses: &[IpAddr],
+        resource_uri: Option<&str>,
+    ) -> Decision {
         let user = normalize_user(user);
         let reachable: Vec<(usize, &Rule)> = self
             .rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| {
-                r.users.iter().any(|p| p.matches_with(&user, MATCH)) && r.targets.iter().any(|m| m.matches(target))
-            })
+            .filter(|(_, r)| r.matches_user(&user) && r.reaches(target, addresses))
             .collect();
         let Some(&(first, _)) = reachable.first() else {
+            let hint = if target.alias.is_none() {
+                "; a host that is not a [[target]] is reached only by a rule that names it exactly, \
+                 its domain (*.example.com) or its network (CIDR)"
+            } else {
+                ""
+            };
             return Decision::Deny {
-                reason: format!("no [[allow]] rule lets {user} reach target {}", describe(target)),
+                reason: format!(
+                    "no [[allow]] rule lets {user} reach target {}{hint}",
+                    describe(target, addresses)
+                ),
             };
         };
         let Some(uri) = resource_uri else {
@@ -277,7 +348,10 @@ impl Policy {
             return Decision::Allow { rule };
         }
         let mut allowed: Vec<&str> = Vec::new();
-        for label in reachable.iter().flat_map(|(_, r)| &r.shell_labels) {
+        for label in reachable
+            .iter()
+            .flat_map(|(_, r)| r.shells.iter().map(|s| s.entry.as_str()))
+        {
             if !allowed.iter().any(|a| a.eq_ignore_ascii_case(label)) {
                 allowed.push(label);
             }
@@ -295,109 +369,259 @@ impl Policy {
         Decision::Deny {
             reason: format!(
                 "no [[allow]] rule lets {user} {verb} {uri} on {} (allowed shells: {allowed})",
-                describe(target)
+                describe(target, &[])
             ),
         }
     }
 }
 
-/// `web01 (127.0.0.21)` for aliases, the name as given otherwise.
-fn describe(t: &ResolvedTarget) -> String {
-    match &t.alias {
+/// `web01 (127.0.0.21)` for aliases, the name as given otherwise; then the addresses a
+/// host name resolved to, when they were looked up.
+fn describe(t: &ResolvedTarget, addresses: &[IpAddr]) -> String {
+    let named = match &t.alias {
         Some(alias) => format!("{alias} ({})", t.host),
         None => t.name.clone(),
+    };
+    if t.ip.is_some() || addresses.is_empty() {
+        return named;
     }
+    let addresses: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+    format!("{named}, which resolves to {}", addresses.join(", "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use std::path::Path;
+    use crate::resolve::{resolve_target, TargetAuth, TargetConfig, TargetDefaults, TargetTls, TlsTrust};
+    use std::sync::OnceLock;
+    use std::time::Duration;
 
-    const CONFIG: &str = r#"
-[listen]
-http = "127.0.0.1:5985"
-tls_cert = "certs/relay.crt"
-tls_key = "certs/relay.key"
-[auth]
-users_file = "config/users"
-[audit]
-path = "audit.jsonl"
+    fn configured(name: &str, url: &str) -> TargetConfig {
+        TargetConfig {
+            name: name.into(),
+            url: url.into(),
+            auth: TargetAuth::Negotiate,
+            listen: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
+    }
 
-[[target]]
-name = "web01"
-url = "http://127.0.0.21:5985/wsman"
-[[target]]
-name = "web02"
-url = "http://127.0.0.22:5985/wsman"
-[[target]]
-name = "db01"
-url = "http://db01.lab.local/wsman"
+    /// web01, web02 and db01 (db01.lab.local), as a config would list them.
+    fn target(name: &str) -> ResolvedTarget {
+        static TARGETS: OnceLock<(Vec<TargetConfig>, TargetDefaults)> = OnceLock::new();
+        let (targets, defaults) = TARGETS.get_or_init(|| {
+            let targets = vec![
+                configured("web01", "http://127.0.0.21:5985/wsman"),
+                configured("web02", "http://127.0.0.22:5985/wsman"),
+                configured("db01", "http://db01.lab.local:5985/wsman"),
+            ];
+            let defaults = TargetDefaults {
+                auth: TargetAuth::Negotiate,
+                port: 5985,
+                https_port: 5986,
+                tls: TargetTls::new(TlsTrust::Roots(None)).expect("tls"),
+                connect_timeout: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+            };
+            (targets, defaults)
+        });
+        resolve_target(targets, defaults, name).expect("target")
+    }
 
-[[allow]]
-users = ['LAB\alice', 'LAB\ops-*']
-targets = ["web*"]
-shells = ["cmd", "powershell"]
+    fn rule(users: &[&str], targets: &[&str], shells: &[&str]) -> Rule {
+        Rule::new(
+            users.iter().map(|u| parse_user(u).unwrap()).collect(),
+            targets.iter().map(|t| parse_target(t).unwrap()).collect(),
+            shells.iter().map(|s| parse_shell(s).unwrap()).collect(),
+        )
+    }
 
-[[allow]]
-users = ['lab\alice']
-targets = ["10.1.0.0/16", "db*"]
-shells = ["cmd"]
-
-[[allow]]
-users = ["carol@LAB"]
-targets = ["db01"]
-shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service"]
-"#;
-
-    fn setup() -> (Config, Policy) {
-        let config = Config::parse(Path::new("test.toml"), CONFIG).expect("config");
-        let policy = Policy::new(&config.allow).expect("policy");
-        (config, policy)
+    fn policy() -> Policy {
+        Policy::new(vec![
+            rule(&["LAB\\alice", "LAB\\ops-*"], &["web*"], &["cmd", "powershell"]),
+            rule(&["lab\\alice"], &["10.1.0.0/16", "db*"], &["cmd"]),
+            rule(
+                &["carol@LAB"],
+                &["db01"],
+                &[
+                    "powershell/JEA-*",
+                    "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service",
+                ],
+            ),
+        ])
     }
 
     fn ps(conf: &str) -> String {
         format!("{POWERSHELL_PREFIX}{conf}")
     }
 
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
     #[test]
     fn allows_matching_user_target_and_shell() {
-        let (c, p) = setup();
-        let web01 = c.resolve_target("WEB01").unwrap();
+        let p = policy();
+        let web01 = target("WEB01");
         assert_eq!(
-            p.decide("LAB\\alice", &web01, Some(CMD_URI)),
+            p.decide("LAB\\alice", &web01, &[], Some(CMD_URI)),
             Decision::Allow { rule: 0 }
         );
         assert_eq!(
-            p.decide("lab\\OPS-7", &web01, Some(&ps("Microsoft.PowerShell"))),
+            p.decide("lab\\OPS-7", &web01, &[], Some(&ps("Microsoft.PowerShell"))),
             Decision::Allow { rule: 0 }
         );
-        assert_eq!(p.decide("alice@LAB", &web01, None), Decision::Allow { rule: 0 });
-        // Host globs also match unlisted hosts.
-        let unlisted = c.resolve_target("web77.lab.local").unwrap();
-        assert!(p.decide("LAB\\alice", &unlisted, Some(CMD_URI)).is_allowed());
+        assert_eq!(p.decide("alice@LAB", &web01, &[], None), Decision::Allow { rule: 0 });
+    }
+
+    #[test]
+    fn name_globs_match_configured_aliases_only() {
+        let p = policy();
+        // web* would match these names, but nobody listed them: no pivot through the relay,
+        // whatever they resolve to (even web01's own address).
+        for name in ["web.attacker.example", "web77.lab.local", "webmail:5985"] {
+            let t = target(name);
+            for addresses in [vec![], ips(&["127.0.0.21"])] {
+                let d = p.decide("LAB\\alice", &t, &addresses, Some(CMD_URI));
+                let Decision::Deny { reason } = d else {
+                    panic!("{name} allowed")
+                };
+                assert!(
+                    reason.starts_with(&format!("no [[allow]] rule lets LAB\\alice reach target {name}"))
+                        && reason.contains("a host that is not a [[target]] is reached only by a rule"),
+                    "{reason}"
+                );
+            }
+            assert!(!p.may_reach("LAB\\ops-1", &t), "{name}");
+        }
+        assert_eq!(
+            p.decide(
+                "LAB\\alice",
+                &target("web.attacker.example"),
+                &ips(&["203.0.113.7"]),
+                None
+            ),
+            Decision::Deny {
+                reason: "no [[allow]] rule lets LAB\\alice reach target web.attacker.example, which resolves to \
+                         203.0.113.7; a host that is not a [[target]] is reached only by a rule that names it \
+                         exactly, its domain (*.example.com) or its network (CIDR)"
+                    .into()
+            }
+        );
+        // A configured target keeps its alias however it is named, so the glob applies.
+        let by_address = target("127.0.0.21");
+        assert_eq!(by_address.alias.as_deref(), Some("web01"));
+        assert!(p.decide("LAB\\alice", &by_address, &[], Some(CMD_URI)).is_allowed());
+        // "*" is every configured target, and only those.
+        let any = Policy::new(vec![rule(&["*"], &["*"], &["cmd"])]);
+        assert!(any.decide("LAB\\x", &target("db01"), &[], None).is_allowed());
+        assert!(!any.decide("LAB\\x", &target("db02"), &[], None).is_allowed());
+    }
+
+    #[test]
+    fn exact_names_match_aliases_and_host_names() {
+        let p = Policy::new(vec![rule(&["LAB\\*"], &["db01.lab.local", "files", "WEB02"], &["cmd"])]);
+        let allowed = |name: &str| p.decide("LAB\\u", &target(name), &[], None).is_allowed();
+        // db01 is configured at db01.lab.local; "files" is not configured but named exactly.
+        assert!(allowed("db01") && allowed("DB01.lab.local") && allowed("files") && allowed("files:5999"));
+        assert!(allowed("web02") && allowed("127.0.0.22"));
+        for other in ["db01.lab.local.evil.example", "files.evil", "xfiles", "web01"] {
+            assert!(!allowed(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn domain_patterns_match_names_under_the_domain() {
+        let p = Policy::new(vec![rule(
+            &["LAB\\*"],
+            &["*.corp.example.com", "*.lab.local"],
+            &["cmd"],
+        )]);
+        let allowed = |name: &str| p.decide("LAB\\u", &target(name), &[], None).is_allowed();
+        for inside in [
+            "app.corp.example.com",
+            "a.b.corp.example.com",
+            "APP.Corp.Example.COM:5986",
+            "db01",
+        ] {
+            assert!(allowed(inside), "{inside}");
+        }
+        // Not the domain itself, not a lookalike, not a name that only contains it.
+        for outside in [
+            "corp.example.com",
+            "evilcorp.example.com",
+            "app.corp.example.com.evil.example",
+            "web01",
+        ] {
+            assert!(!allowed(outside), "{outside}");
+        }
+    }
+
+    #[test]
+    fn networks_match_every_address_the_relay_connects_to() {
+        let p = policy();
+        let alice = |t: &ResolvedTarget, addresses: &[&str]| p.decide("LAB\\alice", t, &ips(addresses), None);
+        let literal = target("10.1.2.3:5986");
+        assert_eq!(alice(&literal, &["10.1.2.3"]), Decision::Allow { rule: 1 });
+        assert!(!alice(&target("10.2.0.1"), &["10.2.0.1"]).is_allowed());
+        // A host name is judged by what it resolved to, not by its name.
+        let app = target("app.example.net");
+        assert_eq!(alice(&app, &["10.1.0.9"]), Decision::Allow { rule: 1 });
+        assert_eq!(alice(&app, &["::ffff:10.1.0.9"]), Decision::Allow { rule: 1 });
+        assert!(!alice(&app, &["10.2.0.9"]).is_allowed());
+        // One address outside is enough to refuse: the relay may connect to any of them.
+        let Decision::Deny { reason } = alice(&app, &["10.1.0.9", "192.0.2.1"]) else {
+            panic!("allowed with an address outside the network")
+        };
+        assert!(
+            reason.contains("app.example.net, which resolves to 10.1.0.9, 192.0.2.1"),
+            "{reason}"
+        );
+        // Not looked up: networks cannot grant.
+        assert!(!alice(&app, &[]).is_allowed());
+        // The rule's networks together: each address in one of them.
+        let two = Policy::new(vec![rule(&["LAB\\*"], &["10.1.0.0/16", "::1"], &["cmd"])]);
+        assert!(two
+            .decide("LAB\\u", &app, &ips(&["10.1.0.9", "::1"]), None)
+            .is_allowed());
+        assert!(!two
+            .decide("LAB\\u", &app, &ips(&["10.1.0.9", "::2"]), None)
+            .is_allowed());
+    }
+
+    #[test]
+    fn may_reach_says_whether_a_lookup_can_matter() {
+        let p = policy();
+        let app = target("app.example.net");
+        // alice has a rule with networks: the addresses decide.
+        assert!(p.may_reach("LAB\\alice", &app));
+        // ops-* only has web*: no address could grant app.example.net, no lookup.
+        assert!(!p.may_reach("LAB\\ops-1", &app));
+        assert!(p.may_reach("LAB\\ops-1", &target("web02")));
+        assert!(!p.may_reach("LAB\\nobody", &target("web02")));
     }
 
     #[test]
     fn denies_unknown_user_with_target_in_reason() {
-        let (c, p) = setup();
-        let web02 = c.resolve_target("web02").unwrap();
+        let p = policy();
+        let web02 = target("web02");
         assert_eq!(
-            p.decide("LAB\\bob", &web02, None),
+            p.decide("LAB\\bob", &web02, &ips(&["127.0.0.22"]), None),
             Decision::Deny {
                 reason: "no [[allow]] rule lets LAB\\bob reach target web02 (127.0.0.22)".into()
             }
         );
         // "ops-*" must not match a user in another domain.
-        assert!(!p.decide("EVIL\\ops-1", &web02, None).is_allowed());
+        assert!(!p.decide("EVIL\\ops-1", &web02, &[], None).is_allowed());
     }
 
     #[test]
     fn denies_shell_and_lists_allowed_ones() {
-        let (c, p) = setup();
-        let db01 = c.resolve_target("db01").unwrap();
-        let d = p.decide("LAB\\alice", &db01, Some(&ps("Microsoft.Exchange")));
+        let p = policy();
+        let db01 = target("db01");
+        let d = p.decide("LAB\\alice", &db01, &[], Some(&ps("Microsoft.Exchange")));
         assert_eq!(
             d,
             Decision::Deny {
@@ -411,54 +635,31 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
 
     #[test]
     fn powershell_configuration_globs_and_exact_uris() {
-        let (c, p) = setup();
-        let db01 = c.resolve_target("db01").unwrap();
-        assert!(p.decide("LAB\\carol", &db01, Some(&ps("jea-maintenance"))).is_allowed());
-        assert!(!p
-            .decide("LAB\\carol", &db01, Some(&ps("Microsoft.PowerShell")))
-            .is_allowed());
-        assert!(!p.decide("LAB\\carol", &db01, Some(CMD_URI)).is_allowed());
-        let wmi = "HTTP://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/win32_service";
-        assert!(p.decide("LAB\\carol", &db01, Some(wmi)).is_allowed());
-        let other = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Process";
-        let Decision::Deny { reason } = p.decide("LAB\\carol", &db01, Some(other)) else {
+        let p = policy();
+        let db01 = target("db01");
+        let carol = |uri: &str| p.decide("LAB\\carol", &db01, &[], Some(uri));
+        assert!(carol(&ps("jea-maintenance")).is_allowed());
+        assert!(!carol(&ps("Microsoft.PowerShell")).is_allowed());
+        assert!(!carol(CMD_URI).is_allowed());
+        assert!(carol("HTTP://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/win32_service").is_allowed());
+        let Decision::Deny { reason } = carol("http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Process")
+        else {
             panic!("allowed")
         };
         assert!(reason.contains("use resource"), "{reason}");
         // The bare prefix is not a PowerShell configuration.
         assert!(!p
-            .decide(
-                "LAB\\alice",
-                &c.resolve_target("web01").unwrap(),
-                Some(POWERSHELL_PREFIX)
-            )
+            .decide("LAB\\alice", &target("web01"), &[], Some(POWERSHELL_PREFIX))
             .is_allowed());
-    }
-
-    #[test]
-    fn cidr_matches_ip_literals_only() {
-        let (c, p) = setup();
-        let ip = c.resolve_target("10.1.2.3:5986").unwrap();
-        assert_eq!(p.decide("LAB\\alice", &ip, Some(CMD_URI)), Decision::Allow { rule: 1 });
-        let outside = c.resolve_target("10.2.0.1").unwrap();
-        assert!(!p.decide("LAB\\alice", &outside, None).is_allowed());
-    }
-
-    #[test]
-    fn targets_named_by_address_keep_their_alias() {
-        let (c, p) = setup();
-        // 127.0.0.21 is web01's address: rules naming web* apply to it too.
-        let t = c.resolve_target("127.0.0.21").unwrap();
-        assert!(p.decide("LAB\\alice", &t, Some(CMD_URI)).is_allowed());
     }
 
     #[test]
     fn no_rules_denies_everything() {
-        let (c, _) = setup();
-        let p = Policy::new(&[]).unwrap();
+        let p = Policy::default();
         assert!(!p
-            .decide("LAB\\alice", &c.resolve_target("web01").unwrap(), None)
+            .decide("LAB\\alice", &target("web01"), &ips(&["127.0.0.21"]), None)
             .is_allowed());
+        assert!(!p.may_reach("LAB\\alice", &target("web01")));
     }
 
     #[test]
@@ -470,20 +671,12 @@ shells = ["powershell/JEA-*", "http://schemas.microsoft.com/wbem/wsman/1/wmi/roo
         assert!(parse_target("10.0.0.0/33").is_err());
         assert!(parse_target("web01:5985").is_err());
         assert!(parse_target("[::1]").is_ok());
+        for bad in ["*.", "*.-x.example", "*.a..b", "web 01", "127.1", "web01.", "web[1"] {
+            assert!(parse_target(bad).is_err(), "{bad:?} accepted");
+        }
         assert!(parse_shell("bash").is_err());
         assert!(parse_shell("powershell/").is_err());
         assert!(parse_shell("http://").is_err());
         assert!(parse_shell("PowerShell/Microsoft.*").is_ok());
-    }
-
-    #[test]
-    fn invalid_rules_are_reported_with_position() {
-        let rules = [AllowRule {
-            users: vec!["LAB\\a".into()],
-            targets: vec!["x".into()],
-            shells: vec!["zsh".into()],
-        }];
-        let e = Policy::new(&rules).unwrap_err().to_string();
-        assert!(e.starts_with("allow[0].shells: invalid shell \"zsh\""), "{e}");
     }
 }

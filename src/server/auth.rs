@@ -32,7 +32,7 @@ pub(crate) async fn authenticate(session: &mut Session, authorization: Option<&s
         };
     };
     let is_basic = authorization.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "));
-    if is_basic && session.https && shared.settings().config.listen.basic_over_https {
+    if is_basic && session.https && shared.config().listen.basic_over_https {
         return basic(session, authorization, shared).await;
     }
     credssp(session, authorization, shared).await
@@ -85,7 +85,7 @@ async fn credssp(session: &mut Session, authorization: &str, shared: &Shared) ->
     let AuthState::InProgress { acceptor, started } = &mut session.auth else {
         return Logon::Answer(reply::credssp_401(&[]));
     };
-    if now.duration_since(*started) > shared.settings().config.auth.handshake_timeout {
+    if now.duration_since(*started) > shared.config().auth.handshake_timeout {
         session.auth = AuthState::None;
         let reason = "the CredSSP exchange took longer than auth.handshake_timeout_secs";
         audit_failed(session, shared, None, reason);

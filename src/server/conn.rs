@@ -151,10 +151,7 @@ pub(crate) async fn serve(
         }
         // The TLS handshake gets the same deadline as a request's headers.
         let acceptor = tokio_rustls::TlsAcceptor::from(shared.credssp().tls.clone());
-        let handshake = timeout(
-            shared.settings().config.listen.header_read_timeout,
-            acceptor.accept(stream),
-        );
+        let handshake = timeout(shared.config().listen.header_read_timeout, acceptor.accept(stream));
         tokio::select! {
             accepted = handshake => match accepted {
                 Ok(Ok(tls)) => serve_http(tls, session, &shared).await,
@@ -189,7 +186,7 @@ where
     // healthy sessions; `drive` enforces the deadlines instead.
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
-        .max_buf_size(shared.settings().config.listen.max_header_size)
+        .max_buf_size(shared.config().listen.max_header_size)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let ender = session.ender.clone();
@@ -220,7 +217,7 @@ where
 async fn drive(session: &mut Session, incoming: &mut mpsc::Receiver<Call>, shared: &Shared) {
     let ender = session.ender.clone();
     loop {
-        let deadline = session.idle_deadline(&shared.settings().config);
+        let deadline = session.idle_deadline(&shared.config());
         let call = tokio::select! {
             biased;
             _ = ender.token.cancelled() => return,
@@ -233,7 +230,7 @@ async fn drive(session: &mut Session, incoming: &mut mpsc::Receiver<Call>, share
                 None => return,
             },
         };
-        let busy = session.busy_deadline(&shared.settings().config);
+        let busy = session.busy_deadline(&shared.config());
         let answer = {
             let handling = handle(session, call.request, shared);
             tokio::pin!(handling);
@@ -273,8 +270,8 @@ async fn handle(session: &mut Session, request: Request<Incoming>, shared: &Shar
             "not a WS-Management endpoint: use /wsman/<target>",
         );
     };
-    let settings = shared.settings();
-    let max_envelope = settings.config.listen.max_envelope_size;
+    let config = shared.config();
+    let max_envelope = config.listen.max_envelope_size;
     if request::is_unauthenticated_identify(&request) {
         return match request::read_body(request, max_envelope).await {
             Ok(_) => reply::soap(StatusCode::OK, wsman::identify_response()),
@@ -293,12 +290,7 @@ async fn handle(session: &mut Session, request: Request<Incoming>, shared: &Shar
     // Read within the envelope limit before anything else: a body is never
     // buffered beyond it, authenticated or not. Before logon, the logon
     // deadline bounds a stalled upload; after, the idle timeout does.
-    let body = match timeout(
-        settings.config.session.idle_timeout,
-        request::read_body(request, max_envelope),
-    )
-    .await
-    {
+    let body = match timeout(config.session.idle_timeout, request::read_body(request, max_envelope)).await {
         Err(_) => return reply::closing(StatusCode::REQUEST_TIMEOUT, "request body not received in time"),
         Ok(Ok(body)) => body,
         Ok(Err(BodyError::TooLarge)) => {
@@ -310,7 +302,7 @@ async fn handle(session: &mut Session, request: Request<Incoming>, shared: &Shar
         }
         Ok(Err(error)) => return reply::plain(StatusCode::BAD_REQUEST, &error.to_string()),
     };
-    drop(settings);
+    drop(config);
     match auth::authenticate(session, authorization.as_deref(), shared).await {
         Logon::Proceed => pipeline::relay(session, &content_type, body, route, shared).await,
         Logon::Answer(answer) => answer,

@@ -36,7 +36,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, kind: ListenerKind, share
                 }
             }
         };
-        if !source_allowed(&shared.settings().config.listen.allow_sources, peer) {
+        if !source_allowed(&shared.config().listen.allow_sources, peer) {
             refuse(&shared, stream, peer, "source address not in listen.allow_sources");
             continue;
         }

@@ -35,7 +35,6 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{AuditError, AuditSink};
 use crate::certs::{self, CertError};
 use crate::config::{Config, UsersError, UsersFile};
-use crate::policy::{Policy, PolicyError};
 use crate::proto::credssp::{AcceptorConfig, UserHash};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +45,6 @@ pub enum ServerError {
     Users(#[from] UsersError),
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
-    #[error("policy: {0}")]
-    Policy(#[from] PolicyError),
     #[error("tls configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -56,16 +53,12 @@ pub enum ServerError {
     NoListener,
 }
 
-/// What SIGHUP reloads: targets, rules and the rest of the file. Requests
-/// read it afresh; listeners, limits and the audit path stay as started.
-pub(crate) struct Settings {
-    pub config: Config,
-    pub policy: Policy,
-}
-
 /// Everything the connections share.
 pub(crate) struct Shared {
-    settings: RwLock<Arc<Settings>>,
+    /// The config file (targets, rules and the rest), replaced as a whole on
+    /// SIGHUP: requests read it afresh; listeners, limits and the audit path
+    /// stay as started.
+    config: RwLock<Arc<Config>>,
     /// Certificate, key and users: replaced as a whole on SIGHUP; sessions
     /// already running keep the one they started with.
     credssp: RwLock<Arc<AcceptorConfig>>,
@@ -85,8 +78,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn settings(&self) -> Arc<Settings> {
-        read(&self.settings)
+    pub fn config(&self) -> Arc<Config> {
+        read(&self.config)
     }
 
     pub fn credssp(&self) -> Arc<AcceptorConfig> {
@@ -117,7 +110,7 @@ pub(crate) struct ListenerKind {
 /// `session.shutdown_timeout_secs`. SIGHUP reloads (see [`reload`]).
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let shared = Arc::new(prepare(config)?);
-    let config = &shared.settings().config;
+    let config = &shared.config();
     let mut listeners = Vec::new();
     if let Some(addr) = config.listen.http {
         listeners.push((
@@ -149,7 +142,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
-    warn_insecure_targets(config);
     let accepting = TaskTracker::new();
     for (listener, kind) in listeners {
         let addr = listener.local_addr().ok();
@@ -186,17 +178,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn warn_insecure_targets(config: &Config) {
-    for target in config.insecure_targets() {
-        tracing::warn!(
-            target = %target.name,
-            url = %target.url,
-            "TLS CERTIFICATE VERIFICATION IS OFF for this target (tls_verify = false): anyone on the path can \
-             impersonate it and receive delegated credentials"
-        );
-    }
-}
-
 fn prepare(config: Config) -> Result<Shared, ServerError> {
     let (cert, generated) = certs::load_or_generate(&config.listen.tls_cert, &config.listen.tls_key)?;
     if generated {
@@ -207,13 +188,12 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         );
     }
     let credssp = acceptor_config(&config, &cert)?;
-    let policy = Policy::new(&config.allow)?;
     let audit = AuditSink::open(&config.audit)?;
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
     let unauthenticated = limits::Unauthenticated::new(&config.limits);
     Ok(Shared {
-        settings: RwLock::new(Arc::new(Settings { config, policy })),
+        config: RwLock::new(Arc::new(config)),
         credssp: RwLock::new(credssp),
         audit,
         lockout,
@@ -290,29 +270,27 @@ fn reload(shared: &Shared) {
     // The audit log first: logrotate has moved it and waits for the reopen.
     // A failed reopen keeps the old file and is logged by the sink itself.
     let _ = shared.audit.reopen();
-    let path = shared.settings().config.path.clone();
+    let path = shared.config().path.clone();
     let loaded = Config::load(&path)
         .map_err(|error| error.to_string())
         .and_then(|config| {
-            let policy = Policy::new(&config.allow).map_err(|error| error.to_string())?;
             let cert = certs::load(&config.listen.tls_cert, &config.listen.tls_key).map_err(|e| e.to_string())?;
             let credssp = acceptor_config(&config, &cert).map_err(|e| e.to_string())?;
-            Ok((Settings { config, policy }, credssp))
+            Ok((config, credssp))
         });
-    let (settings, credssp) = match loaded {
+    let (config, credssp) = match loaded {
         Ok(loaded) => loaded,
         Err(error) => {
             tracing::error!(%error, "SIGHUP: reload failed, keeping the previous configuration");
             return;
         }
     };
-    warn_insecure_targets(&settings.config);
     let users: std::collections::HashSet<String> = credssp
         .users
         .iter()
         .map(|u| format!("{}\\{}", u.domain, u.user).to_ascii_lowercase())
         .collect();
-    replace(&shared.settings, Arc::new(settings));
+    replace(&shared.config, Arc::new(config));
     replace(&shared.credssp, credssp);
     let ended = shared.sessions.end_where(
         |principal| users.contains(&principal.to_ascii_lowercase()),

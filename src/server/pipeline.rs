@@ -2,6 +2,7 @@
 //! unseal -> parse envelope -> policy -> rewrite -> target -> inspect ->
 //! seal for the caller -> audit.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,10 +14,12 @@ use super::request::Route;
 use super::session::Session;
 use super::Shared;
 use crate::audit::{AuditEvent, AuditKind, AuditSink};
+use crate::config::Config;
 use crate::policy::Decision;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo};
-use crate::target::TargetError;
+use crate::resolve::ResolvedTarget;
+use crate::target::{self, TargetError};
 
 /// Margin over a request's OperationTimeout before the relay gives up on
 /// the target: a Receive may legitimately wait that long.
@@ -206,8 +209,8 @@ async fn forward(
             audit: AuditKind::Denied,
         });
     };
-    let settings = shared.settings();
-    let target = match settings.config.resolve_target(&name) {
+    let config = shared.config();
+    let target = match config.resolve_target(&name) {
         Ok(target) => target,
         Err(error) => {
             event.target = Some(name.clone());
@@ -219,16 +222,13 @@ async fn forward(
         }
     };
     event.target = Some(target.name.clone());
-    event.tls_verified = target.https.then_some(target.tls_verify);
+    // Every https target's certificate is checked: against CAs, or its pinned fingerprint.
+    event.tls_verified = target.https.then_some(true);
     let user = session.principal().unwrap_or_default().to_string();
-    if let Decision::Deny { reason } = settings.policy.decide(&user, &target, info.resource_uri.as_deref()) {
-        tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");
-        return fail(Failure {
-            kind: FaultKind::AccessDenied,
-            message: reason,
-            audit: AuditKind::Denied,
-        });
-    }
+    let addresses = match checked_addresses(session, &config, &user, &target, info.resource_uri.as_deref()).await {
+        Ok(addresses) => addresses,
+        Err(failure) => return fail(failure),
+    };
     if let Err(message) = session.shells.check_owner(&info, &target) {
         return fail(Failure {
             kind: FaultKind::AccessDenied,
@@ -273,7 +273,7 @@ async fn forward(
     session.ender.set_completing(is_create);
     let exchanged = session
         .targets
-        .exchange(&target, session.vault.get(), &rewritten, wait)
+        .exchange(&target, &addresses, session.vault.get(), &rewritten, wait)
         .await;
     session.ender.set_completing(false);
     let response = match exchanged {
@@ -290,12 +290,45 @@ async fn forward(
         }
         session
             .shells
-            .track(&info, &target, &answer, response.status, shell_slot);
+            .track(&info, &target, &addresses, &answer, response.status, shell_slot);
         if let Some(fault) = answer.fault {
             event.reason = fault.reason.or(fault.subcode);
         }
     }
     Ok((response.status, response.body))
+}
+
+/// Decides `user`'s request to `target`, returning the addresses the policy checked and the
+/// relay may connect to: the peer of the session's live connection to it, else a lookup.
+/// Nothing is looked up for a user no rule could grant the target, so such a user cannot
+/// make the relay resolve names.
+async fn checked_addresses(
+    session: &Session,
+    config: &Config,
+    user: &str,
+    target: &ResolvedTarget,
+    resource_uri: Option<&str>,
+) -> Result<Vec<IpAddr>, Failure> {
+    let policy = &config.policy;
+    let addresses = if policy.may_reach(user, target) {
+        match session.targets.live_peer(&target.name) {
+            Some(peer) => vec![peer],
+            None => target::lookup_addresses(target).await.map_err(|e| target_failure(&e))?,
+        }
+    } else {
+        Vec::new()
+    };
+    match policy.decide(user, target, &addresses, resource_uri) {
+        Decision::Allow { .. } => Ok(addresses),
+        Decision::Deny { reason } => {
+            tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");
+            Err(Failure {
+                kind: FaultKind::AccessDenied,
+                message: reason,
+                audit: AuditKind::Denied,
+            })
+        }
+    }
 }
 
 fn record_request(event: &mut AuditEvent, info: &RequestInfo) {

@@ -2,6 +2,7 @@
 //! when the session ends.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -9,14 +10,17 @@ use hyper::StatusCode;
 
 use super::limits::Slot;
 use crate::audit::{AuditEvent, AuditSink};
-use crate::config::ResolvedTarget;
 use crate::proto::wsman::{self, RequestInfo, ResponseInfo};
+use crate::resolve::ResolvedTarget;
 use crate::target::{Pool, TargetConnection};
 use crate::vault::DelegatedCredentials;
 
 /// A shell the caller created and has not deleted yet.
 pub(crate) struct OpenShell {
     pub target: ResolvedTarget,
+    /// The addresses the policy checked when it was created: its Delete at
+    /// session end goes there, without resolving the name again.
+    addresses: Vec<IpAddr>,
     pub resource_uri: String,
     /// Counts against `limits.max_shells_per_user` until dropped.
     _slot: Slot,
@@ -66,6 +70,7 @@ impl Shells {
         &mut self,
         info: &RequestInfo,
         target: &ResolvedTarget,
+        addresses: &[IpAddr],
         answer: &ResponseInfo,
         status: StatusCode,
         slot: Option<Slot>,
@@ -74,6 +79,7 @@ impl Shells {
             ("Create", Some(slot), Some(shell_id)) if status.is_success() => {
                 let open = OpenShell {
                     target: target.clone(),
+                    addresses: addresses.to_vec(),
                     resource_uri: info.resource_uri.clone().unwrap_or_default(),
                     _slot: slot,
                 };
@@ -162,7 +168,13 @@ async fn delete_on_one_target(
     for (shell_id, shell, audit_line) in pending.iter_mut() {
         let request = wsman::delete_shell_request(&shell.target.url, &shell.resource_uri, shell_id);
         let result = pool
-            .exchange(&shell.target, credentials, &request, shell.target.timeout)
+            .exchange(
+                &shell.target,
+                &shell.addresses,
+                credentials,
+                &request,
+                shell.target.timeout,
+            )
             .await;
         match result {
             Ok(response) => audit_line.finish(Some(response.status.as_u16()), None),

@@ -6,6 +6,11 @@
 //! as the transport requires. It is never shared across sessions, so never
 //! across users.
 //!
+//! A target's name is looked up once ([`lookup_addresses`]); the policy checks those
+//! addresses and the connection goes to exactly them, never to a second lookup's answer.
+//! TLS uses the target's client configuration built at load (session cache included),
+//! with the host name for SNI and certificate names, as for `Host` and the SPN.
+//!
 //! | `auth` | wire | authentication | bodies |
 //! |---|---|---|---|
 //! | negotiate, ntlm | HTTP | SPNEGO/NTLM, once | SPNEGO session encryption |
@@ -14,8 +19,8 @@
 //! | credssp | HTTP or HTTPS | CredSSP, delegating the caller's credentials onward | CredSSP session encryption on HTTP, plain on HTTPS |
 
 mod pool;
-mod tls;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,20 +29,20 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 pub use pool::Pool;
-pub use tls::TargetTlsError;
 
-use crate::config::{ResolvedTarget, TargetAuth};
 use crate::proto::credssp::{CredSspError, Initiator, SecureChannel};
 use crate::proto::http_auth::{
     basic_authorization, find_challenge, format_scheme_token, tls_server_end_point, HttpAuthError, NegotiateClient,
 };
 use crate::proto::sealing::{self, SealProtocol};
+use crate::resolve::{ResolvedTarget, TargetAuth};
 use crate::vault::DelegatedCredentials;
 
 /// Largest response body accepted from a target; WS-Man envelopes are bounded
@@ -49,6 +54,8 @@ const SOAP_CONTENT_TYPE: &str = "application/soap+xml;charset=UTF-8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
+    #[error("cannot look up {target}: {detail}")]
+    Lookup { target: String, detail: String },
     #[error("cannot connect to {target}: {source}")]
     Connect { target: String, source: std::io::Error },
     #[error("connecting to {target} timed out after {secs} s")]
@@ -97,6 +104,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 pub struct TargetConnection {
     target: ResolvedTarget,
+    /// The address connected to.
+    peer: IpAddr,
     sender: SendRequest<Full<Bytes>>,
     wire: Wire,
     driver: JoinHandle<()>,
@@ -116,16 +125,52 @@ impl std::fmt::Debug for TargetConnection {
     }
 }
 
-/// The stream to a target, and (over TLS) its certificate for channel binding.
+/// The stream to a target, the address it goes to, and (over TLS) the target's
+/// certificate for channel binding.
 struct Connected {
     io: Box<dyn Io>,
+    peer: IpAddr,
     certificate: Option<Vec<u8>>,
 }
 
+/// The addresses of `target`, looked up once within its connect timeout (an IP literal
+/// needs no lookup). The relay checks these and connects to nothing else.
+pub async fn lookup_addresses(target: &ResolvedTarget) -> Result<Vec<IpAddr>, TargetError> {
+    if let Some(ip) = target.ip {
+        return Ok(vec![ip.to_canonical()]);
+    }
+    let failed = |detail: String| TargetError::Lookup {
+        target: describe(target),
+        detail,
+    };
+    let found = tokio::time::timeout(
+        target.connect_timeout,
+        tokio::net::lookup_host((target.host.as_str(), target.port)),
+    )
+    .await
+    .map_err(|_| failed(format!("no answer within {} s", target.connect_timeout.as_secs())))?
+    .map_err(|e| failed(e.to_string()))?;
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for ip in found.map(|a| a.ip().to_canonical()) {
+        if !addresses.contains(&ip) {
+            addresses.push(ip);
+        }
+    }
+    if addresses.is_empty() {
+        return Err(failed("the name has no addresses".into()));
+    }
+    Ok(addresses)
+}
+
 impl TargetConnection {
-    /// Connect and authenticate as `credentials`.
-    pub async fn open(target: &ResolvedTarget, credentials: &DelegatedCredentials) -> Result<Self, TargetError> {
-        let connected = connect(target).await?;
+    /// Connect to the first of `addresses` that answers (in order; addresses the caller
+    /// looked up and checked) and authenticate as `credentials`.
+    pub async fn open(
+        target: &ResolvedTarget,
+        addresses: &[IpAddr],
+        credentials: &DelegatedCredentials,
+    ) -> Result<Self, TargetError> {
+        let connected = connect(target, addresses).await?;
         let (sender, connection) =
             http1::handshake(TokioIo::new(connected.io))
                 .await
@@ -140,6 +185,7 @@ impl TargetConnection {
         });
         let mut conn = TargetConnection {
             target: target.clone(),
+            peer: connected.peer,
             sender,
             wire: Wire::Plain,
             driver,
@@ -161,6 +207,11 @@ impl TargetConnection {
     /// Whether the target closed the connection (then a new one is needed).
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
+    }
+
+    /// The address this connection goes to: what the policy checks for requests on it.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
     }
 
     async fn authenticate(
@@ -434,9 +485,19 @@ impl TargetConnection {
     }
 }
 
-async fn connect(target: &ResolvedTarget) -> Result<Connected, TargetError> {
-    let addr = (target.host.as_str(), target.port);
-    let stream = match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
+async fn connect(target: &ResolvedTarget, addresses: &[IpAddr]) -> Result<Connected, TargetError> {
+    let attempts = async {
+        let mut last_error = None;
+        for &ip in addresses {
+            match TcpStream::connect(SocketAddr::new(ip, target.port)).await {
+                Ok(stream) => return Ok((stream, ip)),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address to connect to")))
+    };
+    let (stream, peer) = match tokio::time::timeout(target.connect_timeout, attempts).await {
         Err(_) => {
             return Err(TargetError::ConnectTimeout {
                 target: describe(target),
@@ -449,13 +510,14 @@ async fn connect(target: &ResolvedTarget) -> Result<Connected, TargetError> {
                 source,
             })
         }
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(connected)) => connected,
     };
     // Small request/response exchanges: don't let Nagle add latency.
     let _ = stream.set_nodelay(true);
     if !target.https {
         return Ok(Connected {
             io: Box::new(stream),
+            peer,
             certificate: None,
         });
     }
@@ -463,10 +525,12 @@ async fn connect(target: &ResolvedTarget) -> Result<Connected, TargetError> {
         target: describe(target),
         detail,
     };
-    let config =
-        tls::client_config(target.ca_file.as_deref(), target.tls_verify).map_err(|e| tls_error(e.to_string()))?;
-    let name = tls::server_name(&target.host).map_err(|e| tls_error(e.to_string()))?;
-    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    let tls = target
+        .tls
+        .as_ref()
+        .ok_or_else(|| tls_error("no TLS configuration for this https target".into()))?;
+    let name = ServerName::try_from(target.host.clone()).map_err(|e| tls_error(format!("{}: {e}", target.host)))?;
+    let handshake = tokio_rustls::TlsConnector::from(tls.client_config()).connect(name, stream);
     let stream = match tokio::time::timeout(target.connect_timeout, handshake).await {
         Err(_) => {
             return Err(tls_error(format!(
@@ -474,7 +538,7 @@ async fn connect(target: &ResolvedTarget) -> Result<Connected, TargetError> {
                 target.connect_timeout.as_secs()
             )))
         }
-        Ok(Err(error)) => return Err(tls_error(error.to_string())),
+        Ok(Err(error)) => return Err(tls_error(handshake_failure(&error))),
         Ok(Ok(stream)) => stream,
     };
     let certificate = stream
@@ -485,8 +549,18 @@ async fn connect(target: &ResolvedTarget) -> Result<Connected, TargetError> {
         .map(|c| c.to_vec());
     Ok(Connected {
         io: Box::new(stream),
+        peer,
         certificate,
     })
+}
+
+/// Why a handshake failed; the relay's own certificate refusals (a pin mismatch) read
+/// as written, without rustls' "other error" wrapping.
+fn handshake_failure(error: &std::io::Error) -> String {
+    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::Other(other)) => other.to_string(),
+        _ => error.to_string(),
+    }
 }
 
 fn host_header(target: &ResolvedTarget) -> String {
@@ -515,11 +589,106 @@ pub fn describe(target: &ResolvedTarget) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resolve::{Fingerprint, TargetTls, TlsTrust};
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
 
     #[test]
     fn url_paths() {
         assert_eq!(url_path("http://127.0.0.21:5985/wsman"), "/wsman");
         assert_eq!(url_path("https://[::1]:5986/wsman/x"), "/wsman/x");
         assert_eq!(url_path("http://host"), "/wsman");
+    }
+
+    /// An unlisted target, named by its host.
+    fn unlisted(host: &str, port: u16, tls: Option<TargetTls>) -> ResolvedTarget {
+        let https = tls.is_some();
+        ResolvedTarget {
+            name: host.into(),
+            alias: None,
+            host: host.into(),
+            port,
+            ip: host.parse().ok(),
+            url: format!("{}://{host}:{port}/wsman", if https { "https" } else { "http" }),
+            https,
+            auth: TargetAuth::Negotiate,
+            tls,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn lookups_give_the_addresses_and_literals_need_none() {
+        let literal = unlisted("192.0.2.7", 5985, None);
+        assert_eq!(
+            lookup_addresses(&literal).await.unwrap(),
+            ["192.0.2.7".parse::<IpAddr>().unwrap()]
+        );
+        let localhost = lookup_addresses(&unlisted("localhost", 5985, None)).await.unwrap();
+        assert!(
+            !localhost.is_empty() && localhost.iter().all(IpAddr::is_loopback),
+            "{localhost:?}"
+        );
+        let error = lookup_addresses(&unlisted("no-such-host.invalid", 5985, None))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, TargetError::Lookup { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn connections_go_to_the_checked_addresses_without_a_second_lookup() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // The name cannot be looked up at all: only the given addresses can be used, in
+        // order, past one that refuses.
+        let target = unlisted("no-such-host.invalid", port, None);
+        let refusing: IpAddr = "127.0.0.2".parse().unwrap();
+        let listening: IpAddr = "127.0.0.1".parse().unwrap();
+        let connected = connect(&target, &[refusing, listening]).await.unwrap();
+        assert_eq!(connected.peer, listening);
+        let error = connect(&target, &[]).await.err().expect("connected to nothing");
+        assert!(error.to_string().contains("no address to connect to"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_pin_mismatch_is_reported_plainly() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["box".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        tokio::spawn(async move {
+            if let Ok((stream, _)) = listener.accept().await {
+                let _ = acceptor.accept(stream).await;
+            }
+        });
+        let pin = Fingerprint::parse(&format!("sha256:{}", "00".repeat(32))).unwrap();
+        let tls = TargetTls::new(TlsTrust::Pinned(pin)).unwrap();
+        let target = unlisted("127.0.0.1", port, Some(tls));
+        let error = connect(&target, &["127.0.0.1".parse().unwrap()])
+            .await
+            .err()
+            .expect("pin ignored");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "TLS to 127.0.0.1:{port} failed: the certificate presented has fingerprint {}, not the pinned \
+                 tls_fingerprint {pin}",
+                Fingerprint::of(cert.der())
+            )
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! The target connections of one inbound session, by target name.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::{describe, TargetConnection, TargetError, TargetResponse};
-use crate::config::ResolvedTarget;
+use crate::resolve::ResolvedTarget;
 use crate::vault::DelegatedCredentials;
 
 /// Connections authenticated with one session's credentials: never shared
@@ -16,7 +17,8 @@ pub struct Pool {
 
 impl Pool {
     /// Send on this session's connection to `target`, opening (and
-    /// authenticating) one when there is none or the target closed it.
+    /// authenticating) one to `addresses` (the ones the policy checked) when
+    /// there is none or the target closed it.
     ///
     /// The connection is out of the pool while the exchange runs: if the
     /// exchange fails, or its future is dropped half-way (the caller went
@@ -25,6 +27,7 @@ impl Pool {
     pub async fn exchange(
         &mut self,
         target: &ResolvedTarget,
+        addresses: &[IpAddr],
         credentials: Option<&DelegatedCredentials>,
         soap: &[u8],
         wait: Duration,
@@ -37,7 +40,7 @@ impl Pool {
                     target: describe(target),
                     user: "(no delegated credentials)".into(),
                 })?;
-                TargetConnection::open(target, credentials).await?
+                TargetConnection::open(target, addresses, credentials).await?
             }
         };
         let result = connection.exchange(soap, wait).await;
@@ -45,6 +48,15 @@ impl Pool {
             self.connections.insert(key, connection);
         }
         result
+    }
+
+    /// The address of the live connection to `target`, if there is one: what
+    /// the policy checks, so a name is not resolved again while it is in use.
+    pub fn live_peer(&self, target: &str) -> Option<IpAddr> {
+        self.connections
+            .get(&target.to_ascii_lowercase())
+            .filter(|connection| !connection.is_closed())
+            .map(TargetConnection::peer)
     }
 
     /// Take the connection to `target` out of the pool (to use it elsewhere).

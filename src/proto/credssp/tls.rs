@@ -62,10 +62,9 @@ pub(crate) fn encrypt(conn: &mut Connection, plain: &[u8]) -> Result<Vec<u8>, Cr
 }
 
 /// Accepts any certificate chain, but still checks the handshake signatures
-/// made with its key. For the two places where the certificate is not what
-/// authenticates the peer: CredSSP's inner channel (pubKeyAuth binds the
-/// NTLM session to the key instead, as Windows and pyspnego do), and an
-/// HTTPS target whose operator set `tls_verify = false` explicitly.
+/// made with its key. For CredSSP's inner channel, where the certificate is not
+/// what authenticates the peer: pubKeyAuth binds the NTLM session to the key
+/// instead, as Windows and pyspnego do.
 #[derive(Debug)]
 pub struct SkipCertificateVerification;
 

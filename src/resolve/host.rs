@@ -1,7 +1,8 @@
 //! Host names, `host[:port]` segments and target URLs.
 //!
-//! Shared by config validation (target names and urls) and by request-time target
-//! resolution, so that what `check` accepts is exactly what a request can name.
+//! Shared by config validation (target names and urls), allow-rule parsing (host names in
+//! `targets`) and request-time target resolution, so that what `check` accepts is exactly
+//! what a request can name.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -135,10 +136,6 @@ pub(crate) struct TargetUrl {
     pub path: String,
 }
 
-/// The former name, from when target urls were http only.
-#[allow(dead_code)]
-pub(crate) type HttpUrl = TargetUrl;
-
 impl TargetUrl {
     pub fn scheme(&self) -> &'static str {
         if self.https {
@@ -203,12 +200,6 @@ pub(crate) fn parse_target_url(s: &str) -> Result<TargetUrl, String> {
         host: parse_host_port(authority)?,
         path: path.to_string(),
     })
-}
-
-/// The former name, from when target urls were http only; accepts https too.
-#[allow(dead_code)]
-pub(crate) fn parse_http_url(s: &str) -> Result<TargetUrl, String> {
-    parse_target_url(s)
 }
 
 /// Decodes `%XX` escapes (clients may send `%5B::1%5D`); refuses broken escapes.
