@@ -64,7 +64,7 @@ def assert_ended_cleanly(events: typing.List[dict], session: str, shell: str, do
     assert session_end(events, session)["reason"] == reason
     # The Receive that was in flight is audited, as cancelled.
     receives = [e for e in mine if e.get("action") == "Receive"]
-    assert receives and "cancelled" in receives[-1].get("reason", ""), receives
+    assert receives and "cancelled" in receives[-1].get("reason", "") and receives[-1]["status"] == 499, receives
     # The target really deleted it, at the relay's request.
     assert [r for r in double_log if r.get("action") == "Delete" and r.get("shell_id") == shell]
 

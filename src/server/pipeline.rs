@@ -25,6 +25,8 @@ use crate::target::{self, TargetError};
 /// the target: a Receive may legitimately wait that long.
 const OPERATION_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 const RELAY_MACHINE: &str = "winrm-relay";
+/// The audited status of a request cancelled before its answer.
+const CANCELLED_STATUS: u16 = 499;
 
 /// A request that failed before or at the target: its fault and audit fields.
 struct Failure {
@@ -152,6 +154,9 @@ impl<'a> RequestAudit<'a> {
 impl Drop for RequestAudit<'_> {
     fn drop(&mut self) {
         if !self.written {
+            // 499, as web servers log "client closed request": nobody got an answer.
+            self.event.status = Some(CANCELLED_STATUS);
+            self.event.bytes_out = Some(0);
             self.event.reason =
                 Some("cancelled before the target answered: the caller went away or the session ended".into());
             self.finish();
