@@ -5,7 +5,9 @@
 //! elements on namespace URI, never on prefix: clients use `s:`, `env:`, `a:`,
 //! `wsa:`, `w:`, `wsman:`, `rsp:` and `p:` freely. Input must be UTF-8, may not
 //! carry a DTD (so no entity expansion), and may nest at most [`MAX_DEPTH`]
-//! elements deep.
+//! elements deep, with at most [`MAX_ATTRIBUTES`] attributes (of which
+//! [`MAX_NAMESPACE_DECLARATIONS`] namespace declarations) per element and
+//! names of at most [`MAX_NAME_LEN`] bytes.
 //!
 //! Where a value that drives a policy decision could be read two ways (two
 //! `wsa:To` headers, two ShellId selectors, two `CommandLine`s), parsing fails
@@ -34,6 +36,13 @@ use scan::{attr, is_xml_space, path_is, scan, Elem, Item, Ns};
 
 /// Deepest element nesting accepted; real envelopes stay under 12.
 pub const MAX_DEPTH: usize = 64;
+/// Most attributes on one element; real envelopes carry at most a dozen (the
+/// root's namespace declarations).
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Most namespace declarations on one element.
+pub const MAX_NAMESPACE_DECLARATIONS: usize = 32;
+/// Longest qualified element or attribute name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
 
 /// Action URI prefix shared by the WinRS shell operations.
 pub const SHELL_ACTION_PREFIX: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/";
@@ -51,6 +60,12 @@ pub enum WsmanError {
     Doctype,
     #[error("xml nests deeper than {MAX_DEPTH} elements")]
     TooDeep,
+    #[error("an element carries more than {MAX_ATTRIBUTES} attributes")]
+    TooManyAttributes,
+    #[error("an element declares more than {MAX_NAMESPACE_DECLARATIONS} namespaces")]
+    TooManyNamespaces,
+    #[error("an element or attribute name is longer than {MAX_NAME_LEN} bytes")]
+    NameTooLong,
     #[error("root element is not a soap 1.2 envelope")]
     NotSoapEnvelope,
     #[error("envelope has more than one {0}")]

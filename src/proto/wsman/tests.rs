@@ -867,3 +867,48 @@ fn all_vectors_survive_truncation_and_mutation() {
         }
     }
 }
+
+/// 30,000 attributes on one element (a 320 KB envelope): quick-xml's
+/// duplicate-attribute check compares each attribute with every earlier one,
+/// which took seconds; the bound refuses the element before that check runs.
+#[test]
+fn an_element_with_thousands_of_attributes_is_refused_quickly() {
+    let attributes: String = (0..30_000).map(|i| format!(" a{i:05}=\"\"")).collect();
+    let xml = envelope(&format!("{ACTION_CREATE}<w:Locale{attributes}/>"), "");
+    assert!(xml.len() > 300_000, "{} bytes", xml.len());
+    let started = std::time::Instant::now();
+    let result = parse_request(xml.as_bytes());
+    let elapsed = started.elapsed();
+    assert_eq!(result, Err(WsmanError::TooManyAttributes));
+    assert!(elapsed < std::time::Duration::from_millis(100), "took {elapsed:?}");
+}
+
+#[test]
+fn attributes_namespaces_and_names_are_bounded() {
+    let with_attributes = |n: usize, name: &dyn Fn(usize) -> String| {
+        let attributes: String = (0..n).map(|i| format!(" {}=\"u{i}\"", name(i))).collect();
+        envelope(&format!("{ACTION_CREATE}<w:Locale{attributes}/>"), "")
+    };
+    let plain = |i: usize| format!("a{i}");
+    assert!(parse_request(with_attributes(MAX_ATTRIBUTES, &plain).as_bytes()).is_ok());
+    assert_eq!(
+        parse_request(with_attributes(MAX_ATTRIBUTES + 1, &plain).as_bytes()),
+        Err(WsmanError::TooManyAttributes)
+    );
+    let declaration = |i: usize| format!("xmlns:n{i}");
+    assert!(parse_request(with_attributes(MAX_NAMESPACE_DECLARATIONS, &declaration).as_bytes()).is_ok());
+    assert_eq!(
+        parse_request(with_attributes(MAX_NAMESPACE_DECLARATIONS + 1, &declaration).as_bytes()),
+        Err(WsmanError::TooManyNamespaces)
+    );
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    let xml = envelope(&format!("{ACTION_CREATE}<w:Locale {long}=\"\"/>"), "");
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::NameTooLong));
+    let xml = envelope(&format!("{ACTION_CREATE}<{long}/>"), "");
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::NameTooLong));
+    assert!(parse_request(envelope(&format!("{ACTION_CREATE}<{}/>", &long[1..]), "").as_bytes()).is_ok());
+    // The responses the relay reads go through the same walk.
+    let attributes: String = (0..=MAX_ATTRIBUTES).map(|i| format!(" a{i}=\"\"")).collect();
+    let response = WIN_COMMAND.replacen("<s:Body>", &format!("<s:Body{attributes}>"), 1);
+    assert_eq!(parse_response(response.as_bytes()), Err(WsmanError::TooManyAttributes));
+}
