@@ -79,6 +79,7 @@ pub(super) struct RawLimits {
     pub max_sessions_per_user: V,
     pub max_shells_per_user: V,
     pub max_operations_per_user: V,
+    pub max_operation_timeout_secs: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -163,6 +164,7 @@ const LIMITS: &[&str] = &[
     "max_sessions_per_user",
     "max_shells_per_user",
     "max_operations_per_user",
+    "max_operation_timeout_secs",
 ];
 const DEFAULTS: &[&str] = &[
     "auth",

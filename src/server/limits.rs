@@ -282,6 +282,7 @@ mod tests {
             max_sessions_per_user: 1,
             max_shells_per_user: 1,
             max_operations_per_user: 1,
+            max_operation_timeout: std::time::Duration::from_secs(60),
         });
         let a = quotas.session("LAB\\alice").unwrap();
         assert!(matches!(

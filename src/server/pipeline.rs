@@ -242,7 +242,8 @@ async fn forward(
     } else {
         None
     };
-    let rewritten = match wsman::rewrite_to(plain, &target.url) {
+    let max_timeout = shared.config.limits.max_operation_timeout;
+    let rewritten = match wsman::rewrite_request(plain, &target.url, max_timeout) {
         Ok(rewritten) => rewritten,
         Err(error) => {
             return fail(Failure {
@@ -253,7 +254,7 @@ async fn forward(
         }
     };
     let wait = info
-        .operation_timeout
+        .operation_timeout_within(max_timeout)
         .map(|op| (op + OPERATION_TIMEOUT_MARGIN).max(target.timeout))
         .unwrap_or(target.timeout);
     let response = match exchange(session, &target, &rewritten, wait).await {

@@ -1,5 +1,5 @@
-//! WS-Management envelopes: scan requests and responses, rewrite `wsa:To`,
-//! build faults.
+//! WS-Management envelopes: scan requests and responses, rewrite `wsa:To`
+//! and the OperationTimeout, build faults.
 //!
 //! Everything is event-based (quick-xml's `NsReader`, no DOM) and matches
 //! elements on namespace URI, never on prefix: clients use `s:`, `env:`, `a:`,
@@ -22,6 +22,7 @@ mod duration;
 mod fault;
 mod identify;
 mod psrp;
+mod rewrite;
 mod scan;
 mod shell;
 
@@ -30,6 +31,7 @@ pub use duration::parse_duration;
 pub use fault::{fault_envelope, new_message_id, FaultKind};
 pub use identify::identify_response;
 pub use psrp::psrp_command_summary;
+pub use rewrite::rewrite_request;
 pub use shell::{shell_kind, ShellKind};
 
 use scan::{attr, is_xml_space, path_is, scan, Elem, Item, Ns};
@@ -110,6 +112,13 @@ impl RequestInfo {
         }
         let a = self.action.trim_end_matches('/');
         a.rsplit('/').next().unwrap_or(a)
+    }
+
+    /// The OperationTimeout the relay honours: the client's, at most `max`
+    /// (a client may ask for up to u64::MAX seconds, which no deadline
+    /// arithmetic survives). [`rewrite_request`] tells the target the same.
+    pub fn operation_timeout_within(&self, max: Duration) -> Option<Duration> {
+        self.operation_timeout.map(|asked| asked.min(max))
     }
 }
 
@@ -536,81 +545,6 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
     }
     info.exit_code = exit_code.and_then(|c| c.parse().ok());
     Ok(info)
-}
-
-/// Replace the text of the header's wsa:To with `to` (XML-escaped); every other byte unchanged.
-/// If there is no wsa:To, return the input unchanged.
-pub fn rewrite_to(xml: &[u8], to: &str) -> Result<Vec<u8>, WsmanError> {
-    enum Found {
-        /// `<a:To ...>text</a:To>`: the byte range of the text.
-        Pair { content: std::ops::Range<usize> },
-        /// `<a:To ... />`, with the qualified name to close it with.
-        Empty {
-            tag: std::ops::Range<usize>,
-            qname: Vec<u8>,
-        },
-    }
-    let mut found: Option<Found> = None;
-    let mut open_at = None;
-    scan(xml, |path, item| {
-        let is_to = path_is(path, &[ENVELOPE, HEADER, (Ns::Addressing, "To")]);
-        if !is_to {
-            return Ok(());
-        }
-        match item {
-            Item::Start { tag, span, empty } => {
-                if found.is_some() || open_at.is_some() {
-                    return Err(WsmanError::Duplicate("wsa:To"));
-                }
-                if empty {
-                    found = Some(Found::Empty {
-                        tag: span,
-                        qname: tag.name().as_ref().to_vec(),
-                    });
-                } else {
-                    open_at = Some(span.end);
-                }
-            }
-            Item::End { span, empty: false } => {
-                if let Some(start) = open_at.take() {
-                    found = Some(Found::Pair {
-                        content: start..span.start,
-                    });
-                }
-            }
-            Item::End { .. } | Item::Text(_) => {}
-        }
-        Ok(())
-    })?;
-
-    let escaped = fault::xml_escape(to);
-    let Some(found) = found else {
-        return Ok(xml.to_vec());
-    };
-    // Spans come from the scan of this very buffer; `get` keeps a bad span an
-    // error rather than a panic.
-    let slice = |r: std::ops::Range<usize>| xml.get(r).ok_or_else(|| WsmanError::Xml("internal span error".into()));
-    let mut out = Vec::with_capacity(xml.len() + escaped.len() + 16);
-    match found {
-        Found::Pair { content } => {
-            out.extend_from_slice(slice(0..content.start)?);
-            out.extend_from_slice(escaped.as_bytes());
-            out.extend_from_slice(slice(content.end..xml.len())?);
-        }
-        Found::Empty { tag, qname } => {
-            // `<a:To attr="x"/>` becomes `<a:To attr="x">target</a:To>`.
-            let head = slice(tag.start..tag.end.saturating_sub(2))?;
-            out.extend_from_slice(slice(0..tag.start)?);
-            out.extend_from_slice(head);
-            out.push(b'>');
-            out.extend_from_slice(escaped.as_bytes());
-            out.extend_from_slice(b"</");
-            out.extend_from_slice(&qname);
-            out.push(b'>');
-            out.extend_from_slice(slice(tag.end..xml.len())?);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -363,7 +363,7 @@ fn hostile_xml_is_refused() {
         <s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body>&xxe;</s:Body></s:Envelope>";
     assert_eq!(parse_request(doctype.as_bytes()), Err(WsmanError::Doctype));
     assert_eq!(parse_response(doctype.as_bytes()), Err(WsmanError::Doctype));
-    assert_eq!(rewrite_to(doctype.as_bytes(), "x"), Err(WsmanError::Doctype));
+    assert_eq!(rewrite_to_only(doctype.as_bytes(), "x"), Err(WsmanError::Doctype));
 
     // Undeclared entities are errors, not expansions.
     for bad in [
@@ -665,7 +665,12 @@ fn message_ids_are_uuid_v4() {
     assert!(matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'A' | b'B'));
 }
 
-// --------------------------------------------------------------- rewrite_to
+// ---------------------------------------------------------------- rewrite
+
+/// A rewrite whose timeout maximum no request reaches: only wsa:To changes.
+fn rewrite_to_only(xml: &[u8], to: &str) -> Result<Vec<u8>, WsmanError> {
+    rewrite_request(xml, to, Duration::MAX)
+}
 
 /// Asserts that `new` differs from `old` in exactly one contiguous region,
 /// where `old` had `was` and `new` has `now`.
@@ -703,7 +708,7 @@ fn assert_single_change(old: &[u8], new: &[u8], was: &str, now: &str) {
 #[test]
 fn rewrite_pywinrm_to() {
     let old = PYWINRM_RUN_COMMAND.as_bytes();
-    let new = rewrite_to(old, "http://web01.corp.example:5985/wsman").unwrap();
+    let new = rewrite_to_only(old, "http://web01.corp.example:5985/wsman").unwrap();
     assert_single_change(
         old,
         &new,
@@ -732,7 +737,7 @@ fn rewrite_pypsrp_to_with_attributes_elsewhere() {
         PYPSRP_PSRP_RECEIVE,
     ] {
         let old_to = req(v).to.unwrap();
-        let new = rewrite_to(v.as_bytes(), "https://10.0.0.5:5986/wsman").unwrap();
+        let new = rewrite_to_only(v.as_bytes(), "https://10.0.0.5:5986/wsman").unwrap();
         assert_single_change(v.as_bytes(), &new, &old_to, "https://10.0.0.5:5986/wsman");
     }
 }
@@ -743,7 +748,7 @@ fn rewrite_keeps_attributes_on_to_and_escapes() {
         &format!("{ACTION_CREATE}<a:To s:mustUnderstand=\"true\" x='1'>http://bastion/wsman/web01</a:To>"),
         "<a:To>body is not a header</a:To>",
     );
-    let new = rewrite_to(old.as_bytes(), "http://t/wsman?a=1&b=<2>\"'").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://t/wsman?a=1&b=<2>\"'").unwrap();
     assert_single_change(
         old.as_bytes(),
         &new,
@@ -762,18 +767,18 @@ fn rewrite_other_prefixes_and_forms() {
         <Action xmlns=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\">http://x/Create</Action>\
         <To xmlns=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\">\n  http://old/  \n</To>\
         </env:Header><env:Body/></env:Envelope>";
-    let new = rewrite_to(old.as_bytes(), "http://new/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://new/").unwrap();
     assert_single_change(old.as_bytes(), &new, "\n  http://old/  \n", "http://new/");
 
     // Empty element forms.
     let old = envelope(&format!("{ACTION_CREATE}<a:To></a:To>"), "");
-    let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
         old.replace("<a:To></a:To>", "<a:To>http://n/</a:To>")
     );
     let old = envelope(&format!("{ACTION_CREATE}<a:To s:mustUnderstand=\"true\" />"), "");
-    let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
         old.replace(
@@ -787,7 +792,7 @@ fn rewrite_other_prefixes_and_forms() {
         &format!("{ACTION_CREATE}<a:To><!--c--><![CDATA[http://o/]]></a:To>"),
         "",
     );
-    let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
         old.replace("<!--c--><![CDATA[http://o/]]>", "http://n/")
@@ -796,7 +801,7 @@ fn rewrite_other_prefixes_and_forms() {
     // BOM and XML declaration stay in place.
     let mut old = b"\xEF\xBB\xBF".to_vec();
     old.extend_from_slice(PYWINRM_OPEN_SHELL.as_bytes());
-    let new = rewrite_to(&old, "http://n/").unwrap();
+    let new = rewrite_to_only(&old, "http://n/").unwrap();
     assert!(new.starts_with(b"\xEF\xBB\xBF<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<env:Envelope"));
     assert_single_change(&old, &new, "http://windows-host:5985/wsman", "http://n/");
 }
@@ -805,7 +810,7 @@ fn rewrite_other_prefixes_and_forms() {
 fn rewrite_pretty_printed() {
     // Whitespace text before and inside To, as an indenting client sends it.
     let old = "<?xml version=\"1.0\"?>\n<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"\n    xmlns:wsa=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\">\n  <s:Header>\n    <wsa:Action>http://x/Get</wsa:Action>\n    <!-- to -->\n    <wsa:To>\n      http://old:5985/wsman\n    </wsa:To>\n  </s:Header>\n  <s:Body/>\n</s:Envelope>\n";
-    let new = rewrite_to(old.as_bytes(), "http://new/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://new/").unwrap();
     assert_single_change(
         old.as_bytes(),
         &new,
@@ -821,18 +826,18 @@ fn rewrite_pretty_printed() {
 #[test]
 fn rewrite_without_to_or_with_two() {
     let old = envelope(ACTION_CREATE, "");
-    assert_eq!(rewrite_to(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
+    assert_eq!(rewrite_to_only(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
     // wsa:To bound to another namespace is not the header.
     let old = envelope(&format!("{ACTION_CREATE}<b:To xmlns:b=\"urn:x\">keep</b:To>"), "");
-    assert_eq!(rewrite_to(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
+    assert_eq!(rewrite_to_only(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
     let old = envelope(&format!("{ACTION_CREATE}<a:To>x</a:To><a:To/>"), "");
     assert_eq!(
-        rewrite_to(old.as_bytes(), "http://n/"),
+        rewrite_to_only(old.as_bytes(), "http://n/"),
         Err(WsmanError::Duplicate("wsa:To"))
     );
     // Nested markup inside To is tolerated and replaced along with the text.
     let old = envelope(&format!("{ACTION_CREATE}<a:To>a<b>c</b>d</a:To>"), "");
-    let new = rewrite_to(old.as_bytes(), "N").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "N").unwrap();
     assert_eq!(String::from_utf8(new).unwrap(), old.replace("a<b>c</b>d", "N"));
 }
 
@@ -843,14 +848,14 @@ fn all_vectors_survive_truncation_and_mutation() {
     for v in ALL_VECTORS {
         let b = v.as_bytes();
         assert!(parse_request(b).is_ok() || parse_response(b).is_ok());
-        assert!(rewrite_to(b, "http://n/").is_ok());
+        assert!(rewrite_to_only(b, "http://n/").is_ok());
         // Truncations (step keeps the test quick; short vectors get every cut).
         let step = (b.len() / 150).max(1);
         for cut in (0..b.len()).step_by(step) {
             let t = &b[..cut];
             assert!(parse_request(t).is_err());
             let _ = parse_response(t);
-            let _ = rewrite_to(t, "x");
+            let _ = rewrite_to_only(t, "x");
         }
         // Single-byte mutations at a spread of positions.
         for i in (0..b.len()).step_by((b.len() / 40).max(1)) {
@@ -859,7 +864,7 @@ fn all_vectors_survive_truncation_and_mutation() {
                 m[i] = byte;
                 let _ = parse_request(&m);
                 let _ = parse_response(&m);
-                if let Ok(out) = rewrite_to(&m, "http://n/") {
+                if let Ok(out) = rewrite_to_only(&m, "http://n/") {
                     // Whatever was accepted must stay well formed.
                     assert!(parse_request(&out).is_ok() || parse_response(&out).is_ok() || parse_request(&m).is_err());
                 }
@@ -911,4 +916,71 @@ fn attributes_namespaces_and_names_are_bounded() {
     let attributes: String = (0..=MAX_ATTRIBUTES).map(|i| format!(" a{i}=\"\"")).collect();
     let response = WIN_COMMAND.replacen("<s:Body>", &format!("<s:Body{attributes}>"), 1);
     assert_eq!(parse_response(response.as_bytes()), Err(WsmanError::TooManyAttributes));
+}
+
+// ------------------------------------------------------ operation timeout
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn an_operation_timeout_past_the_maximum_is_clamped_for_relay_and_target() {
+    let huge = "PT18446744073709551615S";
+    let old = PYWINRM_RECEIVE.replace("PT20S", huge);
+    let info = req(&old);
+    assert_eq!(info.operation_timeout, Some(Duration::from_secs(u64::MAX)));
+    assert_eq!(info.operation_timeout_within(MAX_TIMEOUT), Some(MAX_TIMEOUT));
+    // wsa:To comes after OperationTimeout in pywinrm's envelope: both edits apply, in order.
+    let new = rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+    let to_only = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
+    assert_single_change(&to_only, &new, huge, "PT60S");
+    let after = parse_request(&new).unwrap();
+    assert_eq!(after.operation_timeout, Some(MAX_TIMEOUT));
+    assert_eq!(after.to.as_deref(), Some("http://n/"));
+
+    // OperationTimeout before and after wsa:To, and as an empty-element tag is refused.
+    let header = |timeout: &str| envelope(&format!("{ACTION_CREATE}<a:To>http://o/</a:To>{timeout}"), "");
+    let old = header("<w:OperationTimeout s:mustUnderstand=\"true\">P2D</w:OperationTimeout>");
+    let new = rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+    assert_eq!(
+        String::from_utf8(new).unwrap(),
+        old.replace("http://o/", "http://n/").replace(">P2D<", ">PT60S<")
+    );
+    let old = header("<w:OperationTimeout/>");
+    assert!(matches!(
+        rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT),
+        Err(WsmanError::InvalidTimeout(_))
+    ));
+    assert!(parse_request(old.as_bytes()).is_err());
+    let old = header("<w:OperationTimeout>PT-1S</w:OperationTimeout>");
+    assert_eq!(
+        rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT),
+        Err(WsmanError::InvalidTimeout("PT-1S".into()))
+    );
+    // A fractional maximum is written exactly.
+    let old = header("<w:OperationTimeout>PT61S</w:OperationTimeout>");
+    let new = rewrite_request(old.as_bytes(), "http://n/", Duration::from_millis(1500)).unwrap();
+    assert_eq!(
+        req(std::str::from_utf8(&new).unwrap()).operation_timeout,
+        Some(Duration::from_millis(1500))
+    );
+}
+
+#[test]
+fn an_operation_timeout_within_the_maximum_is_left_alone() {
+    for v in [PYWINRM_RECEIVE, PYPSRP_PSRP_RECEIVE, PYWINRM_OPEN_SHELL] {
+        let clamped = rewrite_request(v.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+        assert_eq!(clamped, rewrite_to_only(v.as_bytes(), "http://n/").unwrap());
+        let exact = rewrite_request(v.as_bytes(), "http://n/", req(v).operation_timeout.unwrap()).unwrap();
+        assert_eq!(exact, clamped, "a timeout equal to the maximum stays");
+    }
+    let no_timeout = envelope(ACTION_CREATE, "");
+    assert_eq!(
+        rewrite_request(no_timeout.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap(),
+        no_timeout.as_bytes()
+    );
+    assert_eq!(req(&no_timeout).operation_timeout_within(MAX_TIMEOUT), None);
+    assert_eq!(
+        req(PYWINRM_RECEIVE).operation_timeout_within(MAX_TIMEOUT),
+        Some(Duration::from_secs(20))
+    );
 }
