@@ -32,7 +32,7 @@ pub use fault::{fault_envelope, new_message_id, FaultKind};
 pub use identify::identify_response;
 pub use psrp::psrp_command_summary;
 pub use rewrite::rewrite_request;
-pub use shell::{shell_kind, ShellKind};
+pub use shell::{is_shell_resource, shell_kind, ShellKind};
 
 use scan::{attr, is_xml_space, path_is, scan, Elem, Item, Ns};
 
@@ -101,6 +101,12 @@ pub struct RequestInfo {
     pub operation_timeout: Option<Duration>,
     /// Body is wsmid:Identify.
     pub is_identify: bool,
+    /// Why the ResourceURI cannot be taken as the one the target acts on,
+    /// besides being absent or empty: see [`RequestInfo::resource_uri_problem`].
+    pub resource_uri_defect: Option<&'static str>,
+    /// Why a ShellId selector is present but cannot be read: see
+    /// [`RequestInfo::shell_id_problem`].
+    pub shell_id_defect: Option<&'static str>,
 }
 
 impl RequestInfo {
@@ -112,6 +118,72 @@ impl RequestInfo {
         }
         let a = self.action.trim_end_matches('/');
         a.rsplit('/').next().unwrap_or(a)
+    }
+
+    /// Why the relay cannot tell which resource the request acts on, if so:
+    /// anything but exactly one DMTF WS-Man ResourceURI header, non-empty and
+    /// plain text. A target that honours a header the relay ignores would act
+    /// on a resource no rule was checked against. Identify has none.
+    pub fn resource_uri_problem(&self) -> Option<String> {
+        if self.is_identify {
+            return None;
+        }
+        let why = match (self.resource_uri_defect, self.resource_uri.as_deref()) {
+            (Some(defect), _) => defect,
+            (None, None) => "the request has no ResourceURI header",
+            (None, Some("")) => "the ResourceURI header is empty",
+            (None, Some(_)) => return None,
+        };
+        Some(format!(
+            "{why}: the relay forwards only requests with exactly one ResourceURI header in the WS-Man \
+             namespace {}",
+            scan::NS_WSMAN
+        ))
+    }
+
+    /// Why the relay cannot tell which shell the request acts on, if so: a
+    /// ShellId selector it cannot read, or none on an action that needs one.
+    /// Without a readable ShellId the relay cannot check that the shell
+    /// belongs to the caller's session.
+    pub fn shell_id_problem(&self) -> Option<String> {
+        if let Some(defect) = self.shell_id_defect {
+            return Some(format!(
+                "{defect}: the relay reads a shell's id only from <w:SelectorSet><w:Selector Name=\"ShellId\">"
+            ));
+        }
+        (self.needs_shell_id() && self.shell_id.as_deref().is_none_or(str::is_empty)).then(|| {
+            format!(
+                "{} acts on a shell but names none: a ShellId selector is required",
+                self.action_name()
+            )
+        })
+    }
+
+    /// The shell operations, and Delete on a shell resource, act on the shell
+    /// the ShellId selector names. Compared without regard to case, so that a
+    /// variant spelling cannot slip past the ownership check.
+    pub fn needs_shell_id(&self) -> bool {
+        const SHELL_OPERATIONS: [&str; 7] = [
+            "Command",
+            "Receive",
+            "Send",
+            "Signal",
+            "Connect",
+            "Reconnect",
+            "Disconnect",
+        ];
+        if self.is_identify {
+            return false;
+        }
+        let action = self.action.trim_end_matches('/');
+        let is_shell_action = action
+            .get(..SHELL_ACTION_PREFIX.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(SHELL_ACTION_PREFIX));
+        if is_shell_action {
+            let operation = &action[SHELL_ACTION_PREFIX.len()..];
+            return SHELL_OPERATIONS.iter().any(|op| op.eq_ignore_ascii_case(operation));
+        }
+        action.eq_ignore_ascii_case(DELETE_ACTION) && self.resource_uri.as_deref().is_some_and(is_shell_resource)
     }
 
     /// The OperationTimeout the relay honours: the client's, at most `max`
@@ -249,6 +321,16 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
         match item {
             Item::Start { tag, .. } => {
                 let depth = path.len();
+                if cap.active && depth > cap.depth {
+                    // Text split by markup may be read one way here, another there.
+                    match field {
+                        Some(ReqField::ResourceUri) => {
+                            info.resource_uri_defect = Some("the ResourceURI header contains markup")
+                        }
+                        Some(ReqField::ShellId) => info.shell_id_defect = Some("the ShellId selector contains markup"),
+                        _ => {}
+                    }
+                }
                 if path_is(path, &[ENVELOPE, HEADER]) {
                     headers += 1;
                     if headers > 1 {
@@ -274,18 +356,32 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                             }
                             None
                         }
+                        (Ns::Management2005, "ResourceURI") => {
+                            info.resource_uri_defect =
+                                Some("the ResourceURI header is in the 2005/06 WS-Management namespace");
+                            None
+                        }
+                        (_, "ResourceURI") => {
+                            info.resource_uri_defect = Some("a ResourceURI header is outside the WS-Man namespace");
+                            None
+                        }
                         _ => None,
                     };
                     if field.is_some() {
                         cap.start(depth);
                     }
-                } else if path_is(
-                    path,
-                    &[ENVELOPE, HEADER, (Ns::Wsman, "SelectorSet"), (Ns::Wsman, "Selector")],
-                ) {
-                    if attr(tag, "Name")?.as_deref() == Some("ShellId") {
-                        field = Some(ReqField::ShellId);
-                        cap.start(depth);
+                } else if depth == 4
+                    && path_is(&path[..2], &[ENVELOPE, HEADER])
+                    && &*path[2].local == "SelectorSet"
+                    && &*path[3].local == "Selector"
+                {
+                    match shell_id_selector(path, tag)? {
+                        Selector::ShellId => {
+                            field = Some(ReqField::ShellId);
+                            cap.start(depth);
+                        }
+                        Selector::Unreadable(defect) => info.shell_id_defect = Some(defect),
+                        Selector::Other => {}
                     }
                 } else if depth == 3 && path_is(&path[..2], &[ENVELOPE, BODY]) {
                     body_children += 1;
@@ -376,6 +472,49 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
         info.command_line = Some(line);
     }
     Ok(info)
+}
+
+/// What one header `SelectorSet/Selector` element is to the relay.
+enum Selector {
+    /// `<w:SelectorSet><w:Selector Name="ShellId">`, exactly.
+    ShellId,
+    /// A ShellId selector in another form: a target may read it, the relay does not.
+    Unreadable(&'static str),
+    /// Some other selector.
+    Other,
+}
+
+/// Only the exact WS-Man form names the shell; a variant (another namespace,
+/// a prefixed or differently cased `Name`, a padded or differently cased
+/// `ShellId`) is unreadable rather than ignored, so that the relay never
+/// checks one shell while the target acts on another.
+fn shell_id_selector(path: &[Elem], tag: &quick_xml::events::BytesStart<'_>) -> Result<Selector, WsmanError> {
+    let mut exact = false;
+    let mut variants = 0usize;
+    for a in tag.attributes().with_checks(true) {
+        let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
+        if !a.key.local_name().as_ref().eq_ignore_ascii_case(b"Name") {
+            continue;
+        }
+        let value = a.unescape_value().map_err(|e| WsmanError::Xml(e.to_string()))?;
+        if a.key.as_ref() == b"Name" && value == "ShellId" {
+            exact = true;
+        } else if value.trim_matches(is_xml_space).eq_ignore_ascii_case("ShellId") {
+            variants += 1;
+        }
+    }
+    if !exact && variants == 0 {
+        return Ok(Selector::Other);
+    }
+    if path[2].ns != Ns::Wsman || path[3].ns != Ns::Wsman {
+        return Ok(Selector::Unreadable(
+            "a ShellId selector is outside the WS-Man namespace",
+        ));
+    }
+    if variants > 0 {
+        return Ok(Selector::Unreadable("a ShellId selector's name is spelt differently"));
+    }
+    Ok(Selector::ShellId)
 }
 
 /// Which response field a captured text belongs to.

@@ -16,6 +16,8 @@ use super::{WsmanError, MAX_ATTRIBUTES, MAX_DEPTH, MAX_NAMESPACE_DECLARATIONS, M
 pub(crate) const NS_SOAP: &str = "http://www.w3.org/2003/05/soap-envelope";
 pub(crate) const NS_ADDRESSING: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressing";
 pub(crate) const NS_WSMAN: &str = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd";
+/// The pre-DMTF WS-Management namespace, which some targets still honour.
+pub(crate) const NS_MANAGEMENT_2005: &str = "http://schemas.xmlsoap.org/ws/2005/06/management";
 pub(crate) const NS_SHELL: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell";
 pub(crate) const NS_WSMID: &str = "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd";
 pub(crate) const NS_WSMANFAULT: &str = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault";
@@ -29,6 +31,7 @@ pub(crate) enum Ns {
     Soap,
     Addressing,
     Wsman,
+    Management2005,
     Shell,
     Wsmid,
     WsmanFault,
@@ -43,6 +46,7 @@ impl Ns {
             u if u == NS_SOAP.as_bytes() => Ns::Soap,
             u if u == NS_ADDRESSING.as_bytes() => Ns::Addressing,
             u if u == NS_WSMAN.as_bytes() => Ns::Wsman,
+            u if u == NS_MANAGEMENT_2005.as_bytes() => Ns::Management2005,
             u if u == NS_SHELL.as_bytes() => Ns::Shell,
             u if u == NS_WSMID.as_bytes() => Ns::Wsmid,
             u if u == NS_WSMANFAULT.as_bytes() => Ns::WsmanFault,

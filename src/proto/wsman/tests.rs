@@ -81,6 +81,8 @@ fn pywinrm_open_shell() {
             command_id: None,
             operation_timeout: Some(Duration::from_secs(20)),
             is_identify: false,
+            resource_uri_defect: None,
+            shell_id_defect: None,
         }
     );
     assert_eq!(r.action_name(), "Create");
@@ -983,4 +985,190 @@ fn an_operation_timeout_within_the_maximum_is_left_alone() {
         req(PYWINRM_RECEIVE).operation_timeout_within(MAX_TIMEOUT),
         Some(Duration::from_secs(20))
     );
+}
+
+// ------------------------------------------------- what the relay cannot read
+
+const REQUEST_VECTORS: &[&str] = &[
+    PYWINRM_OPEN_SHELL,
+    PYWINRM_RUN_COMMAND,
+    PYWINRM_RECEIVE,
+    PYWINRM_SEND,
+    PYWINRM_SIGNAL,
+    PYWINRM_DELETE,
+    PYPSRP_CMD_CREATE,
+    PYPSRP_PSRP_CREATE,
+    PYPSRP_PSRP_COMMAND,
+    PYPSRP_PSRP_RECEIVE,
+];
+
+#[test]
+fn client_envelopes_name_their_resource_and_shell_readably() {
+    for v in REQUEST_VECTORS {
+        let r = req(v);
+        assert_eq!(r.resource_uri_problem(), None, "{v}");
+        assert_eq!(r.shell_id_problem(), None, "{v}");
+        assert_eq!(r.needs_shell_id(), r.action_name() != "Create", "{v}");
+    }
+    let identify = req(&envelope(
+        "",
+        "<wsmid:Identify xmlns:wsmid=\"http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd\"/>",
+    ));
+    assert!(identify.is_identify);
+    assert_eq!(
+        (identify.resource_uri_problem(), identify.shell_id_problem()),
+        (None, None)
+    );
+}
+
+#[test]
+fn a_resource_uri_other_than_one_dmtf_header_is_a_problem() {
+    let problem = |header: &str| req(&envelope(&format!("{ACTION_CREATE}{header}"), "")).resource_uri_problem();
+    let old_ns = "xmlns:m=\"http://schemas.xmlsoap.org/ws/2005/06/management\"";
+    let cases = [
+        ("", "has no ResourceURI"),
+        ("<w:ResourceURI> </w:ResourceURI>", "is empty"),
+        (
+            &format!("<m:ResourceURI {old_ns}>{CMD_URI}</m:ResourceURI>") as &str,
+            "2005/06",
+        ),
+        (
+            &format!("<w:ResourceURI>{CMD_URI}</w:ResourceURI><m:ResourceURI {old_ns}>{CMD_URI}</m:ResourceURI>"),
+            "2005/06",
+        ),
+        (
+            &format!("<m:ResourceURI {old_ns}>x</m:ResourceURI><w:ResourceURI>{CMD_URI}</w:ResourceURI>"),
+            "2005/06",
+        ),
+        (
+            &format!("<ResourceURI>{CMD_URI}</ResourceURI>"),
+            "outside the WS-Man namespace",
+        ),
+        (
+            &format!("<w:ResourceURI>{CMD_URI}<x/>2</w:ResourceURI>"),
+            "contains markup",
+        ),
+    ];
+    for (header, want) in cases {
+        let problem = problem(header).unwrap_or_else(|| panic!("no problem found in {header:?}"));
+        assert!(problem.contains(want), "{header:?}: {problem}");
+        assert!(
+            problem.contains("http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"),
+            "{problem}"
+        );
+    }
+    assert_eq!(problem(&format!("<w:ResourceURI>{CMD_URI}</w:ResourceURI>")), None);
+    // Twice in the DMTF namespace does not parse at all.
+    let two = format!("<w:ResourceURI>{CMD_URI}</w:ResourceURI><w:ResourceURI>{CMD_URI}</w:ResourceURI>");
+    assert_eq!(
+        parse_request(envelope(&format!("{ACTION_CREATE}{two}"), "").as_bytes()),
+        Err(WsmanError::Duplicate("w:ResourceURI"))
+    );
+}
+
+#[test]
+fn a_shell_id_the_relay_cannot_read_is_a_problem() {
+    let shell_request = |action: &str, selectors: &str| {
+        envelope(
+            &format!(
+                "<a:Action>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/{action}</a:Action>\
+                 <w:ResourceURI>{CMD_URI}</w:ResourceURI>{selectors}"
+            ),
+            "",
+        )
+    };
+    let problem = |action: &str, selectors: &str| req(&shell_request(action, selectors)).shell_id_problem();
+    let good = "<w:SelectorSet><w:Selector Name=\"ShellId\">S-1</w:Selector></w:SelectorSet>";
+    for action in [
+        "Command",
+        "Receive",
+        "Send",
+        "Signal",
+        "Connect",
+        "Reconnect",
+        "Disconnect",
+        "receive",
+    ] {
+        let missing = problem(action, "").unwrap_or_else(|| panic!("{action} without a ShellId passed"));
+        assert!(missing.contains("a ShellId selector is required"), "{missing}");
+        assert_eq!(problem(action, good), None, "{action}");
+    }
+    let other_ns = "xmlns:o=\"http://schemas.xmlsoap.org/ws/2005/06/management\"";
+    let unreadable = [
+        (
+            "<w:SelectorSet><w:Selector Name=\"shellid\">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector Name=\" ShellId \">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector w:Name=\"ShellId\">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector name=\"ShellId\">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector Name=\"ShellId\" name=\"ShellId\">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector Name=\"ShellId\">S-1</w:Selector>\
+             <w:Selector Name=\"SHELLID\">S-2</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector Name=\"ShellId\">S-<x/>1</w:Selector></w:SelectorSet>",
+            "markup",
+        ),
+        (
+            &format!("<o:SelectorSet {other_ns}><o:Selector Name=\"ShellId\">S-1</o:Selector></o:SelectorSet>") as &str,
+            "outside the WS-Man namespace",
+        ),
+        (
+            &format!("<w:SelectorSet><o:Selector {other_ns} Name=\"ShellId\">S-1</o:Selector></w:SelectorSet>"),
+            "outside the WS-Man namespace",
+        ),
+    ];
+    for (selectors, want) in unreadable {
+        // Refused whatever the action: the relay would check no shell, or another one.
+        for action in ["Receive", "Create"] {
+            let problem = problem(action, selectors).unwrap_or_else(|| panic!("{selectors} passed on {action}"));
+            assert!(problem.contains(want), "{selectors}: {problem}");
+        }
+    }
+    // Other selectors beside the ShellId are fine.
+    let extra = "<w:SelectorSet><w:Selector Name=\"ShellId\">S-1</w:Selector>\
+                 <w:Selector Name=\"Other\">x</w:Selector></w:SelectorSet>";
+    assert_eq!(problem("Receive", extra), None);
+    assert_eq!(req(&shell_request("Receive", extra)).shell_id.as_deref(), Some("S-1"));
+    // Creating a shell names none.
+    assert_eq!(req(&envelope(ACTION_CREATE, "")).shell_id_problem(), None);
+}
+
+#[test]
+fn delete_needs_a_shell_id_only_on_a_shell_resource() {
+    let delete = |uri: &str| {
+        req(&envelope(
+            &format!("<a:Action>{DELETE_ACTION}</a:Action><w:ResourceURI>{uri}</w:ResourceURI>"),
+            "",
+        ))
+    };
+    for shell in [
+        CMD_URI,
+        "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Custom",
+        "http://schemas.microsoft.com/powershell/Microsoft.PowerShell",
+        "HTTP://SCHEMAS.MICROSOFT.COM/WBEM/WSMAN/1/WINDOWS/SHELL/CMD",
+    ] {
+        let d = delete(shell);
+        assert!(d.needs_shell_id(), "{shell}");
+        assert!(d.shell_id_problem().is_some(), "{shell}");
+    }
+    let wmi = delete("http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service");
+    assert!(!wmi.needs_shell_id());
+    assert_eq!(wmi.shell_id_problem(), None);
+    assert!(req(PYWINRM_DELETE).needs_shell_id());
 }
