@@ -476,12 +476,15 @@ impl Session {
             ));
         }
         let users = shared.credssp().users.clone();
-        let Some(entry) = verify_password(&users, &claimed, password.expose_secret()) else {
-            let mut reason = "authentication failed: unknown user or wrong password".to_string();
-            if shared.lockout.record_failure(source_ip, Some(&claimed.display()), now) {
-                reason.push_str("; logons from this source for this user are now locked out");
+        let entry = match verify_password(&users, &claimed, password.expose_secret()) {
+            Ok(entry) => entry,
+            Err(refusal) => {
+                let mut reason = format!("authentication failed: {refusal}");
+                if shared.lockout.record_failure(source_ip, Some(&claimed.display()), now) {
+                    reason.push_str("; logons from this source for this user are now locked out");
+                }
+                return Some(refuse(self, Some(claimed.display()), &reason));
             }
-            return Some(refuse(self, Some(claimed.display()), &reason));
         };
         let principal = format!("{}\\{}", entry.domain, entry.user);
         if self.principal() == Some(principal.as_str()) {
