@@ -15,7 +15,6 @@ mod tls;
 mod tokens;
 mod users;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use rustls::{Connection, ServerConfig, ServerConnection};
@@ -30,6 +29,7 @@ pub use tls::SkipCertificateVerification;
 pub use tokens::{classify_first_token, InnerMechanism};
 pub use users::{hashes_equal, nt_hash, verify_password, LogonRefusal, Principal, UserHash};
 
+use super::guard::contain_panic;
 use crate::vault::DelegatedCredentials;
 use users::{Claim, UsersProxy};
 
@@ -60,7 +60,7 @@ pub enum CredSspError {
     DelegatedPasswordMismatch(String),
     #[error("{0} is locked out after repeated logon failures")]
     LockedOut(String),
-    #[error("the security package panicked on client input")]
+    #[error("the security package panicked on network input")]
     Panicked,
     #[error("authentication already failed on this connection")]
     AlreadyFailed,
@@ -330,10 +330,7 @@ impl Acceptor {
 
     fn run_server(&mut self, request: TsRequest) -> Result<Processed, Refusal> {
         let server = self.server.as_mut().ok_or((CredSspError::AlreadyFailed, None))?;
-        // One hostile connection must never take the process down: sspi and
-        // its ASN.1 parsers have panicked on malformed input before.
-        let outcome = catch_unwind(AssertUnwindSafe(|| server.process(request).resolve_to_result()));
-        match outcome {
+        match contain_panic(|| server.process(request).resolve_to_result()) {
             Err(_) => {
                 self.server = None;
                 Err((CredSspError::Panicked, None))
@@ -426,8 +423,9 @@ fn logon_failure(version: u32) -> TsRequest {
     }
 }
 
+/// A TSRequest from the network, a client's or a target's.
 fn parse_ts_request(plain: &[u8]) -> Result<TsRequest, CredSspError> {
-    catch_unwind(|| TsRequest::from_buffer(plain))
+    contain_panic(|| TsRequest::from_buffer(plain))
         .map_err(|_| CredSspError::Panicked)?
         .map_err(|e| CredSspError::BadTsRequest(e.to_string()))
 }
