@@ -257,7 +257,8 @@ async fn forward(
         .operation_timeout_within(max_timeout)
         .map(|op| (op + OPERATION_TIMEOUT_MARGIN).max(target.timeout))
         .unwrap_or(target.timeout);
-    let response = match exchange(session, &target, &rewritten, wait).await {
+    let response_limit = info.response_limit(shared.config.listen.max_envelope_size);
+    let response = match exchange(session, &target, &rewritten, wait, response_limit).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(session = %session.id, target = %target.name, %error, "target request failed");
@@ -351,7 +352,8 @@ pub(crate) async fn delete_leftover_shells(session: &mut Session, shared: &Share
         event.resource_uri = Some(shell.resource_uri.clone());
         event.shell_id = Some(shell_id.clone());
         let request = wsman::delete_shell_request(&shell.target.url, &shell.resource_uri, &shell_id);
-        match exchange(session, &shell.target, &request, shell.target.timeout).await {
+        let limit = shared.config.listen.max_envelope_size;
+        match exchange(session, &shell.target, &request, shell.target.timeout, limit).await {
             Ok(response) => event.status = Some(response.status.as_u16()),
             Err(error) => event.reason = Some(error.to_string()),
         }
@@ -383,6 +385,7 @@ async fn exchange(
     target: &ResolvedTarget,
     soap: &[u8],
     wait: Duration,
+    max_envelope: usize,
 ) -> Result<target::TargetResponse, TargetError> {
     let key = target.name.to_ascii_lowercase();
     if session.targets.get(&key).is_some_and(TargetConnection::is_closed) {
@@ -402,7 +405,7 @@ async fn exchange(
             detail: "connection lost".into(),
         });
     };
-    let result = connection.exchange(soap, wait).await;
+    let result = connection.exchange(soap, wait, max_envelope).await;
     if result.is_err() {
         // The context's sequence numbers may be out of step: start afresh next time.
         session.targets.remove(&key);

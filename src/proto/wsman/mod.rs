@@ -80,6 +80,8 @@ pub enum WsmanError {
     AmbiguousIdentify,
     #[error("invalid operation timeout {0:?}")]
     InvalidTimeout(String),
+    #[error("invalid MaxEnvelopeSize {0:?}: expected a number of bytes")]
+    InvalidMaxEnvelopeSize(String),
 }
 
 /// What the relay needs to know about a request before forwarding it.
@@ -99,6 +101,8 @@ pub struct RequestInfo {
     pub command_id: Option<String>,
     /// w:OperationTimeout, xs:duration like PT20.000S / PT60S.
     pub operation_timeout: Option<Duration>,
+    /// w:MaxEnvelopeSize: the largest response the client accepts, in bytes.
+    pub max_envelope_size: Option<usize>,
     /// Body is wsmid:Identify.
     pub is_identify: bool,
     /// Why the ResourceURI cannot be taken as the one the target acts on,
@@ -184,6 +188,18 @@ impl RequestInfo {
             return SHELL_OPERATIONS.iter().any(|op| op.eq_ignore_ascii_case(operation));
         }
         action.eq_ignore_ascii_case(DELETE_ACTION) && self.resource_uri.as_deref().is_some_and(is_shell_resource)
+    }
+
+    /// The largest response the relay accepts from the target for this
+    /// request, in bytes of SOAP: the client's MaxEnvelopeSize, at most the
+    /// relay's own `relay_max` (also the default), and never below the 8192
+    /// bytes WS-Man services require, so that a target's fault about a
+    /// smaller size still gets through.
+    pub fn response_limit(&self, relay_max: usize) -> usize {
+        const MIN_ENVELOPE: usize = 8192;
+        self.max_envelope_size
+            .map_or(relay_max, |asked| asked.min(relay_max))
+            .max(MIN_ENVELOPE)
     }
 
     /// The OperationTimeout the relay honours: the client's, at most `max`
@@ -298,6 +314,7 @@ enum ReqField {
     ResourceUri,
     ShellId,
     Timeout,
+    MaxEnvelopeSize,
     Command,
     Arguments,
 }
@@ -307,6 +324,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
     let mut info = RequestInfo::default();
     let mut action = None;
     let mut timeout = None;
+    let mut max_envelope_size = None::<String>;
     let mut cap = Capture::default();
     let mut field = None;
     let mut headers = 0usize;
@@ -349,6 +367,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         (Ns::Addressing, "To") => Some(ReqField::To),
                         (Ns::Wsman, "ResourceURI") => Some(ReqField::ResourceUri),
                         (Ns::Wsman, "OperationTimeout") => Some(ReqField::Timeout),
+                        (Ns::Wsman, "MaxEnvelopeSize") => Some(ReqField::MaxEnvelopeSize),
                         (Ns::Wsman, "SelectorSet") => {
                             selector_sets += 1;
                             if selector_sets > 1 {
@@ -438,6 +457,9 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         }
                         Some(ReqField::ShellId) => set_once(&mut info.shell_id, trimmed(&text), "ShellId selector")?,
                         Some(ReqField::Timeout) => set_once(&mut timeout, text, "w:OperationTimeout")?,
+                        Some(ReqField::MaxEnvelopeSize) => {
+                            set_once(&mut max_envelope_size, trimmed(&text), "w:MaxEnvelopeSize")?
+                        }
                         Some(ReqField::Command) => set_once(&mut command, text, "rsp:Command")?,
                         Some(ReqField::Arguments) => arguments.push(text),
                         None => {}
@@ -451,6 +473,12 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
     if let Some(t) = timeout {
         let d = parse_duration(&t).ok_or_else(|| WsmanError::InvalidTimeout(t.chars().take(64).collect()))?;
         info.operation_timeout = Some(d);
+    }
+    if let Some(size) = max_envelope_size {
+        let bytes = size
+            .parse()
+            .map_err(|_| WsmanError::InvalidMaxEnvelopeSize(size.chars().take(64).collect()))?;
+        info.max_envelope_size = Some(bytes);
     }
     if info.is_identify {
         // An Identify may be answered without authentication, so it must not

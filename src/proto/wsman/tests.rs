@@ -80,6 +80,7 @@ fn pywinrm_open_shell() {
             command_line: None,
             command_id: None,
             operation_timeout: Some(Duration::from_secs(20)),
+            max_envelope_size: Some(153_600),
             is_identify: false,
             resource_uri_defect: None,
             shell_id_defect: None,
@@ -1171,4 +1172,35 @@ fn delete_needs_a_shell_id_only_on_a_shell_resource() {
     assert!(!wmi.needs_shell_id());
     assert_eq!(wmi.shell_id_problem(), None);
     assert!(req(PYWINRM_DELETE).needs_shell_id());
+}
+
+#[test]
+fn the_response_limit_follows_the_clients_max_envelope_size() {
+    const RELAY_MAX: usize = 512_000;
+    assert_eq!(req(PYWINRM_RECEIVE).max_envelope_size, Some(153_600));
+    assert_eq!(req(PYWINRM_RECEIVE).response_limit(RELAY_MAX), 153_600);
+    let with = |size: &str| {
+        envelope(
+            &format!("{ACTION_CREATE}<w:MaxEnvelopeSize>{size}</w:MaxEnvelopeSize>"),
+            "",
+        )
+    };
+    assert_eq!(req(&with(" 8388608 ")).response_limit(RELAY_MAX), RELAY_MAX);
+    assert_eq!(req(&with("100")).response_limit(RELAY_MAX), 8192);
+    assert_eq!(req(&envelope(ACTION_CREATE, "")).response_limit(RELAY_MAX), RELAY_MAX);
+    for bad in ["", "-1", "1e6", "99999999999999999999999", "0x100"] {
+        assert!(
+            matches!(
+                parse_request(with(bad).as_bytes()),
+                Err(WsmanError::InvalidMaxEnvelopeSize(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let two =
+        format!("{ACTION_CREATE}<w:MaxEnvelopeSize>1</w:MaxEnvelopeSize><w:MaxEnvelopeSize>2</w:MaxEnvelopeSize>");
+    assert_eq!(
+        parse_request(envelope(&two, "").as_bytes()),
+        Err(WsmanError::Duplicate("w:MaxEnvelopeSize"))
+    );
 }
