@@ -296,7 +296,7 @@ impl Acceptor {
             .map_err(|e| CredSspError::Authentication(e.to_string()))
     }
 
-    /// sspi workaround (protocol.md §3): pyspnego sends the NTLM AUTHENTICATE
+    /// sspi workaround: pyspnego sends the NTLM AUTHENTICATE
     /// (with its mechListMIC) and pubKeyAuth in one TSRequest. Processed in one
     /// call, sspi drops the SPNEGO reply token carrying the server's mechListMIC
     /// and seals pubKeyAuth with the wrong sequence number, so the client fails

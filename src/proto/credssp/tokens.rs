@@ -1,5 +1,5 @@
 //! Checks made on client input *before* it reaches sspi, whose parsers
-//! panic on some malformed tokens (see protocol.md §3).
+//! panic on some malformed tokens.
 
 use super::CredSspError;
 

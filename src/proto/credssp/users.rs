@@ -22,7 +22,7 @@ impl std::fmt::Debug for UserHash {
     }
 }
 
-/// NT hash: MD4 over the UTF-16LE password (MS-NLMP NTOWFv1).
+/// NT hash: MD4 over the UTF-16LE password (NTOWFv1).
 pub fn nt_hash(password: &str) -> Zeroizing<[u8; 16]> {
     let utf16: Zeroizing<Vec<u8>> = Zeroizing::new(password.encode_utf16().flat_map(|u| u.to_le_bytes()).collect());
     let mut digest = Md4::digest(utf16.as_slice());
