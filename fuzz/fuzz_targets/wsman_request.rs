@@ -8,6 +8,10 @@ use winrm_relay::proto::wsman::{parse_duration, parse_request, psrp_command_summ
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = parse_request(data) {
         let _ = info.action_name();
+        let _ = info.resource_uri_problem();
+        let _ = info.shell_id_problem();
+        let _ = info.operation_timeout_within(std::time::Duration::from_secs(60));
+        assert!(info.response_limit(512_000) <= 512_000);
         if let Some(uri) = &info.resource_uri {
             let _ = shell_kind(uri);
         }

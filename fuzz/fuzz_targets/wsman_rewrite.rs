@@ -1,9 +1,13 @@
-//! Rewriting wsa:To: never panic, and on a parseable request change nothing
-//! but the To value.
+//! Rewriting wsa:To and the OperationTimeout: never panic, and on a parseable
+//! request change nothing but the To value and a timeout past the maximum.
 #![no_main]
 
+use std::time::Duration;
+
 use libfuzzer_sys::fuzz_target;
-use winrm_relay::proto::wsman::{parse_request, rewrite_to, RequestInfo};
+use winrm_relay::proto::wsman::{parse_request, rewrite_request, RequestInfo};
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `to` reads back as once escaped into XML and parsed again.
 fn expected_to(to: &str) -> String {
@@ -33,21 +37,26 @@ fuzz_target!(|data: &[u8]| {
     let (to, xml) = rest.split_at(n);
     let to = String::from_utf8_lossy(to);
 
-    let Ok(out) = rewrite_to(xml, &to) else {
+    let Ok(out) = rewrite_request(xml, &to, MAX_TIMEOUT) else {
         return;
     };
     let Ok(before) = parse_request(xml) else {
         return;
     };
-    if before.to.is_none() {
+    let clamped = before.operation_timeout_within(MAX_TIMEOUT);
+    if before.to.is_none() && clamped == before.operation_timeout {
         assert_eq!(out, xml);
         return;
     }
     let after = parse_request(&out).expect("rewritten request must still parse");
-    assert_eq!(after.to.as_deref(), Some(expected_to(&to).as_str()));
+    if before.to.is_some() {
+        assert_eq!(after.to.as_deref(), Some(expected_to(&to).as_str()));
+    }
+    assert_eq!(after.operation_timeout, clamped);
     assert_eq!(
         RequestInfo {
             to: before.to.clone(),
+            operation_timeout: before.operation_timeout,
             ..after
         },
         before

@@ -142,6 +142,8 @@ pub struct LimitsConfig {
     /// Connections from one source address that have not authenticated yet; more are
     /// closed at once, so one address cannot crowd out everyone else's logons.
     pub max_unauthenticated_per_source: usize,
+    /// Longest OperationTimeout honoured; longer ones are clamped (WinRM MaxTimeoutms: 60 s).
+    pub max_operation_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -618,6 +620,11 @@ impl Validator<'_> {
                     16,
                 )
                 .unsigned_abs() as usize,
+            max_operation_timeout: self.secs(
+                m.max_operation_timeout_secs,
+                "limits.max_operation_timeout_secs",
+                Duration::from_secs(60),
+            ),
         };
         let d = raw.defaults;
         let defaults_ca = {
@@ -999,6 +1006,17 @@ path = "audit.jsonl"
         assert!(
             errs[0].starts_with("relay.toml:7: listen.allow_sources: invalid network"),
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn operation_timeout_maximum_defaults_to_winrm_and_is_range_checked() {
+        assert_eq!(parse("").unwrap().limits.max_operation_timeout, Duration::from_secs(60));
+        let c = parse("[limits]\nmax_operation_timeout_secs = 300\n").unwrap();
+        assert_eq!(c.limits.max_operation_timeout, Duration::from_secs(300));
+        assert_eq!(
+            errors("[limits]\nmax_operation_timeout_secs = 0\n"),
+            ["relay.toml:13: limits.max_operation_timeout_secs: 0 is out of range 1..=86400"]
         );
     }
 

@@ -83,6 +83,7 @@ pub(super) struct RawLimits {
     pub max_shells_per_user: V,
     pub max_operations_per_user: V,
     pub max_unauthenticated_per_source: V,
+    pub max_operation_timeout_secs: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +171,7 @@ const LIMITS: &[&str] = &[
     "max_shells_per_user",
     "max_operations_per_user",
     "max_unauthenticated_per_source",
+    "max_operation_timeout_secs",
 ];
 const DEFAULTS: &[&str] = &[
     "auth",

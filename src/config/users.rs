@@ -13,9 +13,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use md4::{Digest, Md4};
 use secrecy::{ExposeSecret, SecretString};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
@@ -104,18 +103,8 @@ pub struct UsersFile {
     lines: Vec<Line>,
 }
 
-/// NT hash of a password: MD4 over its UTF-16LE encoding.
-pub fn nt_hash(password: &str) -> Zeroizing<[u8; 16]> {
-    let mut utf16 = Zeroizing::new(Vec::with_capacity(password.len() * 2));
-    for unit in password.encode_utf16() {
-        utf16.extend_from_slice(&unit.to_le_bytes());
-    }
-    let mut digest = Md4::digest(utf16.as_slice());
-    let mut out = Zeroizing::new([0u8; 16]);
-    out.copy_from_slice(&digest);
-    digest.as_mut_slice().zeroize();
-    out
-}
+/// The one NT hash the relay computes, for the file and for logons alike.
+pub use crate::proto::credssp::nt_hash;
 
 /// Splits `DOMAIN\user` or `user@DOMAIN` into (domain, user).
 pub fn parse_user_name(name: &str) -> Result<(String, String), UsersError> {
@@ -340,13 +329,6 @@ mod tests {
 
     fn secret(s: &str) -> SecretString {
         SecretString::from(s.to_string())
-    }
-
-    #[test]
-    fn nt_hash_vector() {
-        assert_eq!(hex::encode(*nt_hash("Password")), "a4f49c406510bdcab6824ee7c30fd852");
-        // The well-known hash of the empty password.
-        assert_eq!(hex::encode(*nt_hash("")), "31d6cfe0d16ae931b73c59d7e0c089c0");
     }
 
     #[test]

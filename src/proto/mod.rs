@@ -2,6 +2,7 @@
 //! Nothing in here may use tokio, hyper or std::net (a test enforces it).
 
 pub mod credssp;
+mod guard;
 pub mod http_auth;
 pub mod sealing;
 pub mod wsman;

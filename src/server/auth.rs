@@ -124,6 +124,10 @@ async fn basic(session: &mut Session, authorization: &str, shared: &Shared) -> L
         return Logon::Answer(reply::basic_401());
     };
     let claimed = Principal::parse(&user).display();
+    // The password is checked even for a locked-out pair, so that the answer
+    // takes as long as any other refusal.
+    let users = shared.credssp().users.clone();
+    let verified = verify_password(&users, &Principal::parse(&user), password.expose_secret());
     if shared.lockout.is_locked(source_ip, Some(&claimed), now) {
         audit_failed(
             session,
@@ -133,17 +137,19 @@ async fn basic(session: &mut Session, authorization: &str, shared: &Shared) -> L
         );
         return Logon::Answer(reply::basic_401());
     }
-    let users = shared.credssp().users.clone();
-    let Some(entry) = verify_password(&users, &Principal::parse(&user), password.expose_secret()) else {
-        let reason = failure_reason(
-            shared,
-            session,
-            Some(&claimed),
-            "authentication failed: unknown user or wrong password".into(),
-            now,
-        );
-        audit_failed(session, shared, Some(claimed), &reason);
-        return Logon::Answer(reply::basic_401());
+    let entry = match verified {
+        Ok(entry) => entry,
+        Err(refusal) => {
+            let reason = failure_reason(
+                shared,
+                session,
+                Some(&claimed),
+                format!("authentication failed: {refusal}"),
+                now,
+            );
+            audit_failed(session, shared, Some(claimed), &reason);
+            return Logon::Answer(reply::basic_401());
+        }
     };
     let credentials = DelegatedCredentials::new(entry.domain.clone(), entry.user.clone(), password);
     if session.principal() == Some(credentials.principal().as_str()) {

@@ -352,6 +352,7 @@ mod tests {
             max_shells_per_user: 1,
             max_operations_per_user: 1,
             max_unauthenticated_per_source: 2,
+            max_operation_timeout: Duration::from_secs(60),
         };
         let pending = Unauthenticated::new(&limits);
         let crowd: IpAddr = "127.0.0.50".parse().unwrap();
@@ -373,6 +374,7 @@ mod tests {
             max_shells_per_user: 1,
             max_operations_per_user: 1,
             max_unauthenticated_per_source: 1,
+            max_operation_timeout: Duration::from_secs(60),
         });
         let a = quotas.session("LAB\\alice").unwrap();
         assert!(matches!(

@@ -195,6 +195,15 @@ async fn forward(
     record_request(event, &info);
     let relates_to = info.message_id.clone();
     let fail = |failure: Failure| Err((failure, relates_to.clone()));
+    // Fail closed: a request whose resource or shell the relay cannot read
+    // could slip past the shell rules and the shell ownership check.
+    if let Some(problem) = info.resource_uri_problem().or_else(|| info.shell_id_problem()) {
+        return fail(Failure {
+            kind: FaultKind::AccessDenied,
+            message: format!("the relay refuses a request it cannot check: {problem}"),
+            audit: AuditKind::Denied,
+        });
+    }
     if shared.audit.refuses_requests() {
         // Nothing leaves the relay that the audit cannot record.
         return fail(Failure {
@@ -259,7 +268,8 @@ async fn forward(
     } else {
         None
     };
-    let rewritten = match wsman::rewrite_to(plain, &target.url) {
+    let max_timeout = config.limits.max_operation_timeout;
+    let rewritten = match wsman::rewrite_request(plain, &target.url, max_timeout) {
         Ok(rewritten) => rewritten,
         Err(error) => {
             return fail(Failure {
@@ -270,15 +280,23 @@ async fn forward(
         }
     };
     let wait = info
-        .operation_timeout
+        .operation_timeout_within(max_timeout)
         .map(|op| (op + OPERATION_TIMEOUT_MARGIN).max(target.timeout))
         .unwrap_or(target.timeout);
     // A Create the target carries out must be tracked (and so deleted at
     // session end), so it is let finish briefly even if the session ends.
+    let response_limit = info.response_limit(config.listen.max_envelope_size);
     session.ender.set_completing(is_create);
     let exchanged = session
         .targets
-        .exchange(&target, &addresses, session.vault.get(), &rewritten, wait)
+        .exchange(
+            &target,
+            &addresses,
+            session.vault.get(),
+            &rewritten,
+            wait,
+            response_limit,
+        )
         .await;
     session.ender.set_completing(false);
     let response = match exchanged {

@@ -6,6 +6,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
 
+use crate::proto::sealing;
+
 /// Which target a request names: `None` for a bare `/wsman` on the main listener.
 pub(crate) struct Route {
     pub target: Option<String>,
@@ -48,7 +50,7 @@ pub(crate) fn is_unauthenticated_identify(request: &Request<Incoming>) -> bool {
 /// The body, never buffered beyond what an envelope of `max_envelope` bytes
 /// can take once sealed.
 pub(crate) async fn read_body(request: Request<Incoming>, max_envelope: usize) -> Result<Bytes, BodyError> {
-    let limit = encrypted_body_limit(max_envelope);
+    let limit = sealing::sealed_size_limit(max_envelope);
     let declared = request
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -62,11 +64,6 @@ pub(crate) async fn read_body(request: Request<Incoming>, max_envelope: usize) -
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
         Err(error) => Err(BodyError::Read(error.to_string())),
     }
-}
-
-/// Sealing adds MIME headers and TLS record overhead per 16 KiB chunk.
-fn encrypted_body_limit(max_envelope: usize) -> usize {
-    max_envelope + max_envelope / 16 + 4096
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -222,6 +222,7 @@ impl Session {
                 &shared.audit,
                 &template,
                 CLEANUP_DEADLINE,
+                shared.config().listen.max_envelope_size,
             )
             .await;
             let mut event = self.event(AuditKind::SessionEnd);

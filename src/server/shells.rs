@@ -117,6 +117,7 @@ pub(crate) async fn delete_leftovers(
     audit: &AuditSink,
     template: &AuditEvent,
     deadline: Duration,
+    max_envelope: usize,
 ) {
     let mut by_target: HashMap<String, Vec<(String, OpenShell)>> = HashMap::new();
     for (shell_id, shell) in leftovers {
@@ -129,7 +130,7 @@ pub(crate) async fn delete_leftovers(
         .into_values()
         .map(|shells| {
             let connection = pool.take(&shells[0].1.target.name);
-            delete_on_one_target(shells, connection, credentials, audit, template)
+            delete_on_one_target(shells, connection, credentials, audit, template, max_envelope)
         })
         .collect();
     let all = async { while cleanups.next().await.is_some() {} };
@@ -147,6 +148,7 @@ async fn delete_on_one_target(
     credentials: Option<&DelegatedCredentials>,
     audit: &AuditSink,
     template: &AuditEvent,
+    max_envelope: usize,
 ) {
     let mut pool = Pool::default();
     if let Some(connection) = connection {
@@ -174,6 +176,7 @@ async fn delete_on_one_target(
                 credentials,
                 &request,
                 shell.target.timeout,
+                max_envelope,
             )
             .await;
         match result {

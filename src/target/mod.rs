@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::{Request, StatusCode};
@@ -45,9 +45,6 @@ use crate::proto::sealing::{self, SealProtocol};
 use crate::resolve::{ResolvedTarget, TargetAuth};
 use crate::vault::DelegatedCredentials;
 
-/// Largest response body accepted from a target; WS-Man envelopes are bounded
-/// by MaxEnvelopeSize (500 KiB by default), sealing adds little.
-const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 const NEGOTIATE: &str = "Negotiate";
 const CREDSSP: &str = "CredSSP";
 const SOAP_CONTENT_TYPE: &str = "application/soap+xml;charset=UTF-8";
@@ -72,6 +69,11 @@ pub enum TargetError {
     Http { target: String, detail: String },
     #[error("{target} sent a response the relay cannot decrypt: {detail}")]
     BadResponse { target: String, detail: String },
+    #[error(
+        "{target} sent a response body over {limit} bytes, more than the request's MaxEnvelopeSize \
+         (bounded by listen.max_envelope_size) allows"
+    )]
+    ResponseTooLarge { target: String, limit: usize },
 }
 
 impl TargetError {
@@ -396,9 +398,17 @@ impl TargetConnection {
 
     /// Send one SOAP envelope and return the answer in clear. `wait` is how
     /// long the target may legitimately take (at least the request's
-    /// OperationTimeout for a Receive).
-    pub async fn exchange(&mut self, soap: &[u8], wait: Duration) -> Result<TargetResponse, TargetError> {
-        match tokio::time::timeout(wait, self.exchange_inner(soap)).await {
+    /// OperationTimeout for a Receive); `max_envelope` is the largest answer
+    /// in bytes of SOAP (the request's MaxEnvelopeSize, see
+    /// `RequestInfo::response_limit`): a larger body is refused as it
+    /// arrives, before it is held whole.
+    pub async fn exchange(
+        &mut self,
+        soap: &[u8],
+        wait: Duration,
+        max_envelope: usize,
+    ) -> Result<TargetResponse, TargetError> {
+        match tokio::time::timeout(wait, self.exchange_inner(soap, max_envelope)).await {
             Ok(result) => result,
             Err(_) => Err(TargetError::Timeout {
                 target: describe(&self.target),
@@ -407,7 +417,7 @@ impl TargetConnection {
         }
     }
 
-    async fn exchange_inner(&mut self, soap: &[u8]) -> Result<TargetResponse, TargetError> {
+    async fn exchange_inner(&mut self, soap: &[u8], max_envelope: usize) -> Result<TargetResponse, TargetError> {
         let target = describe(&self.target);
         let bad = |detail: String| TargetError::BadResponse {
             target: target.clone(),
@@ -447,14 +457,11 @@ impl TargetConnection {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .unwrap_or_default();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
-            .collect()
-            .await
-            .map_err(|e| TargetError::Http {
-                target: target.clone(),
-                detail: e.to_string(),
-            })?
-            .to_bytes();
+        let limit = match self.wire {
+            Wire::Spnego(_) | Wire::CredSsp(_) => sealing::sealed_size_limit(max_envelope),
+            Wire::Plain | Wire::Basic(_) => max_envelope,
+        };
+        let body = collect_limited(response.into_body(), limit, &target).await?;
         if body.is_empty() {
             return Ok(TargetResponse {
                 status,
@@ -483,6 +490,28 @@ impl TargetConnection {
         };
         Ok(TargetResponse { status, body: plain })
     }
+}
+
+/// A response body, refused as soon as it grows past `limit` bytes.
+async fn collect_limited<B>(body: B, limit: usize, target: &str) -> Result<Bytes, TargetError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let collected = Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            TargetError::ResponseTooLarge {
+                target: target.to_string(),
+                limit,
+            }
+        } else {
+            TargetError::Http {
+                target: target.to_string(),
+                detail: e.to_string(),
+            }
+        }
+    })?;
+    Ok(collected.to_bytes())
 }
 
 async fn connect(target: &ResolvedTarget, addresses: &[IpAddr]) -> Result<Connected, TargetError> {
@@ -592,6 +621,22 @@ mod tests {
     use crate::resolve::{Fingerprint, TargetTls, TlsTrust};
     use std::sync::Arc;
     use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_response_body_over_the_limit_is_refused() {
+        let body = |n: usize| Full::new(Bytes::from(vec![b'x'; n]));
+        let ok = collect_limited(body(1000), 1000, "web01 (10.0.0.5:5985)").await;
+        assert_eq!(ok.map(|b| b.len()).ok(), Some(1000));
+        let error = collect_limited(body(1001), 1000, "web01 (10.0.0.5:5985)")
+            .await
+            .expect_err("body over the limit accepted");
+        assert!(matches!(error, TargetError::ResponseTooLarge { limit: 1000, .. }));
+        assert_eq!(
+            error.to_string(),
+            "web01 (10.0.0.5:5985) sent a response body over 1000 bytes, more than the request's \
+             MaxEnvelopeSize (bounded by listen.max_envelope_size) allows"
+        );
+    }
 
     #[test]
     fn url_paths() {

@@ -31,6 +31,7 @@ impl Pool {
         credentials: Option<&DelegatedCredentials>,
         soap: &[u8],
         wait: Duration,
+        max_envelope: usize,
     ) -> Result<TargetResponse, TargetError> {
         let key = target.name.to_ascii_lowercase();
         let mut connection = match self.connections.remove(&key) {
@@ -43,7 +44,7 @@ impl Pool {
                 TargetConnection::open(target, addresses, credentials).await?
             }
         };
-        let result = connection.exchange(soap, wait).await;
+        let result = connection.exchange(soap, wait, max_envelope).await;
         if result.is_ok() {
             self.connections.insert(key, connection);
         }

@@ -3,7 +3,6 @@
 //! [`Initiator::step`] takes the target's `WWW-Authenticate: CredSSP` token
 //! and returns the next `Authorization: CredSSP` token.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -12,7 +11,8 @@ use sspi::credssp::{ClientMode, ClientState, CredSspClient, CredSspMode, TsReque
 use sspi::ntlm::NtlmConfig;
 use sspi::{AuthIdentity, Credentials, Username};
 
-use super::{tls, CredSspError, SecureChannel};
+use super::{parse_ts_request, tls, tokens, CredSspError, SecureChannel};
+use crate::proto::guard::contain_panic;
 use crate::vault::DelegatedCredentials;
 
 fn provider() -> rustls::crypto::CryptoProvider {
@@ -102,7 +102,13 @@ impl Initiator {
                 self.round(TsRequest::default()).map(Some)
             }
             Phase::Authenticating => {
-                let request = TsRequest::from_buffer(&plain).map_err(|e| CredSspError::BadTsRequest(e.to_string()))?;
+                // The target's answers are network input like a client's:
+                // parsed inside the panic boundary, and a sealed field too
+                // short for its signature refused before sspi splits it.
+                let request = parse_ts_request(&plain)?;
+                if let Some(pub_key_auth) = &request.pub_key_auth {
+                    tokens::check_sealed_len("pubKeyAuth", pub_key_auth)?;
+                }
                 self.round(request).map(Some)
             }
             Phase::CredentialsSent => Ok(None),
@@ -111,9 +117,11 @@ impl Initiator {
 
     fn round(&mut self, request: TsRequest) -> Result<Vec<u8>, CredSspError> {
         let client = self.client.as_mut().ok_or(CredSspError::AlreadyFailed)?;
-        let state = catch_unwind(AssertUnwindSafe(|| client.process(request).resolve_to_result()))
-            .map_err(|_| CredSspError::Panicked)?
-            .map_err(sspi_err)?;
+        let Ok(outcome) = contain_panic(|| client.process(request).resolve_to_result()) else {
+            self.client = None;
+            return Err(CredSspError::Panicked);
+        };
+        let state = outcome.map_err(sspi_err)?;
         let reply = match state {
             ClientState::ReplyNeeded(reply) => reply,
             ClientState::FinalMessage(reply) => {
@@ -163,8 +171,8 @@ mod tests {
     /// interop with pyspnego's acceptor is in the integration suite. What
     /// this pins down is the delegation: the acceptor receives exactly the
     /// credentials the initiator was given.
-    #[test]
-    fn initiator_delegates_to_acceptor_in_memory() {
+    /// An acceptor whose certificate carries an RSA key, as pubKeyAuth needs.
+    fn acceptor_config() -> Arc<AcceptorConfig> {
         let key = rsa_key();
         let cert = rcgen::CertificateParams::new(vec!["relay".into()])
             .unwrap()
@@ -186,7 +194,7 @@ mod tests {
                 rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .unwrap();
-        let config = Arc::new(AcceptorConfig {
+        Arc::new(AcceptorConfig {
             tls: Arc::new(tls),
             public_key: spki,
             users: vec![UserHash {
@@ -196,7 +204,12 @@ mod tests {
             }]
             .into(),
             min_version: 5,
-        });
+        })
+    }
+
+    #[test]
+    fn initiator_delegates_to_acceptor_in_memory() {
+        let config = acceptor_config();
         let mut acceptor = Acceptor::new(config).unwrap();
         let creds = DelegatedCredentials::new("LAB", "alice", SecretString::from("pw-1"));
         let mut initiator = Initiator::new(&creds, "relay").unwrap();
@@ -217,6 +230,80 @@ mod tests {
             }
         }
         panic!("no agreement after 10 legs");
+    }
+
+    /// Runs the exchange against the acceptor up to the initiator's
+    /// `round`th TSRequest (1: NTLM NEGOTIATE, 2: AUTHENTICATE and
+    /// pubKeyAuth), then answers it with `forged` (plaintext inside the
+    /// acceptor's TLS channel) instead of the acceptor's own answer.
+    fn answer_round_with(round: usize, forged: &[u8]) -> Result<Option<Vec<u8>>, CredSspError> {
+        let mut acceptor = Acceptor::new(acceptor_config()).unwrap();
+        let creds = DelegatedCredentials::new("LAB", "alice", SecretString::from("pw-1"));
+        let mut initiator = Initiator::new(&creds, "relay").unwrap();
+        let mut token = initiator.step(None).unwrap().unwrap();
+        let mut rounds = 0;
+        for _ in 0..10 {
+            if matches!(initiator.phase, Phase::Authenticating) {
+                rounds += 1;
+            }
+            if rounds == round {
+                let tls = acceptor.tls.as_mut().unwrap();
+                tls::feed(tls, &token).unwrap();
+                let answer = tls::encrypt(tls, forged).unwrap();
+                return initiator.step(Some(&answer));
+            }
+            match acceptor.step(&token) {
+                Step::Continue(reply) => token = initiator.step(Some(&reply)).unwrap().unwrap(),
+                other => panic!("acceptor answered {other:?}"),
+            }
+        }
+        panic!("round {round} never came");
+    }
+
+    fn encoded(request: &TsRequest) -> Vec<u8> {
+        let mut out = Vec::new();
+        request.encode_ts_request(&mut out).unwrap();
+        out
+    }
+
+    /// A hostile target (or a man in the middle on an HTTP target) answers
+    /// the relay's CredSSP: errors, never a panic of the connection task.
+    #[test]
+    fn hostile_target_answers_are_errors_not_panics() {
+        // sspi splits pubKeyAuth at its 16-byte signature without checking the length.
+        for short in [vec![], vec![1, 2, 3], vec![0; 16]] {
+            let forged = TsRequest {
+                version: 6,
+                pub_key_auth: Some(short),
+                ..TsRequest::default()
+            };
+            assert!(matches!(
+                answer_round_with(2, &encoded(&forged)),
+                Err(CredSspError::ShortField("pubKeyAuth"))
+            ));
+        }
+        assert!(matches!(
+            answer_round_with(1, b"\x30\x03\x02\x01"),
+            Err(CredSspError::BadTsRequest(_))
+        ));
+        let bad_challenge = TsRequest {
+            version: 6,
+            nego_tokens: Some(b"NTLMSSP\0\x02\0\0\0\xff\xff".to_vec()),
+            ..TsRequest::default()
+        };
+        assert!(matches!(
+            answer_round_with(1, &encoded(&bad_challenge)),
+            Err(CredSspError::Authentication(_))
+        ));
+        let forged_key = TsRequest {
+            version: 6,
+            pub_key_auth: Some(vec![7; 64]),
+            ..TsRequest::default()
+        };
+        assert!(matches!(
+            answer_round_with(2, &encoded(&forged_key)),
+            Err(CredSspError::Authentication(_))
+        ));
     }
 
     fn rsa_key() -> rcgen::KeyPair {

@@ -15,7 +15,6 @@ mod tls;
 mod tokens;
 mod users;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use rustls::{Connection, ServerConfig, ServerConnection};
@@ -28,10 +27,11 @@ pub use channel::SecureChannel;
 pub use initiator::Initiator;
 pub use tls::SkipCertificateVerification;
 pub use tokens::{classify_first_token, InnerMechanism};
-pub use users::{hashes_equal, nt_hash, verify_password, Principal, UserHash};
+pub use users::{hashes_equal, nt_hash, verify_password, LogonRefusal, Principal, UserHash};
 
+use super::guard::contain_panic;
 use crate::vault::DelegatedCredentials;
-use users::UsersProxy;
+use users::{Claim, UsersProxy};
 
 /// Highest TSRequest version the relay speaks (CVE-2018-0886 fix included).
 pub const MAX_TS_REQUEST_VERSION: u32 = 6;
@@ -50,13 +50,17 @@ pub enum CredSspError {
     VersionTooLow { client: u32, floor: u32 },
     #[error("authentication failed: {0}")]
     Authentication(String),
+    #[error("{0} is not in the users file")]
+    UnknownUser(String),
+    #[error("wrong password for {0}")]
+    WrongPassword(String),
     #[error("delegated credentials are for {delegated}, but the connection authenticated as {authenticated}")]
     PrincipalMismatch { authenticated: String, delegated: String },
     #[error("delegated password does not match the users file entry of {0}")]
     DelegatedPasswordMismatch(String),
     #[error("{0} is locked out after repeated logon failures")]
     LockedOut(String),
-    #[error("the security package panicked on client input")]
+    #[error("the security package panicked on network input")]
     Panicked,
     #[error("authentication already failed on this connection")]
     AlreadyFailed,
@@ -84,7 +88,10 @@ pub enum Step {
         channel: Box<SecureChannel>,
     },
     /// Authentication failed: `401`, with this token (a TLS-wrapped TSRequest
-    /// carrying an errorCode) when there is one. `user` is who it claimed to be.
+    /// carrying an errorCode) when there is one. The errorCode is always
+    /// STATUS_LOGON_FAILURE, so the client learns nothing about the cause
+    /// (unknown user, wrong password, locked out); `error` has it, for the
+    /// audit. `user` is who it claimed to be.
     Rejected {
         token: Option<Vec<u8>>,
         error: CredSspError,
@@ -114,7 +121,7 @@ pub struct Acceptor {
     server: Option<CredSspServer<UsersProxy>>,
     mechanism: Option<InnerMechanism>,
     client_version: Option<u32>,
-    claimed: Arc<Mutex<Option<Principal>>>,
+    claimed: Arc<Mutex<Option<Claim>>>,
     /// Who the NTLM AUTHENTICATE message says it is, for the audit of a
     /// failed logon (sspi may refuse before it asks for the user's hash).
     wire_user: Option<String>,
@@ -168,7 +175,7 @@ impl Acceptor {
             .claimed
             .lock()
             .ok()
-            .and_then(|c| c.as_ref().map(Principal::display));
+            .and_then(|c| c.as_ref().map(|claim| claim.principal.display()));
         verified.or_else(|| self.wire_user.clone())
     }
 
@@ -195,7 +202,13 @@ impl Acceptor {
                 Ok(Step::Continue(token))
             }
             Ok(Processed::Finished(identity)) => {
-                let credentials = self.verify_delegation(identity).map_err(|e| (e, None))?;
+                let credentials = match self.verify_delegation(identity) {
+                    Ok(credentials) => credentials,
+                    Err(error) => {
+                        let token = self.seal_ts_request(&logon_failure(self.reply_version())).ok();
+                        return Err((error, token));
+                    }
+                };
                 self.phase = Phase::Finished;
                 let tls = self.tls.take().ok_or((CredSspError::AlreadyFailed, None))?;
                 Ok(Step::Authenticated {
@@ -203,8 +216,8 @@ impl Acceptor {
                     channel: Box::new(SecureChannel::new(tls)),
                 })
             }
-            Err((error, Some(reply))) => {
-                let token = self.seal_ts_request(&reply).ok();
+            Err((error, Some(version))) => {
+                let token = self.seal_ts_request(&logon_failure(version)).ok();
                 Err((error, token))
             }
             Err((error, None)) => Err((error, None)),
@@ -226,10 +239,7 @@ impl Acceptor {
             let user = Principal::from_parts(Some(&domain), &user).display();
             self.wire_user = Some(user.clone());
             if locked_out(&user) {
-                return Err((
-                    CredSspError::LockedOut(user),
-                    Some(Box::new(logon_failure(reply_version))),
-                ));
+                return Err((CredSspError::LockedOut(user), Some(reply_version)));
             }
         }
         if let Some(pub_key_auth) = &request.pub_key_auth {
@@ -262,7 +272,7 @@ impl Acceptor {
         let floor = self.config.min_version;
         if client < floor {
             let error = CredSspError::VersionTooLow { client, floor };
-            return Err((error, Some(Box::new(logon_failure(client.min(MAX_TS_REQUEST_VERSION))))));
+            return Err((error, Some(client.min(MAX_TS_REQUEST_VERSION))));
         }
         let first = *self.client_version.get_or_insert(client);
         Ok(first.min(MAX_TS_REQUEST_VERSION))
@@ -320,10 +330,7 @@ impl Acceptor {
 
     fn run_server(&mut self, request: TsRequest) -> Result<Processed, Refusal> {
         let server = self.server.as_mut().ok_or((CredSspError::AlreadyFailed, None))?;
-        // One hostile connection must never take the process down: sspi and
-        // its ASN.1 parsers have panicked on malformed input before.
-        let outcome = catch_unwind(AssertUnwindSafe(|| server.process(request).resolve_to_result()));
-        match outcome {
+        match contain_panic(|| server.process(request).resolve_to_result()) {
             Err(_) => {
                 self.server = None;
                 Err((CredSspError::Panicked, None))
@@ -331,9 +338,33 @@ impl Acceptor {
             Ok(Ok(ServerState::ReplyNeeded(reply))) => Ok(Processed::Reply(reply)),
             Ok(Ok(ServerState::Finished(identity))) => Ok(Processed::Finished(identity)),
             Ok(Err(ServerError { ts_request, error })) => {
-                Err((CredSspError::Authentication(error.to_string()), ts_request))
+                let answer = ts_request.map(|_| self.reply_version());
+                Err((self.classify(error), answer))
             }
         }
+    }
+
+    /// The cause of an sspi refusal, for the audit: sspi refuses an unknown
+    /// user (checked against a dummy hash) exactly as it refuses a wrong
+    /// password, and only the proxy's record of the claim tells them apart.
+    fn classify(&self, error: sspi::Error) -> CredSspError {
+        let claim = self.claimed.lock().ok().and_then(|c| c.clone());
+        match claim {
+            Some(Claim {
+                principal,
+                known: false,
+            }) => CredSspError::UnknownUser(principal.display()),
+            Some(Claim { principal, known: true }) if error.error_type == sspi::ErrorKind::LogonDenied => {
+                CredSspError::WrongPassword(principal.display())
+            }
+            _ => CredSspError::Authentication(error.to_string()),
+        }
+    }
+
+    /// The TSRequest version of this exchange's answers.
+    fn reply_version(&self) -> u32 {
+        self.client_version
+            .map_or(MAX_TS_REQUEST_VERSION, |v| v.min(MAX_TS_REQUEST_VERSION))
     }
 
     /// The delegated identity must be the principal that authenticated, and
@@ -349,6 +380,10 @@ impl Acceptor {
             .ok()
             .and_then(|c| c.clone())
             .ok_or_else(|| CredSspError::Authentication("no authenticated principal".into()))?;
+        if !authenticated.known {
+            return Err(CredSspError::UnknownUser(authenticated.principal.display()));
+        }
+        let authenticated = authenticated.principal;
         if !authenticated.matches(&delegated) {
             return Err(CredSspError::PrincipalMismatch {
                 authenticated: authenticated.display(),
@@ -371,8 +406,8 @@ impl Acceptor {
     }
 }
 
-/// A refusal and, when sspi produced one, the TSRequest carrying its errorCode.
-type Refusal = (CredSspError, Option<Box<TsRequest>>);
+/// A refusal and, when the client is to get an error TSRequest, its version.
+type Refusal = (CredSspError, Option<u32>);
 
 enum Processed {
     Reply(TsRequest),
@@ -388,8 +423,9 @@ fn logon_failure(version: u32) -> TsRequest {
     }
 }
 
+/// A TSRequest from the network, a client's or a target's.
 fn parse_ts_request(plain: &[u8]) -> Result<TsRequest, CredSspError> {
-    catch_unwind(|| TsRequest::from_buffer(plain))
+    contain_panic(|| TsRequest::from_buffer(plain))
         .map_err(|_| CredSspError::Panicked)?
         .map_err(|e| CredSspError::BadTsRequest(e.to_string()))
 }

@@ -226,3 +226,102 @@ fn locked_out_user_gets_the_same_answer_as_a_wrong_password() {
         other => panic!("expected a lockout refusal, got {other:?}"),
     }
 }
+
+/// An NTLM client (sspi's CredSSP client) logs on as `domain\user` with
+/// `password`, up to the acceptor's verdict on its AUTHENTICATE. Returns
+/// that step, and the error TSRequest decrypted as the client sees it.
+fn ntlm_logon(
+    acceptor: &mut Acceptor,
+    user: &str,
+    password: &str,
+    locked_out: &dyn Fn(&str) -> bool,
+) -> (Step, Option<TsRequest>) {
+    use sspi::credssp::{ClientMode, ClientState, CredSspClient, CredSspMode};
+    use sspi::ntlm::NtlmConfig;
+    use sspi::{AuthIdentity, Credentials, Username};
+
+    let mut tls = client(&rustls::version::TLS13);
+    handshake(acceptor, &mut tls);
+    let identity = AuthIdentity {
+        username: Username::new(user, Some("LAB")).expect("user name"),
+        password: password.to_string().into(),
+    };
+    let mut ntlm = CredSspClient::new(
+        vec![0x30, 0x00],
+        Credentials::AuthIdentity(identity),
+        CredSspMode::WithCredentials,
+        ClientMode::Ntlm(NtlmConfig::new("CLIENT".into())),
+        "HTTP/relay".into(),
+    )
+    .expect("client");
+    let mut next = |request: TsRequest| match ntlm.process(request).resolve_to_result().expect("client leg") {
+        ClientState::ReplyNeeded(reply) | ClientState::FinalMessage(reply) => reply,
+    };
+    let negotiate = next(TsRequest::default());
+    let challenge = match send_ts_request(acceptor, &mut tls, &negotiate) {
+        Step::Continue(token) => TsRequest::from_buffer(&client_input(&mut tls, &token)).expect("challenge"),
+        other => panic!("NEGOTIATE answered {other:?}"),
+    };
+    let authenticate = next(challenge);
+    let mut encoded = Vec::new();
+    authenticate.encode_ts_request(&mut encoded).expect("encode");
+    tls.writer().write_all(&encoded).expect("write");
+    let token = client_output(&mut tls);
+    let step = acceptor.step_checked(&token, locked_out);
+    let reply = match &step {
+        Step::Rejected { token: Some(token), .. } => {
+            Some(TsRequest::from_buffer(&client_input(&mut tls, token)).expect("error TSRequest"))
+        }
+        _ => None,
+    };
+    (step, reply)
+}
+
+#[test]
+fn unknown_user_wrong_password_and_lockout_get_the_same_answer() {
+    let cases = [
+        ("ghost", "pw", false, "LAB\\ghost is not in the users file"),
+        ("alice", "guess", false, "wrong password for LAB\\alice"),
+        (
+            "alice",
+            "pw",
+            true,
+            "LAB\\alice is locked out after repeated logon failures",
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (user, password, alice_locked, cause) in cases {
+        let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+        let locked_out = |claimed: &str| alice_locked && claimed.eq_ignore_ascii_case("LAB\\alice");
+        match ntlm_logon(&mut acceptor, user, password, &locked_out) {
+            (
+                Step::Rejected {
+                    error, user: claimed, ..
+                },
+                Some(reply),
+            ) => {
+                // The cause is for the audit only.
+                assert_eq!(error.to_string(), cause);
+                assert_eq!(claimed.as_deref(), Some(format!("LAB\\{user}").as_str()));
+                assert_eq!(reply.error_code.map(|c| c.0), Some(0xc000_006d), "{cause}");
+                let mut encoded = Vec::new();
+                reply.encode_ts_request(&mut encoded).expect("encode");
+                answers.push(encoded);
+            }
+            (other, reply) => panic!("{user}/{password}: expected an error TSRequest, got {other:?} {reply:?}"),
+        }
+    }
+    // Not only the code: the whole answer is the same.
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:02x?}");
+}
+
+#[test]
+fn the_right_password_passes_ntlm() {
+    // The same client with alice's password is answered with the server's
+    // pubKeyAuth: the refusals above are about the user, not the test client.
+    let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+    match ntlm_logon(&mut acceptor, "alice", "pw", &|_| false) {
+        (Step::Continue(_), None) => {}
+        (other, _) => panic!("expected the pubKeyAuth leg, got {other:?}"),
+    }
+}

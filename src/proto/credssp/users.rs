@@ -1,12 +1,13 @@
 //! The relay's known users, offered to sspi's NTLM verifier as NT hashes.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use md4::{Digest, Md4};
 use sspi::credssp::CredentialsProxy;
 use sspi::{AuthIdentity, Secret, Username, UsernameParts};
-use zeroize::Zeroizing;
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
 
 /// One entry of the users file.
 pub struct UserHash {
@@ -24,16 +25,34 @@ impl std::fmt::Debug for UserHash {
 /// NT hash (NTLM's NTOWFv1): MD4 over the UTF-16LE password.
 pub fn nt_hash(password: &str) -> Zeroizing<[u8; 16]> {
     let utf16: Zeroizing<Vec<u8>> = Zeroizing::new(password.encode_utf16().flat_map(|u| u.to_le_bytes()).collect());
-    let mut hasher = Md4::new();
-    hasher.update(utf16.as_slice());
+    let mut digest = Md4::digest(utf16.as_slice());
     let mut out = Zeroizing::new([0u8; 16]);
-    out.copy_from_slice(&hasher.finalize());
+    out.copy_from_slice(&digest);
+    digest.as_mut_slice().zeroize();
     out
 }
 
 /// Constant-time comparison, so hash checks leak nothing through timing.
 pub fn hashes_equal(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(a.ct_eq(b))
+}
+
+/// What an unknown user is checked against, so that refusing them costs what
+/// refusing a known user does. Random per process: NTLM proves knowledge of
+/// the hash, so a fixed one would let anyone pass NTLM under any unknown name.
+fn dummy_nt_hash() -> &'static [u8; 16] {
+    static DUMMY: OnceLock<[u8; 16]> = OnceLock::new();
+    DUMMY.get_or_init(rand::random)
+}
+
+/// Why a logon was refused. For the audit only: the client gets the same
+/// answer whatever the cause, so it cannot learn which names exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LogonRefusal {
+    #[error("unknown user")]
+    UnknownUser,
+    #[error("wrong password")]
+    WrongPassword,
 }
 
 /// `DOMAIN\user` as it authenticated on the wire.
@@ -96,27 +115,65 @@ impl Principal {
     }
 }
 
-/// The users-file entry of `who` if `password` is theirs (constant-time
-/// hash comparison). For Basic over HTTPS, where the password arrives whole.
-pub fn verify_password<'a>(users: &'a [UserHash], who: &Principal, password: &str) -> Option<&'a UserHash> {
-    let entry = find(users, who)?;
-    hashes_equal(&nt_hash(password), &entry.nt_hash).then_some(entry)
+/// The users-file entry of `who` if `password` is theirs, else why not. For
+/// Basic over HTTPS, where the password arrives whole. An unknown user costs
+/// the same hash and constant-time comparison as a known one, so the answer
+/// time does not tell which names are in the users file.
+pub fn verify_password<'a>(
+    users: &'a [UserHash],
+    who: &Principal,
+    password: &str,
+) -> Result<&'a UserHash, LogonRefusal> {
+    verify_with(users, who, password, nt_hash)
 }
 
+/// [`verify_password`] with the hash as a parameter, so a test can see that
+/// every path does the same hashing work.
+fn verify_with<'a>(
+    users: &'a [UserHash],
+    who: &Principal,
+    password: &str,
+    hash: impl Fn(&str) -> Zeroizing<[u8; 16]>,
+) -> Result<&'a UserHash, LogonRefusal> {
+    let entry = find(users, who);
+    let expected = entry.map_or(dummy_nt_hash(), |e| &*e.nt_hash);
+    let matches = hashes_equal(&hash(password), expected);
+    match entry {
+        Some(entry) if matches => Ok(entry),
+        Some(_) => Err(LogonRefusal::WrongPassword),
+        None => Err(LogonRefusal::UnknownUser),
+    }
+}
+
+/// Looks at every entry, matching or not, so the lookup time does not
+/// depend on where (or whether) the user is in the file.
 pub(crate) fn find<'a>(users: &'a [UserHash], who: &Principal) -> Option<&'a UserHash> {
-    users
-        .iter()
-        .find(|u| u.domain.eq_ignore_ascii_case(&who.domain) && u.user.eq_ignore_ascii_case(&who.user))
+    users.iter().fold(None, |found, u| {
+        let matches = u.domain.eq_ignore_ascii_case(&who.domain) && u.user.eq_ignore_ascii_case(&who.user);
+        found.or(matches.then_some(u))
+    })
 }
 
 fn to_auth_identity(entry: &UserHash) -> io::Result<AuthIdentity> {
     let username = Username::new(&entry.user, Some(&entry.domain))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let password = format!("{}{}", sspi::NTLM_HASH_PREFIX, hex::encode(entry.nt_hash.as_slice()));
-    Ok(AuthIdentity {
+    Ok(hash_identity(username, &entry.nt_hash))
+}
+
+/// sspi takes an NT hash as a password written `$NTLM$:<hex>`.
+fn hash_identity(username: Username, nt_hash: &[u8; 16]) -> AuthIdentity {
+    let password = format!("{}{}", sspi::NTLM_HASH_PREFIX, hex::encode(nt_hash));
+    AuthIdentity {
         username,
         password: Secret::new(password),
-    })
+    }
+}
+
+/// Who the NTLM exchange claimed to be, and whether the users file knows them.
+#[derive(Debug, Clone)]
+pub(crate) struct Claim {
+    pub principal: Principal,
+    pub known: bool,
 }
 
 /// The CredentialsProxy sspi asks for candidate credentials. It also records
@@ -124,19 +181,28 @@ fn to_auth_identity(entry: &UserHash) -> io::Result<AuthIdentity> {
 /// hash against the *wire* user name (see [`super::Acceptor`]'s final check).
 pub(crate) struct UsersProxy {
     pub users: Arc<[UserHash]>,
-    pub claimed: Arc<Mutex<Option<Principal>>>,
+    pub claimed: Arc<Mutex<Option<Claim>>>,
 }
 
 impl CredentialsProxy for UsersProxy {
     type AuthenticationData = AuthIdentity;
 
+    /// An unknown user gets a candidate that cannot match: sspi then does
+    /// the same verification work and fails the same way as for a wrong
+    /// password, and only the recorded claim tells the two apart.
     fn auth_data_by_user(&mut self, username: &Username) -> io::Result<AuthIdentity> {
         let who = Principal::from_username(username);
+        let entry = find(&self.users, &who);
         if let Ok(mut claimed) = self.claimed.lock() {
-            *claimed = Some(who.clone());
+            *claimed = Some(Claim {
+                principal: who,
+                known: entry.is_some(),
+            });
         }
-        let entry = find(&self.users, &who).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "unknown user"))?;
-        to_auth_identity(entry)
+        match entry {
+            Some(entry) => to_auth_identity(entry),
+            None => Ok(hash_identity(username.clone(), dummy_nt_hash())),
+        }
     }
 
     fn auth_data(&mut self) -> io::Result<Vec<AuthIdentity>> {
@@ -155,6 +221,8 @@ mod tests {
             hex::encode(nt_hash("Password").as_slice()),
             "a4f49c406510bdcab6824ee7c30fd852"
         );
+        // The well-known hash of the empty password.
+        assert_eq!(hex::encode(nt_hash("").as_slice()), "31d6cfe0d16ae931b73c59d7e0c089c0");
     }
 
     #[test]
@@ -166,10 +234,49 @@ mod tests {
         }];
         let alice = Principal::parse("lab\\Alice");
         assert_eq!(alice.display(), "lab\\Alice");
-        assert!(verify_password(&users, &alice, "pw").is_some());
-        assert!(verify_password(&users, &alice, "PW").is_none());
-        assert!(verify_password(&users, &Principal::parse("alice@LAB"), "pw").is_some());
-        assert!(verify_password(&users, &Principal::parse("LAB\\bob"), "pw").is_none());
+        assert_eq!(
+            verify_password(&users, &alice, "pw").map(|e| e.user.as_str()),
+            Ok("alice")
+        );
+        assert_eq!(
+            verify_password(&users, &alice, "PW").err(),
+            Some(LogonRefusal::WrongPassword)
+        );
+        assert!(verify_password(&users, &Principal::parse("alice@LAB"), "pw").is_ok());
+        assert_eq!(
+            verify_password(&users, &Principal::parse("LAB\\bob"), "pw").err(),
+            Some(LogonRefusal::UnknownUser)
+        );
+    }
+
+    #[test]
+    fn unknown_users_cost_the_same_hashing_as_known_ones() {
+        let users = vec![UserHash {
+            domain: "LAB".into(),
+            user: "alice".into(),
+            nt_hash: nt_hash("pw"),
+        }];
+        let hashed = std::cell::RefCell::new(Vec::new());
+        let counting = |password: &str| {
+            hashed.borrow_mut().push(password.to_string());
+            nt_hash(password)
+        };
+        for (who, password, want) in [
+            ("LAB\\alice", "pw", None),
+            ("LAB\\alice", "guess", Some(LogonRefusal::WrongPassword)),
+            ("LAB\\ghost", "guess", Some(LogonRefusal::UnknownUser)),
+            ("LAB\\ghost", "", Some(LogonRefusal::UnknownUser)),
+        ] {
+            hashed.borrow_mut().clear();
+            let result = verify_with(&users, &Principal::parse(who), password, counting);
+            assert_eq!(result.err(), want, "{who}");
+            assert_eq!(*hashed.borrow(), [password], "{who}: one hash of the given password");
+        }
+        assert_ne!(
+            dummy_nt_hash(),
+            &[0u8; 16],
+            "the dummy is random, not a hash anyone can guess"
+        );
     }
 
     #[test]
@@ -182,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn proxy_records_the_claimed_user_and_refuses_unknown_ones() {
+    fn proxy_records_the_claimed_user_and_gives_unknown_ones_a_dummy() {
         let users: Arc<[UserHash]> = vec![UserHash {
             domain: "LAB".into(),
             user: "alice".into(),
@@ -195,10 +302,20 @@ mod tests {
             claimed: claimed.clone(),
         };
         let ghost = Username::new("ghost", Some("LAB")).unwrap();
-        assert!(proxy.auth_data_by_user(&ghost).is_err());
+        let dummy = proxy.auth_data_by_user(&ghost).unwrap();
+        assert_eq!(
+            dummy.password.as_ref(),
+            &format!("$NTLM$:{}", hex::encode(dummy_nt_hash()))
+        );
+        let claim = claimed.lock().unwrap().clone().unwrap();
+        assert_eq!((claim.principal.display().as_str(), claim.known), ("LAB\\ghost", false));
         let alice = Username::new("ALICE", Some("lab")).unwrap();
         let identity = proxy.auth_data_by_user(&alice).unwrap();
-        assert!(identity.password.as_ref().starts_with("$NTLM$:"));
-        assert_eq!(claimed.lock().unwrap().as_ref().unwrap().user, "ALICE");
+        assert_eq!(
+            identity.password.as_ref(),
+            &format!("$NTLM$:{}", hex::encode(nt_hash("pw").as_slice()))
+        );
+        let claim = claimed.lock().unwrap().clone().unwrap();
+        assert_eq!((claim.principal.user.as_str(), claim.known), ("ALICE", true));
     }
 }

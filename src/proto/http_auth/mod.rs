@@ -23,6 +23,8 @@ pub enum HttpAuthError {
     Incomplete,
     #[error("sealed message is malformed: {0}")]
     BadSealedMessage(&'static str),
+    #[error("the security package panicked on the target's input; the connection's context is unusable")]
+    Panicked,
 }
 
 /// An `Authorization` or `WWW-Authenticate` value split into scheme and token.

@@ -9,6 +9,7 @@ use sspi::{
 };
 
 use super::HttpAuthError;
+use crate::proto::guard::{contain_panic, Panicked};
 use crate::proto::sealing::SealedPart;
 use crate::vault::DelegatedCredentials;
 
@@ -19,6 +20,8 @@ enum State {
     Initial,
     InProgress,
     Established,
+    /// sspi panicked: its context may be half-updated, so it is never used again.
+    Poisoned,
 }
 
 /// Client context for one authenticated target connection.
@@ -94,8 +97,10 @@ impl NegotiateClient {
     /// be consumed before any decryption. Returns the next token to send, or
     /// `None` once the context is established.
     pub fn step(&mut self, server_token: Option<&[u8]>) -> Result<Option<Vec<u8>>, HttpAuthError> {
-        if self.state == State::Established {
-            return Ok(None);
+        match self.state {
+            State::Established => return Ok(None),
+            State::Poisoned => return Err(HttpAuthError::Panicked),
+            State::Initial | State::InProgress => {}
         }
         if self.state == State::InProgress && server_token.is_none() {
             return Err(HttpAuthError::Incomplete);
@@ -109,25 +114,27 @@ impl NegotiateClient {
         }
         let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
         let target_name = self.target_name.clone();
-        let mut builder = self
-            .ctx
-            .initialize_security_context()
-            .with_credentials_handle(&mut self.handle)
-            .with_context_requirements(
-                ClientRequestFlags::CONFIDENTIALITY | ClientRequestFlags::INTEGRITY | ClientRequestFlags::MUTUAL_AUTH,
-            )
-            .with_target_data_representation(DataRepresentation::Native)
-            .with_target_name(&target_name)
-            .with_output(&mut output);
-        if server_token.is_some() {
-            builder = builder.with_input(&mut input);
-        }
-        let result = self
-            .ctx
-            .initialize_security_context_impl(&mut builder)
-            .map_err(sspi_err)?
-            .resolve_to_result()
-            .map_err(sspi_err)?;
+        let (ctx, handle) = (&mut self.ctx, &mut self.handle);
+        // The target's SPNEGO and NTLM tokens go through sspi's and picky's parsers.
+        let outcome = contain_panic(|| {
+            let mut builder = ctx
+                .initialize_security_context()
+                .with_credentials_handle(handle)
+                .with_context_requirements(
+                    ClientRequestFlags::CONFIDENTIALITY
+                        | ClientRequestFlags::INTEGRITY
+                        | ClientRequestFlags::MUTUAL_AUTH,
+                )
+                .with_target_data_representation(DataRepresentation::Native)
+                .with_target_name(&target_name)
+                .with_output(&mut output);
+            if server_token.is_some() {
+                builder = builder.with_input(&mut input);
+            }
+            ctx.initialize_security_context_impl(&mut builder)
+                .and_then(|mut generator| generator.resolve_to_result())
+        });
+        let result = self.unpoisoned(outcome)?.map_err(sspi_err)?;
         let token = output.pop().map(|b| b.buffer).unwrap_or_default();
         match result.status {
             SecurityStatus::Ok => {
@@ -142,7 +149,9 @@ impl NegotiateClient {
                 Ok(Some(token))
             }
             SecurityStatus::CompleteNeeded | SecurityStatus::CompleteAndContinue => {
-                self.ctx.complete_auth_token(&mut output).map_err(sspi_err)?;
+                let ctx = &mut self.ctx;
+                let outcome = contain_panic(|| ctx.complete_auth_token(&mut output));
+                self.unpoisoned(outcome)?.map_err(sspi_err)?;
                 self.state = State::InProgress;
                 Ok(Some(token))
             }
@@ -150,18 +159,37 @@ impl NegotiateClient {
         }
     }
 
+    /// A panic leaves the context unusable: say so now and at every later call.
+    fn unpoisoned<T>(&mut self, outcome: Result<T, Panicked>) -> Result<T, HttpAuthError> {
+        outcome.map_err(|_| {
+            self.state = State::Poisoned;
+            HttpAuthError::Panicked
+        })
+    }
+
+    /// Session keys exist only once the handshake is complete; sspi's sealing
+    /// calls assume them.
+    fn check_established(&self) -> Result<(), HttpAuthError> {
+        match self.state {
+            State::Established => Ok(()),
+            State::Poisoned => Err(HttpAuthError::Panicked),
+            State::Initial | State::InProgress => Err(HttpAuthError::Incomplete),
+        }
+    }
+
     /// Seal one body: the part carries the 16-byte NTLM signature then the
     /// sealed bytes, with 16 in the u32 prefix.
     pub fn seal(&mut self, plain: &[u8]) -> Result<SealedPart, HttpAuthError> {
+        self.check_established()?;
         let mut signature = [0u8; SIGNATURE_LEN];
         let mut data = plain.to_vec();
         let mut buffers = [
             SecurityBufferRef::token_buf(&mut signature),
             SecurityBufferRef::data_buf(&mut data),
         ];
-        self.ctx
-            .encrypt_message(EncryptionFlags::empty(), &mut buffers)
-            .map_err(sspi_err)?;
+        let ctx = &mut self.ctx;
+        let outcome = contain_panic(|| ctx.encrypt_message(EncryptionFlags::empty(), &mut buffers));
+        self.unpoisoned(outcome)?.map_err(sspi_err)?;
         let mut sealed = Vec::with_capacity(SIGNATURE_LEN + data.len());
         sealed.extend_from_slice(&signature);
         sealed.extend_from_slice(&data);
@@ -172,7 +200,9 @@ impl NegotiateClient {
         })
     }
 
+    /// Unseal one part of a target's body.
     pub fn unseal(&mut self, part: &SealedPart) -> Result<Vec<u8>, HttpAuthError> {
+        self.check_established()?;
         let sig_len = part.header_len as usize;
         if sig_len != SIGNATURE_LEN || part.data.len() < sig_len {
             return Err(HttpAuthError::BadSealedMessage("signature length is not 16"));
@@ -189,7 +219,202 @@ impl NegotiateClient {
             SecurityBufferRef::token_buf(&mut signature),
             SecurityBufferRef::data_buf(&mut data),
         ];
-        self.ctx.decrypt_message(&mut buffers).map_err(sspi_err)?;
+        let ctx = &mut self.ctx;
+        let outcome = contain_panic(|| ctx.decrypt_message(&mut buffers));
+        self.unpoisoned(outcome)?.map_err(sspi_err)?;
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+    use sspi::{AcquireCredentialsHandleResult, ServerRequestFlags};
+
+    fn credentials() -> DelegatedCredentials {
+        DelegatedCredentials::new("LAB", "alice", SecretString::from("pw"))
+    }
+
+    /// A client that has sent its NEGOTIATE and waits for the target's CHALLENGE.
+    fn started() -> NegotiateClient {
+        let mut client = NegotiateClient::new(&credentials(), "target").expect("client");
+        assert!(client.step(None).expect("NEGOTIATE").is_some());
+        client
+    }
+
+    /// DER TLV with a short or two-byte length.
+    fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match body.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// NegTokenResp { negState accept-incomplete, supportedMech NTLM, responseToken }.
+    fn neg_token_resp(response: &[u8]) -> Vec<u8> {
+        let ntlm = [0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x02, 0x02, 0x0a];
+        let fields = [
+            der(0xa0, &[0x0a, 0x01, 0x01]),
+            der(0xa1, &ntlm),
+            der(0xa2, &der(0x04, response)),
+        ]
+        .concat();
+        der(0xa1, &der(0x30, &fields))
+    }
+
+    #[test]
+    fn garbage_from_the_target_is_an_error_not_a_panic() {
+        let challenge_head = b"NTLMSSP\0\x02\0\0\0";
+        let garbage: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0xa1],
+            vec![0xa1, 0x84, 0xff, 0xff, 0xff, 0xff],
+            (0..64).map(|i| (i * 37 + 11) as u8).collect(),
+            der(0x60, &[0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02, 0xa0, 0x00]),
+            neg_token_resp(b""),
+            neg_token_resp(challenge_head),
+            // Target name and target info pointing past the end of the message.
+            neg_token_resp(
+                &[
+                    &challenge_head[..],
+                    &[0x10, 0, 0x10, 0, 0xf0, 0xff, 0, 0],
+                    &[0x35, 0x82, 0x8a, 0xe2],
+                ]
+                .concat(),
+            ),
+            neg_token_resp(&[&challenge_head[..], &[0u8; 28], &[0x40, 0, 0x40, 0, 0x30, 0, 0, 0]].concat()),
+        ];
+        for token in garbage {
+            let mut client = started();
+            assert!(client.step(Some(&token)).is_err(), "{token:02x?}");
+            assert!(!client.is_established());
+            // Nothing on this context ever reaches sspi's sealing with missing keys.
+            assert!(client.seal(b"<s:Envelope/>").is_err());
+        }
+    }
+
+    #[test]
+    fn sealing_before_the_handshake_completes_is_refused() {
+        let part = SealedPart {
+            original_length: 4,
+            header_len: 16,
+            data: vec![0; 20],
+        };
+        for mut client in [
+            NegotiateClient::new(&credentials(), "target").expect("client"),
+            started(),
+        ] {
+            assert!(matches!(client.seal(b"x"), Err(HttpAuthError::Incomplete)));
+            assert!(matches!(client.unseal(&part), Err(HttpAuthError::Incomplete)));
+        }
+    }
+
+    /// sspi's Negotiate server (NTLM) knowing alice, driven in memory.
+    struct Target {
+        ctx: Negotiate,
+        handle: Option<CredentialsBuffers>,
+    }
+
+    impl Target {
+        fn new() -> Target {
+            let identity = AuthIdentity {
+                username: Username::new("alice", Some("LAB")).expect("user"),
+                password: "pw".to_string().into(),
+            };
+            let config = NegotiateConfig::new(
+                Box::new(NtlmConfig::new("TARGET".into())),
+                Some("ntlm".into()),
+                "TARGET".into(),
+            );
+            let mut ctx = Negotiate::new_server(config, vec![identity.clone()]).expect("server");
+            let AcquireCredentialsHandleResult { credentials_handle, .. } = ctx
+                .acquire_credentials_handle()
+                .with_credential_use(CredentialUse::Inbound)
+                .with_auth_data(&Credentials::AuthIdentity(identity))
+                .execute(&mut ctx)
+                .expect("server credentials");
+            Target {
+                ctx,
+                handle: credentials_handle,
+            }
+        }
+
+        fn answer(&mut self, token: Vec<u8>) -> Vec<u8> {
+            let mut input = vec![SecurityBuffer::new(token, BufferType::Token)];
+            let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
+            let builder = self
+                .ctx
+                .accept_security_context()
+                .with_credentials_handle(&mut self.handle)
+                .with_context_requirements(ServerRequestFlags::empty())
+                .with_target_data_representation(DataRepresentation::Native)
+                .with_input(&mut input)
+                .with_output(&mut output);
+            let result = self
+                .ctx
+                .accept_security_context_impl(builder)
+                .expect("accept")
+                .resolve_to_result()
+                .expect("accept result");
+            if matches!(
+                result.status,
+                SecurityStatus::CompleteNeeded | SecurityStatus::CompleteAndContinue
+            ) {
+                self.ctx.complete_auth_token(&mut output).expect("complete");
+            }
+            output.remove(0).buffer
+        }
+    }
+
+    /// A client and a target that completed the handshake.
+    fn established() -> (NegotiateClient, Target) {
+        let mut client = NegotiateClient::new(&credentials(), "target").expect("client");
+        let mut target = Target::new();
+        let mut token = client.step(None).expect("first leg");
+        while let Some(sent) = token {
+            let answer = target.answer(sent);
+            token = client.step(Some(&answer)).expect("client leg");
+        }
+        assert!(client.is_established());
+        (client, target)
+    }
+
+    #[test]
+    fn short_and_forged_sealed_bodies_from_the_target_are_errors() {
+        let (mut client, _target) = established();
+        let short = [
+            SealedPart {
+                original_length: 0,
+                header_len: 16,
+                data: vec![0; 15],
+            },
+            SealedPart {
+                original_length: 0,
+                header_len: 4,
+                data: vec![0; 4],
+            },
+            SealedPart {
+                original_length: 5,
+                header_len: 16,
+                data: vec![0; 20],
+            },
+        ];
+        for part in &short {
+            assert!(
+                matches!(client.unseal(part), Err(HttpAuthError::BadSealedMessage(_))),
+                "{part:?}"
+            );
+        }
+        let forged = SealedPart {
+            original_length: 4,
+            header_len: 16,
+            data: vec![0x01; 20],
+        };
+        assert!(matches!(client.unseal(&forged), Err(HttpAuthError::Sspi(_))));
+        assert!(client.seal(b"<s:Envelope/>").is_ok());
     }
 }

@@ -178,6 +178,14 @@ pub fn plaintext_chunks(protocol: SealProtocol, plain: &[u8]) -> Vec<&[u8]> {
     }
 }
 
+/// The largest sealed body that can carry `plain` bytes of SOAP, to cap
+/// bodies before unsealing them: per [`CREDSSP_CHUNK_SIZE`] chunk the MIME
+/// framing and the TLS record overhead (CBC padding and MAC at worst) stay
+/// under a sixteenth of the data, plus room for the framing of a small body.
+pub fn sealed_size_limit(plain: usize) -> usize {
+    plain.saturating_add(plain / 16).saturating_add(4096)
+}
+
 /// Serialises part pairs byte for byte as pywinrm, pypsrp and Windows do.
 /// With no parts the body is only the closing delimiter.
 pub fn build_body(protocol: SealProtocol, parts: &[SealedPart]) -> Vec<u8> {

@@ -604,3 +604,38 @@ fn build_matches_pywinrm_test_vectors() {
     assert!(body.starts_with(CREDSSP_HEAD));
     assert!(body.ends_with(b"--Encrypted Boundary--\r\n"));
 }
+
+#[test]
+fn the_sealed_size_limit_holds_any_sealing_of_that_much_soap() {
+    // TLS 1.2 CBC with SHA-384: record header, IV, MAC and the most padding
+    // per record, each record in its own part pair, is the costliest sealing.
+    const WORST_RECORD_OVERHEAD: usize = 5 + 16 + 48 + 256;
+    for plain_len in [
+        0,
+        1,
+        100,
+        CREDSSP_CHUNK_SIZE,
+        CREDSSP_CHUNK_SIZE + 1,
+        153_600,
+        512_000,
+        8 << 20,
+    ] {
+        let plain = vec![b'x'; plain_len];
+        let parts: Vec<SealedPart> = plaintext_chunks(SealProtocol::CredSsp, &plain)
+            .iter()
+            .map(|chunk| SealedPart {
+                original_length: chunk.len(),
+                header_len: 64,
+                data: vec![0; chunk.len() + WORST_RECORD_OVERHEAD],
+            })
+            .collect();
+        let credssp = build_body(SealProtocol::CredSsp, &parts).len();
+        let spnego = build_body(SealProtocol::Spnego, &[spnego_part(plain_len, 0)]).len();
+        let limit = sealed_size_limit(plain_len);
+        assert!(
+            credssp <= limit && spnego <= limit,
+            "{plain_len}: {credssp}/{spnego} > {limit}"
+        );
+    }
+    assert_eq!(sealed_size_limit(usize::MAX), usize::MAX);
+}

@@ -94,6 +94,8 @@ mod tests {
             ("P1DT1S", Duration::from_secs(86401)),
             ("P1Y2M", Duration::from_secs(365 * 86400 + 60 * 86400)),
             ("  PT20S\n", Duration::from_secs(20)),
+            // Valid, and far past any deadline: callers clamp it (RequestInfo::operation_timeout_within).
+            ("PT18446744073709551615S", Duration::from_secs(u64::MAX)),
         ];
         for (s, want) in ok {
             assert_eq!(parse_duration(s), Some(want), "{s:?}");
@@ -125,6 +127,9 @@ mod tests {
             "P T5S",
             "PT99999999999999999999S",
             "P99999999999999Y",
+            "PT18446744073709551616S",
+            "PT5124095576030432H",
+            "P1DT18446744073709551615S",
             "PT1.2.3S",
             "PT+5S",
             "PT５S",

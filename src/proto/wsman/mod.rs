@@ -1,11 +1,13 @@
-//! WS-Management envelopes: scan requests and responses, rewrite `wsa:To`,
-//! build faults.
+//! WS-Management envelopes: scan requests and responses, rewrite `wsa:To`
+//! and the OperationTimeout, build faults.
 //!
 //! Everything is event-based (quick-xml's `NsReader`, no DOM) and matches
 //! elements on namespace URI, never on prefix: clients use `s:`, `env:`, `a:`,
 //! `wsa:`, `w:`, `wsman:`, `rsp:` and `p:` freely. Input must be UTF-8, may not
 //! carry a DTD (so no entity expansion), and may nest at most [`MAX_DEPTH`]
-//! elements deep.
+//! elements deep, with at most [`MAX_ATTRIBUTES`] attributes (of which
+//! [`MAX_NAMESPACE_DECLARATIONS`] namespace declarations) per element and
+//! names of at most [`MAX_NAME_LEN`] bytes.
 //!
 //! Where a value that drives a policy decision could be read two ways (two
 //! `wsa:To` headers, two ShellId selectors, two `CommandLine`s), parsing fails
@@ -20,6 +22,7 @@ mod duration;
 mod fault;
 mod identify;
 mod psrp;
+mod rewrite;
 mod scan;
 mod shell;
 
@@ -28,12 +31,20 @@ pub use duration::parse_duration;
 pub use fault::{fault_envelope, new_message_id, FaultKind};
 pub use identify::identify_response;
 pub use psrp::psrp_command_summary;
-pub use shell::{shell_kind, ShellKind};
+pub use rewrite::rewrite_request;
+pub use shell::{is_shell_resource, shell_kind, ShellKind};
 
 use scan::{attr, is_xml_space, path_is, scan, Elem, Item, Ns};
 
 /// Deepest element nesting accepted; real envelopes stay under 12.
 pub const MAX_DEPTH: usize = 64;
+/// Most attributes on one element; real envelopes carry at most a dozen (the
+/// root's namespace declarations).
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Most namespace declarations on one element.
+pub const MAX_NAMESPACE_DECLARATIONS: usize = 32;
+/// Longest qualified element or attribute name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
 
 /// Action URI prefix shared by the WinRS shell operations.
 pub const SHELL_ACTION_PREFIX: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/";
@@ -51,6 +62,12 @@ pub enum WsmanError {
     Doctype,
     #[error("xml nests deeper than {MAX_DEPTH} elements")]
     TooDeep,
+    #[error("an element carries more than {MAX_ATTRIBUTES} attributes")]
+    TooManyAttributes,
+    #[error("an element declares more than {MAX_NAMESPACE_DECLARATIONS} namespaces")]
+    TooManyNamespaces,
+    #[error("an element or attribute name is longer than {MAX_NAME_LEN} bytes")]
+    NameTooLong,
     #[error("root element is not a soap 1.2 envelope")]
     NotSoapEnvelope,
     #[error("envelope has more than one {0}")]
@@ -63,6 +80,8 @@ pub enum WsmanError {
     AmbiguousIdentify,
     #[error("invalid operation timeout {0:?}")]
     InvalidTimeout(String),
+    #[error("invalid MaxEnvelopeSize {0:?}: expected a number of bytes")]
+    InvalidMaxEnvelopeSize(String),
 }
 
 /// What the relay needs to know about a request before forwarding it.
@@ -82,8 +101,16 @@ pub struct RequestInfo {
     pub command_id: Option<String>,
     /// w:OperationTimeout, xs:duration like PT20.000S / PT60S.
     pub operation_timeout: Option<Duration>,
+    /// w:MaxEnvelopeSize: the largest response the client accepts, in bytes.
+    pub max_envelope_size: Option<usize>,
     /// Body is wsmid:Identify.
     pub is_identify: bool,
+    /// Why the ResourceURI cannot be taken as the one the target acts on,
+    /// besides being absent or empty: see [`RequestInfo::resource_uri_problem`].
+    pub resource_uri_defect: Option<&'static str>,
+    /// Why a ShellId selector is present but cannot be read: see
+    /// [`RequestInfo::shell_id_problem`].
+    pub shell_id_defect: Option<&'static str>,
 }
 
 impl RequestInfo {
@@ -95,6 +122,91 @@ impl RequestInfo {
         }
         let a = self.action.trim_end_matches('/');
         a.rsplit('/').next().unwrap_or(a)
+    }
+
+    /// Why the relay cannot tell which resource the request acts on, if so:
+    /// anything but exactly one DMTF WS-Man ResourceURI header, non-empty and
+    /// plain text. A target that honours a header the relay ignores would act
+    /// on a resource no rule was checked against. Identify has none.
+    pub fn resource_uri_problem(&self) -> Option<String> {
+        if self.is_identify {
+            return None;
+        }
+        let why = match (self.resource_uri_defect, self.resource_uri.as_deref()) {
+            (Some(defect), _) => defect,
+            (None, None) => "the request has no ResourceURI header",
+            (None, Some("")) => "the ResourceURI header is empty",
+            (None, Some(_)) => return None,
+        };
+        Some(format!(
+            "{why}: the relay forwards only requests with exactly one ResourceURI header in the WS-Man \
+             namespace {}",
+            scan::NS_WSMAN
+        ))
+    }
+
+    /// Why the relay cannot tell which shell the request acts on, if so: a
+    /// ShellId selector it cannot read, or none on an action that needs one.
+    /// Without a readable ShellId the relay cannot check that the shell
+    /// belongs to the caller's session.
+    pub fn shell_id_problem(&self) -> Option<String> {
+        if let Some(defect) = self.shell_id_defect {
+            return Some(format!(
+                "{defect}: the relay reads a shell's id only from <w:SelectorSet><w:Selector Name=\"ShellId\">"
+            ));
+        }
+        (self.needs_shell_id() && self.shell_id.as_deref().is_none_or(str::is_empty)).then(|| {
+            format!(
+                "{} acts on a shell but names none: a ShellId selector is required",
+                self.action_name()
+            )
+        })
+    }
+
+    /// The shell operations, and Delete on a shell resource, act on the shell
+    /// the ShellId selector names. Compared without regard to case, so that a
+    /// variant spelling cannot slip past the ownership check.
+    pub fn needs_shell_id(&self) -> bool {
+        const SHELL_OPERATIONS: [&str; 7] = [
+            "Command",
+            "Receive",
+            "Send",
+            "Signal",
+            "Connect",
+            "Reconnect",
+            "Disconnect",
+        ];
+        if self.is_identify {
+            return false;
+        }
+        let action = self.action.trim_end_matches('/');
+        let is_shell_action = action
+            .get(..SHELL_ACTION_PREFIX.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(SHELL_ACTION_PREFIX));
+        if is_shell_action {
+            let operation = &action[SHELL_ACTION_PREFIX.len()..];
+            return SHELL_OPERATIONS.iter().any(|op| op.eq_ignore_ascii_case(operation));
+        }
+        action.eq_ignore_ascii_case(DELETE_ACTION) && self.resource_uri.as_deref().is_some_and(is_shell_resource)
+    }
+
+    /// The largest response the relay accepts from the target for this
+    /// request, in bytes of SOAP: the client's MaxEnvelopeSize, at most the
+    /// relay's own `relay_max` (also the default), and never below the 8192
+    /// bytes WS-Man services require, so that a target's fault about a
+    /// smaller size still gets through.
+    pub fn response_limit(&self, relay_max: usize) -> usize {
+        const MIN_ENVELOPE: usize = 8192;
+        self.max_envelope_size
+            .map_or(relay_max, |asked| asked.min(relay_max))
+            .max(MIN_ENVELOPE)
+    }
+
+    /// The OperationTimeout the relay honours: the client's, at most `max`
+    /// (a client may ask for up to u64::MAX seconds, which no deadline
+    /// arithmetic survives). [`rewrite_request`] tells the target the same.
+    pub fn operation_timeout_within(&self, max: Duration) -> Option<Duration> {
+        self.operation_timeout.map(|asked| asked.min(max))
     }
 }
 
@@ -202,6 +314,7 @@ enum ReqField {
     ResourceUri,
     ShellId,
     Timeout,
+    MaxEnvelopeSize,
     Command,
     Arguments,
 }
@@ -211,6 +324,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
     let mut info = RequestInfo::default();
     let mut action = None;
     let mut timeout = None;
+    let mut max_envelope_size = None::<String>;
     let mut cap = Capture::default();
     let mut field = None;
     let mut headers = 0usize;
@@ -225,6 +339,16 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
         match item {
             Item::Start { tag, .. } => {
                 let depth = path.len();
+                if cap.active && depth > cap.depth {
+                    // Text split by markup may be read one way here, another there.
+                    match field {
+                        Some(ReqField::ResourceUri) => {
+                            info.resource_uri_defect = Some("the ResourceURI header contains markup")
+                        }
+                        Some(ReqField::ShellId) => info.shell_id_defect = Some("the ShellId selector contains markup"),
+                        _ => {}
+                    }
+                }
                 if path_is(path, &[ENVELOPE, HEADER]) {
                     headers += 1;
                     if headers > 1 {
@@ -243,6 +367,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         (Ns::Addressing, "To") => Some(ReqField::To),
                         (Ns::Wsman, "ResourceURI") => Some(ReqField::ResourceUri),
                         (Ns::Wsman, "OperationTimeout") => Some(ReqField::Timeout),
+                        (Ns::Wsman, "MaxEnvelopeSize") => Some(ReqField::MaxEnvelopeSize),
                         (Ns::Wsman, "SelectorSet") => {
                             selector_sets += 1;
                             if selector_sets > 1 {
@@ -250,18 +375,32 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                             }
                             None
                         }
+                        (Ns::Management2005, "ResourceURI") => {
+                            info.resource_uri_defect =
+                                Some("the ResourceURI header is in the 2005/06 WS-Management namespace");
+                            None
+                        }
+                        (_, "ResourceURI") => {
+                            info.resource_uri_defect = Some("a ResourceURI header is outside the WS-Man namespace");
+                            None
+                        }
                         _ => None,
                     };
                     if field.is_some() {
                         cap.start(depth);
                     }
-                } else if path_is(
-                    path,
-                    &[ENVELOPE, HEADER, (Ns::Wsman, "SelectorSet"), (Ns::Wsman, "Selector")],
-                ) {
-                    if attr(tag, "Name")?.as_deref() == Some("ShellId") {
-                        field = Some(ReqField::ShellId);
-                        cap.start(depth);
+                } else if depth == 4
+                    && path_is(&path[..2], &[ENVELOPE, HEADER])
+                    && &*path[2].local == "SelectorSet"
+                    && &*path[3].local == "Selector"
+                {
+                    match shell_id_selector(path, tag)? {
+                        Selector::ShellId => {
+                            field = Some(ReqField::ShellId);
+                            cap.start(depth);
+                        }
+                        Selector::Unreadable(defect) => info.shell_id_defect = Some(defect),
+                        Selector::Other => {}
                     }
                 } else if depth == 3 && path_is(&path[..2], &[ENVELOPE, BODY]) {
                     body_children += 1;
@@ -318,6 +457,9 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         }
                         Some(ReqField::ShellId) => set_once(&mut info.shell_id, trimmed(&text), "ShellId selector")?,
                         Some(ReqField::Timeout) => set_once(&mut timeout, text, "w:OperationTimeout")?,
+                        Some(ReqField::MaxEnvelopeSize) => {
+                            set_once(&mut max_envelope_size, trimmed(&text), "w:MaxEnvelopeSize")?
+                        }
                         Some(ReqField::Command) => set_once(&mut command, text, "rsp:Command")?,
                         Some(ReqField::Arguments) => arguments.push(text),
                         None => {}
@@ -331,6 +473,12 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
     if let Some(t) = timeout {
         let d = parse_duration(&t).ok_or_else(|| WsmanError::InvalidTimeout(t.chars().take(64).collect()))?;
         info.operation_timeout = Some(d);
+    }
+    if let Some(size) = max_envelope_size {
+        let bytes = size
+            .parse()
+            .map_err(|_| WsmanError::InvalidMaxEnvelopeSize(size.chars().take(64).collect()))?;
+        info.max_envelope_size = Some(bytes);
     }
     if info.is_identify {
         // An Identify may be answered without authentication, so it must not
@@ -352,6 +500,49 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
         info.command_line = Some(line);
     }
     Ok(info)
+}
+
+/// What one header `SelectorSet/Selector` element is to the relay.
+enum Selector {
+    /// `<w:SelectorSet><w:Selector Name="ShellId">`, exactly.
+    ShellId,
+    /// A ShellId selector in another form: a target may read it, the relay does not.
+    Unreadable(&'static str),
+    /// Some other selector.
+    Other,
+}
+
+/// Only the exact WS-Man form names the shell; a variant (another namespace,
+/// a prefixed or differently cased `Name`, a padded or differently cased
+/// `ShellId`) is unreadable rather than ignored, so that the relay never
+/// checks one shell while the target acts on another.
+fn shell_id_selector(path: &[Elem], tag: &quick_xml::events::BytesStart<'_>) -> Result<Selector, WsmanError> {
+    let mut exact = false;
+    let mut variants = 0usize;
+    for a in tag.attributes().with_checks(true) {
+        let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
+        if !a.key.local_name().as_ref().eq_ignore_ascii_case(b"Name") {
+            continue;
+        }
+        let value = a.unescape_value().map_err(|e| WsmanError::Xml(e.to_string()))?;
+        if a.key.as_ref() == b"Name" && value == "ShellId" {
+            exact = true;
+        } else if value.trim_matches(is_xml_space).eq_ignore_ascii_case("ShellId") {
+            variants += 1;
+        }
+    }
+    if !exact && variants == 0 {
+        return Ok(Selector::Other);
+    }
+    if path[2].ns != Ns::Wsman || path[3].ns != Ns::Wsman {
+        return Ok(Selector::Unreadable(
+            "a ShellId selector is outside the WS-Man namespace",
+        ));
+    }
+    if variants > 0 {
+        return Ok(Selector::Unreadable("a ShellId selector's name is spelt differently"));
+    }
+    Ok(Selector::ShellId)
 }
 
 /// Which response field a captured text belongs to.
@@ -521,81 +712,6 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
     }
     info.exit_code = exit_code.and_then(|c| c.parse().ok());
     Ok(info)
-}
-
-/// Replace the text of the header's wsa:To with `to` (XML-escaped); every other byte unchanged.
-/// If there is no wsa:To, return the input unchanged.
-pub fn rewrite_to(xml: &[u8], to: &str) -> Result<Vec<u8>, WsmanError> {
-    enum Found {
-        /// `<a:To ...>text</a:To>`: the byte range of the text.
-        Pair { content: std::ops::Range<usize> },
-        /// `<a:To ... />`, with the qualified name to close it with.
-        Empty {
-            tag: std::ops::Range<usize>,
-            qname: Vec<u8>,
-        },
-    }
-    let mut found: Option<Found> = None;
-    let mut open_at = None;
-    scan(xml, |path, item| {
-        let is_to = path_is(path, &[ENVELOPE, HEADER, (Ns::Addressing, "To")]);
-        if !is_to {
-            return Ok(());
-        }
-        match item {
-            Item::Start { tag, span, empty } => {
-                if found.is_some() || open_at.is_some() {
-                    return Err(WsmanError::Duplicate("wsa:To"));
-                }
-                if empty {
-                    found = Some(Found::Empty {
-                        tag: span,
-                        qname: tag.name().as_ref().to_vec(),
-                    });
-                } else {
-                    open_at = Some(span.end);
-                }
-            }
-            Item::End { span, empty: false } => {
-                if let Some(start) = open_at.take() {
-                    found = Some(Found::Pair {
-                        content: start..span.start,
-                    });
-                }
-            }
-            Item::End { .. } | Item::Text(_) => {}
-        }
-        Ok(())
-    })?;
-
-    let escaped = fault::xml_escape(to);
-    let Some(found) = found else {
-        return Ok(xml.to_vec());
-    };
-    // Spans come from the scan of this very buffer; `get` keeps a bad span an
-    // error rather than a panic.
-    let slice = |r: std::ops::Range<usize>| xml.get(r).ok_or_else(|| WsmanError::Xml("internal span error".into()));
-    let mut out = Vec::with_capacity(xml.len() + escaped.len() + 16);
-    match found {
-        Found::Pair { content } => {
-            out.extend_from_slice(slice(0..content.start)?);
-            out.extend_from_slice(escaped.as_bytes());
-            out.extend_from_slice(slice(content.end..xml.len())?);
-        }
-        Found::Empty { tag, qname } => {
-            // `<a:To attr="x"/>` becomes `<a:To attr="x">target</a:To>`.
-            let head = slice(tag.start..tag.end.saturating_sub(2))?;
-            out.extend_from_slice(slice(0..tag.start)?);
-            out.extend_from_slice(head);
-            out.push(b'>');
-            out.extend_from_slice(escaped.as_bytes());
-            out.extend_from_slice(b"</");
-            out.extend_from_slice(&qname);
-            out.push(b'>');
-            out.extend_from_slice(slice(tag.end..xml.len())?);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

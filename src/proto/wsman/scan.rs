@@ -2,7 +2,8 @@
 //!
 //! Every parser in this module goes through [`scan`], so the hardening lives in
 //! one place: UTF-8 only, no DTD (hence no entity expansion), bounded depth,
-//! a single SOAP 1.2 `Envelope` root, undeclared prefixes rejected.
+//! a single SOAP 1.2 `Envelope` root, undeclared prefixes rejected, and
+//! bounded attributes, namespace declarations and name lengths per element.
 
 use std::ops::Range;
 
@@ -10,11 +11,13 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
-use super::{WsmanError, MAX_DEPTH};
+use super::{WsmanError, MAX_ATTRIBUTES, MAX_DEPTH, MAX_NAMESPACE_DECLARATIONS, MAX_NAME_LEN};
 
 pub(crate) const NS_SOAP: &str = "http://www.w3.org/2003/05/soap-envelope";
 pub(crate) const NS_ADDRESSING: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressing";
 pub(crate) const NS_WSMAN: &str = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd";
+/// The pre-DMTF WS-Management namespace, which some targets still honour.
+pub(crate) const NS_MANAGEMENT_2005: &str = "http://schemas.xmlsoap.org/ws/2005/06/management";
 pub(crate) const NS_SHELL: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell";
 pub(crate) const NS_WSMID: &str = "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd";
 pub(crate) const NS_WSMANFAULT: &str = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault";
@@ -28,6 +31,7 @@ pub(crate) enum Ns {
     Soap,
     Addressing,
     Wsman,
+    Management2005,
     Shell,
     Wsmid,
     WsmanFault,
@@ -42,6 +46,7 @@ impl Ns {
             u if u == NS_SOAP.as_bytes() => Ns::Soap,
             u if u == NS_ADDRESSING.as_bytes() => Ns::Addressing,
             u if u == NS_WSMAN.as_bytes() => Ns::Wsman,
+            u if u == NS_MANAGEMENT_2005.as_bytes() => Ns::Management2005,
             u if u == NS_SHELL.as_bytes() => Ns::Shell,
             u if u == NS_WSMID.as_bytes() => Ns::Wsmid,
             u if u == NS_WSMANFAULT.as_bytes() => Ns::WsmanFault,
@@ -191,6 +196,7 @@ where
     if path.len() >= MAX_DEPTH {
         return Err(WsmanError::TooDeep);
     }
+    check_bounds(tag)?;
     // Attributes are otherwise only parsed on demand; a duplicate (say two
     // xmlns:a) or an undefined entity must not let us read the envelope
     // differently from the target, which rejects both.
@@ -214,6 +220,34 @@ where
     if empty {
         visit(path, Item::End { span, empty: true })?;
         path.pop();
+    }
+    Ok(())
+}
+
+/// quick-xml's duplicate-attribute check compares each attribute with every
+/// earlier one, so an element with tens of thousands of attributes costs
+/// seconds. Counting without that check is linear, and stops at the bound.
+fn check_bounds(tag: &BytesStart<'_>) -> Result<(), WsmanError> {
+    if tag.name().as_ref().len() > MAX_NAME_LEN {
+        return Err(WsmanError::NameTooLong);
+    }
+    let mut attributes = 0usize;
+    let mut declarations = 0usize;
+    for a in tag.attributes().with_checks(false) {
+        let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
+        attributes += 1;
+        if attributes > MAX_ATTRIBUTES {
+            return Err(WsmanError::TooManyAttributes);
+        }
+        if a.key.as_ref().len() > MAX_NAME_LEN {
+            return Err(WsmanError::NameTooLong);
+        }
+        if a.key.as_namespace_binding().is_some() {
+            declarations += 1;
+            if declarations > MAX_NAMESPACE_DECLARATIONS {
+                return Err(WsmanError::TooManyNamespaces);
+            }
+        }
     }
     Ok(())
 }

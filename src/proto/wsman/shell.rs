@@ -39,6 +39,19 @@ pub fn shell_kind(resource_uri: &str) -> ShellKind {
     ShellKind::Other(resource_uri.to_string())
 }
 
+/// Resource URIs of the WinRS shell plugins (cmd, and custom ones).
+const WINRS_PREFIX: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/";
+
+/// Whether `resource_uri` names a shell: a WinRS shell (`.../windows/shell/<name>`)
+/// or a PowerShell configuration, without regard to case as WinRM matches them.
+pub fn is_shell_resource(resource_uri: &str) -> bool {
+    let uri = resource_uri.trim_matches(super::is_xml_space);
+    let winrs = uri
+        .get(..WINRS_PREFIX.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(WINRS_PREFIX));
+    winrs || matches!(shell_kind(uri), ShellKind::PowerShell { .. })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

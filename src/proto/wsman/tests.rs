@@ -80,7 +80,10 @@ fn pywinrm_open_shell() {
             command_line: None,
             command_id: None,
             operation_timeout: Some(Duration::from_secs(20)),
+            max_envelope_size: Some(153_600),
             is_identify: false,
+            resource_uri_defect: None,
+            shell_id_defect: None,
         }
     );
     assert_eq!(r.action_name(), "Create");
@@ -363,7 +366,7 @@ fn hostile_xml_is_refused() {
         <s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Body>&xxe;</s:Body></s:Envelope>";
     assert_eq!(parse_request(doctype.as_bytes()), Err(WsmanError::Doctype));
     assert_eq!(parse_response(doctype.as_bytes()), Err(WsmanError::Doctype));
-    assert_eq!(rewrite_to(doctype.as_bytes(), "x"), Err(WsmanError::Doctype));
+    assert_eq!(rewrite_to_only(doctype.as_bytes(), "x"), Err(WsmanError::Doctype));
 
     // Undeclared entities are errors, not expansions.
     for bad in [
@@ -665,7 +668,12 @@ fn message_ids_are_uuid_v4() {
     assert!(matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'A' | b'B'));
 }
 
-// --------------------------------------------------------------- rewrite_to
+// ---------------------------------------------------------------- rewrite
+
+/// A rewrite whose timeout maximum no request reaches: only wsa:To changes.
+fn rewrite_to_only(xml: &[u8], to: &str) -> Result<Vec<u8>, WsmanError> {
+    rewrite_request(xml, to, Duration::MAX)
+}
 
 /// Asserts that `new` differs from `old` in exactly one contiguous region,
 /// where `old` had `was` and `new` has `now`.
@@ -703,7 +711,7 @@ fn assert_single_change(old: &[u8], new: &[u8], was: &str, now: &str) {
 #[test]
 fn rewrite_pywinrm_to() {
     let old = PYWINRM_RUN_COMMAND.as_bytes();
-    let new = rewrite_to(old, "http://web01.corp.example:5985/wsman").unwrap();
+    let new = rewrite_to_only(old, "http://web01.corp.example:5985/wsman").unwrap();
     assert_single_change(
         old,
         &new,
@@ -732,7 +740,7 @@ fn rewrite_pypsrp_to_with_attributes_elsewhere() {
         PYPSRP_PSRP_RECEIVE,
     ] {
         let old_to = req(v).to.unwrap();
-        let new = rewrite_to(v.as_bytes(), "https://10.0.0.5:5986/wsman").unwrap();
+        let new = rewrite_to_only(v.as_bytes(), "https://10.0.0.5:5986/wsman").unwrap();
         assert_single_change(v.as_bytes(), &new, &old_to, "https://10.0.0.5:5986/wsman");
     }
 }
@@ -743,7 +751,7 @@ fn rewrite_keeps_attributes_on_to_and_escapes() {
         &format!("{ACTION_CREATE}<a:To s:mustUnderstand=\"true\" x='1'>http://bastion/wsman/web01</a:To>"),
         "<a:To>body is not a header</a:To>",
     );
-    let new = rewrite_to(old.as_bytes(), "http://t/wsman?a=1&b=<2>\"'").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://t/wsman?a=1&b=<2>\"'").unwrap();
     assert_single_change(
         old.as_bytes(),
         &new,
@@ -762,18 +770,18 @@ fn rewrite_other_prefixes_and_forms() {
         <Action xmlns=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\">http://x/Create</Action>\
         <To xmlns=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\">\n  http://old/  \n</To>\
         </env:Header><env:Body/></env:Envelope>";
-    let new = rewrite_to(old.as_bytes(), "http://new/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://new/").unwrap();
     assert_single_change(old.as_bytes(), &new, "\n  http://old/  \n", "http://new/");
 
     // Empty element forms.
     let old = envelope(&format!("{ACTION_CREATE}<a:To></a:To>"), "");
-    let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
         old.replace("<a:To></a:To>", "<a:To>http://n/</a:To>")
     );
     let old = envelope(&format!("{ACTION_CREATE}<a:To s:mustUnderstand=\"true\" />"), "");
-    let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
         old.replace(
@@ -787,7 +795,7 @@ fn rewrite_other_prefixes_and_forms() {
         &format!("{ACTION_CREATE}<a:To><!--c--><![CDATA[http://o/]]></a:To>"),
         "",
     );
-    let new = rewrite_to(old.as_bytes(), "http://n/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
         old.replace("<!--c--><![CDATA[http://o/]]>", "http://n/")
@@ -796,7 +804,7 @@ fn rewrite_other_prefixes_and_forms() {
     // BOM and XML declaration stay in place.
     let mut old = b"\xEF\xBB\xBF".to_vec();
     old.extend_from_slice(PYWINRM_OPEN_SHELL.as_bytes());
-    let new = rewrite_to(&old, "http://n/").unwrap();
+    let new = rewrite_to_only(&old, "http://n/").unwrap();
     assert!(new.starts_with(b"\xEF\xBB\xBF<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<env:Envelope"));
     assert_single_change(&old, &new, "http://windows-host:5985/wsman", "http://n/");
 }
@@ -805,7 +813,7 @@ fn rewrite_other_prefixes_and_forms() {
 fn rewrite_pretty_printed() {
     // Whitespace text before and inside To, as an indenting client sends it.
     let old = "<?xml version=\"1.0\"?>\n<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"\n    xmlns:wsa=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\">\n  <s:Header>\n    <wsa:Action>http://x/Get</wsa:Action>\n    <!-- to -->\n    <wsa:To>\n      http://old:5985/wsman\n    </wsa:To>\n  </s:Header>\n  <s:Body/>\n</s:Envelope>\n";
-    let new = rewrite_to(old.as_bytes(), "http://new/").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "http://new/").unwrap();
     assert_single_change(
         old.as_bytes(),
         &new,
@@ -821,18 +829,18 @@ fn rewrite_pretty_printed() {
 #[test]
 fn rewrite_without_to_or_with_two() {
     let old = envelope(ACTION_CREATE, "");
-    assert_eq!(rewrite_to(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
+    assert_eq!(rewrite_to_only(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
     // wsa:To bound to another namespace is not the header.
     let old = envelope(&format!("{ACTION_CREATE}<b:To xmlns:b=\"urn:x\">keep</b:To>"), "");
-    assert_eq!(rewrite_to(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
+    assert_eq!(rewrite_to_only(old.as_bytes(), "http://n/").unwrap(), old.as_bytes());
     let old = envelope(&format!("{ACTION_CREATE}<a:To>x</a:To><a:To/>"), "");
     assert_eq!(
-        rewrite_to(old.as_bytes(), "http://n/"),
+        rewrite_to_only(old.as_bytes(), "http://n/"),
         Err(WsmanError::Duplicate("wsa:To"))
     );
     // Nested markup inside To is tolerated and replaced along with the text.
     let old = envelope(&format!("{ACTION_CREATE}<a:To>a<b>c</b>d</a:To>"), "");
-    let new = rewrite_to(old.as_bytes(), "N").unwrap();
+    let new = rewrite_to_only(old.as_bytes(), "N").unwrap();
     assert_eq!(String::from_utf8(new).unwrap(), old.replace("a<b>c</b>d", "N"));
 }
 
@@ -843,14 +851,14 @@ fn all_vectors_survive_truncation_and_mutation() {
     for v in ALL_VECTORS {
         let b = v.as_bytes();
         assert!(parse_request(b).is_ok() || parse_response(b).is_ok());
-        assert!(rewrite_to(b, "http://n/").is_ok());
+        assert!(rewrite_to_only(b, "http://n/").is_ok());
         // Truncations (step keeps the test quick; short vectors get every cut).
         let step = (b.len() / 150).max(1);
         for cut in (0..b.len()).step_by(step) {
             let t = &b[..cut];
             assert!(parse_request(t).is_err());
             let _ = parse_response(t);
-            let _ = rewrite_to(t, "x");
+            let _ = rewrite_to_only(t, "x");
         }
         // Single-byte mutations at a spread of positions.
         for i in (0..b.len()).step_by((b.len() / 40).max(1)) {
@@ -859,11 +867,340 @@ fn all_vectors_survive_truncation_and_mutation() {
                 m[i] = byte;
                 let _ = parse_request(&m);
                 let _ = parse_response(&m);
-                if let Ok(out) = rewrite_to(&m, "http://n/") {
+                if let Ok(out) = rewrite_to_only(&m, "http://n/") {
                     // Whatever was accepted must stay well formed.
                     assert!(parse_request(&out).is_ok() || parse_response(&out).is_ok() || parse_request(&m).is_err());
                 }
             }
         }
     }
+}
+
+/// 30,000 attributes on one element (a 320 KB envelope): quick-xml's
+/// duplicate-attribute check compares each attribute with every earlier one,
+/// which took seconds; the bound refuses the element before that check runs.
+#[test]
+fn an_element_with_thousands_of_attributes_is_refused_quickly() {
+    let attributes: String = (0..30_000).map(|i| format!(" a{i:05}=\"\"")).collect();
+    let xml = envelope(&format!("{ACTION_CREATE}<w:Locale{attributes}/>"), "");
+    assert!(xml.len() > 300_000, "{} bytes", xml.len());
+    let started = std::time::Instant::now();
+    let result = parse_request(xml.as_bytes());
+    let elapsed = started.elapsed();
+    assert_eq!(result, Err(WsmanError::TooManyAttributes));
+    assert!(elapsed < std::time::Duration::from_millis(100), "took {elapsed:?}");
+}
+
+#[test]
+fn attributes_namespaces_and_names_are_bounded() {
+    let with_attributes = |n: usize, name: &dyn Fn(usize) -> String| {
+        let attributes: String = (0..n).map(|i| format!(" {}=\"u{i}\"", name(i))).collect();
+        envelope(&format!("{ACTION_CREATE}<w:Locale{attributes}/>"), "")
+    };
+    let plain = |i: usize| format!("a{i}");
+    assert!(parse_request(with_attributes(MAX_ATTRIBUTES, &plain).as_bytes()).is_ok());
+    assert_eq!(
+        parse_request(with_attributes(MAX_ATTRIBUTES + 1, &plain).as_bytes()),
+        Err(WsmanError::TooManyAttributes)
+    );
+    let declaration = |i: usize| format!("xmlns:n{i}");
+    assert!(parse_request(with_attributes(MAX_NAMESPACE_DECLARATIONS, &declaration).as_bytes()).is_ok());
+    assert_eq!(
+        parse_request(with_attributes(MAX_NAMESPACE_DECLARATIONS + 1, &declaration).as_bytes()),
+        Err(WsmanError::TooManyNamespaces)
+    );
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    let xml = envelope(&format!("{ACTION_CREATE}<w:Locale {long}=\"\"/>"), "");
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::NameTooLong));
+    let xml = envelope(&format!("{ACTION_CREATE}<{long}/>"), "");
+    assert_eq!(parse_request(xml.as_bytes()), Err(WsmanError::NameTooLong));
+    assert!(parse_request(envelope(&format!("{ACTION_CREATE}<{}/>", &long[1..]), "").as_bytes()).is_ok());
+    // The responses the relay reads go through the same walk.
+    let attributes: String = (0..=MAX_ATTRIBUTES).map(|i| format!(" a{i}=\"\"")).collect();
+    let response = WIN_COMMAND.replacen("<s:Body>", &format!("<s:Body{attributes}>"), 1);
+    assert_eq!(parse_response(response.as_bytes()), Err(WsmanError::TooManyAttributes));
+}
+
+// ------------------------------------------------------ operation timeout
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn an_operation_timeout_past_the_maximum_is_clamped_for_relay_and_target() {
+    let huge = "PT18446744073709551615S";
+    let old = PYWINRM_RECEIVE.replace("PT20S", huge);
+    let info = req(&old);
+    assert_eq!(info.operation_timeout, Some(Duration::from_secs(u64::MAX)));
+    assert_eq!(info.operation_timeout_within(MAX_TIMEOUT), Some(MAX_TIMEOUT));
+    // wsa:To comes after OperationTimeout in pywinrm's envelope: both edits apply, in order.
+    let new = rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+    let to_only = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
+    assert_single_change(&to_only, &new, huge, "PT60S");
+    let after = parse_request(&new).unwrap();
+    assert_eq!(after.operation_timeout, Some(MAX_TIMEOUT));
+    assert_eq!(after.to.as_deref(), Some("http://n/"));
+
+    // OperationTimeout before and after wsa:To, and as an empty-element tag is refused.
+    let header = |timeout: &str| envelope(&format!("{ACTION_CREATE}<a:To>http://o/</a:To>{timeout}"), "");
+    let old = header("<w:OperationTimeout s:mustUnderstand=\"true\">P2D</w:OperationTimeout>");
+    let new = rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+    assert_eq!(
+        String::from_utf8(new).unwrap(),
+        old.replace("http://o/", "http://n/").replace(">P2D<", ">PT60S<")
+    );
+    let old = header("<w:OperationTimeout/>");
+    assert!(matches!(
+        rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT),
+        Err(WsmanError::InvalidTimeout(_))
+    ));
+    assert!(parse_request(old.as_bytes()).is_err());
+    let old = header("<w:OperationTimeout>PT-1S</w:OperationTimeout>");
+    assert_eq!(
+        rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT),
+        Err(WsmanError::InvalidTimeout("PT-1S".into()))
+    );
+    // A fractional maximum is written exactly.
+    let old = header("<w:OperationTimeout>PT61S</w:OperationTimeout>");
+    let new = rewrite_request(old.as_bytes(), "http://n/", Duration::from_millis(1500)).unwrap();
+    assert_eq!(
+        req(std::str::from_utf8(&new).unwrap()).operation_timeout,
+        Some(Duration::from_millis(1500))
+    );
+}
+
+#[test]
+fn an_operation_timeout_within_the_maximum_is_left_alone() {
+    for v in [PYWINRM_RECEIVE, PYPSRP_PSRP_RECEIVE, PYWINRM_OPEN_SHELL] {
+        let clamped = rewrite_request(v.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+        assert_eq!(clamped, rewrite_to_only(v.as_bytes(), "http://n/").unwrap());
+        let exact = rewrite_request(v.as_bytes(), "http://n/", req(v).operation_timeout.unwrap()).unwrap();
+        assert_eq!(exact, clamped, "a timeout equal to the maximum stays");
+    }
+    let no_timeout = envelope(ACTION_CREATE, "");
+    assert_eq!(
+        rewrite_request(no_timeout.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap(),
+        no_timeout.as_bytes()
+    );
+    assert_eq!(req(&no_timeout).operation_timeout_within(MAX_TIMEOUT), None);
+    assert_eq!(
+        req(PYWINRM_RECEIVE).operation_timeout_within(MAX_TIMEOUT),
+        Some(Duration::from_secs(20))
+    );
+}
+
+// ------------------------------------------------- what the relay cannot read
+
+const REQUEST_VECTORS: &[&str] = &[
+    PYWINRM_OPEN_SHELL,
+    PYWINRM_RUN_COMMAND,
+    PYWINRM_RECEIVE,
+    PYWINRM_SEND,
+    PYWINRM_SIGNAL,
+    PYWINRM_DELETE,
+    PYPSRP_CMD_CREATE,
+    PYPSRP_PSRP_CREATE,
+    PYPSRP_PSRP_COMMAND,
+    PYPSRP_PSRP_RECEIVE,
+];
+
+#[test]
+fn client_envelopes_name_their_resource_and_shell_readably() {
+    for v in REQUEST_VECTORS {
+        let r = req(v);
+        assert_eq!(r.resource_uri_problem(), None, "{v}");
+        assert_eq!(r.shell_id_problem(), None, "{v}");
+        assert_eq!(r.needs_shell_id(), r.action_name() != "Create", "{v}");
+    }
+    let identify = req(&envelope(
+        "",
+        "<wsmid:Identify xmlns:wsmid=\"http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd\"/>",
+    ));
+    assert!(identify.is_identify);
+    assert_eq!(
+        (identify.resource_uri_problem(), identify.shell_id_problem()),
+        (None, None)
+    );
+}
+
+#[test]
+fn a_resource_uri_other_than_one_dmtf_header_is_a_problem() {
+    let problem = |header: &str| req(&envelope(&format!("{ACTION_CREATE}{header}"), "")).resource_uri_problem();
+    let old_ns = "xmlns:m=\"http://schemas.xmlsoap.org/ws/2005/06/management\"";
+    let cases = [
+        ("", "has no ResourceURI"),
+        ("<w:ResourceURI> </w:ResourceURI>", "is empty"),
+        (
+            &format!("<m:ResourceURI {old_ns}>{CMD_URI}</m:ResourceURI>") as &str,
+            "2005/06",
+        ),
+        (
+            &format!("<w:ResourceURI>{CMD_URI}</w:ResourceURI><m:ResourceURI {old_ns}>{CMD_URI}</m:ResourceURI>"),
+            "2005/06",
+        ),
+        (
+            &format!("<m:ResourceURI {old_ns}>x</m:ResourceURI><w:ResourceURI>{CMD_URI}</w:ResourceURI>"),
+            "2005/06",
+        ),
+        (
+            &format!("<ResourceURI>{CMD_URI}</ResourceURI>"),
+            "outside the WS-Man namespace",
+        ),
+        (
+            &format!("<w:ResourceURI>{CMD_URI}<x/>2</w:ResourceURI>"),
+            "contains markup",
+        ),
+    ];
+    for (header, want) in cases {
+        let problem = problem(header).unwrap_or_else(|| panic!("no problem found in {header:?}"));
+        assert!(problem.contains(want), "{header:?}: {problem}");
+        assert!(
+            problem.contains("http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"),
+            "{problem}"
+        );
+    }
+    assert_eq!(problem(&format!("<w:ResourceURI>{CMD_URI}</w:ResourceURI>")), None);
+    // Twice in the DMTF namespace does not parse at all.
+    let two = format!("<w:ResourceURI>{CMD_URI}</w:ResourceURI><w:ResourceURI>{CMD_URI}</w:ResourceURI>");
+    assert_eq!(
+        parse_request(envelope(&format!("{ACTION_CREATE}{two}"), "").as_bytes()),
+        Err(WsmanError::Duplicate("w:ResourceURI"))
+    );
+}
+
+#[test]
+fn a_shell_id_the_relay_cannot_read_is_a_problem() {
+    let shell_request = |action: &str, selectors: &str| {
+        envelope(
+            &format!(
+                "<a:Action>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/{action}</a:Action>\
+                 <w:ResourceURI>{CMD_URI}</w:ResourceURI>{selectors}"
+            ),
+            "",
+        )
+    };
+    let problem = |action: &str, selectors: &str| req(&shell_request(action, selectors)).shell_id_problem();
+    let good = "<w:SelectorSet><w:Selector Name=\"ShellId\">S-1</w:Selector></w:SelectorSet>";
+    for action in [
+        "Command",
+        "Receive",
+        "Send",
+        "Signal",
+        "Connect",
+        "Reconnect",
+        "Disconnect",
+        "receive",
+    ] {
+        let missing = problem(action, "").unwrap_or_else(|| panic!("{action} without a ShellId passed"));
+        assert!(missing.contains("a ShellId selector is required"), "{missing}");
+        assert_eq!(problem(action, good), None, "{action}");
+    }
+    let other_ns = "xmlns:o=\"http://schemas.xmlsoap.org/ws/2005/06/management\"";
+    let unreadable = [
+        (
+            "<w:SelectorSet><w:Selector Name=\"shellid\">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector Name=\" ShellId \">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector w:Name=\"ShellId\">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector name=\"ShellId\">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector Name=\"ShellId\" name=\"ShellId\">S-1</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector Name=\"ShellId\">S-1</w:Selector>\
+             <w:Selector Name=\"SHELLID\">S-2</w:Selector></w:SelectorSet>",
+            "spelt",
+        ),
+        (
+            "<w:SelectorSet><w:Selector Name=\"ShellId\">S-<x/>1</w:Selector></w:SelectorSet>",
+            "markup",
+        ),
+        (
+            &format!("<o:SelectorSet {other_ns}><o:Selector Name=\"ShellId\">S-1</o:Selector></o:SelectorSet>") as &str,
+            "outside the WS-Man namespace",
+        ),
+        (
+            &format!("<w:SelectorSet><o:Selector {other_ns} Name=\"ShellId\">S-1</o:Selector></w:SelectorSet>"),
+            "outside the WS-Man namespace",
+        ),
+    ];
+    for (selectors, want) in unreadable {
+        // Refused whatever the action: the relay would check no shell, or another one.
+        for action in ["Receive", "Create"] {
+            let problem = problem(action, selectors).unwrap_or_else(|| panic!("{selectors} passed on {action}"));
+            assert!(problem.contains(want), "{selectors}: {problem}");
+        }
+    }
+    // Other selectors beside the ShellId are fine.
+    let extra = "<w:SelectorSet><w:Selector Name=\"ShellId\">S-1</w:Selector>\
+                 <w:Selector Name=\"Other\">x</w:Selector></w:SelectorSet>";
+    assert_eq!(problem("Receive", extra), None);
+    assert_eq!(req(&shell_request("Receive", extra)).shell_id.as_deref(), Some("S-1"));
+    // Creating a shell names none.
+    assert_eq!(req(&envelope(ACTION_CREATE, "")).shell_id_problem(), None);
+}
+
+#[test]
+fn delete_needs_a_shell_id_only_on_a_shell_resource() {
+    let delete = |uri: &str| {
+        req(&envelope(
+            &format!("<a:Action>{DELETE_ACTION}</a:Action><w:ResourceURI>{uri}</w:ResourceURI>"),
+            "",
+        ))
+    };
+    for shell in [
+        CMD_URI,
+        "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Custom",
+        "http://schemas.microsoft.com/powershell/Microsoft.PowerShell",
+        "HTTP://SCHEMAS.MICROSOFT.COM/WBEM/WSMAN/1/WINDOWS/SHELL/CMD",
+    ] {
+        let d = delete(shell);
+        assert!(d.needs_shell_id(), "{shell}");
+        assert!(d.shell_id_problem().is_some(), "{shell}");
+    }
+    let wmi = delete("http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service");
+    assert!(!wmi.needs_shell_id());
+    assert_eq!(wmi.shell_id_problem(), None);
+    assert!(req(PYWINRM_DELETE).needs_shell_id());
+}
+
+#[test]
+fn the_response_limit_follows_the_clients_max_envelope_size() {
+    const RELAY_MAX: usize = 512_000;
+    assert_eq!(req(PYWINRM_RECEIVE).max_envelope_size, Some(153_600));
+    assert_eq!(req(PYWINRM_RECEIVE).response_limit(RELAY_MAX), 153_600);
+    let with = |size: &str| {
+        envelope(
+            &format!("{ACTION_CREATE}<w:MaxEnvelopeSize>{size}</w:MaxEnvelopeSize>"),
+            "",
+        )
+    };
+    assert_eq!(req(&with(" 8388608 ")).response_limit(RELAY_MAX), RELAY_MAX);
+    assert_eq!(req(&with("100")).response_limit(RELAY_MAX), 8192);
+    assert_eq!(req(&envelope(ACTION_CREATE, "")).response_limit(RELAY_MAX), RELAY_MAX);
+    for bad in ["", "-1", "1e6", "99999999999999999999999", "0x100"] {
+        assert!(
+            matches!(
+                parse_request(with(bad).as_bytes()),
+                Err(WsmanError::InvalidMaxEnvelopeSize(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let two =
+        format!("{ACTION_CREATE}<w:MaxEnvelopeSize>1</w:MaxEnvelopeSize><w:MaxEnvelopeSize>2</w:MaxEnvelopeSize>");
+    assert_eq!(
+        parse_request(envelope(&two, "").as_bytes()),
+        Err(WsmanError::Duplicate("w:MaxEnvelopeSize"))
+    );
 }
