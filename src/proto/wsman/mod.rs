@@ -46,9 +46,6 @@ pub const MAX_NAMESPACE_DECLARATIONS: usize = 32;
 /// Longest qualified element or attribute name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 
-/// Action URI prefix shared by the WinRS shell operations.
-pub const SHELL_ACTION_PREFIX: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/";
-
 /// Why an envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum WsmanError {
@@ -164,8 +161,10 @@ impl RequestInfo {
     }
 
     /// The shell operations, and Delete on a shell resource, act on the shell
-    /// the ShellId selector names. Compared without regard to case, so that a
-    /// variant spelling cannot slip past the ownership check.
+    /// the ShellId selector names. Judged by the action's last segment and
+    /// without regard to case, as the relay names actions everywhere else: an
+    /// action URI under another prefix, or spelt differently, that a target may
+    /// still dispatch as a shell operation cannot slip past the ownership check.
     pub fn needs_shell_id(&self) -> bool {
         const SHELL_OPERATIONS: [&str; 7] = [
             "Command",
@@ -179,15 +178,11 @@ impl RequestInfo {
         if self.is_identify {
             return false;
         }
-        let action = self.action.trim_end_matches('/');
-        let is_shell_action = action
-            .get(..SHELL_ACTION_PREFIX.len())
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(SHELL_ACTION_PREFIX));
-        if is_shell_action {
-            let operation = &action[SHELL_ACTION_PREFIX.len()..];
-            return SHELL_OPERATIONS.iter().any(|op| op.eq_ignore_ascii_case(operation));
+        let operation = self.action_name();
+        if SHELL_OPERATIONS.iter().any(|op| op.eq_ignore_ascii_case(operation)) {
+            return true;
         }
-        action.eq_ignore_ascii_case(DELETE_ACTION) && self.resource_uri.as_deref().is_some_and(is_shell_resource)
+        operation.eq_ignore_ascii_case("Delete") && self.resource_uri.as_deref().is_some_and(is_shell_resource)
     }
 
     /// The largest response the relay accepts from the target for this

@@ -1175,6 +1175,19 @@ fn delete_needs_a_shell_id_only_on_a_shell_resource() {
 }
 
 #[test]
+fn a_shell_operation_under_another_action_prefix_still_needs_its_shell_id() {
+    // A target may dispatch on the last segment: the relay must not let such a
+    // Command through without the ownership check.
+    let odd = req(&envelope(
+        "<a:Action>http://schemas.xmlsoap.org/ws/2004/09/wbem/wsman/1/windows/shell/COMMAND</a:Action>\
+         <w:ResourceURI>http://schemas.microsoft.com/powershell/Microsoft.PowerShell</w:ResourceURI>",
+        "",
+    ));
+    assert!(odd.needs_shell_id());
+    assert!(odd.shell_id_problem().is_some());
+}
+
+#[test]
 fn the_response_limit_follows_the_clients_max_envelope_size() {
     const RELAY_MAX: usize = 512_000;
     assert_eq!(req(PYWINRM_RECEIVE).max_envelope_size, Some(153_600));
