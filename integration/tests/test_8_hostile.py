@@ -705,3 +705,30 @@ def test_hostile_corpus(relay):
     p.transport.close_session()
     new_panics = panics_in(relay.relay_log)[len(log_before):]
     assert not new_panics, "relay log shows panics:\n" + "\n".join(new_panics[:20])
+
+
+def test_an_element_with_30000_attributes_is_answered_within_100ms(relay):
+    """Authenticated and well encrypted, but one element carries 30,000 attributes: the relay
+    refuses it with a fault, cheaply (it bounds attributes before the XML parser's quadratic
+    duplicate check), and forwards nothing."""
+    from winrm.exceptions import WinRMTransportError, WSManFaultError
+
+    attributes = " ".join('a%d="v"' % i for i in range(30_000))
+    bomb = corpus.create_envelope(to="http://%s:%d/wsman/%s" % (RELAY_HOST, RELAY_PORT, LIVE_TARGET),
+                                  header_extra="<w:Locale %s/>" % attributes)
+    assert len(bomb) > 300_000
+    p = relay_protocol(LIVE_TARGET)
+    assert run(p, "echo", ["warm"])[0] == b"warm\n"  # authenticated, connection warm
+    forwarded = len(double_records(relay, LIVE_TARGET))
+    n = len(audit_events(relay))
+    started = time.monotonic()
+    with pytest.raises((WinRMTransportError, WSManFaultError)):
+        p.send_message(bomb)
+    elapsed = time.monotonic() - started
+    p.transport.close_session()
+    refused = [e for e in audit_events(relay)[n:] if e.get("status") == 500 and "attribute" in e.get("reason", "")]
+    assert refused, audit_events(relay)[n:]
+    assert refused[0]["duration_ms"] < 100, refused[0]
+    assert len(double_records(relay, LIVE_TARGET)) == forwarded, "the envelope reached the target"
+    print("[measure] 30,000-attribute envelope: relay %d ms, round trip seen by pywinrm %.0f ms"
+          % (refused[0]["duration_ms"], elapsed * 1000))
