@@ -1,0 +1,235 @@
+//! The simple sections: `[listen]`, `[auth]`, `[audit]`, `[session]`, `[limits]` and
+//! the `[[allow]]` rules; and the whole file put together.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw;
+use super::validate::{Listeners, Validator};
+use super::{
+    AuditConfig, AuditOnFailure, AuthConfig, Config, LimitsConfig, ListenConfig, SessionConfig,
+    DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS,
+};
+use crate::policy::{self, Policy};
+
+const MIN_ENVELOPE_SIZE: i64 = 8 * 1024;
+const MAX_ENVELOPE_SIZE: i64 = 100 * 1024 * 1024;
+
+impl Validator<'_> {
+    pub fn config(&mut self, path: &Path, raw: raw::RawConfig) -> Option<Config> {
+        let mut listeners = Listeners::default();
+        let listen = self.listen(raw.listen, &mut listeners);
+        let auth = self.auth(raw.auth);
+        let audit = self.audit(raw.audit);
+        let session = self.session(raw.session);
+        let limits = self.limits(raw.limits);
+        let (defaults, defaults_ca) = self.defaults(raw.defaults)?;
+        let targets = self.targets(raw.target, &defaults, defaults_ca.as_ref(), &mut listeners);
+        if listeners.declared == 0 {
+            let at = self.loc.header_offset("listen", None);
+            self.error(
+                at..at,
+                "listen.http",
+                "no listener: set listen.http, listen.https or a listen address on a [[target]]",
+            );
+        }
+
+        let rules = raw
+            .allow
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.allow_rule(i, r))
+            .collect();
+
+        Some(Config {
+            path: path.to_path_buf(),
+            listen,
+            auth,
+            audit,
+            session,
+            defaults,
+            limits,
+            targets,
+            policy: Policy::new(rules),
+        })
+    }
+
+    fn listen(&mut self, raw: Option<raw::RawListen>, listeners: &mut Listeners) -> ListenConfig {
+        let at = self.table_at(raw.is_some(), "listen");
+        let l = raw.unwrap_or_default();
+        listeners.declared += usize::from(l.http.is_some()) + usize::from(l.https.is_some());
+        let listen_http = self
+            .string(l.http, "listen.http")
+            .and_then(|a| self.socket_addr(&a, "listen.http"));
+        if let Some(a) = listen_http {
+            listeners.bound.push((a, "listen.http".into()));
+        }
+        let listen_https = self.string(l.https, "listen.https").and_then(|a| {
+            let addr = self.socket_addr(&a, "listen.https")?;
+            self.check_listener_clash(&listeners.bound, addr, a.span(), "listen.https");
+            listeners.bound.push((addr, "listen.https".into()));
+            Some(addr)
+        });
+        let tls_cert = self.required(l.tls_cert, "listen.tls_cert", at);
+        let tls_key = self.required(l.tls_key, "listen.tls_key", at);
+        ListenConfig {
+            http: listen_http,
+            https: listen_https,
+            tls_cert: self.path(tls_cert, "listen.tls_cert"),
+            tls_key: self.path(tls_key, "listen.tls_key"),
+            basic_over_https: self
+                .boolean(l.basic_auth, "listen.basic_auth")
+                .is_none_or(|b| *b.get_ref()),
+            max_envelope_size: self
+                .int(
+                    l.max_envelope_size,
+                    "listen.max_envelope_size",
+                    MIN_ENVELOPE_SIZE..=MAX_ENVELOPE_SIZE,
+                    DEFAULT_MAX_ENVELOPE_SIZE as i64,
+                )
+                .unsigned_abs() as usize,
+            max_header_size: self
+                .int(l.max_header_size, "listen.max_header_size", 8192..=1_048_576, 65_536)
+                .unsigned_abs() as usize,
+            header_read_timeout: self.secs(
+                l.header_read_timeout_secs,
+                "listen.header_read_timeout_secs",
+                Duration::from_secs(30),
+            ),
+            allow_sources: self.cidr_list(l.allow_sources, "listen.allow_sources"),
+        }
+    }
+
+    fn auth(&mut self, raw: Option<raw::RawAuth>) -> AuthConfig {
+        let at = self.table_at(raw.is_some(), "auth");
+        let a = raw.unwrap_or_default();
+        let users_file = self.required(a.users_file, "auth.users_file", at);
+        let handshake_timeout = self.secs(
+            a.handshake_timeout_secs,
+            "auth.handshake_timeout_secs",
+            Duration::from_secs(30),
+        );
+        AuthConfig {
+            users_file: self.path(users_file, "auth.users_file"),
+            credssp_min_version: self
+                .int(
+                    a.credssp_min_version,
+                    "auth.credssp_min_version",
+                    2..=6,
+                    DEFAULT_CREDSSP_MIN_VERSION.into(),
+                )
+                .unsigned_abs() as u32,
+            handshake_timeout,
+            logon_timeout: self.secs(a.logon_timeout_secs, "auth.logon_timeout_secs", handshake_timeout),
+            lockout_threshold: self
+                .int(a.lockout_threshold, "auth.lockout_threshold", 0..=1000, 5)
+                .unsigned_abs() as u32,
+            lockout_window: self.secs(
+                a.lockout_window_secs,
+                "auth.lockout_window_secs",
+                Duration::from_secs(300),
+            ),
+            lockout_duration: self.secs(
+                a.lockout_duration_secs,
+                "auth.lockout_duration_secs",
+                Duration::from_secs(900),
+            ),
+        }
+    }
+
+    fn audit_on_failure(&mut self, v: raw::V) -> AuditOnFailure {
+        let key = "audit.on_failure";
+        let Some(v) = self.string(v, key) else {
+            return AuditOnFailure::default();
+        };
+        match v.get_ref().as_str() {
+            "refuse" => AuditOnFailure::Refuse,
+            "continue" => AuditOnFailure::Continue,
+            other => {
+                let message = format!("unknown value {other:?} (expected one of: \"refuse\", \"continue\")");
+                self.error(v.span(), key, message);
+                AuditOnFailure::default()
+            }
+        }
+    }
+
+    fn audit(&mut self, raw: Option<raw::RawAudit>) -> AuditConfig {
+        let at = self.table_at(raw.is_some(), "audit");
+        let raw_audit = raw.unwrap_or_default();
+        let audit_path = self.required(raw_audit.path, "audit.path", at);
+        AuditConfig {
+            path: self.path(audit_path, "audit.path"),
+            on_failure: self.audit_on_failure(raw_audit.on_failure),
+        }
+    }
+
+    fn session(&mut self, raw: raw::RawSession) -> SessionConfig {
+        SessionConfig {
+            idle_timeout: self.secs(
+                raw.idle_timeout_secs,
+                "session.idle_timeout_secs",
+                Duration::from_secs(1800),
+            ),
+            max_lifetime: self.secs(
+                raw.max_lifetime_secs,
+                "session.max_lifetime_secs",
+                Duration::from_secs(8 * 3600),
+            ),
+            shutdown_timeout: self.secs(
+                raw.shutdown_timeout_secs,
+                "session.shutdown_timeout_secs",
+                Duration::from_secs(10),
+            ),
+        }
+    }
+
+    fn limits(&mut self, m: raw::RawLimits) -> LimitsConfig {
+        LimitsConfig {
+            max_sessions: self
+                .int(m.max_sessions, "limits.max_sessions", 1..=100_000, 300)
+                .unsigned_abs() as usize,
+            max_sessions_per_user: self
+                .int(m.max_sessions_per_user, "limits.max_sessions_per_user", 1..=100_000, 25)
+                .unsigned_abs() as usize,
+            max_shells_per_user: self
+                .int(m.max_shells_per_user, "limits.max_shells_per_user", 1..=100_000, 30)
+                .unsigned_abs() as usize,
+            max_operations_per_user: self
+                .int(
+                    m.max_operations_per_user,
+                    "limits.max_operations_per_user",
+                    1..=100_000,
+                    1500,
+                )
+                .unsigned_abs() as usize,
+            max_unauthenticated_per_source: self
+                .int(
+                    m.max_unauthenticated_per_source,
+                    "limits.max_unauthenticated_per_source",
+                    1..=100_000,
+                    16,
+                )
+                .unsigned_abs() as usize,
+            max_operation_timeout: self.secs(
+                m.max_operation_timeout_secs,
+                "limits.max_operation_timeout_secs",
+                Duration::from_secs(60),
+            ),
+        }
+    }
+
+    fn allow_rule(&mut self, i: usize, r: raw::RawAllow) -> policy::Rule {
+        let at = self.loc.header_offset("allow", Some(i));
+        let key = |k: &str| format!("allow[{i}].{k}");
+        let users = self.list(r.users, &key("users"), at, policy::parse_user);
+        let targets = self.list(r.targets, &key("targets"), at, policy::parse_target);
+        let shells = match r.shells {
+            Some(_) => self.list(r.shells, &key("shells"), at, policy::parse_shell),
+            None => DEFAULT_SHELLS
+                .iter()
+                .filter_map(|s| policy::parse_shell(s).ok())
+                .collect(),
+        };
+        policy::Rule::new(users, targets, shells)
+    }
+}
