@@ -195,7 +195,7 @@ fn failure_reason(shared: &Shared, session: &Session, user: Option<&str>, mut re
     if locks {
         reason.push_str("; logons from this source for this user are now locked out");
     }
-    tracing::info!(session = %session.id, user, source = %session.source, %reason, "authentication failed");
+    tracing::info!(user, %reason, "authentication failed");
     reason
 }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::StatusCode;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use super::limits::QuotaError;
 use super::reply::{self, HttpResponse};
@@ -85,7 +87,12 @@ pub(crate) async fn relay(
         }
     };
     audit.event.bytes_in = Some(plain.len() as u64);
-    let outcome = forward(session, &plain, route, shared, &mut audit.event).await;
+    // Every log line of this request says which one it is (the connection's
+    // span above says whose).
+    let span = tracing::info_span!("request", n = session.requests, action = Empty, target = Empty);
+    let outcome = forward(session, &plain, route, shared, &mut audit.event)
+        .instrument(span)
+        .await;
     let (status, xml) = match outcome {
         Ok((status, xml)) => (status, xml),
         Err((failure, relates_to)) => {
@@ -113,7 +120,7 @@ pub(crate) async fn relay(
     match channel.seal(&xml) {
         Ok(parts) => reply::sealed(status, &parts),
         Err(error) => {
-            tracing::error!(session = %session.id, %error, "cannot seal the response");
+            tracing::error!(%error, "cannot seal the response");
             reply::plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the relay could not encrypt the response",
@@ -193,6 +200,7 @@ async fn forward(
         }
     };
     record_request(event, &info);
+    tracing::Span::current().record("action", info.action_name());
     let relates_to = info.message_id.clone();
     let fail = |failure: Failure| Err((failure, relates_to.clone()));
     // Fail closed: a request whose resource or shell the relay cannot read
@@ -236,6 +244,7 @@ async fn forward(
         }
     };
     event.target = Some(target.name.clone());
+    tracing::Span::current().record("target", target.name.as_str());
     // Every https target's certificate is checked: against CAs, or its pinned fingerprint.
     event.tls_verified = target.https.then_some(true);
     let user = session.principal().unwrap_or_default().to_string();
@@ -302,7 +311,7 @@ async fn forward(
     let response = match exchanged {
         Ok(response) => response,
         Err(error) => {
-            tracing::warn!(session = %session.id, target = %target.name, %error, "target request failed");
+            tracing::warn!(%error, "target request failed");
             return fail(target_failure(&error));
         }
     };
@@ -344,7 +353,7 @@ async fn checked_addresses(
     match policy.decide(user, target, &addresses, resource_uri) {
         Decision::Allow { .. } => Ok(addresses),
         Decision::Deny { reason } => {
-            tracing::info!(session = %session.id, user, target = %target.name, %reason, "request denied");
+            tracing::info!(%reason, "request denied");
             Err(Failure {
                 kind: FaultKind::AccessDenied,
                 message: reason,
