@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -424,46 +425,62 @@ def transports_config_toml(workdir: str, outdir: str) -> str:
     return config
 
 
-def own_relay_config_toml(workdir: str, host: str, outdir: str, extra: str = "") -> str:
-    """relay_config_toml moved to host:5985 without the web01 listener, its audit log in outdir, `extra` appended
-    (e.g. more [[allow]] rules)."""
-    config = relay_config_toml(workdir)
-    config = config.replace('http = "%s:%d"' % (RELAY_HOST, RELAY_PORT), 'http = "%s:5985"' % host)
-    config = config.replace('listen = "%s:%d"\n' % (RELAY_HOST, RELAY_WEB01_PORT), "")
-    config = config.replace(os.path.join(workdir, "audit.jsonl"), os.path.join(outdir, "audit.jsonl"))
-    return config + "\n" + extra
+class ExtraRelay:
+    """A relay process of a test's own, on its own loopback address (host:5985): relay_config_toml without the
+    web01 listener, audit and log in a directory of its own. `listen_extra` and `auth_extra` go into those
+    tables, `tail` at the end (more tables, [[target]]s, [[allow]] rules). Call stop() when done."""
 
-
-class OwnRelay:
-    """A relay process with a config of its own (own_relay_config_toml) on host:5985; audit and log in a
-    directory of its own under the work directory. Call stop() when done."""
-
-    def __init__(self, h: "Harness", host: str, extra: str = "") -> None:
+    def __init__(self, h: "Harness", host: str, listen_extra: str = "", auth_extra: str = "", tail: str = "",
+                 own_certificate: bool = False, nofile: typing.Optional[int] = None, own_users: bool = False):
         self.host = host
         self.dir = os.path.join(h.workdir, "relay-" + host)
         os.makedirs(self.dir, exist_ok=True)
         self.audit = os.path.join(self.dir, "audit.jsonl")
         self.log = os.path.join(self.dir, "relay.log")
+        config = relay_config_toml(h.workdir)
+        config = config.replace('http = "%s:%d"' % (RELAY_HOST, RELAY_PORT), 'http = "%s:5985"' % host)
+        config = config.replace('listen = "%s:%d"' % (RELAY_HOST, RELAY_WEB01_PORT), "")
+        config = config.replace(os.path.join(h.workdir, "audit.jsonl"), self.audit)
+        if own_certificate:
+            # A certificate pair of its own (generated at first start) that a test may replace.
+            for name in ("relay.crt", "relay.key"):
+                config = config.replace(os.path.join(h.workdir, name), os.path.join(self.dir, name))
+        if own_users:
+            # A users file of its own that a test may change.
+            self.users = os.path.join(self.dir, "users")
+            shutil.copy(h.users_file, self.users)
+            config = config.replace(h.users_file, self.users)
+        config = config.replace("[auth]\n", listen_extra + "\n[auth]\n" + auth_extra + "\n", 1) + "\n" + tail
         self.config = os.path.join(self.dir, "relay.toml")
         with open(self.config, "w") as fh:
-            fh.write(own_relay_config_toml(h.workdir, host, self.dir, extra))
+            fh.write(config)
         ensure_port_free(host, 5985)
         self.out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [h.relay_bin, "serve", "--config", self.config],
             stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=scrubbed_env({"RUST_LOG": "debug"}), cwd=self.dir,
+            env=scrubbed_env({"RUST_LOG": "info"}), cwd=self.dir,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None,
         )
         try:
             wait_for_port(host, 5985, 60, self.proc)
         except Exception as e:
             self.stop()
-            raise RuntimeError("relay at %s failed to start: %s\n%s" % (host, e, tail(self.log)))
+            raise RuntimeError("relay at %s failed to start: %s%s" % (host, e, self.excerpt()))
 
-    def url(self, target: str) -> str:
+    def url(self, target: str = "web01") -> str:
         return "http://%s:5985/wsman/%s" % (self.host, target)
 
-    def events(self) -> typing.List[dict]:
+    def protocol(self, user: str = "LAB\\alice", password: str = "", target: str = "web01") -> typing.Any:
+        import winrm
+
+        return winrm.protocol.Protocol(
+            endpoint=self.url(target), transport="credssp", username=user,
+            password=password or USERS[user], server_cert_validation="ignore", message_encryption="always",
+            operation_timeout_sec=20, read_timeout_sec=30,
+        )
+
+    def events(self):
         return read_jsonl(self.audit)
 
     def excerpt(self, n: int = 30) -> str:

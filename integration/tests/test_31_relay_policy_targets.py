@@ -36,10 +36,10 @@ shells = ["cmd"]
 
 
 @pytest.fixture(scope="module")
-def pivot(relay: harness.Harness) -> typing.Iterator[harness.OwnRelay]:
+def pivot(relay: harness.Harness) -> typing.Iterator[harness.ExtraRelay]:
     """The double behind localhost:15985 and the relay at 127.0.0.40."""
     proc = relay.start_double("pivot", PIVOT[0], PIVOT[1])
-    own = harness.OwnRelay(relay, HOST, RULES)
+    own = harness.ExtraRelay(relay, HOST, tail=RULES)
     yield own
     own.stop()
     relay.procs.pop("double-pivot", None)
@@ -47,7 +47,7 @@ def pivot(relay: harness.Harness) -> typing.Iterator[harness.OwnRelay]:
     proc.wait(timeout=10)
 
 
-def protocol(own: harness.OwnRelay, user: str) -> winrm.protocol.Protocol:
+def protocol(own: harness.ExtraRelay, user: str) -> winrm.protocol.Protocol:
     return winrm.protocol.Protocol(
         endpoint=own.url(PIVOT_NAME), transport="credssp", username=user, password=USERS[user],
         server_cert_validation="ignore", message_encryption="always", operation_timeout_sec=20, read_timeout_sec=30,

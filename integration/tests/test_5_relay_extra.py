@@ -197,7 +197,7 @@ AUDIT_ROTATE_HOST = "127.0.0.52"
 def audit_relay(h, monkeypatch, host: str, on_failure: str = "refuse", full: bool = False):
     """An ExtraRelay with `[audit] on_failure`. With `full`, its audit path is /dev/full, which opens
     in append mode and fails every write with ENOSPC, as a full disk does."""
-    from test_6_isolation_limits import ExtraRelay
+    from harness import ExtraRelay
 
     # ExtraRelay builds its config from relay_config_toml; these keys belong in its [audit] table.
     orig = harness.relay_config_toml

@@ -10,7 +10,7 @@ import ssl
 
 import harness
 from helpers import run, wait_for
-from test_6_isolation_limits import ExtraRelay
+from harness import ExtraRelay
 
 HOST = "127.0.0.34"
 

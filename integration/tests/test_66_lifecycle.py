@@ -20,7 +20,7 @@ from winrm.exceptions import WSManFaultError
 
 import harness
 from helpers import ALICE, BOB, USERS, RawCredSSP, audit_events, double_records, err_text, run, wait_for
-from test_6_isolation_limits import ExtraRelay
+from harness import ExtraRelay
 
 # A client that opens a shell, starts a command that prints nothing for a minute, says so, then
 # long-polls Receive with a 50 s OperationTimeout: the test kills it mid-Receive.

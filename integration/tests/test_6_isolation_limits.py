@@ -6,20 +6,14 @@ Limits that would disturb the shared relay run on extra relay instances at
 
 from __future__ import annotations
 
-import os
-import resource
-import shutil
 import socket
-import subprocess
 import time
-import typing
 
 import pytest
-import winrm
 from winrm.exceptions import WinRMTransportError, WSManFaultError
 
-import harness
-from helpers import ALICE, BOB, USERS, audit_events, double_records, err_text, relay_protocol, run, wait_for
+from harness import ExtraRelay
+from helpers import ALICE, BOB, audit_events, double_records, err_text, relay_protocol, run, wait_for
 
 
 def _fault_text(e: BaseException) -> str:
@@ -64,62 +58,6 @@ def test_shells_left_open_are_deleted_at_session_end(relay):
     # Cleanup happens before the credentials go: session_end comes after it.
     kinds = [e["event"] for e in audit_events(relay)[n:] if e.get("session") == cleanup[0]["session"]]
     assert kinds.index("cleanup") < kinds.index("session_end")
-
-
-class ExtraRelay:
-    """A second relay process with its own config, on its own loopback address."""
-
-    def __init__(self, h: harness.Harness, host: str, listen_extra: str = "", auth_extra: str = "", tail: str = "",
-                 own_certificate: bool = False, nofile: typing.Optional[int] = None, own_users: bool = False):
-        self.host = host
-        self.dir = os.path.join(h.workdir, "relay-" + host)
-        os.makedirs(self.dir, exist_ok=True)
-        self.audit = os.path.join(self.dir, "audit.jsonl")
-        self.log = os.path.join(self.dir, "relay.log")
-        config = harness.relay_config_toml(h.workdir)
-        config = config.replace('http = "%s:%d"' % (harness.RELAY_HOST, harness.RELAY_PORT), 'http = "%s:5985"' % host)
-        config = config.replace('listen = "%s:%d"' % (harness.RELAY_HOST, harness.RELAY_WEB01_PORT), "")
-        config = config.replace(os.path.join(h.workdir, "audit.jsonl"), self.audit)
-        if own_certificate:
-            # A certificate pair of its own (generated at first start) that a test may replace.
-            for name in ("relay.crt", "relay.key"):
-                config = config.replace(os.path.join(h.workdir, name), os.path.join(self.dir, name))
-        if own_users:
-            # A users file of its own that a test may change.
-            self.users = os.path.join(self.dir, "users")
-            shutil.copy(h.users_file, self.users)
-            config = config.replace(h.users_file, self.users)
-        config = config.replace("[auth]\n", listen_extra + "\n[auth]\n" + auth_extra + "\n", 1) + "\n" + tail
-        self.config = os.path.join(self.dir, "relay.toml")
-        with open(self.config, "w") as fh:
-            fh.write(config)
-        harness.ensure_port_free(host, 5985)
-        self.out = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [h.relay_bin, "serve", "--config", self.config],
-            stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=harness.scrubbed_env({"RUST_LOG": "info"}), cwd=self.dir,
-            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None,
-        )
-        harness.wait_for_port(host, 5985, 60, self.proc)
-
-    def protocol(self, user: str = ALICE, password: str = "") -> winrm.protocol.Protocol:
-        return winrm.protocol.Protocol(
-            endpoint="http://%s:5985/wsman/web01" % self.host, transport="credssp", username=user,
-            password=password or USERS[user], server_cert_validation="ignore", message_encryption="always",
-            operation_timeout_sec=20, read_timeout_sec=30,
-        )
-
-    def events(self):
-        return harness.read_jsonl(self.audit)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.out.close()
 
 
 @pytest.fixture

@@ -169,8 +169,8 @@ impl TargetTls {
     pub fn new(trust: TlsTrust) -> Result<TargetTls, TargetTlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let algorithms = provider.signature_verification_algorithms;
-        let verifier: Arc<dyn ServerCertVerifier> = match &trust {
-            TlsTrust::Pinned(pin) => Arc::new(PinnedVerifier { pin: *pin, algorithms }),
+        let check = match &trust {
+            TlsTrust::Pinned(pin) => Check::Pinned(*pin),
             TlsTrust::Roots(ca_file) => {
                 let mut roots = RootCertStore::empty();
                 roots.add_parsable_certificates(system_roots().iter().cloned());
@@ -184,18 +184,15 @@ impl TargetTls {
                         .map_err(|e| TargetTlsError::Config(e.to_string()))?;
                     Some(built)
                 };
-                Arc::new(RootsVerifier {
-                    chain,
-                    listed,
-                    algorithms,
-                })
+                Check::Roots { chain, listed }
             }
         };
+        let verifier = Arc::new(TargetVerifier { check, algorithms });
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TargetTlsError::Config(e.to_string()))?
             .dangerous()
-            // Both verifiers check what rustls' own would, and more narrowly; only a
+            // The verifier checks what rustls' own would, and more narrowly; only a
             // pinned certificate skips chain, names and dates, by the operator's choice.
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
@@ -227,16 +224,25 @@ fn system_roots() -> &'static Vec<CertificateDer<'static>> {
     })
 }
 
+/// What a target's certificate is checked against.
 #[derive(Debug)]
-struct RootsVerifier {
-    /// `None` when there is nothing to chain to: no system roots and no `ca_file`.
-    chain: Option<Arc<WebPkiServerVerifier>>,
-    /// The `ca_file` certificates, accepted as they are when presented as the server's own.
-    listed: Vec<CertificateDer<'static>>,
+enum Check {
+    Roots {
+        /// `None` when there is nothing to chain to: no system roots and no `ca_file`.
+        chain: Option<Arc<WebPkiServerVerifier>>,
+        /// The `ca_file` certificates, accepted as they are when presented as the server's own.
+        listed: Vec<CertificateDer<'static>>,
+    },
+    Pinned(Fingerprint),
+}
+
+#[derive(Debug)]
+struct TargetVerifier {
+    check: Check,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for RootsVerifier {
+impl ServerCertVerifier for TargetVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -245,10 +251,22 @@ impl ServerCertVerifier for RootsVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.listed.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+        let (chain, listed) = match &self.check {
+            Check::Pinned(pin) => {
+                let presented = Fingerprint::of(end_entity.as_ref());
+                if presented == *pin {
+                    return Ok(ServerCertVerified::assertion());
+                }
+                return Err(other_error(format!(
+                    "the certificate presented has fingerprint {presented}, not the pinned tls_fingerprint {pin}"
+                )));
+            }
+            Check::Roots { chain, listed } => (chain, listed),
+        };
+        if listed.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
             return verify_listed(end_entity, server_name, now);
         }
-        match &self.chain {
+        match chain {
             Some(chain) => chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
             None => Err(other_error(
                 "no trusted CA certificates: the system store is empty and no ca_file is set".into(),
@@ -308,54 +326,6 @@ fn verify_listed(
         Err(_) => return Err(CertificateError::BadEncoding.into()),
     }
     Ok(ServerCertVerified::assertion())
-}
-
-#[derive(Debug)]
-struct PinnedVerifier {
-    pin: Fingerprint,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = Fingerprint::of(end_entity.as_ref());
-        if presented == self.pin {
-            return Ok(ServerCertVerified::assertion());
-        }
-        Err(other_error(format!(
-            "the certificate presented has fingerprint {presented}, not the pinned tls_fingerprint {}",
-            self.pin
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -545,9 +515,11 @@ mod tests {
     #[test]
     fn without_any_trust_anchor_every_certificate_is_refused_with_the_reason() {
         let target = self_signed(params(&["x"]));
-        let verifier = RootsVerifier {
-            chain: None,
-            listed: Vec::new(),
+        let verifier = TargetVerifier {
+            check: Check::Roots {
+                chain: None,
+                listed: Vec::new(),
+            },
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
         };
         let name = ServerName::try_from("x").unwrap();
