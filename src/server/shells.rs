@@ -219,3 +219,82 @@ impl Drop for CleanupAudit<'_> {
         self.finish(None, Some("not deleted: the cleanup deadline passed first".into()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::proto::wsman::{parse_request, parse_response};
+    use crate::server::limits::Quotas;
+
+    const CMD: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd";
+    const PS: &str = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell";
+
+    fn config() -> Config {
+        let text = "[listen]\nhttp = \"127.0.0.1:5985\"\ntls_cert = \"c\"\ntls_key = \"k\"\n[auth]\nusers_file = \"u\"\n\
+                    [audit]\npath = \"a\"\n[limits]\nmax_shells_per_user = 1\n[[target]]\nname = \"web01\"\nurl = \"http://127.0.0.21:5985/wsman\"\n\
+                    [[target]]\nname = \"web02\"\nurl = \"http://127.0.0.22:5985/wsman\"\n";
+        Config::parse(Path::new("relay.toml"), text).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn request(action: &str, resource_uri: &str, shell: Option<&str>) -> RequestInfo {
+        let selector = shell.map_or(String::new(), |id| {
+            format!("<w:SelectorSet><w:Selector Name=\"ShellId\">{id}</w:Selector></w:SelectorSet>")
+        });
+        let xml = format!(
+            "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" \
+             xmlns:a=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\" \
+             xmlns:w=\"http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd\"><s:Header>\
+             <a:Action>{action}</a:Action><a:MessageID>uuid:1</a:MessageID>\
+             <w:ResourceURI>{resource_uri}</w:ResourceURI>{selector}</s:Header><s:Body/></s:Envelope>"
+        );
+        parse_request(xml.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn created(shell: &str) -> ResponseInfo {
+        let xml = format!(
+            "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" \
+             xmlns:rsp=\"http://schemas.microsoft.com/wbem/wsman/1/windows/shell\"><s:Header/><s:Body>\
+             <rsp:Shell><rsp:ShellId>{shell}</rsp:ShellId></rsp:Shell></s:Body></s:Envelope>"
+        );
+        parse_response(xml.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_shell_is_usable_only_on_its_target_with_its_resource_uri_and_until_deleted() {
+        let config = config();
+        let web01 = config.resolve_target("web01").unwrap();
+        let web02 = config.resolve_target("web02").unwrap();
+        let quotas = Quotas::new(config.limits.clone());
+        let mut shells = Shells::default();
+        let create = request("http://schemas.xmlsoap.org/ws/2004/09/transfer/Create", CMD, None);
+        let slot = quotas.shell("LAB\\alice").unwrap();
+        shells.track(&create, &web01, &[], &created("S1"), StatusCode::OK, Some(slot));
+        let command = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Command";
+        assert_eq!(shells.check_owner(&request(command, CMD, Some("S1")), &web01), Ok(()));
+        let elsewhere = shells
+            .check_owner(&request(command, CMD, Some("S1")), &web02)
+            .unwrap_err();
+        assert!(elsewhere.contains("belongs to target web01"), "{elsewhere}");
+        let as_powershell = shells
+            .check_owner(&request(command, PS, Some("S1")), &web01)
+            .unwrap_err();
+        assert!(as_powershell.contains("cannot be used as"), "{as_powershell}");
+        let unknown = shells
+            .check_owner(&request(command, CMD, Some("S2")), &web01)
+            .unwrap_err();
+        assert!(unknown.contains("not opened in this session"), "{unknown}");
+        assert!(
+            quotas.shell("LAB\\alice").is_err(),
+            "the open shell holds the only slot"
+        );
+        // Deleted: gone from the table, and its quota slot with it.
+        let delete = request("http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete", CMD, Some("S1"));
+        shells.track(&delete, &web01, &[], &ResponseInfo::default(), StatusCode::OK, None);
+        assert!(shells.check_owner(&request(command, CMD, Some("S1")), &web01).is_err());
+        assert!(shells.drain().is_empty());
+        assert!(quotas.shell("LAB\\alice").is_ok());
+    }
+}
