@@ -206,6 +206,9 @@ where
     }
     incoming.close();
     let reason = ender.reason();
+    // Write what is still owed (a closing answer), then close instead of
+    // waiting for another request on an idle keep-alive connection.
+    connection.as_mut().graceful_shutdown();
     let flush = async {
         let _ = timeout(FLUSH_GRACE, &mut connection).await;
     };
