@@ -83,11 +83,7 @@ impl Relay {
 
     /// `host:port` as a person reads it.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
     }
 }
 
@@ -143,9 +139,33 @@ impl Endpoint {
         })
     }
 
+    /// A failed logon, refused credentials said in the client's words (the target client
+    /// speaks of delegated credentials).
+    fn logon_failure(&self, error: &target::TargetError, credentials: &DelegatedCredentials) -> Failure {
+        let mut failure = Failure::from_target(Stage::Logon, error);
+        if failure.cause == Cause::CredentialsRefused {
+            let who = if self.via_relay { "the relay" } else { "the target" };
+            failure.message = format!(
+                "{who} {} refused the logon of {} (HTTP 401): check the user name and password",
+                host_port(&self.connection.host, self.connection.port),
+                credentials.principal()
+            );
+        }
+        failure
+    }
+
     /// The url the session posts to.
     pub fn url(&self) -> &str {
         &self.connection.url
+    }
+}
+
+/// `host:port`, an IPv6 address in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -213,7 +233,7 @@ impl<'a> Session<'a> {
                 .map_err(|e| Failure::from_target(Stage::Connect, &e))?;
             TargetConnection::open(target, &addresses, credentials)
                 .await
-                .map_err(|e| Failure::from_target(Stage::Logon, &e))
+                .map_err(|e| endpoint.logon_failure(&e, credentials))
         };
         let connection = tokio::time::timeout(timeout, opening)
             .await
@@ -555,6 +575,28 @@ mod tests {
         let endpoint = Endpoint::direct("[::1]:6000", Duration::from_secs(5)).unwrap();
         assert_eq!(endpoint.url(), "http://[::1]:6000/wsman");
         assert!(Endpoint::direct("web 01", Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn refused_credentials_are_said_in_the_clients_words() {
+        let credentials = DelegatedCredentials::new("LAB", "alice", "pw".to_string().into());
+        let relay = Relay::parse("http://10.0.0.1", no_tls).unwrap();
+        let refused = target::TargetError::AuthRejected {
+            target: "the relay (10.0.0.1:5985)".into(),
+            user: "LAB\\alice".into(),
+        };
+        let failure =
+            Endpoint::through_relay(&relay, "web01", Duration::from_secs(5)).logon_failure(&refused, &credentials);
+        assert_eq!(failure.cause, Cause::CredentialsRefused);
+        assert_eq!(
+            failure.message,
+            "the relay 10.0.0.1:5985 refused the logon of LAB\\alice (HTTP 401): check the user name and password"
+        );
+        let direct = Endpoint::direct("web01:5986", Duration::from_secs(5)).unwrap();
+        assert!(direct
+            .logon_failure(&refused, &credentials)
+            .message
+            .starts_with("the target web01:5986 refused the logon of LAB\\alice"));
     }
 
     #[tokio::test]

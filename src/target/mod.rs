@@ -346,9 +346,10 @@ impl TargetConnection {
                     return initiator.into_channel().map_err(auth_error);
                 }
                 (StatusCode::UNAUTHORIZED, Some(next)) if !initiator.credentials_sent() => {
-                    match initiator.step(Some(&next)).map_err(auth_error)? {
-                        Some(next_token) => token = next_token,
-                        None => return Err(self.rejected(credentials)),
+                    match initiator.step(Some(&next)) {
+                        Ok(Some(next_token)) => token = next_token,
+                        Ok(None) | Err(CredSspError::LogonRefused(_)) => return Err(self.rejected(credentials)),
+                        Err(error) => return Err(auth_error(error)),
                     }
                 }
                 (StatusCode::UNAUTHORIZED, _) => return Err(self.rejected(credentials)),
