@@ -34,6 +34,7 @@ DOUBLES = {"127.0.0.%d" % (121 + i): "f10-%02d" % (i + 1) for i in range(12)}
 NOTHING = "127.0.0.133"
 LATE = "127.0.0.134"
 POWERSHELL = "127.0.0.135"
+POWERSHELL_TOO = "127.0.0.136"  # the same double, on a second --bind
 RELAY_URL = "http://%s:5985" % RELAY
 PASSWORD = USERS[ALICE]
 FIELDS = {"target", "status", "exit_code", "stdout", "stderr", "attempts", "duration_ms", "error"}
@@ -90,7 +91,7 @@ def fleet(relay: harness.Harness) -> typing.Iterator[Fleet]:
     with open(fake, "w") as fh:
         fh.write(FAKE_POWERSHELL % sys.executable)
     os.chmod(fake, 0o755)
-    started.append(h.start_double("f10-ps", POWERSHELL, 5985,
+    started.append(h.start_double("f10-ps", POWERSHELL, 5985, extra_args=["--bind", POWERSHELL_TOO + ":5985"],
                                   env={"PATH": bindir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")}))
     own = ExtraRelay(h, RELAY, tail=ALLOW_TAIL)
     try:
@@ -271,6 +272,23 @@ def test_direct_gives_the_same_results_as_through_the_relay(fleet: Fleet) -> Non
         assert [r["user"] for r in creates] == [ALICE, ALICE], creates
 
 
+def test_a_throttle_above_the_relays_logon_cap_still_logs_everyone_on(fleet: Fleet) -> None:
+    """The relay closes connections from one address beyond limits.max_unauthenticated_per_source (16) that are
+    still logging on; the client queues its logons, so 24 sessions at once all get in, without a retry."""
+    h = fleet.h
+    # Two names for each double ("127.0.0.121", "127.0.0.121:5985"): 24 targets, 24 sessions at once.
+    names = list(DOUBLES) + ["%s:5985" % host for host in DOUBLES]
+    events_before = len(fleet.relay.events())
+    ran = fanout(h, *through_relay(*targets(*names), "--throttle", "24", "--retries", "1", "--output", "jsonl", "--",
+                                   "echo", "in"))
+    assert ran.rc == 0, ran
+    results = [json.loads(line) for line in ran.stdout.splitlines()]
+    assert sorted(r["target"] for r in results) == sorted(names)
+    assert all(r["status"] == "ok" and r["attempts"] == 1 for r in results), results
+    refused = [e for e in fleet.relay.events()[events_before:] if e["event"] == "denied"]
+    assert refused == [], refused
+
+
 def test_exit_codes_and_refusals(fleet: Fleet) -> None:
     h = fleet.h
     three = targets(*list(DOUBLES)[:3])
@@ -365,14 +383,17 @@ def test_ctrl_c_stops_starting_deletes_open_shells_and_prints_what_finished(flee
 def test_powershell_runs_encoded_and_clixml_errors_become_text(fleet: Fleet) -> None:
     h = fleet.h
     since = mark(h)
-    ok = fanout(h, *through_relay(*targets(POWERSHELL), "--powershell", "--output", "json", "--",
+    ok = fanout(h, *through_relay(*targets(POWERSHELL, POWERSHELL_TOO), "--powershell", "--output", "json", "--",
                                   "Get-Service", "'Spooler' | % { \"$($_.Name) é\" }"))
     assert ok.rc == 0, ok
-    [r] = json.loads(ok.stdout)
-    assert (r["status"], r["exit_code"]) == ("ok", 0), r
-    assert r["stdout"] == "script: Get-Service 'Spooler' | % { \"$($_.Name) é\" }\n", r
-    command = next(x["command"] for x in requests_of(h, "f10-ps", since) if x["action"] == "Command")
-    assert command.startswith("powershell.exe -NoProfile -NonInteractive -EncodedCommand "), command
+    results = json.loads(ok.stdout)
+    assert sorted(r["target"] for r in results) == [POWERSHELL, POWERSHELL_TOO], results
+    for r in results:
+        assert (r["status"], r["exit_code"]) == ("ok", 0), r
+        assert r["stdout"] == "script: Get-Service 'Spooler' | % { \"$($_.Name) é\" }\n", r
+    commands = [x["command"] for x in requests_of(h, "f10-ps", since) if x["action"] == "Command"]
+    assert len(commands) == 2, commands
+    assert all(c.startswith("powershell.exe -NoProfile -NonInteractive -EncodedCommand ") for c in commands), commands
 
     failed = fanout(h, *through_relay(*targets(POWERSHELL), "--powershell", "--output", "json", "--",
                                       "throw Cannot find path 'C:\\nope' <because> it does not exist."))

@@ -8,9 +8,11 @@
 //! allocation the exchange itself does not need.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::failure::{Cause, Failure, Stage};
@@ -28,6 +30,10 @@ const RECEIVE_MARGIN: Duration = Duration::from_secs(10);
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest connect, whatever `--timeout` is.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Logons under way at once through one relay. The relay closes, at once, connections
+/// from one address beyond `limits.max_unauthenticated_per_source` (16 by default) that
+/// are still authenticating; a logon takes milliseconds, so queueing them costs little.
+const RELAY_LOGONS_AT_ONCE: usize = 8;
 /// Output kept per stream and target; the rest is dropped (and said so), so that one
 /// target writing gigabytes cannot exhaust the client's memory.
 pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
@@ -40,6 +46,8 @@ pub struct Endpoint {
     /// or the target's own.
     connection: ResolvedTarget,
     via_relay: bool,
+    /// Shared by every endpoint of one relay: see [`RELAY_LOGONS_AT_ONCE`].
+    logons: Option<Arc<Semaphore>>,
 }
 
 /// The relay, as `--relay` names it.
@@ -50,6 +58,7 @@ pub struct Relay {
     ip: Option<IpAddr>,
     https: bool,
     tls: Option<TargetTls>,
+    logons: Arc<Semaphore>,
 }
 
 impl Relay {
@@ -78,6 +87,7 @@ impl Relay {
             ip: parsed.host.ip,
             https,
             tls: if https { Some(tls()?) } else { None },
+            logons: Arc::new(Semaphore::new(RELAY_LOGONS_AT_ONCE)),
         })
     }
 
@@ -108,6 +118,7 @@ impl Endpoint {
                 timeout,
             },
             via_relay: true,
+            logons: Some(relay.logons.clone()),
         }
     }
 
@@ -136,6 +147,7 @@ impl Endpoint {
                 timeout,
             },
             via_relay: false,
+            logons: None,
         })
     }
 
@@ -228,6 +240,15 @@ impl<'a> Session<'a> {
         let deadline = Instant::now() + timeout;
         let target = &endpoint.connection;
         let opening = async {
+            let _logon = match &endpoint.logons {
+                Some(logons) => Some(
+                    logons
+                        .acquire()
+                        .await
+                        .map_err(|_| Failure::new(Stage::Logon, Cause::Other, "the client is shutting down"))?,
+                ),
+                None => None,
+            };
             let addresses = target::lookup_addresses(target)
                 .await
                 .map_err(|e| Failure::from_target(Stage::Connect, &e))?;
@@ -630,6 +651,49 @@ mod tests {
             "{}",
             failure.message
         );
+    }
+
+    /// A listener that accepts, holds and counts connections, never answering.
+    async fn silent_listener() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn logons_through_one_relay_are_queued_below_its_per_source_cap() {
+        let (port, accepted) = silent_listener().await;
+        let relay = Relay::parse(&format!("http://127.0.0.1:{port}"), no_tls).unwrap();
+        let credentials = Arc::new(DelegatedCredentials::new("LAB", "alice", "pw".to_string().into()));
+        for i in 0..20 {
+            let endpoint = Endpoint::through_relay(&relay, &format!("web{i:02}"), Duration::from_secs(2));
+            let credentials = credentials.clone();
+            tokio::spawn(async move {
+                let _ = Session::connect(&endpoint, &credentials, Duration::from_secs(2)).await;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), RELAY_LOGONS_AT_ONCE);
+        // Directly, targets are many hosts: nothing is queued.
+        let (port, accepted) = silent_listener().await;
+        for _ in 0..20 {
+            let endpoint = Endpoint::direct(&format!("127.0.0.1:{port}"), Duration::from_secs(2)).unwrap();
+            let credentials = credentials.clone();
+            tokio::spawn(async move {
+                let _ = Session::connect(&endpoint, &credentials, Duration::from_secs(2)).await;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
     }
 
     #[tokio::test]
