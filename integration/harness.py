@@ -528,7 +528,8 @@ class Harness:
         os.chmod(self.ntlm_user_file, 0o600)
 
     def start_double(self, name: str, host: str, port: int, hang: bool = False,
-                     extra_args: typing.Sequence[str] = (), wait: bool = True) -> subprocess.Popen:
+                     extra_args: typing.Sequence[str] = (), wait: bool = True,
+                     env: typing.Optional[dict] = None) -> subprocess.Popen:
         if not os.path.exists(self.ntlm_user_file):
             self.write_ntlm_users()
         ensure_port_free(host, port)
@@ -540,7 +541,7 @@ class Harness:
         out = open(self.double_out(name), "ab")
         self._fhs.append(out)
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=scrubbed_env(), cwd=self.workdir)
+                                env=scrubbed_env(env), cwd=self.workdir)
         self.procs["double-" + name] = proc
         if wait:
             self.wait_double(name, host, port)

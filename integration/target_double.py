@@ -1299,7 +1299,8 @@ def run_hang(host: str, port: int) -> None:
 
 def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bind", required=True, help="host:port, e.g. 127.0.0.21:5985")
+    p.add_argument("--bind", required=True, action="append",
+                   help="host:port, e.g. 127.0.0.21:5985; repeat it to serve one state (shells, log) on several")
     p.add_argument("--name", default=None, help="machine name (COMPUTERNAME), default from the bind address")
     p.add_argument("--log", default=None, help="JSON-lines request log file")
     p.add_argument("--ntlm-user-file", default=None, help="sets NTLM_USER_FILE (DOMAIN:USER:PASSWORD lines)")
@@ -1314,8 +1315,8 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
 
-    host, _, port_s = args.bind.rpartition(":")
-    port = int(port_s)
+    binds = [(b.rpartition(":")[0], int(b.rpartition(":")[2])) for b in args.bind]
+    host, port = binds[0]
     if args.hang:
         run_hang(host, port)
         return 0
@@ -1337,21 +1338,30 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
 
     state = State(args.name or host, JsonLog(args.log))
     state.create_delay = args.create_delay
-    server = DoubleServer((host, port), state, verbose=args.verbose, auths=auths, tls=tls,
-                         cbt_strict=args.cbt == "strict", tls_max=args.tls_max)
+    servers = [DoubleServer(addr, state, verbose=args.verbose, auths=auths, tls=tls,
+                            cbt_strict=args.cbt == "strict", tls_max=args.tls_max) for addr in binds]
+    server = servers[0]
 
     def stop(signum: int, frame: typing.Any) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        for s in servers:
+            threading.Thread(target=s.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print("target_double %s listening on %s://%s:%d auth=%s cbt=%s" % (
-        state.name, "https" if tls else "http", host, port, ",".join(auths), args.cbt), flush=True)
+    for h, p_ in binds:
+        print("target_double %s listening on %s://%s:%d auth=%s cbt=%s" % (
+            state.name, "https" if tls else "http", h, p_, ",".join(auths), args.cbt), flush=True)
+    others = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True) for s in servers[1:]]
+    for t in others:
+        t.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        for t in others:
+            t.join(timeout=5)
         state.kill_all()
-        server.server_close()
+        for s in servers:
+            s.server_close()
     return 0
 
 

@@ -1,7 +1,8 @@
-//! Command line: `serve`, `check` and `user add|remove|list`.
+//! Command line: `serve`, `check`, `user add|remove|list` and `run` (see [`crate::fanout`]).
 //!
 //! Exit codes: 0 success, 1 failure (server error, config problems found by `check`,
-//! users-file errors), 2 usage errors and a config `serve` cannot load.
+//! users-file errors), 2 usage errors and a config `serve` cannot load; `run` adds 130
+//! when interrupted and counts the relay refusing the credentials as 2.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// Run one command on many targets through the relay (or --direct), throttled, retried, reported.
+    Run(crate::fanout::RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +97,7 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(c) => serve(&c.config),
         Command::Check(c) => check(&c.config),
+        Command::Run(args) => crate::fanout::run(args),
         Command::User { action } => match user(action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -262,7 +266,7 @@ fn read_password_stdin() -> Result<SecretString, UserCliError> {
     Ok(secret_from_line(&line))
 }
 
-fn secret_from_line(line: &str) -> SecretString {
+pub(crate) fn secret_from_line(line: &str) -> SecretString {
     let trimmed = line.strip_suffix('\n').unwrap_or(line);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     SecretString::from(trimmed.to_string())

@@ -24,11 +24,14 @@
 //! - [`server`]: hyper listeners, per-connection session state, the relay pipeline.
 //! - [`target`]: address lookup and authenticated, kept-alive connections to target hosts.
 //! - [`hardening`]: start-up process hardening (no core dumps, no ptrace by peers, memory locked).
+//! - [`fanout`]: `winrm-relay run`, the client: one command on many targets through the
+//!   relay (or directly), on the same `target` and `proto` cores.
 
 pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod fanout;
 pub mod hardening;
 pub mod policy;
 pub mod proto;

@@ -67,6 +67,13 @@ pub enum TargetError {
     Auth { target: String, detail: String },
     #[error("talking to {target}: {detail}")]
     Http { target: String, detail: String },
+    #[error("talking to {target}: unexpected HTTP {status} during authentication{detail}")]
+    AuthStatus {
+        target: String,
+        status: StatusCode,
+        /// `": "` and the answer's text, or empty.
+        detail: String,
+    },
     #[error("{target} sent a response the relay cannot decrypt: {detail}")]
     BadResponse { target: String, detail: String },
     #[error(
@@ -80,6 +87,25 @@ impl TargetError {
     pub fn is_auth(&self) -> bool {
         matches!(self, TargetError::AuthRejected { .. } | TargetError::Auth { .. })
     }
+}
+
+/// One authentication leg's answer.
+struct AuthAnswer {
+    status: StatusCode,
+    token: Option<Vec<u8>>,
+    /// The body as text when the answer is a refusal other than 401 (else empty).
+    text: String,
+}
+
+/// The first line of a refusal's body, if it is short printable text.
+fn refusal_text(body: &[u8]) -> String {
+    const MAX_TEXT: usize = 300;
+    let text = String::from_utf8_lossy(body.get(..MAX_TEXT).unwrap_or(body));
+    let line = text.lines().next().unwrap_or_default().trim();
+    if line.chars().any(char::is_control) {
+        return String::new();
+    }
+    line.to_string()
 }
 
 /// A decrypted response from the target.
@@ -273,7 +299,11 @@ impl TargetConnection {
             let Some(token) = client.step(server_token.as_deref()).map_err(auth_error)? else {
                 return Ok(());
             };
-            let (status, challenge) = self.auth_leg(NEGOTIATE, &token).await?;
+            let AuthAnswer {
+                status,
+                token: challenge,
+                text,
+            } = self.auth_leg(NEGOTIATE, &token).await?;
             match (status, challenge) {
                 (StatusCode::UNAUTHORIZED, Some(next)) => server_token = Some(next),
                 (StatusCode::UNAUTHORIZED, None) => return Err(self.rejected(credentials)),
@@ -288,7 +318,7 @@ impl TargetConnection {
                     }
                     return Ok(());
                 }
-                (status, _) => return Err(self.unexpected(status)),
+                (status, _) => return Err(self.unexpected(status, text)),
             }
         }
     }
@@ -306,25 +336,31 @@ impl TargetConnection {
         };
         let mut token = initiator.step(None).map_err(auth_error)?.unwrap_or_default();
         loop {
-            let (status, challenge) = self.auth_leg(CREDSSP, &token).await?;
+            let AuthAnswer {
+                status,
+                token: challenge,
+                text,
+            } = self.auth_leg(CREDSSP, &token).await?;
             match (status, challenge) {
                 (status, _) if status.is_success() && initiator.credentials_sent() => {
                     return initiator.into_channel().map_err(auth_error);
                 }
                 (StatusCode::UNAUTHORIZED, Some(next)) if !initiator.credentials_sent() => {
-                    match initiator.step(Some(&next)).map_err(auth_error)? {
-                        Some(next_token) => token = next_token,
-                        None => return Err(self.rejected(credentials)),
+                    match initiator.step(Some(&next)) {
+                        Ok(Some(next_token)) => token = next_token,
+                        Ok(None) | Err(CredSspError::LogonRefused(_)) => return Err(self.rejected(credentials)),
+                        Err(error) => return Err(auth_error(error)),
                     }
                 }
                 (StatusCode::UNAUTHORIZED, _) => return Err(self.rejected(credentials)),
-                (status, _) => return Err(self.unexpected(status)),
+                (status, _) => return Err(self.unexpected(status, text)),
             }
         }
     }
 
-    /// One authentication POST: the status and the server's token for `scheme`.
-    async fn auth_leg(&mut self, scheme: &str, token: &[u8]) -> Result<(StatusCode, Option<Vec<u8>>), TargetError> {
+    /// One authentication POST: the status, the server's token for `scheme`, and the
+    /// text of an answer that is neither a success nor a challenge.
+    async fn auth_leg(&mut self, scheme: &str, token: &[u8]) -> Result<AuthAnswer, TargetError> {
         let authorization = format_scheme_token(scheme, token);
         let request = self.request(Bytes::new(), None, Some(&authorization))?;
         let response = self.send(request).await?;
@@ -337,9 +373,24 @@ impl TargetConnection {
                 .filter_map(|v| v.to_str().ok());
             find_challenge(values, scheme).flatten()
         };
-        // Drain the body so the connection stays usable.
-        let _ = response.into_body().collect().await;
-        Ok((status, challenge))
+        // Drain the body so the connection stays usable; keep the start of a refusal's
+        // text (a relay's 503 says which limit was hit).
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = if status.is_success() || status == StatusCode::UNAUTHORIZED {
+            String::new()
+        } else {
+            refusal_text(&body)
+        };
+        Ok(AuthAnswer {
+            status,
+            token: challenge,
+            text,
+        })
     }
 
     fn rejected(&self, credentials: &DelegatedCredentials) -> TargetError {
@@ -349,10 +400,11 @@ impl TargetConnection {
         }
     }
 
-    fn unexpected(&self, status: StatusCode) -> TargetError {
-        TargetError::Http {
+    fn unexpected(&self, status: StatusCode, text: String) -> TargetError {
+        TargetError::AuthStatus {
             target: describe(&self.target),
-            detail: format!("unexpected HTTP {status} during authentication"),
+            status,
+            detail: if text.is_empty() { text } else { format!(": {text}") },
         }
     }
 
@@ -636,6 +688,16 @@ mod tests {
             "web01 (10.0.0.5:5985) sent a response body over 1000 bytes, more than the request's \
              MaxEnvelopeSize (bounded by listen.max_envelope_size) allows"
         );
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_first_line_of_its_text() {
+        assert_eq!(
+            refusal_text(b"LAB\\alice already has 25 sessions (limits.max_sessions_per_user)\r\nmore"),
+            "LAB\\alice already has 25 sessions (limits.max_sessions_per_user)"
+        );
+        assert_eq!(refusal_text(b"\x00\x01binary"), "");
+        assert_eq!(refusal_text(&[b'x'; 1000]).len(), 300);
     }
 
     #[test]

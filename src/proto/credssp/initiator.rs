@@ -106,6 +106,13 @@ impl Initiator {
                 // parsed inside the panic boundary, and a sealed field too
                 // short for its signature refused before sspi splits it.
                 let request = parse_ts_request(&plain)?;
+                // A refusal (wrong password, unknown user, locked out) comes as a
+                // TSRequest carrying only an errorCode: say so plainly rather than as
+                // whatever sspi makes of a message without the token it expects.
+                if let Some(code) = request.error_code {
+                    self.tls = None;
+                    return Err(CredSspError::LogonRefused(code.0));
+                }
                 if let Some(pub_key_auth) = &request.pub_key_auth {
                     tokens::check_sealed_len("pubKeyAuth", pub_key_auth)?;
                 }
@@ -230,6 +237,31 @@ mod tests {
             }
         }
         panic!("no agreement after 10 legs");
+    }
+
+    #[test]
+    fn a_refused_logon_is_said_as_such() {
+        let mut acceptor = Acceptor::new(acceptor_config()).unwrap();
+        let creds = DelegatedCredentials::new("LAB", "alice", SecretString::from("wrong"));
+        let mut initiator = Initiator::new(&creds, "relay").unwrap();
+        let mut token = initiator.step(None).unwrap().unwrap();
+        for _ in 0..10 {
+            match acceptor.step(&token) {
+                Step::Continue(reply) => token = initiator.step(Some(&reply)).unwrap().unwrap(),
+                Step::Rejected {
+                    token: Some(refusal), ..
+                } => {
+                    assert!(matches!(
+                        initiator.step(Some(&refusal)),
+                        Err(CredSspError::LogonRefused(0xc000_006d))
+                    ));
+                    assert!(matches!(initiator.step(None), Err(CredSspError::AlreadyFailed)));
+                    return;
+                }
+                other => panic!("acceptor answered {other:?}"),
+            }
+        }
+        panic!("no refusal after 10 legs");
     }
 
     /// Runs the exchange against the acceptor up to the initiator's

@@ -64,6 +64,8 @@ pub enum CredSspError {
     Panicked,
     #[error("authentication already failed on this connection")]
     AlreadyFailed,
+    #[error("the server refused the logon (status {0:#010x})")]
+    LogonRefused(u32),
     #[error("decrypted {actual} bytes where the part announced {announced}")]
     LengthMismatch { announced: usize, actual: usize },
 }

@@ -117,18 +117,23 @@ pub fn fault_envelope(kind: FaultKind, relates_to: Option<&str>, machine: &str, 
 
 /// A fresh `uuid:` message id (random UUID v4, upper case like Windows).
 pub fn new_message_id() -> String {
+    let mut s = String::with_capacity(41);
+    push_message_id(&mut s);
+    s
+}
+
+/// Appends a fresh `uuid:` message id to `out`, for builders that reuse one buffer.
+pub(crate) fn push_message_id(out: &mut String) {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // variant bits 10: a standard UUID
-    let mut s = String::with_capacity(41);
-    s.push_str("uuid:");
+    out.push_str("uuid:");
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
+            out.push('-');
         }
-        let _ = write!(s, "{byte:02X}");
+        let _ = write!(out, "{byte:02X}");
     }
-    s
 }
 
 /// Escapes text for element content and quoted attributes, dropping
@@ -136,6 +141,12 @@ pub fn new_message_id() -> String {
 /// make the whole fault unparseable).
 pub(crate) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 16);
+    push_escaped(&mut out, s);
+    out
+}
+
+/// [`xml_escape`] appending to `out`.
+pub(crate) fn push_escaped(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -150,5 +161,4 @@ pub(crate) fn xml_escape(s: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }

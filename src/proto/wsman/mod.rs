@@ -1,5 +1,6 @@
 //! WS-Management envelopes: scan requests and responses, rewrite `wsa:To`
-//! and the OperationTimeout, build faults.
+//! and the OperationTimeout, build faults, and the client side of WinRS
+//! (the requests that run a command, its output read back).
 //!
 //! Everything is event-based (quick-xml's `NsReader`, no DOM) and matches
 //! elements on namespace URI, never on prefix: clients use `s:`, `env:`, `a:`,
@@ -25,6 +26,7 @@ mod psrp;
 mod rewrite;
 mod scan;
 mod shell;
+mod winrs;
 
 pub use delete::{delete_shell_request, DELETE_ACTION};
 pub use duration::parse_duration;
@@ -33,6 +35,7 @@ pub use identify::identify_response;
 pub use psrp::psrp_command_summary;
 pub use rewrite::rewrite_request;
 pub use shell::{is_shell_resource, shell_kind, ShellKind};
+pub use winrs::{read_receive_response, CommandProgress, WinrsRequests, CLIENT_MAX_ENVELOPE_SIZE, CMD_RESOURCE_URI};
 
 use scan::{attr, is_xml_space, path_is, scan, Elem, Item, Ns};
 
@@ -79,6 +82,8 @@ pub enum WsmanError {
     InvalidTimeout(String),
     #[error("invalid MaxEnvelopeSize {0:?}: expected a number of bytes")]
     InvalidMaxEnvelopeSize(String),
+    #[error("an output stream is not valid base64: {0}")]
+    InvalidStream(String),
 }
 
 /// What the relay needs to know about a request before forwarding it.
