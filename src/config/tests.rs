@@ -282,7 +282,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
     assert_eq!(
         errs,
         [
-            "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure)",
+            "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure, hmac_key_file, transcripts, transcript_max_bytes, syslog)",
             "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
             "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
             "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, ca_file, tls_fingerprint, tls_verify, connect_timeout_secs, timeout_secs)",
@@ -292,7 +292,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
     let e = Config::parse(Path::new("r.toml"), &top).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, target, allow)"
+        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, metrics, target, allow)"
     );
 }
 

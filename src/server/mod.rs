@@ -9,6 +9,7 @@
 //! - `pipeline`: an authenticated request, unseal to audit, in one place.
 //! - `reply`: every response the relay itself builds.
 //! - `limits`: lockout, pending connections, quotas.
+//! - `health`: `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
 //!
 //! Each accepted TCP connection gets one session: its CredSSP acceptor, its
 //! delegated credentials (in the vault) and its authenticated target
@@ -17,6 +18,7 @@
 
 mod auth;
 mod conn;
+mod health;
 mod limits;
 mod listen;
 mod pipeline;
@@ -26,15 +28,17 @@ mod session;
 mod shells;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{AuditError, AuditSink};
+use crate::audit::{syslog, transcript, AuditError, AuditSink};
 use crate::certs::{self, CertError};
 use crate::config::{Config, UsersError, UsersFile};
+use crate::metrics::Metrics;
 use crate::proto::credssp::{AcceptorConfig, UserHash};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,9 @@ pub(crate) struct Shared {
     /// already running keep the one they started with.
     credssp: RwLock<Arc<AcceptorConfig>>,
     pub audit: AuditSink,
+    pub metrics: Metrics,
+    /// Every listener is bound and accepting (for `/readyz`).
+    pub listening: AtomicBool,
     pub lockout: limits::Lockout,
     pub quotas: Arc<limits::Quotas>,
     /// Connections that have not authenticated yet, per source and in all, so
@@ -142,6 +149,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let accepting = TaskTracker::new();
     for (listener, kind) in listeners {
         let addr = listener.local_addr().ok();
@@ -153,7 +164,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         );
         accepting.spawn(listen::accept_loop(listener, kind, shared.clone()));
     }
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
+        accepting.spawn(health::serve(listener, shared.clone()));
+    }
     accepting.close();
+    shared.listening.store(true, Ordering::Release);
     let reloader = tokio::spawn(reload_on_hangup(shared.clone()));
     wait_for_signal().await;
     let deadline = config.session.shutdown_timeout;
@@ -188,7 +204,18 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         );
     }
     let credssp = acceptor_config(&config, &cert)?;
-    let audit = AuditSink::open(&config.audit)?;
+    let mut audit = AuditSink::open(&config.audit)?;
+    if let Some(target) = &config.audit.syslog {
+        tracing::info!(syslog = %target, "exporting audit events to syslog");
+        audit = audit.exporting_to(syslog::Exporter::start(target.clone()));
+    }
+    if let Some(dir) = &config.audit.transcripts {
+        transcript::prepare_dir(dir).map_err(|source| AuditError::Transcripts {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let metrics = Metrics::new(&audit);
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
     let unauthenticated = limits::Unauthenticated::new(&config.limits);
@@ -196,6 +223,8 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         config: RwLock::new(Arc::new(config)),
         credssp: RwLock::new(credssp),
         audit,
+        metrics,
+        listening: AtomicBool::new(false),
         lockout,
         quotas,
         unauthenticated,
