@@ -92,6 +92,43 @@ fn audit_on_failure_defaults_to_refuse() {
 }
 
 #[test]
+fn audit_integrity_transcript_and_export_keys_parse_and_default() {
+    let c = parse("").unwrap();
+    assert_eq!(
+        (&c.audit.hmac_key_file, &c.audit.transcripts, &c.audit.syslog),
+        (&None, &None, &None)
+    );
+    assert_eq!(c.audit.transcript_max_bytes, DEFAULT_TRANSCRIPT_MAX_BYTES);
+    assert_eq!(c.metrics.listen, None);
+    let c = parse(
+        "hmac_key_file = \"audit.key\"\ntranscripts = \"transcripts\"\ntranscript_max_bytes = 65536\n\
+         syslog = \"tcp://127.0.0.1:6514\"\n[metrics]\nlisten = \"127.0.0.1:9985\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.audit.hmac_key_file.as_deref(), Some(Path::new("audit.key")));
+    assert_eq!(c.audit.transcripts.as_deref(), Some(Path::new("transcripts")));
+    assert_eq!(c.audit.transcript_max_bytes, 65536);
+    assert_eq!(c.audit.syslog, Some(SyslogTarget::Tcp("127.0.0.1:6514".into())));
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9985".parse().unwrap()));
+    assert_eq!(
+        errors("transcript_max_bytes = 10\nsyslog = \"http://x:1\"\ntranscripts = \"\"\n[metrics]\nlisten = \"127.0.0.1:5985\"\n"),
+        [
+            "relay.toml:12: audit.transcript_max_bytes: 10 is out of range 4096..=1073741824",
+            "relay.toml:13: audit.syslog: \"http://x:1\": expected udp://host:port, tcp://host:port or unix:///path",
+            "relay.toml:14: audit.transcripts: must not be empty",
+            "relay.toml:16: metrics.listen: listen address 127.0.0.1:5985 clashes with listen.http (127.0.0.1:5985)",
+        ]
+    );
+    assert_eq!(
+        errors("[metrics]\nlisten = \"nowhere\"\nport = 1\n"),
+        [
+            "relay.toml:13: metrics.listen: invalid socket address \"nowhere\" (expected ip:port)",
+            "relay.toml:14: metrics.port: unknown key (expected one of: listen)",
+        ]
+    );
+}
+
+#[test]
 fn hardening_keys_parse_and_default() {
     let c = parse("").unwrap();
     assert!(c.listen.allow_sources.is_empty());

@@ -700,4 +700,72 @@ mod tests {
         assert_eq!(decode_psrp_escapes("_xD801_"), "\u{FFFD}");
         assert_eq!(decode_psrp_escapes("_x12_ _xZZZZ_ é_x"), "_x12_ _xZZZZ_ é_x");
     }
+
+    #[test]
+    fn messages_spanning_several_receives_are_put_together() {
+        let xml = "<S>line one_x000A_line two</S>";
+        let all = fragments(9, &message(PIPELINE_OUTPUT, xml), 3);
+        // Whole fragments, split over two envelopes.
+        let first_len = FRAGMENT_HEADER + u32::from_be_bytes(all[17..21].try_into().unwrap()) as usize;
+        let mut d = Defragmenter::default();
+        assert!(d.push(&all[..first_len]).is_empty());
+        let done = d.push(&all[first_len..]);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].complete);
+        assert_eq!(
+            psrp_output(&done[0]),
+            Some(PsrpOutput::Output("line one\nline two".into()))
+        );
+        assert!(d.unfinished().is_empty());
+        // A middle fragment without its start is skipped.
+        let mut d = Defragmenter::default();
+        assert!(d.push(&all[first_len..]).is_empty());
+    }
+
+    fn output_of(message_type: u32, xml: &str) -> Option<PsrpOutput> {
+        let mut d = Defragmenter::default();
+        let done = d.push(&fragments(1, &message(message_type, xml), 1));
+        psrp_output(done.first()?)
+    }
+
+    #[test]
+    fn outputs_errors_and_states_as_text() {
+        assert_eq!(output_of(PIPELINE_OUTPUT, "<I32>42</I32>"), Some(PsrpOutput::Output("42".into())));
+        assert_eq!(output_of(PIPELINE_OUTPUT, "<Nil />"), Some(PsrpOutput::Output(String::new())));
+        let process = "<Obj RefId=\"0\"><TN RefId=\"0\"><T>System.Diagnostics.Process</T></TN>\
+                       <ToString>System.Diagnostics.Process (pwsh)</ToString><Props><S N=\"Name\">pwsh</S></Props></Obj>";
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, process),
+            Some(PsrpOutput::Output("System.Diagnostics.Process (pwsh)".into()))
+        );
+        let error = "<Obj RefId=\"0\"><TN RefId=\"0\"><T>System.Management.Automation.ErrorRecord</T></TN><MS>\
+                     <Obj N=\"Exception\" RefId=\"1\"><Props><S N=\"Message\">Cannot find path 'C:\\x'</S></Props></Obj>\
+                     </MS></Obj>";
+        assert_eq!(
+            output_of(ERROR_RECORD, error),
+            Some(PsrpOutput::Error("Cannot find path 'C:\\x'".into()))
+        );
+        assert_eq!(
+            output_of(PIPELINE_STATE, "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">4</I32></MS></Obj>"),
+            Some(PsrpOutput::State {
+                state: "Completed",
+                reason: None
+            })
+        );
+        let failed = "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">5</I32><Obj N=\"ExceptionAsErrorRecord\" RefId=\"1\">\
+                      <ToString>The pipeline was stopped.</ToString></Obj></MS></Obj>";
+        assert_eq!(
+            output_of(PIPELINE_STATE, failed),
+            Some(PsrpOutput::State {
+                state: "Failed",
+                reason: Some("The pipeline was stopped.".into())
+            })
+        );
+        assert_eq!(output_of(CREATE_PIPELINE, "<S>x</S>"), None);
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, "<Obj><MS></MS></Obj>"),
+            Some(PsrpOutput::Output("<object>".into()))
+        );
+        assert_eq!(output_of(PIPELINE_OUTPUT, "<S>unclosed"), Some(PsrpOutput::Output("<object>".into())));
+    }
 }
