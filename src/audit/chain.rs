@@ -179,7 +179,11 @@ impl std::fmt::Display for Problem {
             Problem::Replaced => f.write_str(
                 "replaced: its prev is not the hash of the line before (that line was rewritten or swapped in)",
             ),
-            Problem::Restarted { after } => write!(f, "removed: a new chain starts here after seq {after}"),
+            Problem::Restarted { after } => write!(
+                f,
+                "restarted: a new chain (seq 1) starts here after seq {after}: the files are out of order, or \
+                 the log before this line was replaced"
+            ),
             Problem::KeyNeeded => f.write_str("keyed (hmac-sha256): pass the key file with --key to check it"),
             Problem::NotKeyed => {
                 f.write_str("not keyed although a key was given: the line was written, or rewritten, without the key")

@@ -27,6 +27,13 @@ use crate::proto::wsman::{
     self, psrp_output, Defragmenter, PsrpOutput, RequestInfo, ResponseInfo, ShellKind, StreamChunk,
 };
 
+/// Where transcripts go and how much output each keeps, as the relay started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub max_output: u64,
+}
+
 /// A transcript's file name: when the session began, then its id, so that a directory
 /// listing is in time order.
 fn file_name(started: &str, session: &str) -> String {
@@ -84,10 +91,11 @@ pub struct Sealed {
 impl Transcript {
     /// Creates `<dir>/<start>Z-<session>.jsonl` (mode 0600, never an existing file) and
     /// writes its `session` record.
-    pub fn create(dir: &Path, max_output: u64, session: &str, user: &str, source: &str) -> std::io::Result<Transcript> {
+    pub fn create(settings: &Settings, session: &str, user: &str, source: &str) -> std::io::Result<Transcript> {
         let started = super::now();
         let name = file_name(&started, session);
-        let path = dir.join(&name);
+        let path = settings.dir.join(&name);
+        let max_output = settings.max_output;
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -415,6 +423,13 @@ mod tests {
             .collect()
     }
 
+    fn settings(dir: &Path, max_output: u64) -> Settings {
+        Settings {
+            dir: dir.to_path_buf(),
+            max_output,
+        }
+    }
+
     fn b64(data: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(data)
     }
@@ -471,7 +486,7 @@ mod tests {
     #[test]
     fn a_cmd_session_is_recorded_in_order_and_hashed() {
         let dir = crate::config::test_dir("transcript-cmd");
-        let mut t = Transcript::create(&dir, 1 << 20, "abc", "LAB\\alice", "127.0.0.1:5000").unwrap();
+        let mut t = Transcript::create(&settings(&dir, 1 << 20), "abc", "LAB\\alice", "127.0.0.1:5000").unwrap();
         let path = dir.join(t.name());
         assert_eq!(session_of(t.name()), Some("abc"));
         cmd_session(&mut t, b"hello\n");
@@ -510,7 +525,7 @@ mod tests {
     #[test]
     fn output_past_the_cap_is_cut_once_and_commands_go_on() {
         let dir = crate::config::test_dir("transcript-cap");
-        let mut t = Transcript::create(&dir, 14, "cap", "u", "s").unwrap();
+        let mut t = Transcript::create(&settings(&dir, 14), "cap", "u", "s").unwrap();
         let path = dir.join(t.name());
         cmd_session(&mut t, "0123456é89abcdef".as_bytes());
         // Another command after the cut is still recorded.
@@ -560,7 +575,7 @@ mod tests {
     fn powershell_output_objects_errors_and_state_become_text() {
         let dir = crate::config::test_dir("transcript-psrp");
         let ps = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell";
-        let mut t = Transcript::create(&dir, 1 << 20, "ps", "u", "s").unwrap();
+        let mut t = Transcript::create(&settings(&dir, 1 << 20), "ps", "u", "s").unwrap();
         let path = dir.join(t.name());
         let create = request("Create", ps, None, "<rsp:Shell/>");
         let created = response("<x:ResourceCreated xmlns:x=\"http://schemas.xmlsoap.org/ws/2004/09/transfer\"><a:ReferenceParameters><w:SelectorSet><w:Selector Name=\"ShellId\">P1</w:Selector></w:SelectorSet></a:ReferenceParameters></x:ResourceCreated>");

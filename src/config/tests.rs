@@ -980,4 +980,8 @@ fn commented_transport_examples_are_valid() {
         c.targets[2].tls.as_ref().map(TargetTls::trust),
         Some(TlsTrust::Pinned(_))
     ));
+    assert_eq!(c.audit.transcripts.as_deref(), Some(Path::new("transcripts")));
+    assert_eq!(c.audit.hmac_key_file.as_deref(), Some(Path::new("audit.key")));
+    assert_eq!(c.audit.syslog, Some(SyslogTarget::Udp("127.0.0.1:514".into())));
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9985".parse().unwrap()));
 }

@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     /// already running keep the one they started with.
     credssp: RwLock<Arc<AcceptorConfig>>,
     pub audit: AuditSink,
+    /// Session transcripts, as configured at start (like the audit path, not reloaded).
+    pub transcripts: Option<transcript::Settings>,
     pub metrics: Metrics,
     /// Every listener is bound and accepting (for `/readyz`).
     pub listening: AtomicBool,
@@ -209,12 +211,19 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         tracing::info!(syslog = %target, "exporting audit events to syslog");
         audit = audit.exporting_to(syslog::Exporter::start(target.clone()));
     }
-    if let Some(dir) = &config.audit.transcripts {
-        transcript::prepare_dir(dir).map_err(|source| AuditError::Transcripts {
-            path: dir.clone(),
-            source,
-        })?;
-    }
+    let transcripts = match &config.audit.transcripts {
+        Some(dir) => {
+            transcript::prepare_dir(dir).map_err(|source| AuditError::Transcripts {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(transcript::Settings {
+                dir: dir.clone(),
+                max_output: config.audit.transcript_max_bytes,
+            })
+        }
+        None => None,
+    };
     let metrics = Metrics::new(&audit);
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
@@ -223,6 +232,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         config: RwLock::new(Arc::new(config)),
         credssp: RwLock::new(credssp),
         audit,
+        transcripts,
         metrics,
         listening: AtomicBool::new(false),
         lockout,

@@ -208,13 +208,13 @@ impl Session {
         shared.metrics.logon(true);
         shared.metrics.session_started();
         tracing::Span::current().record("user", principal.as_str());
-        let config = shared.config();
-        let audit = &config.audit;
-        if let Some(dir) = &audit.transcripts {
+        if let Some(settings) = &shared.transcripts {
             let source = self.source.to_string();
-            match Transcript::create(dir, audit.transcript_max_bytes, &self.id, &principal, &source) {
+            match Transcript::create(settings, &self.id, &principal, &source) {
                 Ok(transcript) => self.transcript = Some(transcript),
-                Err(error) => tracing::error!(dir = %dir.display(), %error, "cannot create the session transcript"),
+                Err(error) => {
+                    tracing::error!(dir = %settings.dir.display(), %error, "cannot create the session transcript")
+                }
             }
         }
         self.auth = AuthState::Authenticated { principal, channel };

@@ -730,8 +730,14 @@ mod tests {
 
     #[test]
     fn outputs_errors_and_states_as_text() {
-        assert_eq!(output_of(PIPELINE_OUTPUT, "<I32>42</I32>"), Some(PsrpOutput::Output("42".into())));
-        assert_eq!(output_of(PIPELINE_OUTPUT, "<Nil />"), Some(PsrpOutput::Output(String::new())));
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, "<I32>42</I32>"),
+            Some(PsrpOutput::Output("42".into()))
+        );
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, "<Nil />"),
+            Some(PsrpOutput::Output(String::new()))
+        );
         let process = "<Obj RefId=\"0\"><TN RefId=\"0\"><T>System.Diagnostics.Process</T></TN>\
                        <ToString>System.Diagnostics.Process (pwsh)</ToString><Props><S N=\"Name\">pwsh</S></Props></Obj>";
         assert_eq!(
@@ -746,13 +752,17 @@ mod tests {
             Some(PsrpOutput::Error("Cannot find path 'C:\\x'".into()))
         );
         assert_eq!(
-            output_of(PIPELINE_STATE, "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">4</I32></MS></Obj>"),
+            output_of(
+                PIPELINE_STATE,
+                "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">4</I32></MS></Obj>"
+            ),
             Some(PsrpOutput::State {
                 state: "Completed",
                 reason: None
             })
         );
-        let failed = "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">5</I32><Obj N=\"ExceptionAsErrorRecord\" RefId=\"1\">\
+        let failed =
+            "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">5</I32><Obj N=\"ExceptionAsErrorRecord\" RefId=\"1\">\
                       <ToString>The pipeline was stopped.</ToString></Obj></MS></Obj>";
         assert_eq!(
             output_of(PIPELINE_STATE, failed),
@@ -766,6 +776,9 @@ mod tests {
             output_of(PIPELINE_OUTPUT, "<Obj><MS></MS></Obj>"),
             Some(PsrpOutput::Output("<object>".into()))
         );
-        assert_eq!(output_of(PIPELINE_OUTPUT, "<S>unclosed"), Some(PsrpOutput::Output("<object>".into())));
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, "<S>unclosed"),
+            Some(PsrpOutput::Output("<object>".into()))
+        );
     }
 }
