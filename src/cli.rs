@@ -13,7 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, UsersError, UsersFile};
 
-const DEFAULT_CONFIG: &str = "config/relay.example.toml";
+/// The config file commands read when `--config` is not given.
+pub(crate) const DEFAULT_CONFIG: &str = "config/relay.example.toml";
 
 #[derive(Debug, Parser)]
 #[command(

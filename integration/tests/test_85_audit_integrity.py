@@ -29,6 +29,7 @@ SYSLOG_UDP = ("127.0.0.164", 5514)
 RELAY_C = "127.0.0.166"  # syslog to a unix socket, --log-format json
 METRICS = (RELAY_A, 9985)
 CAP = 4096
+SHELL_QUOTA = 3
 
 # <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG
 RFC5424 = re.compile(rb"^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (-|\[.*?\]) (.*)$", re.S)
@@ -157,7 +158,8 @@ def relay_a(relay, tcp_syslog):
     harness.scrub_proxies_in_process()
     extra = harness.ExtraRelay(relay, RELAY_A,
                                audit_extra='syslog = "tcp://%s:%d"' % SYSLOG_TCP,
-                               tail='[metrics]\nlisten = "%s:%d"\n' % METRICS)
+                               tail='[metrics]\nlisten = "%s:%d"\n[limits]\nmax_shells_per_user = %d\n'
+                               % (METRICS[0], METRICS[1], SHELL_QUOTA))
     yield extra
     extra.stop()
 
@@ -342,6 +344,16 @@ def test_metrics_move_with_traffic_and_hold_no_secret(relay_a):
     bad = relay_a.protocol(password="Wrong-Alice-Pass-77!")
     with pytest.raises(Exception):
         bad.open_shell()
+    # bob's fifth wrong password locks bob out (auth.lockout_threshold = 5).
+    for _ in range(5):
+        with pytest.raises(Exception):
+            relay_a.protocol(user=BOB, password="Wrong-Alice-Pass-77!").open_shell()
+    # One shell more than limits.max_shells_per_user.
+    shells = [p.open_shell() for _ in range(SHELL_QUOTA)]
+    with pytest.raises(Exception):
+        p.open_shell()
+    for shell in shells:
+        p.close_shell(shell, close_session=False)
     during = samples()
     close(p)
     close(down)
@@ -356,6 +368,9 @@ def test_metrics_move_with_traffic_and_hold_no_secret(relay_a):
         value(before, "winrm_relay_logons_total", result="failure") + 1
     assert value(during, "winrm_relay_target_errors_total", target="down", kind="connect") == \
         value(before, "winrm_relay_target_errors_total", target="down", kind="connect") + 1
+    assert value(during, "winrm_relay_lockouts_total") == value(before, "winrm_relay_lockouts_total") + 1
+    assert value(during, "winrm_relay_quota_hits_total", quota="max_shells_per_user") == \
+        value(before, "winrm_relay_quota_hits_total", quota="max_shells_per_user") + 1
     for direction in ("in", "out"):
         assert value(during, "winrm_relay_bytes_total", direction=direction) > \
             value(before, "winrm_relay_bytes_total", direction=direction)
@@ -549,6 +564,11 @@ def test_syslog_to_a_unix_socket_and_json_logs_with_session_and_request_spans(re
         with pytest.raises(Exception):
             p.open_shell()
         assert wait_for(lambda: any(e["event"] == "denied" for e in extra.events()), 5)
+        # A session still open at SIGTERM: its end, audited while the relay drains, still reaches syslog.
+        open_session = extra.protocol()
+        open_session.open_shell()
+        extra.stop()
+        assert [e for e in extra.events() if e["event"] == "session_end" and e.get("reason") == "relay shutting down"]
         check_syslog(receiver, extra.audit)
     finally:
         extra.stop()

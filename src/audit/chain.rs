@@ -224,15 +224,13 @@ pub struct Verified {
 /// every transcript a `session_end` line binds must exist there with that SHA-256.
 pub fn verify(files: &[PathBuf], key: Option<&[u8]>, transcripts: Option<&Path>) -> Result<Verified, Finding> {
     let mac = key.map(Mac::keyed);
-    let mut contents: Vec<Vec<u8>> = Vec::with_capacity(files.len());
-    for file in files {
-        let data = std::fs::read(file).map_err(|e| Finding {
+    let read = |file: &PathBuf| {
+        std::fs::read(file).map_err(|e| Finding {
             file: file.clone(),
             line: 0,
             problem: Problem::NotRecord(format!("cannot read: {e}")),
-        })?;
-        contents.push(data);
-    }
+        })
+    };
     let mut head: Option<Head> = None;
     let mut verified = Verified {
         lines: 0,
@@ -240,8 +238,10 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>, transcripts: Option<&Path>)
         head: Head::genesis(),
         transcripts_checked: 0,
     };
-    for (index, data) in contents.iter().enumerate() {
-        for (number, line) in lines(data).enumerate() {
+    for (index, file) in files.iter().enumerate() {
+        // One file in memory at a time: rotated logs add up.
+        let data = read(file)?;
+        for (number, line) in lines(&data).enumerate() {
             let at = |problem| Finding {
                 file: files[index].clone(),
                 line: number + 1,
@@ -271,7 +271,8 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>, transcripts: Option<&Path>)
                         return Err(at(Problem::Restarted { after: before.seq }));
                     }
                     if fields.seq > expected {
-                        let later = seq_appears_later(&contents, index, line, expected);
+                        let rest = &data[line.as_ptr() as usize - data.as_ptr() as usize + line.len()..];
+                        let later = seq_appears_later(rest, &files[index + 1..], expected);
                         let problem = if later {
                             Problem::Reordered {
                                 expected,
@@ -343,19 +344,14 @@ fn lines(data: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     data.split(|&b| b == b'\n').filter(move |_| !data.is_empty())
 }
 
-/// Whether a line after `line` (a slice of `contents[index]`) has `seq`.
-fn seq_appears_later(contents: &[Vec<u8>], index: usize, line: &[u8], seq: u64) -> bool {
+/// Whether a line in `rest` (what follows the current line) or in the later `files` has `seq`.
+fn seq_appears_later(rest: &[u8], files: &[PathBuf], seq: u64) -> bool {
     #[derive(Deserialize)]
     struct Seq {
         seq: u64,
     }
-    let data = &contents[index];
-    let offset = line.as_ptr() as usize - data.as_ptr() as usize + line.len();
-    let rest = data.get(offset..).unwrap_or_default();
-    std::iter::once(rest)
-        .chain(contents[index + 1..].iter().map(Vec::as_slice))
-        .flat_map(lines)
-        .any(|l| serde_json::from_slice::<Seq>(l).is_ok_and(|s| s.seq == seq))
+    let has = |data: &[u8]| lines(data).any(|l| serde_json::from_slice::<Seq>(l).is_ok_and(|s| s.seq == seq));
+    has(rest) || files.iter().any(|f| std::fs::read(f).is_ok_and(|data| has(&data)))
 }
 
 /// Where the chain in `path` ends: its last line's seq and hash. `Ok(None)` for a missing

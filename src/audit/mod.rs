@@ -380,6 +380,13 @@ impl AuditSink {
         self.export.as_ref()
     }
 
+    /// At shutdown: lets the live export send what is queued, at most `deadline`.
+    pub async fn flush_export(&self, deadline: std::time::Duration) {
+        if let Some(export) = &self.export {
+            export.flush(deadline).await;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock must not stop auditing.
         self.state.lock().unwrap_or_else(|p| p.into_inner())

@@ -7,7 +7,7 @@
 //! reconnects on its own.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +83,10 @@ pub struct Exporter {
     dropped: Counter,
     /// Set while the queue overflows, so that an overflow is logged once, not per line.
     overflowing: Arc<AtomicBool>,
+    /// Messages queued, and those the writer is done with (sent or dropped): equal when
+    /// nothing is pending.
+    queued: AtomicU64,
+    handled: Arc<AtomicU64>,
 }
 
 impl Exporter {
@@ -91,13 +95,36 @@ impl Exporter {
         let (queue, lines) = mpsc::channel(QUEUE);
         let dropped = Counter::default();
         let overflowing = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_all(target, lines, dropped.clone(), overflowing.clone()));
+        let handled = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            target,
+            dropped: dropped.clone(),
+            overflowing: overflowing.clone(),
+            handled: handled.clone(),
+        };
+        tokio::spawn(writer.run(lines));
         Exporter {
             queue,
             hostname: hostname(),
             pid: std::process::id(),
             dropped,
             overflowing,
+            queued: AtomicU64::new(0),
+            handled,
+        }
+    }
+
+    /// Waits until every queued message is sent (or dropped), at most `deadline`: at
+    /// shutdown, so that the last events (the sessions' ends) are not lost with the process.
+    pub async fn flush(&self, deadline: Duration) {
+        let pending = || self.handled.load(Ordering::Acquire) < self.queued.load(Ordering::Acquire);
+        let waited = tokio::time::timeout(deadline, async {
+            while pending() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        if waited.await.is_err() {
+            tracing::warn!("syslog export still had messages queued at shutdown");
         }
     }
 
@@ -110,7 +137,9 @@ impl Exporter {
     pub fn send(&self, kind: AuditKind, time: &str, line: &[u8]) {
         let message = format_message(kind, time, &self.hostname, self.pid, line);
         match self.queue.try_send(message) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::AcqRel);
+            }
             Err(_) => {
                 self.dropped.inc();
                 if !self.overflowing.swap(true, Ordering::Relaxed) {
@@ -206,54 +235,64 @@ impl Connection {
     }
 }
 
-/// The writer task: sends queued messages in order until the sink is dropped. A failed
-/// send drops that message and the connection; connecting is retried with a growing pause,
-/// and messages arriving before then are dropped (counted) rather than queued forever.
-async fn write_all(
+/// The writer task's state.
+struct Writer {
     target: SyslogTarget,
-    mut lines: mpsc::Receiver<Vec<u8>>,
     dropped: Counter,
     overflowing: Arc<AtomicBool>,
-) {
-    let mut connection: Option<Connection> = None;
-    let mut backoff = Duration::from_millis(100);
-    let mut retry_at = tokio::time::Instant::now();
-    let mut reported = false;
-    while let Some(message) = lines.recv().await {
-        if lines.is_empty() {
-            overflowing.store(false, Ordering::Relaxed);
-        }
-        if connection.is_none() && tokio::time::Instant::now() >= retry_at {
-            match connect(&target).await {
-                Ok(connected) => {
-                    if reported {
-                        tracing::info!(syslog = %target, "syslog export connected again");
+    handled: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Sends queued messages in order until the sink is dropped. A failed send drops that
+    /// message and the connection; connecting is retried with a growing pause, and messages
+    /// arriving before then are dropped (counted) rather than queued forever.
+    async fn run(self, mut lines: mpsc::Receiver<Vec<u8>>) {
+        let target = &self.target;
+        let mut connection: Option<Connection> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut retry_at = tokio::time::Instant::now();
+        let mut reported = false;
+        while let Some(message) = lines.recv().await {
+            if lines.is_empty() {
+                self.overflowing.store(false, Ordering::Relaxed);
+            }
+            if connection.is_none() && tokio::time::Instant::now() >= retry_at {
+                match connect(target).await {
+                    Ok(connected) => {
+                        if reported {
+                            tracing::info!(syslog = %target, "syslog export connected again");
+                        }
+                        connection = Some(connected);
+                        backoff = Duration::from_millis(100);
+                        reported = false;
                     }
-                    connection = Some(connected);
-                    backoff = Duration::from_millis(100);
-                    reported = false;
-                }
-                Err(error) => {
-                    if !reported {
-                        tracing::warn!(syslog = %target, %error, "cannot reach the syslog receiver: dropping audit messages until it answers");
-                        reported = true;
+                    Err(error) => {
+                        if !reported {
+                            tracing::warn!(syslog = %target, %error, "cannot reach the syslog receiver: dropping audit messages until it answers");
+                            reported = true;
+                        }
+                        retry_at = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
-                    retry_at = tokio::time::Instant::now() + backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-        }
-        let Some(open) = connection.as_mut() else {
-            dropped.inc();
-            continue;
-        };
-        if let Err(error) = open.send(&message).await {
-            dropped.inc();
-            connection = None;
-            if !reported {
-                tracing::warn!(syslog = %target, %error, "sending to the syslog receiver failed: reconnecting");
-                reported = true;
+            match connection.as_mut() {
+                Some(open) => {
+                    if let Err(error) = open.send(&message).await {
+                        self.dropped.inc();
+                        connection = None;
+                        if !reported {
+                            tracing::warn!(syslog = %target, %error, "sending to the syslog receiver failed: reconnecting");
+                            reported = true;
+                        }
+                    }
+                }
+                None => {
+                    self.dropped.inc();
+                }
             }
+            self.handled.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -337,5 +376,23 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(exporter.dropped().get() > 0);
+    }
+
+    #[tokio::test]
+    async fn flush_waits_until_the_queue_has_left() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let exporter = Exporter::start(SyslogTarget::Udp(receiver.local_addr().unwrap().to_string()));
+        // Nothing runs the writer between these sends: all 100 wait in the queue.
+        for _ in 0..100 {
+            exporter.send(AuditKind::SessionEnd, "t", b"{}");
+        }
+        exporter.flush(Duration::from_secs(5)).await;
+        receiver.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        let mut received = 0;
+        while receiver.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+        assert_eq!(received, 100);
     }
 }

@@ -14,9 +14,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{chain, transcript};
+use crate::cli::DEFAULT_CONFIG;
 use crate::config::Config;
-
-const DEFAULT_CONFIG: &str = "config/relay.example.toml";
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -281,7 +280,7 @@ fn binding_text(bound: &Binding) -> String {
         Binding::Matches => "matches the audit log's session_end".into(),
         Binding::Differs(b) => format!("DIFFERS from the audit log's session_end ({b})"),
         Binding::NotFound => "not in the audit log yet (session still open, or the log was rotated)".into(),
-        Binding::NotChecked => "not checked (audit log not readable)".into(),
+        Binding::NotChecked => "not checked against the audit log (none configured, or not readable)".into(),
     }
 }
 

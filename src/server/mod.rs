@@ -57,6 +57,9 @@ pub enum ServerError {
     NoListener,
 }
 
+/// At shutdown, how long queued syslog messages may take to leave.
+const SYSLOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything the connections share.
 pub(crate) struct Shared {
     /// The config file (targets, rules and the rest), replaced as a whole on
@@ -193,6 +196,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             "sessions still ending at session.shutdown_timeout_secs: exiting anyway"
         );
     }
+    // The sessions' last events are still on their way to syslog.
+    shared.audit.flush_export(SYSLOG_FLUSH).await;
     Ok(())
 }
 
