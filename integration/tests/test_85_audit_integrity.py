@@ -224,6 +224,8 @@ def test_cmd_transcript_holds_exact_output_stdin_and_exit_code_and_audit_show_pr
     assert session in [s["session"] for s in json.loads(listed.stdout)], listed.stdout
     listed = cli(relay, "audit", "list", "--config", relay_a.config, "--user", "LAB\\bob")
     assert listed.returncode == 0 and session not in listed.stdout.decode()
+    listed = cli(relay, "audit", "list", "--config", relay_a.config, "--user", "lab\\ALI*")
+    assert session in listed.stdout.decode() and "LAB\\alice" in listed.stdout.decode(), listed.stdout
     listed = cli(relay, "audit", "list", "--config", relay_a.config, "--since", "1h")
     assert session in listed.stdout.decode()
     listed = cli(relay, "audit", "list", "--config", relay_a.config, "--since", "2999-01-01")

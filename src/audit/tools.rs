@@ -187,20 +187,29 @@ fn read_records(path: &Path) -> Result<(Vec<Value>, Vec<u8>), ToolError> {
     Ok((records, data))
 }
 
-fn find_transcript(dir: &Path, session: &str) -> Result<PathBuf, ToolError> {
+/// The transcripts in `dir` with their session ids, in file name (so start time) order.
+fn transcript_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, ToolError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ToolError::Read {
         path: dir.to_path_buf(),
         source,
     })?;
-    entries
+    let mut files: Vec<(PathBuf, String)> = entries
         .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(transcript::session_of)
-                .is_some_and(|s| s.eq_ignore_ascii_case(session))
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let session = transcript::session_of(&name)?.to_string();
+            Some((e.path(), session))
         })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn find_transcript(dir: &Path, session: &str) -> Result<PathBuf, ToolError> {
+    transcript_files(dir)?
+        .into_iter()
+        .find(|(_, s)| s.eq_ignore_ascii_case(session))
+        .map(|(path, _)| path)
         .ok_or_else(|| ToolError::NoSuchSession(session.to_string(), dir.display().to_string()))
 }
 
@@ -480,23 +489,8 @@ fn list(
     let user = user
         .map(|u| glob::Pattern::new(&u.to_ascii_lowercase()).map_err(|e| ToolError::User(u.to_string(), e)))
         .transpose()?;
-    let entries = std::fs::read_dir(&dir).map_err(|source| ToolError::Read {
-        path: dir.clone(),
-        source,
-    })?;
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(transcript::session_of)
-                .is_some()
-        })
-        .collect();
-    paths.sort();
     let mut sessions = Vec::new();
-    for path in paths {
+    for (path, _) in transcript_files(&dir)? {
         let Ok((records, _)) = read_records(&path) else {
             continue;
         };
