@@ -120,10 +120,6 @@ impl Transcript {
         Ok(transcript)
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     fn write(&mut self, kind: &str, fields: Value) {
         self.write_at(&super::now(), kind, fields);
     }
@@ -487,12 +483,19 @@ mod tests {
     fn a_cmd_session_is_recorded_in_order_and_hashed() {
         let dir = crate::config::test_dir("transcript-cmd");
         let mut t = Transcript::create(&settings(&dir, 1 << 20), "abc", "LAB\\alice", "127.0.0.1:5000").unwrap();
-        let path = dir.join(t.name());
-        assert_eq!(session_of(t.name()), Some("abc"));
         cmd_session(&mut t, b"hello\n");
         let sealed = t.finish("connection closed");
+        let path = dir.join(&sealed.name);
+        assert_eq!(session_of(&sealed.name), Some("abc"));
         let data = std::fs::read(&path).unwrap();
         assert_eq!(sealed.sha256.unwrap(), hex::encode(Sha256::digest(&data)));
+        // Readable as it stands: every record opens with its time and type.
+        for line in String::from_utf8(data).unwrap().lines() {
+            assert!(
+                line.starts_with("{\"time\":\"") && line.contains("\",\"type\":\""),
+                "{line}"
+            );
+        }
         let r = records(&path);
         let kinds: Vec<&str> = r.iter().map(|r| r["type"].as_str().unwrap()).collect();
         assert_eq!(
@@ -526,7 +529,6 @@ mod tests {
     fn output_past_the_cap_is_cut_once_and_commands_go_on() {
         let dir = crate::config::test_dir("transcript-cap");
         let mut t = Transcript::create(&settings(&dir, 14), "cap", "u", "s").unwrap();
-        let path = dir.join(t.name());
         cmd_session(&mut t, "0123456é89abcdef".as_bytes());
         // Another command after the cut is still recorded.
         let command = request(
@@ -541,7 +543,7 @@ mod tests {
             &response("<rsp:CommandResponse><rsp:CommandId>C2</rsp:CommandId></rsp:CommandResponse>"),
             Some("whoami"),
         );
-        t.finish("done");
+        let path = dir.join(t.finish("done").name);
         let r = records(&path);
         let kinds: Vec<&str> = r.iter().map(|r| r["type"].as_str().unwrap()).collect();
         assert_eq!(
@@ -576,7 +578,6 @@ mod tests {
         let dir = crate::config::test_dir("transcript-psrp");
         let ps = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell";
         let mut t = Transcript::create(&settings(&dir, 1 << 20), "ps", "u", "s").unwrap();
-        let path = dir.join(t.name());
         let create = request("Create", ps, None, "<rsp:Shell/>");
         let created = response("<x:ResourceCreated xmlns:x=\"http://schemas.xmlsoap.org/ws/2004/09/transfer\"><a:ReferenceParameters><w:SelectorSet><w:Selector Name=\"ShellId\">P1</w:Selector></w:SelectorSet></a:ReferenceParameters></x:ResourceCreated>");
         feed(&mut t, &create, &created, None);
@@ -612,7 +613,7 @@ mod tests {
             b64(&state)
         ));
         feed(&mut t, &receive, &out, None);
-        t.finish("done");
+        let path = dir.join(t.finish("done").name);
         let r = records(&path);
         let kinds: Vec<&str> = r.iter().map(|r| r["type"].as_str().unwrap()).collect();
         assert_eq!(
