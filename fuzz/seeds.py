@@ -49,6 +49,18 @@ for path in glob.glob(os.path.join(REPO, "src/proto/wsman/testdata/*.xml")):
         if len(raw) > 21 + 40:
             put("psrp_summary", name + "_xml", b"\x01" + raw[21 + 40:])
 
+# shell_io: the same PSRP fragments as raw fragments, and a Receive envelope carrying them
+for path in glob.glob(os.path.join(REPO, "src/proto/wsman/testdata/*.xml")):
+    text = open(path, encoding="utf-8").read()
+    name = os.path.basename(path)[:-4]
+    put("shell_io", name + "_envelope", b"\x00" + text.encode())
+    for j, m in enumerate(re.findall(r"<(?:rsp:Arguments|creationXml|rsp:Stream[^>]*)[^>]*>([^<]+)<", text)):
+        try:
+            raw = base64.b64decode(m, validate=True)
+        except ValueError:
+            continue
+        put("shell_io", "%s_%d_frag" % (name, j), b"\x01" + bytes([min(len(raw) // 2, 255)]) + raw)
+
 # credssp_acceptor: mode byte, then u16-framed legs
 neg_ts = g.ts_request(6, [g.spnego_init(g.ntlm_negotiate())])
 put("credssp_acceptor", "raw_hello", b"\x00" + legs(g.client_hello("seed")))

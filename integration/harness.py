@@ -203,6 +203,7 @@ credssp_min_version = 5
 
 [audit]
 path = "{w}/audit.jsonl"
+transcripts = "{w}/transcripts"
 
 [defaults]
 connect_timeout_secs = {CONNECT_TIMEOUT_SECS}
@@ -422,25 +423,32 @@ def transports_config_toml(workdir: str, outdir: str) -> str:
                             'https = "%s:%d"' % (TRANSPORT_RELAY_HOST, TRANSPORT_RELAY_HTTPS_PORT))
     config = config.replace('listen = "%s:%d"\n' % (RELAY_HOST, RELAY_WEB01_PORT), "")
     config = config.replace('path = "%s/audit.jsonl"' % workdir, 'path = "%s/audit.jsonl"' % outdir)
+    config = config.replace('transcripts = "%s/transcripts"' % workdir, 'transcripts = "%s/transcripts"' % outdir)
     return config
 
 
 class ExtraRelay:
     """A relay process of a test's own, on its own loopback address (host:5985): relay_config_toml without the
-    web01 listener, audit and log in a directory of its own. `listen_extra` and `auth_extra` go into those
-    tables, `tail` at the end (more tables, [[target]]s, [[allow]] rules). Call stop() when done."""
+    web01 listener, audit, transcripts and log in a directory of its own. `listen_extra`, `auth_extra` and
+    `audit_extra` go into those tables, `tail` at the end (more tables, [[target]]s, [[allow]] rules), `args`
+    after `serve --config FILE`. Call stop() when done; a new ExtraRelay on the same host starts again on the
+    same directory."""
 
     def __init__(self, h: "Harness", host: str, listen_extra: str = "", auth_extra: str = "", tail: str = "",
-                 own_certificate: bool = False, nofile: typing.Optional[int] = None, own_users: bool = False):
+                 own_certificate: bool = False, nofile: typing.Optional[int] = None, own_users: bool = False,
+                 audit_extra: str = "", args: typing.Sequence[str] = ()):
         self.host = host
         self.dir = os.path.join(h.workdir, "relay-" + host)
         os.makedirs(self.dir, exist_ok=True)
         self.audit = os.path.join(self.dir, "audit.jsonl")
+        self.transcripts = os.path.join(self.dir, "transcripts")
         self.log = os.path.join(self.dir, "relay.log")
         config = relay_config_toml(h.workdir)
         config = config.replace('http = "%s:%d"' % (RELAY_HOST, RELAY_PORT), 'http = "%s:5985"' % host)
         config = config.replace('listen = "%s:%d"' % (RELAY_HOST, RELAY_WEB01_PORT), "")
         config = config.replace(os.path.join(h.workdir, "audit.jsonl"), self.audit)
+        config = config.replace(os.path.join(h.workdir, "transcripts"), self.transcripts)
+        config = config.replace("[audit]\n", "[audit]\n" + audit_extra + "\n", 1)
         if own_certificate:
             # A certificate pair of its own (generated at first start) that a test may replace.
             for name in ("relay.crt", "relay.key"):
@@ -457,7 +465,7 @@ class ExtraRelay:
         ensure_port_free(host, 5985)
         self.out = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [h.relay_bin, "serve", "--config", self.config],
+            [h.relay_bin, "serve", "--config", self.config] + list(args),
             stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=scrubbed_env({"RUST_LOG": "info"}), cwd=self.dir,
             preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None,

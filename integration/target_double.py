@@ -28,7 +28,13 @@ It behaves like a Windows host with AllowUnencrypted=false and Negotiate auth:
 * Every log record carries ``auth`` (negotiate / basic / credssp / none) and ``tls``;
   on TLS + Negotiate also ``cbt`` (verified / absent / zero / mismatch).
 * WinRS over ``/bin/sh``: Create, Command, Receive, Send, Signal, Delete on the cmd
-  shell resource; Create/Delete (payload stored, not run) on PowerShell resource URIs.
+  shell resource.
+* PowerShell remoting (PSRP) on ``http://schemas.microsoft.com/powershell/...``: a runspace
+  pool opens (SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA, RUNSPACEPOOL_STATE Opened) and
+  pipelines run as pypsrp sends them: a script runs under ``/bin/sh`` (each stdout line an
+  output string, each stderr line an ErrorRecord), ``Write-Output`` outputs its arguments,
+  ``Write-Error`` makes an ErrorRecord; then PIPELINE_STATE Completed. Objects are CLIXML
+  as Windows serialises them.
 * Every processed request is logged as one JSON line to ``--log``.
 
 Run: ``python target_double.py --bind 127.0.0.21:5985 --name web01 --log web01.jsonl``
@@ -208,6 +214,160 @@ class Command:
             pass
 
 
+# ---------------------------------------------------------------------------
+# PSRP (PowerShell remoting) as a Windows server answers it
+
+PSRP_SESSION_CAPABILITY = 0x00010002
+PSRP_RUNSPACEPOOL_STATE = 0x00021005
+PSRP_CREATE_PIPELINE = 0x00021006
+PSRP_APPLICATION_PRIVATE_DATA = 0x00021009
+PSRP_PIPELINE_OUTPUT = 0x00041004
+PSRP_ERROR_RECORD = 0x00041005
+PSRP_PIPELINE_STATE = 0x00041006
+PSRP_TO_CLIENT = 1
+
+
+class PsrpAssembler:
+    """Messages from fragments (object id, fragment id, start/end flags, length, blob), across calls."""
+
+    def __init__(self) -> None:
+        self.partial: typing.Dict[int, bytes] = {}
+
+    def push(self, data: bytes) -> typing.List[typing.Tuple[int, bytes, bytes, bytes]]:
+        """Returns completed messages as (type, rpid bytes, pid bytes, payload without BOM)."""
+        done = []
+        while len(data) >= 21:
+            obj_id, _frag_id, flags, length = struct.unpack(">QQBI", data[:21])
+            blob, data = data[21:21 + length], data[21 + length:]
+            if flags & 1:
+                self.partial[obj_id] = b""
+            if obj_id not in self.partial:
+                continue
+            self.partial[obj_id] += blob
+            if flags & 2:
+                msg = self.partial.pop(obj_id)
+                if len(msg) >= 40:
+                    payload = msg[40:]
+                    if payload.startswith(b"\xef\xbb\xbf"):
+                        payload = payload[3:]
+                    done.append((struct.unpack("<I", msg[4:8])[0], msg[8:24], msg[24:40], payload))
+        return done
+
+
+def clixml_string(text: str) -> str:
+    """A string as PowerShell's serializer writes it: XML-escaped, control characters as _xHHHH_."""
+    text = text.replace("_x", "_x005F_x")
+    text = "".join(c if (ord(c) >= 0x20 or c == "\t") else "_x%04X_" % ord(c) for c in text)
+    return xml_escape(text)
+
+
+def clixml_error_record(message: str, command: str) -> str:
+    m = clixml_string(message)
+    return (
+        '<Obj RefId="0"><TN RefId="0"><T>System.Management.Automation.ErrorRecord</T><T>System.Object</T></TN>'
+        "<ToString>%s</ToString><MS>"
+        '<Obj N="Exception" RefId="1"><TN RefId="1"><T>Microsoft.PowerShell.Commands.WriteErrorException</T>'
+        "<T>System.SystemException</T><T>System.Exception</T><T>System.Object</T></TN>"
+        "<ToString>Microsoft.PowerShell.Commands.WriteErrorException: %s</ToString>"
+        '<Props><S N="Message">%s</S><Nil N="Data" /><Nil N="InnerException" /></Props></Obj>'
+        '<Nil N="TargetObject" /><S N="FullyQualifiedErrorId">Microsoft.PowerShell.Commands.WriteErrorException</S>'
+        '<Nil N="InvocationInfo" /><I32 N="ErrorCategory_Category">0</I32>'
+        '<S N="ErrorCategory_Activity">%s</S><S N="ErrorCategory_Reason">WriteErrorException</S>'
+        '<S N="ErrorCategory_TargetName"></S><S N="ErrorCategory_TargetType"></S>'
+        '<S N="ErrorCategory_Message">NotSpecified: (:) [%s], WriteErrorException</S>'
+        '<B N="SerializeExtendedInfo">false</B></MS></Obj>'
+        % (m, m, m, clixml_string(command), clixml_string(command))
+    )
+
+
+def decode_clixml_escapes(text: str) -> str:
+    return re.sub(r"_x([0-9A-Fa-f]{4})_", lambda mo: chr(int(mo.group(1), 16)), text or "")
+
+
+class PsrpShell:
+    """A runspace pool: what its next runspace Receive returns, and its pipelines."""
+
+    def __init__(self, creation_b64: str) -> None:
+        self.rpid = b"\x00" * 16
+        self.next_object_id = 1
+        for _t, rpid, _pid, _payload in PsrpAssembler().push(base64.b64decode(creation_b64 or "")):
+            self.rpid = rpid
+        self.pool_out: typing.List[bytes] = []
+        self.queue_pool(PSRP_SESSION_CAPABILITY,
+                        '<Obj RefId="0"><MS><Version N="protocolversion">2.3</Version><Version N="PSVersion">2.0</Version>'
+                        '<Version N="SerializationVersion">1.1.0.1</Version></MS></Obj>')
+        self.queue_pool(PSRP_APPLICATION_PRIVATE_DATA,
+                        '<Obj RefId="0"><MS><Obj N="ApplicationPrivateData" RefId="1"><TN RefId="0">'
+                        "<T>System.Management.Automation.PSPrimitiveDictionary</T><T>System.Collections.Hashtable</T>"
+                        "<T>System.Object</T></TN><DCT /></Obj></MS></Obj>")
+        self.queue_pool(PSRP_RUNSPACEPOOL_STATE, '<Obj RefId="0"><MS><I32 N="RunspaceState">2</I32></MS></Obj>')
+        # command id -> (assembler, pid, output fragments, done)
+        self.pipelines: typing.Dict[str, dict] = {}
+
+    def fragment(self, msg_type: int, pid: bytes, xml: str) -> bytes:
+        msg = struct.pack("<II", PSRP_TO_CLIENT, msg_type) + self.rpid + pid + b"\xef\xbb\xbf" + xml.encode("utf-8")
+        obj_id = self.next_object_id
+        self.next_object_id += 1
+        return struct.pack(">QQBI", obj_id, 0, 3, len(msg)) + msg
+
+    def queue_pool(self, msg_type: int, xml: str) -> None:
+        self.pool_out.append(self.fragment(msg_type, b"\x00" * 16, xml))
+
+    def feed(self, command_id: str, data: bytes) -> None:
+        """Fragments for a pipeline (Command arguments, then Send); runs it once CREATE_PIPELINE is whole."""
+        p = self.pipelines.setdefault(command_id, {"assembler": PsrpAssembler(), "out": [], "done": False})
+        for msg_type, _rpid, pid, payload in p["assembler"].push(data):
+            if msg_type == PSRP_CREATE_PIPELINE:
+                self.run(p, pid, payload)
+
+    def run(self, p: dict, pid: bytes, payload: bytes) -> None:
+        root = ET.fromstring(payload.decode("utf-8"))
+        ps = root.find("./MS/Obj[@N='PowerShell']/MS")
+        statements = ps.findall("./Obj[@N='ExtraCmds']/LST/Obj/MS/Obj[@N='Cmds']") if ps is not None else []
+        if not statements and ps is not None:
+            statements = ps.findall("./Obj[@N='Cmds']")
+        for cmds in statements:
+            for cmd in cmds.findall("./LST/Obj/MS"):
+                name = decode_clixml_escapes(text_of(cmd.find("./S[@N='Cmd']")) or "")
+                is_script = (text_of(cmd.find("./B[@N='IsScript']")) or "").lower() == "true"
+                args = []
+                for arg in cmd.findall("./Obj[@N='Args']/LST/Obj/MS"):
+                    n, v = arg.find("./*[@N='N']"), arg.find("./*[@N='V']")
+                    args.append((None if n is None or n.tag == "Nil" else decode_clixml_escapes(n.text or ""),
+                                 None if v is None or v.tag == "Nil" else decode_clixml_escapes(v.text or "")))
+                self.run_command(p, pid, name, is_script, args)
+        p["out"].append(self.fragment(PSRP_PIPELINE_STATE, pid,
+                                      '<Obj RefId="0"><MS><I32 N="PipelineState">4</I32></MS></Obj>'))
+        p["done"] = True
+
+    def run_command(self, p: dict, pid: bytes, name: str, is_script: bool,
+                    args: typing.List[typing.Tuple[typing.Optional[str], typing.Optional[str]]]) -> None:
+        def output(text: str) -> None:
+            p["out"].append(self.fragment(PSRP_PIPELINE_OUTPUT, pid, "<S>%s</S>" % clixml_string(text)))
+
+        def error(text: str, command: str) -> None:
+            p["out"].append(self.fragment(PSRP_ERROR_RECORD, pid, clixml_error_record(text, command)))
+
+        if is_script:
+            done = subprocess.run(["/bin/sh", "-c", name], capture_output=True, cwd="/tmp", timeout=60,
+                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+            for line in done.stdout.decode("utf-8", "replace").splitlines():
+                output(line)
+            for line in done.stderr.decode("utf-8", "replace").splitlines():
+                error(line, "Write-Error")
+        elif name.lower() == "write-output":
+            for n, v in args:
+                if v is not None and n in (None, "InputObject"):
+                    output(v)
+        elif name.lower() == "write-error":
+            for n, v in args:
+                if v is not None and n in (None, "Message"):
+                    error(v, "Write-Error")
+        else:
+            error("The term '%s' is not recognized as a name of a cmdlet, function, script file, or executable "
+                  "program." % name, name)
+
+
 class Shell:
     def __init__(self, shell_id: str, owner: str, resource_uri: str, creation_xml: typing.Optional[str]) -> None:
         self.id = shell_id
@@ -216,6 +376,12 @@ class Shell:
         self.creation_xml = creation_xml
         self.commands: typing.Dict[str, Command] = {}
         self.created = time.time()
+        self.psrp: typing.Optional[PsrpShell] = None
+        if resource_uri.startswith(PS_URI_PREFIX):
+            try:
+                self.psrp = PsrpShell(creation_xml or "")
+            except (ValueError, struct.error):
+                self.psrp = None
 
 
 class State:
@@ -512,8 +678,15 @@ class Dispatcher:
         cl = req.body.find("rsp:CommandLine", NS)
         if cl is None:
             raise Fault("w:SchemaValidationError", 2150858817, "Command without rsp:CommandLine", value="s:Sender")
+        if shell.psrp is not None:
+            cmd_id = (cl.get("CommandId") or str(uuid.uuid4())).upper()
+            args_b64 = "".join(a.text or "" for a in cl.findall("rsp:Arguments", NS))
+            shell.psrp.feed(cmd_id, base64.b64decode(args_b64))
+            log_extra["command_id"] = cmd_id
+            body = "<rsp:CommandResponse><rsp:CommandId>%s</rsp:CommandId></rsp:CommandResponse>" % cmd_id
+            return envelope(ACTION_BASE_SHELL + "CommandResponse", req.message_id, body)
         if shell.resource_uri != CMD_URI:
-            raise Fault("a:ActionNotSupported", 2150858757, "This double does not run PowerShell", value="s:Sender")
+            raise Fault("a:ActionNotSupported", 2150858757, "This double runs only cmd and PowerShell", value="s:Sender")
         command = (text_of(cl.find("rsp:Command", NS)) or "").strip()
         args = [a.text or "" for a in cl.findall("rsp:Arguments", NS)]
         line = " ".join([command] + args)
@@ -537,6 +710,8 @@ class Dispatcher:
         shell = self._get_shell(req, user)
         ds = req.body.find("rsp:Receive/rsp:DesiredStream", NS)
         cmd_id = ds.get("CommandId") if ds is not None else None
+        if shell.psrp is not None:
+            return self.receive_psrp(req, shell.psrp, cmd_id)
         cmd = shell.commands.get(cmd_id or "")
         if cmd is None:
             if shell.resource_uri != CMD_URI:
@@ -591,9 +766,35 @@ class Dispatcher:
         body = '<rsp:ReceiveResponse>%s</rsp:ReceiveResponse>' % "".join(parts)
         return envelope(ACTION_BASE_SHELL + "ReceiveResponse", req.message_id, body)
 
+    def receive_psrp(self, req: WsmanRequest, psrp: PsrpShell, cmd_id: typing.Optional[str]) -> bytes:
+        """The runspace pool's messages (no CommandId), or a pipeline's output and, once it finished, Done."""
+        if cmd_id is None:
+            taken, psrp.pool_out = psrp.pool_out, []
+            attr, done = "", False
+        else:
+            p = psrp.pipelines.get(cmd_id.upper())
+            if p is None:
+                raise Fault("w:InvalidSelectors", 2150858843, "Unknown pipeline %s" % cmd_id, value="s:Sender")
+            taken, p["out"] = p["out"], []
+            attr, done = ' CommandId="%s"' % cmd_id, p["done"]
+        if not taken and not done:
+            time.sleep(min(req.op_timeout, 1.0))
+            raise Fault("w:TimedOut", TIMED_OUT_CODE, TIMED_OUT_TEXT)
+        parts = ['<rsp:Stream Name="stdout"%s>%s</rsp:Stream>' % (attr, base64.b64encode(f).decode()) for f in taken]
+        if done:
+            parts.append('<rsp:CommandState%s State="%sCommandState/Done"/>' % (attr, ACTION_BASE_SHELL))
+            psrp.pipelines.pop(cmd_id.upper(), None)
+        body = "<rsp:ReceiveResponse>%s</rsp:ReceiveResponse>" % "".join(parts)
+        return envelope(ACTION_BASE_SHELL + "ReceiveResponse", req.message_id, body)
+
     # -- Send
     def send(self, req: WsmanRequest, user: str) -> bytes:
         shell = self._get_shell(req, user)
+        if shell.psrp is not None:
+            for st in req.body.findall("rsp:Send/rsp:Stream", NS):
+                if st.get("CommandId"):
+                    shell.psrp.feed(st.get("CommandId").upper(), base64.b64decode((st.text or "").encode()))
+            return envelope(ACTION_BASE_SHELL + "SendResponse", req.message_id, "<rsp:SendResponse/>")
         for st in req.body.findall("rsp:Send/rsp:Stream", NS):
             cmd = shell.commands.get(st.get("CommandId") or "")
             if cmd is None:

@@ -1,4 +1,5 @@
-//! Command line: `serve`, `check`, `user add|remove|list` and `run` (see [`crate::fanout`]).
+//! Command line: `serve`, `check`, `user add|remove|list`, `run` (see [`crate::fanout`]) and
+//! `audit show|list|verify`.
 //!
 //! Exit codes: 0 success, 1 failure (server error, config problems found by `check`,
 //! users-file errors), 2 usage errors and a config `serve` cannot load; `run` adds 130
@@ -14,7 +15,8 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, UsersError, UsersFile};
 
-const DEFAULT_CONFIG: &str = "config/relay.example.toml";
+/// The config file commands read when `--config` is not given.
+pub(crate) const DEFAULT_CONFIG: &str = "config/relay.example.toml";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +27,16 @@ const DEFAULT_CONFIG: &str = "config/relay.example.toml";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text for people, or as JSON objects (with the session and request
+    /// spans' fields) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,6 +52,11 @@ enum Command {
     },
     /// Run one command on many targets through the relay (or --direct), throttled, retried, reported.
     Run(crate::fanout::RunArgs),
+    /// Read session transcripts and check the audit log's hash chain.
+    Audit {
+        #[command(subcommand)]
+        action: crate::audit::tools::AuditCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -95,7 +112,7 @@ pub fn run() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(c) => serve(&c.config),
+        Command::Serve(c) => serve(&c.config, cli.log_format),
         Command::Check(c) => check(&c.config),
         Command::Run(args) => crate::fanout::run(args),
         Command::User { action } => match user(action) {
@@ -105,20 +122,26 @@ pub fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Audit { action } => crate::audit::tools::run(action),
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
     let filter = EnvFilter::new(quiet_security_packages(&directives));
-    // try_init: a second subscriber (e.g. in tests) is not worth a panic.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    // try_init: a second subscriber (e.g. in tests) is not worth a panic.
+    let _ = match format {
         // Colour codes only on a terminal: logs in files stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // One object per line; the session's and the request's span fields in `spans`.
+        LogFormat::Json => builder.json().with_current_span(false).with_span_list(true).try_init(),
+    };
 }
 
 /// sspi logs every sealed message's plaintext (users' commands and output)
@@ -131,8 +154,8 @@ fn quiet_security_packages(directives: &str) -> String {
     }
 }
 
-fn serve(path: &Path) -> ExitCode {
-    init_tracing();
+fn serve(path: &Path, log_format: LogFormat) -> ExitCode {
+    init_tracing(log_format);
     crate::hardening::harden_process().log();
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -303,6 +326,19 @@ mod tests {
         let cli = Cli::try_parse_from(["winrm-relay", "serve"]).unwrap();
         let Command::Serve(c) = cli.command else { panic!() };
         assert_eq!(c.config, Path::new(DEFAULT_CONFIG));
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let cli = Cli::try_parse_from(["winrm-relay", "serve", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["winrm-relay", "serve", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn audit_commands_parse() {
+        let cli = Cli::try_parse_from(["winrm-relay", "audit", "verify", "a.1", "a", "--key", "k"]).unwrap();
+        assert!(matches!(cli.command, Command::Audit { .. }));
+        assert!(Cli::try_parse_from(["winrm-relay", "audit", "verify"]).is_err());
+        assert!(Cli::try_parse_from(["winrm-relay", "audit", "show", "abc", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["winrm-relay", "audit", "list", "--since", "1h", "--user", "LAB\\a*"]).is_ok());
     }
 
     #[test]

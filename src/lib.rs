@@ -19,7 +19,9 @@
 //! - [`policy`]: allow rules, user x target (names, addresses) x shell -> decision with a
 //!   reason.
 //! - [`vault`]: delegated credentials, zeroized on drop, never printed.
-//! - [`audit`]: audit event type and the JSON-lines sink.
+//! - [`audit`]: audit event type, the hash-chained JSON-lines sink and its verifier,
+//!   session transcripts, the syslog export, and the `audit` subcommands.
+//! - [`metrics`]: the Prometheus metrics (no user names or secrets in labels).
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, per-connection session state, the relay pipeline.
 //! - [`target`]: address lookup and authenticated, kept-alive connections to target hosts.
@@ -33,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod fanout;
 pub mod hardening;
+pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod resolve;

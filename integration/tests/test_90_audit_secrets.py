@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 import uuid
+
+import harness
 
 from helpers import ALICE, USERS, audit_events, relay_log_excerpt, relay_protocol, run, user_is, wait_for
 
@@ -58,11 +61,20 @@ def test_audit_trail(relay):
         if e["event"] == "request":
             assert isinstance(e.get("status"), int) and isinstance(e.get("duration_ms"), (int, float)), e
             assert isinstance(e.get("bytes_in"), int) and isinstance(e.get("bytes_out"), int), e
+    # Every line is on the chain, and the whole suite's log (restarts and reloads included) verifies, with
+    # every transcript it bound.
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    verified = subprocess.run([relay.relay_bin, "audit", "verify", relay.audit_file, "--transcripts",
+                               os.path.join(relay.workdir, "transcripts")], capture_output=True, timeout=60,
+                              env=harness.scrubbed_env())
+    assert verified.returncode == 0, verified.stderr.decode()
+    assert end[-1].get("transcript") and end[-1].get("transcript_sha256"), end[-1]
 
 
 def test_no_secrets_in_relay_files(relay):
-    """No password (UTF-8 or UTF-16LE; raw, hex or base64) in any file under the work dir, except the doubles'
-    own NTLM user file; no NT hash outside the relay's users file."""
+    """No password (UTF-8 or UTF-16LE; raw, hex or base64) in any file under the work dir (audit logs, session
+    transcripts, relay logs, saved /metrics), except the doubles' own NTLM user file; no NT hash outside the
+    relay's users file."""
     # Make sure the relay has flushed what it writes.
     p = relay_protocol("web01")
     run(p, "echo", ["flush"])
@@ -94,4 +106,7 @@ def test_no_secrets_in_relay_files(relay):
                 if (n.lower() in low) if ci else (n in data):
                     hits.append((f, desc))
     assert "audit.jsonl" in checked and "relay.log" in checked and "users" in checked, checked
+    transcripts = [f for f in checked if f.endswith(".jsonl") and "Z-" in f]
+    assert len(transcripts) >= 5, "session transcripts were not checked: %s" % checked
+    assert "metrics.txt" in checked, checked
     assert not hits, "secrets found: %s" % hits

@@ -1,14 +1,22 @@
-//! Audit events and the JSON-lines sink.
+//! Audit events, the chained JSON-lines sink, session transcripts and the live export.
 //!
 //! Each event is one JSON object on its own line, starting with `time` (UTC with
-//! milliseconds, `2024-01-02T03:04:05.678Z`); fields that are `None` are left out. Every
-//! event is written with a single `write` on an append-mode file, so lines from
-//! concurrent sessions never interleave and a crash loses at most the event being written.
+//! milliseconds, `2024-01-02T03:04:05.678Z`) and `seq`; fields that are `None` are left out;
+//! `prev` and `hash` close it (see [`chain`]). Every event is written with a single `write`
+//! on an append-mode file, so lines from concurrent sessions never interleave and a crash
+//! loses at most the event being written. The chain goes on across restarts (the last
+//! line is read back at open) and rotated files (a reopen keeps it; `<path>.head` keeps it
+//! for a restart that finds the log moved away).
 //!
 //! A failed write (disk full, I/O error) makes the sink *failing*: logged once, and with
 //! `[audit] on_failure = "refuse"` the server refuses requests while it lasts
 //! ([`AuditSink::refuses_requests`]). The first write that succeeds again records the
 //! gap as an `audit_resumed` event, so lost events are never silently missing.
+
+pub mod chain;
+pub mod syslog;
+pub mod tools;
+pub mod transcript;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,15 +24,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use crate::config::{AuditConfig, AuditOnFailure};
+use chain::{Head, Mac};
 
 const TIME_FORMAT: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+/// A shorter key would be guessable; `openssl rand -hex 32` makes a good one.
+const MIN_KEY_LEN: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,6 +52,21 @@ pub enum AuditKind {
     /// Written first once the log is writable again after failed writes; `reason` says
     /// how many events are missing and since when.
     AuditResumed,
+}
+
+impl AuditKind {
+    /// The name written in `event`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditKind::SessionStart => "session_start",
+            AuditKind::AuthFailed => "auth_failed",
+            AuditKind::Request => "request",
+            AuditKind::Denied => "denied",
+            AuditKind::SessionEnd => "session_end",
+            AuditKind::Cleanup => "cleanup",
+            AuditKind::AuditResumed => "audit_resumed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -76,19 +104,22 @@ pub struct AuditEvent {
     /// to skip the check, so never `false` today).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_verified: Option<bool>,
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    time: &'a str,
-    #[serde(flatten)]
-    event: &'a AuditEvent,
+    /// `session_end`: the session's transcript file (in `[audit] transcripts`) and the
+    /// SHA-256 of its contents, which binds the transcript into the chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript_sha256: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("{}: cannot open audit log: {source}", path.display())]
     Open { path: PathBuf, source: std::io::Error },
+    #[error("{}: audit key file: {message}", path.display())]
+    Key { path: PathBuf, message: String },
+    #[error("{}: cannot create the transcript directory: {source}", path.display())]
+    Transcripts { path: PathBuf, source: std::io::Error },
 }
 
 /// An event that did not reach the audit log; the sink is failing until a write succeeds.
@@ -130,17 +161,36 @@ struct Failure {
 struct State {
     out: Output,
     failure: Option<Failure>,
+    /// The last line written: the next one chains to it.
+    head: Head,
+    /// `<path>.head`, rewritten after every line; `None` in memory or when it cannot be
+    /// opened (logged).
+    head_file: Option<File>,
+    /// Set when `<path>.head` could not be written, so that it is logged once.
+    head_file_failed: bool,
 }
 
-#[derive(Debug)]
 pub struct AuditSink {
     label: String,
     /// The configured path, reopened by [`AuditSink::reopen`]; `None` in memory.
     path: Option<PathBuf>,
     on_failure: AuditOnFailure,
+    mac: Mac,
     state: Mutex<State>,
     /// Mirrors `state.failure.is_some()` so the per-request check takes no lock while healthy.
     failing: AtomicBool,
+    /// Every line written also goes there (syslog), without waiting.
+    export: Option<syslog::Exporter>,
+    write_failures: Counter,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink")
+            .field("label", &self.label)
+            .field("keyed", &matches!(self.mac, Mac::Keyed(_)))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Read side of [`AuditSink::in_memory`].
@@ -184,27 +234,96 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
     Ok(file)
 }
 
+/// `<path>.head`, opened for rewriting in place (mode 0600); `None` (logged) when it
+/// cannot be: the chain then goes on from the log's last line only.
+fn open_head_file(path: &Path) -> Option<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(file) => Some(file),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot open the audit chain's head file");
+            None
+        }
+    }
+}
+
+/// The HMAC key: the file's bytes without trailing whitespace, refused when others may
+/// read it (whoever has the key can rewrite the log undetected) or when it is short.
+pub fn read_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuditError> {
+    let error = |message: String| AuditError::Key {
+        path: path.to_path_buf(),
+        message,
+    };
+    let data = Zeroizing::new(std::fs::read(path).map_err(|e| error(format!("cannot read: {e}")))?);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| error(format!("cannot read: {e}")))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(error(format!(
+                "mode {:04o} lets group or others read it: chmod 600",
+                mode & 0o7777
+            )));
+        }
+    }
+    let key = Zeroizing::new(data.trim_ascii_end().to_vec());
+    if key.len() < MIN_KEY_LEN {
+        return Err(error(format!(
+            "shorter than {MIN_KEY_LEN} bytes: make one with `openssl rand -hex 32`"
+        )));
+    }
+    Ok(key)
+}
+
 fn now() -> String {
     let now = OffsetDateTime::now_utc();
     now.format(TIME_FORMAT).unwrap_or_else(|_| now.to_string())
 }
 
-fn line_of(time: &str, event: &AuditEvent) -> serde_json::Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(&Line { time, event })?;
-    line.push(b'\n');
-    Ok(line)
-}
-
 impl AuditSink {
-    /// Opens (creating with mode 0600) the configured path for appending.
+    /// Opens (creating with mode 0600) the configured path for appending; the chain goes
+    /// on from the file's last line, else from `<path>.head`, else it starts.
     pub fn open(config: &AuditConfig) -> Result<AuditSink, AuditError> {
-        let file = open_append(&config.path)?;
-        Ok(AuditSink::with_output(
+        let mac = match &config.hmac_key_file {
+            Some(path) => Mac::keyed(&read_key(path)?),
+            None => Mac::Sha256,
+        };
+        let open_error = |source| AuditError::Open {
+            path: config.path.clone(),
+            source,
+        };
+        let (last, torn) = chain::last_head(&config.path).map_err(open_error)?;
+        let head_path = chain::head_path(&config.path);
+        let head = last
+            .or_else(|| chain::read_head_record(&head_path))
+            .unwrap_or_else(Head::genesis);
+        let mut file = open_append(&config.path)?;
+        if torn {
+            // A write cut short (a crash, a full disk) stays a line of its own, which
+            // verification reports, instead of spoiling the next one.
+            file.write_all(b"\n").map_err(open_error)?;
+            tracing::warn!(audit_log = %config.path.display(), "the audit log ends with an incomplete line");
+        }
+        let mut sink = AuditSink::with_output(
             config.path.display().to_string(),
             Some(config.path.clone()),
             config.on_failure,
             Output::File(file),
-        ))
+            mac,
+        );
+        let state = sink.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        state.head = head;
+        // Only beside a regular file: a device (a test's /dev/full) has no directory of its own.
+        if std::fs::metadata(&config.path).is_ok_and(|m| m.is_file()) {
+            state.head_file = open_head_file(&head_path);
+        }
+        Ok(sink)
     }
 
     /// A sink that keeps lines in memory, for tests.
@@ -215,17 +334,56 @@ impl AuditSink {
             None,
             AuditOnFailure::Refuse,
             Output::Memory(buf.clone()),
+            Mac::Sha256,
         );
         (sink, AuditCapture(buf))
     }
 
-    fn with_output(label: String, path: Option<PathBuf>, on_failure: AuditOnFailure, out: Output) -> AuditSink {
+    fn with_output(
+        label: String,
+        path: Option<PathBuf>,
+        on_failure: AuditOnFailure,
+        out: Output,
+        mac: Mac,
+    ) -> AuditSink {
         AuditSink {
             label,
             path,
             on_failure,
-            state: Mutex::new(State { out, failure: None }),
+            mac,
+            state: Mutex::new(State {
+                out,
+                failure: None,
+                head: Head::genesis(),
+                head_file: None,
+                head_file_failed: false,
+            }),
             failing: AtomicBool::new(false),
+            export: None,
+            write_failures: Counter::default(),
+        }
+    }
+
+    /// Every line written from now on also goes to `exporter`.
+    pub fn exporting_to(mut self, exporter: syslog::Exporter) -> AuditSink {
+        self.export = Some(exporter);
+        self
+    }
+
+    /// Events that could not be written, for the metrics.
+    pub fn write_failures(&self) -> Counter {
+        self.write_failures.clone()
+    }
+
+    /// The live export, if any, for the metrics.
+    pub fn exporter(&self) -> Option<&syslog::Exporter> {
+        self.export.as_ref()
+    }
+
+    /// At shutdown: lets the live export send what is queued, at most `deadline`.
+    pub async fn flush_export(&self, deadline: std::time::Duration) {
+        if let Some(export) = &self.export {
+            export.flush(deadline).await;
         }
     }
 
@@ -243,8 +401,8 @@ impl AuditSink {
     /// Appends one event as a JSON line, or says it could not. For events that must be
     /// written before the relay acts, e.g. a request before it is forwarded.
     pub fn try_emit(&self, event: &AuditEvent) -> Result<(), AuditWriteError> {
-        let line = match line_of(&now(), event) {
-            Ok(line) => line,
+        let body = match serde_json::to_vec(event) {
+            Ok(body) => body,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize audit event");
                 return Err(self.write_error(std::io::Error::other(e)));
@@ -254,8 +412,34 @@ impl AuditSink {
         // A gap in the trail is recorded before the events that follow it.
         let written = self
             .write_resumed(&mut state)
-            .and_then(|()| state.out.write_line(&line));
+            .and_then(|()| self.write_chained(&mut state, event.event, &body));
         written.map_err(|e| self.fail(&mut state, e))
+    }
+
+    /// Seals `body` onto the chain and writes it; the chain moves on only once it is written.
+    fn write_chained(&self, state: &mut State, kind: AuditKind, body: &[u8]) -> std::io::Result<()> {
+        let time = now();
+        let (line, head) = chain::seal(&state.head, &self.mac, &time, body);
+        state.out.write_line(&line)?;
+        state.head = head;
+        if let Some(file) = &state.head_file {
+            #[cfg(unix)]
+            let written = std::os::unix::fs::FileExt::write_all_at(file, &chain::head_record(&state.head), 0);
+            #[cfg(not(unix))]
+            let written: std::io::Result<()> = Ok(());
+            match written {
+                Ok(()) => state.head_file_failed = false,
+                Err(error) if !state.head_file_failed => {
+                    state.head_file_failed = true;
+                    tracing::warn!(%error, "cannot update the audit chain's head file");
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(export) = &self.export {
+            export.send(kind, &time, line.strip_suffix(b"\n").unwrap_or(&line));
+        }
+        Ok(())
     }
 
     /// Whether the last write failed (and no write succeeded since).
@@ -277,12 +461,21 @@ impl AuditSink {
     }
 
     /// Reopens the configured path (after logrotate moved the file), creating it with
-    /// mode 0600. If that fails the previous file stays in use. Logs the outcome either way.
+    /// mode 0600; the chain goes on in the new file. If that fails the previous file
+    /// stays in use. Logs the outcome either way.
     pub fn reopen(&self) -> Result<(), AuditError> {
         let Some(path) = &self.path else { return Ok(()) };
         match open_append(path) {
             Ok(file) => {
-                self.lock().out = Output::File(file);
+                let head_file = file
+                    .metadata()
+                    .is_ok_and(|m| m.is_file())
+                    .then(|| open_head_file(&chain::head_path(path)))
+                    .flatten();
+                let mut state = self.lock();
+                state.out = Output::File(file);
+                state.head_file = head_file;
+                drop(state);
                 tracing::info!(audit_log = %self.label, "audit log reopened");
                 Ok(())
             }
@@ -306,7 +499,8 @@ impl AuditSink {
             )),
             ..AuditEvent::default()
         };
-        state.out.write_line(&line_of(&now(), &event)?)?;
+        let body = serde_json::to_vec(&event)?;
+        self.write_chained(state, AuditKind::AuditResumed, &body)?;
         state.failure = None;
         self.failing.store(false, Ordering::Release);
         tracing::warn!(audit_log = %self.label, lost, "audit log is writable again");
@@ -315,6 +509,7 @@ impl AuditSink {
 
     /// Records a failed write; logs only when the log starts failing, not per event.
     fn fail(&self, state: &mut State, error: std::io::Error) -> AuditWriteError {
+        self.write_failures.inc();
         match &mut state.failure {
             Some(failure) => failure.lost += 1,
             None => {
@@ -365,7 +560,10 @@ mod tests {
         let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         let mut sorted = keys.clone();
         sorted.sort();
-        assert_eq!(sorted, ["event", "exit_code", "session", "time", "user"]);
+        assert_eq!(
+            sorted,
+            ["event", "exit_code", "hash", "prev", "seq", "session", "time", "user"]
+        );
         assert_eq!(obj["event"], "session_start");
         assert_eq!(obj["user"], "LAB\\alice");
         let time = obj["time"].as_str().unwrap();
@@ -416,6 +614,10 @@ mod tests {
         AuditConfig {
             path: path.to_path_buf(),
             on_failure,
+            hmac_key_file: None,
+            transcripts: None,
+            transcript_max_bytes: crate::config::DEFAULT_TRANSCRIPT_MAX_BYTES,
+            syslog: None,
         }
     }
 
@@ -602,5 +804,102 @@ mod tests {
         let e = AuditSink::open(&config(&dir.join("missing/dir/audit.jsonl"), AuditOnFailure::Refuse)).unwrap_err();
         assert!(e.to_string().contains("cannot open audit log"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_chain_goes_on_across_restarts_rotation_and_a_log_moved_away() {
+        let dir = crate::config::test_dir("audit-chain");
+        let path = dir.join("audit.jsonl");
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
+        sink.emit(&event("one"));
+        drop(sink);
+        // A restart reads the last line back.
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
+        sink.emit(&event("two"));
+        // logrotate moves the file, SIGHUP reopens: the new file's first line names the old last hash.
+        let rotated = dir.join("audit.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        sink.reopen().unwrap();
+        sink.emit(&event("three"));
+        drop(sink);
+        // Moved away while the relay was down: the head file carries the chain on.
+        let older = dir.join("audit.jsonl.0");
+        std::fs::rename(&path, &older).unwrap();
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
+        sink.emit(&event("four"));
+        let seqs: Vec<u64> = [&rotated, &older, &path]
+            .iter()
+            .flat_map(|p| lines(p))
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let verified = chain::verify(&[rotated, older, path], None, None).unwrap();
+        assert_eq!(verified.lines, 4);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_torn_last_line_stays_on_its_own_and_the_chain_goes_on() {
+        let dir = crate::config::test_dir("audit-torn");
+        let path = dir.join("audit.jsonl");
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
+        sink.emit(&event("one"));
+        drop(sink);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"time\":\"2024")
+            .unwrap();
+        let sink = AuditSink::open(&config(&path, AuditOnFailure::Refuse)).unwrap();
+        sink.emit(&event("two"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!((last["seq"].as_u64(), last["session"].as_str()), (Some(2), Some("two")));
+        let finding = chain::verify(&[path], None, None).unwrap_err();
+        assert_eq!(finding.line, 2, "{finding}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keyed_sinks_write_hmac_lines_and_refuse_weak_key_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::config::test_dir("audit-key");
+        let key = dir.join("audit.key");
+        std::fs::write(&key, "00112233445566778899aabbccddeeff\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.join("audit.jsonl");
+        let mut keyed = config(&path, AuditOnFailure::Refuse);
+        keyed.hmac_key_file = Some(key.clone());
+        let e = AuditSink::open(&keyed).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let sink = AuditSink::open(&keyed).unwrap();
+        sink.emit(&event("one"));
+        let line = &lines(&path)[0];
+        assert!(line["hash"].as_str().unwrap().starts_with("hmac-sha256:"), "{line}");
+        assert!(!format!("{sink:?}").contains("0011"), "the key must not be printed");
+        let bytes = read_key(&key).unwrap();
+        assert!(chain::verify(std::slice::from_ref(&path), Some(&bytes), None).is_ok());
+        std::fs::write(&key, "short").unwrap();
+        assert!(AuditSink::open(&keyed)
+            .unwrap_err()
+            .to_string()
+            .contains("shorter than 16"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn failed_writes_are_counted_and_do_not_advance_the_chain() {
+        let (sink, capture) = AuditSink::in_memory();
+        sink.emit(&event("one"));
+        let full = AuditSink::open(&config(Path::new("/dev/full"), AuditOnFailure::Continue)).unwrap();
+        full.emit(&event("lost"));
+        full.emit(&event("lost"));
+        assert_eq!(full.write_failures().get(), 2);
+        assert_eq!(full.lock().head, Head::genesis());
+        assert_eq!(capture.lines().len(), 1);
     }
 }

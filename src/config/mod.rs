@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::audit::syslog::SyslogTarget;
 use crate::policy::Policy;
 use crate::resolve::{self, ResolveError, ResolvedTarget, TargetConfig, TargetDefaults};
 use raw::Locator;
@@ -38,6 +39,8 @@ pub const DEFAULT_TARGET_PORT: u16 = 5985;
 /// Default WinRM HTTPS port for `https://` targets without an explicit one
 /// (`[defaults] https_port`).
 pub const DEFAULT_TARGET_HTTPS_PORT: u16 = 5986;
+/// Default `[audit] transcript_max_bytes`: 10 MiB of output per session.
+pub const DEFAULT_TRANSCRIPT_MAX_BYTES: u64 = 10 * 1024 * 1024;
 /// Default shells of an `[[allow]]` rule without `shells`.
 pub const DEFAULT_SHELLS: [&str; 2] = ["cmd", "powershell"];
 
@@ -51,6 +54,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub defaults: TargetDefaults,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
     /// `[[target]]` entries, in file order.
     pub targets: Vec<TargetConfig>,
     /// The `[[allow]]` rules, compiled, in file order (the index is the rule number in
@@ -102,6 +106,20 @@ pub struct AuthConfig {
 pub struct AuditConfig {
     pub path: PathBuf,
     pub on_failure: AuditOnFailure,
+    /// Lines are sealed with HMAC-SHA-256 under this file's key instead of plain SHA-256.
+    pub hmac_key_file: Option<PathBuf>,
+    /// One transcript file per session in this directory.
+    pub transcripts: Option<PathBuf>,
+    /// Output recorded per session transcript; past it, commands only.
+    pub transcript_max_bytes: u64,
+    /// Every audit line also goes there as an RFC 5424 message.
+    pub syslog: Option<SyslogTarget>,
+}
+
+/// `[metrics]`: where Prometheus metrics and the health checks are served.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 /// What the relay does while the audit log cannot be written (`[audit] on_failure`).

@@ -34,6 +34,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub target: Vec<RawTarget>,
     #[serde(default)]
     pub allow: Vec<RawAllow>,
@@ -67,6 +69,15 @@ pub(super) struct RawAuth {
 pub(super) struct RawAudit {
     pub path: V,
     pub on_failure: V,
+    pub hmac_key_file: V,
+    pub transcripts: V,
+    pub transcript_max_bytes: V,
+    pub syslog: V,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawMetrics {
+    pub listen: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -135,13 +146,15 @@ struct KeyInventory {
     #[serde(default)]
     limits: Keys,
     #[serde(default)]
+    metrics: Keys,
+    #[serde(default)]
     target: Vec<Keys>,
     #[serde(default)]
     allow: Vec<Keys>,
 }
 
 const TOP: &[&str] = &[
-    "listen", "auth", "audit", "session", "defaults", "limits", "target", "allow",
+    "listen", "auth", "audit", "session", "defaults", "limits", "metrics", "target", "allow",
 ];
 const LISTEN: &[&str] = &[
     "http",
@@ -163,7 +176,15 @@ const AUTH: &[&str] = &[
     "lockout_window_secs",
     "lockout_duration_secs",
 ];
-const AUDIT: &[&str] = &["path", "on_failure"];
+const AUDIT: &[&str] = &[
+    "path",
+    "on_failure",
+    "hmac_key_file",
+    "transcripts",
+    "transcript_max_bytes",
+    "syslog",
+];
+const METRICS: &[&str] = &["listen"];
 const SESSION: &[&str] = &["idle_timeout_secs", "max_lifetime_secs", "shutdown_timeout_secs"];
 const LIMITS: &[&str] = &[
     "max_sessions",
@@ -224,6 +245,7 @@ pub(super) fn unknown_keys(loc: &Locator<'_>, src: &str) -> Vec<ConfigError> {
     check(&inv.session, "session", SESSION);
     check(&inv.defaults, "defaults", DEFAULTS);
     check(&inv.limits, "limits", LIMITS);
+    check(&inv.metrics, "metrics", METRICS);
     for (i, t) in inv.target.iter().enumerate() {
         check(t, &format!("target[{i}]"), TARGET);
     }

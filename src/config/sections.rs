@@ -7,13 +7,16 @@ use std::time::Duration;
 use super::raw;
 use super::validate::{Listeners, Validator};
 use super::{
-    AuditConfig, AuditOnFailure, AuthConfig, Config, LimitsConfig, ListenConfig, SessionConfig,
-    DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS,
+    AuditConfig, AuditOnFailure, AuthConfig, Config, LimitsConfig, ListenConfig, MetricsConfig, SessionConfig,
+    SyslogTarget, DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS, DEFAULT_TRANSCRIPT_MAX_BYTES,
 };
 use crate::policy::{self, Policy};
 
 const MIN_ENVELOPE_SIZE: i64 = 8 * 1024;
 const MAX_ENVELOPE_SIZE: i64 = 100 * 1024 * 1024;
+/// A transcript holds at least a few commands' output, at most 1 GiB per session.
+const MIN_TRANSCRIPT_BYTES: i64 = 4096;
+const MAX_TRANSCRIPT_BYTES: i64 = 1024 * 1024 * 1024;
 
 impl Validator<'_> {
     pub fn config(&mut self, path: &Path, raw: raw::RawConfig) -> Option<Config> {
@@ -23,6 +26,7 @@ impl Validator<'_> {
         let audit = self.audit(raw.audit);
         let session = self.session(raw.session);
         let limits = self.limits(raw.limits);
+        let metrics = self.metrics(raw.metrics, &mut listeners);
         let (defaults, defaults_ca) = self.defaults(raw.defaults)?;
         let targets = self.targets(raw.target, &defaults, defaults_ca.as_ref(), &mut listeners);
         if listeners.declared == 0 {
@@ -49,6 +53,7 @@ impl Validator<'_> {
             session,
             defaults,
             limits,
+            metrics,
             targets,
             policy: Policy::new(rules),
         })
@@ -157,10 +162,43 @@ impl Validator<'_> {
         let at = self.table_at(raw.is_some(), "audit");
         let raw_audit = raw.unwrap_or_default();
         let audit_path = self.required(raw_audit.path, "audit.path", at);
+        let hmac_key_file = self
+            .string(raw_audit.hmac_key_file, "audit.hmac_key_file")
+            .map(|p| self.path(Some(p), "audit.hmac_key_file"));
+        let transcripts = self
+            .string(raw_audit.transcripts, "audit.transcripts")
+            .map(|p| self.path(Some(p), "audit.transcripts"));
+        let transcript_max_bytes = self
+            .int(
+                raw_audit.transcript_max_bytes,
+                "audit.transcript_max_bytes",
+                MIN_TRANSCRIPT_BYTES..=MAX_TRANSCRIPT_BYTES,
+                DEFAULT_TRANSCRIPT_MAX_BYTES as i64,
+            )
+            .unsigned_abs();
+        let syslog = self.string(raw_audit.syslog, "audit.syslog").and_then(|v| {
+            SyslogTarget::parse(v.get_ref())
+                .map_err(|message| self.error(v.span(), "audit.syslog", message))
+                .ok()
+        });
         AuditConfig {
             path: self.path(audit_path, "audit.path"),
             on_failure: self.audit_on_failure(raw_audit.on_failure),
+            hmac_key_file,
+            transcripts,
+            transcript_max_bytes,
+            syslog,
         }
+    }
+
+    fn metrics(&mut self, raw: raw::RawMetrics, listeners: &mut Listeners) -> MetricsConfig {
+        let listen = self.string(raw.listen, "metrics.listen").and_then(|a| {
+            let addr = self.socket_addr(&a, "metrics.listen")?;
+            self.check_listener_clash(&listeners.bound, addr, a.span(), "metrics.listen");
+            listeners.bound.push((addr, "metrics.listen".into()));
+            Some(addr)
+        });
+        MetricsConfig { listen }
     }
 
     fn session(&mut self, raw: raw::RawSession) -> SessionConfig {

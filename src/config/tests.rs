@@ -92,6 +92,43 @@ fn audit_on_failure_defaults_to_refuse() {
 }
 
 #[test]
+fn audit_integrity_transcript_and_export_keys_parse_and_default() {
+    let c = parse("").unwrap();
+    assert_eq!(
+        (&c.audit.hmac_key_file, &c.audit.transcripts, &c.audit.syslog),
+        (&None, &None, &None)
+    );
+    assert_eq!(c.audit.transcript_max_bytes, DEFAULT_TRANSCRIPT_MAX_BYTES);
+    assert_eq!(c.metrics.listen, None);
+    let c = parse(
+        "hmac_key_file = \"audit.key\"\ntranscripts = \"transcripts\"\ntranscript_max_bytes = 65536\n\
+         syslog = \"tcp://127.0.0.1:6514\"\n[metrics]\nlisten = \"127.0.0.1:9985\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.audit.hmac_key_file.as_deref(), Some(Path::new("audit.key")));
+    assert_eq!(c.audit.transcripts.as_deref(), Some(Path::new("transcripts")));
+    assert_eq!(c.audit.transcript_max_bytes, 65536);
+    assert_eq!(c.audit.syslog, Some(SyslogTarget::Tcp("127.0.0.1:6514".into())));
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9985".parse().unwrap()));
+    assert_eq!(
+        errors("transcript_max_bytes = 10\nsyslog = \"http://x:1\"\ntranscripts = \"\"\n[metrics]\nlisten = \"127.0.0.1:5985\"\n"),
+        [
+            "relay.toml:12: audit.transcript_max_bytes: 10 is out of range 4096..=1073741824",
+            "relay.toml:13: audit.syslog: \"http://x:1\": expected udp://host:port, tcp://host:port or unix:///path",
+            "relay.toml:14: audit.transcripts: must not be empty",
+            "relay.toml:16: metrics.listen: listen address 127.0.0.1:5985 clashes with listen.http (127.0.0.1:5985)",
+        ]
+    );
+    assert_eq!(
+        errors("[metrics]\nlisten = \"nowhere\"\nport = 1\n"),
+        [
+            "relay.toml:13: metrics.listen: invalid socket address \"nowhere\" (expected ip:port)",
+            "relay.toml:14: metrics.port: unknown key (expected one of: listen)",
+        ]
+    );
+}
+
+#[test]
 fn hardening_keys_parse_and_default() {
     let c = parse("").unwrap();
     assert!(c.listen.allow_sources.is_empty());
@@ -282,7 +319,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
     assert_eq!(
         errs,
         [
-            "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure)",
+            "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure, hmac_key_file, transcripts, transcript_max_bytes, syslog)",
             "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
             "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
             "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, ca_file, tls_fingerprint, tls_verify, connect_timeout_secs, timeout_secs)",
@@ -292,7 +329,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
     let e = Config::parse(Path::new("r.toml"), &top).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, target, allow)"
+        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, metrics, target, allow)"
     );
 }
 
@@ -943,4 +980,8 @@ fn commented_transport_examples_are_valid() {
         c.targets[2].tls.as_ref().map(TargetTls::trust),
         Some(TlsTrust::Pinned(_))
     ));
+    assert_eq!(c.audit.transcripts.as_deref(), Some(Path::new("transcripts")));
+    assert_eq!(c.audit.hmac_key_file.as_deref(), Some(Path::new("audit.key")));
+    assert_eq!(c.audit.syslog, Some(SyslogTarget::Udp("127.0.0.1:514".into())));
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9985".parse().unwrap()));
 }

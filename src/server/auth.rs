@@ -177,6 +177,7 @@ async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), HttpRe
     }
     session.end(shared, "re-authentication on the same connection").await;
     if let Err(refusal) = session.restart_logon(shared) {
+        shared.metrics.quota_hit(refusal.limit());
         let mut event = session.event(AuditKind::Denied);
         event.reason = Some(refusal.to_string());
         shared.audit.emit(&event);
@@ -193,6 +194,7 @@ async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), HttpRe
 fn failure_reason(shared: &Shared, session: &Session, user: Option<&str>, mut reason: String, now: Instant) -> String {
     let locks = user.is_some_and(|user| shared.lockout.record_failure(session.source.ip(), Some(user), now));
     if locks {
+        shared.metrics.lockout();
         reason.push_str("; logons from this source for this user are now locked out");
     }
     tracing::info!(user, %reason, "authentication failed");
@@ -200,6 +202,7 @@ fn failure_reason(shared: &Shared, session: &Session, user: Option<&str>, mut re
 }
 
 fn audit_failed(session: &Session, shared: &Shared, user: Option<String>, reason: &str) {
+    shared.metrics.logon(false);
     let mut event = session.event(AuditKind::AuthFailed);
     event.user = user;
     event.status = Some(401);

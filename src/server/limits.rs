@@ -102,6 +102,16 @@ pub(crate) enum PendingRefusal {
     Total,
 }
 
+impl PendingRefusal {
+    /// The limit hit, as the config names it.
+    pub fn limit(&self) -> &'static str {
+        match self {
+            PendingRefusal::Source(_) => "max_unauthenticated_per_source",
+            PendingRefusal::Total => "max_sessions",
+        }
+    }
+}
+
 /// One connection's place among those waiting to authenticate; released on drop.
 pub(crate) struct Pending {
     owner: Arc<Unauthenticated>,
@@ -162,6 +172,18 @@ pub(crate) enum QuotaError {
     Shells { user: String, limit: usize },
     #[error("{user} already has {limit} requests in flight (limits.max_operations_per_user)")]
     Operations { user: String, limit: usize },
+}
+
+impl QuotaError {
+    /// The limit hit, as the config names it.
+    pub fn limit(&self) -> &'static str {
+        match self {
+            QuotaError::Sessions(_) => "max_sessions",
+            QuotaError::UserSessions { .. } => "max_sessions_per_user",
+            QuotaError::Shells { .. } => "max_shells_per_user",
+            QuotaError::Operations { .. } => "max_operations_per_user",
+        }
+    }
 }
 
 #[derive(Default)]

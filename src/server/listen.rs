@@ -43,6 +43,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, kind: ListenerKind, share
         let pending = match shared.unauthenticated.acquire(unmapped(peer.ip())) {
             Ok(pending) => pending,
             Err(refusal) => {
+                shared.metrics.quota_hit(refusal.limit());
                 refuse(&shared, stream, peer, &refusal.to_string());
                 continue;
             }

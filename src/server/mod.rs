@@ -9,6 +9,7 @@
 //! - `pipeline`: an authenticated request, unseal to audit, in one place.
 //! - `reply`: every response the relay itself builds.
 //! - `limits`: lockout, pending connections, quotas.
+//! - `health`: `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
 //!
 //! Each accepted TCP connection gets one session: its CredSSP acceptor, its
 //! delegated credentials (in the vault) and its authenticated target
@@ -17,6 +18,7 @@
 
 mod auth;
 mod conn;
+mod health;
 mod limits;
 mod listen;
 mod pipeline;
@@ -26,15 +28,17 @@ mod session;
 mod shells;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{AuditError, AuditSink};
+use crate::audit::{syslog, transcript, AuditError, AuditSink};
 use crate::certs::{self, CertError};
 use crate::config::{Config, UsersError, UsersFile};
+use crate::metrics::Metrics;
 use crate::proto::credssp::{AcceptorConfig, UserHash};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,9 @@ pub enum ServerError {
     NoListener,
 }
 
+/// At shutdown, how long queued syslog messages may take to leave.
+const SYSLOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything the connections share.
 pub(crate) struct Shared {
     /// The config file (targets, rules and the rest), replaced as a whole on
@@ -63,6 +70,11 @@ pub(crate) struct Shared {
     /// already running keep the one they started with.
     credssp: RwLock<Arc<AcceptorConfig>>,
     pub audit: AuditSink,
+    /// Session transcripts, as configured at start (like the audit path, not reloaded).
+    pub transcripts: Option<transcript::Settings>,
+    pub metrics: Metrics,
+    /// Every listener is bound and accepting (for `/readyz`).
+    pub listening: AtomicBool,
     pub lockout: limits::Lockout,
     pub quotas: Arc<limits::Quotas>,
     /// Connections that have not authenticated yet, per source and in all, so
@@ -142,6 +154,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if listeners.is_empty() {
         return Err(ServerError::NoListener);
     }
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let accepting = TaskTracker::new();
     for (listener, kind) in listeners {
         let addr = listener.local_addr().ok();
@@ -153,7 +169,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         );
         accepting.spawn(listen::accept_loop(listener, kind, shared.clone()));
     }
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
+        accepting.spawn(health::serve(listener, shared.clone()));
+    }
     accepting.close();
+    shared.listening.store(true, Ordering::Release);
     let reloader = tokio::spawn(reload_on_hangup(shared.clone()));
     wait_for_signal().await;
     let deadline = config.session.shutdown_timeout;
@@ -175,6 +196,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             "sessions still ending at session.shutdown_timeout_secs: exiting anyway"
         );
     }
+    // The sessions' last events are still on their way to syslog.
+    shared.audit.flush_export(SYSLOG_FLUSH).await;
     Ok(())
 }
 
@@ -188,7 +211,25 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         );
     }
     let credssp = acceptor_config(&config, &cert)?;
-    let audit = AuditSink::open(&config.audit)?;
+    let mut audit = AuditSink::open(&config.audit)?;
+    if let Some(target) = &config.audit.syslog {
+        tracing::info!(syslog = %target, "exporting audit events to syslog");
+        audit = audit.exporting_to(syslog::Exporter::start(target.clone()));
+    }
+    let transcripts = match &config.audit.transcripts {
+        Some(dir) => {
+            transcript::prepare_dir(dir).map_err(|source| AuditError::Transcripts {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(transcript::Settings {
+                dir: dir.clone(),
+                max_output: config.audit.transcript_max_bytes,
+            })
+        }
+        None => None,
+    };
+    let metrics = Metrics::new(&audit);
     let lockout = limits::Lockout::new(&config.auth);
     let quotas = limits::Quotas::new(config.limits.clone());
     let unauthenticated = limits::Unauthenticated::new(&config.limits);
@@ -196,6 +237,9 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         config: RwLock::new(Arc::new(config)),
         credssp: RwLock::new(credssp),
         audit,
+        transcripts,
+        metrics,
+        listening: AtomicBool::new(false),
         lockout,
         quotas,
         unauthenticated,

@@ -15,8 +15,10 @@ use super::reply::{self, HttpResponse};
 use super::request::Route;
 use super::session::Session;
 use super::Shared;
-use crate::audit::{AuditEvent, AuditKind, AuditSink};
+use crate::audit::transcript::Exchange;
+use crate::audit::{AuditEvent, AuditKind};
 use crate::config::Config;
+use crate::metrics::{Metrics, RequestSample};
 use crate::policy::Decision;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo};
@@ -60,9 +62,17 @@ pub(crate) async fn relay(
         event.status = Some(401);
         event.reason = Some("unencrypted request body refused".into());
         shared.audit.emit(&event);
+        shared.metrics.request(RequestSample {
+            action: None,
+            status: 401,
+            bytes_in: 0,
+            bytes_out: 0,
+            total: Duration::ZERO,
+            target: None,
+        });
         return reply::refused_401("unencrypted WS-Man bodies are refused over HTTP; enable message encryption");
     }
-    let mut audit = RequestAudit::new(&shared.audit, session.event(AuditKind::Request));
+    let mut audit = RequestAudit::new(shared, session.event(AuditKind::Request));
     let unsealed = if sealed {
         unseal(session, &body)
     } else {
@@ -90,7 +100,7 @@ pub(crate) async fn relay(
     // Every log line of this request says which one it is (the connection's
     // span above says whose).
     let span = tracing::info_span!("request", n = session.requests, action = Empty, target = Empty);
-    let outcome = forward(session, &plain, route, shared, &mut audit.event)
+    let outcome = forward(session, &plain, route, shared, &mut audit.event, &mut audit.target_time)
         .instrument(span)
         .await;
     let (status, xml) = match outcome {
@@ -132,19 +142,23 @@ pub(crate) async fn relay(
 /// The audit line of one request: written once its outcome is known, or,
 /// when the request is dropped half-way (the caller went away, the session
 /// ended), saying so: a command that reached a target is never unaudited.
+/// Its metrics go with it.
 struct RequestAudit<'a> {
-    sink: &'a AuditSink,
+    shared: &'a Shared,
     event: AuditEvent,
     started: Instant,
+    /// How long the target took, once it answered.
+    target_time: Option<Duration>,
     written: bool,
 }
 
 impl<'a> RequestAudit<'a> {
-    fn new(sink: &'a AuditSink, event: AuditEvent) -> Self {
+    fn new(shared: &'a Shared, event: AuditEvent) -> Self {
         RequestAudit {
-            sink,
+            shared,
             event,
             started: Instant::now(),
+            target_time: None,
             written: false,
         }
     }
@@ -152,8 +166,17 @@ impl<'a> RequestAudit<'a> {
     fn finish(&mut self) {
         if !self.written {
             self.written = true;
-            self.event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
-            self.sink.emit(&self.event);
+            let elapsed = self.started.elapsed();
+            self.event.duration_ms = Some(elapsed.as_millis() as u64);
+            self.shared.audit.emit(&self.event);
+            self.shared.metrics.request(RequestSample {
+                action: self.event.action.as_deref(),
+                status: self.event.status.unwrap_or_default(),
+                bytes_in: self.event.bytes_in.unwrap_or_default(),
+                bytes_out: self.event.bytes_out.unwrap_or_default(),
+                total: elapsed,
+                target: self.target_time,
+            });
         }
     }
 }
@@ -187,6 +210,7 @@ async fn forward(
     route: Route,
     shared: &Shared,
     event: &mut AuditEvent,
+    target_time: &mut Option<Duration>,
 ) -> Forwarded {
     let info = match wsman::parse_request(plain) {
         Ok(info) => info,
@@ -248,7 +272,8 @@ async fn forward(
     // Every https target's certificate is checked: against CAs, or its pinned fingerprint.
     event.tls_verified = target.https.then_some(true);
     let user = session.principal().unwrap_or_default().to_string();
-    let addresses = match checked_addresses(session, &config, &user, &target, info.resource_uri.as_deref()).await {
+    let resource_uri = info.resource_uri.as_deref();
+    let addresses = match checked_addresses(session, &config, &shared.metrics, &user, &target, resource_uri).await {
         Ok(addresses) => addresses,
         Err(failure) => return fail(failure),
     };
@@ -259,10 +284,13 @@ async fn forward(
             audit: AuditKind::Denied,
         });
     }
-    let quota_refusal = |quota: QuotaError| Failure {
-        kind: FaultKind::QuotaLimit,
-        message: quota.to_string(),
-        audit: AuditKind::Denied,
+    let quota_refusal = |quota: QuotaError| {
+        shared.metrics.quota_hit(quota.limit());
+        Failure {
+            kind: FaultKind::QuotaLimit,
+            message: quota.to_string(),
+            audit: AuditKind::Denied,
+        }
     };
     let _operation = match shared.quotas.operation(&user) {
         Ok(slot) => slot,
@@ -296,6 +324,7 @@ async fn forward(
     // session end), so it is let finish briefly even if the session ends.
     let response_limit = info.response_limit(config.listen.max_envelope_size);
     session.ender.set_completing(is_create);
+    let asked = Instant::now();
     let exchanged = session
         .targets
         .exchange(
@@ -308,10 +337,12 @@ async fn forward(
         )
         .await;
     session.ender.set_completing(false);
+    *target_time = Some(asked.elapsed());
     let response = match exchanged {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "target request failed");
+            shared.metrics.target_error(&target.name, error.kind());
             return fail(target_failure(&error));
         }
     };
@@ -323,6 +354,17 @@ async fn forward(
         session
             .shells
             .track(&info, &target, &addresses, &answer, response.status, shell_slot);
+        if let Some(transcript) = session.transcript.as_mut() {
+            transcript.record(&Exchange {
+                info: &info,
+                command: event.command.as_deref(),
+                target: &target.name,
+                request: plain,
+                succeeded: response.status.is_success() && answer.fault.is_none(),
+                response: &response.body,
+                answer: &answer,
+            });
+        }
         if let Some(fault) = answer.fault {
             event.reason = fault.reason.or(fault.subcode);
         }
@@ -337,6 +379,7 @@ async fn forward(
 async fn checked_addresses(
     session: &Session,
     config: &Config,
+    metrics: &Metrics,
     user: &str,
     target: &ResolvedTarget,
     resource_uri: Option<&str>,
@@ -345,7 +388,10 @@ async fn checked_addresses(
     let addresses = if policy.may_reach(user, target) {
         match session.targets.live_peer(&target.name) {
             Some(peer) => vec![peer],
-            None => target::lookup_addresses(target).await.map_err(|e| target_failure(&e))?,
+            None => target::lookup_addresses(target).await.map_err(|e| {
+                metrics.target_error(&target.name, e.kind());
+                target_failure(&e)
+            })?,
         }
     } else {
         Vec::new()

@@ -11,6 +11,7 @@ use super::conn::Ender;
 use super::limits::{Pending, Slot};
 use super::shells::{self, Shells};
 use super::Shared;
+use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::Config;
 use crate::proto::credssp::{Acceptor, SecureChannel};
@@ -46,6 +47,8 @@ pub(crate) struct Session {
     /// Shells opened through this session: only it may use them, and they
     /// are deleted when it ends.
     pub shells: Shells,
+    /// What the session did, command by command, with output (`[audit] transcripts`).
+    pub transcript: Option<Transcript>,
     /// This session's place in `limits.max_sessions[_per_user]`.
     slot: Option<Slot>,
     /// Its place among connections not yet authenticated; released at logon.
@@ -97,6 +100,7 @@ impl Session {
             vault: Vault::default(),
             targets: Pool::default(),
             shells: Shells::default(),
+            transcript: None,
             slot: None,
             pending: Some(pending),
             logon_started: now,
@@ -183,6 +187,7 @@ impl Session {
         let slot = match shared.quotas.session(&principal) {
             Ok(slot) => slot,
             Err(quota) => {
+                shared.metrics.quota_hit(quota.limit());
                 let mut event = self.event(AuditKind::Denied);
                 event.user = Some(principal);
                 event.status = Some(503);
@@ -200,7 +205,18 @@ impl Session {
         self.last_activity = now;
         let basic = channel.is_none();
         shared.sessions.register(&self.id, &principal, self.ender.clone());
+        shared.metrics.logon(true);
+        shared.metrics.session_started();
         tracing::Span::current().record("user", principal.as_str());
+        if let Some(settings) = &shared.transcripts {
+            let source = self.source.to_string();
+            match Transcript::create(settings, &self.id, &principal, &source) {
+                Ok(transcript) => self.transcript = Some(transcript),
+                Err(error) => {
+                    tracing::error!(dir = %settings.dir.display(), %error, "cannot create the session transcript")
+                }
+            }
+        }
         self.auth = AuthState::Authenticated { principal, channel };
         tracing::info!(basic, "session authenticated");
         shared.audit.emit(&self.event(AuditKind::SessionStart));
@@ -228,8 +244,15 @@ impl Session {
             let mut event = self.event(AuditKind::SessionEnd);
             event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
             event.reason = Some(reason.to_string());
+            // Bound into the chain by its hash, so that it cannot be altered unnoticed.
+            if let Some(transcript) = self.transcript.take() {
+                let sealed = transcript.finish(reason);
+                event.transcript = Some(sealed.name);
+                event.transcript_sha256 = sealed.sha256;
+            }
             shared.audit.emit(&event);
             shared.sessions.unregister(&self.id);
+            shared.metrics.session_ended();
             tracing::info!(reason, requests = self.requests, "session ended");
         }
         self.auth = AuthState::None;

@@ -87,6 +87,23 @@ impl TargetError {
     pub fn is_auth(&self) -> bool {
         matches!(self, TargetError::AuthRejected { .. } | TargetError::Auth { .. })
     }
+
+    /// A short name for the kind of failure (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetError::Lookup { .. } => "lookup",
+            TargetError::Connect { .. } => "connect",
+            TargetError::ConnectTimeout { .. } => "connect_timeout",
+            TargetError::Tls { .. } => "tls",
+            TargetError::Timeout { .. } => "timeout",
+            TargetError::AuthRejected { .. } => "auth_rejected",
+            TargetError::Auth { .. } => "auth",
+            TargetError::AuthStatus { .. } => "auth_status",
+            TargetError::Http { .. } => "http",
+            TargetError::BadResponse { .. } => "bad_response",
+            TargetError::ResponseTooLarge { .. } => "response_too_large",
+        }
+    }
 }
 
 /// One authentication leg's answer.

@@ -26,15 +26,17 @@ mod psrp;
 mod rewrite;
 mod scan;
 mod shell;
+mod streams;
 mod winrs;
 
 pub use delete::{delete_shell_request, DELETE_ACTION};
 pub use duration::parse_duration;
 pub use fault::{fault_envelope, new_message_id, FaultKind};
 pub use identify::identify_response;
-pub use psrp::psrp_command_summary;
+pub use psrp::{psrp_command_summary, psrp_output, Defragmenter, PsrpMessage, PsrpOutput};
 pub use rewrite::rewrite_request;
 pub use shell::{is_shell_resource, shell_kind, ShellKind};
+pub use streams::{shell_io, ShellIo, StreamChunk};
 pub use winrs::{read_receive_response, CommandProgress, WinrsRequests, CLIENT_MAX_ENVELOPE_SIZE, CMD_RESOURCE_URI};
 
 use scan::{attr, is_xml_space, path_is, scan, Elem, Item, Ns};

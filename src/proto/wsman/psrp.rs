@@ -1,6 +1,7 @@
-//! Audit helper: the PowerShell pipeline inside a PSRP CREATE_PIPELINE
-//! message, found through the layers PSRP wraps it in: base64 fragments,
-//! then messages, then the CLIXML payload.
+//! Audit helpers for PSRP, found through the layers it wraps everything in (base64
+//! fragments, then messages, then CLIXML): the PowerShell pipeline inside a
+//! CREATE_PIPELINE message, and the text of what a pipeline sends back (output objects,
+//! error records, its state).
 //!
 //! Best effort by design: whatever is malformed is skipped, never fatal.
 
@@ -12,8 +13,11 @@ use base64::Engine as _;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
-/// PSRP message type CREATE_PIPELINE.
+/// PSRP message types: the client's CREATE_PIPELINE, and what a pipeline sends back.
 pub const CREATE_PIPELINE: u32 = 0x0002_1006;
+pub const PIPELINE_OUTPUT: u32 = 0x0004_1004;
+pub const ERROR_RECORD: u32 = 0x0004_1005;
+pub const PIPELINE_STATE: u32 = 0x0004_1006;
 
 const FRAGMENT_HEADER: usize = 21;
 const MESSAGE_HEADER: usize = 40;
@@ -32,45 +36,17 @@ const MAX_XML_DEPTH: usize = 128;
 /// available fragments hold, followed by " ...".
 pub fn psrp_command_summary(fragments_b64: &str) -> Option<String> {
     let bytes = decode_base64(fragments_b64)?;
-    let mut partial: HashMap<u64, Vec<u8>> = HashMap::new();
-    let mut messages: Vec<(Vec<u8>, bool)> = Vec::new();
-    let mut rest = bytes.as_slice();
-    while rest.len() >= FRAGMENT_HEADER {
-        let object_id = u64::from_be_bytes(rest[0..8].try_into().ok()?);
-        let flags = rest[16];
-        let len = u32::from_be_bytes(rest[17..21].try_into().ok()?) as usize;
-        let Some(blob) = rest.get(FRAGMENT_HEADER..FRAGMENT_HEADER.checked_add(len)?) else {
-            break;
-        };
-        rest = &rest[FRAGMENT_HEADER + len..];
-        if flags & FLAG_START != 0 {
-            partial.insert(object_id, Vec::new());
-        }
-        let Some(buf) = partial.get_mut(&object_id) else {
-            continue; // a middle fragment whose start we never saw
-        };
-        buf.extend_from_slice(blob);
-        if flags & FLAG_END != 0 {
-            if let Some(done) = partial.remove(&object_id) {
-                messages.push((done, true));
-            }
-        }
-    }
-    messages.extend(partial.into_values().map(|m| (m, false)));
+    let mut defragmenter = Defragmenter::default();
+    let mut messages = defragmenter.push(&bytes);
+    messages.extend(defragmenter.unfinished());
 
     let mut out: Option<String> = None;
-    for (msg, complete) in messages {
-        if msg.len() < MESSAGE_HEADER {
+    for message in messages {
+        if message.message_type != CREATE_PIPELINE {
             continue;
         }
-        let msg_type = u32::from_le_bytes(msg[4..8].try_into().ok()?);
-        if msg_type != CREATE_PIPELINE {
-            continue;
-        }
-        let data = &msg[MESSAGE_HEADER..];
-        let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
-        let mut summary = summarise_pipeline(data);
-        if !complete {
+        let mut summary = summarise_pipeline(&message.data);
+        if !message.complete {
             summary.push_str(" ...");
         }
         if summary.trim().is_empty() {
@@ -85,6 +61,199 @@ pub fn psrp_command_summary(fragments_b64: &str) -> Option<String> {
         }
     }
     out.map(truncate)
+}
+
+/// One PSRP message put together from its fragments: its type and its CLIXML payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsrpMessage {
+    pub message_type: u32,
+    /// The payload after the message header (and its byte-order mark).
+    pub data: Vec<u8>,
+    /// False for a message whose last fragment never came.
+    pub complete: bool,
+}
+
+/// Puts messages together from fragments that may arrive over several envelopes (a
+/// Receive response holds whole fragments, a message may span several). Bounded: a
+/// message growing past the decode limit is dropped.
+#[derive(Debug, Default)]
+pub struct Defragmenter {
+    partial: HashMap<u64, Vec<u8>>,
+}
+
+impl Defragmenter {
+    /// Feeds a run of whole fragments; returns the messages they complete, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<PsrpMessage> {
+        let mut done = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= FRAGMENT_HEADER {
+            let Ok(object_id) = rest[0..8].try_into().map(u64::from_be_bytes) else {
+                break;
+            };
+            let flags = rest[16];
+            let Ok(len) = rest[17..21].try_into().map(u32::from_be_bytes) else {
+                break;
+            };
+            let Some(blob) = FRAGMENT_HEADER
+                .checked_add(len as usize)
+                .and_then(|end| rest.get(FRAGMENT_HEADER..end))
+            else {
+                break;
+            };
+            rest = &rest[FRAGMENT_HEADER + blob.len()..];
+            if flags & FLAG_START != 0 {
+                self.partial.insert(object_id, Vec::new());
+            }
+            let buffered: usize = self.partial.values().map(Vec::len).sum();
+            let Some(buf) = self.partial.get_mut(&object_id) else {
+                continue; // a middle fragment whose start we never saw
+            };
+            if buffered + blob.len() > MAX_DECODED {
+                self.partial.remove(&object_id);
+                continue;
+            }
+            buf.extend_from_slice(blob);
+            if flags & FLAG_END != 0 {
+                if let Some(message) = self.partial.remove(&object_id).and_then(|m| message_of(m, true)) {
+                    done.push(message);
+                }
+            }
+        }
+        done
+    }
+
+    /// The messages begun and not finished.
+    pub fn unfinished(self) -> Vec<PsrpMessage> {
+        self.partial
+            .into_values()
+            .filter_map(|m| message_of(m, false))
+            .collect()
+    }
+}
+
+fn message_of(bytes: Vec<u8>, complete: bool) -> Option<PsrpMessage> {
+    let header = bytes.get(..MESSAGE_HEADER)?;
+    let message_type = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let data = &bytes[MESSAGE_HEADER..];
+    let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
+    Some(PsrpMessage {
+        message_type,
+        data: data.to_vec(),
+        complete,
+    })
+}
+
+/// What a pipeline's output message says, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PsrpOutput {
+    /// PIPELINE_OUTPUT: a string as it is, another object as its ToString.
+    Output(String),
+    /// ERROR_RECORD: the error's message.
+    Error(String),
+    /// PIPELINE_STATE: the pipeline's new state, with the error of a failed one.
+    State {
+        state: &'static str,
+        reason: Option<String>,
+    },
+}
+
+/// The text of an output, error or state message; `None` for the other kinds.
+pub fn psrp_output(message: &PsrpMessage) -> Option<PsrpOutput> {
+    let xml = &message.data;
+    match message.message_type {
+        PIPELINE_OUTPUT => Some(PsrpOutput::Output(object_text(xml))),
+        ERROR_RECORD => Some(PsrpOutput::Error(object_text(xml))),
+        PIPELINE_STATE => {
+            let state = first_text(xml, |s| is(s.last(), "I32", Some("PipelineState")))
+                .and_then(|n| n.trim().parse::<i32>().ok())
+                .map_or("Unknown", pipeline_state_name);
+            let reason = first_text(xml, |s| {
+                s.len() >= 2
+                    && is(s.get(s.len() - 2), "Obj", Some("ExceptionAsErrorRecord"))
+                    && is(s.last(), "ToString", None)
+            });
+            Some(PsrpOutput::State { state, reason })
+        }
+        _ => None,
+    }
+}
+
+fn pipeline_state_name(state: i32) -> &'static str {
+    match state {
+        0 => "NotStarted",
+        1 => "Running",
+        2 => "Stopping",
+        3 => "Stopped",
+        4 => "Completed",
+        5 => "Failed",
+        6 => "Disconnected",
+        _ => "Unknown",
+    }
+}
+
+const PRIMITIVES: [&str; 20] = [
+    "S", "I32", "I64", "U32", "U64", "I16", "U16", "By", "SB", "B", "Db", "Sg", "D", "C", "G", "URI", "Version", "XD",
+    "TS", "DT",
+];
+
+/// A serialised object as text: a primitive's value, an object's ToString, else the first
+/// Message property inside (an exception's), else a placeholder.
+fn object_text(xml: &[u8]) -> String {
+    first_text(xml, |s| s.len() == 1 && PRIMITIVES.contains(&&*s[0].tag))
+        .or_else(|| first_text(xml, |s| s.len() == 1 && &*s[0].tag == "Nil").map(|_| String::new()))
+        .or_else(|| {
+            first_text(xml, |s| {
+                s.len() == 2 && is(s.first(), "Obj", None) && is(s.get(1), "ToString", None)
+            })
+        })
+        .or_else(|| first_text(xml, |s| is(s.last(), "S", Some("Message"))))
+        .unwrap_or_else(|| "<object>".into())
+}
+
+/// The text (CLIXML escapes decoded) of the first element the stack of open elements,
+/// ending with it, is `wanted` for.
+fn first_text(xml: &[u8], wanted: impl Fn(&[Frame]) -> bool) -> Option<String> {
+    let mut reader = Reader::from_reader(xml);
+    reader.config_mut().trim_text(false);
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut capture: Option<(usize, String)> = None;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                if stack.len() >= MAX_XML_DEPTH {
+                    return None;
+                }
+                stack.push(frame_of(&e));
+                if capture.is_none() && wanted(&stack) {
+                    capture = Some((stack.len(), String::new()));
+                }
+            }
+            Ok(Event::Empty(e)) => {
+                stack.push(frame_of(&e));
+                if capture.is_none() && wanted(&stack) {
+                    return Some(String::new());
+                }
+                stack.pop();
+            }
+            Ok(Event::Text(t)) => {
+                if let Some((depth, text)) = capture.as_mut() {
+                    if *depth == stack.len() {
+                        text.push_str(&t.unescape().ok()?);
+                    }
+                }
+            }
+            Ok(Event::End(_)) => {
+                if let Some((depth, text)) = &capture {
+                    if *depth == stack.len() {
+                        return Some(decode_psrp_escapes(text));
+                    }
+                }
+                stack.pop();
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
 }
 
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
@@ -530,5 +699,86 @@ mod tests {
         assert_eq!(decode_psrp_escapes("_xD801__xDC37_"), "\u{10437}");
         assert_eq!(decode_psrp_escapes("_xD801_"), "\u{FFFD}");
         assert_eq!(decode_psrp_escapes("_x12_ _xZZZZ_ é_x"), "_x12_ _xZZZZ_ é_x");
+    }
+
+    #[test]
+    fn messages_spanning_several_receives_are_put_together() {
+        let xml = "<S>line one_x000A_line two</S>";
+        let all = fragments(9, &message(PIPELINE_OUTPUT, xml), 3);
+        // Whole fragments, split over two envelopes.
+        let first_len = FRAGMENT_HEADER + u32::from_be_bytes(all[17..21].try_into().unwrap()) as usize;
+        let mut d = Defragmenter::default();
+        assert!(d.push(&all[..first_len]).is_empty());
+        let done = d.push(&all[first_len..]);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].complete);
+        assert_eq!(
+            psrp_output(&done[0]),
+            Some(PsrpOutput::Output("line one\nline two".into()))
+        );
+        assert!(d.unfinished().is_empty());
+        // A middle fragment without its start is skipped.
+        let mut d = Defragmenter::default();
+        assert!(d.push(&all[first_len..]).is_empty());
+    }
+
+    fn output_of(message_type: u32, xml: &str) -> Option<PsrpOutput> {
+        let mut d = Defragmenter::default();
+        let done = d.push(&fragments(1, &message(message_type, xml), 1));
+        psrp_output(done.first()?)
+    }
+
+    #[test]
+    fn outputs_errors_and_states_as_text() {
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, "<I32>42</I32>"),
+            Some(PsrpOutput::Output("42".into()))
+        );
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, "<Nil />"),
+            Some(PsrpOutput::Output(String::new()))
+        );
+        let process = "<Obj RefId=\"0\"><TN RefId=\"0\"><T>System.Diagnostics.Process</T></TN>\
+                       <ToString>System.Diagnostics.Process (pwsh)</ToString><Props><S N=\"Name\">pwsh</S></Props></Obj>";
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, process),
+            Some(PsrpOutput::Output("System.Diagnostics.Process (pwsh)".into()))
+        );
+        let error = "<Obj RefId=\"0\"><TN RefId=\"0\"><T>System.Management.Automation.ErrorRecord</T></TN><MS>\
+                     <Obj N=\"Exception\" RefId=\"1\"><Props><S N=\"Message\">Cannot find path 'C:\\x'</S></Props></Obj>\
+                     </MS></Obj>";
+        assert_eq!(
+            output_of(ERROR_RECORD, error),
+            Some(PsrpOutput::Error("Cannot find path 'C:\\x'".into()))
+        );
+        assert_eq!(
+            output_of(
+                PIPELINE_STATE,
+                "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">4</I32></MS></Obj>"
+            ),
+            Some(PsrpOutput::State {
+                state: "Completed",
+                reason: None
+            })
+        );
+        let failed =
+            "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">5</I32><Obj N=\"ExceptionAsErrorRecord\" RefId=\"1\">\
+                      <ToString>The pipeline was stopped.</ToString></Obj></MS></Obj>";
+        assert_eq!(
+            output_of(PIPELINE_STATE, failed),
+            Some(PsrpOutput::State {
+                state: "Failed",
+                reason: Some("The pipeline was stopped.".into())
+            })
+        );
+        assert_eq!(output_of(CREATE_PIPELINE, "<S>x</S>"), None);
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, "<Obj><MS></MS></Obj>"),
+            Some(PsrpOutput::Output("<object>".into()))
+        );
+        assert_eq!(
+            output_of(PIPELINE_OUTPUT, "<S>unclosed"),
+            Some(PsrpOutput::Output("<object>".into()))
+        );
     }
 }
