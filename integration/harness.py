@@ -97,8 +97,11 @@ TRANSPORT_DOUBLES: typing.Dict[str, DoubleSpec] = {
 
 
 def scrubbed_env(extra: typing.Optional[dict] = None) -> dict:
-    """Environment without proxies (loopback only) for child processes."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    """Environment without proxies (loopback only) and without KRB5_* variables (the test process points itself
+    at the test realm; the relay must work from its own [kerberos] section alone) for child processes; `extra`
+    is added after that."""
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") and not k.startswith("KRB5")}
     env["NO_PROXY"] = "*"
     env["no_proxy"] = "*"
     if extra:
@@ -528,7 +531,8 @@ class Harness:
         os.chmod(self.ntlm_user_file, 0o600)
 
     def start_double(self, name: str, host: str, port: int, hang: bool = False,
-                     extra_args: typing.Sequence[str] = (), wait: bool = True) -> subprocess.Popen:
+                     extra_args: typing.Sequence[str] = (), wait: bool = True,
+                     extra_env: typing.Optional[dict] = None) -> subprocess.Popen:
         if not os.path.exists(self.ntlm_user_file):
             self.write_ntlm_users()
         ensure_port_free(host, port)
@@ -540,7 +544,7 @@ class Harness:
         out = open(self.double_out(name), "ab")
         self._fhs.append(out)
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=scrubbed_env(), cwd=self.workdir)
+                                env=scrubbed_env(extra_env), cwd=self.workdir)
         self.procs["double-" + name] = proc
         if wait:
             self.wait_double(name, host, port)
