@@ -23,6 +23,7 @@
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, per-connection session state, the relay pipeline.
 //! - [`target`]: address lookup and authenticated, kept-alive connections to target hosts.
+//! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport.
 //! - [`hardening`]: start-up process hardening (no core dumps, no ptrace by peers, memory locked).
 
 pub mod audit;
@@ -30,6 +31,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod hardening;
+pub mod kerberos;
 pub mod policy;
 pub mod proto;
 pub mod resolve;
