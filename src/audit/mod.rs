@@ -41,12 +41,26 @@ pub enum AuditKind {
     AuditResumed,
 }
 
+/// How a caller authenticated (the audit's `auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// NTLM inside CredSSP, against the users file.
+    Ntlm,
+    /// Kerberos inside CredSSP, a ticket for the relay's keytab.
+    Kerberos,
+    /// Basic over HTTPS, against the users file.
+    Basic,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditEvent {
     pub event: AuditKind,
     pub session: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMethod>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

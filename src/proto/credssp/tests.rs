@@ -36,6 +36,8 @@ fn acceptor_config(min_version: u32) -> Arc<AcceptorConfig> {
         }]
         .into(),
         min_version,
+        domain: None,
+        service_keys: None,
     })
 }
 
