@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 pub use channel::SecureChannel;
 pub use initiator::Initiator;
 pub use tls::SkipCertificateVerification;
-pub use tokens::{classify_first_token, unwrap_neg_token_resp, wrap_raw_krb5, InnerMechanism};
+pub use tokens::{classify_first_token, unwrap_neg_token_resp, wrap_raw_krb5, wrap_token_for_sspi, InnerMechanism};
 pub use users::{hashes_equal, nt_hash, verify_password, DomainNames, LogonRefusal, Principal, UserHash};
 
 use super::guard::contain_panic;
@@ -303,6 +303,10 @@ impl Acceptor {
                 CredSspError::BadToken("a second Kerberos token after the AP-REQ"),
                 Some(reply_version),
             ));
+        }
+        if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+            request.pub_key_auth = request.pub_key_auth.as_deref().map(wrap_token_for_sspi);
+            request.auth_info = request.auth_info.as_deref().map(wrap_token_for_sspi);
         }
         let needs_split = self.mechanism == Some(InnerMechanism::Negotiate)
             && request.nego_tokens.is_some()

@@ -136,6 +136,41 @@ pub fn unwrap_neg_token_resp(answer: &[u8]) -> Result<Option<Vec<u8>>, CredSspEr
     Ok(None)
 }
 
+/// The "right rotation count" sspi's Kerberos expects in a wrap token: the
+/// one Windows uses. sspi undoes that fixed rotation whatever the token says.
+const SSPI_WRAP_RRC: usize = 28;
+const WRAP_TOKEN_ID: [u8; 2] = [0x05, 0x04];
+const WRAP_HEADER_LEN: usize = 16;
+
+/// A client's Kerberos wrap token (pubKeyAuth, authInfo) in the layout sspi
+/// decrypts. MIT clients (pyspnego through python-gssapi) send their wrap
+/// tokens unrotated (RRC 0), which sspi cannot read: it always undoes a
+/// rotation of 28 (plus EC) bytes, as Windows sends. The token is rotated
+/// back to plain and then as Windows would; tokens already in that layout,
+/// and anything that is not a wrap token, pass unchanged.
+pub fn wrap_token_for_sspi(token: &[u8]) -> Vec<u8> {
+    if token.len() < WRAP_HEADER_LEN || token[..2] != WRAP_TOKEN_ID {
+        return token.to_vec();
+    }
+    let ec = usize::from(u16::from_be_bytes([token[4], token[5]]));
+    let rrc = usize::from(u16::from_be_bytes([token[6], token[7]]));
+    if rrc == SSPI_WRAP_RRC {
+        return token.to_vec();
+    }
+    let mut body = token[WRAP_HEADER_LEN..].to_vec();
+    if body.is_empty() {
+        return token.to_vec();
+    }
+    // RFC 4121: the sender rotated the encrypted data right by RRC.
+    let len = body.len();
+    body.rotate_left(rrc % len);
+    body.rotate_right((SSPI_WRAP_RRC + ec) % len);
+    let mut out = token[..WRAP_HEADER_LEN].to_vec();
+    out[6..8].copy_from_slice(&(SSPI_WRAP_RRC as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 /// DER of one TLV.
 fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     let len = content.len();
@@ -538,6 +573,38 @@ mod tests {
         assert_eq!(unwrap_neg_token_resp(&no_token).unwrap(), None);
         assert!(unwrap_neg_token_resp(&[0xa1, 0x05, 0x30]).is_err());
         assert!(unwrap_neg_token_resp(&[0x30, 0x00]).is_err());
+    }
+
+    fn wrap_token(ec: u16, rrc: u16, body: &[u8]) -> Vec<u8> {
+        let mut token = vec![0x05, 0x04, 0x06, 0xff];
+        token.extend_from_slice(&ec.to_be_bytes());
+        token.extend_from_slice(&rrc.to_be_bytes());
+        token.extend_from_slice(&[0, 0, 0, 0, 0x18, 0x54, 0xf0, 0x73]);
+        let mut rotated = body.to_vec();
+        rotated.rotate_right(usize::from(rrc) % body.len());
+        token.extend_from_slice(&rotated);
+        token
+    }
+
+    #[test]
+    fn mit_wrap_tokens_are_rotated_as_sspi_reads_them() {
+        let body: Vec<u8> = (0u8..=200).collect();
+        // What Windows (and sspi's own encrypt) sends with EC 0: rotated by 28, RRC 28. Unchanged.
+        let windows = wrap_token(0, 28, &body);
+        assert_eq!(wrap_token_for_sspi(&windows), windows);
+        // MIT: RRC 0, not rotated; and any other RRC a sender may pick. Both become the Windows layout.
+        assert_eq!(wrap_token_for_sspi(&wrap_token(0, 0, &body)), windows);
+        assert_eq!(wrap_token_for_sspi(&wrap_token(0, 5, &body)), windows);
+        // sspi undoes RRC + EC: a token with filler is rotated by both.
+        let mut with_ec = wrap_token(0, 28, &body);
+        with_ec[4..6].copy_from_slice(&16u16.to_be_bytes());
+        let mut expected_body = body.clone();
+        expected_body.rotate_right(28 + 16);
+        assert_eq!(wrap_token_for_sspi(&wrap_token(16, 0, &body))[16..], expected_body[..]);
+        // Not wrap tokens: NTLM-sealed data, short input.
+        let ntlm = [0x01, 0x00, 0x00, 0x00, 0xaa, 0xbb];
+        assert_eq!(wrap_token_for_sspi(&ntlm), ntlm);
+        assert_eq!(wrap_token_for_sspi(&windows[..16]), windows[..16]);
     }
 
     #[test]
