@@ -1029,3 +1029,22 @@ fn users_file_is_optional_only_with_a_keytab() {
         ["relay.toml:7: auth.users_file: required key is missing"]
     );
 }
+
+#[test]
+fn example_kerberos_table_loads_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("#[kerberos]").expect("the example documents [kerberos]");
+    let uncommented: String = text[start..]
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with('[') || rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::parse(&path, &format!("{}{uncommented}\n", &text[..start])).unwrap_or_else(|e| panic!("{e:?}"));
+    let k = c.kerberos.expect("[kerberos]");
+    assert_eq!((k.realm.as_str(), k.netbios.as_str(), k.kdcs.len()), ("LAB.TEST", "LAB", 2));
+    assert_eq!(k.keytab.as_deref(), Some(Path::new("config/relay.keytab")));
+}
