@@ -345,6 +345,28 @@ def test_hostile_kerberos_tokens_are_refused_cleanly(krelay: KerberosRelay, doub
         test_pywinrm_spnego_kerberos_logon(krelay, doubles)
 
 
+def test_raw_client_gets_a_raw_ap_rep_and_no_second_token_is_taken(krelay: KerberosRelay,
+                                                                   doubles: harness.Harness) -> None:
+    """The relay answers a raw krb5 AP-REQ with a raw AP-REP (what requests-credssp expects), not sspi's SPNEGO;
+    a second negotiation token after it is refused (401, error TSRequest), not guessed at."""
+    seen = len(krelay.events())
+    c = CredSSP()
+    try:
+        c.tunnel()
+        status, reply = c.first_token(_real_ap_req())
+        assert status == 401 and reply is not None and not reply.error_code, (status, reply)
+        ap_rep = reply.nego_tokens[0].nego_token
+        assert ap_rep[:1] == b"\x60", ap_rep[:16].hex()
+        assert bytes.fromhex("06092a864886f712010202" + "0200") in ap_rep[:20], ap_rep[:20].hex()
+        status, reply = c.first_token(os.urandom(32))
+    finally:
+        c.close()
+    assert status == 401, status
+    assert reply is not None and reply.error_code & 0xFFFFFFFF == 0xC000006D, reply
+    failed = [e for e in events_since(krelay, seen) if e["event"] == "auth_failed"]
+    assert failed and "a second Kerberos token after the AP-REQ" in failed[-1]["reason"], failed
+
+
 # --------------------------------------------------------------------------- winrm-relay check / kerberos test
 
 def relay_cli(args: typing.Sequence[str], stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess:

@@ -1045,6 +1045,9 @@ fn example_kerberos_table_loads_when_uncommented() {
         .join("\n");
     let c = Config::parse(&path, &format!("{}{uncommented}\n", &text[..start])).unwrap_or_else(|e| panic!("{e:?}"));
     let k = c.kerberos.expect("[kerberos]");
-    assert_eq!((k.realm.as_str(), k.netbios.as_str(), k.kdcs.len()), ("LAB.TEST", "LAB", 2));
+    assert_eq!(
+        (k.realm.as_str(), k.netbios.as_str(), k.kdcs.len()),
+        ("LAB.TEST", "LAB", 2)
+    );
     assert_eq!(k.keytab.as_deref(), Some(Path::new("config/relay.keytab")));
 }
