@@ -155,6 +155,16 @@ def test_ntlm_logon_without_users_file_is_refused_as_ntlm(krelay: KerberosRelay,
     assert web01_requests_since(doubles, web01) == []
 
 
+def test_ntlm_logons_are_audited_as_ntlm(relay: harness.Harness) -> None:
+    """The audit's auth field on the suite's NTLM relay (no [kerberos]): ntlm."""
+    from helpers import audit_events, relay_protocol, run
+
+    seen = len(audit_events(relay))
+    assert run(relay_protocol("web01"), "echo", ["ntlm-audit"])[0] == b"ntlm-audit\n"
+    starts = [e for e in audit_events(relay)[seen:] if e["event"] == "session_start"]
+    assert starts and all(e["auth"] == "ntlm" and e["user"] == ALICE for e in starts), starts
+
+
 # --------------------------------------------------------------------------- CredSSP by hand
 
 class CredSSP:

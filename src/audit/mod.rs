@@ -389,6 +389,28 @@ mod tests {
     }
 
     #[test]
+    fn auth_methods_are_named_as_documented() {
+        let (sink, capture) = AuditSink::in_memory();
+        for auth in [AuthMethod::Ntlm, AuthMethod::Kerberos, AuthMethod::Basic] {
+            sink.emit(&AuditEvent {
+                auth: Some(auth),
+                ..Default::default()
+            });
+        }
+        let names: Vec<String> = capture
+            .lines()
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["auth"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, ["ntlm", "kerberos", "basic"]);
+    }
+
+    #[test]
     fn kinds_are_snake_case() {
         let names: Vec<Value> = [
             AuditKind::SessionStart,
