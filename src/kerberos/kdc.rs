@@ -600,7 +600,12 @@ mod tests {
                     .suspend(request(NetworkProtocol::Tcp, &[0, 0, 0, 2, 0x6a, 0x00]))
                     .await
             });
-        let answer = resolve(&mut generator, &transport(&[up])).await.unwrap().unwrap();
+        // Send: a step can be driven inside a spawned connection task.
+        fn spawnable<F: std::future::Future + Send>(future: F) -> F {
+            future
+        }
+        let transport = transport(&[up]);
+        let answer = spawnable(resolve(&mut generator, &transport)).await.unwrap().unwrap();
         assert_eq!(answer, [0, 0, 0, 2, 0x6b, 0x00]);
         assert_eq!(kdc.await.unwrap(), [0x6a, 0x00]);
         assert_eq!(
