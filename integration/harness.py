@@ -97,8 +97,11 @@ TRANSPORT_DOUBLES: typing.Dict[str, DoubleSpec] = {
 
 
 def scrubbed_env(extra: typing.Optional[dict] = None) -> dict:
-    """Environment without proxies (loopback only) for child processes."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    """Environment without proxies (loopback only) and without KRB5_* variables (the test process points itself
+    at the test realm; the relay must work from its own [kerberos] section alone) for child processes; `extra`
+    is added after that."""
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") and not k.startswith("KRB5")}
     env["NO_PROXY"] = "*"
     env["no_proxy"] = "*"
     if extra:
@@ -430,13 +433,14 @@ def transports_config_toml(workdir: str, outdir: str) -> str:
 class ExtraRelay:
     """A relay process of a test's own, on its own loopback address (host:5985): relay_config_toml without the
     web01 listener, audit, transcripts and log in a directory of its own. `listen_extra`, `auth_extra` and
-    `audit_extra` go into those tables, `tail` at the end (more tables, [[target]]s, [[allow]] rules), `args`
-    after `serve --config FILE`. Call stop() when done; a new ExtraRelay on the same host starts again on the
-    same directory."""
+    `audit_extra` go into those tables, `tail` at the end (more tables, [[target]]s, [[allow]] rules), then `edit`
+    may rewrite the whole text; `args` go after `serve --config FILE`. Call stop() when done; a new ExtraRelay on
+    the same host starts again on the same directory."""
 
     def __init__(self, h: "Harness", host: str, listen_extra: str = "", auth_extra: str = "", tail: str = "",
                  own_certificate: bool = False, nofile: typing.Optional[int] = None, own_users: bool = False,
-                 audit_extra: str = "", args: typing.Sequence[str] = ()):
+                 audit_extra: str = "", args: typing.Sequence[str] = (),
+                 edit: typing.Optional[typing.Callable[[str], str]] = None):
         self.host = host
         self.dir = os.path.join(h.workdir, "relay-" + host)
         os.makedirs(self.dir, exist_ok=True)
@@ -459,6 +463,8 @@ class ExtraRelay:
             shutil.copy(h.users_file, self.users)
             config = config.replace(h.users_file, self.users)
         config = config.replace("[auth]\n", listen_extra + "\n[auth]\n" + auth_extra + "\n", 1) + "\n" + tail
+        if edit:
+            config = edit(config)
         self.config = os.path.join(self.dir, "relay.toml")
         with open(self.config, "w") as fh:
             fh.write(config)
@@ -537,7 +543,7 @@ class Harness:
 
     def start_double(self, name: str, host: str, port: int, hang: bool = False,
                      extra_args: typing.Sequence[str] = (), wait: bool = True,
-                     env: typing.Optional[dict] = None) -> subprocess.Popen:
+                     extra_env: typing.Optional[dict] = None) -> subprocess.Popen:
         if not os.path.exists(self.ntlm_user_file):
             self.write_ntlm_users()
         ensure_port_free(host, port)
@@ -549,7 +555,7 @@ class Harness:
         out = open(self.double_out(name), "ab")
         self._fhs.append(out)
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=scrubbed_env(env), cwd=self.workdir)
+                                env=scrubbed_env(extra_env), cwd=self.workdir)
         self.procs["double-" + name] = proc
         if wait:
             self.wait_double(name, host, port)

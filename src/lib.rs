@@ -25,6 +25,7 @@
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, per-connection session state, the relay pipeline.
 //! - [`target`]: address lookup and authenticated, kept-alive connections to target hosts.
+//! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport.
 //! - [`hardening`]: start-up process hardening (no core dumps, no ptrace by peers, memory locked).
 //! - [`fanout`]: `winrm-relay run`, the client: one command on many targets through the
 //!   relay (or directly), on the same `target` and `proto` cores.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod fanout;
 pub mod hardening;
 pub mod metrics;
+pub mod kerberos;
 pub mod policy;
 pub mod proto;
 pub mod resolve;

@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import harness  # noqa: E402
+import kerberos  # noqa: E402
 
 harness.scrub_proxies_in_process()
 
@@ -20,6 +21,27 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> str:
     d = str(tmp_path_factory.mktemp("relay-it"))
     print("\n[integration] work directory: %s" % d)
     return d
+
+
+@pytest.fixture(scope="session", autouse=True)
+def realm_config(workdir: str) -> kerberos.KerberosRealm:
+    """The test process uses the test realm's krb5.conf from the first test on, started or not: pyspnego tries
+    Kerberos before NTLM whenever python-gssapi is there, and the machine's /etc/krb5.conf (if any) names
+    KDCs on the internet that NTLM logons would wait for."""
+    r = kerberos.KerberosRealm(os.path.join(workdir, "realm"))
+    r.write_configs()
+    r.use_in_process()
+    return r
+
+
+@pytest.fixture(scope="session")
+def realm(realm_config: kerberos.KerberosRealm) -> typing.Iterator[kerberos.KerberosRealm]:
+    """The LAB.TEST realm with its KDC on kerberos.KDC_HOST:88, alice and bob (harness.USERS passwords)."""
+    realm_config.start()
+    try:
+        yield realm_config
+    finally:
+        realm_config.stop()
 
 
 @pytest.fixture(scope="session")

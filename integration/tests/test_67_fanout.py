@@ -92,7 +92,7 @@ def fleet(relay: harness.Harness) -> typing.Iterator[Fleet]:
         fh.write(FAKE_POWERSHELL % sys.executable)
     os.chmod(fake, 0o755)
     started.append(h.start_double("f10-ps", POWERSHELL, 5985, extra_args=["--bind", POWERSHELL_TOO + ":5985"],
-                                  env={"PATH": bindir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")}))
+                                  extra_env={"PATH": bindir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")}))
     own = ExtraRelay(h, RELAY, tail=ALLOW_TAIL)
     try:
         yield Fleet(h, own)

@@ -39,6 +39,7 @@ pub(super) struct RawConfig {
     pub target: Vec<RawTarget>,
     #[serde(default)]
     pub allow: Vec<RawAllow>,
+    pub kerberos: Option<RawKerberos>,
 }
 
 #[derive(Deserialize, Default)]
@@ -121,6 +122,14 @@ pub(super) struct RawTarget {
     pub timeout_secs: V,
 }
 
+#[derive(Deserialize, Default)]
+pub(super) struct RawKerberos {
+    pub realm: V,
+    pub netbios: V,
+    pub kdc: List,
+    pub keytab: V,
+}
+
 #[derive(Deserialize)]
 pub(super) struct RawAllow {
     pub users: List,
@@ -151,10 +160,12 @@ struct KeyInventory {
     target: Vec<Keys>,
     #[serde(default)]
     allow: Vec<Keys>,
+    #[serde(default)]
+    kerberos: Keys,
 }
 
 const TOP: &[&str] = &[
-    "listen", "auth", "audit", "session", "defaults", "limits", "metrics", "target", "allow",
+    "listen", "auth", "audit", "session", "defaults", "limits", "metrics", "target", "allow", "kerberos",
 ];
 const LISTEN: &[&str] = &[
     "http",
@@ -215,6 +226,7 @@ const TARGET: &[&str] = &[
     "timeout_secs",
 ];
 const ALLOW: &[&str] = &["users", "targets", "shells"];
+const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab"];
 
 /// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the
 /// table shapes are known to be right.
@@ -246,6 +258,7 @@ pub(super) fn unknown_keys(loc: &Locator<'_>, src: &str) -> Vec<ConfigError> {
     check(&inv.defaults, "defaults", DEFAULTS);
     check(&inv.limits, "limits", LIMITS);
     check(&inv.metrics, "metrics", METRICS);
+    check(&inv.kerberos, "kerberos", KERBEROS);
     for (i, t) in inv.target.iter().enumerate() {
         check(t, &format!("target[{i}]"), TARGET);
     }

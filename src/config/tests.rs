@@ -329,7 +329,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
     let e = Config::parse(Path::new("r.toml"), &top).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, metrics, target, allow)"
+        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, metrics, target, allow, kerberos)"
     );
 }
 
@@ -984,4 +984,111 @@ fn commented_transport_examples_are_valid() {
     assert_eq!(c.audit.hmac_key_file.as_deref(), Some(Path::new("audit.key")));
     assert_eq!(c.audit.syslog, Some(SyslogTarget::Udp("127.0.0.1:514".into())));
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9985".parse().unwrap()));
+}
+
+#[test]
+fn kerberos_section_parses_with_defaults() {
+    let c =
+        parse("[kerberos]\nrealm = \"LAB.TEST\"\nkdc = [\"tcp://dc1.lab.test:88\", \"udp://127.0.0.100\"]\n").unwrap();
+    let k = c.kerberos.expect("[kerberos]");
+    assert_eq!(
+        (k.realm.as_str(), k.netbios.as_str()),
+        ("LAB.TEST", "LAB"),
+        "NetBIOS name from the first label"
+    );
+    let kdcs: Vec<String> = k.kdcs.iter().map(|k| k.to_string()).collect();
+    assert_eq!(kdcs, ["tcp://dc1.lab.test:88", "udp://127.0.0.100:88"]);
+    assert_eq!(k.keytab, None);
+    assert_eq!(c.auth.users_file.as_deref(), Some(Path::new("config/users")));
+    let c =
+        parse("[kerberos]\nrealm = \"CORP.EXAMPLE.COM\"\nnetbios = \"CORPNET\"\nkeytab = \"relay.keytab\"\n").unwrap();
+    let k = c.kerberos.unwrap();
+    assert_eq!(
+        (k.netbios.as_str(), k.keytab.as_deref()),
+        ("CORPNET", Some(Path::new("relay.keytab")))
+    );
+    assert!(k.kdcs.is_empty());
+    assert!(parse("").unwrap().kerberos.is_none());
+}
+
+#[test]
+fn kerberos_values_are_checked_where_written() {
+    let e = errors(
+        "[kerberos]\nrealm = \"lab.test\"\nnetbios = \"TOO-LONG-NETBIOS-NAME\"\nkdc = [\"dc1:88\", \"tcp://dc2/x\"]\n",
+    );
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e[0].starts_with("relay.toml:13: kerberos.realm: \"lab.test\" must be upper case (\"LAB.TEST\")"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("relay.toml:14: kerberos.netbios: \"TOO-LONG-NETBIOS-NAME\" must be 1 to 15"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("relay.toml:15: kerberos.kdc: \"dc1:88\": unknown scheme"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].contains("kerberos.kdc: \"tcp://dc2/x\": a tcp:// or udp:// KDC URL is host and port only"),
+        "{e:?}"
+    );
+    let e = errors("[kerberos]\nrealm = \"LAB..TEST\"\nnetbios = \"L.AB\"\n");
+    assert!(
+        e[0].contains("kerberos.realm: \"LAB..TEST\" is not a DNS domain name"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("kerberos.netbios: \"L.AB\" contains a character"),
+        "{e:?}"
+    );
+    let e = errors("[kerberos]\nnetbios = \"LAB\"\n");
+    assert_eq!(e, ["relay.toml:12: kerberos.realm: required key is missing"]);
+    let e = errors("[kerberos]\nrealm = \"LAB.TEST\"\nkdc = [\"tcp://dc1:88\", \"https://kdcproxy/KdcProxy\"]\n");
+    assert_eq!(
+        e,
+        ["relay.toml:12: kerberos.kdc: either KDCs (tcp://, udp://) or KDC proxies (https://), not both"]
+    );
+    let e = errors("[kerberos]\nrealm = \"LAB.TEST\"\nkdc = []\nspn = \"HTTP/x\"\n");
+    assert!(e.iter().any(|e| e.contains("kerberos.kdc: must not be empty")), "{e:?}");
+    assert!(e.iter().any(|e| e.contains("kerberos.spn: unknown key")), "{e:?}");
+}
+
+#[test]
+fn users_file_is_optional_only_with_a_keytab() {
+    let without_users = MINIMAL.replace("users_file = \"config/users\"\n", "");
+    let load = |extra: &str| {
+        Config::parse(Path::new("relay.toml"), &format!("{without_users}{extra}"))
+            .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+    };
+    let c = load("[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\n").unwrap();
+    assert_eq!(c.auth.users_file, None);
+    let e = load("[kerberos]\nrealm = \"LAB.TEST\"\n").unwrap_err();
+    assert_eq!(e, ["relay.toml:7: auth.users_file: required key is missing"]);
+    assert_eq!(
+        load("").unwrap_err(),
+        ["relay.toml:7: auth.users_file: required key is missing"]
+    );
+}
+
+#[test]
+fn example_kerberos_table_loads_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("#[kerberos]").expect("the example documents [kerberos]");
+    let uncommented: String = text[start..]
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with('[') || rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::parse(&path, &format!("{}{uncommented}\n", &text[..start])).unwrap_or_else(|e| panic!("{e:?}"));
+    let k = c.kerberos.expect("[kerberos]");
+    assert_eq!(
+        (k.realm.as_str(), k.netbios.as_str(), k.kdcs.len()),
+        ("LAB.TEST", "LAB", 2)
+    );
+    assert_eq!(k.keytab.as_deref(), Some(Path::new("config/relay.keytab")));
 }

@@ -2,7 +2,8 @@
 //! Nothing in here may use tokio, hyper or std::net (a test enforces it).
 
 pub mod credssp;
-mod guard;
+pub(crate) mod guard;
 pub mod http_auth;
+pub mod kerberos;
 pub mod sealing;
 pub mod wsman;
