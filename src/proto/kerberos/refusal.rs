@@ -1,0 +1,85 @@
+//! Why a KDC refused: its KRB-ERROR code in words an administrator can act on, with
+//! the account or service principal the request was about.
+
+use super::messages::{error_codes, krb_error};
+use super::tickets::KdcRequest;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KdcRefusal {
+    #[error("pre-authentication failed: {realm} refused the delegated password of {client}")]
+    PreauthFailed { client: String, realm: String },
+    #[error("{realm} does not know the user {client}")]
+    UnknownClient { client: String, realm: String },
+    #[error("{realm} refused {client}: the account is disabled, locked out or expired")]
+    ClientRevoked { client: String, realm: String },
+    #[error("the password of {client} has expired in {realm}; the user must change it")]
+    PasswordExpired { client: String, realm: String },
+    #[error(
+        "unknown SPN {spn}: {realm} has no service principal of that name; register it on the target's \
+         account (setspn -S {spn} <account>) or set the target's spn"
+    )]
+    UnknownSpn { spn: String, realm: String },
+    #[error(
+        "clock skew: the clocks of the relay and of {realm}'s KDC differ by more than the domain allows; \
+         synchronise the bastion's clock (NTP)"
+    )]
+    ClockSkew { realm: String },
+    #[error("{realm} has no key for {what} with an encryption type the relay supports (AES): enable AES for it")]
+    NoAesKey { what: String, realm: String },
+    #[error("{realm} refused {what}: Kerberos error {code}{text}")]
+    Other {
+        what: String,
+        realm: String,
+        code: i64,
+        text: String,
+    },
+}
+
+/// The refusal that `reply` (a bare KDC message) means as the answer to `request`;
+/// `None` when it is no KRB-ERROR, or the KDC's ordinary request for pre-authentication.
+pub fn refusal(request: &KdcRequest, reply: &[u8]) -> Option<KdcRefusal> {
+    let error = krb_error(reply)?;
+    if error.code == error_codes::KDC_ERR_PREAUTH_REQUIRED {
+        return None;
+    }
+    let (client, realm, spn) = match request {
+        KdcRequest::As { client, realm, .. } => (client.clone(), realm.clone(), None),
+        KdcRequest::Tgs { spn, realm } => (String::new(), realm.clone(), Some(spn.clone())),
+        KdcRequest::Other => (String::new(), "the realm".to_string(), None),
+    };
+    let what = match &spn {
+        Some(spn) => format!("a ticket for {spn}"),
+        None if !client.is_empty() => format!("the logon of {client}"),
+        None => "a request".to_string(),
+    };
+    // The KDC's words go into faults and the audit: short, printable.
+    let text = error
+        .text
+        .map(|t| t.chars().filter(|c| !c.is_control()).take(200).collect::<String>())
+        .filter(|t| !t.is_empty())
+        .map(|t| format!(" ({t})"))
+        .unwrap_or_default();
+    Some(match (error.code, spn) {
+        (error_codes::KDC_ERR_PREAUTH_FAILED | error_codes::KRB_AP_ERR_BAD_INTEGRITY, None) => {
+            KdcRefusal::PreauthFailed { client, realm }
+        }
+        (error_codes::KDC_ERR_C_PRINCIPAL_UNKNOWN, None) => KdcRefusal::UnknownClient { client, realm },
+        (error_codes::KDC_ERR_CLIENT_REVOKED, None) => KdcRefusal::ClientRevoked { client, realm },
+        (error_codes::KDC_ERR_KEY_EXPIRED, None) => KdcRefusal::PasswordExpired { client, realm },
+        (error_codes::KDC_ERR_S_PRINCIPAL_UNKNOWN, Some(spn)) => KdcRefusal::UnknownSpn { spn, realm },
+        (error_codes::KRB_AP_ERR_SKEW, _) => KdcRefusal::ClockSkew { realm },
+        (error_codes::KDC_ERR_ETYPE_NOSUPP, spn) => KdcRefusal::NoAesKey {
+            what: spn.unwrap_or(client),
+            realm,
+        },
+        (code, _) => KdcRefusal::Other {
+            what,
+            realm,
+            code,
+            text,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;
