@@ -33,6 +33,7 @@ pub(super) struct RawConfig {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub limits: RawLimits,
+    pub kerberos: Option<RawKerberos>,
     #[serde(default)]
     pub target: Vec<RawTarget>,
     #[serde(default)]
@@ -97,11 +98,19 @@ pub(super) struct RawDefaults {
     pub timeout_secs: V,
 }
 
+#[derive(Deserialize, Default)]
+pub(super) struct RawKerberos {
+    pub realm: V,
+    pub netbios: V,
+    pub kdc: List,
+}
+
 #[derive(Deserialize)]
 pub(super) struct RawTarget {
     pub name: V,
     pub url: V,
     pub auth: V,
+    pub spn: V,
     pub listen: V,
     pub ca_file: V,
     pub tls_fingerprint: V,
@@ -135,13 +144,15 @@ struct KeyInventory {
     #[serde(default)]
     limits: Keys,
     #[serde(default)]
+    kerberos: Keys,
+    #[serde(default)]
     target: Vec<Keys>,
     #[serde(default)]
     allow: Vec<Keys>,
 }
 
 const TOP: &[&str] = &[
-    "listen", "auth", "audit", "session", "defaults", "limits", "target", "allow",
+    "listen", "auth", "audit", "session", "defaults", "limits", "kerberos", "target", "allow",
 ];
 const LISTEN: &[&str] = &[
     "http",
@@ -182,10 +193,12 @@ const DEFAULTS: &[&str] = &[
     "connect_timeout_secs",
     "timeout_secs",
 ];
+const KERBEROS: &[&str] = &["realm", "netbios", "kdc"];
 const TARGET: &[&str] = &[
     "name",
     "url",
     "auth",
+    "spn",
     "listen",
     "ca_file",
     "tls_fingerprint",
@@ -224,6 +237,7 @@ pub(super) fn unknown_keys(loc: &Locator<'_>, src: &str) -> Vec<ConfigError> {
     check(&inv.session, "session", SESSION);
     check(&inv.defaults, "defaults", DEFAULTS);
     check(&inv.limits, "limits", LIMITS);
+    check(&inv.kerberos, "kerberos", KERBEROS);
     for (i, t) in inv.target.iter().enumerate() {
         check(t, &format!("target[{i}]"), TARGET);
     }

@@ -23,7 +23,9 @@ impl Validator<'_> {
         let audit = self.audit(raw.audit);
         let session = self.session(raw.session);
         let limits = self.limits(raw.limits);
-        let (defaults, defaults_ca) = self.defaults(raw.defaults)?;
+        let (mut defaults, defaults_ca) = self.defaults(raw.defaults)?;
+        defaults.kerberos = self.kerberos(raw.kerberos, defaults.connect_timeout);
+        self.check_defaults_kerberos(&defaults);
         let targets = self.targets(raw.target, &defaults, defaults_ca.as_ref(), &mut listeners);
         if listeners.declared == 0 {
             let at = self.loc.header_offset("listen", None);

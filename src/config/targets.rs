@@ -1,8 +1,9 @@
-//! `[defaults]` and `[[target]]`: how targets are reached, checked at load, with each
-//! https target's TLS configuration built once here.
+//! `[defaults]`, `[[target]]` and the realm of `[kerberos]`: how targets are reached,
+//! checked at load, with each https target's TLS configuration built once here.
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -10,8 +11,15 @@ use toml::Spanned;
 use super::raw;
 use super::validate::{Listeners, Validator};
 use super::{DEFAULT_TARGET_HTTPS_PORT, DEFAULT_TARGET_PORT};
+use crate::kerberos::kdc::{KdcTransport, KdcUrl};
 use crate::resolve::host::{self, parse_target_url, TargetUrl};
-use crate::resolve::{CaFile, Fingerprint, TargetAuth, TargetConfig, TargetDefaults, TargetTls, TlsTrust};
+use crate::resolve::{
+    validate_spn, CaFile, Fingerprint, KerberosRealm, KerberosTarget, TargetAuth, TargetConfig, TargetDefaults,
+    TargetTls, TlsTrust,
+};
+
+/// A NetBIOS domain name is at most 15 characters.
+const MAX_NETBIOS_LEN: usize = 15;
 
 /// The TLS keys of one `[[target]]`, as written.
 struct TlsKeys {
@@ -27,6 +35,8 @@ struct TargetRef<'a> {
     auth: TargetAuth,
     /// Offset of its `[[target]]` header.
     at: usize,
+    /// Offset of its `auth` value, when it has one.
+    auth_at: Option<usize>,
 }
 
 impl Validator<'_> {
@@ -59,6 +69,7 @@ impl Validator<'_> {
                 Duration::from_secs(10),
             ),
             timeout: self.secs(d.timeout_secs, "defaults.timeout_secs", Duration::from_secs(120)),
+            kerberos: None,
         };
 
         // Certificates are always checked; a target whose certificate no CA vouches for is
@@ -75,6 +86,94 @@ impl Validator<'_> {
             }
         }
         Some((defaults, defaults_ca))
+    }
+
+    /// `[kerberos]`: the realm the relay gets tickets in for Kerberos targets, and its
+    /// KDCs, asked within `connect_timeout` each.
+    pub fn kerberos(&mut self, raw: Option<raw::RawKerberos>, connect_timeout: Duration) -> Option<Arc<KerberosRealm>> {
+        let raw = raw?;
+        let at = Some(self.loc.header_offset("kerberos", None));
+        let realm = self.required(raw.realm, "kerberos.realm", at).and_then(|v| {
+            let name = v.get_ref();
+            let problem = if name.chars().any(|c| c.is_ascii_lowercase()) {
+                Some(format!(
+                    "realm {name:?} must be upper case: an AD domain's realm is its DNS name in capitals ({:?})",
+                    name.to_ascii_uppercase()
+                ))
+            } else {
+                host::validate_hostname(&name.to_ascii_lowercase())
+                    .err()
+                    .map(|m| format!("realm {name:?} is not a domain name: {m}"))
+            };
+            match problem {
+                Some(m) => {
+                    self.error(v.span(), "kerberos.realm", m);
+                    None
+                }
+                None => Some(v.into_inner()),
+            }
+        });
+        let netbios = self.required(raw.netbios, "kerberos.netbios", at).and_then(|v| {
+            let name = v.get_ref();
+            let valid = !name.is_empty()
+                && name.len() <= MAX_NETBIOS_LEN
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if valid {
+                Some(v.into_inner())
+            } else {
+                self.error(
+                    v.span(),
+                    "kerberos.netbios",
+                    format!(
+                        "invalid NetBIOS domain name {name:?}: 1 to {MAX_NETBIOS_LEN} letters, digits, '-' or '_' \
+                         (the LAB of LAB\\alice)"
+                    ),
+                );
+                None
+            }
+        });
+        let kdcs = match raw.kdc {
+            Some(kdc) => self.list(Some(kdc), "kerberos.kdc", 0, |s| {
+                KdcUrl::parse(s).map_err(|e| e.to_string())
+            }),
+            None => {
+                self.required(None, "kerberos.kdc", at);
+                Vec::new()
+            }
+        };
+        let (name, netbios) = (realm?, netbios?);
+        if kdcs.is_empty() {
+            return None;
+        }
+        Some(Arc::new(KerberosRealm {
+            name,
+            netbios,
+            kdc: KdcTransport::new(kdcs, connect_timeout, connect_timeout),
+        }))
+    }
+
+    /// `[defaults] auth = "kerberos"` (or `https-kerberos`) needs the realm.
+    pub fn check_defaults_kerberos(&mut self, defaults: &TargetDefaults) {
+        if defaults.auth.kerberos_only() && defaults.kerberos.is_none() && !self.kerberos_reported() {
+            let at = self.loc.header_offset("defaults", None);
+            self.error(
+                at..at,
+                "defaults.auth",
+                format!(
+                    "auth {:?} needs a [kerberos] section (realm and KDCs)",
+                    defaults.auth.as_str()
+                ),
+            );
+        }
+    }
+
+    /// Whether `[kerberos]` itself had a problem (then what depends on it is not reported again).
+    fn kerberos_reported(&self) -> bool {
+        self.errors
+            .iter()
+            .any(|e| matches!(e, super::ConfigError::Invalid { key, .. } if key.starts_with("kerberos.")))
     }
 
     pub fn targets(
@@ -107,6 +206,7 @@ impl Validator<'_> {
             }
             let name = name.map(Spanned::into_inner).unwrap_or_default();
             let auth_span = t.auth.as_ref().map(Spanned::span);
+            let auth_at = auth_span.as_ref().map(|span| span.start);
             let explicit_auth = self.target_auth_opt(t.auth, &key("auth"));
             let auth = explicit_auth.unwrap_or(defaults.auth);
             let url = self.required(t.url, &key("url"), at);
@@ -160,8 +260,10 @@ impl Validator<'_> {
                 name: &name,
                 auth,
                 at: header,
+                auth_at,
             };
             let tls = self.target_tls(tls_keys, &target, https, defaults_ca);
+            let kerberos = self.target_kerberos(t.spn, &target, &url, defaults);
             listeners.declared += usize::from(t.listen.is_some());
             let listen = self.string(t.listen, &key("listen")).and_then(|a| {
                 let addr = self.socket_addr(&a, &key("listen"))?;
@@ -175,6 +277,7 @@ impl Validator<'_> {
                 auth,
                 listen,
                 tls,
+                kerberos,
                 connect_timeout: self.secs(
                     t.connect_timeout_secs,
                     &key("connect_timeout_secs"),
@@ -258,6 +361,56 @@ impl Validator<'_> {
         // An unparsable url was reported already; there is no TLS to build for it.
         https?;
         self.tls(trust, target.at, &key("url"))
+    }
+
+    /// Whether and how target[i] gets Kerberos tickets: `spn` checked, the auth's need
+    /// for a realm and an SPN met (see [`KerberosTarget::choose`]).
+    fn target_kerberos(
+        &mut self,
+        spn: raw::V,
+        target: &TargetRef<'_>,
+        url: &str,
+        defaults: &TargetDefaults,
+    ) -> Option<KerberosTarget> {
+        let i = target.index;
+        let key = |k: &str| format!("target[{i}].{k}");
+        let spn = self.string(spn, &key("spn"));
+        if let Some(v) = &spn {
+            let uses_kerberos = target.auth.kerberos_only()
+                || matches!(target.auth, TargetAuth::Negotiate | TargetAuth::HttpsNegotiate);
+            let problem = if uses_kerberos {
+                validate_spn(v.get_ref()).err()
+            } else {
+                Some(format!(
+                    "auth {:?} does not use Kerberos; spn applies to kerberos, https-kerberos, negotiate and \
+                     https-negotiate",
+                    target.auth.as_str()
+                ))
+            };
+            if let Some(m) = problem {
+                self.error(v.span(), key("spn"), m);
+                return None;
+            }
+        }
+        // An unparsable url was reported already.
+        let parsed = parse_target_url(url).ok()?;
+        if target.auth.kerberos_only() && defaults.kerberos.is_none() && self.kerberos_reported() {
+            return None;
+        }
+        match KerberosTarget::choose(
+            target.auth,
+            defaults.kerberos.as_ref(),
+            spn.as_ref().map(|v| v.get_ref().as_str()),
+            &parsed.host.host,
+            parsed.host.ip,
+        ) {
+            Ok(kerberos) => kerberos,
+            Err(m) => {
+                let at = target.auth_at.unwrap_or(target.at);
+                self.error(at..at, key("auth"), m);
+                None
+            }
+        }
     }
 
     /// An optional `ca_file`, read and checked now so a bad file fails `check`, not the
