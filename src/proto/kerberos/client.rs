@@ -19,6 +19,7 @@ use sspi::{
     Sspi, SspiImpl, Username,
 };
 
+use super::ap_options::fix_channel_binding_mark;
 use super::refusal::{refusal, KdcRefusal};
 use super::tickets::{self, classify_request, unframe};
 use crate::proto::guard::{contain_panic, Panicked};
@@ -200,12 +201,13 @@ impl KerberosClient {
         credentials: &DelegatedCredentials,
         kdc: &mut K,
     ) -> Result<Option<Vec<u8>>, StepError<K::Error>> {
-        match self.state {
+        let first = match self.state {
             State::Established => return Ok(None),
             State::Broken => return Err(KerberosError::Panicked.into()),
             State::InProgress if server_token.is_none() => return Err(KerberosError::Incomplete.into()),
-            State::Initial | State::InProgress => {}
-        }
+            State::Initial => true,
+            State::InProgress => false,
+        };
         // Unusable after anything but success below.
         self.state = State::Broken;
         let mut input = vec![SecurityBuffer::new(
@@ -269,11 +271,26 @@ impl KerberosClient {
                 Ok((!token.is_empty()).then_some(token))
             }
             SecurityStatus::ContinueNeeded => {
+                let token = if first && self.channel_bindings.is_some() {
+                    self.mark_channel_binding(token)?
+                } else {
+                    token
+                };
                 self.state = State::InProgress;
                 Ok(Some(token))
             }
             other => Err(KerberosError::Sspi(format!("unexpected status {other:?}")).into()),
         }
+    }
+
+    /// The AP-REQ of a channel-bound context with its binding marked as acceptors read it
+    /// (see [`fix_channel_binding_mark`]); as sspi made it when there is nothing to mend.
+    fn mark_channel_binding(&mut self, token: Vec<u8>) -> Result<Vec<u8>, KerberosError> {
+        let ctx = &self.ctx;
+        let key = self
+            .unbroken(contain_panic(|| ctx.query_context_session_key()))?
+            .map_err(sspi_err)?;
+        Ok(fix_channel_binding_mark(&token, key.session_key.as_ref()).unwrap_or(token))
     }
 
     fn check_established(&self) -> Result<(), KerberosError> {

@@ -2,6 +2,7 @@
 //! relay's client towards Kerberos targets with the session's tickets, and why a KDC
 //! refused.
 
+mod ap_options;
 pub mod client;
 #[cfg(test)]
 mod fixtures;

@@ -220,3 +220,25 @@ fn garbage_from_the_target_is_an_error_not_a_panic() {
         assert!(client.seal(b"<s:Envelope/>").is_err());
     }
 }
+
+#[test]
+fn a_channel_bound_ap_req_says_so_as_acceptors_read_it() {
+    use crate::proto::kerberos::ap_options::tests::{authorization_data, marked_as_channel_bound};
+
+    let alice = credentials("LAB", "alice", PASSWORD);
+    let mut bound = client(&alice, "HTTP/web11.lab.test").with_channel_bindings(b"tls-server-end-point:0123");
+    let token = block_on(bound.step(None, &alice, &mut RecordedKdc::default()))
+        .expect("AP-REQ")
+        .expect("token");
+    let key = bound.ctx.query_context_session_key().expect("session key");
+    let entries = authorization_data(&token, key.session_key.as_ref());
+    assert!(marked_as_channel_bound(&entries), "{entries:?}");
+
+    // Without channel bindings there is nothing to mark.
+    let mut unbound = client(&alice, "HTTP/web11.lab.test");
+    let token = block_on(unbound.step(None, &alice, &mut RecordedKdc::default()))
+        .expect("AP-REQ")
+        .expect("token");
+    let key = unbound.ctx.query_context_session_key().expect("session key");
+    assert!(authorization_data(&token, key.session_key.as_ref()).is_empty());
+}
