@@ -944,7 +944,8 @@ fn commented_transport_examples_are_valid() {
         })
         .collect::<Vec<_>>()
         .join("\n")
-        .replace("certs/web02-ca.pem", &ca.display().to_string());
+        .replace("certs/web02-ca.pem", &ca.display().to_string())
+        .replace("certs/lab-ca.pem", &ca.display().to_string());
     let c = Config::parse(&path, &uncommented).unwrap_or_else(|e| panic!("{e:#?}"));
     assert_eq!(c.listen.https, Some("127.0.0.1:5986".parse().unwrap()));
     let auths: Vec<_> = c.targets.iter().map(|t| (t.name.as_str(), t.auth)).collect();
@@ -955,8 +956,27 @@ fn commented_transport_examples_are_valid() {
             ("web02", TargetAuth::HttpsNtlm),
             ("files01", TargetAuth::Basic),
             ("app01", TargetAuth::CredSsp),
+            ("web11", TargetAuth::Kerberos),
+            ("web12", TargetAuth::HttpsKerberos),
         ]
     );
+    let spns: Vec<_> = c
+        .targets
+        .iter()
+        .map(|t| t.kerberos.as_ref().map(|k| k.spn.as_str()))
+        .collect();
+    assert_eq!(
+        spns,
+        [
+            None,
+            None,
+            None,
+            None,
+            Some("HTTP/web11.lab.test"),
+            Some("HTTP/web12.lab.test")
+        ]
+    );
+    assert_eq!(c.defaults.kerberos.as_ref().map(|k| k.name.as_str()), Some("LAB.TEST"));
     assert_eq!(ca_of(c.targets[1].tls.as_ref()), Some(ca.as_path()));
     assert!(matches!(
         c.targets[2].tls.as_ref().map(TargetTls::trust),
