@@ -20,7 +20,7 @@ use sspi::{
 };
 
 use super::ap_options::fix_channel_binding_mark;
-use super::refusal::{refusal, KdcRefusal};
+use super::refusal::{refusal, target_refusal, KdcRefusal, TargetRefusal};
 use super::tickets::{self, classify_request, unframe};
 use crate::proto::guard::{contain_panic, Panicked};
 use crate::proto::http_auth::sec_channel_bindings;
@@ -42,6 +42,8 @@ pub trait KdcExchange {
 pub enum KerberosError {
     #[error(transparent)]
     Refused(#[from] KdcRefusal),
+    #[error(transparent)]
+    TargetRefused(#[from] TargetRefusal),
     #[error("{account} is not an account of the realm {realm} (NetBIOS name {netbios}): it cannot use Kerberos")]
     NotInRealm {
         account: String,
@@ -260,7 +262,12 @@ impl KerberosClient {
         let result = match (result, refused) {
             (Ok(result), _) => result,
             (Err(_), Some(refusal)) => return Err(KerberosError::Refused(refusal).into()),
-            (Err(error), None) => return Err(sspi_err(error).into()),
+            (Err(error), None) => {
+                let by_target = server_token.and_then(|token| target_refusal(token, &self.spn));
+                return Err(by_target
+                    .map_or_else(|| sspi_err(error), KerberosError::TargetRefused)
+                    .into());
+            }
         };
         let token = output.pop().map(|b| b.buffer).unwrap_or_default();
         match result.status {

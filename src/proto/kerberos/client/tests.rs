@@ -242,3 +242,36 @@ fn a_channel_bound_ap_req_says_so_as_acceptors_read_it() {
     let key = unbound.ctx.query_context_session_key().expect("session key");
     assert!(authorization_data(&token, key.session_key.as_ref()).is_empty());
 }
+
+#[test]
+fn a_target_that_refuses_the_ticket_for_clock_skew_says_so() {
+    let alice = credentials("LAB", "alice", PASSWORD);
+    let mut client = client(&alice, "HTTP/web11.lab.test");
+    block_on(client.step(None, &alice, &mut RecordedKdc::default())).expect("AP-REQ");
+    let krb5_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
+    let error = [
+        fixtures::tlv(0x06, &krb5_oid),
+        vec![0x03, 0x00],
+        fixtures::krb_error(37, None),
+    ]
+    .concat();
+    let answer = fixtures::tlv(
+        0xa1,
+        &fixtures::tlv(
+            0x30,
+            &[
+                fixtures::tlv(0xa0, &[0x0a, 0x01, 0x02]),
+                fixtures::tlv(0xa2, &fixtures::tlv(0x04, &fixtures::tlv(0x60, &error))),
+            ]
+            .concat(),
+        ),
+    );
+    let refused = block_on(client.step(Some(&answer), &alice, &mut RecordedKdc::default())).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StepError::Kerberos(KerberosError::TargetRefused(TargetRefusal::ClockSkew))
+        ),
+        "{refused}"
+    );
+}

@@ -86,3 +86,48 @@ fn other_codes_say_what_to_do_or_what_the_kdc_said() {
     );
     assert_eq!(refusal(&as_request, b"\x6b\x00"), None);
 }
+
+/// A krb5 mechanism token carrying `error` (token id 03 00), bare or in a NegTokenResp.
+fn target_error_token(error: &[u8], spnego: bool) -> Vec<u8> {
+    let krb5_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
+    let token = fixtures::tlv(
+        0x60,
+        &[fixtures::tlv(0x06, &krb5_oid), vec![0x03, 0x00], error.to_vec()].concat(),
+    );
+    if !spnego {
+        return token;
+    }
+    let fields = [
+        fixtures::tlv(0xa0, &[0x0a, 0x01, 0x02]),
+        fixtures::tlv(0xa2, &fixtures::tlv(0x04, &token)),
+    ]
+    .concat();
+    fixtures::tlv(0xa1, &fixtures::tlv(0x30, &fields))
+}
+
+#[test]
+fn a_target_that_says_why_it_refused_the_ticket() {
+    let spn = "HTTP/web11.lab.test";
+    let skew = target_error_token(&fixtures::krb_error(37, None), true);
+    assert_eq!(target_refusal(&skew, spn), Some(TargetRefusal::ClockSkew));
+    assert!(TargetRefusal::ClockSkew
+        .to_string()
+        .starts_with("clock skew: the clocks of the relay and of the target"));
+    let modified = target_error_token(&fixtures::krb_error(41, None), false);
+    assert_eq!(
+        target_refusal(&modified, spn),
+        Some(TargetRefusal::WrongKey { spn: spn.into() })
+    );
+    let other = target_error_token(&fixtures::krb_error(60, Some("GENERIC")), true);
+    assert_eq!(
+        target_refusal(&other, spn).unwrap().to_string(),
+        "the target refused the ticket for HTTP/web11.lab.test: Kerberos error 60 (GENERIC)"
+    );
+    // An AP-REP, garbage, nothing: no refusal to tell.
+    let ap_rep = [
+        0x60, 0x0e, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02, 0x02, 0x00, 0x6f,
+    ];
+    for token in [&ap_rep[..], b"", b"\xa1\x84\xff\xff\xff\xff", b"\x60\x02\x06\x00"] {
+        assert_eq!(target_refusal(token, spn), None, "{token:02x?}");
+    }
+}
