@@ -30,6 +30,10 @@ def legs(*parts):
 # credssp_first_token
 put("credssp_first_token", "spnego", g.spnego_init(g.ntlm_negotiate()))
 put("credssp_first_token", "ntlm", g.ntlm_negotiate())
+# Real Kerberos first tokens (made against the test realm): requests-credssp's raw krb5 AP-REQ, pyspnego's SPNEGO.
+for name in ("requests_credssp_kerberos_ap_req", "pyspnego_negotiate_kerberos"):
+    with open(os.path.join(REPO, "src/proto/credssp/fixtures", name + ".bin"), "rb") as fh:
+        put("credssp_first_token", name, fh.read())
 
 # http_auth_header
 for i, v in enumerate([b"CredSSP AAEC", b"Negotiate", b"CredSSP\nBasic realm=\"WSMAN\", Negotiate AAEC\nCredSSP FgMD",

@@ -431,10 +431,12 @@ def transports_config_toml(workdir: str, outdir: str) -> str:
 class ExtraRelay:
     """A relay process of a test's own, on its own loopback address (host:5985): relay_config_toml without the
     web01 listener, audit and log in a directory of its own. `listen_extra` and `auth_extra` go into those
-    tables, `tail` at the end (more tables, [[target]]s, [[allow]] rules). Call stop() when done."""
+    tables, `tail` at the end (more tables, [[target]]s, [[allow]] rules), then `edit` may rewrite the whole
+    text. Call stop() when done."""
 
     def __init__(self, h: "Harness", host: str, listen_extra: str = "", auth_extra: str = "", tail: str = "",
-                 own_certificate: bool = False, nofile: typing.Optional[int] = None, own_users: bool = False):
+                 own_certificate: bool = False, nofile: typing.Optional[int] = None, own_users: bool = False,
+                 edit: typing.Optional[typing.Callable[[str], str]] = None):
         self.host = host
         self.dir = os.path.join(h.workdir, "relay-" + host)
         os.makedirs(self.dir, exist_ok=True)
@@ -454,6 +456,8 @@ class ExtraRelay:
             shutil.copy(h.users_file, self.users)
             config = config.replace(h.users_file, self.users)
         config = config.replace("[auth]\n", listen_extra + "\n[auth]\n" + auth_extra + "\n", 1) + "\n" + tail
+        if edit:
+            config = edit(config)
         self.config = os.path.join(self.dir, "relay.toml")
         with open(self.config, "w") as fh:
             fh.write(config)

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check` and `user add|remove|list`.
+//! Command line: `serve`, `check`, `user add|remove|list` and `kerberos test`.
 //!
 //! Exit codes: 0 success, 1 failure (server error, config problems found by `check`,
 //! users-file errors), 2 usage errors and a config `serve` cannot load.
@@ -36,6 +36,26 @@ enum Command {
     User {
         #[command(subcommand)]
         action: UserCommand,
+    },
+    /// Domain mode ([kerberos]) checks.
+    Kerberos {
+        #[command(subcommand)]
+        action: KerberosCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KerberosCommand {
+    /// One AS exchange for a domain user against the configured KDCs: says
+    /// whether the domain accepts the password, and if not why.
+    Test {
+        /// DOMAIN\user, user@REALM or user (of [kerberos] realm).
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 
@@ -101,6 +121,81 @@ pub fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Kerberos {
+            action:
+                KerberosCommand::Test {
+                    name,
+                    config,
+                    password_stdin,
+                },
+        } => kerberos_test(&name, &config.config, password_stdin),
+    }
+}
+
+/// `kerberos test`: exit 0 when the domain issued a TGT, 1 otherwise (the
+/// line printed says why), 2 when the config cannot be used.
+fn kerberos_test(name: &str, path: &Path, password_stdin: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (Some(kerberos), Some(transport)) = (
+        &config.kerberos,
+        crate::kerberos::kdc::KdcTransport::from_config(&config),
+    ) else {
+        eprintln!("error: {}: no [kerberos] table", path.display());
+        return ExitCode::from(2);
+    };
+    if transport.kdcs().is_empty() {
+        eprintln!("error: {}: [kerberos] kdc lists no KDC", path.display());
+        return ExitCode::from(2);
+    }
+    let names = crate::proto::credssp::DomainNames {
+        realm: kerberos.realm.clone(),
+        netbios: kerberos.netbios.clone(),
+    };
+    let who = crate::proto::credssp::Principal::parse(name).canonical(Some(&names));
+    if !who.domain.is_empty() && who.domain != kerberos.netbios {
+        eprintln!(
+            "error: {name} is not of the domain {} ({}): the configured KDCs only know its users",
+            kerberos.netbios, kerberos.realm
+        );
+        return ExitCode::from(2);
+    }
+    let password = match if password_stdin {
+        read_password_stdin()
+    } else {
+        rpassword::prompt_password(format!("Password for {}\\{}: ", kerberos.netbios, who.user))
+            .map(SecretString::from)
+            .map_err(UserCliError::Password)
+    } {
+        Ok(password) => password,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(crate::kerberos::probe::as_exchange(
+        &transport,
+        &kerberos.realm,
+        &who.user,
+        secrecy::ExposeSecret::expose_secret(&password),
+    ));
+    println!("{}@{}: {outcome}", who.user, kerberos.realm);
+    if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -166,14 +261,33 @@ fn check(path: &Path) -> ExitCode {
     };
     // Also what `serve` loads next: catching these now saves a failed start.
     let mut problems = Vec::new();
-    match UsersFile::load(&config.auth.users_file) {
-        Ok(users) if users.is_empty() => problems.push(format!(
-            "{}: no users; add one with `winrm-relay user add 'DOMAIN\\user' --users-file {}`",
-            config.auth.users_file.display(),
-            config.auth.users_file.display()
-        )),
-        Ok(_) => {}
-        Err(e) => problems.push(format!("users file: {e}")),
+    if let Some(users_file) = &config.auth.users_file {
+        match UsersFile::load(users_file) {
+            Ok(users) if users.is_empty() => problems.push(format!(
+                "{}: no users; add one with `winrm-relay user add 'DOMAIN\\user' --users-file {}`",
+                users_file.display(),
+                users_file.display()
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("users file: {e}")),
+        }
+    }
+    if let Some((keytab, realm)) = config
+        .kerberos
+        .as_ref()
+        .and_then(|k| Some((k.keytab.as_ref()?, k.realm.as_str())))
+    {
+        match crate::kerberos::keytab::load_keytab(keytab, realm) {
+            Ok(loaded) => {
+                for principal in &loaded.principals {
+                    println!("keytab {}: {principal}", keytab.display());
+                }
+                for warning in &loaded.warnings {
+                    eprintln!("warning: keytab {}: {warning}", keytab.display());
+                }
+            }
+            Err(e) => problems.push(format!("keytab: {e}")),
+        }
     }
     let (cert, key) = (&config.listen.tls_cert, &config.listen.tls_key);
     if cert.exists() || key.exists() {

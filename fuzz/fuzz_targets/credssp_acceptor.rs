@@ -63,6 +63,8 @@ fn fixture() -> &'static Fixture {
             }]
             .into(),
             min_version: 5,
+            domain: None,
+            service_keys: None,
         });
         let client = |version: &'static rustls::SupportedProtocolVersion| {
             Arc::new(

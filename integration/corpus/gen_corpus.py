@@ -105,6 +105,7 @@ def ts_request(version: typing.Optional[int] = 6, nego: typing.Optional[typing.L
 
 SPNEGO_OID = bytes.fromhex("06062b0601050502")
 NTLM_OID = bytes.fromhex("060a2b06010401823702020a")
+KRB5_OID = bytes.fromhex("06092a864886f712010202")
 
 
 def spnego_init(mech_token: bytes, mech_oid: bytes = NTLM_OID) -> bytes:
@@ -396,6 +397,17 @@ def tsreq_cases() -> typing.List[Case]:
         ts_request(6, [spnego_init(rand_bytes("spnego-mt", 60))]))
     add("spnego_nested_lengths", "SPNEGO whose inner lengths disagree with the outer",
         ts_request(6, [b"\x60\x10" + SPNEGO_OID + b"\xa0\x06\x30\x7f\xa0\x7f\x30\x7f"]))
+    # Raw krb5 GSS-API tokens (requests-credssp's shape with credssp_auth_mechanism="kerberos"): sspi's Negotiate
+    # server panics on any of them as they come; the relay must classify them first.
+    add("krb5_raw_ap_req_garbage", "raw krb5 token: AP-REQ frame around random bytes",
+        ts_request(6, [tlv(0x60, KRB5_OID + b"\x01\x00" + tlv(0x6E, rand_bytes("krb5-ap", 80)))]))
+    add("krb5_raw_truncated", "raw krb5 token whose outer length claims more than it carries",
+        ts_request(6, [(lambda t: t[:-30])(tlv(0x60, KRB5_OID + b"\x01\x00" + tlv(0x6E, rand_bytes("krb5-tr", 90))))]))
+    add("krb5_raw_tgt_req", "raw krb5 user-to-user TGT-REQ",
+        ts_request(6, [tlv(0x60, KRB5_OID + b"\x04\x00" + tlv(0x30, rand_bytes("krb5-u2u", 20)))]))
+    add("spnego_krb5_first_garbage", "SPNEGO offering Kerberos then NTLM, with a garbage Kerberos token",
+        ts_request(6, [tlv(0x60, SPNEGO_OID + tlv(0xA0, tlv(0x30, tlv(0xA0, tlv(0x30, KRB5_OID + NTLM_OID))
+                                                             + tlv(0xA2, tlv(0x04, rand_bytes("krb5-sp", 70))))))]))
     add("pubkeyauth_1_byte", "pubKeyAuth of 1 byte in the first TSRequest", ts_request(6, pub_key_auth=b"\x01"))
     add("pubkeyauth_first_long", "32-byte pubKeyAuth before any negotiation", ts_request(6, pub_key_auth=b"\x02" * 32,
                                                                                          nonce=b"\x03" * 32))

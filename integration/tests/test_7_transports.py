@@ -469,7 +469,7 @@ def test_relay_basic_https_in_https_ntlm_cbt_out(rt, tdoubles):
     assert reqs and all(r["user"] == ALICE and r["cbt"] == "verified" and r["tls"] is True
                         and r["auth"] == "negotiate" for r in reqs), reqs[:3]
     assert any(e.get("event") == "request" and e.get("target") == "web03" and e.get("user", "").lower() == ALICE.lower()
-               for e in rt.events())
+               and e.get("auth") == "basic" for e in rt.events())
 
 
 def test_relay_cbt_hash_follows_certificate_signature(rt, tdoubles):

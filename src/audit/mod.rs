@@ -41,12 +41,26 @@ pub enum AuditKind {
     AuditResumed,
 }
 
+/// How a caller authenticated (the audit's `auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// NTLM inside CredSSP, against the users file.
+    Ntlm,
+    /// Kerberos inside CredSSP, a ticket for the relay's keytab.
+    Kerberos,
+    /// Basic over HTTPS, against the users file.
+    Basic,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditEvent {
     pub event: AuditKind,
     pub session: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMethod>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -372,6 +386,28 @@ mod tests {
         // 2024-01-02T03:04:05.678Z
         assert_eq!(time.len(), 24, "{time}");
         assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "{time}");
+    }
+
+    #[test]
+    fn auth_methods_are_named_as_documented() {
+        let (sink, capture) = AuditSink::in_memory();
+        for auth in [AuthMethod::Ntlm, AuthMethod::Kerberos, AuthMethod::Basic] {
+            sink.emit(&AuditEvent {
+                auth: Some(auth),
+                ..Default::default()
+            });
+        }
+        let names: Vec<String> = capture
+            .lines()
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["auth"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, ["ntlm", "kerberos", "basic"]);
     }
 
     #[test]

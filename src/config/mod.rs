@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::kerberos::kdc::KdcUrl;
 use crate::policy::Policy;
 use crate::resolve::{self, ResolveError, ResolvedTarget, TargetConfig, TargetDefaults};
 use raw::Locator;
@@ -56,6 +57,23 @@ pub struct Config {
     /// The `[[allow]]` rules, compiled, in file order (the index is the rule number in
     /// decisions).
     pub policy: Policy,
+    /// Domain mode (`[kerberos]`); `None` without the table.
+    pub kerberos: Option<KerberosConfig>,
+}
+
+/// `[kerberos]`: the Active Directory domain the relay works in.
+#[derive(Debug, Clone)]
+pub struct KerberosConfig {
+    /// The domain's DNS name in upper case, its Kerberos realm: `LAB.TEST`.
+    pub realm: String,
+    /// Its NetBIOS name (`LAB`: `LAB\alice` is `alice@LAB.TEST`); defaults to
+    /// the realm's first label.
+    pub netbios: String,
+    /// The KDCs (domain controllers) in the order tried, or KDC proxies.
+    pub kdcs: Vec<KdcUrl>,
+    /// The relay's own keys (`HTTP/<fqdn>`, `WSMAN/<fqdn>`, ...): with one,
+    /// callers can log on with Kerberos inside CredSSP.
+    pub keytab: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,7 +101,9 @@ pub struct ListenConfig {
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    pub users_file: PathBuf,
+    /// Local and workgroup accounts (NTLM inside CredSSP, Basic); optional when
+    /// `[kerberos] keytab` lets domain users log on with Kerberos.
+    pub users_file: Option<PathBuf>,
     /// Lowest TSRequest version accepted from clients (2..=6).
     pub credssp_min_version: u32,
     /// The whole CredSSP exchange must finish within this time.

@@ -33,11 +33,11 @@ pub(super) struct RawConfig {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub limits: RawLimits,
-    pub kerberos: Option<RawKerberos>,
     #[serde(default)]
     pub target: Vec<RawTarget>,
     #[serde(default)]
     pub allow: Vec<RawAllow>,
+    pub kerberos: Option<RawKerberos>,
 }
 
 #[derive(Deserialize, Default)]
@@ -98,13 +98,6 @@ pub(super) struct RawDefaults {
     pub timeout_secs: V,
 }
 
-#[derive(Deserialize, Default)]
-pub(super) struct RawKerberos {
-    pub realm: V,
-    pub netbios: V,
-    pub kdc: List,
-}
-
 #[derive(Deserialize)]
 pub(super) struct RawTarget {
     pub name: V,
@@ -117,6 +110,14 @@ pub(super) struct RawTarget {
     pub tls_verify: V,
     pub connect_timeout_secs: V,
     pub timeout_secs: V,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawKerberos {
+    pub realm: V,
+    pub netbios: V,
+    pub kdc: List,
+    pub keytab: V,
 }
 
 #[derive(Deserialize)]
@@ -144,15 +145,15 @@ struct KeyInventory {
     #[serde(default)]
     limits: Keys,
     #[serde(default)]
-    kerberos: Keys,
-    #[serde(default)]
     target: Vec<Keys>,
     #[serde(default)]
     allow: Vec<Keys>,
+    #[serde(default)]
+    kerberos: Keys,
 }
 
 const TOP: &[&str] = &[
-    "listen", "auth", "audit", "session", "defaults", "limits", "kerberos", "target", "allow",
+    "listen", "auth", "audit", "session", "defaults", "limits", "target", "allow", "kerberos",
 ];
 const LISTEN: &[&str] = &[
     "http",
@@ -193,7 +194,6 @@ const DEFAULTS: &[&str] = &[
     "connect_timeout_secs",
     "timeout_secs",
 ];
-const KERBEROS: &[&str] = &["realm", "netbios", "kdc"];
 const TARGET: &[&str] = &[
     "name",
     "url",
@@ -207,6 +207,7 @@ const TARGET: &[&str] = &[
     "timeout_secs",
 ];
 const ALLOW: &[&str] = &["users", "targets", "shells"];
+const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab"];
 
 /// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the
 /// table shapes are known to be right.

@@ -5,11 +5,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw;
+use super::targets::realm_for_targets;
 use super::validate::{Listeners, Validator};
 use super::{
-    AuditConfig, AuditOnFailure, AuthConfig, Config, LimitsConfig, ListenConfig, SessionConfig,
+    AuditConfig, AuditOnFailure, AuthConfig, Config, KerberosConfig, LimitsConfig, ListenConfig, SessionConfig,
     DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS,
 };
+use crate::kerberos::kdc::{KdcProtocol, KdcUrl};
 use crate::policy::{self, Policy};
 
 const MIN_ENVELOPE_SIZE: i64 = 8 * 1024;
@@ -19,12 +21,16 @@ impl Validator<'_> {
     pub fn config(&mut self, path: &Path, raw: raw::RawConfig) -> Option<Config> {
         let mut listeners = Listeners::default();
         let listen = self.listen(raw.listen, &mut listeners);
-        let auth = self.auth(raw.auth);
+        let kerberos = raw.kerberos.and_then(|k| self.kerberos(k));
+        let keytab = kerberos.as_ref().is_some_and(|k| k.keytab.is_some());
+        let auth = self.auth(raw.auth, keytab);
         let audit = self.audit(raw.audit);
         let session = self.session(raw.session);
         let limits = self.limits(raw.limits);
         let (mut defaults, defaults_ca) = self.defaults(raw.defaults)?;
-        defaults.kerberos = self.kerberos(raw.kerberos, defaults.connect_timeout);
+        defaults.kerberos = kerberos
+            .as_ref()
+            .and_then(|k| realm_for_targets(k, defaults.connect_timeout));
         self.check_defaults_kerberos(&defaults);
         let targets = self.targets(raw.target, &defaults, defaults_ca.as_ref(), &mut listeners);
         if listeners.declared == 0 {
@@ -53,6 +59,7 @@ impl Validator<'_> {
             limits,
             targets,
             policy: Policy::new(rules),
+            kerberos,
         })
     }
 
@@ -102,17 +109,23 @@ impl Validator<'_> {
         }
     }
 
-    fn auth(&mut self, raw: Option<raw::RawAuth>) -> AuthConfig {
+    /// `keytab`: domain users can log on with Kerberos, so the users file
+    /// (local accounts) is optional.
+    fn auth(&mut self, raw: Option<raw::RawAuth>, keytab: bool) -> AuthConfig {
         let at = self.table_at(raw.is_some(), "auth");
         let a = raw.unwrap_or_default();
-        let users_file = self.required(a.users_file, "auth.users_file", at);
+        let users_file = if keytab {
+            self.string(a.users_file, "auth.users_file")
+        } else {
+            self.required(a.users_file, "auth.users_file", at)
+        };
         let handshake_timeout = self.secs(
             a.handshake_timeout_secs,
             "auth.handshake_timeout_secs",
             Duration::from_secs(30),
         );
         AuthConfig {
-            users_file: self.path(users_file, "auth.users_file"),
+            users_file: users_file.map(|f| self.path(Some(f), "auth.users_file")),
             credssp_min_version: self
                 .int(
                     a.credssp_min_version,
@@ -220,6 +233,49 @@ impl Validator<'_> {
         }
     }
 
+    fn kerberos(&mut self, k: raw::RawKerberos) -> Option<KerberosConfig> {
+        let at = self.loc.header_offset("kerberos", None);
+        let realm = self.required(k.realm, "kerberos.realm", Some(at))?;
+        let realm_span = realm.span();
+        let realm = realm.into_inner();
+        if let Err(message) = check_realm(&realm) {
+            self.error(realm_span, "kerberos.realm", message);
+        }
+        let netbios = match self.string(k.netbios, "kerberos.netbios") {
+            Some(n) => {
+                if let Err(message) = check_netbios(n.get_ref()) {
+                    self.error(n.span(), "kerberos.netbios", message);
+                }
+                n.into_inner()
+            }
+            // AD's default NetBIOS name is the first label of the DNS name.
+            None => realm.split('.').next().unwrap_or_default().to_string(),
+        };
+        let kdcs = match k.kdc {
+            Some(_) => self.list(k.kdc, "kerberos.kdc", at, |s| {
+                KdcUrl::parse(s).map_err(|e| e.to_string())
+            }),
+            None => Vec::new(),
+        };
+        let proxies = kdcs.iter().filter(|k| k.protocol() == KdcProtocol::Proxy).count();
+        if proxies > 0 && proxies < kdcs.len() {
+            let at = self.loc.header_offset("kerberos", None);
+            self.error(
+                at..at,
+                "kerberos.kdc",
+                "either KDCs (tcp://, udp://) or KDC proxies (https://), not both",
+            );
+        }
+        let keytab = self.string(k.keytab, "kerberos.keytab");
+        let keytab = keytab.map(|p| self.path(Some(p), "kerberos.keytab"));
+        Some(KerberosConfig {
+            realm,
+            netbios,
+            kdcs,
+            keytab,
+        })
+    }
+
     fn allow_rule(&mut self, i: usize, r: raw::RawAllow) -> policy::Rule {
         let at = self.loc.header_offset("allow", Some(i));
         let key = |k: &str| format!("allow[{i}].{k}");
@@ -234,4 +290,37 @@ impl Validator<'_> {
         };
         policy::Rule::new(users, targets, shells)
     }
+}
+
+/// A realm as Kerberos spells an AD domain: its DNS name in upper case.
+fn check_realm(realm: &str) -> Result<(), String> {
+    let labels_ok = !realm.is_empty()
+        && realm
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !labels_ok {
+        return Err(format!("{realm:?} is not a DNS domain name (expected like LAB.TEST)"));
+    }
+    if realm != realm.to_ascii_uppercase() {
+        return Err(format!(
+            "{realm:?} must be upper case ({:?}): Kerberos realm names are case-sensitive and AD's is the \
+             domain's DNS name in capitals",
+            realm.to_ascii_uppercase()
+        ));
+    }
+    Ok(())
+}
+
+/// A NetBIOS domain name: 1 to 15 characters, none that Windows forbids.
+fn check_netbios(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} must be 1 to 15 characters"));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || "\\/:*?\"<>|.@".contains(c))
+    {
+        return Err(format!("{name:?} contains a character NetBIOS names cannot have"));
+    }
+    Ok(())
 }

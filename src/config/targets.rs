@@ -10,16 +10,14 @@ use toml::Spanned;
 
 use super::raw;
 use super::validate::{Listeners, Validator};
+use super::KerberosConfig;
 use super::{DEFAULT_TARGET_HTTPS_PORT, DEFAULT_TARGET_PORT};
-use crate::kerberos::kdc::{KdcTransport, KdcUrl};
+use crate::kerberos::kdc::KdcTransport;
 use crate::resolve::host::{self, parse_target_url, TargetUrl};
 use crate::resolve::{
     validate_spn, CaFile, Fingerprint, KerberosRealm, KerberosTarget, TargetAuth, TargetConfig, TargetDefaults,
     TargetTls, TlsTrust,
 };
-
-/// A NetBIOS domain name is at most 15 characters.
-const MAX_NETBIOS_LEN: usize = 15;
 
 /// The TLS keys of one `[[target]]`, as written.
 struct TlsKeys {
@@ -88,72 +86,6 @@ impl Validator<'_> {
         Some((defaults, defaults_ca))
     }
 
-    /// `[kerberos]`: the realm the relay gets tickets in for Kerberos targets, and its
-    /// KDCs, asked within `connect_timeout` each.
-    pub fn kerberos(&mut self, raw: Option<raw::RawKerberos>, connect_timeout: Duration) -> Option<Arc<KerberosRealm>> {
-        let raw = raw?;
-        let at = Some(self.loc.header_offset("kerberos", None));
-        let realm = self.required(raw.realm, "kerberos.realm", at).and_then(|v| {
-            let name = v.get_ref();
-            let problem = if name.chars().any(|c| c.is_ascii_lowercase()) {
-                Some(format!(
-                    "realm {name:?} must be upper case: an AD domain's realm is its DNS name in capitals ({:?})",
-                    name.to_ascii_uppercase()
-                ))
-            } else {
-                host::validate_hostname(&name.to_ascii_lowercase())
-                    .err()
-                    .map(|m| format!("realm {name:?} is not a domain name: {m}"))
-            };
-            match problem {
-                Some(m) => {
-                    self.error(v.span(), "kerberos.realm", m);
-                    None
-                }
-                None => Some(v.into_inner()),
-            }
-        });
-        let netbios = self.required(raw.netbios, "kerberos.netbios", at).and_then(|v| {
-            let name = v.get_ref();
-            let valid = !name.is_empty()
-                && name.len() <= MAX_NETBIOS_LEN
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if valid {
-                Some(v.into_inner())
-            } else {
-                self.error(
-                    v.span(),
-                    "kerberos.netbios",
-                    format!(
-                        "invalid NetBIOS domain name {name:?}: 1 to {MAX_NETBIOS_LEN} letters, digits, '-' or '_' \
-                         (the LAB of LAB\\alice)"
-                    ),
-                );
-                None
-            }
-        });
-        let kdcs = match raw.kdc {
-            Some(kdc) => self.list(Some(kdc), "kerberos.kdc", 0, |s| {
-                KdcUrl::parse(s).map_err(|e| e.to_string())
-            }),
-            None => {
-                self.required(None, "kerberos.kdc", at);
-                Vec::new()
-            }
-        };
-        let (name, netbios) = (realm?, netbios?);
-        if kdcs.is_empty() {
-            return None;
-        }
-        Some(Arc::new(KerberosRealm {
-            name,
-            netbios,
-            kdc: KdcTransport::new(kdcs, connect_timeout, connect_timeout),
-        }))
-    }
-
     /// `[defaults] auth = "kerberos"` (or `https-kerberos`) needs the realm.
     pub fn check_defaults_kerberos(&mut self, defaults: &TargetDefaults) {
         if defaults.auth.kerberos_only() && defaults.kerberos.is_none() && !self.kerberos_reported() {
@@ -162,7 +94,7 @@ impl Validator<'_> {
                 at..at,
                 "defaults.auth",
                 format!(
-                    "auth {:?} needs a [kerberos] section (realm and KDCs)",
+                    "auth {:?} needs [kerberos] with its realm and kdc list",
                     defaults.auth.as_str()
                 ),
             );
@@ -462,6 +394,19 @@ impl Validator<'_> {
         }
         auth
     }
+}
+
+/// The realm Kerberos targets get tickets in: `[kerberos]` with its KDCs, each asked
+/// within `connect_timeout`; `None` without KDCs (a keytab alone serves logons only).
+pub(super) fn realm_for_targets(kerberos: &KerberosConfig, connect_timeout: Duration) -> Option<Arc<KerberosRealm>> {
+    if kerberos.kdcs.is_empty() {
+        return None;
+    }
+    Some(Arc::new(KerberosRealm {
+        name: kerberos.realm.clone(),
+        netbios: kerberos.netbios.clone(),
+        kdc: KdcTransport::new(kerberos.kdcs.clone(), connect_timeout, connect_timeout),
+    }))
 }
 
 /// Target aliases are host-like names that cannot be mistaken for an address.

@@ -295,7 +295,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
     let e = Config::parse(Path::new("r.toml"), &top).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, kerberos, target, allow)"
+        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, target, allow, kerberos)"
     );
 }
 
@@ -539,7 +539,7 @@ auth = "kerberos"
              \"https-negotiate\", \"https-ntlm\", \"basic\", \"credssp\", \"kerberos\", \"https-kerberos\")",
             "relay.toml:31: target[4].auth: auth \"kerberos\" requires an http:// url (it encrypts messages \
              itself); over https use auth = \"https-kerberos\"; url is \"https://e.lab.test/wsman\"",
-            "relay.toml:31: target[4].auth: auth \"kerberos\" needs a [kerberos] section (realm and KDCs)",
+            "relay.toml:31: target[4].auth: auth \"kerberos\" needs [kerberos] with its realm and kdc list",
         ]
     );
     // Inherited from [defaults]: the url is what is wrong.
@@ -985,7 +985,7 @@ fn commented_transport_examples_are_valid() {
 }
 
 #[test]
-fn kerberos_realm_and_its_kdcs() {
+fn kerberos_targets_get_the_realm_with_its_kdcs() {
     let c = parse(&format!(
         "{KERBEROS}\n[[target]]\nname = \"web11\"\nurl = \"http://web11.lab.test/wsman\"\nauth = \"kerberos\"\n"
     ))
@@ -994,34 +994,102 @@ fn kerberos_realm_and_its_kdcs() {
     assert_eq!((realm.name.as_str(), realm.netbios.as_str()), ("LAB.TEST", "LAB"));
     let kdcs: Vec<String> = realm.kdc.kdcs().iter().map(|k| k.to_string()).collect();
     assert_eq!(kdcs, ["tcp://127.0.0.100:88"]);
-    let errs = errors("[kerberos]\nrealm = \"lab.test\"\nnetbios = \"LAB\\\\X\"\nkdc = [\"dc1:88\", \"udp://dc2\"]\n");
+    let target = c.resolve_target("web11").unwrap().kerberos.expect("kerberos");
+    assert!(Arc::ptr_eq(&target.realm, realm));
+    // A keytab alone serves Kerberos logons; targets need the KDCs too.
+    let keytab_only = "[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\n";
+    assert!(parse(keytab_only).unwrap().defaults.kerberos.is_none());
+    let errs = errors(&format!(
+        "{keytab_only}[[target]]\nname = \"web11\"\nurl = \"http://web11.lab.test/wsman\"\nauth = \"kerberos\"\n"
+    ));
     assert_eq!(
         errs,
-        [
-            "relay.toml:13: kerberos.realm: realm \"lab.test\" must be upper case: an AD domain's realm is its DNS \
-             name in capitals (\"LAB.TEST\")",
-            "relay.toml:14: kerberos.netbios: invalid NetBIOS domain name \"LAB\\\\X\": 1 to 15 letters, digits, \
-             '-' or '_' (the LAB of LAB\\alice)",
-            "relay.toml:15: kerberos.kdc: \"dc1:88\": unknown scheme (expected tcp://, udp:// or https:// for a KDC \
-             proxy)",
-        ]
+        ["relay.toml:18: target[0].auth: auth \"kerberos\" needs [kerberos] with its realm and kdc list"]
     );
-    let errs = errors("[kerberos]\nkdc = []\n");
+}
+
+#[test]
+fn kerberos_section_parses_with_defaults() {
+    let c =
+        parse("[kerberos]\nrealm = \"LAB.TEST\"\nkdc = [\"tcp://dc1.lab.test:88\", \"udp://127.0.0.100\"]\n").unwrap();
+    let k = c.kerberos.expect("[kerberos]");
     assert_eq!(
-        errs,
-        [
-            "relay.toml:12: kerberos.realm: required key is missing",
-            "relay.toml:12: kerberos.netbios: required key is missing",
-            "relay.toml:13: kerberos.kdc: must not be empty",
-        ]
+        (k.realm.as_str(), k.netbios.as_str()),
+        ("LAB.TEST", "LAB"),
+        "NetBIOS name from the first label"
     );
-    let errs = errors("[kerberos]\nrealm = \"LAB.TEST\"\nnetbios = \"LAB\"\nkeytabs = 1\n");
+    let kdcs: Vec<String> = k.kdcs.iter().map(|k| k.to_string()).collect();
+    assert_eq!(kdcs, ["tcp://dc1.lab.test:88", "udp://127.0.0.100:88"]);
+    assert_eq!(k.keytab, None);
+    assert_eq!(c.auth.users_file.as_deref(), Some(Path::new("config/users")));
+    let c =
+        parse("[kerberos]\nrealm = \"CORP.EXAMPLE.COM\"\nnetbios = \"CORPNET\"\nkeytab = \"relay.keytab\"\n").unwrap();
+    let k = c.kerberos.unwrap();
     assert_eq!(
-        errs,
-        [
-            "relay.toml:12: kerberos.kdc: required key is missing",
-            "relay.toml:15: kerberos.keytabs: unknown key (expected one of: realm, netbios, kdc)",
-        ]
+        (k.netbios.as_str(), k.keytab.as_deref()),
+        ("CORPNET", Some(Path::new("relay.keytab")))
+    );
+    assert!(k.kdcs.is_empty());
+    assert!(parse("").unwrap().kerberos.is_none());
+}
+
+#[test]
+fn kerberos_values_are_checked_where_written() {
+    let e = errors(
+        "[kerberos]\nrealm = \"lab.test\"\nnetbios = \"TOO-LONG-NETBIOS-NAME\"\nkdc = [\"dc1:88\", \"tcp://dc2/x\"]\n",
+    );
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e[0].starts_with("relay.toml:13: kerberos.realm: \"lab.test\" must be upper case (\"LAB.TEST\")"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("relay.toml:14: kerberos.netbios: \"TOO-LONG-NETBIOS-NAME\" must be 1 to 15"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("relay.toml:15: kerberos.kdc: \"dc1:88\": unknown scheme"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].contains("kerberos.kdc: \"tcp://dc2/x\": a tcp:// or udp:// KDC URL is host and port only"),
+        "{e:?}"
+    );
+    let e = errors("[kerberos]\nrealm = \"LAB..TEST\"\nnetbios = \"L.AB\"\n");
+    assert!(
+        e[0].contains("kerberos.realm: \"LAB..TEST\" is not a DNS domain name"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("kerberos.netbios: \"L.AB\" contains a character"),
+        "{e:?}"
+    );
+    let e = errors("[kerberos]\nnetbios = \"LAB\"\n");
+    assert_eq!(e, ["relay.toml:12: kerberos.realm: required key is missing"]);
+    let e = errors("[kerberos]\nrealm = \"LAB.TEST\"\nkdc = [\"tcp://dc1:88\", \"https://kdcproxy/KdcProxy\"]\n");
+    assert_eq!(
+        e,
+        ["relay.toml:12: kerberos.kdc: either KDCs (tcp://, udp://) or KDC proxies (https://), not both"]
+    );
+    let e = errors("[kerberos]\nrealm = \"LAB.TEST\"\nkdc = []\nspn = \"HTTP/x\"\n");
+    assert!(e.iter().any(|e| e.contains("kerberos.kdc: must not be empty")), "{e:?}");
+    assert!(e.iter().any(|e| e.contains("kerberos.spn: unknown key")), "{e:?}");
+}
+
+#[test]
+fn users_file_is_optional_only_with_a_keytab() {
+    let without_users = MINIMAL.replace("users_file = \"config/users\"\n", "");
+    let load = |extra: &str| {
+        Config::parse(Path::new("relay.toml"), &format!("{without_users}{extra}"))
+            .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+    };
+    let c = load("[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\n").unwrap();
+    assert_eq!(c.auth.users_file, None);
+    let e = load("[kerberos]\nrealm = \"LAB.TEST\"\n").unwrap_err();
+    assert_eq!(e, ["relay.toml:7: auth.users_file: required key is missing"]);
+    assert_eq!(
+        load("").unwrap_err(),
+        ["relay.toml:7: auth.users_file: required key is missing"]
     );
 }
 
@@ -1088,8 +1156,8 @@ auth = "kerberos"
     assert_eq!(
         errs,
         [
-            "relay.toml:12: defaults.auth: auth \"kerberos\" needs a [kerberos] section (realm and KDCs)",
-            "relay.toml:17: target[0].auth: auth \"kerberos\" needs a [kerberos] section (realm and KDCs)",
+            "relay.toml:12: defaults.auth: auth \"kerberos\" needs [kerberos] with its realm and kdc list",
+            "relay.toml:17: target[0].auth: auth \"kerberos\" needs [kerberos] with its realm and kdc list",
         ]
     );
     let errs = errors(&format!(
@@ -1138,4 +1206,26 @@ spn = "d.lab.test"
             .as_deref(),
         Some("HTTP/web17.lab.test")
     );
+}
+
+#[test]
+fn example_kerberos_table_loads_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("#[kerberos]").expect("the example documents [kerberos]");
+    let uncommented: String = text[start..]
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with('[') || rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::parse(&path, &format!("{}{uncommented}\n", &text[..start])).unwrap_or_else(|e| panic!("{e:?}"));
+    let k = c.kerberos.expect("[kerberos]");
+    assert_eq!(
+        (k.realm.as_str(), k.netbios.as_str(), k.kdcs.len()),
+        ("LAB.TEST", "LAB", 2)
+    );
+    assert_eq!(k.keytab.as_deref(), Some(Path::new("config/relay.keytab")));
 }

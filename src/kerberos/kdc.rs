@@ -173,6 +173,11 @@ impl KdcReply {
         &self.framed[4..]
     }
 
+    /// What sspi's generator is resumed with.
+    pub fn into_framed(self) -> Vec<u8> {
+        self.framed
+    }
+
     fn new(kdc: String, message: &[u8]) -> KdcReply {
         let mut framed = Vec::with_capacity(message.len() + 4);
         framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -198,6 +203,16 @@ impl KdcTransport {
             connect_timeout,
             reply_timeout,
         }
+    }
+
+    /// The `[kerberos] kdc` list with `[defaults] connect_timeout_secs` for
+    /// the connect and for the answer (a KDC answers at once; one that
+    /// accepted but stays silent is as good as down), or `None` without
+    /// `[kerberos]`.
+    pub fn from_config(config: &crate::config::Config) -> Option<KdcTransport> {
+        let kerberos = config.kerberos.as_ref()?;
+        let timeout = config.defaults.connect_timeout;
+        Some(KdcTransport::new(kerberos.kdcs.clone(), timeout, timeout))
     }
 
     pub fn kdcs(&self) -> &[KdcUrl] {
@@ -379,7 +394,8 @@ pub async fn resolve<'g, T: Send + 'g>(
             GeneratorState::Suspended(request) => {
                 let reply = transport.send(&request).await?;
                 let kdc = reply.kdc.clone();
-                state = contain_panic(|| generator.resume(Ok(reply.framed))).map_err(|_| KdcError::Panicked(kdc))?;
+                let framed = reply.into_framed();
+                state = contain_panic(|| generator.resume(Ok(framed))).map_err(|_| KdcError::Panicked(kdc))?;
             }
         }
     }
@@ -584,7 +600,12 @@ mod tests {
                     .suspend(request(NetworkProtocol::Tcp, &[0, 0, 0, 2, 0x6a, 0x00]))
                     .await
             });
-        let answer = resolve(&mut generator, &transport(&[up])).await.unwrap().unwrap();
+        // Send: a step can be driven inside a spawned connection task.
+        fn spawnable<F: std::future::Future + Send>(future: F) -> F {
+            future
+        }
+        let transport = transport(&[up]);
+        let answer = spawnable(resolve(&mut generator, &transport)).await.unwrap().unwrap();
         assert_eq!(answer, [0, 0, 0, 2, 0x6b, 0x00]);
         assert_eq!(kdc.await.unwrap(), [0x6a, 0x00]);
         assert_eq!(

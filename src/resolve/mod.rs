@@ -76,7 +76,7 @@ impl KerberosTarget {
         let Some(realm) = realm else {
             return if kerberos_only {
                 Err(format!(
-                    "auth {:?} needs a [kerberos] section (realm and KDCs)",
+                    "auth {:?} needs [kerberos] with its realm and kdc list",
                     auth.as_str()
                 ))
             } else {

@@ -10,8 +10,8 @@ use secrecy::ExposeSecret;
 use super::reply::{self, HttpResponse, CREDSSP};
 use super::session::{AuthState, Session};
 use super::Shared;
-use crate::audit::AuditKind;
-use crate::proto::credssp::{verify_password, Acceptor, Principal, Step};
+use crate::audit::{AuditKind, AuthMethod};
+use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Principal, Step};
 use crate::proto::http_auth::{parse_basic, parse_scheme_token};
 use crate::vault::DelegatedCredentials;
 
@@ -92,11 +92,14 @@ async fn credssp(session: &mut Session, authorization: &str, shared: &Shared) ->
         return Logon::Answer(reply::refused_401(reason));
     }
     let locked_out = |user: &str| shared.lockout.is_locked(source_ip, Some(user), now);
-    match acceptor.step_checked(&token, &locked_out) {
+    let step = acceptor.step_checked(&token, &locked_out);
+    let method = acceptor.mechanism().map(credssp_method);
+    match step {
         Step::Continue(out) => Logon::Answer(reply::credssp_401(&out)),
         Step::Authenticated { credentials, channel } => {
             session.auth = AuthState::None;
-            match session.begin(shared, credentials, Some(channel)) {
+            let method = method.unwrap_or(AuthMethod::Ntlm);
+            match session.begin(shared, credentials, Some(channel), method) {
                 Ok(()) => Logon::Proceed,
                 Err(quota) => Logon::Answer(reply::plain(StatusCode::SERVICE_UNAVAILABLE, &quota.to_string())),
             }
@@ -104,9 +107,20 @@ async fn credssp(session: &mut Session, authorization: &str, shared: &Shared) ->
         Step::Rejected { token, error, user } => {
             session.auth = AuthState::None;
             let reason = failure_reason(shared, session, user.as_deref(), error.to_string(), now);
-            audit_failed(session, shared, user, &reason);
+            let mut event = failed_event(session, user, &reason);
+            event.auth = method;
+            shared.audit.emit(&event);
             Logon::Answer(reply::credssp_401(token.as_deref().unwrap_or_default()))
         }
+    }
+}
+
+/// What the audit calls the package a CredSSP client authenticated with.
+fn credssp_method(mechanism: InnerMechanism) -> AuthMethod {
+    if mechanism.is_kerberos() {
+        AuthMethod::Kerberos
+    } else {
+        AuthMethod::Ntlm
     }
 }
 
@@ -123,11 +137,12 @@ async fn basic(session: &mut Session, authorization: &str, shared: &Shared) -> L
         audit_failed(session, shared, None, "malformed Basic credentials");
         return Logon::Answer(reply::basic_401());
     };
-    let claimed = Principal::parse(&user).display();
+    let credssp = shared.credssp();
+    let who = Principal::parse(&user).canonical(credssp.domain.as_ref());
+    let claimed = who.display();
     // The password is checked even for a locked-out pair, so that the answer
     // takes as long as any other refusal.
-    let users = shared.credssp().users.clone();
-    let verified = verify_password(&users, &Principal::parse(&user), password.expose_secret());
+    let verified = verify_password(&credssp.users, &who, password.expose_secret());
     if shared.lockout.is_locked(source_ip, Some(&claimed), now) {
         audit_failed(
             session,
@@ -161,7 +176,7 @@ async fn basic(session: &mut Session, authorization: &str, shared: &Shared) -> L
     if let Err(refusal) = start_over(session, shared).await {
         return Logon::Answer(refusal);
     }
-    match session.begin(shared, credentials, None) {
+    match session.begin(shared, credentials, None, AuthMethod::Basic) {
         Ok(()) => Logon::Proceed,
         Err(quota) => Logon::Answer(reply::plain(StatusCode::SERVICE_UNAVAILABLE, &quota.to_string())),
     }
@@ -200,11 +215,15 @@ fn failure_reason(shared: &Shared, session: &Session, user: Option<&str>, mut re
 }
 
 fn audit_failed(session: &Session, shared: &Shared, user: Option<String>, reason: &str) {
+    shared.audit.emit(&failed_event(session, user, reason));
+}
+
+fn failed_event(session: &Session, user: Option<String>, reason: &str) -> crate::audit::AuditEvent {
     let mut event = session.event(AuditKind::AuthFailed);
     event.user = user;
     event.status = Some(401);
     event.reason = Some(reason.to_string());
-    shared.audit.emit(&event);
+    event
 }
 
 /// TLS handshake record (0x16) carrying a ClientHello (type 1).

@@ -34,6 +34,7 @@ use super::request::{self, BodyError};
 use super::session::Session;
 use super::{pipeline, ListenerKind, Shared};
 use crate::audit::AuditKind;
+use crate::audit::AuthMethod;
 use crate::proto::wsman;
 
 /// How long a Create already sent to a target may still finish after its
@@ -96,28 +97,33 @@ impl Ender {
 /// were removed from the users file.
 #[derive(Default)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<String, (String, Arc<Ender>)>>,
+    sessions: Mutex<HashMap<String, Registered>>,
 }
 
+/// A session's principal, how it logged on, and how to end it.
+type Registered = (String, AuthMethod, Arc<Ender>);
+
 impl Registry {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Arc<Ender>)>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register(&self, id: &str, principal: &str, ender: Arc<Ender>) {
-        self.sessions().insert(id.to_string(), (principal.to_string(), ender));
+    pub fn register(&self, id: &str, principal: &str, method: AuthMethod, ender: Arc<Ender>) {
+        self.sessions()
+            .insert(id.to_string(), (principal.to_string(), method, ender));
     }
 
     pub fn unregister(&self, id: &str) {
         self.sessions().remove(id);
     }
 
-    /// End every session whose principal `keep` refuses; returns how many.
-    pub fn end_where(&self, keep: impl Fn(&str) -> bool, reason: &str) -> usize {
+    /// End every session whose principal (and logon method) `keep` refuses;
+    /// returns how many.
+    pub fn end_where(&self, keep: impl Fn(&str, AuthMethod) -> bool, reason: &str) -> usize {
         let sessions = self.sessions();
         let mut ended = 0;
-        for (principal, ender) in sessions.values() {
-            if !keep(principal) {
+        for (principal, method, ender) in sessions.values() {
+            if !keep(principal, *method) {
                 ender.end(reason);
                 ended += 1;
             }
@@ -331,13 +337,16 @@ mod tests {
         let stop = CancellationToken::new();
         let registry = Registry::default();
         let (alice, bob) = (Ender::new(&stop), Ender::new(&stop));
-        registry.register("1", "LAB\\alice", alice.clone());
-        registry.register("2", "LAB\\bob", bob.clone());
-        let ended = registry.end_where(|p| p.eq_ignore_ascii_case("lab\\alice"), "user removed");
+        let carol = Ender::new(&stop);
+        registry.register("1", "LAB\\alice", AuthMethod::Ntlm, alice.clone());
+        registry.register("2", "LAB\\bob", AuthMethod::Basic, bob.clone());
+        registry.register("3", "LAB\\carol", AuthMethod::Kerberos, carol.clone());
+        let keep = |p: &str, method| method == AuthMethod::Kerberos || p.eq_ignore_ascii_case("lab\\alice");
+        let ended = registry.end_where(keep, "user removed");
         assert_eq!(ended, 1);
-        assert!(!alice.is_ended());
+        assert!(!alice.is_ended() && !carol.is_ended());
         assert_eq!(bob.reason(), "user removed");
         registry.unregister("2");
-        assert_eq!(registry.end_where(|_| false, "x"), 1);
+        assert_eq!(registry.end_where(|_, _| false, "x"), 2);
     }
 }

@@ -32,10 +32,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{AuditError, AuditSink};
+use crate::audit::{AuditError, AuditSink, AuthMethod};
 use crate::certs::{self, CertError};
 use crate::config::{Config, UsersError, UsersFile};
-use crate::proto::credssp::{AcceptorConfig, UserHash};
+use crate::kerberos::keytab::{load_keytab, KeytabFileError};
+use crate::proto::credssp::{AcceptorConfig, DomainNames, ServiceKey, UserHash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -43,6 +44,8 @@ pub enum ServerError {
     Cert(#[from] CertError),
     #[error("users file: {0}")]
     Users(#[from] UsersError),
+    #[error("keytab: {0}")]
+    Keytab(#[from] KeytabFileError),
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
     #[error("tls configuration: {0}")]
@@ -206,14 +209,18 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
 }
 
 fn load_users(config: &Config) -> Result<Arc<[UserHash]>, ServerError> {
-    let users = match UsersFile::load(&config.auth.users_file) {
+    // Domain mode without local accounts: Kerberos logons only.
+    let Some(users_file) = &config.auth.users_file else {
+        return Ok(Vec::new().into());
+    };
+    let users = match UsersFile::load(users_file) {
         Ok(users) => users,
         // A fresh install has no users yet: start, and say how to add one.
         Err(error) if error.is_not_found() => {
             tracing::warn!(
-                users_file = %config.auth.users_file.display(),
+                users_file = %users_file.display(),
                 "users file does not exist: nobody can log on until you run `winrm-relay user add 'DOMAIN\\user' --users-file {}`",
-                config.auth.users_file.display()
+                users_file.display()
             );
             UsersFile::new()
         }
@@ -244,7 +251,32 @@ fn acceptor_config(config: &Config, cert: &certs::RelayCert) -> Result<Arc<Accep
         public_key: cert.credssp_public_key.clone(),
         users: load_users(config)?,
         min_version: config.auth.credssp_min_version,
+        domain: config.kerberos.as_ref().map(|k| DomainNames {
+            realm: k.realm.clone(),
+            netbios: k.netbios.clone(),
+        }),
+        service_keys: load_service_keys(config)?,
     }))
+}
+
+/// The keytab's keys, each principal logged (never a key), or `None` without
+/// `[kerberos] keytab`.
+fn load_service_keys(config: &Config) -> Result<Option<Arc<[ServiceKey]>>, ServerError> {
+    let Some((path, realm)) = config
+        .kerberos
+        .as_ref()
+        .and_then(|k| Some((k.keytab.as_ref()?, k.realm.as_str())))
+    else {
+        return Ok(None);
+    };
+    let keytab = load_keytab(path, realm)?;
+    for principal in &keytab.principals {
+        tracing::info!(keytab = %path.display(), %principal, "Kerberos service key");
+    }
+    for warning in &keytab.warnings {
+        tracing::warn!(keytab = %path.display(), "{warning}");
+    }
+    Ok(Some(keytab.keys.into()))
 }
 
 /// SIGHUP (also what logrotate sends): reopen the audit log, reload the
@@ -292,8 +324,9 @@ fn reload(shared: &Shared) {
         .collect();
     replace(&shared.config, Arc::new(config));
     replace(&shared.credssp, credssp);
+    // A Kerberos session has no users-file entry to lose.
     let ended = shared.sessions.end_where(
-        |principal| users.contains(&principal.to_ascii_lowercase()),
+        |principal, method| method == AuthMethod::Kerberos || users.contains(&principal.to_ascii_lowercase()),
         "user removed from the users file",
     );
     tracing::info!(

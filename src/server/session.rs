@@ -11,7 +11,7 @@ use super::conn::Ender;
 use super::limits::{Pending, Slot};
 use super::shells::{self, Shells};
 use super::Shared;
-use crate::audit::{AuditEvent, AuditKind};
+use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::proto::credssp::{Acceptor, SecureChannel};
 use crate::target::Pool;
@@ -29,6 +29,7 @@ pub(crate) enum AuthState {
     },
     Authenticated {
         principal: String,
+        method: AuthMethod,
         /// CredSSP's TLS channel, for session encryption; `None` for Basic.
         channel: Option<Box<SecureChannel>>,
     },
@@ -122,10 +123,15 @@ impl Session {
     }
 
     pub fn event(&self, kind: AuditKind) -> AuditEvent {
+        let auth = match &self.auth {
+            AuthState::Authenticated { method, .. } => Some(*method),
+            _ => None,
+        };
         AuditEvent {
             event: kind,
             session: self.id.clone(),
             user: self.principal().map(str::to_string),
+            auth,
             source: Some(self.source.to_string()),
             ..AuditEvent::default()
         }
@@ -178,6 +184,7 @@ impl Session {
         shared: &Shared,
         credentials: DelegatedCredentials,
         channel: Option<Box<SecureChannel>>,
+        method: AuthMethod,
     ) -> Result<(), super::limits::QuotaError> {
         let principal = credentials.principal();
         let slot = match shared.quotas.session(&principal) {
@@ -185,6 +192,7 @@ impl Session {
             Err(quota) => {
                 let mut event = self.event(AuditKind::Denied);
                 event.user = Some(principal);
+                event.auth = Some(method);
                 event.status = Some(503);
                 event.reason = Some(quota.to_string());
                 shared.audit.emit(&event);
@@ -198,11 +206,16 @@ impl Session {
         let now = Instant::now();
         self.started = now;
         self.last_activity = now;
-        let basic = channel.is_none();
-        shared.sessions.register(&self.id, &principal, self.ender.clone());
+        shared
+            .sessions
+            .register(&self.id, &principal, method, self.ender.clone());
         tracing::Span::current().record("user", principal.as_str());
-        self.auth = AuthState::Authenticated { principal, channel };
-        tracing::info!(basic, "session authenticated");
+        self.auth = AuthState::Authenticated {
+            principal,
+            method,
+            channel,
+        };
+        tracing::info!(auth = ?method, "session authenticated");
         shared.audit.emit(&self.event(AuditKind::SessionStart));
         Ok(())
     }
@@ -302,6 +315,7 @@ mod tests {
         let mut s = session(&config);
         s.auth = AuthState::Authenticated {
             principal: "LAB\\alice".into(),
+            method: AuthMethod::Ntlm,
             channel: None,
         };
         let idle = s.idle_deadline(&config);

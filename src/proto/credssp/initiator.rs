@@ -204,6 +204,8 @@ mod tests {
             }]
             .into(),
             min_version: 5,
+            domain: None,
+            service_keys: None,
         })
     }
 

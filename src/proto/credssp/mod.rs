@@ -6,8 +6,8 @@
 //! TSRequest rounds (SPNEGO/NTLM, pubKeyAuth, TSCredentials) run in sspi's
 //! `CredSspServer`. The relay adds what sspi leaves out: the version floor,
 //! input checks that keep sspi's parsers from panicking, the SPNEGO
-//! mechListMIC workaround, and the check that the delegated credentials
-//! belong to the principal that authenticated.
+//! mechListMIC workaround, raw krb5 tokens rewrapped as SPNEGO, and the check
+//! that the delegated credentials belong to the principal that authenticated.
 
 mod channel;
 mod initiator;
@@ -17,17 +17,21 @@ mod users;
 
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use rustls::{Connection, ServerConfig, ServerConnection};
 use secrecy::SecretString;
 use sspi::credssp::{CredSspServer, ServerError, ServerMode, ServerState, TsRequest};
+use sspi::kerberos::ServerProperties;
 use sspi::ntlm::NtlmConfig;
-use sspi::{AuthIdentity, NegotiateConfig};
+use sspi::{AuthIdentity, KdcResolution, KerberosConfig, KerberosServerConfig, NegotiateConfig, Secret};
+use zeroize::Zeroizing;
 
 pub use channel::SecureChannel;
 pub use initiator::Initiator;
 pub use tls::SkipCertificateVerification;
-pub use tokens::{classify_first_token, InnerMechanism};
-pub use users::{hashes_equal, nt_hash, verify_password, LogonRefusal, Principal, UserHash};
+pub use tokens::{classify_first_token, unwrap_neg_token_resp, wrap_raw_krb5, wrap_token_for_sspi, InnerMechanism};
+pub use users::{hashes_equal, nt_hash, verify_password, DomainNames, LogonRefusal, Principal, UserHash};
 
 use super::guard::contain_panic;
 use crate::vault::DelegatedCredentials;
@@ -60,6 +64,8 @@ pub enum CredSspError {
     DelegatedPasswordMismatch(String),
     #[error("{0} is locked out after repeated logon failures")]
     LockedOut(String),
+    #[error("the client offered Kerberos, but the relay has no keytab ([kerberos] keytab)")]
+    NoKeytab,
     #[error("the security package panicked on network input")]
     Panicked,
     #[error("authentication already failed on this connection")]
@@ -76,7 +82,29 @@ pub struct AcceptorConfig {
     pub users: Arc<[UserHash]>,
     /// Lowest TSRequest version accepted (5+ means nonce binding).
     pub min_version: u32,
+    /// The relay's domain (`[kerberos]`), for one name per principal.
+    pub domain: Option<DomainNames>,
+    /// The relay's service keys (`[kerberos] keytab`): Kerberos logons.
+    pub service_keys: Option<Arc<[ServiceKey]>>,
 }
+
+/// One service principal the relay accepts tickets for, with the key the KDC
+/// encrypts them with. `Debug` never prints the key.
+pub struct ServiceKey {
+    /// The name without realm: `["HTTP", "relay.lab.test"]`.
+    pub components: Vec<String>,
+    pub key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceKey({}, <redacted>)", self.components.join("/"))
+    }
+}
+
+/// Clock difference tolerated between a client and the relay, as Windows
+/// and MIT default to.
+const MAX_TIME_SKEW: Duration = Duration::from_secs(300);
 
 /// What to answer after one leg.
 pub enum Step {
@@ -248,14 +276,37 @@ impl Acceptor {
         if let Some(auth_info) = &request.auth_info {
             tokens::check_sealed_len("authInfo", auth_info).map_err(|e| (e, None))?;
         }
+        let mut request = request;
         if self.server.is_none() {
             let first = request.nego_tokens.as_deref().ok_or((
                 CredSspError::BadToken("first TSRequest carries no negotiation token"),
                 None,
             ))?;
-            let mechanism = classify_first_token(first).map_err(|e| (e, None))?;
+            let mechanism = match classify_first_token(first).map_err(|e| (e, None))? {
+                InnerMechanism::Kerberos if self.config.service_keys.is_none() => {
+                    return Err((CredSspError::NoKeytab, Some(reply_version)))
+                }
+                // Without keys, sspi answers SPNEGO with NTLM, the client's second choice.
+                InnerMechanism::NegotiateKerberos if self.config.service_keys.is_none() => InnerMechanism::Negotiate,
+                InnerMechanism::Kerberos => {
+                    // sspi's Negotiate server would panic on the raw token: it gets it wrapped.
+                    request.nego_tokens = Some(wrap_raw_krb5(first));
+                    InnerMechanism::Kerberos
+                }
+                other => other,
+            };
             self.server = Some(self.new_server(mechanism, reply_version).map_err(|e| (e, None))?);
             self.mechanism = Some(mechanism);
+        } else if self.mechanism == Some(InnerMechanism::Kerberos) && request.nego_tokens.is_some() {
+            // The AP-REQ was the whole raw exchange: nothing would unwrap a second token.
+            return Err((
+                CredSspError::BadToken("a second Kerberos token after the AP-REQ"),
+                Some(reply_version),
+            ));
+        }
+        if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+            request.pub_key_auth = request.pub_key_auth.as_deref().map(wrap_token_for_sspi);
+            request.auth_info = request.auth_info.as_deref().map(wrap_token_for_sspi);
         }
         let needs_split = self.mechanism == Some(InnerMechanism::Negotiate)
             && request.nego_tokens.is_some()
@@ -263,7 +314,18 @@ impl Acceptor {
         if needs_split {
             return self.process_spnego_final(request);
         }
-        self.run_server(request)
+        let processed = self.run_server(request)?;
+        match processed {
+            // The raw krb5 client gets the mechanism's own token back (the AP-REP), not SPNEGO.
+            Processed::Reply(mut reply) if self.mechanism == Some(InnerMechanism::Kerberos) => {
+                reply.nego_tokens = match reply.nego_tokens.take() {
+                    Some(spnego) => unwrap_neg_token_resp(&spnego).map_err(|e| (e, Some(reply_version)))?,
+                    None => None,
+                };
+                Ok(Processed::Reply(reply))
+            }
+            other => Ok(other),
+        }
     }
 
     /// The floor (CVE-2018-0886 hardening) and "never downgrade": the first
@@ -282,6 +344,8 @@ impl Acceptor {
         let proxy = UsersProxy {
             users: self.config.users.clone(),
             claimed: self.claimed.clone(),
+            names: self.config.domain.clone(),
+            kerberos: mechanism.is_kerberos(),
         };
         let ntlm = NtlmConfig::new(hostname_for_ntlm());
         let mode = match mechanism {
@@ -291,6 +355,16 @@ impl Acceptor {
                 hostname_for_ntlm(),
             )),
             InnerMechanism::Ntlm => ServerMode::Ntlm(ntlm),
+            InnerMechanism::NegotiateKerberos | InnerMechanism::Kerberos => {
+                let keys = self.config.service_keys.as_deref().ok_or(CredSspError::NoKeytab)?;
+                ServerMode::Negotiate(NegotiateConfig::new(
+                    Box::new(kerberos_acceptor(keys)?),
+                    // Kerberos only: the client chose it first, and NTLM
+                    // after a Kerberos attempt would be a downgrade.
+                    Some("kerberos,!ntlm".to_string()),
+                    hostname_for_ntlm(),
+                ))
+            }
         };
         CredSspServer::new_with_version(self.config.public_key.clone(), proxy, version, mode)
             .map_err(|e| CredSspError::Authentication(e.to_string()))
@@ -368,12 +442,15 @@ impl Acceptor {
     }
 
     /// The delegated identity must be the principal that authenticated, and
-    /// its password must be the one in the users file. The second check
+    /// (NTLM) its password must be the one in the users file. The second check
     /// matters: sspi verifies NTLM against every candidate hash with the
     /// *wire* user name, so without it one user's password could
-    /// authenticate under another user's name.
+    /// authenticate under another user's name. A Kerberos principal has no
+    /// users-file entry: the domain vouched for it, and the delegated password
+    /// is the domain's to check when the relay uses it.
     fn verify_delegation(&self, mut identity: AuthIdentity) -> Result<DelegatedCredentials, CredSspError> {
-        let delegated = Principal::from_username(&identity.username);
+        let names = self.config.domain.as_ref();
+        let delegated = Principal::from_username(&identity.username).canonical(names);
         let authenticated = self
             .claimed
             .lock()
@@ -389,6 +466,14 @@ impl Acceptor {
                 authenticated: authenticated.display(),
                 delegated: delegated.display(),
             });
+        }
+        if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+            let password = SecretString::from(std::mem::take(identity.password.as_mut()));
+            return Ok(DelegatedCredentials::new(
+                authenticated.domain,
+                authenticated.user,
+                password,
+            ));
         }
         let entry = users::find(&self.config.users, &authenticated)
             .ok_or_else(|| CredSspError::Authentication("unknown user".into()))?;
@@ -428,6 +513,32 @@ fn parse_ts_request(plain: &[u8]) -> Result<TsRequest, CredSspError> {
     contain_panic(|| TsRequest::from_buffer(plain))
         .map_err(|_| CredSspError::Panicked)?
         .map_err(|e| CredSspError::BadTsRequest(e.to_string()))
+}
+
+/// sspi's Kerberos acceptor with every service key: a ticket for any of the
+/// relay's SPNs is decrypted with that SPN's key. It never needs a KDC for a
+/// client's AP-REQ (user-to-user, which would, is refused before sspi).
+fn kerberos_acceptor(keys: &[ServiceKey]) -> Result<KerberosServerConfig, CredSspError> {
+    let sspi_error = |e: sspi::Error| CredSspError::Authentication(e.to_string());
+    let (first, others) = keys.split_first().ok_or(CredSspError::NoKeytab)?;
+    fn names(key: &ServiceKey) -> Vec<&str> {
+        key.components.iter().map(String::as_str).collect()
+    }
+    let secret = |key: &ServiceKey| Secret::new(key.key.to_vec());
+    let mut properties =
+        ServerProperties::new(&names(first), None, MAX_TIME_SKEW, Some(secret(first))).map_err(sspi_error)?;
+    for key in others {
+        properties
+            .add_service_key(&names(key), secret(key))
+            .map_err(sspi_error)?;
+    }
+    Ok(KerberosServerConfig {
+        kerberos_config: KerberosConfig {
+            kdc_resolution: KdcResolution::KdcUrl(None),
+            client_computer_name: hostname_for_ntlm(),
+        },
+        server_properties: properties,
+    })
 }
 
 /// NTLM CHALLENGE messages carry a server name; a fixed one avoids

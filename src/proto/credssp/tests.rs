@@ -36,6 +36,8 @@ fn acceptor_config(min_version: u32) -> Arc<AcceptorConfig> {
         }]
         .into(),
         min_version,
+        domain: None,
+        service_keys: None,
     })
 }
 
@@ -324,4 +326,91 @@ fn the_right_password_passes_ntlm() {
         (Step::Continue(_), None) => {}
         (other, _) => panic!("expected the pubKeyAuth leg, got {other:?}"),
     }
+}
+
+/// requests-credssp's raw krb5 AP-REQ (see tokens.rs) and pyspnego's SPNEGO with Kerberos first.
+const RAW_KRB5: &[u8] = include_bytes!("fixtures/requests_credssp_kerberos_ap_req.bin");
+const SPNEGO_KRB5: &[u8] = include_bytes!("fixtures/pyspnego_negotiate_kerberos.bin");
+
+/// A relay with a keytab whose key is not the one the fixtures' tickets were made for.
+fn kerberos_acceptor_config() -> Arc<AcceptorConfig> {
+    let Ok(mut config) = Arc::try_unwrap(acceptor_config(5)) else {
+        panic!("a fresh config has one owner")
+    };
+    config.domain = Some(DomainNames {
+        realm: "LAB.TEST".into(),
+        netbios: "LAB".into(),
+    });
+    config.service_keys = Some(
+        vec![ServiceKey {
+            components: vec!["HTTP".into(), "relay.lab.test".into()],
+            key: Zeroizing::new(vec![7u8; 32]),
+        }]
+        .into(),
+    );
+    Arc::new(config)
+}
+
+#[test]
+fn raw_krb5_token_reaches_the_kerberos_acceptor_wrapped_not_the_panicking_parser() {
+    let mut acceptor = Acceptor::new(kerberos_acceptor_config()).expect("acceptor");
+    let mut client = client(&rustls::version::TLS13);
+    handshake(&mut acceptor, &mut client);
+    match send_ts_request(&mut acceptor, &mut client, &ts_request(6, RAW_KRB5.to_vec())) {
+        // The ticket is decrypted with the wrong key: a refusal by Kerberos itself, with an error TSRequest.
+        Step::Rejected {
+            error: CredSspError::Authentication(why),
+            token: Some(_),
+            user: None,
+        } => assert!(why.contains("integrity") || why.contains("Integrity"), "{why}"),
+        other => panic!("expected Kerberos to refuse the ticket, got {other:?}"),
+    }
+    assert_eq!(acceptor.mechanism(), Some(InnerMechanism::Kerberos));
+}
+
+#[test]
+fn spnego_with_kerberos_first_reaches_the_kerberos_acceptor() {
+    let mut acceptor = Acceptor::new(kerberos_acceptor_config()).expect("acceptor");
+    let mut client = client(&rustls::version::TLS13);
+    handshake(&mut acceptor, &mut client);
+    let step = send_ts_request(&mut acceptor, &mut client, &ts_request(6, SPNEGO_KRB5.to_vec()));
+    assert!(
+        matches!(&step, Step::Rejected { error: CredSspError::Authentication(why), .. } if why.contains("ntegrity")),
+        "{step:?}"
+    );
+    assert_eq!(acceptor.mechanism(), Some(InnerMechanism::NegotiateKerberos));
+}
+
+#[test]
+fn kerberos_without_a_keytab_is_refused_or_answered_with_ntlm() {
+    // Raw krb5: nothing can accept it.
+    let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+    let mut first = client(&rustls::version::TLS13);
+    handshake(&mut acceptor, &mut first);
+    match send_ts_request(&mut acceptor, &mut first, &ts_request(6, RAW_KRB5.to_vec())) {
+        Step::Rejected {
+            error: CredSspError::NoKeytab,
+            token: Some(_),
+            ..
+        } => {}
+        other => panic!("expected a no-keytab refusal, got {other:?}"),
+    }
+    // SPNEGO offering NTLM second: sspi picks NTLM, as before domain mode.
+    let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+    let mut tls = client(&rustls::version::TLS13);
+    handshake(&mut acceptor, &mut tls);
+    match send_ts_request(&mut acceptor, &mut tls, &ts_request(6, SPNEGO_KRB5.to_vec())) {
+        Step::Continue(token) => {
+            let plain = client_input(&mut tls, &token);
+            let reply = TsRequest::from_buffer(&plain).expect("TSRequest");
+            let answer = reply.nego_tokens.expect("SPNEGO answer");
+            let ntlm_oid = [0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x02, 0x02, 0x0a];
+            assert!(
+                answer.windows(ntlm_oid.len()).any(|w| w == ntlm_oid),
+                "NTLM selected: {answer:02x?}"
+            );
+        }
+        other => panic!("expected the NTLM fallback, got {other:?}"),
+    }
+    assert_eq!(acceptor.mechanism(), Some(InnerMechanism::Negotiate));
 }

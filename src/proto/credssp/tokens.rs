@@ -8,13 +8,34 @@ use super::CredSspError;
 const SPNEGO_OID: [u8; 8] = [0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
 const NTLMSSP_SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 
+/// DER of the Kerberos mechanism OIDs: 1.2.840.113554.1.2.2 (krb5) and
+/// 1.2.840.48018.1.2.2 (MS-KRB5, what Windows lists first).
+const KRB5_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
+const MS_KRB5_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
+/// The GSS-API token ID of a Kerberos AP-REQ.
+const KRB5_AP_REQ_TOKEN_ID: [u8; 2] = [0x01, 0x00];
+/// `[APPLICATION 14]`, constructed: the AP-REQ itself.
+const AP_REQ_TAG: u8 = 0x6e;
+
 /// Which security package the client speaks inside CredSSP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InnerMechanism {
-    /// SPNEGO-wrapped (pywinrm/pypsrp default, Windows).
+    /// SPNEGO-wrapped, NTLM first or only (pywinrm/pypsrp without Kerberos).
     Negotiate,
+    /// SPNEGO-wrapped with Kerberos as the first mechanism (Windows,
+    /// pyspnego `auto` with a ticket).
+    NegotiateKerberos,
     /// Raw NTLM messages (e.g. `auth_mechanism="ntlm"`).
     Ntlm,
+    /// A raw krb5 GSS-API AP-REQ, no SPNEGO (requests-credssp with
+    /// `credssp_auth_mechanism="kerberos"`: pypsrp, pywinrm, Ansible).
+    Kerberos,
+}
+
+impl InnerMechanism {
+    pub fn is_kerberos(self) -> bool {
+        matches!(self, InnerMechanism::NegotiateKerberos | InnerMechanism::Kerberos)
+    }
 }
 
 /// Classify the client's first negotiation token and check that it is
@@ -24,21 +45,34 @@ pub enum InnerMechanism {
 /// NegTokenInit inside `ApplicationTag0::deserialize` and `unwrap`s the
 /// result, so *any* malformed inner field (not only the outer framing)
 /// panics there. Only canonical DER of the SPNEGO NegTokenInit shape passes.
+///
+/// A raw krb5 token must never reach sspi's Negotiate server either: it is
+/// decoded there as SPNEGO, into the same `unwrap`. Such a token is checked
+/// to be one well-framed AP-REQ here and handed on wrapped in SPNEGO (see
+/// [`wrap_raw_krb5`]).
 pub fn classify_first_token(token: &[u8]) -> Result<InnerMechanism, CredSspError> {
     if token.starts_with(NTLMSSP_SIGNATURE) {
         return Ok(InnerMechanism::Ntlm);
     }
     if token.first() != Some(&0x60) {
-        return Err(CredSspError::BadToken("first token is neither SPNEGO nor NTLM"));
-    }
-    let (body, rest) = der_tlv(token, 0x60).ok_or(CredSspError::BadToken("bad DER length in SPNEGO token"))?;
-    if !rest.is_empty() {
         return Err(CredSspError::BadToken(
-            "SPNEGO token length does not match its DER header",
+            "first token is neither SPNEGO, Kerberos nor NTLM",
         ));
     }
+    let (body, rest) = der_tlv(token, 0x60).ok_or(CredSspError::BadToken("bad DER length in GSS-API token"))?;
+    if !rest.is_empty() {
+        return Err(CredSspError::BadToken(
+            "GSS-API token length does not match its DER header",
+        ));
+    }
+    if body.starts_with(&KRB5_OID) || body.starts_with(&MS_KRB5_OID) {
+        check_raw_ap_req(&body[KRB5_OID.len()..])?;
+        return Ok(InnerMechanism::Kerberos);
+    }
     if !body.starts_with(&SPNEGO_OID) {
-        return Err(CredSspError::BadToken("SPNEGO token lacks the SPNEGO mechanism OID"));
+        return Err(CredSspError::BadToken(
+            "GSS-API token is for neither SPNEGO nor Kerberos",
+        ));
     }
     // GSS-API InitialContextToken: after the OID comes the NegTokenInit [0].
     let inner = &body[SPNEGO_OID.len()..];
@@ -49,18 +83,119 @@ pub fn classify_first_token(token: &[u8]) -> Result<InnerMechanism, CredSspError
     if !rest.is_empty() {
         return Err(CredSspError::BadToken("NegTokenInit length does not match the token"));
     }
-    check_neg_token_init(init).ok_or(CredSspError::BadToken("malformed NegTokenInit"))?;
-    Ok(InnerMechanism::Negotiate)
+    let first_mech = check_neg_token_init(init).ok_or(CredSspError::BadToken("malformed NegTokenInit"))?;
+    let kerberos_first = first_mech.is_some_and(|oid| oid == &KRB5_OID[2..] || oid == &MS_KRB5_OID[2..]);
+    Ok(if kerberos_first {
+        InnerMechanism::NegotiateKerberos
+    } else {
+        InnerMechanism::Negotiate
+    })
+}
+
+/// After the krb5 OID: the AP-REQ token ID and one AP-REQ TLV filling the rest.
+fn check_raw_ap_req(after_oid: &[u8]) -> Result<(), CredSspError> {
+    let ap_req = after_oid
+        .strip_prefix(&KRB5_AP_REQ_TOKEN_ID)
+        .ok_or(CredSspError::BadToken("Kerberos token is not an AP-REQ"))?;
+    match der_tlv(ap_req, AP_REQ_TAG) {
+        Some((_, [])) => Ok(()),
+        Some(_) => Err(CredSspError::BadToken(
+            "Kerberos AP-REQ length does not match the token",
+        )),
+        None => Err(CredSspError::BadToken("malformed Kerberos AP-REQ")),
+    }
+}
+
+/// A raw krb5 token (checked by [`classify_first_token`]) as the SPNEGO
+/// NegTokenInit sspi's Negotiate server takes: `mechTypes = [krb5]` and the
+/// token as `mechToken`. With Kerberos the client's first choice, no
+/// mechListMIC is due, so the exchange is the raw one, rewrapped.
+pub fn wrap_raw_krb5(token: &[u8]) -> Vec<u8> {
+    let mech_types = der(0xa0, &der(0x30, &KRB5_OID));
+    let mech_token = der(0xa2, &der(0x04, token));
+    let init = der(0xa0, &der(0x30, &[mech_types, mech_token].concat()));
+    der(0x60, &[&SPNEGO_OID[..], &init].concat())
+}
+
+/// The mechanism's own token inside sspi's SPNEGO answer (NegTokenResp
+/// `responseToken`), for a client that speaks raw krb5: `Ok(None)` when the
+/// answer carries none.
+pub fn unwrap_neg_token_resp(answer: &[u8]) -> Result<Option<Vec<u8>>, CredSspError> {
+    let malformed = CredSspError::BadToken("the security package answered with a malformed NegTokenResp");
+    let (resp, _) = der_tlv(answer, 0xa1).ok_or(malformed)?;
+    let (mut fields, _) = der_tlv(resp, 0x30).ok_or(CredSspError::BadToken("NegTokenResp is not a SEQUENCE"))?;
+    while let Some(&tag) = fields.first() {
+        let (content, rest) = der_tlv(fields, tag).ok_or(CredSspError::BadToken("malformed field in NegTokenResp"))?;
+        if tag == 0xa2 {
+            let (token, _) =
+                der_tlv(content, 0x04).ok_or(CredSspError::BadToken("NegTokenResp responseToken is malformed"))?;
+            return Ok(Some(token.to_vec()));
+        }
+        fields = rest;
+    }
+    Ok(None)
+}
+
+/// The "right rotation count" sspi's Kerberos expects in a wrap token: the
+/// one Windows uses. sspi undoes that fixed rotation whatever the token says.
+const SSPI_WRAP_RRC: usize = 28;
+const WRAP_TOKEN_ID: [u8; 2] = [0x05, 0x04];
+const WRAP_HEADER_LEN: usize = 16;
+
+/// A client's Kerberos wrap token (pubKeyAuth, authInfo) in the layout sspi
+/// decrypts. MIT clients (pyspnego through python-gssapi) send their wrap
+/// tokens unrotated (RRC 0), which sspi cannot read: it always undoes a
+/// rotation of 28 (plus EC) bytes, as Windows sends. The token is rotated
+/// back to plain and then as Windows would; tokens already in that layout,
+/// and anything that is not a wrap token, pass unchanged.
+pub fn wrap_token_for_sspi(token: &[u8]) -> Vec<u8> {
+    if token.len() < WRAP_HEADER_LEN || token[..2] != WRAP_TOKEN_ID {
+        return token.to_vec();
+    }
+    let ec = usize::from(u16::from_be_bytes([token[4], token[5]]));
+    let rrc = usize::from(u16::from_be_bytes([token[6], token[7]]));
+    if rrc == SSPI_WRAP_RRC {
+        return token.to_vec();
+    }
+    let mut body = token[WRAP_HEADER_LEN..].to_vec();
+    if body.is_empty() {
+        return token.to_vec();
+    }
+    // RFC 4121: the sender rotated the encrypted data right by RRC.
+    let len = body.len();
+    body.rotate_left(rrc % len);
+    body.rotate_right((SSPI_WRAP_RRC + ec) % len);
+    let mut out = token[..WRAP_HEADER_LEN].to_vec();
+    out[6..8].copy_from_slice(&(SSPI_WRAP_RRC as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// DER of one TLV.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 /// `NegTokenInit ::= SEQUENCE { mechTypes [0] SEQUENCE OF OID, reqFlags [1]
 /// BIT STRING, mechToken [2] OCTET STRING, mechListMIC [3] OCTET STRING }`,
-/// every field optional, in this order, nothing else.
-fn check_neg_token_init(content: &[u8]) -> Option<()> {
+/// every field optional, in this order, nothing else. Returns the first
+/// mechanism OID (its content), if any.
+fn check_neg_token_init(content: &[u8]) -> Option<Option<&[u8]>> {
     let (mut fields, rest) = der_tlv(content, 0x30)?;
     if !rest.is_empty() {
         return None;
     }
+    let mut first_mech = None;
     if let Some((mech_types, rest)) = der_optional(fields, 0xa0)? {
         let (mut list, after) = der_tlv(mech_types, 0x30)?;
         if !after.is_empty() {
@@ -69,6 +204,7 @@ fn check_neg_token_init(content: &[u8]) -> Option<()> {
         while !list.is_empty() {
             let (oid, rest) = der_tlv(list, 0x06)?;
             check_oid(oid)?;
+            first_mech = first_mech.or(Some(oid));
             list = rest;
         }
         fields = rest;
@@ -90,7 +226,7 @@ fn check_neg_token_init(content: &[u8]) -> Option<()> {
             fields = rest;
         }
     }
-    fields.is_empty().then_some(())
+    fields.is_empty().then_some(first_mech)
 }
 
 /// An OBJECT IDENTIFIER the `oid` crate decodes: first byte below 120
@@ -329,6 +465,153 @@ mod tests {
         for init in bad {
             assert!(classify_first_token(&wrap(&init)).is_err(), "{init:02x?}");
         }
+    }
+
+    /// requests-credssp's first token with `credssp_auth_mechanism="kerberos"` (pypsrp, pywinrm):
+    /// a raw krb5 GSS-API AP-REQ for HTTP/relay.lab.test, made by pyspnego against the test realm.
+    const RAW_KRB5: &[u8] = include_bytes!("fixtures/requests_credssp_kerberos_ap_req.bin");
+    /// pyspnego `negotiate` with a ticket: NegTokenInit{mechTypes=[krb5, NTLM], mechToken=AP-REQ}.
+    const SPNEGO_KRB5: &[u8] = include_bytes!("fixtures/pyspnego_negotiate_kerberos.bin");
+
+    /// What sspi's Negotiate server does first with any first token (`decode_initial_neg_init`).
+    fn picky_decodes_as_spnego(token: &[u8]) -> Result<bool, ()> {
+        use picky_krb::gss_api::{ApplicationTag0, GssApiNegInit};
+        let token = token.to_vec();
+        std::panic::catch_unwind(move || picky_asn1_der::from_bytes::<ApplicationTag0<GssApiNegInit>>(&token).is_ok())
+            .map_err(|_| ())
+    }
+
+    #[test]
+    fn raw_krb5_token_is_classified_and_wrapped_so_picky_never_sees_it_raw() {
+        assert_eq!(classify_first_token(RAW_KRB5).unwrap(), InnerMechanism::Kerberos);
+        // The reason for the wrapping: as it comes, the token panics picky-krb inside sspi's Negotiate server.
+        assert_eq!(
+            picky_decodes_as_spnego(RAW_KRB5),
+            Err(()),
+            "picky-krb no longer panics: revisit wrap_raw_krb5"
+        );
+        let wrapped = wrap_raw_krb5(RAW_KRB5);
+        assert_eq!(
+            classify_first_token(&wrapped).unwrap(),
+            InnerMechanism::NegotiateKerberos
+        );
+        assert_eq!(picky_decodes_as_spnego(&wrapped), Ok(true));
+        // The mechToken is the client's token, byte for byte, and sspi reads krb5 as the only mechanism.
+        use picky_krb::gss_api::{ApplicationTag0, GssApiNegInit};
+        let init: ApplicationTag0<GssApiNegInit> = picky_asn1_der::from_bytes(&wrapped).unwrap();
+        let init = init.0.neg_token_init.0;
+        assert_eq!(init.mech_token.0.unwrap().0 .0, RAW_KRB5);
+        let mechs = init.mech_types.0.unwrap().0 .0;
+        assert_eq!(mechs.len(), 1);
+        assert_eq!(picky_asn1_der::to_vec(&mechs[0]).unwrap(), KRB5_OID);
+    }
+
+    #[test]
+    fn spnego_with_kerberos_first_is_told_from_ntlm_first() {
+        assert_eq!(
+            classify_first_token(SPNEGO_KRB5).unwrap(),
+            InnerMechanism::NegotiateKerberos
+        );
+        assert_eq!(picky_decodes_as_spnego(SPNEGO_KRB5), Ok(true));
+        assert!(InnerMechanism::NegotiateKerberos.is_kerberos() && InnerMechanism::Kerberos.is_kerberos());
+        assert!(!InnerMechanism::Negotiate.is_kerberos() && !InnerMechanism::Ntlm.is_kerberos());
+        // MS-KRB5 first (Windows) is Kerberos too; NTLM first with Kerberos second is not.
+        let wrap = |mechs: &[&[u8]]| {
+            let list = der(0x30, &mechs.concat());
+            let init = der(0xa0, &der(0x30, &der(0xa0, &list)));
+            der(0x60, &[&SPNEGO_OID[..], &init].concat())
+        };
+        let ntlm_oid = [0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x02, 0x02, 0x0a];
+        let windows = wrap(&[&MS_KRB5_OID, &KRB5_OID, &ntlm_oid]);
+        assert_eq!(
+            classify_first_token(&windows).unwrap(),
+            InnerMechanism::NegotiateKerberos
+        );
+        let ntlm_first = wrap(&[&ntlm_oid, &KRB5_OID]);
+        assert_eq!(classify_first_token(&ntlm_first).unwrap(), InnerMechanism::Negotiate);
+    }
+
+    #[test]
+    fn hostile_raw_krb5_tokens_are_refused_before_sspi() {
+        let refused = |token: &[u8]| classify_first_token(token).is_err();
+        // Truncated anywhere: the outer length no longer matches.
+        for cut in 1..RAW_KRB5.len() {
+            assert!(refused(&RAW_KRB5[..cut]), "cut at {cut}");
+        }
+        // A consistent outer frame around garbage, a TGT-REQ (user-to-user), an AP-REQ with trailing bytes.
+        let frame = |after_oid: &[u8]| der(0x60, &[&KRB5_OID[..], after_oid].concat());
+        assert!(refused(&frame(&[0x01, 0x00, 0xde, 0xad, 0xbe, 0xef])));
+        assert!(refused(&frame(&[0x04, 0x00, 0x30, 0x00])));
+        assert!(refused(&frame(&[0x01, 0x00, 0x6e, 0x00, 0x00])));
+        assert!(refused(&frame(&[0x01, 0x00, 0x6e, 0x05, 0x00])));
+        assert!(refused(&frame(&[])));
+        // The same AP-REQ framed with a wrong token ID.
+        let mut tgs = RAW_KRB5.to_vec();
+        tgs[15] = 0x02;
+        assert!(refused(&tgs));
+        // What is left passes as a well-framed AP-REQ: sspi decodes and decrypts it (and refuses garbage
+        // inside cleanly; the integration suite sends such tokens).
+        assert!(classify_first_token(&frame(&[0x01, 0x00, 0x6e, 0x02, 0x30, 0x00])).is_ok());
+    }
+
+    #[test]
+    fn the_answer_for_a_raw_krb5_client_is_the_response_token() {
+        // NegTokenResp{negResult=accept-completed, supportedMech=krb5, responseToken=AP-REP}.
+        let ap_rep = der(
+            0x60,
+            &[&KRB5_OID[..], &[0x02, 0x00], &der(0x6f, &[0x30, 0x00])].concat(),
+        );
+        let fields = [
+            der(0xa0, &[0x0a, 0x01, 0x00]),
+            der(0xa1, &KRB5_OID),
+            der(0xa2, &der(0x04, &ap_rep)),
+        ]
+        .concat();
+        let resp = der(0xa1, &der(0x30, &fields));
+        assert_eq!(unwrap_neg_token_resp(&resp).unwrap(), Some(ap_rep));
+        let no_token = der(0xa1, &der(0x30, &der(0xa0, &[0x0a, 0x01, 0x00])));
+        assert_eq!(unwrap_neg_token_resp(&no_token).unwrap(), None);
+        assert!(unwrap_neg_token_resp(&[0xa1, 0x05, 0x30]).is_err());
+        assert!(unwrap_neg_token_resp(&[0x30, 0x00]).is_err());
+    }
+
+    fn wrap_token(ec: u16, rrc: u16, body: &[u8]) -> Vec<u8> {
+        let mut token = vec![0x05, 0x04, 0x06, 0xff];
+        token.extend_from_slice(&ec.to_be_bytes());
+        token.extend_from_slice(&rrc.to_be_bytes());
+        token.extend_from_slice(&[0, 0, 0, 0, 0x18, 0x54, 0xf0, 0x73]);
+        let mut rotated = body.to_vec();
+        rotated.rotate_right(usize::from(rrc) % body.len());
+        token.extend_from_slice(&rotated);
+        token
+    }
+
+    #[test]
+    fn mit_wrap_tokens_are_rotated_as_sspi_reads_them() {
+        let body: Vec<u8> = (0u8..=200).collect();
+        // What Windows (and sspi's own encrypt) sends with EC 0: rotated by 28, RRC 28. Unchanged.
+        let windows = wrap_token(0, 28, &body);
+        assert_eq!(wrap_token_for_sspi(&windows), windows);
+        // MIT: RRC 0, not rotated; and any other RRC a sender may pick. Both become the Windows layout.
+        assert_eq!(wrap_token_for_sspi(&wrap_token(0, 0, &body)), windows);
+        assert_eq!(wrap_token_for_sspi(&wrap_token(0, 5, &body)), windows);
+        // sspi undoes RRC + EC: a token with filler is rotated by both.
+        let mut with_ec = wrap_token(0, 28, &body);
+        with_ec[4..6].copy_from_slice(&16u16.to_be_bytes());
+        let mut expected_body = body.clone();
+        expected_body.rotate_right(28 + 16);
+        assert_eq!(wrap_token_for_sspi(&wrap_token(16, 0, &body))[16..], expected_body[..]);
+        // Not wrap tokens: NTLM-sealed data, short input.
+        let ntlm = [0x01, 0x00, 0x00, 0x00, 0xaa, 0xbb];
+        assert_eq!(wrap_token_for_sspi(&ntlm), ntlm);
+        assert_eq!(wrap_token_for_sspi(&windows[..16]), windows[..16]);
+    }
+
+    #[test]
+    fn long_der_lengths_are_minimal() {
+        assert_eq!(der(0x04, &[0u8; 3])[..2], [0x04, 0x03]);
+        assert_eq!(der(0x04, &[0u8; 200])[..3], [0x04, 0x81, 200]);
+        assert_eq!(der(0x04, &[0u8; 714])[..4], [0x04, 0x82, 0x02, 0xca]);
     }
 
     #[test]

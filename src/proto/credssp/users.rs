@@ -106,6 +106,25 @@ impl Principal {
         }
     }
 
+    /// The one name policy rules and the audit use for this principal: in the
+    /// relay's own domain (`[kerberos]`), the NetBIOS form, so `alice@LAB.TEST`,
+    /// `LAB.TEST\alice` and `LAB\alice` are all `LAB\alice`. Names of other
+    /// domains, and every name without `[kerberos]`, stay as they are.
+    pub fn canonical(self, names: Option<&DomainNames>) -> Principal {
+        match names {
+            Some(names)
+                if self.domain.eq_ignore_ascii_case(&names.realm)
+                    || self.domain.eq_ignore_ascii_case(&names.netbios) =>
+            {
+                Principal {
+                    domain: names.netbios.clone(),
+                    user: self.user,
+                }
+            }
+            _ => self,
+        }
+    }
+
     pub fn matches(&self, other: &Principal) -> bool {
         self.domain.eq_ignore_ascii_case(&other.domain) && self.user.eq_ignore_ascii_case(&other.user)
     }
@@ -113,6 +132,16 @@ impl Principal {
     pub fn display(&self) -> String {
         format!("{}\\{}", self.domain, self.user)
     }
+}
+
+/// The relay's own domain under both of its names (`[kerberos] realm` and
+/// `netbios`): `alice@LAB.TEST` is `LAB\alice`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainNames {
+    /// The DNS name in upper case, as Kerberos spells it: `LAB.TEST`.
+    pub realm: String,
+    /// The NetBIOS name: `LAB`.
+    pub netbios: String,
 }
 
 /// The users-file entry of `who` if `password` is theirs, else why not. For
@@ -182,6 +211,10 @@ pub(crate) struct Claim {
 pub(crate) struct UsersProxy {
     pub users: Arc<[UserHash]>,
     pub claimed: Arc<Mutex<Option<Claim>>>,
+    pub names: Option<DomainNames>,
+    /// A Kerberos exchange: sspi asks only once the ticket is verified, and the
+    /// principal it names is who authenticated; the users file has no part.
+    pub kerberos: bool,
 }
 
 impl CredentialsProxy for UsersProxy {
@@ -190,8 +223,23 @@ impl CredentialsProxy for UsersProxy {
     /// An unknown user gets a candidate that cannot match: sspi then does
     /// the same verification work and fails the same way as for a wrong
     /// password, and only the recorded claim tells the two apart.
+    ///
+    /// Under Kerberos the answer is the principal with no password: sspi
+    /// needs an identity to carry on to the public-key exchange, not a secret.
     fn auth_data_by_user(&mut self, username: &Username) -> io::Result<AuthIdentity> {
-        let who = Principal::from_username(username);
+        let who = Principal::from_username(username).canonical(self.names.as_ref());
+        if self.kerberos {
+            if let Ok(mut claimed) = self.claimed.lock() {
+                *claimed = Some(Claim {
+                    principal: who,
+                    known: true,
+                });
+            }
+            return Ok(AuthIdentity {
+                username: username.clone(),
+                password: Secret::new(String::new()),
+            });
+        }
         let entry = find(&self.users, &who);
         if let Ok(mut claimed) = self.claimed.lock() {
             *claimed = Some(Claim {
@@ -206,6 +254,9 @@ impl CredentialsProxy for UsersProxy {
     }
 
     fn auth_data(&mut self) -> io::Result<Vec<AuthIdentity>> {
+        if self.kerberos {
+            return Ok(Vec::new());
+        }
         self.users.iter().map(to_auth_identity).collect()
     }
 }
@@ -279,6 +330,96 @@ mod tests {
         );
     }
 
+    fn lab() -> DomainNames {
+        DomainNames {
+            realm: "LAB.TEST".into(),
+            netbios: "LAB".into(),
+        }
+    }
+
+    #[test]
+    fn one_canonical_name_per_principal_of_the_domain() {
+        let names = lab();
+        for form in [
+            "alice@LAB.TEST",
+            "alice@lab.test",
+            "LAB.TEST\\alice",
+            "lab.test\\alice",
+            "LAB\\alice",
+            "lab\\alice",
+        ] {
+            let canonical = Principal::parse(form).canonical(Some(&names));
+            assert_eq!(canonical.domain, "LAB", "{form}");
+            assert!(canonical.matches(&Principal::parse("LAB\\ALICE")), "{form}");
+        }
+        assert_eq!(
+            Principal::parse("alice@LAB.TEST").canonical(Some(&names)).display(),
+            "LAB\\alice"
+        );
+        // Other domains, a bare name, and everything without [kerberos] stay as written.
+        assert_eq!(
+            Principal::parse("alice@OTHER.TEST").canonical(Some(&names)).display(),
+            "OTHER.TEST\\alice"
+        );
+        assert_eq!(
+            Principal::parse("LAB2\\alice").canonical(Some(&names)).display(),
+            "LAB2\\alice"
+        );
+        assert_eq!(Principal::parse("alice").canonical(Some(&names)).display(), "\\alice");
+        assert_eq!(
+            Principal::parse("alice@LAB.TEST").canonical(None).display(),
+            "LAB.TEST\\alice"
+        );
+        assert!(!Principal::parse("bob@LAB.TEST")
+            .canonical(Some(&names))
+            .matches(&Principal::parse("LAB\\alice")));
+    }
+
+    #[test]
+    fn ntlm_logons_under_the_realm_name_find_the_netbios_entry() {
+        let users: Arc<[UserHash]> = vec![UserHash {
+            domain: "LAB".into(),
+            user: "alice".into(),
+            nt_hash: nt_hash("pw"),
+        }]
+        .into();
+        let claimed = Arc::new(Mutex::new(None));
+        let mut proxy = UsersProxy {
+            users,
+            claimed: claimed.clone(),
+            names: Some(lab()),
+            kerberos: false,
+        };
+        let upn = Username::new("alice@LAB.TEST", None).unwrap();
+        let identity = proxy.auth_data_by_user(&upn).unwrap();
+        assert_eq!(
+            identity.password.as_ref(),
+            &format!("$NTLM$:{}", hex::encode(nt_hash("pw").as_slice()))
+        );
+        let claim = claimed.lock().unwrap().clone().unwrap();
+        assert_eq!((claim.principal.display().as_str(), claim.known), ("LAB\\alice", true));
+    }
+
+    #[test]
+    fn kerberos_proxy_names_the_ticket_principal_and_offers_no_hash() {
+        let claimed = Arc::new(Mutex::new(None));
+        let mut proxy = UsersProxy {
+            users: Vec::new().into(),
+            claimed: claimed.clone(),
+            names: Some(lab()),
+            kerberos: true,
+        };
+        assert!(
+            proxy.auth_data().unwrap().is_empty(),
+            "no NTLM candidates in a Kerberos exchange"
+        );
+        let upn = Username::new_upn("alice", "lab.test").unwrap();
+        let identity = proxy.auth_data_by_user(&upn).unwrap();
+        assert_eq!(identity.password.as_ref(), "");
+        let claim = claimed.lock().unwrap().clone().unwrap();
+        assert_eq!((claim.principal.display().as_str(), claim.known), ("LAB\\alice", true));
+    }
+
     #[test]
     fn principal_forms() {
         let a = Principal::from_parts(Some("LAB"), "alice");
@@ -300,6 +441,8 @@ mod tests {
         let mut proxy = UsersProxy {
             users,
             claimed: claimed.clone(),
+            names: None,
+            kerberos: false,
         };
         let ghost = Username::new("ghost", Some("LAB")).unwrap();
         let dummy = proxy.auth_data_by_user(&ghost).unwrap();
