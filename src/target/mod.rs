@@ -54,7 +54,6 @@ use crate::proto::http_auth::{
 };
 use crate::proto::kerberos::client::{KdcExchange, KerberosClient, KerberosError, Realm, StepError};
 use crate::proto::kerberos::refusal::KdcRefusal;
-use crate::proto::kerberos::tickets::frame;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::resolve::{KerberosTarget, ResolvedTarget, TargetAuth};
 use crate::vault::DelegatedCredentials;
@@ -672,7 +671,7 @@ impl KdcExchange for Kdc<'_> {
                 data,
             };
             let reply = transport.send(&request).await?;
-            frame(reply.message()).ok_or(KdcError::BadRequest("a KDC reply too long to frame"))
+            Ok(reply.into_framed())
         }
     }
 }

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::tickets::frame;
-
 /// alice's password in the recorded realm.
 pub const PASSWORD: &str = "fixture-Alice-pw1";
 
@@ -18,44 +16,47 @@ pub fn while_tickets_good() -> SystemTime {
     tickets_end() - Duration::from_secs(24 * 3600)
 }
 
-fn framed(message: &[u8]) -> Vec<u8> {
-    frame(message).expect("fixture fits a frame")
+/// A message with the 4-byte big-endian length prefix in front.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut framed = (message.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    framed
 }
 
 pub fn as_req() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/as_req.der"))
+    frame(include_bytes!("fixtures/kdc/as_req.der"))
 }
 
 pub fn preauth_required() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/preauth_required.der"))
+    frame(include_bytes!("fixtures/kdc/preauth_required.der"))
 }
 
 pub fn as_req_preauth() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/as_req_preauth.der"))
+    frame(include_bytes!("fixtures/kdc/as_req_preauth.der"))
 }
 
 pub fn as_rep() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/as_rep.der"))
+    frame(include_bytes!("fixtures/kdc/as_rep.der"))
 }
 
 pub fn tgs_req() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/tgs_req.der"))
+    frame(include_bytes!("fixtures/kdc/tgs_req.der"))
 }
 
 pub fn tgs_rep() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/tgs_rep.der"))
+    frame(include_bytes!("fixtures/kdc/tgs_rep.der"))
 }
 
 pub fn preauth_failed() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/preauth_failed.der"))
+    frame(include_bytes!("fixtures/kdc/preauth_failed.der"))
 }
 
 pub fn tgs_req_unknown_spn() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/tgs_req_unknown_spn.der"))
+    frame(include_bytes!("fixtures/kdc/tgs_req_unknown_spn.der"))
 }
 
 pub fn unknown_spn() -> Vec<u8> {
-    framed(include_bytes!("fixtures/kdc/unknown_spn.der"))
+    frame(include_bytes!("fixtures/kdc/unknown_spn.der"))
 }
 
 /// DER of one TLV, short or long length form.

@@ -51,15 +51,6 @@ pub(crate) fn unframe(framed: &[u8]) -> Option<&[u8]> {
     (usize::try_from(length).ok()? == message.len()).then_some(message)
 }
 
-/// A DER message with the length prefix in front.
-pub(crate) fn frame(message: &[u8]) -> Option<Vec<u8>> {
-    let length = u32::try_from(message.len()).ok()?;
-    let mut framed = Vec::with_capacity(4 + message.len());
-    framed.extend_from_slice(&length.to_be_bytes());
-    framed.extend_from_slice(message);
-    Some(framed)
-}
-
 /// Decodes `T`, which must be the whole message; picky's decoders have panicked on
 /// malformed input before, so a panic is a decoding failure like any other.
 fn decode<T: DeserializeOwned>(der: &[u8]) -> Option<T> {

@@ -148,7 +148,7 @@ fn a_new_tgt_drops_the_service_tickets_of_the_old_one() {
 #[test]
 fn a_tgt_the_kdc_calls_expired_is_dropped() {
     let mut tickets = kept(PASSWORD);
-    let expired = frame(&fixtures::krb_error(32, None)).unwrap();
+    let expired = fixtures::frame(&fixtures::krb_error(32, None));
     keep(
         &mut tickets,
         &classify_request(&fixtures::tgs_req()),
@@ -163,5 +163,4 @@ fn framing() {
     assert_eq!(unframe(&[0, 0, 0, 2, 0x6a, 0x00]), Some(&[0x6a, 0x00][..]));
     assert_eq!(unframe(&[0, 0, 0, 3, 0x6a, 0x00]), None);
     assert_eq!(unframe(&[0, 0]), None);
-    assert_eq!(frame(&[0x6b]), Some(vec![0, 0, 0, 1, 0x6b]));
 }
