@@ -152,6 +152,32 @@ mod tests {
     }
 
     #[test]
+    fn debug_never_prints_tickets_or_keys() {
+        let creds = DelegatedCredentials::new("LAB", "alice", SecretString::from("pw"));
+        let secret = b"session-key-distinctive".to_vec();
+        let kept = || KeptReply {
+            reply: Zeroizing::new(b"ticket-distinctive".to_vec()),
+            expires: SystemTime::now(),
+        };
+        creds.tickets().tgt = Some(KeptTgt {
+            preauth_required: Zeroizing::new(Vec::new()),
+            as_rep: kept(),
+            session_key: Zeroizing::new(secret.clone()),
+        });
+        creds.tickets().services.insert("HTTP/web11.lab.test".into(), kept());
+        let printed = format!("{creds:?}");
+        assert!(
+            printed.contains("HTTP/web11.lab.test") && printed.contains("tgt: true"),
+            "{printed}"
+        );
+        for bytes in [&secret[..], b"ticket-distinctive"] {
+            let as_list = format!("{bytes:?}");
+            assert!(!printed.contains(&as_list[1..as_list.len() - 1]), "{printed}");
+        }
+        assert!(!printed.contains("distinctive"), "{printed}");
+    }
+
+    #[test]
     fn wipe_empties_the_vault() {
         let mut vault = Vault::default();
         vault.store(DelegatedCredentials::new("LAB", "alice", SecretString::from("x")));

@@ -7,7 +7,12 @@ use super::tickets::KdcRequest;
 /// The GSS token id of a KRB-ERROR inside a krb5 mechanism token.
 const KRB_ERROR_TOKEN_ID: [u8; 2] = [0x03, 0x00];
 /// Target errors meaning its key for the SPN is not the one the ticket was made with.
-const WRONG_KEY: [i64; 4] = [31, 41, 44, 45];
+const WRONG_KEY: [i64; 4] = [
+    error_codes::KRB_AP_ERR_BAD_INTEGRITY,
+    error_codes::KRB_AP_ERR_MODIFIED,
+    error_codes::KRB_AP_ERR_BADKEYVER,
+    error_codes::KRB_AP_ERR_NOKEY,
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KdcRefusal {
