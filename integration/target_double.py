@@ -21,6 +21,15 @@ It behaves like a Windows host with AllowUnencrypted=false and Negotiate auth:
   the HTTPS certificate, or a generated self-signed one over HTTP); when it completes, the
   delegated password is compared with the users file and only ``delegated_password_ok``
   is logged, never the password.
+* ``--auth kerberos`` (with ``--spn HTTP/host``): a host that accepts Kerberos only, as with
+  "Restrict NTLM" (``Negotiate`` offered; SPNEGO-wrapped or raw krb5 tokens under ``Negotiate``
+  or ``Kerberos``; NTLM refused with 401). The acceptor is pyspnego with python-gssapi (MIT krb5)
+  and its own keytab from ``KRB5_KTNAME=FILE:...`` (and the realm's ``KRB5_CONFIG``), as the
+  harness gives them: independent of sspi. The user logged is the Kerberos principal
+  (``alice@LAB.TEST``); bodies are sealed with Kerberos wrap tokens (pyspnego's
+  ``wrap_winrm``/``unwrap_winrm``), and over TLS the channel binding is checked by MIT
+  (``cbt``: verified when the ticket was bound to this channel, absent otherwise; with
+  ``--cbt strict`` an unbound ticket is refused).
 * ``--cbt strict`` (with ``--tls``): CbtHardeningLevel=Strict. The NTLM AUTHENTICATE must
   carry MsvAvChannelBindings = MD5(gss_channel_bindings("tls-server-end-point:" +
   hash of our certificate)); absent / all-zero / wrong bindings are refused
@@ -481,7 +490,10 @@ def text_of(el: typing.Optional[ET.Element]) -> typing.Optional[str]:
 # Session encryption framing
 
 
-def decrypt_body(ctx: typing.Any, content_type: str, body: bytes) -> bytes:
+def decrypt_body(ctx: typing.Any, content_type: str, body: bytes, kind: str = "negotiate") -> bytes:
+    """NTLM sealing keeps the plaintext's length after the 16-byte signature; a Kerberos wrap token's data
+    (encrypted data and padding) is not as long as the plaintext: it runs to the next boundary, as pywinrm
+    and pypsrp read it."""
     if not (content_type.startswith("multipart/encrypted") or content_type.startswith("multipart/x-multi-encrypted")):
         raise ValueError("not an encrypted body")
     if ('protocol="%s"' % ENC_PROTOCOL) not in content_type:
@@ -511,8 +523,14 @@ def decrypt_body(ctx: typing.Any, content_type: str, body: bytes) -> bytes:
         pos += 4
         header = body[pos : pos + hlen]
         pos += hlen
-        data = body[pos : pos + length]  # RC4 sealing keeps the length
-        pos += length
+        if kind == "kerberos":
+            end = body.find(BOUNDARY, pos)
+            if end < 0:
+                raise ValueError("missing boundary after the wrap token")
+        else:
+            end = pos + length  # RC4 sealing keeps the length
+        data = body[pos:end]
+        pos = end
         plain = ctx.unwrap_winrm(header, data)
         if len(plain) != length:
             raise ValueError("decrypted length %d != declared %d" % (len(plain), length))
@@ -1000,8 +1018,19 @@ def ntlm_cbt_status(token: bytes, expected_md5: bytes) -> typing.Optional[typing
 # ---------------------------------------------------------------------------
 # HTTP layer
 
-AUTH_OFFERS = {"negotiate": "Negotiate", "basic": 'Basic realm="WSMAN"', "credssp": "CredSSP"}
-SCHEMES = {"negotiate": "negotiate", "ntlm": "negotiate", "basic": "basic", "credssp": "credssp"}
+AUTH_OFFERS = {"negotiate": "Negotiate", "basic": 'Basic realm="WSMAN"', "credssp": "CredSSP", "kerberos": "Negotiate"}
+SCHEMES = {"negotiate": "negotiate", "ntlm": "negotiate", "basic": "basic", "credssp": "credssp",
+           "kerberos": "kerberos"}
+# GSS_C_CHANNEL_BOUND_FLAG: MIT krb5 sets it on an accepted context whose ticket carried this channel's bindings.
+GSS_CHANNEL_BOUND = 2048
+
+
+def kerberos_channel_bound(ctx: typing.Any) -> bool:
+    """Whether pyspnego's (Negotiate) acceptor context saw this TLS channel's bindings in the Kerberos
+    authenticator (its inner python-gssapi context's flags)."""
+    inner = getattr(ctx, "_context", None)
+    gss = getattr(inner, "_context", inner)
+    return bool(int(getattr(gss, "actual_flags", 0) or 0) & GSS_CHANNEL_BOUND)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -1067,7 +1096,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Every record carries auth and tls (and, on TLS + Negotiate, what the channel binding said)."""
         record.setdefault("auth", auth or self.auth_kind)
         record["tls"] = self.app.ssl_context is not None
-        if record["tls"] and record.get("auth") == "negotiate" and self.cbt is not None:
+        if record["tls"] and record.get("auth") in ("negotiate", "kerberos") and self.cbt is not None:
             record.setdefault("cbt", self.cbt)
         if record.get("auth") == "credssp" and self.delegated is not None:
             for k, v in self.delegated.items():
@@ -1111,12 +1140,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(405, [("Allow", "POST")])
 
     # -- authentication steps; each returns (done, extra response headers). done=False: a response was sent.
-    def _step_negotiate(self, token_b64: str, peer: str) -> typing.Tuple[bool, typing.List[typing.Tuple[str, str]]]:
+    def _step_negotiate(self, token_b64: str, peer: str,
+                        kind: str = "negotiate") -> typing.Tuple[bool, typing.List[typing.Tuple[str, str]]]:
         try:
             in_token = base64.b64decode(token_b64.strip())
         except Exception:
-            self._fail_auth("undecodable token", peer, "negotiate")
+            self._fail_auth("undecodable token", peer, kind)
             return False, []
+        if kind == "kerberos":
+            return self._step_kerberos(in_token, peer)
         if self.ctx is None or self.ctx.complete or self.auth_kind != "negotiate":
             self.ctx = self.app.new_acceptor()
             self.user = None
@@ -1146,6 +1178,38 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.app.cbt_strict and self.cbt != "verified":  # never completes without an AUTHENTICATE, but be sure
             self._fail_auth("channel binding %s (CbtHardeningLevel=Strict)" % self.cbt, peer, "negotiate")
             return False, []
+        self.user = self.ctx.client_principal or "?"
+        self._log({"event": "auth_ok", "user": self.user, "conn": self.conn_id, "peer": peer})
+        return True, ([("WWW-Authenticate", "Negotiate " + base64.b64encode(out).decode())] if out else [])
+
+    def _step_kerberos(self, in_token: bytes, peer: str) -> typing.Tuple[bool, typing.List[typing.Tuple[str, str]]]:
+        """Kerberos only: the AP-REQ (SPNEGO-wrapped or raw) is accepted with the keytab, NTLM is refused."""
+        if b"NTLMSSP\x00" in in_token:
+            self._fail_auth("NTLM refused: this host accepts Kerberos only", peer, "kerberos")
+            return False, []
+        if self.ctx is None or self.ctx.complete or self.auth_kind != "kerberos":
+            self.ctx = self.app.new_kerberos_acceptor()
+            self.user = None
+            self.auth_kind = "kerberos"
+            self.cbt = None
+            self.delegated = None
+        try:
+            out = self.ctx.step(in_token)
+        except Exception as e:  # a ticket for another key, a bad authenticator, mismatched channel bindings...
+            self._fail_auth("%s: %s" % (type(e).__name__, e), peer, "kerberos")
+            return False, []
+        if not self.ctx.complete:
+            self._send(401, [("WWW-Authenticate", "Negotiate " + base64.b64encode(out or b"").decode())])
+            return False, []
+        if self.ctx.negotiated_protocol != "kerberos":
+            self._fail_auth("%s refused: this host accepts Kerberos only" % self.ctx.negotiated_protocol, peer,
+                            "kerberos")
+            return False, []
+        if self.app.ssl_context is not None:
+            self.cbt = "verified" if kerberos_channel_bound(self.ctx) else "absent"
+            if self.app.cbt_strict and self.cbt != "verified":
+                self._fail_auth("channel binding %s (CbtHardeningLevel=Strict)" % self.cbt, peer, "kerberos")
+                return False, []
         self.user = self.ctx.client_principal or "?"
         self._log({"event": "auth_ok", "user": self.user, "conn": self.conn_id, "peer": peer})
         return True, ([("WWW-Authenticate", "Negotiate " + base64.b64encode(out).decode())] if out else [])
@@ -1237,13 +1301,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if auth:
             scheme, _, token_b64 = auth.strip().partition(" ")
             kind = SCHEMES.get(scheme.lower())
+            if kind == "negotiate" and "kerberos" in self.app.auths:
+                kind = "kerberos"  # Negotiate on a Kerberos-only host
             if kind is None or kind not in self.app.auths:
                 self._log({"event": "rejected", "reason": "scheme %r not offered" % scheme[:20], "conn": self.conn_id,
                            "peer": peer, "body_bytes": len(body)}, kind or "none")
                 self._send(401, self._offers())
                 return
-            if kind == "negotiate":
-                ok, extra_headers = self._step_negotiate(token_b64, peer)
+            if kind in ("negotiate", "kerberos"):
+                ok, extra_headers = self._step_negotiate(token_b64, peer, kind)
                 if not ok:
                     return
             elif kind == "credssp":
@@ -1284,12 +1350,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             plain = body  # HTTPS: TLS protects the body, as on Windows
         else:
-            want = {"negotiate": ENC_PROTOCOL, "credssp": CREDSSP_ENC_PROTOCOL}.get(kind)
+            want = {"negotiate": ENC_PROTOCOL, "kerberos": ENC_PROTOCOL, "credssp": CREDSSP_ENC_PROTOCOL}.get(kind)
             try:
                 if want is None or _encrypted_protocol_of(ctype) != want:
                     raise ValueError("protocol %r does not match the %s context" % (_encrypted_protocol_of(ctype), kind))
-                if kind == "negotiate":
-                    plain = decrypt_body(ctx, ctype, body)
+                if kind in ("negotiate", "kerberos"):
+                    plain = decrypt_body(ctx, ctype, body, kind)
                 else:
                     plain, chunks = decrypt_credssp_body(ctx, ctype, body)
             except Exception as e:
@@ -1341,7 +1407,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._log(record, kind)
         if not encrypted:
             self._send(status, extra_headers + [("Content-Type", "application/soap+xml;charset=UTF-8")], resp)
-        elif kind == "negotiate":
+        elif kind in ("negotiate", "kerberos"):
             ctype_out, payload = encrypt_body(ctx, resp)
             self._send(status, extra_headers + [("Content-Type", ctype_out)], payload)
         else:
@@ -1392,9 +1458,11 @@ class DoubleServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         tls: typing.Optional[typing.Tuple[str, str]] = None,
         cbt_strict: bool = False,
         tls_max: typing.Optional[str] = None,
+        spn: typing.Optional[str] = None,
     ) -> None:
         import spnego  # noqa: F401  (imported here so --hang mode needs no pyspnego)
 
+        self.spn = spn
         self.state = state
         self.dispatcher = Dispatcher(state)
         self.verbose = verbose
@@ -1467,6 +1535,15 @@ class DoubleServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         return spnego.server(hostname=self.state.name, service="http", protocol="negotiate",
                              channel_bindings=self.cbt_bindings if self.cbt_strict else None)
 
+    def new_kerberos_acceptor(self) -> typing.Any:
+        import spnego
+
+        service, _, host = (self.spn or "").partition("/")
+        # Over TLS MIT always checks the bindings it is given against the ticket's; --cbt strict also
+        # refuses a ticket that carries none (see _step_kerberos).
+        return spnego.server(hostname=host, service=service, protocol="negotiate",
+                             channel_bindings=self.cbt_bindings)
+
     def new_credssp_acceptor(self) -> typing.Any:
         import spnego
 
@@ -1509,7 +1586,10 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     p.add_argument("--tls", default=None, metavar="CERT,KEY", help="serve HTTPS (TLS 1.2+) with this PEM cert chain and key")
     p.add_argument("--tls-max", choices=["1.2", "1.3"], default=None, help="highest TLS version offered")
     p.add_argument("--auth", default="negotiate",
-                   help="comma-separated schemes offered in this order: negotiate, basic, credssp (default negotiate)")
+                   help="comma-separated schemes offered in this order: negotiate, basic, credssp, kerberos "
+                        "(default negotiate); kerberos (Kerberos only, with --spn and KRB5_KTNAME) excludes negotiate")
+    p.add_argument("--spn", default=None, help="with --auth kerberos: the service principal this host accepts, "
+                                               "e.g. HTTP/web11.lab.test (its key in KRB5_KTNAME)")
     p.add_argument("--cbt", choices=["none", "strict"], default="none",
                    help="strict: with --tls, refuse NTLM without a matching tls-server-end-point binding")
     p.add_argument("--create-delay", type=float, default=0.0, help="hold each Create answer back this many seconds")
@@ -1536,11 +1616,13 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
         tls = (cert, key or cert)
     if args.cbt == "strict" and not tls:
         p.error("--cbt strict needs --tls")
+    if "kerberos" in auths and ("negotiate" in auths or not args.spn or "/" not in args.spn):
+        p.error("--auth kerberos needs --spn service/host and excludes negotiate")
 
     state = State(args.name or host, JsonLog(args.log))
     state.create_delay = args.create_delay
     servers = [DoubleServer(addr, state, verbose=args.verbose, auths=auths, tls=tls,
-                            cbt_strict=args.cbt == "strict", tls_max=args.tls_max) for addr in binds]
+                            cbt_strict=args.cbt == "strict", tls_max=args.tls_max, spn=args.spn) for addr in binds]
     server = servers[0]
 
     def stop(signum: int, frame: typing.Any) -> None:

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw;
+use super::targets::realm_for_targets;
 use super::validate::{Listeners, Validator};
 use super::{
     AuditConfig, AuditOnFailure, AuthConfig, Config, KerberosConfig, LimitsConfig, ListenConfig, MetricsConfig,
@@ -31,7 +32,11 @@ impl Validator<'_> {
         let session = self.session(raw.session);
         let limits = self.limits(raw.limits);
         let metrics = self.metrics(raw.metrics, &mut listeners);
-        let (defaults, defaults_ca) = self.defaults(raw.defaults)?;
+        let (mut defaults, defaults_ca) = self.defaults(raw.defaults)?;
+        defaults.kerberos = kerberos
+            .as_ref()
+            .and_then(|k| realm_for_targets(k, defaults.connect_timeout));
+        self.check_defaults_kerberos(&defaults);
         let targets = self.targets(raw.target, &defaults, defaults_ca.as_ref(), &mut listeners);
         if listeners.declared == 0 {
             let at = self.loc.header_offset("listen", None);

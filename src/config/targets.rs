@@ -1,17 +1,23 @@
-//! `[defaults]` and `[[target]]`: how targets are reached, checked at load, with each
-//! https target's TLS configuration built once here.
+//! `[defaults]`, `[[target]]` and the realm of `[kerberos]`: how targets are reached,
+//! checked at load, with each https target's TLS configuration built once here.
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::raw;
 use super::validate::{Listeners, Validator};
+use super::KerberosConfig;
 use super::{DEFAULT_TARGET_HTTPS_PORT, DEFAULT_TARGET_PORT};
+use crate::kerberos::kdc::KdcTransport;
 use crate::resolve::host::{self, parse_target_url, TargetUrl};
-use crate::resolve::{CaFile, Fingerprint, TargetAuth, TargetConfig, TargetDefaults, TargetTls, TlsTrust};
+use crate::resolve::{
+    validate_spn, CaFile, Fingerprint, KerberosRealm, KerberosTarget, TargetAuth, TargetConfig, TargetDefaults,
+    TargetTls, TlsTrust,
+};
 
 /// The TLS keys of one `[[target]]`, as written.
 struct TlsKeys {
@@ -27,6 +33,8 @@ struct TargetRef<'a> {
     auth: TargetAuth,
     /// Offset of its `[[target]]` header.
     at: usize,
+    /// Offset of its `auth` value, when it has one.
+    auth_at: Option<usize>,
 }
 
 impl Validator<'_> {
@@ -59,6 +67,7 @@ impl Validator<'_> {
                 Duration::from_secs(10),
             ),
             timeout: self.secs(d.timeout_secs, "defaults.timeout_secs", Duration::from_secs(120)),
+            kerberos: None,
         };
 
         // Certificates are always checked; a target whose certificate no CA vouches for is
@@ -75,6 +84,28 @@ impl Validator<'_> {
             }
         }
         Some((defaults, defaults_ca))
+    }
+
+    /// `[defaults] auth = "kerberos"` (or `https-kerberos`) needs the realm.
+    pub fn check_defaults_kerberos(&mut self, defaults: &TargetDefaults) {
+        if defaults.auth.kerberos_only() && defaults.kerberos.is_none() && !self.kerberos_reported() {
+            let at = self.loc.header_offset("defaults", None);
+            self.error(
+                at..at,
+                "defaults.auth",
+                format!(
+                    "auth {:?} needs [kerberos] with its realm and kdc list",
+                    defaults.auth.as_str()
+                ),
+            );
+        }
+    }
+
+    /// Whether `[kerberos]` itself had a problem (then what depends on it is not reported again).
+    fn kerberos_reported(&self) -> bool {
+        self.errors
+            .iter()
+            .any(|e| matches!(e, super::ConfigError::Invalid { key, .. } if key.starts_with("kerberos.")))
     }
 
     pub fn targets(
@@ -107,6 +138,7 @@ impl Validator<'_> {
             }
             let name = name.map(Spanned::into_inner).unwrap_or_default();
             let auth_span = t.auth.as_ref().map(Spanned::span);
+            let auth_at = auth_span.as_ref().map(|span| span.start);
             let explicit_auth = self.target_auth_opt(t.auth, &key("auth"));
             let auth = explicit_auth.unwrap_or(defaults.auth);
             let url = self.required(t.url, &key("url"), at);
@@ -160,8 +192,10 @@ impl Validator<'_> {
                 name: &name,
                 auth,
                 at: header,
+                auth_at,
             };
             let tls = self.target_tls(tls_keys, &target, https, defaults_ca);
+            let kerberos = self.target_kerberos(t.spn, &target, &url, defaults);
             listeners.declared += usize::from(t.listen.is_some());
             let listen = self.string(t.listen, &key("listen")).and_then(|a| {
                 let addr = self.socket_addr(&a, &key("listen"))?;
@@ -175,6 +209,7 @@ impl Validator<'_> {
                 auth,
                 listen,
                 tls,
+                kerberos,
                 connect_timeout: self.secs(
                     t.connect_timeout_secs,
                     &key("connect_timeout_secs"),
@@ -260,6 +295,56 @@ impl Validator<'_> {
         self.tls(trust, target.at, &key("url"))
     }
 
+    /// Whether and how target[i] gets Kerberos tickets: `spn` checked, the auth's need
+    /// for a realm and an SPN met (see [`KerberosTarget::choose`]).
+    fn target_kerberos(
+        &mut self,
+        spn: raw::V,
+        target: &TargetRef<'_>,
+        url: &str,
+        defaults: &TargetDefaults,
+    ) -> Option<KerberosTarget> {
+        let i = target.index;
+        let key = |k: &str| format!("target[{i}].{k}");
+        let spn = self.string(spn, &key("spn"));
+        if let Some(v) = &spn {
+            let uses_kerberos = target.auth.kerberos_only()
+                || matches!(target.auth, TargetAuth::Negotiate | TargetAuth::HttpsNegotiate);
+            let problem = if uses_kerberos {
+                validate_spn(v.get_ref()).err()
+            } else {
+                Some(format!(
+                    "auth {:?} does not use Kerberos; spn applies to kerberos, https-kerberos, negotiate and \
+                     https-negotiate",
+                    target.auth.as_str()
+                ))
+            };
+            if let Some(m) = problem {
+                self.error(v.span(), key("spn"), m);
+                return None;
+            }
+        }
+        // An unparsable url was reported already.
+        let parsed = parse_target_url(url).ok()?;
+        if target.auth.kerberos_only() && defaults.kerberos.is_none() && self.kerberos_reported() {
+            return None;
+        }
+        match KerberosTarget::choose(
+            target.auth,
+            defaults.kerberos.as_ref(),
+            spn.as_ref().map(|v| v.get_ref().as_str()),
+            &parsed.host.host,
+            parsed.host.ip,
+        ) {
+            Ok(kerberos) => kerberos,
+            Err(m) => {
+                let at = target.auth_at.unwrap_or(target.at);
+                self.error(at..at, key("auth"), m);
+                None
+            }
+        }
+    }
+
     /// An optional `ca_file`, read and checked now so a bad file fails `check`, not the
     /// first session to that target.
     fn ca_file(&mut self, v: Option<Spanned<String>>, key: &str) -> Option<CaFile> {
@@ -309,6 +394,19 @@ impl Validator<'_> {
         }
         auth
     }
+}
+
+/// The realm Kerberos targets get tickets in: `[kerberos]` with its KDCs, each asked
+/// within `connect_timeout`; `None` without KDCs (a keytab alone serves logons only).
+pub(super) fn realm_for_targets(kerberos: &KerberosConfig, connect_timeout: Duration) -> Option<Arc<KerberosRealm>> {
+    if kerberos.kdcs.is_empty() {
+        return None;
+    }
+    Some(Arc::new(KerberosRealm {
+        name: kerberos.realm.clone(),
+        netbios: kerberos.netbios.clone(),
+        kdc: KdcTransport::new(kerberos.kdcs.clone(), connect_timeout, connect_timeout),
+    }))
 }
 
 /// Target aliases are host-like names that cannot be mistaken for an address.

@@ -9,6 +9,9 @@ use super::*;
 use crate::policy;
 use crate::resolve::{CaFile, Fingerprint, TargetAuth, TargetTls, TlsTrust};
 
+/// A `[kerberos]` section, for configs with Kerberos targets.
+const KERBEROS: &str = "[kerberos]\nrealm = \"LAB.TEST\"\nnetbios = \"LAB\"\nkdc = [\"tcp://127.0.0.100:88\"]\n";
+
 const MINIMAL: &str = r#"
 [listen]
 http = "127.0.0.1:5985"
@@ -248,7 +251,7 @@ listen = "127.0.0.1:5985"
 [[target]]
 name = "WEB01"
 url = "http://web02/wsman"
-auth = "kerberos"
+auth = "digest"
 timeout_secs = 0
 [[allow]]
 users = []
@@ -261,7 +264,7 @@ shells = ["bash"]
         "relay.toml:17: target[0].url: \"https://web01/wsman\": auth \"negotiate\" (from defaults.auth) requires an http:// url",
         "relay.toml:18: target[0].listen: listen address 127.0.0.1:5985 clashes with listen.http",
         "relay.toml:20: target[1].name: duplicate target name \"WEB01\" (also target[0])",
-        "relay.toml:22: target[1].auth: unknown auth \"kerberos\"",
+        "relay.toml:22: target[1].auth: unknown auth \"digest\"",
         "relay.toml:23: target[1].timeout_secs: 0 is out of range 1..=86400",
         "relay.toml:25: allow[0].users: must not be empty",
         "relay.toml:26: allow[0].targets: invalid CIDR \"10.0.0.0/40\"",
@@ -322,7 +325,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
             "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure, hmac_key_file, transcripts, transcript_max_bytes, syslog)",
             "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
             "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
-            "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, listen, ca_file, tls_fingerprint, tls_verify, connect_timeout_secs, timeout_secs)",
+            "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, spn, listen, ca_file, tls_fingerprint, tls_verify, connect_timeout_secs, timeout_secs)",
         ]
     );
     let top = format!("verbose = true\n{MINIMAL}");
@@ -490,10 +493,13 @@ fn every_target_auth_parses_with_a_suitable_scheme() {
         ("basic", "https", TargetAuth::Basic),
         ("credssp", "http", TargetAuth::CredSsp),
         ("credssp", "https", TargetAuth::CredSsp),
+        ("kerberos", "http", TargetAuth::Kerberos),
+        ("https-kerberos", "https", TargetAuth::HttpsKerberos),
     ];
     for (value, scheme, want) in cases {
         let c = parse(&format!(
-            "[defaults]\nauth = {value:?}\n[[target]]\nname = \"w\"\nurl = \"{scheme}://w/wsman\"\nauth = {value:?}\n"
+            "[defaults]\nauth = {value:?}\n[[target]]\nname = \"w\"\nurl = \"{scheme}://w/wsman\"\nauth = {value:?}\n\
+             {KERBEROS}"
         ))
         .unwrap_or_else(|e| panic!("{value} over {scheme}: {e:?}"));
         assert_eq!((c.defaults.auth, c.targets[0].auth), (want, want));
@@ -504,7 +510,12 @@ fn every_target_auth_parses_with_a_suitable_scheme() {
     let https_only: Vec<_> = TargetAuth::ALL.into_iter().filter(|a| a.requires_https()).collect();
     assert_eq!(
         https_only,
-        [TargetAuth::HttpsNegotiate, TargetAuth::HttpsNtlm, TargetAuth::Basic]
+        [
+            TargetAuth::HttpsNegotiate,
+            TargetAuth::HttpsNtlm,
+            TargetAuth::Basic,
+            TargetAuth::HttpsKerberos
+        ]
     );
     let https_ok: Vec<_> = TargetAuth::ALL.into_iter().filter(|a| a.allows_https()).collect();
     assert_eq!(
@@ -513,7 +524,8 @@ fn every_target_auth_parses_with_a_suitable_scheme() {
             TargetAuth::HttpsNegotiate,
             TargetAuth::HttpsNtlm,
             TargetAuth::Basic,
-            TargetAuth::CredSsp
+            TargetAuth::CredSsp,
+            TargetAuth::HttpsKerberos
         ]
     );
     let errs = errors("[defaults]\nauth = \"Basic\"\n");
@@ -521,7 +533,7 @@ fn every_target_auth_parses_with_a_suitable_scheme() {
         errs,
         [
             "relay.toml:13: defaults.auth: unknown auth \"Basic\" (expected one of: \"negotiate\", \"ntlm\", \
-          \"https-negotiate\", \"https-ntlm\", \"basic\", \"credssp\")"
+          \"https-negotiate\", \"https-ntlm\", \"basic\", \"credssp\", \"kerberos\", \"https-kerberos\")"
         ]
     );
 }
@@ -544,6 +556,10 @@ auth = "https-negotiate"
 [[target]]
 name = "d"
 url = "https://d/wsman"
+auth = "digest"
+[[target]]
+name = "e"
+url = "https://e.lab.test/wsman"
 auth = "kerberos"
 "#,
     );
@@ -556,8 +572,11 @@ auth = "kerberos"
              itself); over https use auth = \"https-ntlm\"; url is \"https://b/wsman\"",
             "relay.toml:23: target[2].auth: auth \"https-negotiate\" requires an https:// url (it has no \
              message encryption of its own); url is \"http://c/wsman\"",
-            "relay.toml:27: target[3].auth: unknown auth \"kerberos\" (expected one of: \"negotiate\", \"ntlm\", \
-             \"https-negotiate\", \"https-ntlm\", \"basic\", \"credssp\")",
+            "relay.toml:27: target[3].auth: unknown auth \"digest\" (expected one of: \"negotiate\", \"ntlm\", \
+             \"https-negotiate\", \"https-ntlm\", \"basic\", \"credssp\", \"kerberos\", \"https-kerberos\")",
+            "relay.toml:31: target[4].auth: auth \"kerberos\" requires an http:// url (it encrypts messages \
+             itself); over https use auth = \"https-kerberos\"; url is \"https://e.lab.test/wsman\"",
+            "relay.toml:31: target[4].auth: auth \"kerberos\" needs [kerberos] with its realm and kdc list",
         ]
     );
     // Inherited from [defaults]: the url is what is wrong.
@@ -962,7 +981,8 @@ fn commented_transport_examples_are_valid() {
         })
         .collect::<Vec<_>>()
         .join("\n")
-        .replace("certs/web02-ca.pem", &ca.display().to_string());
+        .replace("certs/web02-ca.pem", &ca.display().to_string())
+        .replace("certs/lab-ca.pem", &ca.display().to_string());
     let c = Config::parse(&path, &uncommented).unwrap_or_else(|e| panic!("{e:#?}"));
     assert_eq!(c.listen.https, Some("127.0.0.1:5986".parse().unwrap()));
     let auths: Vec<_> = c.targets.iter().map(|t| (t.name.as_str(), t.auth)).collect();
@@ -973,8 +993,27 @@ fn commented_transport_examples_are_valid() {
             ("web02", TargetAuth::HttpsNtlm),
             ("files01", TargetAuth::Basic),
             ("app01", TargetAuth::CredSsp),
+            ("web11", TargetAuth::Kerberos),
+            ("web12", TargetAuth::HttpsKerberos),
         ]
     );
+    let spns: Vec<_> = c
+        .targets
+        .iter()
+        .map(|t| t.kerberos.as_ref().map(|k| k.spn.as_str()))
+        .collect();
+    assert_eq!(
+        spns,
+        [
+            None,
+            None,
+            None,
+            None,
+            Some("HTTP/web11.lab.test"),
+            Some("HTTP/web12.lab.test")
+        ]
+    );
+    assert_eq!(c.defaults.kerberos.as_ref().map(|k| k.name.as_str()), Some("LAB.TEST"));
     assert_eq!(ca_of(c.targets[1].tls.as_ref()), Some(ca.as_path()));
     assert!(matches!(
         c.targets[2].tls.as_ref().map(TargetTls::trust),
@@ -984,6 +1023,30 @@ fn commented_transport_examples_are_valid() {
     assert_eq!(c.audit.hmac_key_file.as_deref(), Some(Path::new("audit.key")));
     assert_eq!(c.audit.syslog, Some(SyslogTarget::Udp("127.0.0.1:514".into())));
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9985".parse().unwrap()));
+}
+
+#[test]
+fn kerberos_targets_get_the_realm_with_its_kdcs() {
+    let c = parse(&format!(
+        "{KERBEROS}\n[[target]]\nname = \"web11\"\nurl = \"http://web11.lab.test/wsman\"\nauth = \"kerberos\"\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let realm = c.defaults.kerberos.as_ref().expect("realm");
+    assert_eq!((realm.name.as_str(), realm.netbios.as_str()), ("LAB.TEST", "LAB"));
+    let kdcs: Vec<String> = realm.kdc.kdcs().iter().map(|k| k.to_string()).collect();
+    assert_eq!(kdcs, ["tcp://127.0.0.100:88"]);
+    let target = c.resolve_target("web11").unwrap().kerberos.expect("kerberos");
+    assert!(Arc::ptr_eq(&target.realm, realm));
+    // A keytab alone serves Kerberos logons; targets need the KDCs too.
+    let keytab_only = "[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\n";
+    assert!(parse(keytab_only).unwrap().defaults.kerberos.is_none());
+    let errs = errors(&format!(
+        "{keytab_only}[[target]]\nname = \"web11\"\nurl = \"http://web11.lab.test/wsman\"\nauth = \"kerberos\"\n"
+    ));
+    assert_eq!(
+        errs,
+        ["relay.toml:18: target[0].auth: auth \"kerberos\" needs [kerberos] with its realm and kdc list"]
+    );
 }
 
 #[test]
@@ -1068,6 +1131,121 @@ fn users_file_is_optional_only_with_a_keytab() {
     assert_eq!(
         load("").unwrap_err(),
         ["relay.toml:7: auth.users_file: required key is missing"]
+    );
+}
+
+#[test]
+fn kerberos_targets_get_an_spn_and_negotiate_uses_kerberos_only_with_one() {
+    let c = parse(&format!(
+        r#"{KERBEROS}
+[[target]]
+name = "web11"
+url = "http://web11.lab.test:5985/wsman"
+auth = "kerberos"
+[[target]]
+name = "web12"
+url = "http://127.0.0.112:5985/wsman"
+auth = "kerberos"
+spn = "HTTP/web12.lab.test"
+[[target]]
+name = "web13"
+url = "http://web13.lab.test/wsman"
+[[target]]
+name = "web14"
+url = "http://127.0.0.114/wsman"
+[[target]]
+name = "web15"
+url = "https://web15.lab.test/wsman"
+auth = "https-kerberos"
+spn = "WSMAN/web15.lab.test:5986"
+[[target]]
+name = "web16"
+url = "http://web16.lab.test/wsman"
+auth = "ntlm"
+"#
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let spn = |name: &str| c.resolve_target(name).unwrap().kerberos.map(|k| k.spn);
+    assert_eq!(spn("web11").as_deref(), Some("HTTP/web11.lab.test"));
+    assert_eq!(spn("web12").as_deref(), Some("HTTP/web12.lab.test"));
+    // negotiate: Kerberos towards a name, NTLM towards an address (no SPN).
+    assert_eq!(spn("web13").as_deref(), Some("HTTP/web13.lab.test"));
+    assert_eq!(spn("web14"), None);
+    assert_eq!(spn("web15").as_deref(), Some("WSMAN/web15.lab.test:5986"));
+    assert_eq!(spn("web16"), None);
+    // Unlisted hosts: the same rules with [defaults].
+    assert_eq!(spn("other.lab.test").as_deref(), Some("HTTP/other.lab.test"));
+    assert_eq!(spn("10.0.0.7"), None);
+
+    // Without [kerberos], negotiate is NTLM whatever the host.
+    let c = parse("[[target]]\nname = \"web13\"\nurl = \"http://web13.lab.test/wsman\"\nspn = \"HTTP/x\"\n").unwrap();
+    assert!(c.resolve_target("web13").unwrap().kerberos.is_none());
+    assert!(c.resolve_target("web99.lab.test").unwrap().kerberos.is_none());
+}
+
+#[test]
+fn kerberos_needs_a_realm_and_an_spn() {
+    let errs = errors(
+        r#"[defaults]
+auth = "kerberos"
+[[target]]
+name = "a"
+url = "http://a.lab.test/wsman"
+auth = "kerberos"
+"#,
+    );
+    assert_eq!(
+        errs,
+        [
+            "relay.toml:12: defaults.auth: auth \"kerberos\" needs [kerberos] with its realm and kdc list",
+            "relay.toml:17: target[0].auth: auth \"kerberos\" needs [kerberos] with its realm and kdc list",
+        ]
+    );
+    let errs = errors(&format!(
+        r#"{KERBEROS}
+[[target]]
+name = "a"
+url = "http://10.0.0.5/wsman"
+auth = "kerberos"
+[[target]]
+name = "b"
+url = "http://b.lab.test/wsman"
+auth = "ntlm"
+spn = "HTTP/b.lab.test"
+[[target]]
+name = "c"
+url = "http://c.lab.test/wsman"
+auth = "kerberos"
+spn = "HTTP/c.lab.test@LAB.TEST"
+[[target]]
+name = "d"
+url = "http://d.lab.test/wsman"
+spn = "d.lab.test"
+"#
+    ));
+    assert_eq!(
+        errs,
+        [
+            "relay.toml:20: target[0].auth: auth \"kerberos\" towards the address 10.0.0.5 needs an spn: an address \
+             has no service principal name",
+            "relay.toml:25: target[1].spn: auth \"ntlm\" does not use Kerberos; spn applies to kerberos, \
+             https-kerberos, negotiate and https-negotiate",
+            "relay.toml:30: target[2].spn: invalid spn \"HTTP/c.lab.test@LAB.TEST\": expected service/host (no realm, \
+             spaces or further /), e.g. HTTP/web01.lab.test",
+            "relay.toml:34: target[3].spn: invalid spn \"d.lab.test\": expected service/host, e.g. HTTP/web01.lab.test",
+        ]
+    );
+    // An unlisted address cannot be reached with Kerberos.
+    let c = parse(&format!("[defaults]\nauth = \"kerberos\"\n{KERBEROS}")).unwrap_or_else(|e| panic!("{e:?}"));
+    let e = c.resolve_target("10.0.0.7").unwrap_err().to_string();
+    assert!(e.contains("towards the address 10.0.0.7 needs an spn"), "{e}");
+    assert_eq!(
+        c.resolve_target("web17.lab.test")
+            .unwrap()
+            .kerberos
+            .map(|k| k.spn)
+            .as_deref(),
+        Some("HTTP/web17.lab.test")
     );
 }
 

@@ -69,9 +69,10 @@ impl Failure {
     /// A failure of the client connection to the endpoint at `stage`.
     pub fn from_target(stage: Stage, error: &TargetError) -> Failure {
         let cause = match error {
-            TargetError::Lookup { .. } | TargetError::Connect { .. } | TargetError::ConnectTimeout { .. } => {
-                Cause::Unreachable
-            }
+            TargetError::Lookup { .. }
+            | TargetError::Connect { .. }
+            | TargetError::ConnectTimeout { .. }
+            | TargetError::KdcUnreachable { .. } => Cause::Unreachable,
             TargetError::Timeout { .. } => Cause::TimedOut,
             TargetError::Http { .. } => Cause::ConnectionLost,
             TargetError::AuthRejected { .. } => Cause::CredentialsRefused,
@@ -79,7 +80,9 @@ impl Failure {
             TargetError::Tls { .. }
             | TargetError::Auth { .. }
             | TargetError::BadResponse { .. }
-            | TargetError::ResponseTooLarge { .. } => Cause::Other,
+            | TargetError::ResponseTooLarge { .. }
+            | TargetError::Kerberos { .. }
+            | TargetError::TicketRefused { .. } => Cause::Other,
         };
         // Where the connection itself failed, say so whatever the caller was doing.
         let stage = match cause {

@@ -403,6 +403,7 @@ mod tests {
             auth: TargetAuth::Negotiate,
             listen: None,
             tls: None,
+            kerberos: None,
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
         }
@@ -424,6 +425,7 @@ mod tests {
                 tls: TargetTls::new(TlsTrust::Roots(None)).expect("tls"),
                 connect_timeout: Duration::from_secs(1),
                 timeout: Duration::from_secs(1),
+                kerberos: None,
             };
             (targets, defaults)
         });

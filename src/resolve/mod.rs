@@ -8,7 +8,10 @@ pub(crate) mod host;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::kerberos::kdc::KdcTransport;
 
 use host::{parse_host_port, parse_target_url, percent_decode, url_host, TargetUrl};
 pub use tls::{CaFile, Fingerprint, TargetTls, TargetTlsError, TlsTrust};
@@ -31,6 +34,92 @@ pub struct TargetDefaults {
     pub connect_timeout: Duration,
     /// Per request; must exceed the WS-Man OperationTimeout clients send.
     pub timeout: Duration,
+    /// The realm of `[kerberos]`, when there is one: Kerberos towards targets.
+    pub kerberos: Option<Arc<KerberosRealm>>,
+}
+
+/// The domain the relay gets Kerberos tickets in for the callers (`[kerberos]`), and
+/// the KDCs it asks.
+#[derive(Debug)]
+pub struct KerberosRealm {
+    /// The realm, upper case: `LAB.TEST`.
+    pub name: String,
+    /// Its NetBIOS name: `LAB\alice` is `alice@LAB.TEST`.
+    pub netbios: String,
+    pub kdc: KdcTransport,
+}
+
+/// How the relay gets a Kerberos ticket for a target.
+#[derive(Debug, Clone)]
+pub struct KerberosTarget {
+    /// The service principal name the ticket is for (`HTTP/web01.lab.test`).
+    pub spn: String,
+    pub realm: Arc<KerberosRealm>,
+}
+
+impl KerberosTarget {
+    /// For a target with auth `auth` at `host` (`ip` when it is an address): Kerberos
+    /// for `kerberos` and `https-kerberos`, and for `negotiate` and `https-negotiate`
+    /// when there is a realm and an SPN (as Windows, which uses NTLM towards an address).
+    /// The SPN is `spn` when given, else `HTTP/<host>`; an address has none.
+    pub fn choose(
+        auth: TargetAuth,
+        realm: Option<&Arc<KerberosRealm>>,
+        spn: Option<&str>,
+        host: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Option<KerberosTarget>, String> {
+        let kerberos_only = auth.kerberos_only();
+        if !kerberos_only && !matches!(auth, TargetAuth::Negotiate | TargetAuth::HttpsNegotiate) {
+            return Ok(None);
+        }
+        let Some(realm) = realm else {
+            return if kerberos_only {
+                Err(format!(
+                    "auth {:?} needs [kerberos] with its realm and kdc list",
+                    auth.as_str()
+                ))
+            } else {
+                Ok(None)
+            };
+        };
+        let spn = match (spn, ip) {
+            (Some(spn), _) => spn.to_string(),
+            (None, None) => default_spn(host),
+            (None, Some(_)) if kerberos_only => {
+                return Err(format!(
+                    "auth {:?} towards the address {host} needs an spn: an address has no service principal name",
+                    auth.as_str()
+                ))
+            }
+            (None, Some(_)) => return Ok(None),
+        };
+        Ok(Some(KerberosTarget {
+            spn,
+            realm: realm.clone(),
+        }))
+    }
+}
+
+/// The SPN WinRM clients ask tickets for by default: `HTTP/<host as in the url>`.
+pub fn default_spn(host: &str) -> String {
+    format!("HTTP/{host}")
+}
+
+/// Checks an `spn`: `service/host` with an optional `:port`, no realm, nothing blank.
+pub fn validate_spn(spn: &str) -> Result<(), String> {
+    let Some((service, host)) = spn.split_once('/') else {
+        return Err(format!(
+            "invalid spn {spn:?}: expected service/host, e.g. HTTP/web01.lab.test"
+        ));
+    };
+    let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'@' && b != b'/');
+    if !printable(service) || !printable(host) {
+        return Err(format!(
+            "invalid spn {spn:?}: expected service/host (no realm, spaces or further /), e.g. HTTP/web01.lab.test"
+        ));
+    }
+    Ok(())
 }
 
 impl TargetDefaults {
@@ -61,17 +150,25 @@ pub enum TargetAuth {
     /// `"credssp"`: the relay is a CredSSP client delegating the caller's credentials
     /// onward; HTTP (CredSSP session encryption) or HTTPS.
     CredSsp,
+    /// `"kerberos"`: SPNEGO with Kerberos only (never NTLM) over HTTP, bodies sealed with
+    /// Kerberos wrap tokens.
+    Kerberos,
+    /// `"https-kerberos"`: SPNEGO with Kerberos only inside TLS, no message encryption,
+    /// channel binding.
+    HttpsKerberos,
 }
 
 impl TargetAuth {
     /// Every value, in the order the config reference lists them.
-    pub const ALL: [TargetAuth; 6] = [
+    pub const ALL: [TargetAuth; 8] = [
         TargetAuth::Negotiate,
         TargetAuth::Ntlm,
         TargetAuth::HttpsNegotiate,
         TargetAuth::HttpsNtlm,
         TargetAuth::Basic,
         TargetAuth::CredSsp,
+        TargetAuth::Kerberos,
+        TargetAuth::HttpsKerberos,
     ];
 
     /// The value as written in the config.
@@ -83,14 +180,21 @@ impl TargetAuth {
             TargetAuth::HttpsNtlm => "https-ntlm",
             TargetAuth::Basic => "basic",
             TargetAuth::CredSsp => "credssp",
+            TargetAuth::Kerberos => "kerberos",
+            TargetAuth::HttpsKerberos => "https-kerberos",
         }
+    }
+
+    /// Kerberos and never NTLM: fails rather than fall back.
+    pub fn kerberos_only(self) -> bool {
+        matches!(self, TargetAuth::Kerberos | TargetAuth::HttpsKerberos)
     }
 
     /// Needs an `https://` url: it has no message encryption of its own.
     pub fn requires_https(self) -> bool {
         matches!(
             self,
-            TargetAuth::HttpsNegotiate | TargetAuth::HttpsNtlm | TargetAuth::Basic
+            TargetAuth::HttpsNegotiate | TargetAuth::HttpsNtlm | TargetAuth::HttpsKerberos | TargetAuth::Basic
         )
     }
 
@@ -115,6 +219,7 @@ impl TargetAuth {
         } else if https && !self.allows_https() {
             let instead = match self {
                 TargetAuth::Ntlm => TargetAuth::HttpsNtlm,
+                TargetAuth::Kerberos => TargetAuth::HttpsKerberos,
                 _ => TargetAuth::HttpsNegotiate,
             };
             Some(format!(
@@ -146,6 +251,8 @@ pub struct TargetConfig {
     /// How the certificate of an https target is checked, with the client configuration
     /// built from it; `None` for http urls.
     pub tls: Option<TargetTls>,
+    /// Set when the relay authenticates to it with Kerberos (see [`KerberosTarget::choose`]).
+    pub kerberos: Option<KerberosTarget>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
 }
@@ -169,6 +276,9 @@ pub struct ResolvedTarget {
     /// The TLS configuration of an https target (`None` for http): built at load and
     /// shared by every connection to the target, so its TLS sessions resume.
     pub tls: Option<TargetTls>,
+    /// Set when the relay authenticates with Kerberos, NTLM otherwise (for the auths that
+    /// can use either).
+    pub kerberos: Option<KerberosTarget>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
 }
@@ -238,6 +348,8 @@ pub fn resolve_target(
         return resolve_configured(t, defaults, decoded).map_err(invalid);
     }
     let scheme = if https { "https" } else { "http" };
+    let kerberos =
+        KerberosTarget::choose(defaults.auth, defaults.kerberos.as_ref(), None, &hp.host, hp.ip).map_err(invalid)?;
     Ok(ResolvedTarget {
         name: decoded,
         alias: None,
@@ -248,6 +360,7 @@ pub fn resolve_target(
         ip: hp.ip,
         auth: defaults.auth,
         tls: https.then(|| defaults.tls.clone()),
+        kerberos,
         connect_timeout: defaults.connect_timeout,
         timeout: defaults.timeout,
     })
@@ -266,6 +379,7 @@ fn resolve_configured(t: &TargetConfig, defaults: &TargetDefaults, name: String)
         ip: url.host.ip,
         auth: t.auth,
         tls: t.tls.clone(),
+        kerberos: t.kerberos.clone(),
         connect_timeout: t.connect_timeout,
         timeout: t.timeout,
     })

@@ -17,6 +17,16 @@
 //! | https-negotiate, https-ntlm | HTTPS | SPNEGO/NTLM with channel binding, once | plain (TLS protects them) |
 //! | basic | HTTPS | `Basic` on every request | plain |
 //! | credssp | HTTP or HTTPS | CredSSP, delegating the caller's credentials onward | CredSSP session encryption on HTTP, plain on HTTPS |
+//! | kerberos | HTTP | SPNEGO/Kerberos, once | Kerberos wrap tokens |
+//! | https-kerberos | HTTPS | SPNEGO/Kerberos with channel binding, once | plain |
+//!
+//! `negotiate` and `https-negotiate` use Kerberos (as `kerberos` and `https-kerberos`)
+//! when `[kerberos]` is configured, the target has an SPN and the caller's account is in
+//! the realm; NTLM otherwise, and also when no ticket can be had (no KDC answers, the
+//! SPN is unknown), as Windows does. The tickets come from the session's (one AS
+//! exchange per session, one TGS exchange per target), see
+//! [`crate::proto::kerberos::tickets`]; KDC traffic goes through the realm's
+//! [`KdcTransport`].
 
 mod pool;
 
@@ -37,12 +47,15 @@ use zeroize::Zeroizing;
 
 pub use pool::Pool;
 
+use crate::kerberos::kdc::{KdcError, KdcTransport};
 use crate::proto::credssp::{CredSspError, Initiator, SecureChannel};
 use crate::proto::http_auth::{
     basic_authorization, find_challenge, format_scheme_token, tls_server_end_point, HttpAuthError, NegotiateClient,
 };
+use crate::proto::kerberos::client::{KdcExchange, KerberosClient, KerberosError, Realm, StepError};
+use crate::proto::kerberos::refusal::KdcRefusal;
 use crate::proto::sealing::{self, SealProtocol};
-use crate::resolve::{ResolvedTarget, TargetAuth};
+use crate::resolve::{KerberosTarget, ResolvedTarget, TargetAuth};
 use crate::vault::DelegatedCredentials;
 
 const NEGOTIATE: &str = "Negotiate";
@@ -65,6 +78,19 @@ pub enum TargetError {
     AuthRejected { target: String, user: String },
     #[error("authenticating to {target}: {detail}")]
     Auth { target: String, detail: String },
+    #[error("no Kerberos ticket for {target} ({spn}): {source}")]
+    KdcUnreachable {
+        target: String,
+        spn: String,
+        source: KdcError,
+    },
+    #[error("Kerberos to {target}: {source}")]
+    Kerberos { target: String, source: KerberosError },
+    #[error(
+        "{target} refused the Kerberos ticket of {user} for {spn} (HTTP 401): the target's key for {spn} is not \
+         the domain's (its keytab is out of date, or the SPN belongs to another account)"
+    )]
+    TicketRefused { target: String, user: String, spn: String },
     #[error("talking to {target}: {detail}")]
     Http { target: String, detail: String },
     #[error("talking to {target}: unexpected HTTP {status} during authentication{detail}")]
@@ -85,7 +111,13 @@ pub enum TargetError {
 
 impl TargetError {
     pub fn is_auth(&self) -> bool {
-        matches!(self, TargetError::AuthRejected { .. } | TargetError::Auth { .. })
+        matches!(
+            self,
+            TargetError::AuthRejected { .. }
+                | TargetError::Auth { .. }
+                | TargetError::Kerberos { .. }
+                | TargetError::TicketRefused { .. }
+        )
     }
 
     /// A short name for the kind of failure (a metrics label).
@@ -99,6 +131,9 @@ impl TargetError {
             TargetError::AuthRejected { .. } => "auth_rejected",
             TargetError::Auth { .. } => "auth",
             TargetError::AuthStatus { .. } => "auth_status",
+            TargetError::KdcUnreachable { .. } => "kdc_unreachable",
+            TargetError::Kerberos { .. } => "kerberos",
+            TargetError::TicketRefused { .. } => "ticket_refused",
             TargetError::Http { .. } => "http",
             TargetError::BadResponse { .. } => "bad_response",
             TargetError::ResponseTooLarge { .. } => "response_too_large",
@@ -134,8 +169,10 @@ pub struct TargetResponse {
 
 /// How bodies travel once authenticated.
 enum Wire {
-    /// SPNEGO session encryption (HTTP).
+    /// SPNEGO session encryption with NTLM (HTTP).
     Spnego(Box<NegotiateClient>),
+    /// SPNEGO session encryption with Kerberos wrap tokens (HTTP).
+    Kerberos(Box<KerberosClient>),
     /// CredSSP session encryption (HTTP).
     CredSsp(Box<SecureChannel>),
     /// Plain SOAP inside the target's TLS.
@@ -264,6 +301,17 @@ impl TargetConnection {
         credentials: &DelegatedCredentials,
         certificate: Option<&[u8]>,
     ) -> Result<Wire, TargetError> {
+        if let Some(kerberos) = self.target.kerberos.clone() {
+            match self.kerberos(&kerberos, credentials, certificate).await {
+                Ok(wire) => return Ok(wire),
+                // As Windows' Negotiate: without a ticket, NTLM. Nothing went to the
+                // target yet, so the connection is still fresh.
+                Err(failure) if failure.no_ticket && !self.target.auth.kerberos_only() => {
+                    tracing::warn!(error = %failure.error, "no Kerberos ticket for the target: using NTLM");
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
         let auth_error = |detail: String| TargetError::Auth {
             target: describe(&self.target),
             detail,
@@ -296,6 +344,109 @@ impl TargetConnection {
                 } else {
                     Wire::CredSsp(Box::new(channel))
                 })
+            }
+            // Resolution gives these a realm and an SPN, or refuses the target.
+            TargetAuth::Kerberos | TargetAuth::HttpsKerberos => {
+                Err(auth_error("no Kerberos realm or SPN for this target".into()))
+            }
+        }
+    }
+
+    /// Kerberos towards the target: a ticket (from the session's, or the KDC), then the
+    /// legs as for NTLM. Over TLS the ticket is bound to the channel.
+    async fn kerberos(
+        &mut self,
+        kerberos: &KerberosTarget,
+        credentials: &DelegatedCredentials,
+        certificate: Option<&[u8]>,
+    ) -> Result<Wire, KerberosFailure> {
+        let target = describe(&self.target);
+        let realm = Realm {
+            name: &kerberos.realm.name,
+            netbios: &kerberos.realm.netbios,
+        };
+        let failed = |error: KerberosError, no_ticket: bool| KerberosFailure {
+            no_ticket,
+            error: TargetError::Kerberos {
+                target: target.clone(),
+                source: error,
+            },
+        };
+        let mut client = match KerberosClient::new(credentials, realm, &kerberos.spn) {
+            Ok(client) => client,
+            Err(error @ KerberosError::NotInRealm { .. }) => return Err(failed(error, true)),
+            Err(error) => return Err(failed(error, false)),
+        };
+        if self.target.https {
+            let Some(certificate) = certificate else {
+                return Err(failed(
+                    KerberosError::Sspi("no TLS certificate to bind to".into()),
+                    false,
+                ));
+            };
+            client = client.with_channel_bindings(&tls_server_end_point(certificate));
+        }
+        let mut kdc = Kdc(&kerberos.realm.kdc);
+        let step_failed = |error: StepError<KdcError>, first: bool| match error {
+            StepError::Kdc(source) => KerberosFailure {
+                no_ticket: first,
+                error: TargetError::KdcUnreachable {
+                    target: target.clone(),
+                    spn: kerberos.spn.clone(),
+                    source,
+                },
+            },
+            StepError::Kerberos(error) => {
+                let no_ticket = first && matches!(error, KerberosError::Refused(KdcRefusal::UnknownSpn { .. }));
+                failed(error, no_ticket)
+            }
+        };
+        let mut token = match client.step(None, credentials, &mut kdc).await {
+            Ok(Some(token)) => token,
+            Ok(None) => return Err(failed(KerberosError::Incomplete, false)),
+            Err(error) => return Err(step_failed(error, true)),
+        };
+        let refused = || TargetError::TicketRefused {
+            target: target.clone(),
+            user: credentials.principal(),
+            spn: kerberos.spn.clone(),
+        };
+        let no_fallback = |error: TargetError| KerberosFailure {
+            no_ticket: false,
+            error,
+        };
+        loop {
+            let AuthAnswer {
+                status,
+                token: challenge,
+                text,
+            } = self.auth_leg(NEGOTIATE, &token).await.map_err(no_fallback)?;
+            match (status, challenge) {
+                (StatusCode::UNAUTHORIZED, Some(next)) => match client.step(Some(&next), credentials, &mut kdc).await {
+                    Ok(Some(next_token)) => token = next_token,
+                    Ok(None) => return Err(no_fallback(refused())),
+                    Err(error) => return Err(step_failed(error, false)),
+                },
+                (StatusCode::UNAUTHORIZED, None) => return Err(no_fallback(refused())),
+                (status, final_token) if status.is_success() => {
+                    // The AP-REP on the final answer proves the target (mutual
+                    // authentication) and sets the keys for the wrap tokens.
+                    if let Some(final_token) = final_token {
+                        client
+                            .step(Some(&final_token), credentials, &mut kdc)
+                            .await
+                            .map_err(|e| step_failed(e, false))?;
+                    }
+                    if !client.is_established() {
+                        return Err(failed(KerberosError::Incomplete, false));
+                    }
+                    return Ok(if self.target.https {
+                        Wire::Plain
+                    } else {
+                        Wire::Kerberos(Box::new(client))
+                    });
+                }
+                (status, _) => return Err(no_fallback(self.unexpected(status, text))),
             }
         }
     }
@@ -498,6 +649,11 @@ impl TargetConnection {
                 let body = sealing::build_body(SealProtocol::Spnego, std::slice::from_ref(&part));
                 (body, sealing::content_type(SealProtocol::Spnego, 1), None)
             }
+            Wire::Kerberos(client) => {
+                let part = client.seal(soap).map_err(|e| bad(e.to_string()))?;
+                let body = sealing::build_body(SealProtocol::Spnego, std::slice::from_ref(&part));
+                (body, sealing::content_type(SealProtocol::Spnego, 1), None)
+            }
             Wire::CredSsp(channel) => {
                 let parts = channel.seal(soap).map_err(|e| bad(e.to_string()))?;
                 let body = sealing::build_body(SealProtocol::CredSsp, &parts);
@@ -527,7 +683,7 @@ impl TargetConnection {
             .map(str::to_string)
             .unwrap_or_default();
         let limit = match self.wire {
-            Wire::Spnego(_) | Wire::CredSsp(_) => sealing::sealed_size_limit(max_envelope),
+            Wire::Spnego(_) | Wire::Kerberos(_) | Wire::CredSsp(_) => sealing::sealed_size_limit(max_envelope),
             Wire::Plain | Wire::Basic(_) => max_envelope,
         };
         let body = collect_limited(response.into_body(), limit, &target).await?;
@@ -546,6 +702,10 @@ impl TargetConnection {
                 }
                 plain
             }
+            (Some(SealProtocol::Spnego), Wire::Kerberos(client)) => {
+                let part = sealing::parse_wrap_token_body(&body).map_err(|e| bad(e.to_string()))?;
+                client.unseal(&part).map_err(|e| bad(e.to_string()))?
+            }
             (Some(SealProtocol::CredSsp), Wire::CredSsp(channel)) => {
                 let parts = sealing::parse_body(SealProtocol::CredSsp, &body).map_err(|e| bad(e.to_string()))?;
                 channel.unseal(&parts).map_err(|e| bad(e.to_string()))?
@@ -558,6 +718,37 @@ impl TargetConnection {
             }
         };
         Ok(TargetResponse { status, body: plain })
+    }
+}
+
+/// A failed Kerberos attempt; `no_ticket` when it failed for want of a ticket, before
+/// anything went to the target.
+struct KerberosFailure {
+    no_ticket: bool,
+    error: TargetError,
+}
+
+/// The realm's KDCs as sspi's requests need them: the requests come with the length
+/// prefix of Kerberos over TCP, and the replies go back with one.
+struct Kdc<'a>(&'a KdcTransport);
+
+impl KdcExchange for Kdc<'_> {
+    type Error = KdcError;
+
+    fn exchange(&mut self, request: &[u8]) -> impl std::future::Future<Output = Result<Vec<u8>, KdcError>> + Send {
+        let transport = self.0;
+        let data = request.to_vec();
+        async move {
+            // The transport goes by the protocol and the data; the URL only has to be one.
+            let url = transport.sspi_url().ok_or(KdcError::NoKdc)?;
+            let request = sspi::NetworkRequest {
+                protocol: sspi::NetworkProtocol::Tcp,
+                url,
+                data,
+            };
+            let reply = transport.send(&request).await?;
+            Ok(reply.into_framed())
+        }
     }
 }
 
@@ -737,6 +928,7 @@ mod tests {
             https,
             auth: TargetAuth::Negotiate,
             tls,
+            kerberos: None,
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
         }

@@ -1,18 +1,66 @@
-//! Delegated credentials received through CredSSP.
+//! Delegated credentials received through CredSSP, and the Kerberos tickets the
+//! relay obtained with them.
 //!
 //! They live only in memory, inside the session that received them: the
 //! password is a [`SecretString`] (zeroized on drop), `Debug` never prints it,
-//! and nothing here can serialize or clone it into a plain `String`.
+//! and nothing here can serialize or clone it into a plain `String`. The tickets
+//! (and their session keys) are zeroized when the credentials are dropped, that is
+//! when the vault is wiped at session end.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
 /// The caller's identity and password as delegated in TSCredentials.
 pub struct DelegatedCredentials {
     domain: String,
     user: String,
     password: SecretString,
+    /// Behind a lock because a session's target connections share the credentials
+    /// (`&DelegatedCredentials`), and cleanup opens several at once.
+    tickets: Mutex<Tickets>,
+}
+
+/// A KDC reply the relay keeps to answer the same request again, and until when the
+/// ticket in it is good.
+pub struct KeptReply {
+    /// The reply as the KDC sent it, with its 4-byte length prefix.
+    pub reply: Zeroizing<Vec<u8>>,
+    pub expires: SystemTime,
+}
+
+/// The caller's TGT: the two KDC replies of the AS exchange that got it, kept so the
+/// exchange can be answered again without the KDC, and its session key (which
+/// decrypts the service ticket replies, to learn when they expire).
+pub struct KeptTgt {
+    /// The KDC's "pre-authentication required" error, with the salt for the password.
+    pub preauth_required: Zeroizing<Vec<u8>>,
+    /// The AS-REP holding the TGT.
+    pub as_rep: KeptReply,
+    pub session_key: Zeroizing<Vec<u8>>,
+}
+
+/// Kerberos tickets of one session: the TGT once, a service ticket per SPN.
+#[derive(Default)]
+pub struct Tickets {
+    pub tgt: Option<KeptTgt>,
+    /// The first reply of an AS exchange still under way.
+    pub pending_preauth: Option<Zeroizing<Vec<u8>>>,
+    /// TGS-REPs by service principal name.
+    pub services: HashMap<String, KeptReply>,
+}
+
+impl fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tickets")
+            .field("tgt", &self.tgt.is_some())
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl DelegatedCredentials {
@@ -21,6 +69,7 @@ impl DelegatedCredentials {
             domain: domain.into(),
             user: user.into(),
             password,
+            tickets: Mutex::default(),
         }
     }
 
@@ -42,6 +91,13 @@ impl DelegatedCredentials {
     pub fn expose_password(&self) -> &str {
         self.password.expose_secret()
     }
+
+    /// The Kerberos tickets obtained with these credentials. Hold the guard briefly:
+    /// never across a network exchange.
+    pub fn tickets(&self) -> MutexGuard<'_, Tickets> {
+        // A panic while the lock was held leaves at worst a ticket missing: carry on.
+        self.tickets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl fmt::Debug for DelegatedCredentials {
@@ -50,6 +106,7 @@ impl fmt::Debug for DelegatedCredentials {
             .field("domain", &self.domain)
             .field("user", &self.user)
             .field("password", &"<redacted>")
+            .field("tickets", &self.tickets.try_lock().map(|t| format!("{t:?}")).ok())
             .finish()
     }
 }
@@ -92,6 +149,32 @@ mod tests {
         let printed = format!("{vault:?} {:?}", vault.get());
         assert!(!printed.contains("hunter2-distinctive"), "{printed}");
         assert!(printed.contains("alice"));
+    }
+
+    #[test]
+    fn debug_never_prints_tickets_or_keys() {
+        let creds = DelegatedCredentials::new("LAB", "alice", SecretString::from("pw"));
+        let secret = b"session-key-distinctive".to_vec();
+        let kept = || KeptReply {
+            reply: Zeroizing::new(b"ticket-distinctive".to_vec()),
+            expires: SystemTime::now(),
+        };
+        creds.tickets().tgt = Some(KeptTgt {
+            preauth_required: Zeroizing::new(Vec::new()),
+            as_rep: kept(),
+            session_key: Zeroizing::new(secret.clone()),
+        });
+        creds.tickets().services.insert("HTTP/web11.lab.test".into(), kept());
+        let printed = format!("{creds:?}");
+        assert!(
+            printed.contains("HTTP/web11.lab.test") && printed.contains("tgt: true"),
+            "{printed}"
+        );
+        for bytes in [&secret[..], b"ticket-distinctive"] {
+            let as_list = format!("{bytes:?}");
+            assert!(!printed.contains(&as_list[1..as_list.len() - 1]), "{printed}");
+        }
+        assert!(!printed.contains("distinctive"), "{printed}");
     }
 
     #[test]

@@ -35,7 +35,11 @@ pub mod error_codes {
     pub const KDC_ERR_PREAUTH_FAILED: i64 = 24;
     pub const KDC_ERR_PREAUTH_REQUIRED: i64 = 25;
     pub const KRB_AP_ERR_BAD_INTEGRITY: i64 = 31;
+    pub const KRB_AP_ERR_TKT_EXPIRED: i64 = 32;
     pub const KRB_AP_ERR_SKEW: i64 = 37;
+    pub const KRB_AP_ERR_MODIFIED: i64 = 41;
+    pub const KRB_AP_ERR_BADKEYVER: i64 = 44;
+    pub const KRB_AP_ERR_NOKEY: i64 = 45;
     pub const KRB_ERR_RESPONSE_TOO_BIG: i64 = 52;
 }
 

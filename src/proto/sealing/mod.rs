@@ -13,9 +13,10 @@
 //! ```
 //!
 //! This module only frames and unframes; encryption belongs to the CredSSP TLS
-//! channel or the NTLM session. The parser never searches the binary data for
-//! the boundary (ciphertext may contain it): SPNEGO data has a known length and
-//! CredSSP data is walked record by record.
+//! channel, the NTLM session or the Kerberos context. The parser never searches the
+//! binary data for the boundary (ciphertext may contain it): NTLM data has a known
+//! length, CredSSP data is walked record by record and a Kerberos body has one part
+//! that ends where the body does.
 
 use thiserror::Error;
 
@@ -50,7 +51,8 @@ const TLS_RECORD_HEADER: usize = 5;
 pub enum SealProtocol {
     /// TLS records from the CredSSP channel (client <-> relay).
     CredSsp,
-    /// NTLM (raw or SPNEGO-wrapped) sealing (relay <-> target).
+    /// NTLM (raw or SPNEGO-wrapped) sealing or Kerberos wrap tokens (relay <-> target);
+    /// Kerberos bodies are unframed by [`parse_wrap_token_body`].
     Spnego,
 }
 
@@ -66,7 +68,8 @@ impl SealProtocol {
 
 /// One encrypted part: `original_length` = plaintext length (from OriginalContent Length=),
 /// `header_len` = the u32 little-endian prefix, `data` = the bytes after that prefix
-/// (CredSSP: one or more TLS records; SPNEGO: 16-byte NTLM signature followed by the sealed bytes).
+/// (CredSSP: one or more TLS records; SPNEGO: 16-byte NTLM signature followed by the sealed bytes, or a
+/// Kerberos wrap token's header followed by its encrypted data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedPart {
     pub original_length: usize,
@@ -260,6 +263,50 @@ pub fn parse_body(protocol: SealProtocol, body: &[u8]) -> Result<Vec<SealedPart>
             return Ok(parts);
         }
     }
+}
+
+/// Unframes a target's body sealed with Kerberos: one part whose data is a wrap token
+/// (its header, then the encrypted data and any padding). Unlike NTLM's, the data is
+/// not as long as the plaintext (the padding varies), so it runs to the closing
+/// delimiter, which must end the body: never searched for inside the ciphertext.
+pub fn parse_wrap_token_body(body: &[u8]) -> Result<SealedPart, SealingError> {
+    if body.is_empty() {
+        return Err(SealingError::Empty);
+    }
+    let mut cur = Cursor { buf: body, pos: 0 };
+    if !cur.eat(DELIM) || !cur.eat_eol() {
+        return Err(SealingError::MissingBoundary(cur.pos));
+    }
+    let original_length = read_part_headers(&mut cur, SealProtocol::Spnego)?;
+    read_data_header(&mut cur)?;
+    let header_len = cur.read_u32_le().ok_or(SealingError::Truncated)?;
+    if header_len > MAX_HEADER_LEN {
+        return Err(SealingError::HeaderTooLong(header_len));
+    }
+    // Transport padding after the close delimiter is allowed by MIME.
+    let rest = cur.rest();
+    let content = rest.len() - rest.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+    let data = rest[..content]
+        .strip_suffix(b"--")
+        .and_then(|d| d.strip_suffix(DELIM))
+        .ok_or(SealingError::MissingTerminator)?;
+    // A wrap token carries its whole header and at least the plaintext's length.
+    let least = (header_len as usize).saturating_add(original_length);
+    if data.len() < least {
+        return Err(if data.len() < header_len as usize {
+            SealingError::Truncated
+        } else {
+            SealingError::LengthMismatch {
+                original: original_length,
+                data: data.len() - header_len as usize,
+            }
+        });
+    }
+    Ok(SealedPart {
+        original_length,
+        header_len,
+        data: data.to_vec(),
+    })
 }
 
 /// Reads the first part's header lines up to and including the delimiter line

@@ -639,3 +639,76 @@ fn the_sealed_size_limit_holds_any_sealing_of_that_much_soap() {
     }
     assert_eq!(sealed_size_limit(usize::MAX), usize::MAX);
 }
+
+/// A Kerberos wrap token as sspi and MIT send it: a 60-byte header (token header,
+/// rotated checksum, confounder) then ciphertext as long as the plaintext, plus `padding`.
+fn wrap_token(plain_len: usize, padding: usize) -> Vec<u8> {
+    let mut token = vec![0x05, 0x04, 0x06, 0xff, 0x00, padding as u8, 0x00, 0x1c];
+    token.extend_from_slice(&7u64.to_be_bytes());
+    // Ciphertext that happens to hold the boundary: it must not end the part.
+    let mut rest: Vec<u8> = (0..44 + plain_len + padding).map(|i| (i * 13 + 5) as u8).collect();
+    if rest.len() > 80 {
+        rest[50..50 + DELIM.len()].copy_from_slice(DELIM);
+    }
+    token.extend_from_slice(&rest);
+    token
+}
+
+#[test]
+fn kerberos_bodies_run_to_the_closing_delimiter() {
+    for (plain_len, padding) in [(0, 0), (5, 0), (400, 0), (400, 16), (3_000_000, 0)] {
+        let token = wrap_token(plain_len, padding);
+        let body = manual_body(SPNEGO_HEAD, &[(plain_len, 60, &token)]);
+        let part = parse_wrap_token_body(&body).unwrap_or_else(|e| panic!("{plain_len}+{padding}: {e}"));
+        assert_eq!((part.original_length, part.header_len), (plain_len, 60));
+        assert_eq!(part.data, token);
+        // What the relay builds parses back.
+        let built = build_body(SealProtocol::Spnego, std::slice::from_ref(&part));
+        assert_eq!(built, body);
+        assert_eq!(parse_wrap_token_body(&built).unwrap(), part);
+    }
+    // Transport padding after the close delimiter.
+    let token = wrap_token(10, 0);
+    let mut body = manual_body(SPNEGO_HEAD, &[(10, 60, &token)]);
+    body.extend_from_slice(b"\r\n  \r\n");
+    assert_eq!(parse_wrap_token_body(&body).unwrap().data, token);
+}
+
+#[test]
+fn kerberos_bodies_that_are_cut_or_short_are_refused() {
+    let token = wrap_token(100, 0);
+    let body = manual_body(SPNEGO_HEAD, &[(100, 60, &token)]);
+    // No closing delimiter: the end of the data cannot be known.
+    assert_eq!(
+        parse_wrap_token_body(&body[..body.len() - CLOSE.len()]),
+        Err(SealingError::MissingTerminator)
+    );
+    assert_eq!(
+        parse_wrap_token_body(&body[..body.len() - 3]),
+        Err(SealingError::MissingTerminator)
+    );
+    // Less data than the header and the plaintext need.
+    let short = manual_body(SPNEGO_HEAD, &[(100, 60, &token[..150])]);
+    assert_eq!(
+        parse_wrap_token_body(&short),
+        Err(SealingError::LengthMismatch {
+            original: 100,
+            data: 90
+        })
+    );
+    let tiny = manual_body(SPNEGO_HEAD, &[(0, 60, &token[..20])]);
+    assert_eq!(parse_wrap_token_body(&tiny), Err(SealingError::Truncated));
+    let long_header = manual_body(SPNEGO_HEAD, &[(0, MAX_HEADER_LEN + 1, &token)]);
+    assert_eq!(
+        parse_wrap_token_body(&long_header),
+        Err(SealingError::HeaderTooLong(MAX_HEADER_LEN + 1))
+    );
+    // The CredSSP protocol in a Kerberos body, and no body at all.
+    let credssp = manual_body(CREDSSP_HEAD, &[(100, 60, &token)]);
+    assert!(matches!(
+        parse_wrap_token_body(&credssp),
+        Err(SealingError::ProtocolMismatch { .. })
+    ));
+    assert_eq!(parse_wrap_token_body(b""), Err(SealingError::Empty));
+    assert_eq!(parse_wrap_token_body(b"junk"), Err(SealingError::MissingBoundary(0)));
+}

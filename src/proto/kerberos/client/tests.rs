@@ -1,0 +1,277 @@
+use std::collections::HashMap;
+use std::future::{ready, Future};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use secrecy::SecretString;
+
+use super::*;
+use crate::proto::kerberos::fixtures::{self, PASSWORD};
+use crate::proto::kerberos::tickets::KdcRequest;
+
+const REALM: Realm<'static> = Realm {
+    name: "LAB.TEST",
+    netbios: "LAB",
+};
+
+fn credentials(domain: &str, user: &str, password: &str) -> DelegatedCredentials {
+    DelegatedCredentials::new(domain, user, SecretString::from(password.to_string()))
+}
+
+/// Runs a future whose every await is ready at once (the fake KDC answers at once).
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the future waited for something that never comes"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no KDC answered (test)")]
+struct Unreachable;
+
+/// A KDC answering from the recorded exchanges, counting what it was asked.
+#[derive(Default)]
+struct RecordedKdc {
+    asked: Vec<KdcRequest>,
+    /// Answer the pre-authenticated AS-REQ with "pre-authentication failed".
+    wrong_password: bool,
+    down: bool,
+}
+
+impl KdcExchange for RecordedKdc {
+    type Error = Unreachable;
+
+    fn exchange(&mut self, request: &[u8]) -> impl Future<Output = Result<Vec<u8>, Unreachable>> + Send {
+        let asked = classify_request(request);
+        self.asked.push(asked.clone());
+        let answer = match asked {
+            _ if self.down => Err(Unreachable),
+            KdcRequest::As { preauth: false, .. } => Ok(fixtures::preauth_required()),
+            KdcRequest::As { preauth: true, .. } if self.wrong_password => Ok(fixtures::preauth_failed()),
+            KdcRequest::As { preauth: true, .. } => Ok(fixtures::as_rep()),
+            KdcRequest::Tgs { spn, .. } if spn == "HTTP/web11.lab.test" => Ok(fixtures::tgs_rep()),
+            KdcRequest::Tgs { .. } => Ok(fixtures::unknown_spn()),
+            KdcRequest::Other => Err(Unreachable),
+        };
+        ready(answer)
+    }
+}
+
+impl RecordedKdc {
+    /// How many requests of each kind it got: AS (both legs), TGS.
+    fn counts(&self) -> HashMap<&'static str, usize> {
+        let mut counts = HashMap::new();
+        for asked in &self.asked {
+            let kind = match asked {
+                KdcRequest::As { .. } => "as",
+                KdcRequest::Tgs { .. } => "tgs",
+                KdcRequest::Other => "other",
+            };
+            *counts.entry(kind).or_default() += 1;
+        }
+        counts
+    }
+}
+
+fn client(credentials: &DelegatedCredentials, spn: &str) -> KerberosClient {
+    KerberosClient::new(credentials, REALM, spn)
+        .expect("client")
+        .with_clock(fixtures::while_tickets_good)
+}
+
+/// The first step: the AP-REQ for the target, inside SPNEGO.
+fn first_token(
+    credentials: &DelegatedCredentials,
+    spn: &str,
+    kdc: &mut RecordedKdc,
+) -> Result<Vec<u8>, StepError<Unreachable>> {
+    let mut client = client(credentials, spn);
+    let token = block_on(client.step(None, credentials, kdc))?.expect("a token");
+    assert!(!client.is_established(), "waits for the target's AP-REP");
+    Ok(token)
+}
+
+#[test]
+fn one_as_exchange_per_session_and_one_tgs_exchange_per_target() {
+    let alice = credentials("LAB", "alice", PASSWORD);
+    let mut kdc = RecordedKdc::default();
+    let token = first_token(&alice, "HTTP/web11.lab.test", &mut kdc).expect("AP-REQ");
+    // SPNEGO's NegTokenInit, carrying Kerberos.
+    assert_eq!(token[0], 0x60, "{:02x?}", &token[..8]);
+    assert_eq!(kdc.counts(), HashMap::from([("as", 2), ("tgs", 1)]));
+
+    // The session's next connection to the same target: no KDC at all.
+    let again = first_token(&alice, "HTTP/web11.lab.test", &mut kdc).expect("AP-REQ");
+    assert_eq!(kdc.counts(), HashMap::from([("as", 2), ("tgs", 1)]));
+    assert_ne!(again, token, "a new authenticator every time");
+
+    // Another target: its service ticket only.
+    let error = first_token(&alice, "HTTP/nosuch.lab.test", &mut kdc).expect_err("unknown SPN");
+    assert_eq!(kdc.counts(), HashMap::from([("as", 2), ("tgs", 2)]));
+    assert!(
+        matches!(&error, StepError::Kerberos(KerberosError::Refused(KdcRefusal::UnknownSpn { spn, .. })) if spn == "HTTP/nosuch.lab.test"),
+        "{error}"
+    );
+
+    // Another session (new credentials, even of the same user) starts over.
+    let fresh = credentials("LAB", "alice", PASSWORD);
+    first_token(&fresh, "HTTP/web11.lab.test", &mut kdc).expect("AP-REQ");
+    assert_eq!(kdc.counts(), HashMap::from([("as", 4), ("tgs", 3)]));
+}
+
+#[test]
+fn the_kdcs_refusal_says_why() {
+    let alice = credentials("LAB", "alice", "not her password");
+    let mut kdc = RecordedKdc {
+        wrong_password: true,
+        ..RecordedKdc::default()
+    };
+    let error = first_token(&alice, "HTTP/web11.lab.test", &mut kdc).expect_err("refused");
+    assert_eq!(
+        error.to_string(),
+        "pre-authentication failed: LAB.TEST refused the delegated password of alice@LAB.TEST"
+    );
+    assert!(alice.tickets().tgt.is_none());
+}
+
+#[test]
+fn an_unreachable_kdc_is_the_transports_error() {
+    let alice = credentials("LAB", "alice", PASSWORD);
+    let mut kdc = RecordedKdc {
+        down: true,
+        ..RecordedKdc::default()
+    };
+    let error = first_token(&alice, "HTTP/web11.lab.test", &mut kdc).expect_err("no KDC");
+    assert!(matches!(error, StepError::Kdc(Unreachable)), "{error}");
+}
+
+#[test]
+fn accounts_of_the_realm_by_any_name() {
+    let user = |domain: &str, name: &str| realm_user(&credentials(domain, name, "pw"), REALM);
+    assert_eq!(user("LAB", "alice").as_deref(), Some("alice"));
+    assert_eq!(user("lab", "alice").as_deref(), Some("alice"));
+    assert_eq!(user("LAB.TEST", "alice").as_deref(), Some("alice"));
+    assert_eq!(user("lab.test", "alice").as_deref(), Some("alice"));
+    assert_eq!(user("", "alice@LAB.TEST").as_deref(), Some("alice"));
+    assert_eq!(user("", "alice@lab.test").as_deref(), Some("alice"));
+    assert_eq!(user("LAB", "alice@lab.test").as_deref(), Some("alice"));
+    for (domain, name) in [
+        ("WORKGROUP", "alice"),
+        ("", "alice"),
+        ("", "alice@OTHER.TEST"),
+        ("OTHER", "alice@LAB.TEST"),
+        ("LAB", ""),
+        ("", "@LAB.TEST"),
+    ] {
+        assert_eq!(user(domain, name), None, "{domain}\\{name}");
+    }
+    let error = KerberosClient::new(&credentials("WORKGROUP", "bob", "pw"), REALM, "HTTP/x").unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "WORKGROUP\\bob is not an account of the realm LAB.TEST (NetBIOS name LAB): it cannot use Kerberos"
+    );
+}
+
+#[test]
+fn nothing_is_sealed_before_the_target_answered() {
+    let alice = credentials("LAB", "alice", PASSWORD);
+    let part = SealedPart {
+        original_length: 4,
+        header_len: 60,
+        data: vec![0; 64],
+    };
+    let mut fresh = client(&alice, "HTTP/web11.lab.test");
+    assert!(matches!(fresh.seal(b"x"), Err(KerberosError::Incomplete)));
+    assert!(matches!(fresh.unseal(&part), Err(KerberosError::Incomplete)));
+    let mut started = client(&alice, "HTTP/web11.lab.test");
+    block_on(started.step(None, &alice, &mut RecordedKdc::default())).expect("AP-REQ");
+    assert!(matches!(started.seal(b"x"), Err(KerberosError::Incomplete)));
+    // The next step needs the target's token.
+    let error = block_on(started.step(None, &alice, &mut RecordedKdc::default())).unwrap_err();
+    assert!(
+        matches!(error, StepError::Kerberos(KerberosError::Incomplete)),
+        "{error}"
+    );
+}
+
+#[test]
+fn garbage_from_the_target_is_an_error_not_a_panic() {
+    let alice = credentials("LAB", "alice", PASSWORD);
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xa1],
+        vec![0xa1, 0x84, 0xff, 0xff, 0xff, 0xff],
+        (0..64).map(|i| (i * 37 + 11) as u8).collect(),
+        fixtures::tlv(
+            0xa1,
+            &fixtures::tlv(0x30, &fixtures::tlv(0xa2, &fixtures::tlv(0x04, b"\x6f\x00"))),
+        ),
+    ];
+    for token in garbage {
+        let mut client = client(&alice, "HTTP/web11.lab.test");
+        block_on(client.step(None, &alice, &mut RecordedKdc::default())).expect("AP-REQ");
+        assert!(
+            block_on(client.step(Some(&token), &alice, &mut RecordedKdc::default())).is_err(),
+            "{token:02x?}"
+        );
+        assert!(!client.is_established());
+        assert!(client.seal(b"<s:Envelope/>").is_err());
+    }
+}
+
+#[test]
+fn a_channel_bound_ap_req_says_so_as_acceptors_read_it() {
+    use crate::proto::kerberos::ap_options::tests::{authorization_data, marked_as_channel_bound};
+
+    let alice = credentials("LAB", "alice", PASSWORD);
+    let mut bound = client(&alice, "HTTP/web11.lab.test").with_channel_bindings(b"tls-server-end-point:0123");
+    let token = block_on(bound.step(None, &alice, &mut RecordedKdc::default()))
+        .expect("AP-REQ")
+        .expect("token");
+    let key = bound.ctx.query_context_session_key().expect("session key");
+    let entries = authorization_data(&token, key.session_key.as_ref());
+    assert!(marked_as_channel_bound(&entries), "{entries:?}");
+
+    // Without channel bindings there is nothing to mark.
+    let mut unbound = client(&alice, "HTTP/web11.lab.test");
+    let token = block_on(unbound.step(None, &alice, &mut RecordedKdc::default()))
+        .expect("AP-REQ")
+        .expect("token");
+    let key = unbound.ctx.query_context_session_key().expect("session key");
+    assert!(authorization_data(&token, key.session_key.as_ref()).is_empty());
+}
+
+#[test]
+fn a_target_that_refuses_the_ticket_for_clock_skew_says_so() {
+    let alice = credentials("LAB", "alice", PASSWORD);
+    let mut client = client(&alice, "HTTP/web11.lab.test");
+    block_on(client.step(None, &alice, &mut RecordedKdc::default())).expect("AP-REQ");
+    let krb5_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
+    let error = [
+        fixtures::tlv(0x06, &krb5_oid),
+        vec![0x03, 0x00],
+        fixtures::krb_error(37, None),
+    ]
+    .concat();
+    let answer = fixtures::tlv(
+        0xa1,
+        &fixtures::tlv(
+            0x30,
+            &[
+                fixtures::tlv(0xa0, &[0x0a, 0x01, 0x02]),
+                fixtures::tlv(0xa2, &fixtures::tlv(0x04, &fixtures::tlv(0x60, &error))),
+            ]
+            .concat(),
+        ),
+    );
+    let refused = block_on(client.step(Some(&answer), &alice, &mut RecordedKdc::default())).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StepError::Kerberos(KerberosError::TargetRefused(TargetRefusal::ClockSkew))
+        ),
+        "{refused}"
+    );
+}
