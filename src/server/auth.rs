@@ -109,6 +109,7 @@ async fn credssp(session: &mut Session, authorization: &str, shared: &Shared) ->
             let reason = failure_reason(shared, session, user.as_deref(), error.to_string(), now);
             let mut event = failed_event(session, user, &reason);
             event.auth = method;
+            shared.metrics.logon(false);
             shared.audit.emit(&event);
             Logon::Answer(reply::credssp_401(token.as_deref().unwrap_or_default()))
         }
