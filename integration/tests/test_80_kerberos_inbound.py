@@ -456,3 +456,35 @@ def test_kerberos_test_fails_over_to_the_next_kdc(krelay: KerberosRelay) -> None
     out = res.stdout.decode()
     assert res.returncode == 0, (out, res.stderr.decode())
     assert "ok: udp://%s:88 issued" % kerberos.KDC_HOST in out, out
+
+
+def _readyz(host: str) -> typing.Tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("http://%s:9985/readyz" % host, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_readyz_says_when_no_kdc_can_be_reached(h: harness.Harness, realm: kerberos.KerberosRealm) -> None:
+    """In domain mode /readyz also wants a KDC: one of the configured ones accepting a connection is
+    enough, none makes the relay not ready, and the answer names them."""
+    dead = "tcp://%s:88" % DOWN_KDC
+    metrics = '\n[metrics]\nlisten = "%s:9985"\n'
+    one_up = harness.ExtraRelay(h, "127.0.0.105", tail=realm.kerberos_toml(None, kdc=[dead] + realm.kdc_urls)
+                                + metrics % "127.0.0.105")
+    try:
+        assert wait_for(lambda: _readyz("127.0.0.105") == (200, "ready\n"), 15), _readyz("127.0.0.105")
+    finally:
+        one_up.stop()
+    all_down = harness.ExtraRelay(h, "127.0.0.106", tail=realm.kerberos_toml(None, kdc=[dead])
+                                  + metrics % "127.0.0.106")
+    try:
+        status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(_readyz("127.0.0.106")), 15) \
+            or _readyz("127.0.0.106")
+        assert status == 503 and "no KDC accepts connections" in body and dead in body, body
+    finally:
+        all_down.stop()

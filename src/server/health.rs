@@ -1,11 +1,13 @@
 //! The `[metrics] listen` endpoint: `/metrics` (Prometheus), `/healthz` (the process
-//! answers) and `/readyz` (it can serve: listeners up, audit log writable). Plain HTTP
+//! answers) and `/readyz` (it can serve: listeners up, audit log writable, a KDC
+//! reachable in domain mode). Plain HTTP
 //! without authentication, so bind it where only the monitoring can reach it; it holds no
 //! user names or secrets.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::Shared;
+use crate::kerberos::kdc::KdcProtocol;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -95,5 +98,52 @@ fn not_ready(shared: &Shared) -> Vec<String> {
     if shared.audit.is_failing() {
         problems.push("the audit log cannot be written".to_string());
     }
+    if let Some(problem) = shared.kdc_problem.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        problems.push(problem);
+    }
     problems
+}
+
+/// How often the KDCs are probed for `/readyz`.
+const KDC_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// In domain mode, keep `Shared::kdc_problem` current: none when some KDC
+/// accepts a TCP connection, else a message naming them all. Probed in the
+/// background so that `/readyz` answers at once; a list of only UDP KDCs
+/// cannot be probed without asking them something, and is taken on trust.
+pub(crate) async fn watch_kdcs(shared: Arc<Shared>) {
+    loop {
+        let config = shared.config();
+        let problem = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            problem = kdc_problem(&config) => problem,
+        };
+        *shared.kdc_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tokio::time::sleep(KDC_PROBE_INTERVAL) => {}
+        }
+    }
+}
+
+async fn kdc_problem(config: &crate::config::Config) -> Option<String> {
+    let kdcs: Vec<_> = config
+        .kerberos
+        .as_ref()?
+        .kdcs
+        .iter()
+        .filter(|kdc| kdc.protocol() == KdcProtocol::Tcp)
+        .collect();
+    if kdcs.is_empty() {
+        return None;
+    }
+    let timeout = config.defaults.connect_timeout;
+    for kdc in &kdcs {
+        let connect = tokio::net::TcpStream::connect((kdc.host(), kdc.port()));
+        if let Ok(Ok(_)) = tokio::time::timeout(timeout, connect).await {
+            return None;
+        }
+    }
+    let names: Vec<String> = kdcs.iter().map(|kdc| kdc.to_string()).collect();
+    Some(format!("no KDC accepts connections: {}", names.join(", ")))
 }

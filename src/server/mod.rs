@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     /// Every listener is bound and accepting (for `/readyz`).
     pub listening: AtomicBool,
+    /// In domain mode, why no KDC can be reached (for `/readyz`); `None` when one can.
+    pub kdc_problem: std::sync::Mutex<Option<String>>,
     pub lockout: limits::Lockout,
     pub quotas: Arc<limits::Quotas>,
     /// Connections that have not authenticated yet, per source and in all, so
@@ -175,6 +177,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
         accepting.spawn(health::serve(listener, shared.clone()));
+        accepting.spawn(health::watch_kdcs(shared.clone()));
     }
     accepting.close();
     shared.listening.store(true, Ordering::Release);
@@ -243,6 +246,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         transcripts,
         metrics,
         listening: AtomicBool::new(false),
+        kdc_problem: std::sync::Mutex::new(None),
         lockout,
         quotas,
         unauthenticated,
