@@ -110,6 +110,7 @@ def session(user: str, target: str, index: int, commands: int, start: threading.
             if (stdout, stderr, code) != ((tag + "\n").encode(), b"", 0):
                 problems.append("%s on %s: %r" % (tag, target, (stdout, stderr, code)))
         p.close_shell(shell)
+        p.transport.close_session()  # the session ends: the relay frees what it held for it
     except Exception as e:  # noqa: BLE001 - every failure is collected and reported
         problems.append("session %d of %s on %s: %r" % (index, user, target, e))
 
