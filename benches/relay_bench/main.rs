@@ -235,8 +235,10 @@ fn main() {
     println!("\nJSON: {}", json_path.display());
 }
 
+/// Absolute, because the relay runs in the work directory and is given paths under it.
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 /// 10,000 sessions through the relay are 20,000 sockets in the relay and in this process:
