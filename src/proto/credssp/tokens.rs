@@ -161,7 +161,7 @@ pub fn wrap_token_for_sspi(token: &[u8]) -> Vec<u8> {
     if body.is_empty() {
         return token.to_vec();
     }
-    // RFC 4121: the sender rotated the encrypted data right by RRC.
+    // A wrap token may carry its encrypted data rotated right by RRC bytes: undo that, then rotate the way sspi undoes.
     let len = body.len();
     body.rotate_left(rrc % len);
     body.rotate_right((SSPI_WRAP_RRC + ec) % len);
