@@ -259,7 +259,6 @@ def _write_key(path: str, key: typing.Any) -> None:
 def make_test_ca(workdir: str) -> typing.Tuple[str, str]:
     """A test CA (RSA 2048): writes <workdir>/test-ca.pem (+ test-ca.key). Returns (cert path, key path)."""
     import datetime
-    import ipaddress  # noqa: F401
 
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -292,55 +291,11 @@ def make_test_ca(workdir: str) -> typing.Tuple[str, str]:
     return cert_path, key_path
 
 
-def make_server_cert(workdir: str, name: str, ip: str, ca: typing.Optional[typing.Tuple[str, str]],
-                     sig_hash: str = "sha256") -> typing.Tuple[str, str]:
-    """RSA 2048 server certificate for `ip` (IP + DNS SAN), signed by the test CA, or self-signed when
-    ca is None. Writes <workdir>/<name>.crt/.key; returns their paths."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    cert_path = os.path.join(workdir, "%s.crt" % name)
-    key_path = os.path.join(workdir, "%s.key" % name)
-    if os.path.exists(cert_path) and os.path.exists(key_path):
-        return cert_path, key_path
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder().subject_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(ip))]),
-                       critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    )
-    if ca is None:
-        signer = key
-        builder = builder.issuer_name(subject)
-    else:
-        with open(ca[0], "rb") as fh:
-            ca_cert = x509.load_pem_x509_certificate(fh.read())
-        with open(ca[1], "rb") as fh:
-            signer = serialization.load_pem_private_key(fh.read(), password=None)
-        builder = builder.issuer_name(ca_cert.subject).add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
-    cert = builder.sign(signer, _hash(sig_hash))
-    _write_key(key_path, key)
-    with open(cert_path, "wb") as fh:
-        fh.write(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
-
-
-def make_openssl_style_cert(workdir: str, name: str, ip: str) -> typing.Tuple[str, str]:
-    """What `openssl req -x509 -newkey rsa:2048 -subj /CN=<name> -addext subjectAltName=DNS:<name>,IP:<ip>` writes:
-    self-signed, basicConstraints critical CA:TRUE, subject and authority key identifiers, the SAN, no key usage.
-    Writes <workdir>/<name>.crt/.key; returns their paths."""
+def _leaf_cert(workdir: str, name: str, ip: str,
+               finish: typing.Callable[[typing.Any, typing.Any, typing.Any], typing.Any]) -> typing.Tuple[str, str]:
+    """An RSA 2048 certificate for `name` and `ip` (DNS + IP SAN), valid from an hour ago for 30 days, kept as
+    <workdir>/<name>.crt/.key (made once). `finish(builder, key, subject)` adds what the kind of certificate
+    needs and signs it."""
     import datetime
     import ipaddress
 
@@ -356,21 +311,60 @@ def make_openssl_style_cert(workdir: str, name: str, ip: str) -> typing.Tuple[st
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+    builder = (
+        x509.CertificateBuilder().subject_name(subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(ip))]),
                        critical=False)
-        .sign(key, _hash("sha256"))
     )
+    cert = finish(builder, key, subject)
     _write_key(key_path, key)
     with open(cert_path, "wb") as fh:
         fh.write(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def make_server_cert(workdir: str, name: str, ip: str, ca: typing.Optional[typing.Tuple[str, str]],
+                     sig_hash: str = "sha256") -> typing.Tuple[str, str]:
+    """RSA 2048 server certificate for `ip` (IP + DNS SAN), signed by the test CA, or self-signed when
+    ca is None. Writes <workdir>/<name>.crt/.key; returns their paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    def finish(builder: typing.Any, key: typing.Any, subject: typing.Any) -> typing.Any:
+        builder = (builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        if ca is None:
+            return builder.issuer_name(subject).sign(key, _hash(sig_hash))
+        with open(ca[0], "rb") as fh:
+            ca_cert = x509.load_pem_x509_certificate(fh.read())
+        with open(ca[1], "rb") as fh:
+            signer = serialization.load_pem_private_key(fh.read(), password=None)
+        builder = builder.issuer_name(ca_cert.subject).add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+        return builder.sign(signer, _hash(sig_hash))
+
+    return _leaf_cert(workdir, name, ip, finish)
+
+
+def make_openssl_style_cert(workdir: str, name: str, ip: str) -> typing.Tuple[str, str]:
+    """What `openssl req -x509 -newkey rsa:2048 -subj /CN=<name> -addext subjectAltName=DNS:<name>,IP:<ip>` writes:
+    self-signed, basicConstraints critical CA:TRUE, subject and authority key identifiers, the SAN, no key usage.
+    Writes <workdir>/<name>.crt/.key; returns their paths."""
+    from cryptography import x509
+
+    def finish(builder: typing.Any, key: typing.Any, subject: typing.Any) -> typing.Any:
+        return (
+            builder.issuer_name(subject)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, _hash("sha256"))
+        )
+
+    return _leaf_cert(workdir, name, ip, finish)
 
 
 def transport_server_cert(workdir: str, name: str) -> typing.Tuple[str, str]:
