@@ -229,3 +229,25 @@ class RawCredSSP:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def credssp_tls_handshake(tls: typing.Any, incoming: typing.Any, outgoing: typing.Any,
+                          leg: typing.Callable[[bytes], bytes]) -> None:
+    """Drive a client ssl.SSLObject over MemoryBIOs (`incoming`, `outgoing`) through CredSSP's 401 legs:
+    `leg(records)` posts the TLS records in `Authorization: CredSSP` and returns the relay's token bytes."""
+    import ssl
+
+    for _ in range(6):
+        try:
+            tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        out = outgoing.read()
+        if not out:
+            assert done, "TLS handshake stalled"
+            return
+        incoming.write(leg(out))
+        if done:
+            return
+    raise AssertionError("TLS handshake did not finish")

@@ -21,7 +21,7 @@ import pytest
 
 import harness
 import kerberos
-from helpers import ALICE, USERS, double_records, err_text, user_is, wait_for
+from helpers import ALICE, USERS, credssp_tls_handshake, double_records, err_text, user_is, wait_for
 
 KRELAY_HOST = "127.0.0.101"
 KRELAY_NAME = "relay.lab.test"
@@ -218,22 +218,13 @@ class CredSSP:
         ctx.verify_mode = ssl.CERT_NONE
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = ctx.wrap_bio(self.inc, self.out, server_side=False)
-        for _ in range(6):
-            try:
-                self.tls.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            out = self.out.read()
-            if not out:
-                assert done, "TLS handshake stalled"
-                return
-            status, headers, _ = self.post(out)
+
+        def leg(records: bytes) -> bytes:
+            status, headers, _ = self.post(records)
             assert status == 401, status
-            self.inc.write(self.server_token(headers))
-            if done:
-                return
-        raise AssertionError("TLS handshake did not finish")
+            return self.server_token(headers)
+
+        credssp_tls_handshake(self.tls, self.inc, self.out, leg)
 
     def first_token(self, nego_token: bytes) -> typing.Tuple[int, typing.Any]:
         """Send a first TSRequest with this negotiation token; the status and the relay's TSRequest, if any."""

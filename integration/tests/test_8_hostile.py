@@ -29,8 +29,8 @@ import typing
 import pytest
 
 import harness
-from helpers import (ALICE, RELAY_HOST, RELAY_PORT, USERS, audit_events, double_records, relay_log_excerpt,
-                     relay_protocol, run, wait_for)
+from helpers import (ALICE, RELAY_HOST, RELAY_PORT, USERS, audit_events, credssp_tls_handshake, double_records,
+                     relay_log_excerpt, relay_protocol, run, wait_for)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "corpus"))
 
@@ -234,22 +234,12 @@ class CredSSPClient:
         return self.conn.post(self.path, [("Authorization", "CredSSP " + b64(token))])
 
     def handshake(self) -> None:
-        for _ in range(6):
-            try:
-                self.tls.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            out = self.out.read()
-            if not out:
-                assert done, "TLS handshake stalled"
-                return
-            r = self.leg(out)
+        def leg(records: bytes) -> bytes:
+            r = self.leg(records)
             assert r.status == 401, r
-            self.inc.write(server_token(r))
-            if done:
-                return
-        raise AssertionError("TLS handshake did not finish")
+            return server_token(r)
+
+        credssp_tls_handshake(self.tls, self.inc, self.out, leg)
 
     def wrap(self, plain: bytes) -> bytes:
         self.tls.write(plain)
