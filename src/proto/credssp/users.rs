@@ -375,8 +375,8 @@ mod tests {
             .matches(&Principal::parse("LAB\\alice")));
     }
 
-    #[test]
-    fn ntlm_logons_under_the_realm_name_find_the_netbios_entry() {
+    /// A users proxy holding alice (password "pw") in LAB, and what it records as claimed.
+    fn alice_proxy(names: Option<DomainNames>) -> (UsersProxy, Arc<Mutex<Option<Claim>>>) {
         let users: Arc<[UserHash]> = vec![UserHash {
             domain: "LAB".into(),
             user: "alice".into(),
@@ -384,12 +384,18 @@ mod tests {
         }]
         .into();
         let claimed = Arc::new(Mutex::new(None));
-        let mut proxy = UsersProxy {
+        let proxy = UsersProxy {
             users,
             claimed: claimed.clone(),
-            names: Some(lab()),
+            names,
             kerberos: false,
         };
+        (proxy, claimed)
+    }
+
+    #[test]
+    fn ntlm_logons_under_the_realm_name_find_the_netbios_entry() {
+        let (mut proxy, claimed) = alice_proxy(Some(lab()));
         let upn = Username::new("alice@LAB.TEST", None).unwrap();
         let identity = proxy.auth_data_by_user(&upn).unwrap();
         assert_eq!(
@@ -431,19 +437,7 @@ mod tests {
 
     #[test]
     fn proxy_records_the_claimed_user_and_gives_unknown_ones_a_dummy() {
-        let users: Arc<[UserHash]> = vec![UserHash {
-            domain: "LAB".into(),
-            user: "alice".into(),
-            nt_hash: nt_hash("pw"),
-        }]
-        .into();
-        let claimed = Arc::new(Mutex::new(None));
-        let mut proxy = UsersProxy {
-            users,
-            claimed: claimed.clone(),
-            names: None,
-            kerberos: false,
-        };
+        let (mut proxy, claimed) = alice_proxy(None);
         let ghost = Username::new("ghost", Some("LAB")).unwrap();
         let dummy = proxy.auth_data_by_user(&ghost).unwrap();
         assert_eq!(
