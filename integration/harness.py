@@ -174,10 +174,14 @@ def tail(path: str, n: int = 60) -> str:
 
 
 def read_jsonl(path: str) -> typing.List[dict]:
+    """The complete lines of a JSON-lines log that may be written to meanwhile: a last line without its
+    newline is still being written (a reader can see part of a write) and is left for the next read."""
     out = []
     try:
         with open(path, encoding="utf-8") as fh:
             for line in fh:
+                if not line.endswith("\n"):
+                    break
                 line = line.strip()
                 if line:
                     out.append(json.loads(line))
