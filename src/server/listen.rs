@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{conn, ListenerKind, Shared};
+use super::workers::{Handoff, Workers};
+use super::{ListenerKind, Shared};
 use crate::audit::{AuditEvent, AuditKind};
 
 /// Longest pause after failing accepts, e.g. out of file descriptors:
 /// retrying at once would spin a core while nothing can be accepted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-pub(crate) async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
+pub(crate) async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>, workers: Arc<Workers>) {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -48,9 +49,15 @@ pub(crate) async fn accept_loop(listener: TcpListener, kind: ListenerKind, share
                 continue;
             }
         };
-        shared
-            .sessions_tracker
-            .spawn(conn::serve(stream, peer, kind.clone(), pending, shared.clone()));
+        match stream.into_std() {
+            Ok(stream) => workers.hand_off(Handoff {
+                stream,
+                peer,
+                kind: kind.clone(),
+                pending,
+            }),
+            Err(error) => tracing::warn!(%error, %peer, "cannot hand an accepted connection to a worker"),
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! - `reply`: every response the relay itself builds.
 //! - `limits`: lockout, pending connections, quotas.
 //! - `health`: `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
+//! - `workers`: a single-threaded runtime per core; connections stay on one.
 //!
 //! Each accepted TCP connection gets one session: its CredSSP acceptor, its
 //! delegated credentials (in the vault) and its authenticated target
@@ -26,6 +27,7 @@ mod reply;
 mod request;
 mod session;
 mod shells;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +58,8 @@ pub enum ServerError {
     Tls(#[from] rustls::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
     #[error("nothing to listen on: set [listen] http or a [[target]] listen address")]
     NoListener,
 }
@@ -163,6 +167,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    let workers = Arc::new(workers::Workers::start(&shared).map_err(ServerError::Workers)?);
     let accepting = TaskTracker::new();
     for (listener, kind) in listeners {
         let addr = listener.local_addr().ok();
@@ -172,7 +177,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             target = kind.fixed_target.as_deref().unwrap_or("(from path)"),
             "listening"
         );
-        accepting.spawn(listen::accept_loop(listener, kind, shared.clone()));
+        accepting.spawn(listen::accept_loop(listener, kind, shared.clone(), workers.clone()));
     }
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
@@ -201,6 +206,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             sessions = shared.sessions_tracker.len(),
             "sessions still ending at session.shutdown_timeout_secs: exiting anyway"
         );
+    }
+    match Arc::try_unwrap(workers) {
+        Ok(workers) => workers.finish(),
+        Err(_) => tracing::error!("worker threads still referenced at exit"),
     }
     // The sessions' last events are still on their way to syslog.
     shared.audit.flush_export(SYSLOG_FLUSH).await;
