@@ -7,7 +7,8 @@
 //!
 //! Options: `--samples N` (commands per latency figure), `--bulk-mib N` (the Receive
 //! output), `--logons N`, `--idle-sessions N` (0: none), `--paths direct,haproxy,relay`
-//! (a subset, e.g. to profile the relay alone).
+//! (a subset, e.g. to profile the relay alone), `--concurrency 1,10,100` (the sessions
+//! at once for the latency figures).
 //!
 //! It starts, on loopback addresses 127.0.0.180-182 (run it in a network namespace of its
 //! own when other things bind there: `unshare -n bash -c 'ip link set lo up; cargo bench
@@ -118,6 +119,16 @@ impl Options {
                     options.paths = Path3::ALL
                         .into_iter()
                         .filter(|p| names.split(',').any(|n| n == p.name()))
+                        .collect();
+                }
+                "--concurrency" => {
+                    let levels = it.next().map(String::as_str).unwrap_or_default();
+                    options.concurrency = levels
+                        .split(',')
+                        .map(|level| match level.parse::<usize>() {
+                            Ok(level) if level > 0 => level,
+                            _ => fail(format!("--concurrency needs numbers above 0, not {level:?}")),
+                        })
                         .collect();
                 }
                 _ => {}

@@ -37,10 +37,10 @@ fuzz_target!(|data: &[u8]| {
     let (to, xml) = rest.split_at(n);
     let to = String::from_utf8_lossy(to);
 
-    let Ok(out) = rewrite_request(xml, &to, MAX_TIMEOUT) else {
+    let Ok(before) = parse_request(xml) else {
         return;
     };
-    let Ok(before) = parse_request(xml) else {
+    let Ok(out) = rewrite_request(xml, &before, &to, MAX_TIMEOUT) else {
         return;
     };
     let clamped = before.operation_timeout_within(MAX_TIMEOUT);
@@ -57,6 +57,7 @@ fuzz_target!(|data: &[u8]| {
         RequestInfo {
             to: before.to.clone(),
             operation_timeout: before.operation_timeout,
+            rewrite_points: before.rewrite_points.clone(),
             ..after
         },
         before

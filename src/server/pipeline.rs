@@ -306,7 +306,7 @@ async fn forward(
         None
     };
     let max_timeout = config.limits.max_operation_timeout;
-    let rewritten = match wsman::rewrite_request(plain, &target.url, max_timeout) {
+    let rewritten = match wsman::rewrite_request(plain, &info, &target.url, max_timeout) {
         Ok(rewritten) => rewritten,
         Err(error) => {
             return fail(Failure {

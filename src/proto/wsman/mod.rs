@@ -34,7 +34,7 @@ pub use duration::parse_duration;
 pub use fault::{fault_envelope, new_message_id, FaultKind};
 pub use identify::identify_response;
 pub use psrp::{psrp_command_summary, psrp_output, Defragmenter, PsrpMessage, PsrpOutput};
-pub use rewrite::rewrite_request;
+pub use rewrite::{rewrite_request, RewritePoints};
 pub use shell::{is_shell_resource, shell_kind, ShellKind};
 pub use streams::{shell_io, ShellIo, StreamChunk};
 pub use winrs::{read_receive_response, CommandProgress, WinrsRequests, CLIENT_MAX_ENVELOPE_SIZE, CMD_RESOURCE_URI};
@@ -115,6 +115,8 @@ pub struct RequestInfo {
     /// Why a ShellId selector is present but cannot be read: see
     /// [`RequestInfo::shell_id_problem`].
     pub shell_id_defect: Option<&'static str>,
+    /// Where [`rewrite_request`] edits these very bytes.
+    pub rewrite_points: RewritePoints,
 }
 
 impl RequestInfo {
@@ -321,6 +323,16 @@ enum ReqField {
     Arguments,
 }
 
+impl ReqField {
+    fn rewritable(self) -> Option<rewrite::Rewritable> {
+        match self {
+            ReqField::To => Some(rewrite::Rewritable::To),
+            ReqField::Timeout => Some(rewrite::Rewritable::OperationTimeout),
+            _ => None,
+        }
+    }
+}
+
 /// Scans a request envelope for routing, policy and audit fields.
 pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
     let mut info = RequestInfo::default();
@@ -339,7 +351,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
 
     scan(xml, |path, item| {
         match item {
-            Item::Start { tag, .. } => {
+            Item::Start { tag, span, empty } => {
                 let depth = path.len();
                 if cap.active && depth > cap.depth {
                     // Text split by markup may be read one way here, another there.
@@ -390,6 +402,9 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                     };
                     if field.is_some() {
                         cap.start(depth);
+                    }
+                    if let Some(which) = field.and_then(ReqField::rewritable) {
+                        info.rewrite_points.open(which, tag, span, empty);
                     }
                 } else if depth == 4
                     && path_is(&path[..2], &[ENVELOPE, HEADER])
@@ -448,8 +463,11 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                 }
             }
             Item::Text(s) => cap.text(path, s),
-            Item::End { .. } => {
+            Item::End { span, .. } => {
                 if let Some(text) = cap.end(path) {
+                    if let Some(which) = field.and_then(ReqField::rewritable) {
+                        info.rewrite_points.close(which, span);
+                    }
                     match field.take() {
                         Some(ReqField::Action) => set_once(&mut action, trimmed(&text), "wsa:Action")?,
                         Some(ReqField::MessageId) => set_once(&mut info.message_id, trimmed(&text), "wsa:MessageID")?,

@@ -6,11 +6,13 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use quick_xml::events::BytesStart;
+
 use super::fault::xml_escape;
-use super::scan::{path_is, scan, Item, Ns};
-use super::{parse_duration, WsmanError, ENVELOPE, HEADER};
+use super::{RequestInfo, WsmanError};
 
 /// Where one header element's content sits in the envelope.
+#[derive(Debug, Clone, PartialEq)]
 enum Found {
     /// `<a:To ...>text</a:To>`: the byte range of the content.
     Pair { content: Range<usize> },
@@ -27,51 +29,50 @@ impl Found {
     }
 }
 
-/// One header element to find, at most once, with its direct text.
-struct Header {
-    what: &'static str,
-    found: Option<Found>,
-    open_at: Option<usize>,
-    text: String,
+/// A header the rewrite may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rewritable {
+    To,
+    OperationTimeout,
 }
 
-impl Header {
-    fn new(what: &'static str) -> Header {
-        Header {
-            what,
-            found: None,
-            open_at: None,
-            text: String::new(),
+/// Where the request's wsa:To and w:OperationTimeout sit, recorded by
+/// [`super::parse_request`] as it scans, so that the rewrite needs no second
+/// scan. Valid only for the bytes that were parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RewritePoints {
+    to: Option<Found>,
+    timeout: Option<Found>,
+    open_at: Option<usize>,
+}
+
+impl RewritePoints {
+    fn slot(&mut self, which: Rewritable) -> &mut Option<Found> {
+        match which {
+            Rewritable::To => &mut self.to,
+            Rewritable::OperationTimeout => &mut self.timeout,
         }
     }
 
-    /// `item` is on the element itself (the path ends with it).
-    fn observe(&mut self, item: Item<'_, '_>) -> Result<(), WsmanError> {
-        match item {
-            Item::Start { tag, span, empty } => {
-                if self.found.is_some() || self.open_at.is_some() {
-                    return Err(WsmanError::Duplicate(self.what));
-                }
-                if empty {
-                    self.found = Some(Found::Empty {
-                        tag: span,
-                        qname: tag.name().as_ref().to_vec(),
-                    });
-                } else {
-                    self.open_at = Some(span.end);
-                }
-            }
-            Item::Text(s) => self.text.push_str(s),
-            Item::End { span, empty: false } => {
-                if let Some(start) = self.open_at.take() {
-                    self.found = Some(Found::Pair {
-                        content: start..span.start,
-                    });
-                }
-            }
-            Item::End { empty: true, .. } => {}
+    /// The element opens (`span` is its tag).
+    pub(super) fn open(&mut self, which: Rewritable, tag: &BytesStart<'_>, span: Range<usize>, empty: bool) {
+        if empty {
+            *self.slot(which) = Some(Found::Empty {
+                tag: span,
+                qname: tag.name().as_ref().to_vec(),
+            });
+        } else {
+            self.open_at = Some(span.end);
         }
-        Ok(())
+    }
+
+    /// The element closes (`span` is its end tag).
+    pub(super) fn close(&mut self, which: Rewritable, span: Range<usize>) {
+        if let Some(start) = self.open_at.take() {
+            *self.slot(which) = Some(Found::Pair {
+                content: start..span.start,
+            });
+        }
     }
 }
 
@@ -79,28 +80,19 @@ impl Header {
 /// OperationTimeout with `max_operation_timeout` when it asks for more: a
 /// target must not hold a request longer than the relay waits for it.
 /// Without a wsa:To, and with a timeout within the maximum, those bytes stay
-/// as they are; an OperationTimeout that is not an xs:duration is refused,
-/// as [`super::parse_request`] refuses it.
-pub fn rewrite_request(xml: &[u8], to: &str, max_operation_timeout: Duration) -> Result<Vec<u8>, WsmanError> {
-    let mut to_header = Header::new("wsa:To");
-    let mut timeout_header = Header::new("w:OperationTimeout");
-    scan(xml, |path, item| {
-        if path_is(path, &[ENVELOPE, HEADER, (Ns::Addressing, "To")]) {
-            to_header.observe(item)
-        } else if path_is(path, &[ENVELOPE, HEADER, (Ns::Wsman, "OperationTimeout")]) {
-            timeout_header.observe(item)
-        } else {
-            Ok(())
-        }
-    })?;
-
-    let mut edits: Vec<(Found, String)> = Vec::new();
-    if let Some(found) = to_header.found {
+/// as they are. `info` is what [`super::parse_request`] read from `xml`.
+pub fn rewrite_request(
+    xml: &[u8],
+    info: &RequestInfo,
+    to: &str,
+    max_operation_timeout: Duration,
+) -> Result<Vec<u8>, WsmanError> {
+    let points = &info.rewrite_points;
+    let mut edits: Vec<(&Found, String)> = Vec::new();
+    if let Some(found) = &points.to {
         edits.push((found, xml_escape(to)));
     }
-    if let Some(found) = timeout_header.found {
-        let text = &timeout_header.text;
-        let asked = parse_duration(text).ok_or_else(|| WsmanError::InvalidTimeout(text.chars().take(64).collect()))?;
+    if let (Some(found), Some(asked)) = (&points.timeout, info.operation_timeout) {
         if asked > max_operation_timeout {
             edits.push((found, format_duration(max_operation_timeout)));
         }
@@ -118,9 +110,9 @@ fn format_duration(d: Duration) -> String {
 }
 
 /// `edits` in document order, none overlapping (they are distinct elements).
-fn apply(xml: &[u8], edits: &[(Found, String)]) -> Result<Vec<u8>, WsmanError> {
-    // Spans come from the scan of this very buffer; `get` keeps a bad span an
-    // error rather than a panic.
+fn apply(xml: &[u8], edits: &[(&Found, String)]) -> Result<Vec<u8>, WsmanError> {
+    // Spans come from the parse of this very buffer; `get` keeps a bad span
+    // (another buffer's points) an error rather than a panic.
     let slice = |r: Range<usize>| xml.get(r).ok_or_else(|| WsmanError::Xml("internal span error".into()));
     let added: usize = edits.iter().map(|(_, value)| value.len() + 16).sum();
     let mut out = Vec::with_capacity(xml.len() + added);

@@ -77,7 +77,7 @@ pub(crate) enum Item<'a, 'x> {
     Text(&'a str),
     /// An element closes; the path still ends with it. `span` covers `</...>`,
     /// or is the same as the start span for an empty element.
-    End { span: Range<usize>, empty: bool },
+    End { span: Range<usize> },
 }
 
 /// True when `path` is exactly `want` (namespace and local name at each level).
@@ -139,13 +139,7 @@ where
             }
             Event::End(_) => {
                 // quick-xml has already checked that the names match.
-                visit(
-                    &path,
-                    Item::End {
-                        span: before..after,
-                        empty: false,
-                    },
-                )?;
+                visit(&path, Item::End { span: before..after })?;
                 path.pop();
             }
             Event::Text(t) => {
@@ -218,7 +212,7 @@ where
         },
     )?;
     if empty {
-        visit(path, Item::End { span, empty: true })?;
+        visit(path, Item::End { span })?;
         path.pop();
     }
     Ok(())

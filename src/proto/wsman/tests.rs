@@ -84,6 +84,7 @@ fn pywinrm_open_shell() {
             is_identify: false,
             resource_uri_defect: None,
             shell_id_defect: None,
+            rewrite_points: r.rewrite_points.clone(),
         }
     );
     assert_eq!(r.action_name(), "Create");
@@ -422,7 +423,21 @@ fn hostile_xml_is_refused() {
 fn bom_is_accepted() {
     let mut xml = b"\xEF\xBB\xBF".to_vec();
     xml.extend_from_slice(PYWINRM_RUN_COMMAND.as_bytes());
-    assert_eq!(parse_request(&xml).unwrap(), req(PYWINRM_RUN_COMMAND));
+    let with_bom = parse_request(&xml).unwrap();
+    assert_eq!(
+        RequestInfo {
+            rewrite_points: Default::default(),
+            ..with_bom
+        },
+        RequestInfo {
+            rewrite_points: Default::default(),
+            ..req(PYWINRM_RUN_COMMAND)
+        }
+    );
+    // The rewrite's offsets count the BOM.
+    let new = rewrite_to_only(&xml, "http://n/").unwrap();
+    assert!(new.starts_with(b"\xEF\xBB\xBF"));
+    assert_eq!(parse_request(&new).unwrap().to.as_deref(), Some("http://n/"));
 }
 
 #[test]
@@ -670,9 +685,14 @@ fn message_ids_are_uuid_v4() {
 
 // ---------------------------------------------------------------- rewrite
 
+/// Parse, then rewrite what the parse found, as the relay does.
+fn rewrite(xml: &[u8], to: &str, max_operation_timeout: Duration) -> Result<Vec<u8>, WsmanError> {
+    rewrite_request(xml, &parse_request(xml)?, to, max_operation_timeout)
+}
+
 /// A rewrite whose timeout maximum no request reaches: only wsa:To changes.
 fn rewrite_to_only(xml: &[u8], to: &str) -> Result<Vec<u8>, WsmanError> {
-    rewrite_request(xml, to, Duration::MAX)
+    rewrite(xml, to, Duration::MAX)
 }
 
 /// Asserts that `new` differs from `old` in exactly one contiguous region,
@@ -724,6 +744,7 @@ fn rewrite_pywinrm_to() {
     assert_eq!(
         RequestInfo {
             to: before.to.clone(),
+            rewrite_points: before.rewrite_points.clone(),
             ..after
         },
         before
@@ -933,7 +954,7 @@ fn an_operation_timeout_past_the_maximum_is_clamped_for_relay_and_target() {
     assert_eq!(info.operation_timeout, Some(Duration::from_secs(u64::MAX)));
     assert_eq!(info.operation_timeout_within(MAX_TIMEOUT), Some(MAX_TIMEOUT));
     // wsa:To comes after OperationTimeout in pywinrm's envelope: both edits apply, in order.
-    let new = rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+    let new = rewrite(old.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
     let to_only = rewrite_to_only(old.as_bytes(), "http://n/").unwrap();
     assert_single_change(&to_only, &new, huge, "PT60S");
     let after = parse_request(&new).unwrap();
@@ -943,25 +964,25 @@ fn an_operation_timeout_past_the_maximum_is_clamped_for_relay_and_target() {
     // OperationTimeout before and after wsa:To, and as an empty-element tag is refused.
     let header = |timeout: &str| envelope(&format!("{ACTION_CREATE}<a:To>http://o/</a:To>{timeout}"), "");
     let old = header("<w:OperationTimeout s:mustUnderstand=\"true\">P2D</w:OperationTimeout>");
-    let new = rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+    let new = rewrite(old.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
     assert_eq!(
         String::from_utf8(new).unwrap(),
         old.replace("http://o/", "http://n/").replace(">P2D<", ">PT60S<")
     );
     let old = header("<w:OperationTimeout/>");
     assert!(matches!(
-        rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT),
+        rewrite(old.as_bytes(), "http://n/", MAX_TIMEOUT),
         Err(WsmanError::InvalidTimeout(_))
     ));
     assert!(parse_request(old.as_bytes()).is_err());
     let old = header("<w:OperationTimeout>PT-1S</w:OperationTimeout>");
     assert_eq!(
-        rewrite_request(old.as_bytes(), "http://n/", MAX_TIMEOUT),
+        rewrite(old.as_bytes(), "http://n/", MAX_TIMEOUT),
         Err(WsmanError::InvalidTimeout("PT-1S".into()))
     );
     // A fractional maximum is written exactly.
     let old = header("<w:OperationTimeout>PT61S</w:OperationTimeout>");
-    let new = rewrite_request(old.as_bytes(), "http://n/", Duration::from_millis(1500)).unwrap();
+    let new = rewrite(old.as_bytes(), "http://n/", Duration::from_millis(1500)).unwrap();
     assert_eq!(
         req(std::str::from_utf8(&new).unwrap()).operation_timeout,
         Some(Duration::from_millis(1500))
@@ -971,14 +992,14 @@ fn an_operation_timeout_past_the_maximum_is_clamped_for_relay_and_target() {
 #[test]
 fn an_operation_timeout_within_the_maximum_is_left_alone() {
     for v in [PYWINRM_RECEIVE, PYPSRP_PSRP_RECEIVE, PYWINRM_OPEN_SHELL] {
-        let clamped = rewrite_request(v.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
+        let clamped = rewrite(v.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap();
         assert_eq!(clamped, rewrite_to_only(v.as_bytes(), "http://n/").unwrap());
-        let exact = rewrite_request(v.as_bytes(), "http://n/", req(v).operation_timeout.unwrap()).unwrap();
+        let exact = rewrite(v.as_bytes(), "http://n/", req(v).operation_timeout.unwrap()).unwrap();
         assert_eq!(exact, clamped, "a timeout equal to the maximum stays");
     }
     let no_timeout = envelope(ACTION_CREATE, "");
     assert_eq!(
-        rewrite_request(no_timeout.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap(),
+        rewrite(no_timeout.as_bytes(), "http://n/", MAX_TIMEOUT).unwrap(),
         no_timeout.as_bytes()
     );
     assert_eq!(req(&no_timeout).operation_timeout_within(MAX_TIMEOUT), None);
@@ -1216,4 +1237,15 @@ fn the_response_limit_follows_the_clients_max_envelope_size() {
         parse_request(envelope(&two, "").as_bytes()),
         Err(WsmanError::Duplicate("w:MaxEnvelopeSize"))
     );
+}
+
+#[test]
+fn rewrite_points_from_other_bytes_are_an_error_not_a_panic() {
+    let long = envelope(
+        &format!("{ACTION_CREATE}<a:To>http://a-rather-long-original-url/</a:To>"),
+        "",
+    );
+    let info = parse_request(long.as_bytes()).unwrap();
+    let short = &long.as_bytes()[..long.len() / 3];
+    assert!(rewrite_request(short, &info, "http://n/", MAX_TIMEOUT).is_err());
 }
