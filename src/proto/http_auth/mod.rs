@@ -2,6 +2,7 @@
 //! relay's client side of NTLM-in-SPNEGO towards targets.
 
 mod negotiate_client;
+mod ntlm_sealing;
 
 pub use negotiate_client::NegotiateClient;
 

@@ -1,5 +1,6 @@
 //! The relay authenticating to a target as the caller: SPNEGO-wrapped NTLM
-//! through sspi, then SPNEGO session encryption of the WS-Man bodies.
+//! through sspi, then SPNEGO session encryption of the WS-Man bodies by
+//! [`NtlmSealing`], which takes over from sspi once the handshake is done.
 
 use sspi::ntlm::NtlmConfig;
 use sspi::{
@@ -8,28 +9,33 @@ use sspi::{
     Username,
 };
 
+use super::ntlm_sealing::{ChecksumSealed, NtlmSealing, SIGNATURE_LEN};
 use super::HttpAuthError;
 use crate::proto::guard::{contain_panic, Panicked};
 use crate::proto::sealing::SealedPart;
 use crate::vault::DelegatedCredentials;
 
-const SIGNATURE_LEN: usize = 16;
+/// What sspi seals on a copy of its context at the hand-over.
+const PROBE: &[u8] = b"winrm-relay takes over NTLM sealing";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Initial,
-    InProgress,
-    Established,
+    /// sspi's context until it is established; `started` once the first
+    /// token has gone out.
+    Handshake {
+        ctx: Box<Negotiate>,
+        handle: Option<CredentialsBuffers>,
+        started: bool,
+    },
+    /// The session keys, and nothing else of the handshake (no password).
+    Established(Box<NtlmSealing>),
     /// sspi panicked: its context may be half-updated, so it is never used again.
     Poisoned,
 }
 
 /// Client context for one authenticated target connection.
 pub struct NegotiateClient {
-    ctx: Negotiate,
-    handle: Option<CredentialsBuffers>,
-    target_name: String,
     state: State,
+    target_name: String,
     /// SEC_CHANNEL_BINDINGS for `tls-server-end-point` when the connection
     /// runs over TLS (targets with CbtHardeningLevel=Strict require it).
     channel_bindings: Option<Vec<u8>>,
@@ -37,9 +43,15 @@ pub struct NegotiateClient {
 
 impl std::fmt::Debug for NegotiateClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Handshake { started: false, .. } => "initial",
+            State::Handshake { started: true, .. } => "in progress",
+            State::Established(_) => "established",
+            State::Poisoned => "poisoned",
+        };
         f.debug_struct("NegotiateClient")
             .field("target_name", &self.target_name)
-            .field("state", &self.state)
+            .field("state", &state)
             .finish()
     }
 }
@@ -52,7 +64,7 @@ impl NegotiateClient {
     /// `host` names the target for the SPN `HTTP/<host>`.
     pub fn new(credentials: &DelegatedCredentials, host: &str) -> Result<Self, HttpAuthError> {
         // Pinned to NTLM: with no package list sspi prefers Kerberos whenever
-        // it finds a KDC, and the relay does not speak to KDCs (yet).
+        // it finds a KDC; Kerberos targets have their own client.
         let config = NegotiateConfig::new(
             Box::new(NtlmConfig::new("WINRM-RELAY".to_string())),
             Some("ntlm".to_string()),
@@ -71,10 +83,12 @@ impl NegotiateClient {
             .execute(&mut ctx)
             .map_err(sspi_err)?;
         Ok(Self {
-            ctx,
-            handle: acquired.credentials_handle,
+            state: State::Handshake {
+                ctx: Box::new(ctx),
+                handle: acquired.credentials_handle,
+                started: false,
+            },
             target_name: format!("HTTP/{host}"),
-            state: State::Initial,
             channel_bindings: None,
         })
     }
@@ -88,7 +102,7 @@ impl NegotiateClient {
     }
 
     pub fn is_established(&self) -> bool {
-        self.state == State::Established
+        matches!(self.state, State::Established(_))
     }
 
     /// Advance the handshake. `server_token` is `None` for the first leg and
@@ -97,12 +111,13 @@ impl NegotiateClient {
     /// be consumed before any decryption. Returns the next token to send, or
     /// `None` once the context is established.
     pub fn step(&mut self, server_token: Option<&[u8]>) -> Result<Option<Vec<u8>>, HttpAuthError> {
-        match self.state {
-            State::Established => return Ok(None),
-            State::Poisoned => return Err(HttpAuthError::Panicked),
-            State::Initial | State::InProgress => {}
-        }
-        if self.state == State::InProgress && server_token.is_none() {
+        let State::Handshake { ctx, handle, started } = &mut self.state else {
+            return match self.state {
+                State::Established(_) => Ok(None),
+                _ => Err(HttpAuthError::Panicked),
+            };
+        };
+        if *started && server_token.is_none() {
             return Err(HttpAuthError::Incomplete);
         }
         let mut input = vec![SecurityBuffer::new(
@@ -114,7 +129,7 @@ impl NegotiateClient {
         }
         let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
         let target_name = self.target_name.clone();
-        let (ctx, handle) = (&mut self.ctx, &mut self.handle);
+        let ctx = &mut **ctx;
         // The target's SPNEGO and NTLM tokens go through sspi's and picky's parsers.
         let outcome = contain_panic(|| {
             let mut builder = ctx
@@ -134,25 +149,29 @@ impl NegotiateClient {
             ctx.initialize_security_context_impl(&mut builder)
                 .and_then(|mut generator| generator.resolve_to_result())
         });
-        let result = self.unpoisoned(outcome)?.map_err(sspi_err)?;
+        let result = match outcome {
+            Ok(result) => result.map_err(sspi_err)?,
+            Err(Panicked) => return Err(self.poison()),
+        };
+        *started = true;
         let token = output.pop().map(|b| b.buffer).unwrap_or_default();
         match result.status {
             SecurityStatus::Ok => {
-                self.state = State::Established;
-                // The context keeps its session keys; the credentials handle
-                // (a copy of the password) is no longer needed.
-                self.handle = None;
+                // Only the session keys go on: the credentials handle (a copy
+                // of the password) and the rest of sspi's context are dropped.
+                let sealing = match contain_panic(|| take_over_sealing(ctx)) {
+                    Ok(sealing) => sealing?,
+                    Err(Panicked) => return Err(self.poison()),
+                };
+                self.state = State::Established(Box::new(sealing));
                 Ok((!token.is_empty()).then_some(token))
             }
-            SecurityStatus::ContinueNeeded => {
-                self.state = State::InProgress;
-                Ok(Some(token))
-            }
+            SecurityStatus::ContinueNeeded => Ok(Some(token)),
             SecurityStatus::CompleteNeeded | SecurityStatus::CompleteAndContinue => {
-                let ctx = &mut self.ctx;
-                let outcome = contain_panic(|| ctx.complete_auth_token(&mut output));
-                self.unpoisoned(outcome)?.map_err(sspi_err)?;
-                self.state = State::InProgress;
+                match contain_panic(|| ctx.complete_auth_token(&mut output)) {
+                    Ok(completed) => completed.map_err(sspi_err)?,
+                    Err(Panicked) => return Err(self.poison()),
+                };
                 Ok(Some(token))
             }
             other => Err(HttpAuthError::Sspi(format!("unexpected status {other:?}"))),
@@ -160,70 +179,81 @@ impl NegotiateClient {
     }
 
     /// A panic leaves the context unusable: say so now and at every later call.
-    fn unpoisoned<T>(&mut self, outcome: Result<T, Panicked>) -> Result<T, HttpAuthError> {
-        outcome.map_err(|_| {
-            self.state = State::Poisoned;
-            HttpAuthError::Panicked
-        })
+    fn poison(&mut self) -> HttpAuthError {
+        self.state = State::Poisoned;
+        HttpAuthError::Panicked
     }
 
-    /// Session keys exist only once the handshake is complete; sspi's sealing
-    /// calls assume them.
-    fn check_established(&self) -> Result<(), HttpAuthError> {
-        match self.state {
-            State::Established => Ok(()),
+    /// Session keys exist only once the handshake is complete.
+    fn sealing(&mut self) -> Result<&mut NtlmSealing, HttpAuthError> {
+        match &mut self.state {
+            State::Established(sealing) => Ok(sealing),
             State::Poisoned => Err(HttpAuthError::Panicked),
-            State::Initial | State::InProgress => Err(HttpAuthError::Incomplete),
+            State::Handshake { .. } => Err(HttpAuthError::Incomplete),
         }
     }
 
     /// Seal one body: the part carries the 16-byte NTLM signature then the
     /// sealed bytes, with 16 in the u32 prefix.
     pub fn seal(&mut self, plain: &[u8]) -> Result<SealedPart, HttpAuthError> {
-        self.check_established()?;
-        let mut signature = [0u8; SIGNATURE_LEN];
-        let mut data = plain.to_vec();
-        let mut buffers = [
-            SecurityBufferRef::token_buf(&mut signature),
-            SecurityBufferRef::data_buf(&mut data),
-        ];
-        let ctx = &mut self.ctx;
-        let outcome = contain_panic(|| ctx.encrypt_message(EncryptionFlags::empty(), &mut buffers));
-        self.unpoisoned(outcome)?.map_err(sspi_err)?;
-        let mut sealed = Vec::with_capacity(SIGNATURE_LEN + data.len());
-        sealed.extend_from_slice(&signature);
-        sealed.extend_from_slice(&data);
+        let data = self.sealing()?.seal(plain);
         Ok(SealedPart {
             original_length: plain.len(),
             header_len: SIGNATURE_LEN as u32,
-            data: sealed,
+            data,
         })
     }
 
     /// Unseal one part of a target's body.
     pub fn unseal(&mut self, part: &SealedPart) -> Result<Vec<u8>, HttpAuthError> {
-        self.check_established()?;
+        let sealing = self.sealing()?;
         let sig_len = part.header_len as usize;
         if sig_len != SIGNATURE_LEN || part.data.len() < sig_len {
             return Err(HttpAuthError::BadSealedMessage("signature length is not 16"));
         }
-        let (signature, sealed) = part.data.split_at(sig_len);
+        let (signature, sealed) = part.data.split_at(SIGNATURE_LEN);
         if sealed.len() != part.original_length {
             return Err(HttpAuthError::BadSealedMessage(
                 "sealed length differs from OriginalContent Length",
             ));
         }
-        let mut signature = signature.to_vec();
+        let mut signature_bytes = [0u8; SIGNATURE_LEN];
+        signature_bytes.copy_from_slice(signature);
         let mut data = sealed.to_vec();
-        let mut buffers = [
-            SecurityBufferRef::token_buf(&mut signature),
-            SecurityBufferRef::data_buf(&mut data),
-        ];
-        let ctx = &mut self.ctx;
-        let outcome = contain_panic(|| ctx.decrypt_message(&mut buffers));
-        self.unpoisoned(outcome)?.map_err(sspi_err)?;
+        sealing
+            .unseal(&signature_bytes, &mut data)
+            .map_err(|error| HttpAuthError::Sspi(error.to_string()))?;
         Ok(data)
     }
+}
+
+/// sspi does not say which sequence number comes next (a SPNEGO mechListMIC
+/// may have used one) nor whether the checksum is sealed (it is with a key
+/// exchange): seal a probe on a copy of its context, and take the settings
+/// under which [`NtlmSealing`] writes the very same bytes.
+fn take_over_sealing(ctx: &Negotiate) -> Result<NtlmSealing, HttpAuthError> {
+    let keys = ctx.query_context_session_key().map_err(sspi_err)?;
+    let session_key = keys.session_key.as_ref();
+    let mut copy = ctx.clone();
+    let mut signature = [0u8; SIGNATURE_LEN];
+    let mut data = PROBE.to_vec();
+    let mut buffers = [
+        SecurityBufferRef::token_buf(&mut signature),
+        SecurityBufferRef::data_buf(&mut data),
+    ];
+    copy.encrypt_message(EncryptionFlags::empty(), &mut buffers)
+        .map_err(sspi_err)?;
+    let seq = u32::from_le_bytes([signature[12], signature[13], signature[14], signature[15]]);
+    for checksum_sealed in [ChecksumSealed::Yes, ChecksumSealed::No] {
+        let probe = NtlmSealing::client(session_key, checksum_sealed, seq).seal(PROBE);
+        if probe[..SIGNATURE_LEN] == signature && probe[SIGNATURE_LEN..] == data[..] {
+            return Ok(NtlmSealing::client(session_key, checksum_sealed, seq));
+        }
+    }
+    Err(HttpAuthError::Sspi(
+        "sspi sealed the hand-over probe unlike NTLM's 128-bit session security: this sspi version is not supported"
+            .into(),
+    ))
 }
 
 #[cfg(test)]
@@ -416,5 +446,52 @@ mod tests {
         };
         assert!(matches!(client.unseal(&forged), Err(HttpAuthError::Sspi(_))));
         assert!(client.seal(b"<s:Envelope/>").is_ok());
+    }
+
+    impl Target {
+        fn unseal(&mut self, part: &SealedPart) -> Vec<u8> {
+            let (signature, sealed) = part.data.split_at(SIGNATURE_LEN);
+            let mut signature = signature.to_vec();
+            let mut data = sealed.to_vec();
+            let mut buffers = [
+                SecurityBufferRef::token_buf(&mut signature),
+                SecurityBufferRef::data_buf(&mut data),
+            ];
+            self.ctx
+                .decrypt_message(&mut buffers)
+                .expect("sspi unseals the relay's body");
+            data
+        }
+
+        fn seal(&mut self, plain: &[u8]) -> SealedPart {
+            let mut signature = [0u8; SIGNATURE_LEN];
+            let mut data = plain.to_vec();
+            let mut buffers = [
+                SecurityBufferRef::token_buf(&mut signature),
+                SecurityBufferRef::data_buf(&mut data),
+            ];
+            self.ctx
+                .encrypt_message(EncryptionFlags::empty(), &mut buffers)
+                .expect("sspi seals");
+            SealedPart {
+                original_length: plain.len(),
+                header_len: SIGNATURE_LEN as u32,
+                data: [&signature[..], &data].concat(),
+            }
+        }
+    }
+
+    /// After the hand-over the keystream, the sequence numbers and the
+    /// checksums go on as sspi's server expects, message after message.
+    #[test]
+    fn bodies_go_both_ways_with_sspis_server_after_the_hand_over() {
+        let (mut client, mut target) = established();
+        for round in 0..4usize {
+            let request = format!("<s:Envelope>request {round}</s:Envelope>").repeat(round * 50 + 1);
+            let sealed = client.seal(request.as_bytes()).expect("seal");
+            assert_eq!(target.unseal(&sealed), request.as_bytes());
+            let answer = vec![b'x'; 70_000 * round + 3];
+            assert_eq!(client.unseal(&target.seal(&answer)).expect("unseal"), answer);
+        }
     }
 }
