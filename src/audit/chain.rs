@@ -82,12 +82,18 @@ pub fn seal(head: &Head, mac: &Mac, time: &str, event_json: &[u8]) -> (Vec<u8>, 
         .and_then(|rest| rest.strip_suffix(b"}"))
         .unwrap_or_default();
     let mut line = Vec::with_capacity(event_json.len() + 200);
-    line.extend_from_slice(format!("{{\"time\":\"{time}\",\"seq\":{seq},").as_bytes());
+    line.extend_from_slice(b"{\"time\":\"");
+    line.extend_from_slice(time.as_bytes());
+    line.extend_from_slice(b"\",\"seq\":");
+    line.extend_from_slice(seq.to_string().as_bytes());
+    line.push(b',');
     line.extend_from_slice(inner);
     if !inner.is_empty() {
         line.push(b',');
     }
-    line.extend_from_slice(format!("\"prev\":\"{}\"}}", head.hash).as_bytes());
+    line.extend_from_slice(b"\"prev\":\"");
+    line.extend_from_slice(head.hash.as_bytes());
+    line.extend_from_slice(b"\"}");
     let hash = mac.digest(&line);
     line.pop();
     line.extend_from_slice(HASH_MEMBER);

@@ -31,6 +31,7 @@
 mod pool;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -186,6 +187,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 pub struct TargetConnection {
     target: ResolvedTarget,
+    /// [`describe`] of the target, made once: every error names it.
+    description: Arc<str>,
     /// The address connected to.
     peer: IpAddr,
     sender: SendRequest<Full<Bytes>>,
@@ -267,6 +270,7 @@ impl TargetConnection {
         });
         let mut conn = TargetConnection {
             target: target.clone(),
+            description: describe(target).into(),
             peer: connected.peer,
             sender,
             wire: Wire::Plain,
@@ -605,15 +609,13 @@ impl TargetConnection {
         &mut self,
         request: Request<Full<Bytes>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, TargetError> {
-        let target = describe(&self.target);
-        self.sender.ready().await.map_err(|e| TargetError::Http {
-            target: target.clone(),
+        let target = &self.description;
+        let failed = |e: hyper::Error| TargetError::Http {
+            target: target.to_string(),
             detail: e.to_string(),
-        })?;
-        self.sender.send_request(request).await.map_err(|e| TargetError::Http {
-            target,
-            detail: e.to_string(),
-        })
+        };
+        self.sender.ready().await.map_err(failed)?;
+        self.sender.send_request(request).await.map_err(failed)
     }
 
     /// Send one SOAP envelope and return the answer in clear. `wait` is how
@@ -638,9 +640,9 @@ impl TargetConnection {
     }
 
     async fn exchange_inner(&mut self, soap: &[u8], max_envelope: usize) -> Result<TargetResponse, TargetError> {
-        let target = describe(&self.target);
+        let target = self.description.clone();
         let bad = |detail: String| TargetError::BadResponse {
-            target: target.clone(),
+            target: target.to_string(),
             detail,
         };
         let (body, content_type, authorization) = match &mut self.wire {
@@ -672,7 +674,7 @@ impl TargetConnection {
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED {
             return Err(TargetError::AuthRejected {
-                target,
+                target: target.to_string(),
                 user: "the caller".into(),
             });
         }

@@ -273,8 +273,15 @@ fn set_consistent(slot: &mut Option<String>, value: String, what: &'static str) 
     }
 }
 
-fn trimmed(s: &str) -> String {
-    s.trim_matches(is_xml_space).to_string()
+/// `s` without surrounding XML whitespace; most values have none, and keep
+/// their allocation.
+fn trimmed(s: String) -> String {
+    let t = s.trim_matches(is_xml_space);
+    if t.len() == s.len() {
+        s
+    } else {
+        t.to_string()
+    }
 }
 
 /// Collects the text of the element that is currently open at `depth`.
@@ -292,7 +299,7 @@ impl Capture {
         self.active = true;
     }
 
-    fn text(&mut self, path: &[Elem], s: &str) {
+    fn text(&mut self, path: &[Elem<'_>], s: &str) {
         // Only direct character data counts, not text of nested elements.
         if self.active && path.len() == self.depth {
             self.text.push_str(s);
@@ -300,7 +307,7 @@ impl Capture {
     }
 
     /// Returns the captured text when the captured element closes.
-    fn end(&mut self, path: &[Elem]) -> Option<String> {
+    fn end(&mut self, path: &[Elem<'_>]) -> Option<String> {
         if self.active && path.len() == self.depth {
             self.active = false;
             return Some(std::mem::take(&mut self.text));
@@ -375,7 +382,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                     }
                 } else if depth == 3 && path_is(&path[..2], &[ENVELOPE, HEADER]) {
                     let last = &path[2];
-                    field = match (last.ns, &*last.local) {
+                    field = match (last.ns, last.local) {
                         (Ns::Addressing, "Action") => Some(ReqField::Action),
                         (Ns::Addressing, "MessageID") => Some(ReqField::MessageId),
                         (Ns::Addressing, "To") => Some(ReqField::To),
@@ -408,8 +415,8 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                     }
                 } else if depth == 4
                     && path_is(&path[..2], &[ENVELOPE, HEADER])
-                    && &*path[2].local == "SelectorSet"
-                    && &*path[3].local == "Selector"
+                    && path[2].local == "SelectorSet"
+                    && path[3].local == "Selector"
                 {
                     match shell_id_selector(path, tag)? {
                         Selector::ShellId => {
@@ -422,7 +429,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                 } else if depth == 3 && path_is(&path[..2], &[ENVELOPE, BODY]) {
                     body_children += 1;
                     let last = &path[2];
-                    match (last.ns, &*last.local) {
+                    match (last.ns, last.local) {
                         (Ns::Wsmid, "Identify") => info.is_identify = true,
                         (Ns::Shell, "CommandLine") => {
                             command_lines += 1;
@@ -430,12 +437,12 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                                 return Err(WsmanError::Duplicate("rsp:CommandLine"));
                             }
                             if let Some(id) = attr(tag, "CommandId")? {
-                                set_consistent(&mut info.command_id, trimmed(&id), "CommandId")?;
+                                set_consistent(&mut info.command_id, trimmed(id), "CommandId")?;
                             }
                         }
                         (Ns::Shell, "Signal") => {
                             if let Some(id) = attr(tag, "CommandId")? {
-                                set_consistent(&mut info.command_id, trimmed(&id), "CommandId")?;
+                                set_consistent(&mut info.command_id, trimmed(id), "CommandId")?;
                             }
                         }
                         _ => {}
@@ -458,7 +465,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                 ) || path_is(path, &[ENVELOPE, BODY, (Ns::Shell, "Send"), (Ns::Shell, "Stream")])
                 {
                     if let Some(id) = attr(tag, "CommandId")? {
-                        set_consistent(&mut info.command_id, trimmed(&id), "CommandId")?;
+                        set_consistent(&mut info.command_id, trimmed(id), "CommandId")?;
                     }
                 }
             }
@@ -469,16 +476,16 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         info.rewrite_points.close(which, span);
                     }
                     match field.take() {
-                        Some(ReqField::Action) => set_once(&mut action, trimmed(&text), "wsa:Action")?,
-                        Some(ReqField::MessageId) => set_once(&mut info.message_id, trimmed(&text), "wsa:MessageID")?,
-                        Some(ReqField::To) => set_once(&mut info.to, trimmed(&text), "wsa:To")?,
+                        Some(ReqField::Action) => set_once(&mut action, trimmed(text), "wsa:Action")?,
+                        Some(ReqField::MessageId) => set_once(&mut info.message_id, trimmed(text), "wsa:MessageID")?,
+                        Some(ReqField::To) => set_once(&mut info.to, trimmed(text), "wsa:To")?,
                         Some(ReqField::ResourceUri) => {
-                            set_once(&mut info.resource_uri, trimmed(&text), "w:ResourceURI")?
+                            set_once(&mut info.resource_uri, trimmed(text), "w:ResourceURI")?
                         }
-                        Some(ReqField::ShellId) => set_once(&mut info.shell_id, trimmed(&text), "ShellId selector")?,
+                        Some(ReqField::ShellId) => set_once(&mut info.shell_id, trimmed(text), "ShellId selector")?,
                         Some(ReqField::Timeout) => set_once(&mut timeout, text, "w:OperationTimeout")?,
                         Some(ReqField::MaxEnvelopeSize) => {
-                            set_once(&mut max_envelope_size, trimmed(&text), "w:MaxEnvelopeSize")?
+                            set_once(&mut max_envelope_size, trimmed(text), "w:MaxEnvelopeSize")?
                         }
                         Some(ReqField::Command) => set_once(&mut command, text, "rsp:Command")?,
                         Some(ReqField::Arguments) => arguments.push(text),
@@ -536,7 +543,7 @@ enum Selector {
 /// a prefixed or differently cased `Name`, a padded or differently cased
 /// `ShellId`) is unreadable rather than ignored, so that the relay never
 /// checks one shell while the target acts on another.
-fn shell_id_selector(path: &[Elem], tag: &quick_xml::events::BytesStart<'_>) -> Result<Selector, WsmanError> {
+fn shell_id_selector(path: &[Elem<'_>], tag: &quick_xml::events::BytesStart<'_>) -> Result<Selector, WsmanError> {
     let mut exact = false;
     let mut variants = 0usize;
     for a in tag.attributes().with_checks(true) {
@@ -674,7 +681,7 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                         }
                     }
                     if let Some(id) = attr(tag, "CommandId")? {
-                        set_once(&mut state_command_id, trimmed(&id), "rsp:CommandState")?;
+                        set_once(&mut state_command_id, trimmed(id), "rsp:CommandState")?;
                     }
                     None
                 } else if path_is(path, &[ENVELOPE, BODY, RECEIVE, STATE, (Ns::Shell, "ExitCode")]) {
@@ -691,11 +698,11 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
             Item::End { .. } => {
                 if let Some(text) = cap.end(path) {
                     match field.take() {
-                        Some(RespField::RelatesTo) => set_once(&mut info.relates_to, trimmed(&text), "wsa:RelatesTo")?,
+                        Some(RespField::RelatesTo) => set_once(&mut info.relates_to, trimmed(text), "wsa:RelatesTo")?,
                         Some(RespField::Subcode) => {
                             if let Some(fi) = fault.as_mut() {
                                 if fi.subcode.is_none() {
-                                    let v = trimmed(&text);
+                                    let v = trimmed(text);
                                     // A QName: keep the local part, whatever the prefix.
                                     let local = v.rsplit(':').next().unwrap_or_default();
                                     fi.subcode = Some(local.to_string());
@@ -705,16 +712,16 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                         Some(RespField::Reason) => {
                             if let Some(fi) = fault.as_mut() {
                                 if fi.reason.is_none() {
-                                    fi.reason = Some(trimmed(&text));
+                                    fi.reason = Some(trimmed(text));
                                 }
                             }
                         }
-                        Some(RespField::ShellId) => set_once(&mut shell_id, trimmed(&text), "rsp:ShellId")?,
+                        Some(RespField::ShellId) => set_once(&mut shell_id, trimmed(text), "rsp:ShellId")?,
                         Some(RespField::SelectorShellId) => {
-                            set_once(&mut selector_shell_id, trimmed(&text), "ShellId selector")?
+                            set_once(&mut selector_shell_id, trimmed(text), "ShellId selector")?
                         }
-                        Some(RespField::CommandId) => set_once(&mut info.command_id, trimmed(&text), "rsp:CommandId")?,
-                        Some(RespField::ExitCode) => set_once(&mut exit_code, trimmed(&text), "rsp:ExitCode")?,
+                        Some(RespField::CommandId) => set_once(&mut info.command_id, trimmed(text), "rsp:CommandId")?,
+                        Some(RespField::ExitCode) => set_once(&mut exit_code, trimmed(text), "rsp:ExitCode")?,
                         None => {}
                     }
                 }

@@ -56,11 +56,11 @@ impl Ns {
     }
 }
 
-/// One open element: its namespace and local name.
+/// One open element: its namespace and local name (a slice of the envelope).
 #[derive(Debug, Clone)]
-pub(crate) struct Elem {
+pub(crate) struct Elem<'x> {
     pub ns: Ns,
-    pub local: Box<str>,
+    pub local: &'x str,
 }
 
 /// What the visitor sees, in document order.
@@ -81,12 +81,12 @@ pub(crate) enum Item<'a, 'x> {
 }
 
 /// True when `path` is exactly `want` (namespace and local name at each level).
-pub(crate) fn path_is(path: &[Elem], want: &[(Ns, &str)]) -> bool {
+pub(crate) fn path_is(path: &[Elem<'_>], want: &[(Ns, &str)]) -> bool {
     path.len() == want.len()
         && path
             .iter()
             .zip(want)
-            .all(|(e, (ns, local))| e.ns == *ns && &*e.local == *local)
+            .all(|(e, (ns, local))| e.ns == *ns && e.local == *local)
 }
 
 /// Value of the unprefixed attribute `name` (WS-Man attributes such as `Name`,
@@ -105,7 +105,7 @@ pub(crate) fn attr(tag: &BytesStart<'_>, name: &str) -> Result<Option<String>, W
 /// Walks `xml`, calling `visit` for each element and text node.
 pub(crate) fn scan<F>(xml: &[u8], mut visit: F) -> Result<(), WsmanError>
 where
-    F: FnMut(&[Elem], Item<'_, '_>) -> Result<(), WsmanError>,
+    F: FnMut(&[Elem<'_>], Item<'_, '_>) -> Result<(), WsmanError>,
 {
     if xml.is_empty() {
         return Err(WsmanError::Empty);
@@ -121,7 +121,7 @@ where
     cfg.expand_empty_elements = false;
     cfg.trim_text(false);
 
-    let mut path: Vec<Elem> = Vec::new();
+    let mut path: Vec<Elem<'_>> = Vec::with_capacity(16);
     let mut seen_root = false;
     loop {
         let before = base + reader.buffer_position() as usize;
@@ -132,10 +132,30 @@ where
         let after = base + reader.buffer_position() as usize;
         match event {
             Event::Start(tag) => {
-                open_element(&mut path, &mut seen_root, ns?, &tag, before..after, false, &mut visit)?;
+                let local = local_name_at(text, before - base, &tag)?;
+                open_element(
+                    &mut path,
+                    &mut seen_root,
+                    ns?,
+                    local,
+                    &tag,
+                    before..after,
+                    false,
+                    &mut visit,
+                )?;
             }
             Event::Empty(tag) => {
-                open_element(&mut path, &mut seen_root, ns?, &tag, before..after, true, &mut visit)?;
+                let local = local_name_at(text, before - base, &tag)?;
+                open_element(
+                    &mut path,
+                    &mut seen_root,
+                    ns?,
+                    local,
+                    &tag,
+                    before..after,
+                    true,
+                    &mut visit,
+                )?;
             }
             Event::End(_) => {
                 // quick-xml has already checked that the names match.
@@ -165,44 +185,50 @@ where
     Ok(())
 }
 
+/// The local name of the tag that starts at `at` in `text`, borrowed from
+/// `text` so that the path costs no allocation per element. quick-xml has
+/// checked the name: it runs from after `<` to the first space, `/` or `>`.
+fn local_name_at<'x>(text: &'x str, at: usize, tag: &BytesStart<'_>) -> Result<&'x str, WsmanError> {
+    let rest = text.get(at + 1..).unwrap_or_default();
+    let end = rest
+        .find(|c: char| is_xml_space(c) || c == '/' || c == '>')
+        .unwrap_or(rest.len());
+    let qname = &rest[..end];
+    let local = qname.split_once(':').map_or(qname, |(_, local)| local);
+    if local.as_bytes() != tag.local_name().as_ref() {
+        return Err(WsmanError::Xml(format!("at byte {at}: cannot read the element's name")));
+    }
+    Ok(local)
+}
+
 #[allow(clippy::too_many_arguments)]
-fn open_element<F>(
-    path: &mut Vec<Elem>,
+fn open_element<'x, F>(
+    path: &mut Vec<Elem<'x>>,
     seen_root: &mut bool,
     ns: Ns,
+    local: &'x str,
     tag: &BytesStart<'_>,
     span: Range<usize>,
     empty: bool,
     visit: &mut F,
 ) -> Result<(), WsmanError>
 where
-    F: FnMut(&[Elem], Item<'_, '_>) -> Result<(), WsmanError>,
+    F: FnMut(&[Elem<'_>], Item<'_, '_>) -> Result<(), WsmanError>,
 {
     if path.is_empty() {
         if *seen_root {
             return Err(WsmanError::Xml("more than one root element".into()));
         }
         *seen_root = true;
-        if ns != Ns::Soap || tag.local_name().as_ref() != b"Envelope" {
+        if ns != Ns::Soap || local != "Envelope" {
             return Err(WsmanError::NotSoapEnvelope);
         }
     }
     if path.len() >= MAX_DEPTH {
         return Err(WsmanError::TooDeep);
     }
-    check_bounds(tag)?;
-    // Attributes are otherwise only parsed on demand; a duplicate (say two
-    // xmlns:a) or an undefined entity must not let us read the envelope
-    // differently from the target, which rejects both.
-    for a in tag.attributes().with_checks(true) {
-        let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
-        a.unescape_value().map_err(|e| WsmanError::Xml(e.to_string()))?;
-    }
-    let local = std::str::from_utf8(tag.local_name().into_inner()).map_err(|_| WsmanError::NotUtf8)?;
-    path.push(Elem {
-        ns,
-        local: local.into(),
-    });
+    check_attributes(tag)?;
+    path.push(Elem { ns, local });
     visit(
         path,
         Item::Start {
@@ -218,22 +244,25 @@ where
     Ok(())
 }
 
-/// quick-xml's duplicate-attribute check compares each attribute with every
-/// earlier one, so an element with tens of thousands of attributes costs
-/// seconds. Counting without that check is linear, and stops at the bound.
-fn check_bounds(tag: &BytesStart<'_>) -> Result<(), WsmanError> {
+/// Every attribute is read once, whether or not a parser asks for it later:
+/// a duplicate (say two xmlns:a) or an undefined entity must not let us read
+/// the envelope differently from the target, which rejects both. The counts
+/// are bounded first, so the duplicate check (each key against the earlier
+/// ones) stays small, and needs no allocation.
+fn check_attributes(tag: &BytesStart<'_>) -> Result<(), WsmanError> {
     if tag.name().as_ref().len() > MAX_NAME_LEN {
         return Err(WsmanError::NameTooLong);
     }
+    let mut keys: [&[u8]; MAX_ATTRIBUTES] = [&[]; MAX_ATTRIBUTES];
     let mut attributes = 0usize;
     let mut declarations = 0usize;
     for a in tag.attributes().with_checks(false) {
         let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
-        attributes += 1;
-        if attributes > MAX_ATTRIBUTES {
+        if attributes == MAX_ATTRIBUTES {
             return Err(WsmanError::TooManyAttributes);
         }
-        if a.key.as_ref().len() > MAX_NAME_LEN {
+        let key = a.key.into_inner();
+        if key.len() > MAX_NAME_LEN {
             return Err(WsmanError::NameTooLong);
         }
         if a.key.as_namespace_binding().is_some() {
@@ -242,13 +271,22 @@ fn check_bounds(tag: &BytesStart<'_>) -> Result<(), WsmanError> {
                 return Err(WsmanError::TooManyNamespaces);
             }
         }
+        if keys[..attributes].contains(&key) {
+            return Err(WsmanError::Xml(format!(
+                "duplicate attribute {:?}",
+                String::from_utf8_lossy(key)
+            )));
+        }
+        keys[attributes] = key;
+        attributes += 1;
+        a.unescape_value().map_err(|e| WsmanError::Xml(e.to_string()))?;
     }
     Ok(())
 }
 
-fn text_event<F>(path: &[Elem], s: &str, visit: &mut F) -> Result<(), WsmanError>
+fn text_event<F>(path: &[Elem<'_>], s: &str, visit: &mut F) -> Result<(), WsmanError>
 where
-    F: FnMut(&[Elem], Item<'_, '_>) -> Result<(), WsmanError>,
+    F: FnMut(&[Elem<'_>], Item<'_, '_>) -> Result<(), WsmanError>,
 {
     if path.is_empty() {
         // Only whitespace may surround the root element.

@@ -44,9 +44,10 @@ pub fn shell_io(xml: &[u8]) -> Result<ShellIo, WsmanError> {
                 if path_is(path, &[ENVELOPE, BODY, SEND, STREAM]) || path_is(path, &[ENVELOPE, BODY, RECEIVED, STREAM])
                 {
                     let chunk = StreamChunk {
-                        name: attr(tag, "Name")?.map(|n| trimmed(&n)).unwrap_or_default(),
-                        command_id: attr(tag, "CommandId")?.map(|id| trimmed(&id)),
-                        end: attr(tag, "End")?.is_some_and(|e| trimmed(&e).eq_ignore_ascii_case("true")),
+                        name: attr(tag, "Name")?.map(trimmed).unwrap_or_default(),
+                        command_id: attr(tag, "CommandId")?.map(trimmed),
+                        end: attr(tag, "End")?
+                            .is_some_and(|e| e.trim_matches(is_xml_space).eq_ignore_ascii_case("true")),
                         data: Vec::new(),
                     };
                     open = Some((chunk, String::new()));
@@ -71,7 +72,7 @@ pub fn shell_io(xml: &[u8]) -> Result<ShellIo, WsmanError> {
                         }
                     }
                     if let Some(text) = code.take() {
-                        io.signal = Some(trimmed(&text));
+                        io.signal = Some(trimmed(text));
                     }
                 }
             }
