@@ -254,11 +254,10 @@ fn check_attributes(tag: &BytesStart<'_>) -> Result<(), WsmanError> {
         return Err(WsmanError::NameTooLong);
     }
     let mut keys: [&[u8]; MAX_ATTRIBUTES] = [&[]; MAX_ATTRIBUTES];
-    let mut attributes = 0usize;
     let mut declarations = 0usize;
-    for a in tag.attributes().with_checks(false) {
+    for (seen, a) in tag.attributes().with_checks(false).enumerate() {
         let a = a.map_err(|e| WsmanError::Xml(e.to_string()))?;
-        if attributes == MAX_ATTRIBUTES {
+        if seen == MAX_ATTRIBUTES {
             return Err(WsmanError::TooManyAttributes);
         }
         let key = a.key.into_inner();
@@ -271,14 +270,13 @@ fn check_attributes(tag: &BytesStart<'_>) -> Result<(), WsmanError> {
                 return Err(WsmanError::TooManyNamespaces);
             }
         }
-        if keys[..attributes].contains(&key) {
+        if keys[..seen].contains(&key) {
             return Err(WsmanError::Xml(format!(
                 "duplicate attribute {:?}",
                 String::from_utf8_lossy(key)
             )));
         }
-        keys[attributes] = key;
-        attributes += 1;
+        keys[seen] = key;
         a.unescape_value().map_err(|e| WsmanError::Xml(e.to_string()))?;
     }
     Ok(())
