@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use tracing::field::Empty;
-use tracing::Instrument;
 
 use super::limits::QuotaError;
 use super::reply::{self, HttpResponse};
@@ -97,12 +95,7 @@ pub(crate) async fn relay(
         }
     };
     audit.event.bytes_in = Some(plain.len() as u64);
-    // Every log line of this request says which one it is (the connection's
-    // span above says whose).
-    let span = tracing::info_span!("request", n = session.requests, action = Empty, target = Empty);
-    let outcome = forward(session, &plain, route, shared, &mut audit.event, &mut audit.target_time)
-        .instrument(span)
-        .await;
+    let outcome = forward(session, &plain, route, shared, &mut audit.event, &mut audit.target_time).await;
     let (status, xml) = match outcome {
         Ok((status, xml)) => (status, xml),
         Err((failure, relates_to)) => {
@@ -224,7 +217,6 @@ async fn forward(
         }
     };
     record_request(event, &info);
-    tracing::Span::current().record("action", info.action_name());
     let relates_to = info.message_id.clone();
     let fail = |failure: Failure| Err((failure, relates_to.clone()));
     // Fail closed: a request whose resource or shell the relay cannot read
@@ -268,7 +260,6 @@ async fn forward(
         }
     };
     event.target = Some(target.name.clone());
-    tracing::Span::current().record("target", target.name.as_str());
     // Every https target's certificate is checked: against CAs, or its pinned fingerprint.
     event.tls_verified = target.https.then_some(true);
     let user = session.principal().unwrap_or_default().to_string();
@@ -341,7 +332,8 @@ async fn forward(
     let response = match exchanged {
         Ok(response) => response,
         Err(error) => {
-            tracing::warn!(%error, "target request failed");
+            // The connection's span says whose request this was; the line says which.
+            tracing::warn!(n = session.requests, action = info.action_name(), target = %target.name, %error, "target request failed");
             shared.metrics.target_error(&target.name, error.kind());
             return fail(target_failure(&error));
         }
@@ -399,7 +391,7 @@ async fn checked_addresses(
     match policy.decide(user, target, &addresses, resource_uri) {
         Decision::Allow { .. } => Ok(addresses),
         Decision::Deny { reason } => {
-            tracing::info!(%reason, "request denied");
+            tracing::info!(target = %target.name, %reason, "request denied");
             Err(Failure {
                 kind: FaultKind::AccessDenied,
                 message: reason,

@@ -311,7 +311,7 @@ impl TargetConnection {
                 // As Windows' Negotiate: without a ticket, NTLM. Nothing went to the
                 // target yet, so the connection is still fresh.
                 Err(failure) if failure.no_ticket && !self.target.auth.kerberos_only() => {
-                    tracing::warn!(error = %failure.error, "no Kerberos ticket for the target: using NTLM");
+                    tracing::warn!(target = %self.target.name, error = %failure.error, "no Kerberos ticket for the target: using NTLM");
                 }
                 Err(failure) => return Err(failure.error),
             }
