@@ -31,6 +31,7 @@
 mod pool;
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,6 +195,11 @@ pub struct TargetConnection {
     sender: SendRequest<Full<Bytes>>,
     wire: Wire,
     driver: JoinHandle<()>,
+    /// One timer for every exchange, moved on each time: it stays later than
+    /// the one before, so tokio need not wake its own thread to re-arm
+    /// (a new timer per request cost a syscall each).
+    /// Out of its place while an exchange runs.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Drop for TargetConnection {
@@ -275,6 +281,7 @@ impl TargetConnection {
             sender,
             wire: Wire::Plain,
             driver,
+            deadline: None,
         };
         let deadline = target.timeout;
         let authenticated = conn.authenticate(credentials, connected.certificate.as_deref());
@@ -630,13 +637,22 @@ impl TargetConnection {
         wait: Duration,
         max_envelope: usize,
     ) -> Result<TargetResponse, TargetError> {
-        match tokio::time::timeout(wait, self.exchange_inner(soap, max_envelope)).await {
-            Ok(result) => result,
-            Err(_) => Err(TargetError::Timeout {
+        let due = tokio::time::Instant::now() + wait;
+        let mut deadline = self
+            .deadline
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(due)));
+        deadline.as_mut().reset(due);
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.exchange_inner(soap, max_envelope) => outcome,
+            () = deadline.as_mut() => Err(TargetError::Timeout {
                 target: describe(&self.target),
                 secs: wait.as_secs(),
             }),
-        }
+        };
+        self.deadline = Some(deadline);
+        outcome
     }
 
     async fn exchange_inner(&mut self, soap: &[u8], max_envelope: usize) -> Result<TargetResponse, TargetError> {
