@@ -144,6 +144,7 @@ impl Validator<'_> {
             let url = self.required(t.url, &key("url"), at);
             // The scheme, once the url parsed.
             let mut https = None;
+            let mut parsed_url = None;
             let url = match url.as_ref().map(|u| (u, parse_target_url(u.get_ref()))) {
                 Some((raw_url, Ok(u))) => {
                     https = Some(u.https);
@@ -173,6 +174,7 @@ impl Validator<'_> {
                         );
                     }
                     let normalized = u.normalized(defaults.port_for(u.https));
+                    parsed_url = Some(u.clone());
                     seen_urls.push((u, name.clone()));
                     normalized
                 }
@@ -206,6 +208,7 @@ impl Validator<'_> {
             targets.push(TargetConfig {
                 name,
                 url,
+                parsed_url,
                 auth,
                 listen,
                 tls,

@@ -400,6 +400,7 @@ mod tests {
         TargetConfig {
             name: name.into(),
             url: url.into(),
+            parsed_url: Some(crate::resolve::host::parse_target_url(url).expect("test url")),
             auth: TargetAuth::Negotiate,
             listen: None,
             tls: None,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::kerberos::kdc::KdcTransport;
 
-use host::{parse_host_port, parse_target_url, percent_decode, url_host, TargetUrl};
+use host::{parse_host_port, percent_decode, url_host, TargetUrl};
 pub use tls::{CaFile, Fingerprint, TargetTls, TargetTlsError, TlsTrust};
 
 /// Path on targets named directly by host.
@@ -245,6 +245,9 @@ pub struct TargetConfig {
     pub name: String,
     /// `http[s]://host:port/path`, normalized to carry the port.
     pub url: String,
+    /// `url` taken apart once, at load, not per request; `None` only in a
+    /// config that did not load.
+    pub(crate) parsed_url: Option<TargetUrl>,
     pub auth: TargetAuth,
     /// Extra listener that always relays to this target (for clients that cannot set a path).
     pub listen: Option<SocketAddr>,
@@ -327,7 +330,7 @@ pub fn resolve_target(
     let port = hp.port.unwrap_or(defaults.port_for(https));
     let mut urls = Vec::with_capacity(targets.len());
     for t in targets {
-        urls.push((t, parse_target_url(&t.url).map_err(&invalid)?));
+        urls.push((t, parsed_url(t).map_err(&invalid)?));
     }
     let same_host = |u: &TargetUrl| u.host.same_host(&hp);
     // The port as given (or implied by defaults) first; then, for a bare host, a target
@@ -366,8 +369,15 @@ pub fn resolve_target(
     })
 }
 
+/// A loaded config's targets have their url parsed already.
+fn parsed_url(t: &TargetConfig) -> Result<&TargetUrl, String> {
+    t.parsed_url
+        .as_ref()
+        .ok_or_else(|| format!("target {:?} has an invalid url {:?}", t.name, t.url))
+}
+
 fn resolve_configured(t: &TargetConfig, defaults: &TargetDefaults, name: String) -> Result<ResolvedTarget, String> {
-    let url = parse_target_url(&t.url)?;
+    let url = parsed_url(t)?.clone();
     let default_port = defaults.port_for(url.https);
     Ok(ResolvedTarget {
         name,
