@@ -8,7 +8,8 @@
 //! Options: `--samples N` (commands per latency figure), `--bulk-mib N` (the Receive
 //! output), `--logons N`, `--idle-sessions N` (0: none), `--paths direct,haproxy,relay`
 //! (a subset, e.g. to profile the relay alone), `--concurrency 1,10,100` (the sessions
-//! at once for the latency figures).
+//! at once for the latency figures), `--relay-bin PATH` (another build of the relay, e.g.
+//! an older commit's, on the same run's double and client).
 //!
 //! It starts, on loopback addresses 127.0.0.180-182 (run it in a network namespace of its
 //! own when other things bind there: `unshare -n bash -c 'ip link set lo up; cargo bench
@@ -77,6 +78,8 @@ struct Options {
     idle_sessions: usize,
     /// The paths measured (all by default): one alone, to profile it.
     paths: Vec<Path3>,
+    /// Another build of the relay to measure (an older commit's, to compare).
+    relay_bin: PathBuf,
 }
 
 impl Options {
@@ -91,6 +94,7 @@ impl Options {
                 logons: 100,
                 idle_sessions: 1_000,
                 paths: Path3::ALL.to_vec(),
+                relay_bin: PathBuf::from(env!("CARGO_BIN_EXE_winrm-relay")),
             }
         } else {
             Options {
@@ -100,6 +104,7 @@ impl Options {
                 logons: 1_000,
                 idle_sessions: 10_000,
                 paths: Path3::ALL.to_vec(),
+                relay_bin: PathBuf::from(env!("CARGO_BIN_EXE_winrm-relay")),
             }
         };
         let mut it = args.iter();
@@ -120,6 +125,12 @@ impl Options {
                         .into_iter()
                         .filter(|p| names.split(',').any(|n| n == p.name()))
                         .collect();
+                }
+                "--relay-bin" => {
+                    options.relay_bin = it
+                        .next()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| fail("--relay-bin needs a path"));
                 }
                 "--concurrency" => {
                     let levels = it.next().map(String::as_str).unwrap_or_default();
@@ -227,7 +238,7 @@ fn main() {
         .unwrap_or_else(|e| fail(format!("the double cannot listen on {DOUBLE}: {e}")));
 
     let haproxy = start_haproxy(&work, fd_limit);
-    let relay = start_relay(&work);
+    let relay = start_relay(&work, &options.relay_bin);
     let watched: HashMap<Path3, Watched> = [(Path3::Haproxy, haproxy), (Path3::Relay, relay)].into();
 
     let client = tokio::runtime::Builder::new_multi_thread()
@@ -312,7 +323,7 @@ fn start_haproxy(work: &Path, fd_limit: u64) -> Watched {
     watched
 }
 
-fn start_relay(work: &Path) -> Watched {
+fn start_relay(work: &Path, binary: &Path) -> Watched {
     let mut users = String::new();
     for (domain, user, password) in ACCOUNTS {
         let hash = winrm_relay::proto::credssp::nt_hash(password);
@@ -336,7 +347,7 @@ fn start_relay(work: &Path) -> Watched {
     .unwrap_or_else(|e| fail(e));
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&users_path, std::fs::Permissions::from_mode(0o600));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_winrm-relay"));
+    let mut command = Command::new(binary);
     command.arg("serve").arg("--config").arg(&config).current_dir(work);
     let watched = spawn(command, &work.join("relay.log"), "the relay");
     wait_listening(RELAY, "the relay");
@@ -592,6 +603,7 @@ async fn run(options: &Options, watched: &HashMap<Path3, Watched>, relay_process
     };
     json!({
         "machine": machine(),
+        "relay_bin": options.relay_bin.display().to_string(),
         "samples": options.samples,
         "paths": by_path,
         "relay_idle": idle,
@@ -677,6 +689,7 @@ fn print_report(report: &Value) {
     let paths = &report["paths"];
     let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
     println!("\nmachine: {}", report["machine"]);
+    println!("relay: {}", report["relay_bin"]);
     println!("\nlatency of one command = 3 WS-Man round trips (µs), proxy CPU per round trip (µs)");
     println!(
         "{:<8} {:>5} {:>8} {:>9} {:>9} {:>9} {:>11}",
