@@ -23,7 +23,8 @@
 //!   session transcripts, the syslog export, and the `audit` subcommands.
 //! - [`metrics`]: the Prometheus metrics (no user names or secrets in labels).
 //! - [`certs`]: relay certificate loading and dev certificate generation.
-//! - [`server`]: hyper listeners, per-connection session state, the relay pipeline.
+//! - [`server`]: hyper listeners, a single-threaded runtime per core for the connections,
+//!   per-connection session state, the relay pipeline.
 //! - [`target`]: address lookup and authenticated, kept-alive connections to target hosts.
 //! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport.
 //! - [`hardening`]: start-up process hardening (no core dumps, no ptrace by peers, memory locked).

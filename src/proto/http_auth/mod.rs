@@ -1,5 +1,7 @@
 //! HTTP authentication headers (`Authorization`, `WWW-Authenticate`) and the
-//! relay's client side of NTLM-in-SPNEGO towards targets.
+//! relay's client side of NTLM-in-SPNEGO towards targets: sspi authenticates
+//! (`negotiate_client`), the relay's own NTLM session security seals after
+//! (`ntlm_sealing`).
 
 mod negotiate_client;
 mod ntlm_sealing;
