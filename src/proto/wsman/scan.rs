@@ -130,30 +130,18 @@ where
             .map(|(res, ev)| (resolve(res), ev))
             .map_err(|e| xml_error(before, e))?;
         let after = base + reader.buffer_position() as usize;
-        match event {
-            Event::Start(tag) => {
-                let local = local_name_at(text, before - base, &tag)?;
+        match &event {
+            Event::Start(tag) | Event::Empty(tag) => {
+                let empty = matches!(event, Event::Empty(_));
+                let local = local_name_at(text, before - base, tag)?;
                 open_element(
                     &mut path,
                     &mut seen_root,
                     ns?,
                     local,
-                    &tag,
+                    tag,
                     before..after,
-                    false,
-                    &mut visit,
-                )?;
-            }
-            Event::Empty(tag) => {
-                let local = local_name_at(text, before - base, &tag)?;
-                open_element(
-                    &mut path,
-                    &mut seen_root,
-                    ns?,
-                    local,
-                    &tag,
-                    before..after,
-                    true,
+                    empty,
                     &mut visit,
                 )?;
             }
@@ -167,8 +155,7 @@ where
                 text_event(&path, &s, &mut visit)?;
             }
             Event::CData(c) => {
-                let raw = c.into_inner();
-                let s = std::str::from_utf8(&raw).map_err(|_| WsmanError::NotUtf8)?;
+                let s = std::str::from_utf8(c).map_err(|_| WsmanError::NotUtf8)?;
                 text_event(&path, s, &mut visit)?;
             }
             Event::DocType(_) => return Err(WsmanError::Doctype),
