@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -149,32 +150,50 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let ender = Ender::new(&shared.stop);
-    let session = Session::new(peer, kind.fixed_target.clone(), kind.https, pending, ender.clone());
+    let session = Session::new(peer, kind.fixed_target.clone(), kind.https, pending, ender);
     let span = tracing::info_span!("conn", session = %session.id, source = %peer, user = tracing::field::Empty);
-    async move {
-        if !kind.https {
-            return serve_http(stream, session, &shared).await;
-        }
-        // The TLS handshake gets the same deadline as a request's headers.
-        let acceptor = tokio_rustls::TlsAcceptor::from(shared.credssp().tls.clone());
-        let handshake = timeout(shared.config().listen.header_read_timeout, acceptor.accept(stream));
-        tokio::select! {
-            accepted = handshake => match accepted {
-                Ok(Ok(tls)) => serve_http(tls, session, &shared).await,
-                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
-            },
-            _ = ender.token.cancelled() => {}
-        }
-    }
-    .instrument(span)
-    .await
+    serve_http(stream, session, &shared).instrument(span).await
 }
 
-async fn serve_http<S>(stream: S, mut session: Session, shared: &Arc<Shared>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+/// The TLS handshake of the HTTPS listener, with the same deadline as a
+/// request's headers. The stream is boxed: an idle session's task then holds a
+/// pointer, not the TLS state inline next to everything else it awaits.
+async fn accept_tls(
+    stream: TcpStream,
+    shared: &Shared,
+    ender: &Ender,
+) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.credssp().tls.clone());
+    let handshake = timeout(shared.config().listen.header_read_timeout, acceptor.accept(stream));
+    tokio::select! {
+        accepted = handshake => match accepted {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                None
+            }
+        },
+        _ = ender.token.cancelled() => None,
+    }
+}
+
+/// HTTP on the connection, after the TLS handshake on the HTTPS listener.
+/// The handshake is awaited here rather than before the call: a value moved
+/// into a future after an await keeps its own place in the caller's state
+/// too, and an idle session's task would carry the session twice.
+async fn serve_http(stream: TcpStream, mut session: Session, shared: &Arc<Shared>) {
+    let stream = if session.https {
+        match accept_tls(stream, shared, &session.ender).await {
+            Some(tls) => Either::Right(tls),
+            None => return,
+        }
+    } else {
+        Either::Left(stream)
+    };
     let (calls, mut incoming) = mpsc::channel::<Call>(1);
     let service = service_fn(move |request: Request<Incoming>| {
         let calls = calls.clone();
@@ -321,6 +340,19 @@ async fn handle(session: &mut Session, request: Request<Incoming>, shared: &Shar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of the future an async fn taking five arguments returns, without calling it.
+    fn future_size<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle session keeps its task's future resident: what only opening a target
+    /// connection or a TLS handshake needs must not be part of it.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let size = future_size(serve);
+        assert!(size <= 10 * 1024, "a connection's future is {size} bytes");
+    }
 
     #[test]
     fn first_reason_wins_and_a_stop_ends_every_session() {

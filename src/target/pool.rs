@@ -41,7 +41,10 @@ impl Pool {
                     target: describe(target),
                     user: "(no delegated credentials)".into(),
                 })?;
-                TargetConnection::open(target, addresses, credentials).await?
+                // Connecting and authenticating is a large state machine, run once per
+                // connection: boxed, so that the session's task does not carry its size
+                // for as long as the session lives.
+                Box::pin(TargetConnection::open(target, addresses, credentials)).await?
             }
         };
         let result = connection.exchange(soap, wait, max_envelope).await;
