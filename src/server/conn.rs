@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -22,7 +23,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +140,73 @@ struct Call {
     reply: oneshot::Sender<HttpResponse>,
 }
 
+/// Where hyper leaves a request for the session's [`drive`] loop. hyper's
+/// HTTP/1 server hands over one request at a time (it reads the next only
+/// once this one is answered), so a single slot is enough; a channel would
+/// allocate room for 32 calls per connection and keep it while the session
+/// lives.
+struct Mailbox<T>(Mutex<Slot<T>>);
+
+struct Slot<T> {
+    item: Option<T>,
+    /// The taker waiting for the next item.
+    taker: Option<Waker>,
+    closed: bool,
+}
+
+impl<T> Mailbox<T> {
+    fn new() -> Self {
+        Mailbox(Mutex::new(Slot {
+            item: None,
+            taker: None,
+            closed: false,
+        }))
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot<T>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Leave `item` for the taker; given back when the mailbox is closed (or,
+    /// which hyper never causes, still holds one).
+    fn post(&self, item: T) -> Result<(), T> {
+        let mut slot = self.slot();
+        if slot.closed || slot.item.is_some() {
+            return Err(item);
+        }
+        slot.item = Some(item);
+        if let Some(taker) = slot.taker.take() {
+            taker.wake();
+        }
+        Ok(())
+    }
+
+    /// The next item posted.
+    async fn take(&self) -> T {
+        std::future::poll_fn(|cx| {
+            let mut slot = self.slot();
+            match slot.item.take() {
+                Some(item) => Poll::Ready(item),
+                None => {
+                    slot.taker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Refuse further items and drop the one not taken yet.
+    fn close(&self) {
+        let left = {
+            let mut slot = self.slot();
+            slot.closed = true;
+            slot.item.take()
+        };
+        drop(left);
+    }
+}
+
 /// Serve one accepted connection (TLS first on the HTTPS listener) until its
 /// session ends.
 pub(crate) async fn serve(
@@ -194,13 +262,14 @@ async fn serve_http(stream: TcpStream, mut session: Session, shared: &Arc<Shared
     } else {
         Either::Left(stream)
     };
-    let (calls, mut incoming) = mpsc::channel::<Call>(1);
+    let incoming = Arc::new(Mailbox::<Call>::new());
+    let calls = incoming.clone();
     let service = service_fn(move |request: Request<Incoming>| {
-        let calls = calls.clone();
+        let (reply, answer) = oneshot::channel();
+        let posted = calls.post(Call { request, reply }).is_ok();
         async move {
-            let (reply, answer) = oneshot::channel();
             let gone = || reply::closing(StatusCode::SERVICE_UNAVAILABLE, "the relay is closing this connection");
-            if calls.send(Call { request, reply }).await.is_err() {
+            if !posted {
                 return Ok::<_, Infallible>(gone());
             }
             Ok(answer.await.unwrap_or_else(|_| gone()))
@@ -216,7 +285,7 @@ async fn serve_http(stream: TcpStream, mut session: Session, shared: &Arc<Shared
     tokio::pin!(connection);
     let ender = session.ender.clone();
     {
-        let driving = drive(&mut session, &mut incoming, shared);
+        let driving = drive(&mut session, &incoming, shared);
         tokio::pin!(driving);
         tokio::select! {
             _ = &mut driving => {}
@@ -242,7 +311,7 @@ async fn serve_http(stream: TcpStream, mut session: Session, shared: &Arc<Shared
 
 /// Run the session's requests one by one until something ends it. On
 /// return, any request in flight has been dropped.
-async fn drive(session: &mut Session, incoming: &mut mpsc::Receiver<Call>, shared: &Shared) {
+async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared) {
     let ender = session.ender.clone();
     loop {
         let deadline = session.idle_deadline(&shared.config());
@@ -253,10 +322,7 @@ async fn drive(session: &mut Session, incoming: &mut mpsc::Receiver<Call>, share
                 ender.end(deadline.reason);
                 return;
             }
-            call = incoming.recv() => match call {
-                Some(call) => call,
-                None => return,
-            },
+            call = incoming.take() => call,
         };
         let busy = session.busy_deadline(&shared.config());
         let answer = {
@@ -352,6 +418,36 @@ mod tests {
     fn a_connection_task_stays_small() {
         let size = future_size(serve);
         assert!(size <= 10 * 1024, "a connection's future is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_posted_call_reaches_the_waiting_taker() {
+        let mailbox = Arc::new(Mailbox::new());
+        let taker = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.take().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!taker.is_finished());
+        mailbox.post(7).unwrap();
+        assert_eq!(taker.await.unwrap(), 7);
+        // Posted before anyone waits: taken at once.
+        mailbox.post(8).unwrap();
+        assert_eq!(mailbox.take().await, 8);
+    }
+
+    #[test]
+    fn a_mailbox_holds_one_call_and_refuses_after_close() {
+        let mailbox = Mailbox::new();
+        let (first, mut first_answer) = oneshot::channel::<()>();
+        let (second, _) = oneshot::channel::<()>();
+        mailbox.post(first).unwrap();
+        assert!(mailbox.post(second).is_err(), "a second call while one waits");
+        // Closing drops the call nobody took, so its caller is answered at once.
+        mailbox.close();
+        assert_eq!(first_answer.try_recv(), Err(oneshot::error::TryRecvError::Closed));
+        let (third, _) = oneshot::channel::<()>();
+        assert!(mailbox.post(third).is_err(), "a call after close");
     }
 
     #[test]
