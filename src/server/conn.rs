@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -287,16 +288,24 @@ async fn serve_http(stream: TcpStream, mut session: Session, shared: &Arc<Shared
     {
         let driving = drive(&mut session, &incoming, shared);
         tokio::pin!(driving);
-        tokio::select! {
-            _ = &mut driving => {}
-            result = &mut connection => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "connection error");
+        // Drive the session to its end, and the connection alongside until it
+        // closes (which ends the session). One await rather than a `select!`
+        // followed by a second await on `driving`: that second suspension point
+        // made every idle session's task 1.5 KiB larger.
+        let mut connection_open = true;
+        std::future::poll_fn(|cx| {
+            if connection_open {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    connection_open = false;
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection error");
+                    }
+                    ender.end("connection closed");
                 }
-                ender.end("connection closed");
-                driving.await;
             }
-        }
+            driving.as_mut().poll(cx)
+        })
+        .await;
     }
     incoming.close();
     let reason = ender.reason();
@@ -417,7 +426,7 @@ mod tests {
     #[test]
     fn a_connection_task_stays_small() {
         let size = future_size(serve);
-        assert!(size <= 10 * 1024, "a connection's future is {size} bytes");
+        assert!(size <= 8 * 1024 + 256, "a connection's future is {size} bytes");
     }
 
     #[tokio::test]
