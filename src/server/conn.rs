@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn a_connection_task_stays_small() {
         let size = future_size(serve);
-        assert!(size <= 8 * 1024 + 256, "a connection's future is {size} bytes");
+        assert!(size <= 7 * 1024 + 768, "a connection's future is {size} bytes");
     }
 
     #[tokio::test]
