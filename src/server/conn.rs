@@ -218,10 +218,15 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
-    let ender = Ender::new(&shared.stop);
-    let session = Session::new(peer, kind.fixed_target.clone(), kind.https, pending, ender);
-    let span = tracing::info_span!("conn", session = %session.id, source = %peer, user = tracing::field::Empty);
-    serve_http(stream, session, &shared).instrument(span).await
+    // Built in a block that ends before the await: a named local moved into
+    // the awaited future would keep a place of its own in this one.
+    {
+        let ender = Ender::new(&shared.stop);
+        let session = Session::new(peer, kind.fixed_target.clone(), kind.https, pending, ender);
+        let span = tracing::info_span!("conn", session = %session.id, source = %peer, user = tracing::field::Empty);
+        serve_http(stream, session, &shared).instrument(span)
+    }
+    .await
 }
 
 /// The TLS handshake of the HTTPS listener, with the same deadline as a
@@ -324,7 +329,7 @@ async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared)
     let ender = session.ender.clone();
     loop {
         let deadline = session.idle_deadline(&shared.config());
-        let call = tokio::select! {
+        let Call { request, reply } = tokio::select! {
             biased;
             _ = ender.token.cancelled() => return,
             _ = sleep_until(deadline.at.into()) => {
@@ -335,7 +340,7 @@ async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared)
         };
         let busy = session.busy_deadline(&shared.config());
         let answer = {
-            let handling = handle(session, call.request, shared);
+            let handling = handle(session, request, shared);
             tokio::pin!(handling);
             let answer = tokio::select! {
                 biased;
@@ -354,7 +359,7 @@ async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared)
         let Some(answer) = answer else {
             return;
         };
-        let _ = call.reply.send(answer);
+        let _ = reply.send(answer);
         session.touch();
         if ender.is_ended() {
             return;
@@ -426,7 +431,7 @@ mod tests {
     #[test]
     fn a_connection_task_stays_small() {
         let size = future_size(serve);
-        assert!(size <= 7 * 1024 + 768, "a connection's future is {size} bytes");
+        assert!(size <= 6 * 1024 + 768, "a connection's future is {size} bytes");
     }
 
     #[tokio::test]
