@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn a_connection_task_stays_small() {
         let size = future_size(serve);
-        assert!(size <= 6 * 1024 + 768, "a connection's future is {size} bytes");
+        assert!(size <= 6 * 1024, "a connection's future is {size} bytes");
     }
 
     #[tokio::test]
