@@ -49,7 +49,8 @@ pub(crate) struct Session {
     /// are deleted when it ends.
     pub shells: Shells,
     /// What the session did, command by command, with output (`[audit] transcripts`).
-    pub transcript: Option<Transcript>,
+    /// Boxed: most sessions have none, and the session sits in its task's future.
+    pub transcript: Option<Box<Transcript>>,
     /// This session's place in `limits.max_sessions[_per_user]`.
     slot: Option<Slot>,
     /// Its place among connections not yet authenticated; released at logon.
@@ -220,7 +221,7 @@ impl Session {
         if let Some(settings) = &shared.transcripts {
             let source = self.source.to_string();
             match Transcript::create(settings, &self.id, &principal, &source) {
-                Ok(transcript) => self.transcript = Some(transcript),
+                Ok(transcript) => self.transcript = Some(Box::new(transcript)),
                 Err(error) => {
                     tracing::error!(dir = %settings.dir.display(), %error, "cannot create the session transcript")
                 }

@@ -26,9 +26,10 @@ pub(crate) struct OpenShell {
     _slot: Slot,
 }
 
-/// The shells of one session, by ShellId.
+/// The shells of one session, by ShellId. Boxed: a map allocates room for
+/// several entries even when it holds one, and a session usually has one shell.
 #[derive(Default)]
-pub(crate) struct Shells(HashMap<String, OpenShell>);
+pub(crate) struct Shells(HashMap<String, Box<OpenShell>>);
 
 impl Shells {
     /// A shell belongs to the session (hence the user) that created it, on the
@@ -83,7 +84,7 @@ impl Shells {
                     resource_uri: info.resource_uri.clone().unwrap_or_default(),
                     _slot: slot,
                 };
-                self.0.insert(shell_id.clone(), open);
+                self.0.insert(shell_id.clone(), Box::new(open));
             }
             ("Delete", _, _) => {
                 let unknown_to_target = answer
@@ -101,7 +102,7 @@ impl Shells {
     }
 
     pub fn drain(&mut self) -> Vec<(String, OpenShell)> {
-        self.0.drain().collect()
+        self.0.drain().map(|(shell_id, shell)| (shell_id, *shell)).collect()
     }
 }
 
@@ -144,7 +145,7 @@ pub(crate) async fn delete_leftovers(
 
 async fn delete_on_one_target(
     shells: Vec<(String, OpenShell)>,
-    connection: Option<TargetConnection>,
+    connection: Option<Box<TargetConnection>>,
     credentials: Option<&DelegatedCredentials>,
     audit: &AuditSink,
     template: &AuditEvent,

@@ -10,9 +10,13 @@ use crate::vault::DelegatedCredentials;
 
 /// Connections authenticated with one session's credentials: never shared
 /// with another session, so never with another user.
+///
+/// Boxed: a map allocates room for several entries even when it holds one,
+/// and the connection moves in and out of it on every exchange, inline in
+/// the session's task.
 #[derive(Default)]
 pub struct Pool {
-    connections: HashMap<String, TargetConnection>,
+    connections: HashMap<String, Box<TargetConnection>>,
 }
 
 impl Pool {
@@ -41,7 +45,10 @@ impl Pool {
                     target: describe(target),
                     user: "(no delegated credentials)".into(),
                 })?;
-                TargetConnection::open(target, addresses, credentials).await?
+                // Connecting and authenticating is a large state machine, run once per
+                // connection: boxed, so that the session's task does not carry its size
+                // for as long as the session lives.
+                Box::new(Box::pin(TargetConnection::open(target, addresses, credentials)).await?)
             }
         };
         let result = connection.exchange(soap, wait, max_envelope).await;
@@ -57,16 +64,16 @@ impl Pool {
         self.connections
             .get(&target.to_ascii_lowercase())
             .filter(|connection| !connection.is_closed())
-            .map(TargetConnection::peer)
+            .map(|connection| connection.peer())
     }
 
     /// Take the connection to `target` out of the pool (to use it elsewhere).
-    pub fn take(&mut self, target: &str) -> Option<TargetConnection> {
+    pub fn take(&mut self, target: &str) -> Option<Box<TargetConnection>> {
         self.connections.remove(&target.to_ascii_lowercase())
     }
 
     /// Put a connection (back) into the pool.
-    pub fn insert(&mut self, connection: TargetConnection) {
+    pub fn insert(&mut self, connection: Box<TargetConnection>) {
         self.connections
             .insert(connection.target.name.to_ascii_lowercase(), connection);
     }

@@ -112,19 +112,25 @@ impl fmt::Debug for DelegatedCredentials {
 }
 
 /// The session's credential slot: filled once authentication completes,
-/// wiped when the session ends (or earlier, on demand).
+/// wiped when the session ends (or earlier, on demand). Boxed, so that an
+/// idle session's task holds a pointer rather than the credentials inline.
 #[derive(Debug, Default)]
 pub struct Vault {
-    entry: Option<DelegatedCredentials>,
+    entry: Option<Box<DelegatedCredentials>>,
 }
 
 impl Vault {
+    /// Stores in place when the slot is filled (Basic refreshes it on every
+    /// request), so that only the first logon allocates.
     pub fn store(&mut self, credentials: DelegatedCredentials) {
-        self.entry = Some(credentials);
+        match &mut self.entry {
+            Some(entry) => **entry = credentials,
+            None => self.entry = Some(Box::new(credentials)),
+        }
     }
 
     pub fn get(&self) -> Option<&DelegatedCredentials> {
-        self.entry.as_ref()
+        self.entry.as_deref()
     }
 
     /// Drop the credentials now; `SecretString` zeroizes the password buffer.
@@ -175,6 +181,16 @@ mod tests {
             assert!(!printed.contains(&as_list[1..as_list.len() - 1]), "{printed}");
         }
         assert!(!printed.contains("distinctive"), "{printed}");
+    }
+
+    #[test]
+    fn a_refresh_replaces_the_credentials_in_place() {
+        let mut vault = Vault::default();
+        vault.store(DelegatedCredentials::new("LAB", "alice", SecretString::from("old")));
+        let slot = vault.get().map(|c| c as *const DelegatedCredentials);
+        vault.store(DelegatedCredentials::new("LAB", "alice", SecretString::from("new")));
+        assert_eq!(vault.get().map(|c| c as *const DelegatedCredentials), slot);
+        assert_eq!(vault.get().map(|c| c.expose_password()), Some("new"));
     }
 
     #[test]
