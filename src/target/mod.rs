@@ -715,8 +715,14 @@ impl TargetConnection {
             (Some(SealProtocol::Spnego), Wire::Spnego(client)) => {
                 let parts = sealing::parse_body(SealProtocol::Spnego, &body).map_err(|e| bad(e.to_string()))?;
                 let mut plain = Vec::new();
-                for part in &parts {
-                    plain.extend_from_slice(&client.unseal(part).map_err(|e| bad(e.to_string()))?);
+                for part in parts {
+                    let chunk = client.unseal(part).map_err(|e| bad(e.to_string()))?;
+                    // One part (the usual answer) keeps its buffer.
+                    if plain.is_empty() {
+                        plain = chunk;
+                    } else {
+                        plain.extend_from_slice(&chunk);
+                    }
                 }
                 plain
             }

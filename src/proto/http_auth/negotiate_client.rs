@@ -204,25 +204,25 @@ impl NegotiateClient {
         })
     }
 
-    /// Unseal one part of a target's body.
-    pub fn unseal(&mut self, part: &SealedPart) -> Result<Vec<u8>, HttpAuthError> {
+    /// Unseal one part of a target's body, in its own buffer.
+    pub fn unseal(&mut self, part: SealedPart) -> Result<Vec<u8>, HttpAuthError> {
         let sealing = self.sealing()?;
         let sig_len = part.header_len as usize;
         if sig_len != SIGNATURE_LEN || part.data.len() < sig_len {
             return Err(HttpAuthError::BadSealedMessage("signature length is not 16"));
         }
-        let (signature, sealed) = part.data.split_at(SIGNATURE_LEN);
-        if sealed.len() != part.original_length {
+        if part.data.len() - SIGNATURE_LEN != part.original_length {
             return Err(HttpAuthError::BadSealedMessage(
                 "sealed length differs from OriginalContent Length",
             ));
         }
-        let mut signature_bytes = [0u8; SIGNATURE_LEN];
-        signature_bytes.copy_from_slice(signature);
-        let mut data = sealed.to_vec();
+        let mut data = part.data;
+        let mut signature = [0u8; SIGNATURE_LEN];
+        signature.copy_from_slice(&data[..SIGNATURE_LEN]);
         sealing
-            .unseal(&signature_bytes, &mut data)
+            .unseal(&signature, &mut data[SIGNATURE_LEN..])
             .map_err(|error| HttpAuthError::Sspi(error.to_string()))?;
+        data.drain(..SIGNATURE_LEN);
         Ok(data)
     }
 }
@@ -339,7 +339,7 @@ mod tests {
             started(),
         ] {
             assert!(matches!(client.seal(b"x"), Err(HttpAuthError::Incomplete)));
-            assert!(matches!(client.unseal(&part), Err(HttpAuthError::Incomplete)));
+            assert!(matches!(client.unseal(part.clone()), Err(HttpAuthError::Incomplete)));
         }
     }
 
@@ -435,7 +435,7 @@ mod tests {
         ];
         for part in &short {
             assert!(
-                matches!(client.unseal(part), Err(HttpAuthError::BadSealedMessage(_))),
+                matches!(client.unseal(part.clone()), Err(HttpAuthError::BadSealedMessage(_))),
                 "{part:?}"
             );
         }
@@ -444,7 +444,7 @@ mod tests {
             header_len: 16,
             data: vec![0x01; 20],
         };
-        assert!(matches!(client.unseal(&forged), Err(HttpAuthError::Sspi(_))));
+        assert!(matches!(client.unseal(forged), Err(HttpAuthError::Sspi(_))));
         assert!(client.seal(b"<s:Envelope/>").is_ok());
     }
 
@@ -491,7 +491,7 @@ mod tests {
             let sealed = client.seal(request.as_bytes()).expect("seal");
             assert_eq!(target.unseal(&sealed), request.as_bytes());
             let answer = vec![b'x'; 70_000 * round + 3];
-            assert_eq!(client.unseal(&target.seal(&answer)).expect("unseal"), answer);
+            assert_eq!(client.unseal(target.seal(&answer)).expect("unseal"), answer);
         }
     }
 }
