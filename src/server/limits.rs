@@ -261,34 +261,18 @@ impl Quotas {
             }
         }
         let entry = counts.per_user.entry(key.clone()).or_default();
-        let (field, limit, error) = match kind {
-            Kind::Session => (
-                &mut entry.sessions,
-                self.limits.max_sessions_per_user,
-                QuotaError::UserSessions {
-                    user: user.to_string(),
-                    limit: self.limits.max_sessions_per_user,
-                },
-            ),
-            Kind::Shell => (
-                &mut entry.shells,
-                self.limits.max_shells_per_user,
-                QuotaError::Shells {
-                    user: user.to_string(),
-                    limit: self.limits.max_shells_per_user,
-                },
-            ),
-            Kind::Operation => (
-                &mut entry.operations,
-                self.limits.max_operations_per_user,
-                QuotaError::Operations {
-                    user: user.to_string(),
-                    limit: self.limits.max_operations_per_user,
-                },
-            ),
+        let (field, limit) = match kind {
+            Kind::Session => (&mut entry.sessions, self.limits.max_sessions_per_user),
+            Kind::Shell => (&mut entry.shells, self.limits.max_shells_per_user),
+            Kind::Operation => (&mut entry.operations, self.limits.max_operations_per_user),
         };
         if *field >= limit {
-            return Err(error);
+            let user = user.to_string();
+            return Err(match kind {
+                Kind::Session => QuotaError::UserSessions { user, limit },
+                Kind::Shell => QuotaError::Shells { user, limit },
+                Kind::Operation => QuotaError::Operations { user, limit },
+            });
         }
         *field += 1;
         if let Kind::Session = kind {
