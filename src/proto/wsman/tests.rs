@@ -25,7 +25,8 @@ const WIN_COMMAND: &str = include_str!("testdata/windows_command_response.xml");
 const WIN_RECEIVE: &str = include_str!("testdata/windows_cmd_receive_response.xml");
 const WIN_TIMED_OUT: &str = include_str!("testdata/windows_receive_timedout_fault.xml");
 
-const ALL_VECTORS: &[&str] = &[
+/// What the clients send.
+const REQUEST_VECTORS: &[&str] = &[
     PYWINRM_OPEN_SHELL,
     PYWINRM_RUN_COMMAND,
     PYWINRM_RECEIVE,
@@ -36,12 +37,10 @@ const ALL_VECTORS: &[&str] = &[
     PYPSRP_PSRP_CREATE,
     PYPSRP_PSRP_COMMAND,
     PYPSRP_PSRP_RECEIVE,
-    WIN_CMD_CREATE,
-    WIN_PSRP_CREATE,
-    WIN_COMMAND,
-    WIN_RECEIVE,
-    WIN_TIMED_OUT,
 ];
+
+/// What Windows sent and answered.
+const WINDOWS_VECTORS: &[&str] = &[WIN_CMD_CREATE, WIN_PSRP_CREATE, WIN_COMMAND, WIN_RECEIVE, WIN_TIMED_OUT];
 
 fn req(xml: &str) -> RequestInfo {
     parse_request(xml.as_bytes()).unwrap_or_else(|e| panic!("{e}: {xml}"))
@@ -869,7 +868,7 @@ fn rewrite_without_to_or_with_two() {
 
 #[test]
 fn all_vectors_survive_truncation_and_mutation() {
-    for v in ALL_VECTORS {
+    for v in REQUEST_VECTORS.iter().chain(WINDOWS_VECTORS) {
         let b = v.as_bytes();
         assert!(parse_request(b).is_ok() || parse_response(b).is_ok());
         assert!(rewrite_to_only(b, "http://n/").is_ok());
@@ -1010,19 +1009,6 @@ fn an_operation_timeout_within_the_maximum_is_left_alone() {
 }
 
 // ------------------------------------------------- what the relay cannot read
-
-const REQUEST_VECTORS: &[&str] = &[
-    PYWINRM_OPEN_SHELL,
-    PYWINRM_RUN_COMMAND,
-    PYWINRM_RECEIVE,
-    PYWINRM_SEND,
-    PYWINRM_SIGNAL,
-    PYWINRM_DELETE,
-    PYPSRP_CMD_CREATE,
-    PYPSRP_PSRP_CREATE,
-    PYPSRP_PSRP_COMMAND,
-    PYPSRP_PSRP_RECEIVE,
-];
 
 #[test]
 fn client_envelopes_name_their_resource_and_shell_readably() {
