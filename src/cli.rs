@@ -200,12 +200,8 @@ fn kerberos_test(name: &str, path: &Path, password_stdin: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     let outcome = runtime.block_on(crate::kerberos::probe::as_exchange(
         &transport,
@@ -249,6 +245,17 @@ fn quiet_security_packages(directives: &str) -> String {
     }
 }
 
+/// A runtime on this thread, or `None` once the reason is printed.
+fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 fn serve(path: &Path, log_format: LogFormat) -> ExitCode {
     init_tracing(log_format);
     crate::hardening::harden_process().log();
@@ -261,12 +268,8 @@ fn serve(path: &Path, log_format: LogFormat) -> ExitCode {
     };
     // Accepting, signals and `/metrics`; the connections run on the
     // server's worker threads.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(crate::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
