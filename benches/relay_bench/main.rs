@@ -86,27 +86,21 @@ impl Options {
     fn parse() -> Options {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let quick = args.iter().any(|a| a == "--quick");
-        let mut options = if quick {
-            Options {
-                samples: 1_000,
-                concurrency: vec![1, 10, 100],
-                bulk_bytes: 20 << 20,
-                logons: 100,
-                idle_sessions: 1_000,
-                paths: Path3::ALL.to_vec(),
-                relay_bin: PathBuf::from(env!("CARGO_BIN_EXE_winrm-relay")),
-            }
-        } else {
-            Options {
-                samples: 10_000,
-                concurrency: vec![1, 10, 100],
-                bulk_bytes: 100 << 20,
-                logons: 1_000,
-                idle_sessions: 10_000,
-                paths: Path3::ALL.to_vec(),
-                relay_bin: PathBuf::from(env!("CARGO_BIN_EXE_winrm-relay")),
-            }
+        let mut options = Options {
+            samples: 10_000,
+            concurrency: vec![1, 10, 100],
+            bulk_bytes: 100 << 20,
+            logons: 1_000,
+            idle_sessions: 10_000,
+            paths: Path3::ALL.to_vec(),
+            relay_bin: PathBuf::from(env!("CARGO_BIN_EXE_winrm-relay")),
         };
+        if quick {
+            options.samples = 1_000;
+            options.bulk_bytes = 20 << 20;
+            options.logons = 100;
+            options.idle_sessions = 1_000;
+        }
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut value = || {
