@@ -196,9 +196,8 @@ pub struct TargetConnection {
     wire: Wire,
     driver: JoinHandle<()>,
     /// One timer for every exchange, moved on each time: it stays later than
-    /// the one before, so tokio need not wake its own thread to re-arm
-    /// (a new timer per request cost a syscall each).
-    /// Out of its place while an exchange runs.
+    /// the one before, so tokio need not wake its own thread to re-arm (a new
+    /// timer per request cost a syscall each). Taken out while an exchange runs.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -324,7 +323,7 @@ impl TargetConnection {
             }
         }
         let auth_error = |detail: String| TargetError::Auth {
-            target: describe(&self.target),
+            target: self.description.to_string(),
             detail,
         };
         match self.target.auth {
@@ -371,7 +370,7 @@ impl TargetConnection {
         credentials: &DelegatedCredentials,
         certificate: Option<&[u8]>,
     ) -> Result<Wire, KerberosFailure> {
-        let target = describe(&self.target);
+        let target = self.description.to_string();
         let realm = Realm {
             name: &kerberos.realm.name,
             netbios: &kerberos.realm.netbios,
@@ -468,7 +467,7 @@ impl TargetConnection {
         client: &mut NegotiateClient,
         credentials: &DelegatedCredentials,
     ) -> Result<(), TargetError> {
-        let target = describe(&self.target);
+        let target = self.description.to_string();
         let auth_error = |e: HttpAuthError| TargetError::Auth {
             target: target.clone(),
             detail: e.to_string(),
@@ -508,7 +507,7 @@ impl TargetConnection {
         mut initiator: Initiator,
         credentials: &DelegatedCredentials,
     ) -> Result<SecureChannel, TargetError> {
-        let target = describe(&self.target);
+        let target = self.description.to_string();
         let auth_error = |e: CredSspError| TargetError::Auth {
             target: target.clone(),
             detail: e.to_string(),
@@ -574,14 +573,14 @@ impl TargetConnection {
 
     fn rejected(&self, credentials: &DelegatedCredentials) -> TargetError {
         TargetError::AuthRejected {
-            target: describe(&self.target),
+            target: self.description.to_string(),
             user: credentials.principal(),
         }
     }
 
     fn unexpected(&self, status: StatusCode, text: String) -> TargetError {
         TargetError::AuthStatus {
-            target: describe(&self.target),
+            target: self.description.to_string(),
             status,
             detail: if text.is_empty() { text } else { format!(": {text}") },
         }
@@ -594,7 +593,7 @@ impl TargetConnection {
         authorization: Option<&str>,
     ) -> Result<Request<Full<Bytes>>, TargetError> {
         let http_error = |detail: String| TargetError::Http {
-            target: describe(&self.target),
+            target: self.description.to_string(),
             detail,
         };
         let mut builder = Request::post(url_path(&self.target.url))
@@ -647,7 +646,7 @@ impl TargetConnection {
             biased;
             outcome = self.exchange_inner(soap, max_envelope) => outcome,
             () = deadline.as_mut() => Err(TargetError::Timeout {
-                target: describe(&self.target),
+                target: self.description.to_string(),
                 secs: wait.as_secs(),
             }),
         };
