@@ -1,51 +1,57 @@
 //! Logging a caller on: one `Authorization` header at a time, CredSSP legs or
-//! Basic over HTTPS. Answers whether the request may go on to the pipeline;
-//! never relays anything itself.
+//! Basic over HTTPS. Hands the pipeline the logged-on session, or says what to
+//! answer instead; never relays anything itself.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
-use hyper::StatusCode;
 use secrecy::ExposeSecret;
 
+use super::refusal::Refusal;
 use super::reply::{self, HttpResponse, CREDSSP};
-use super::session::{AuthState, Session};
+use super::session::{self, ActiveSession, Session};
 use super::Shared;
-use crate::audit::{AuditKind, AuthMethod};
+use crate::audit::AuthMethod;
 use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Principal, Step};
 use crate::proto::http_auth::{parse_basic, parse_scheme_token};
 use crate::vault::DelegatedCredentials;
 
 /// What a request's authentication decided.
-pub(crate) enum Logon {
-    /// Authenticated (now or before): the request goes on to the pipeline.
-    Proceed,
-    /// Not yet: answer this (a 401 challenge or handshake leg, or a refusal).
-    Answer(HttpResponse),
+pub(crate) enum Logon<'a> {
+    /// Logged on (now or before): the request goes on to the pipeline.
+    Active(ActiveSession<'a>),
+    /// Not yet, and no refusal: a challenge or a CredSSP handshake leg.
+    Continue(HttpResponse),
+    Refused(Refusal),
 }
 
 /// Authenticate the request carrying `authorization` (if any).
-pub(crate) async fn authenticate(session: &mut Session, authorization: Option<&str>, shared: &Shared) -> Logon {
+pub(crate) async fn authenticate<'a>(
+    session: &'a mut Session,
+    authorization: Option<&str>,
+    shared: &Shared,
+) -> Logon<'a> {
     let Some(authorization) = authorization else {
-        return match session.principal() {
-            Some(_) => Logon::Proceed,
-            None => Logon::Answer(reply::credssp_401(&[])),
+        return match session.active() {
+            Some(active) => Logon::Active(active),
+            None => Logon::Continue(reply::credssp_401(&[])),
         };
     };
     let is_basic = authorization.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "));
-    if is_basic && session.https && shared.config().listen.basic_over_https {
+    if is_basic && session.link.https && shared.config().listen.basic_over_https {
         return basic(session, authorization, shared).await;
     }
     credssp(session, authorization, shared).await
 }
 
 /// One CredSSP leg. Only CredSSP: Negotiate could not delegate the password.
-async fn credssp(session: &mut Session, authorization: &str, shared: &Shared) -> Logon {
+async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Shared) -> Logon<'a> {
     let parsed = match parse_scheme_token(authorization) {
         Ok(parsed) => parsed,
-        Err(error) => return Logon::Answer(reply::refused_401(&format!("bad Authorization header: {error}"))),
+        Err(error) => return Logon::Refused(Refusal::challenge(format!("bad Authorization header: {error}"))),
     };
     if !parsed.scheme.eq_ignore_ascii_case(CREDSSP) {
-        let reason = if parsed.scheme.eq_ignore_ascii_case("Basic") && session.https {
+        let reason = if parsed.scheme.eq_ignore_ascii_case("Basic") && session.link.https {
             "Basic authentication is disabled on this relay (listen.basic_auth = false); use CredSSP".to_string()
         } else if parsed.scheme.eq_ignore_ascii_case("Basic") {
             "Basic authentication is refused on the HTTP listener: it would send the password in clear; use CredSSP, \
@@ -54,64 +60,62 @@ async fn credssp(session: &mut Session, authorization: &str, shared: &Shared) ->
         } else {
             format!("{} cannot delegate credentials; the relay needs CredSSP", parsed.scheme)
         };
-        audit_failed(session, shared, None, &reason);
-        return Logon::Answer(reply::refused_401(&reason));
+        return Logon::Refused(Refusal::logon(reason));
     }
     let Some(token) = parsed.token else {
-        return Logon::Answer(reply::credssp_401(&[]));
+        return Logon::Continue(reply::credssp_401(&[]));
     };
     // A ClientHello starts a new exchange, even on an authenticated
     // connection: that session ends first (its shells deleted, its
     // credentials wiped), and the connection waits to log on again.
-    if is_client_hello(&token) || !matches!(session.auth, AuthState::InProgress { .. }) {
+    if is_client_hello(&token) || session.credssp().is_none() {
         if let Err(refusal) = start_over(session, shared).await {
-            return Logon::Answer(refusal);
+            return Logon::Refused(refusal);
         }
-        match Acceptor::new(shared.credssp()) {
-            Ok(acceptor) => {
-                session.auth = AuthState::InProgress {
-                    acceptor: Box::new(acceptor),
-                    started: Instant::now(),
-                }
-            }
+        let acceptor = match Acceptor::new(shared.credssp()) {
+            Ok(acceptor) => acceptor,
             Err(error) => {
                 tracing::error!(%error, "cannot start a CredSSP exchange");
-                return Logon::Answer(reply::refused_401("the relay could not start CredSSP"));
+                return Logon::Refused(Refusal::challenge("the relay could not start CredSSP"));
             }
+        };
+        if !session.start_credssp(acceptor) {
+            return Logon::Refused(Refusal::relay_fault(
+                "a CredSSP exchange on a session that is not logging on",
+            ));
         }
     }
     let now = Instant::now();
-    let source_ip = session.source.ip();
-    let AuthState::InProgress { acceptor, started } = &mut session.auth else {
-        return Logon::Answer(reply::credssp_401(&[]));
+    let source = session.link.source.ip();
+    let Some(exchange) = session.credssp() else {
+        return Logon::Continue(reply::credssp_401(&[]));
     };
-    if now.duration_since(*started) > shared.config().auth.handshake_timeout {
-        session.auth = AuthState::None;
-        let reason = "the CredSSP exchange took longer than auth.handshake_timeout_secs";
-        audit_failed(session, shared, None, reason);
-        return Logon::Answer(reply::refused_401(reason));
+    if now.duration_since(exchange.started) > shared.config().auth.handshake_timeout {
+        session.abandon_credssp();
+        return Logon::Refused(Refusal::logon(
+            "the CredSSP exchange took longer than auth.handshake_timeout_secs",
+        ));
     }
-    let locked_out = |user: &str| shared.lockout.is_locked(source_ip, Some(user), now);
-    let step = acceptor.step_checked(&token, &locked_out);
-    let method = acceptor.mechanism().map(credssp_method);
+    let locked_out = |user: &str| shared.lockout.is_locked(source, Some(user), now);
+    let step = exchange.acceptor.step_checked(&token, &locked_out);
+    let method = exchange.acceptor.mechanism().map(credssp_method);
     match step {
-        Step::Continue(out) => Logon::Answer(reply::credssp_401(&out)),
+        Step::Continue(out) => Logon::Continue(reply::credssp_401(&out)),
         Step::Authenticated { credentials, channel } => {
-            session.auth = AuthState::None;
-            let method = method.unwrap_or(AuthMethod::Ntlm);
-            match session.begin(shared, credentials, Some(channel), method) {
-                Ok(()) => Logon::Proceed,
-                Err(quota) => Logon::Answer(reply::plain(StatusCode::SERVICE_UNAVAILABLE, &quota.to_string())),
+            let logon = session::Logon {
+                credentials,
+                channel: Some(channel),
+                method: method.unwrap_or(AuthMethod::Ntlm),
+            };
+            match session.begin(shared, logon) {
+                Ok(active) => Logon::Active(active),
+                Err(refusal) => Logon::Refused(refusal),
             }
         }
         Step::Rejected { token, error, user } => {
-            session.auth = AuthState::None;
-            let reason = failure_reason(shared, session, user.as_deref(), error.to_string(), now);
-            let mut event = failed_event(session, user, &reason);
-            event.auth = method;
-            shared.metrics.logon(false);
-            shared.audit.emit(&event);
-            Logon::Answer(reply::credssp_401(token.as_deref().unwrap_or_default()))
+            session.abandon_credssp();
+            let reason = record_failure(shared, source, user.as_deref(), error.to_string(), now);
+            Logon::Refused(Refusal::credssp(token, reason).claimed(user).method(method))
         }
     }
 }
@@ -127,16 +131,15 @@ fn credssp_method(mechanism: InnerMechanism) -> AuthMethod {
 
 /// `Authorization: Basic` over HTTPS: checked against the users file on every
 /// request; the session's credentials are the ones last proven.
-async fn basic(session: &mut Session, authorization: &str, shared: &Shared) -> Logon {
+async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Shared) -> Logon<'a> {
     let now = Instant::now();
-    let source_ip = session.source.ip();
+    let source = session.link.source.ip();
     let Some((user, password)) = parse_scheme_token(authorization)
         .ok()
         .and_then(|parsed| parsed.token)
         .and_then(|token| parse_basic(&token).ok())
     else {
-        audit_failed(session, shared, None, "malformed Basic credentials");
-        return Logon::Answer(reply::basic_401());
+        return Logon::Refused(Refusal::basic("malformed Basic credentials"));
     };
     let credssp = shared.credssp();
     let who = Principal::parse(&user).canonical(credssp.domain.as_ref());
@@ -144,90 +147,74 @@ async fn basic(session: &mut Session, authorization: &str, shared: &Shared) -> L
     // The password is checked even for a locked-out pair, so that the answer
     // takes as long as any other refusal.
     let verified = verify_password(&credssp.users, &who, password.expose_secret());
-    if shared.lockout.is_locked(source_ip, Some(&claimed), now) {
-        audit_failed(
-            session,
-            shared,
-            Some(claimed),
-            "locked out after repeated logon failures",
-        );
-        return Logon::Answer(reply::basic_401());
+    if shared.lockout.is_locked(source, Some(&claimed), now) {
+        return Logon::Refused(Refusal::basic("locked out after repeated logon failures").claimed(Some(claimed)));
     }
     let entry = match verified {
         Ok(entry) => entry,
         Err(refusal) => {
-            let reason = failure_reason(
+            let reason = record_failure(
                 shared,
-                session,
+                source,
                 Some(&claimed),
                 format!("authentication failed: {refusal}"),
                 now,
             );
-            audit_failed(session, shared, Some(claimed), &reason);
-            return Logon::Answer(reply::basic_401());
+            return Logon::Refused(Refusal::basic(reason).claimed(Some(claimed)));
         }
     };
     let credentials = DelegatedCredentials::new(entry.domain.clone(), entry.user.clone(), password);
     if session.principal() == Some(credentials.principal().as_str()) {
-        // Same user as before: keep the session, refresh the password.
-        session.vault.store(credentials);
-        return Logon::Proceed;
+        // Same user as before: keep the session, refresh the password in place.
+        return match session.active() {
+            Some(active) => {
+                active.active.credentials = credentials;
+                Logon::Active(active)
+            }
+            None => Logon::Refused(Refusal::relay_fault("a session with a principal is not active")),
+        };
     }
     // Another user on this connection: the previous session ends first.
     if let Err(refusal) = start_over(session, shared).await {
-        return Logon::Answer(refusal);
+        return Logon::Refused(refusal);
     }
-    match session.begin(shared, credentials, None, AuthMethod::Basic) {
-        Ok(()) => Logon::Proceed,
-        Err(quota) => Logon::Answer(reply::plain(StatusCode::SERVICE_UNAVAILABLE, &quota.to_string())),
+    let logon = session::Logon {
+        credentials,
+        channel: None,
+        method: AuthMethod::Basic,
+    };
+    match session.begin(shared, logon) {
+        Ok(active) => Logon::Active(active),
+        Err(refusal) => Logon::Refused(refusal),
     }
 }
 
 /// A new logon on a connection: end the session it carried (if any), and
 /// count the connection among those waiting to authenticate again. Refused
 /// (and the connection closed) when its source already has its share.
-async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), HttpResponse> {
+async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), Refusal> {
     if session.principal().is_none() {
         // Still the first logon: its deadline keeps running from accept.
         return Ok(());
     }
     session.end(shared, "re-authentication on the same connection").await;
-    if let Err(refusal) = session.restart_logon(shared) {
-        shared.metrics.quota_hit(refusal.limit());
-        let mut event = session.event(AuditKind::Denied);
-        event.reason = Some(refusal.to_string());
-        shared.audit.emit(&event);
-        session.ender.end(&refusal.to_string());
-        return Err(reply::closing(StatusCode::SERVICE_UNAVAILABLE, &refusal.to_string()));
-    }
-    tracing::Span::current().record("session", session.id.as_str());
+    session
+        .restart_logon(shared)
+        .map_err(|refusal| Refusal::pending(&refusal))?;
+    tracing::Span::current().record("session", session.link.id.as_str());
     Ok(())
 }
 
-/// The audit reason of a failed logon; records the failure for lockout. Only
+/// Records a failed logon for lockout, and returns its audit reason. Only
 /// failures that name a user count: anonymous garbage from a shared address
 /// (NAT, jump host) must not lock every admin behind it out.
-fn failure_reason(shared: &Shared, session: &Session, user: Option<&str>, mut reason: String, now: Instant) -> String {
-    let locks = user.is_some_and(|user| shared.lockout.record_failure(session.source.ip(), Some(user), now));
+fn record_failure(shared: &Shared, source: IpAddr, user: Option<&str>, mut reason: String, now: Instant) -> String {
+    let locks = user.is_some_and(|user| shared.lockout.record_failure(source, Some(user), now));
     if locks {
         shared.metrics.lockout();
         reason.push_str("; logons from this source for this user are now locked out");
     }
-    tracing::info!(user, %reason, "authentication failed");
     reason
-}
-
-fn audit_failed(session: &Session, shared: &Shared, user: Option<String>, reason: &str) {
-    shared.metrics.logon(false);
-    shared.audit.emit(&failed_event(session, user, reason));
-}
-
-fn failed_event(session: &Session, user: Option<String>, reason: &str) -> crate::audit::AuditEvent {
-    let mut event = session.event(AuditKind::AuthFailed);
-    event.user = user;
-    event.status = Some(401);
-    event.reason = Some(reason.to_string());
-    event
 }
 
 /// TLS handshake record (0x16) carrying a ClientHello (type 1).

@@ -9,11 +9,9 @@
 //! then [`Session::end`] deletes the shells left open, audits and wipes the
 //! credentials. Deadlines are timers that fire when due, not a ticker.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -27,17 +25,17 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout};
 use tokio_util::either::Either;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::auth::{self, Logon};
 use super::limits::Pending;
+use super::refusal::Refusal;
 use super::reply::{self, HttpResponse};
 use super::request::{self, BodyError};
 use super::session::Session;
+use super::shutdown::Ender;
 use super::{pipeline, ListenerKind, Shared};
 use crate::audit::AuditKind;
-use crate::audit::AuthMethod;
 use crate::proto::wsman;
 
 /// How long a Create already sent to a target may still finish after its
@@ -46,94 +44,6 @@ const CREATE_GRACE: Duration = Duration::from_secs(2);
 /// How long a last answer (a refusal that closes the connection) may take to
 /// reach the caller once the session is over.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
-
-/// A session's "end now", and why. Its token is a child of the relay's stop
-/// token, so SIGTERM ends every session.
-pub(crate) struct Ender {
-    token: CancellationToken,
-    reason: Mutex<Option<String>>,
-    /// The request in flight must be let finish briefly (see [`CREATE_GRACE`]).
-    completing: AtomicBool,
-}
-
-impl Ender {
-    fn new(stop: &CancellationToken) -> Arc<Ender> {
-        Arc::new(Ender {
-            token: stop.child_token(),
-            reason: Mutex::new(None),
-            completing: AtomicBool::new(false),
-        })
-    }
-
-    #[cfg(test)]
-    pub fn new_for_tests() -> Arc<Ender> {
-        Ender::new(&CancellationToken::new())
-    }
-
-    /// Ask the session to end; the first reason given is kept.
-    pub fn end(&self, reason: &str) {
-        self.reason
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get_or_insert_with(|| reason.to_string());
-        self.token.cancel();
-    }
-
-    pub fn is_ended(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    fn reason(&self) -> String {
-        self.reason
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-            .unwrap_or_else(|| "relay shutting down".into())
-    }
-
-    pub fn set_completing(&self, completing: bool) {
-        self.completing.store(completing, Ordering::Relaxed);
-    }
-}
-
-/// The authenticated sessions, so that a reload can end those of users who
-/// were removed from the users file.
-#[derive(Default)]
-pub(crate) struct Registry {
-    sessions: Mutex<HashMap<String, Registered>>,
-}
-
-/// A session's principal, how it logged on, and how to end it.
-type Registered = (String, AuthMethod, Arc<Ender>);
-
-impl Registry {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn register(&self, id: &str, principal: &str, method: AuthMethod, ender: Arc<Ender>) {
-        self.sessions()
-            .insert(id.to_string(), (principal.to_string(), method, ender));
-    }
-
-    pub fn unregister(&self, id: &str) {
-        self.sessions().remove(id);
-    }
-
-    /// End every session whose principal (and logon method) `keep` refuses;
-    /// returns how many.
-    pub fn end_where(&self, keep: impl Fn(&str, AuthMethod) -> bool, reason: &str) -> usize {
-        let sessions = self.sessions();
-        let mut ended = 0;
-        for (principal, method, ender) in sessions.values() {
-            if !keep(principal, *method) {
-                ender.end(reason);
-                ended += 1;
-            }
-        }
-        ended
-    }
-}
 
 /// A request handed from hyper to the session, and where its answer goes.
 struct Call {
@@ -223,7 +133,8 @@ pub(crate) async fn serve(
     {
         let ender = Ender::new(&shared.stop);
         let session = Session::new(peer, kind.fixed_target.clone(), kind.https, pending, ender);
-        let span = tracing::info_span!("conn", session = %session.id, source = %peer, user = tracing::field::Empty);
+        let span =
+            tracing::info_span!("conn", session = %session.link.id, source = %peer, user = tracing::field::Empty);
         serve_http(stream, session, &shared).instrument(span)
     }
     .await
@@ -251,7 +162,7 @@ async fn accept_tls(
                 None
             }
         },
-        _ = ender.token.cancelled() => None,
+        _ = ender.cancelled() => None,
     }
 }
 
@@ -260,8 +171,8 @@ async fn accept_tls(
 /// into a future after an await keeps its own place in the caller's state
 /// too, and an idle session's task would carry the session twice.
 async fn serve_http(stream: TcpStream, mut session: Session, shared: &Arc<Shared>) {
-    let stream = if session.https {
-        match accept_tls(stream, shared, &session.ender).await {
+    let stream = if session.link.https {
+        match accept_tls(stream, shared, &session.link.ender).await {
             Some(tls) => Either::Right(tls),
             None => return,
         }
@@ -289,7 +200,7 @@ async fn serve_http(stream: TcpStream, mut session: Session, shared: &Arc<Shared
         .max_buf_size(shared.config().listen.max_header_size)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let ender = session.ender.clone();
+    let ender = session.link.ender.clone();
     {
         let driving = drive(&mut session, &incoming, shared);
         tokio::pin!(driving);
@@ -326,12 +237,12 @@ async fn serve_http(stream: TcpStream, mut session: Session, shared: &Arc<Shared
 /// Run the session's requests one by one until something ends it. On
 /// return, any request in flight has been dropped.
 async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared) {
-    let ender = session.ender.clone();
+    let ender = session.link.ender.clone();
     loop {
         let deadline = session.idle_deadline(&shared.config());
         let Call { request, reply } = tokio::select! {
             biased;
-            _ = ender.token.cancelled() => return,
+            _ = ender.cancelled() => return,
             _ = sleep_until(deadline.at.into()) => {
                 ender.end(deadline.reason);
                 return;
@@ -345,13 +256,13 @@ async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared)
             let answer = tokio::select! {
                 biased;
                 answer = &mut handling => Some(answer),
-                _ = ender.token.cancelled() => None,
+                _ = ender.cancelled() => None,
                 _ = sleep_until(busy.at.into()) => {
                     ender.end(busy.reason);
                     None
                 }
             };
-            if answer.is_none() && ender.completing.load(Ordering::Relaxed) {
+            if answer.is_none() && ender.is_completing() {
                 let _ = timeout(CREATE_GRACE, &mut handling).await;
             }
             answer
@@ -367,23 +278,43 @@ async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared)
     }
 }
 
-/// One request: route, read the body, authenticate, then the pipeline.
+/// One request: route, read the body, authenticate, then the pipeline. A
+/// refusal on the way is answered, audited and counted at the one edge.
 async fn handle(session: &mut Session, request: Request<Incoming>, shared: &Shared) -> HttpResponse {
-    if request.method() != Method::POST {
-        return reply::plain(StatusCode::METHOD_NOT_ALLOWED, "WS-Management accepts POST only");
+    let refusal = match admit(session, request, shared).await {
+        Admitted::Answered(answer) => return answer,
+        Admitted::Refused(refusal) => refusal,
+    };
+    if refusal.close {
+        session.link.ender.end(&refusal.reason);
     }
-    let Some(route) = request::route(request.uri().path(), session.fixed_target.as_deref()) else {
-        return reply::plain(
+    refusal.answer(session.event(AuditKind::Denied), shared)
+}
+
+enum Admitted {
+    Answered(HttpResponse),
+    Refused(Refusal),
+}
+
+async fn admit(session: &mut Session, request: Request<Incoming>, shared: &Shared) -> Admitted {
+    if request.method() != Method::POST {
+        return Admitted::Refused(Refusal::malformed(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WS-Management accepts POST only",
+        ));
+    }
+    let Some(route) = request::route(request.uri().path(), session.link.fixed_target.as_deref()) else {
+        return Admitted::Refused(Refusal::malformed(
             StatusCode::NOT_FOUND,
             "not a WS-Management endpoint: use /wsman/<target>",
-        );
+        ));
     };
     let config = shared.config();
     let max_envelope = config.listen.max_envelope_size;
     if request::is_unauthenticated_identify(&request) {
         return match request::read_body(request, max_envelope).await {
-            Ok(_) => reply::soap(StatusCode::OK, wsman::identify_response()),
-            Err(error) => reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string()),
+            Ok(_) => Admitted::Answered(reply::soap(StatusCode::OK, wsman::identify_response())),
+            Err(error) => Admitted::Refused(Refusal::malformed(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())),
         };
     }
     let header = |name| {
@@ -399,21 +330,21 @@ async fn handle(session: &mut Session, request: Request<Incoming>, shared: &Shar
     // buffered beyond it, authenticated or not. Before logon, the logon
     // deadline bounds a stalled upload; after, the idle timeout does.
     let body = match timeout(config.session.idle_timeout, request::read_body(request, max_envelope)).await {
-        Err(_) => return reply::closing(StatusCode::REQUEST_TIMEOUT, "request body not received in time"),
-        Ok(Ok(body)) => body,
-        Ok(Err(BodyError::TooLarge)) => {
-            let mut event = session.event(AuditKind::Denied);
-            event.status = Some(413);
-            event.reason = Some(BodyError::TooLarge.to_string());
-            shared.audit.emit(&event);
-            return reply::plain(StatusCode::PAYLOAD_TOO_LARGE, &BodyError::TooLarge.to_string());
+        Err(_) => {
+            let refusal = Refusal::malformed(StatusCode::REQUEST_TIMEOUT, "request body not received in time");
+            return Admitted::Refused(refusal.closing());
         }
-        Ok(Err(error)) => return reply::plain(StatusCode::BAD_REQUEST, &error.to_string()),
+        Ok(Ok(body)) => body,
+        Ok(Err(error @ BodyError::TooLarge)) => {
+            return Admitted::Refused(Refusal::denied(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()))
+        }
+        Ok(Err(error)) => return Admitted::Refused(Refusal::malformed(StatusCode::BAD_REQUEST, error.to_string())),
     };
     drop(config);
     match auth::authenticate(session, authorization.as_deref(), shared).await {
-        Logon::Proceed => pipeline::relay(session, &content_type, body, route, shared).await,
-        Logon::Answer(answer) => answer,
+        Logon::Active(active) => Admitted::Answered(pipeline::relay(active, &content_type, body, route, shared).await),
+        Logon::Continue(answer) => Admitted::Answered(answer),
+        Logon::Refused(refusal) => Admitted::Refused(refusal),
     }
 }
 
@@ -462,36 +393,5 @@ mod tests {
         assert_eq!(first_answer.try_recv(), Err(oneshot::error::TryRecvError::Closed));
         let (third, _) = oneshot::channel::<()>();
         assert!(mailbox.post(third).is_err(), "a call after close");
-    }
-
-    #[test]
-    fn first_reason_wins_and_a_stop_ends_every_session() {
-        let stop = CancellationToken::new();
-        let (a, b) = (Ender::new(&stop), Ender::new(&stop));
-        a.end("idle timeout");
-        a.end("connection closed");
-        assert_eq!(a.reason(), "idle timeout");
-        assert!(!b.is_ended());
-        stop.cancel();
-        assert!(b.is_ended());
-        assert_eq!(b.reason(), "relay shutting down");
-    }
-
-    #[test]
-    fn registry_ends_only_sessions_of_removed_users() {
-        let stop = CancellationToken::new();
-        let registry = Registry::default();
-        let (alice, bob) = (Ender::new(&stop), Ender::new(&stop));
-        let carol = Ender::new(&stop);
-        registry.register("1", "LAB\\alice", AuthMethod::Ntlm, alice.clone());
-        registry.register("2", "LAB\\bob", AuthMethod::Basic, bob.clone());
-        registry.register("3", "LAB\\carol", AuthMethod::Kerberos, carol.clone());
-        let keep = |p: &str, method| method == AuthMethod::Kerberos || p.eq_ignore_ascii_case("lab\\alice");
-        let ended = registry.end_where(keep, "user removed");
-        assert_eq!(ended, 1);
-        assert!(!alice.is_ended() && !carol.is_ended());
-        assert_eq!(bob.reason(), "user removed");
-        registry.unregister("2");
-        assert_eq!(registry.end_where(|_, _| false, "x"), 2);
     }
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use super::refusal::Refusal;
 use super::workers::{Handoff, Workers};
 use super::{ListenerKind, Shared};
-use crate::audit::{AuditEvent, AuditKind};
+use crate::audit::AuditEvent;
 
 /// Longest pause after failing accepts, e.g. out of file descriptors:
 /// retrying at once would spin a core while nothing can be accepted.
@@ -38,14 +39,15 @@ pub(crate) async fn accept_loop(listener: TcpListener, kind: ListenerKind, share
             }
         };
         if !source_allowed(&shared.config().listen.allow_sources, peer) {
-            refuse(&shared, stream, peer, "source address not in listen.allow_sources");
+            let refusal = Refusal::connection("source address not in listen.allow_sources", None);
+            refuse(&shared, stream, peer, refusal);
             continue;
         }
         let pending = match shared.unauthenticated.acquire(unmapped(peer.ip())) {
             Ok(pending) => pending,
             Err(refusal) => {
-                shared.metrics.quota_hit(refusal.limit());
-                refuse(&shared, stream, peer, &refusal.to_string());
+                let refusal = Refusal::connection(refusal.to_string(), Some(refusal.limit()));
+                refuse(&shared, stream, peer, refusal);
                 continue;
             }
         };
@@ -62,14 +64,13 @@ pub(crate) async fn accept_loop(listener: TcpListener, kind: ListenerKind, share
 }
 
 /// Close a just-accepted connection unanswered, and audit why.
-fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &str) {
+fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
     drop(stream);
-    shared.audit.emit(&AuditEvent {
-        event: AuditKind::Denied,
+    let event = AuditEvent {
         source: Some(peer.to_string()),
-        reason: Some(reason.to_string()),
         ..AuditEvent::default()
-    });
+    };
+    refusal.record(event, shared);
 }
 
 /// An IPv4 client seen through a dual-stack socket arrives as ::ffff:a.b.c.d.

@@ -3,19 +3,21 @@
 //! - `listen`: accept, source allowlist, places for connections waiting to log on.
 //! - `conn`: one connection from accept to its session's end: deadlines, drain.
 //! - `auth`: CredSSP and Basic logons; decides whether a request may proceed.
-//! - `session`: a session's state, and its end (cleanup, audit, wipe).
+//! - `session`: a session's phases (waiting to log on, active), and its end (cleanup, audit, wipe).
+//! - `shutdown`: how a session is told to end; the register of sessions a reload may end.
 //! - `shells`: which shells a session owns; their deletion at its end.
 //! - `request`: route, unauthenticated Identify, body within limits.
 //! - `pipeline`: an authenticated request, unseal to audit, in one place.
-//! - `reply`: every response the relay itself builds.
+//! - `refusal`: the one edge where a refusal becomes an answer, an audit line and metrics.
+//! - `reply`: the HTTP responses the relay itself builds.
 //! - `limits`: lockout, pending connections, quotas.
 //! - `health`: `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
 //! - `workers`: a single-threaded runtime per core; connections stay on one.
 //!
-//! Each accepted TCP connection gets one session: its CredSSP acceptor, its
-//! delegated credentials (in the vault) and its authenticated target
-//! connections. The session dies with the connection, a deadline or SIGTERM,
-//! and the credentials with it.
+//! Each accepted TCP connection gets one session: waiting to log on (its
+//! CredSSP exchange), then active (the caller's delegated credentials and its
+//! authenticated target connections). The session dies with the connection, a
+//! deadline or SIGTERM, and the credentials with it.
 
 mod auth;
 mod conn;
@@ -23,10 +25,12 @@ mod health;
 mod limits;
 mod listen;
 mod pipeline;
+mod refusal;
 mod reply;
 mod request;
 mod session;
 mod shells;
+mod shutdown;
 mod workers;
 
 use std::net::SocketAddr;
@@ -91,7 +95,7 @@ pub(crate) struct Shared {
     /// other addresses; a place is held until the connection logs on.
     pub unauthenticated: Arc<limits::Unauthenticated>,
     /// Authenticated sessions, for ending those of users removed on reload.
-    pub sessions: conn::Registry,
+    pub sessions: shutdown::Registry,
     /// Cancelled on SIGTERM: listeners stop, every session ends.
     pub stop: CancellationToken,
     /// Every connection task; the relay exits when all have finished.
@@ -259,7 +263,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         lockout,
         quotas,
         unauthenticated,
-        sessions: conn::Registry::default(),
+        sessions: shutdown::Registry::default(),
         stop: CancellationToken::new(),
         sessions_tracker: TaskTracker::new(),
     })

@@ -62,7 +62,11 @@ pub(crate) fn basic_401() -> HttpResponse {
 
 /// A plain-text error after which the connection is closed.
 pub(crate) fn closing(status: StatusCode, text: &str) -> HttpResponse {
-    let mut response = plain(status, text);
+    with_close(plain(status, text))
+}
+
+/// `response`, after which the connection is closed.
+pub(crate) fn with_close(mut response: HttpResponse) -> HttpResponse {
     response
         .headers_mut()
         .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));

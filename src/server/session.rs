@@ -1,70 +1,114 @@
-//! One inbound connection's session state: how far its logon got, the caller's
-//! delegated credentials, its target connections and the shells it opened.
-//! `conn` drives it, `auth` logs it on, `pipeline` uses it, and
-//! [`Session::end`] is the one way a session ends.
+//! One inbound connection's session: the connection's own facts ([`Link`])
+//! and a phase. Until logon the phase holds the connection's place among those
+//! waiting to authenticate and the CredSSP exchange under way; once logged on
+//! ([`Active`]) it holds the principal, the credentials, the target
+//! connections, the shells and the transcript. No code can ask a session that
+//! has not logged on for a principal or credentials: there are none to ask.
+//! `conn` drives a session, `auth` logs it on and hands the pipeline its
+//! [`ActiveSession`], and [`Session::end`] is the one way a session ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::Ender;
-use super::limits::{Pending, Slot};
+use super::limits::{Pending, PendingRefusal, Slot};
+use super::refusal::Refusal;
 use super::shells::{self, Shells};
+use super::shutdown::Ender;
 use super::Shared;
 use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::proto::credssp::{Acceptor, SecureChannel};
 use crate::target::Pool;
-use crate::vault::{DelegatedCredentials, Vault};
+use crate::vault::DelegatedCredentials;
 
 /// Whole cleanup at session end: deleting the shells left open, in parallel.
 /// Short, so that a session ends within a few seconds of its connection.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(3);
 
-pub(crate) enum AuthState {
-    None,
-    InProgress {
-        acceptor: Box<Acceptor>,
-        started: Instant,
-    },
-    Authenticated {
-        principal: String,
-        method: AuthMethod,
-        /// CredSSP's TLS channel, for session encryption; `None` for Basic.
-        channel: Option<Box<SecureChannel>>,
-    },
+pub(crate) struct Session {
+    pub link: Link,
+    phase: Phase,
 }
 
-pub(crate) struct Session {
+/// What a session knows of its connection, in every phase.
+pub(crate) struct Link {
+    /// New for every logon on the connection, so the audit tells them apart.
     pub id: String,
     pub source: SocketAddr,
     pub fixed_target: Option<String>,
     /// Arrived over the HTTPS listener: TLS protects bodies, Basic is possible.
     pub https: bool,
-    pub auth: AuthState,
-    pub vault: Vault,
+    /// Requests relayed in this session.
+    pub requests: u64,
+    /// How the connection asks this session to end.
+    pub ender: Arc<Ender>,
+    /// When the last request finished: the idle timeouts run from here.
+    last_activity: Instant,
+}
+
+enum Phase {
+    AwaitingLogon(AwaitingLogon),
+    Active(Box<Active>),
+    /// Ended, and refused a place to log on again: the connection closes.
+    Closed,
+}
+
+/// A connection that has not logged on (yet, or again after a session ended).
+struct AwaitingLogon {
+    /// Its place among connections not yet authenticated; released at logon.
+    _pending: Pending,
+    /// When this logon attempt began (accept, or a re-authentication): the
+    /// logon deadline runs from here, however many 401s the client collects.
+    started: Instant,
+    credssp: Option<CredSspExchange>,
+}
+
+/// A CredSSP exchange under way. Boxed: most of a session's life it has none.
+pub(crate) struct CredSspExchange {
+    pub acceptor: Box<Acceptor>,
+    pub started: Instant,
+}
+
+/// A logged-on session.
+pub(crate) struct Active {
+    /// `DOMAIN\user`, as policy rules and the audit name it.
+    pub principal: String,
+    pub method: AuthMethod,
+    /// CredSSP's TLS channel, for session encryption; `None` for Basic.
+    pub channel: Option<Box<SecureChannel>>,
+    /// Wiped (zeroized) when the session ends, since it is dropped with it.
+    pub credentials: DelegatedCredentials,
+    /// This session's place in `limits.max_sessions[_per_user]`.
+    _slot: Slot,
     pub targets: Pool,
     /// Shells opened through this session: only it may use them, and they
     /// are deleted when it ends.
     pub shells: Shells,
     /// What the session did, command by command, with output (`[audit] transcripts`).
-    /// Boxed: most sessions have none, and the session sits in its task's future.
     pub transcript: Option<Box<Transcript>>,
-    /// This session's place in `limits.max_sessions[_per_user]`.
-    slot: Option<Slot>,
-    /// Its place among connections not yet authenticated; released at logon.
-    pending: Option<Pending>,
-    /// When the current logon attempt began (accept, or a re-authentication):
-    /// the logon deadline runs from here.
-    logon_started: Instant,
-    /// When the session authenticated: the lifetime runs from here.
+    /// When the session logged on: the lifetime runs from here.
     started: Instant,
-    /// When the last request finished: the idle timeout runs from here.
-    last_activity: Instant,
-    pub requests: u64,
-    /// How the connection asks this session to end.
-    pub ender: Arc<Ender>,
+}
+
+/// A logged-on session as the pipeline gets it: both halves, borrowed apart.
+pub(crate) struct ActiveSession<'a> {
+    pub link: &'a mut Link,
+    pub active: &'a mut Active,
+}
+
+impl ActiveSession<'_> {
+    pub fn event(&self, kind: AuditKind) -> AuditEvent {
+        self.link.event(kind, Some(self.active))
+    }
+}
+
+/// A successful logon, for [`Session::begin`].
+pub(crate) struct Logon {
+    pub credentials: DelegatedCredentials,
+    pub channel: Option<Box<SecureChannel>>,
+    pub method: AuthMethod,
 }
 
 /// When a session must end if nothing else ends it first, and why.
@@ -84,6 +128,20 @@ impl Deadline {
     }
 }
 
+impl Link {
+    /// An audit event about this connection, naming who is logged on, if anyone.
+    fn event(&self, kind: AuditKind, active: Option<&Active>) -> AuditEvent {
+        AuditEvent {
+            event: kind,
+            session: self.id.clone(),
+            user: active.map(|a| a.principal.clone()),
+            auth: active.map(|a| a.method),
+            source: Some(self.source.to_string()),
+            ..AuditEvent::default()
+        }
+    }
+}
+
 impl Session {
     pub fn new(
         source: SocketAddr,
@@ -94,56 +152,82 @@ impl Session {
     ) -> Self {
         let now = Instant::now();
         Session {
-            id: new_id(),
-            source,
-            fixed_target,
-            https,
-            auth: AuthState::None,
-            vault: Vault::default(),
-            targets: Pool::default(),
-            shells: Shells::default(),
-            transcript: None,
-            slot: None,
-            pending: Some(pending),
-            logon_started: now,
-            started: now,
-            last_activity: now,
-            requests: 0,
-            ender,
+            link: Link {
+                id: new_id(),
+                source,
+                fixed_target,
+                https,
+                requests: 0,
+                ender,
+                last_activity: now,
+            },
+            phase: Phase::AwaitingLogon(AwaitingLogon {
+                _pending: pending,
+                started: now,
+                credssp: None,
+            }),
+        }
+    }
+
+    /// The logged-on session, if it is one.
+    pub fn active(&mut self) -> Option<ActiveSession<'_>> {
+        match &mut self.phase {
+            Phase::Active(active) => Some(ActiveSession {
+                link: &mut self.link,
+                active,
+            }),
+            _ => None,
         }
     }
 
     pub fn principal(&self) -> Option<&str> {
-        match &self.auth {
-            AuthState::Authenticated { principal, .. } => Some(principal),
+        match &self.phase {
+            Phase::Active(active) => Some(&active.principal),
             _ => None,
         }
     }
 
-    pub fn channel(&mut self) -> Option<&mut SecureChannel> {
-        match &mut self.auth {
-            AuthState::Authenticated { channel, .. } => channel.as_deref_mut(),
+    /// The CredSSP exchange under way, if any.
+    pub fn credssp(&mut self) -> Option<&mut CredSspExchange> {
+        match &mut self.phase {
+            Phase::AwaitingLogon(waiting) => waiting.credssp.as_mut(),
             _ => None,
+        }
+    }
+
+    /// Start (or restart) a CredSSP exchange on a connection waiting to log on;
+    /// `false` when it is not waiting (the caller ends the session first).
+    pub fn start_credssp(&mut self, acceptor: Acceptor) -> bool {
+        match &mut self.phase {
+            Phase::AwaitingLogon(waiting) => {
+                waiting.credssp = Some(CredSspExchange {
+                    acceptor: Box::new(acceptor),
+                    started: Instant::now(),
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The exchange under way is over (refused or timed out): the next
+    /// token must start a new one.
+    pub fn abandon_credssp(&mut self) {
+        if let Phase::AwaitingLogon(waiting) = &mut self.phase {
+            waiting.credssp = None;
         }
     }
 
     pub fn event(&self, kind: AuditKind) -> AuditEvent {
-        let auth = match &self.auth {
-            AuthState::Authenticated { method, .. } => Some(*method),
+        let active = match &self.phase {
+            Phase::Active(active) => Some(&**active),
             _ => None,
         };
-        AuditEvent {
-            event: kind,
-            session: self.id.clone(),
-            user: self.principal().map(str::to_string),
-            auth,
-            source: Some(self.source.to_string()),
-            ..AuditEvent::default()
-        }
+        self.link.event(kind, active)
     }
 
     pub fn touch(&mut self) {
-        self.last_activity = Instant::now();
+        self.link.last_activity = Instant::now();
     }
 
     /// The deadline while the connection waits for its next request: until
@@ -151,139 +235,138 @@ impl Session {
     /// 401s it collects) and a short one between requests; after, the idle
     /// timeout and the lifetime.
     pub fn idle_deadline(&self, config: &Config) -> Deadline {
-        if self.principal().is_none() {
-            let between = Deadline {
-                at: self.last_activity + config.listen.header_read_timeout,
+        let last = self.link.last_activity;
+        let between = match &self.phase {
+            Phase::Active(_) => Deadline {
+                at: last + config.session.idle_timeout,
+                reason: "idle timeout",
+            },
+            _ => Deadline {
+                at: last + config.listen.header_read_timeout,
                 reason: "no request within listen.header_read_timeout_secs before logon",
-            };
-            return self.busy_deadline(config).earliest(between);
-        }
-        let idle = Deadline {
-            at: self.last_activity + config.session.idle_timeout,
-            reason: "idle timeout",
+            },
         };
-        self.busy_deadline(config).earliest(idle)
+        self.busy_deadline(config).earliest(between)
     }
 
     /// The deadline while a request is in flight: a long Receive is not
     /// idleness, but it does not outlive the session's lifetime (or, before
     /// logon, the logon deadline).
     pub fn busy_deadline(&self, config: &Config) -> Deadline {
-        if self.principal().is_none() {
-            return Deadline {
-                at: self.logon_started + config.auth.logon_timeout,
+        match &self.phase {
+            Phase::Active(active) => Deadline {
+                at: active.started + config.session.max_lifetime,
+                reason: "maximum session lifetime",
+            },
+            Phase::AwaitingLogon(waiting) => Deadline {
+                at: waiting.started + config.auth.logon_timeout,
                 reason: "not authenticated within auth.logon_timeout_secs",
-            };
-        }
-        Deadline {
-            at: self.started + config.session.max_lifetime,
-            reason: "maximum session lifetime",
+            },
+            Phase::Closed => Deadline {
+                at: self.link.last_activity,
+                reason: "the connection has no place to log on",
+            },
         }
     }
 
-    /// A logon succeeded (CredSSP, or Basic without a channel): take a
-    /// session slot, store the credentials, register and audit the start.
-    /// On a full session quota, the refusal (already audited).
-    pub fn begin(
-        &mut self,
-        shared: &Shared,
-        credentials: DelegatedCredentials,
-        channel: Option<Box<SecureChannel>>,
-        method: AuthMethod,
-    ) -> Result<(), super::limits::QuotaError> {
-        let principal = credentials.principal();
+    /// A logon succeeded (CredSSP, or Basic): take a session slot, register
+    /// and audit the start, and become active. The refusal on a full quota
+    /// leaves the session waiting to log on.
+    pub fn begin(&mut self, shared: &Shared, logon: Logon) -> Result<ActiveSession<'_>, Refusal> {
+        let principal = logon.credentials.principal();
         let slot = match shared.quotas.session(&principal) {
             Ok(slot) => slot,
-            Err(quota) => {
-                shared.metrics.quota_hit(quota.limit());
-                let mut event = self.event(AuditKind::Denied);
-                event.user = Some(principal);
-                event.auth = Some(method);
-                event.status = Some(503);
-                event.reason = Some(quota.to_string());
-                shared.audit.emit(&event);
-                return Err(quota);
-            }
+            Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
-        shared.lockout.record_success(self.source.ip(), Some(&principal));
-        self.vault.store(credentials);
-        self.slot = Some(slot);
-        self.pending = None;
+        shared.lockout.record_success(self.link.source.ip(), Some(&principal));
         let now = Instant::now();
-        self.started = now;
-        self.last_activity = now;
+        self.link.last_activity = now;
         shared
             .sessions
-            .register(&self.id, &principal, method, self.ender.clone());
+            .register(&self.link.id, &principal, logon.method, self.link.ender.clone());
         shared.metrics.logon(true);
         shared.metrics.session_started();
         tracing::Span::current().record("user", principal.as_str());
-        if let Some(settings) = &shared.transcripts {
-            let source = self.source.to_string();
-            match Transcript::create(settings, &self.id, &principal, &source) {
-                Ok(transcript) => self.transcript = Some(Box::new(transcript)),
+        let transcript = shared.transcripts.as_ref().and_then(|settings| {
+            let source = self.link.source.to_string();
+            match Transcript::create(settings, &self.link.id, &principal, &source) {
+                Ok(transcript) => Some(Box::new(transcript)),
                 Err(error) => {
-                    tracing::error!(dir = %settings.dir.display(), %error, "cannot create the session transcript")
+                    tracing::error!(dir = %settings.dir.display(), %error, "cannot create the session transcript");
+                    None
                 }
             }
-        }
-        self.auth = AuthState::Authenticated {
+        });
+        tracing::info!(auth = ?logon.method, "session authenticated");
+        let active = Box::new(Active {
             principal,
-            method,
-            channel,
-        };
-        tracing::info!(auth = ?method, "session authenticated");
-        shared.audit.emit(&self.event(AuditKind::SessionStart));
-        Ok(())
+            method: logon.method,
+            channel: logon.channel,
+            credentials: logon.credentials,
+            _slot: slot,
+            targets: Pool::default(),
+            shells: Shells::default(),
+            transcript,
+            started: now,
+        });
+        shared
+            .audit
+            .emit(&self.link.event(AuditKind::SessionStart, Some(&active)));
+        self.phase = Phase::Active(active);
+        self.active()
+            .ok_or_else(|| Refusal::relay_fault("the session did not become active"))
     }
 
     /// End the session, whatever is in flight (the caller drops in-flight
     /// work before calling this): delete the shells its caller left open
     /// (in parallel, bounded), audit `cleanup` and `session_end`, then wipe
-    /// the credentials and drop every target connection.
+    /// the credentials and drop every target connection. The connection is
+    /// left with no place to log on; [`Session::restart_logon`] asks for one.
     pub async fn end(&mut self, shared: &Shared, reason: &str) {
-        if self.principal().is_some() {
-            let leftovers = self.shells.drain();
-            let template = self.event(AuditKind::Cleanup);
-            shells::delete_leftovers(
-                leftovers,
-                &mut self.targets,
-                self.vault.get(),
-                &shared.audit,
-                &template,
-                CLEANUP_DEADLINE,
-                shared.config().listen.max_envelope_size,
-            )
-            .await;
-            let mut event = self.event(AuditKind::SessionEnd);
-            event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
-            event.reason = Some(reason.to_string());
-            // Bound into the chain by its hash, so that it cannot be altered unnoticed.
-            if let Some(transcript) = self.transcript.take() {
-                let sealed = transcript.finish(reason);
-                event.transcript = Some(sealed.name);
-                event.transcript_sha256 = sealed.sha256;
-            }
-            shared.audit.emit(&event);
-            shared.sessions.unregister(&self.id);
-            shared.metrics.session_ended();
-            tracing::info!(reason, requests = self.requests, "session ended");
+        let Phase::Active(mut active) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return;
+        };
+        let leftovers = active.shells.drain();
+        let template = self.link.event(AuditKind::Cleanup, Some(&active));
+        shells::delete_leftovers(
+            leftovers,
+            &mut active.targets,
+            &active.credentials,
+            &shared.audit,
+            &template,
+            CLEANUP_DEADLINE,
+            shared.config().listen.max_envelope_size,
+        )
+        .await;
+        let mut event = self.link.event(AuditKind::SessionEnd, Some(&active));
+        event.duration_ms = Some(active.started.elapsed().as_millis() as u64);
+        event.reason = Some(reason.to_string());
+        // Bound into the chain by its hash, so that it cannot be altered unnoticed.
+        if let Some(transcript) = active.transcript.take() {
+            let sealed = transcript.finish(reason);
+            event.transcript = Some(sealed.name);
+            event.transcript_sha256 = sealed.sha256;
         }
-        self.auth = AuthState::None;
-        self.shells.drain();
-        self.targets.clear();
-        self.vault.wipe();
-        self.slot = None;
+        shared.audit.emit(&event);
+        shared.sessions.unregister(&self.link.id);
+        shared.metrics.session_ended();
+        tracing::info!(reason, requests = self.link.requests, "session ended");
+        // Dropping it wipes the credentials and closes the target connections.
+        drop(active);
     }
 
     /// After [`Session::end`], start over as a connection waiting to log on
     /// (a new CredSSP exchange or another Basic user on the same connection):
     /// it counts against the limits for unauthenticated connections again,
     /// and gets a new id so the audit tells the two sessions apart.
-    pub fn restart_logon(&mut self, shared: &Shared) -> Result<(), super::limits::PendingRefusal> {
-        self.pending = Some(shared.unauthenticated.acquire(self.source.ip())?);
-        self.id = new_id();
-        self.logon_started = Instant::now();
+    pub fn restart_logon(&mut self, shared: &Shared) -> Result<(), PendingRefusal> {
+        let pending = shared.unauthenticated.acquire(self.link.source.ip())?;
+        self.link.id = new_id();
+        self.phase = Phase::AwaitingLogon(AwaitingLogon {
+            _pending: pending,
+            started: Instant::now(),
+            credssp: None,
+        });
         Ok(())
     }
 }
@@ -296,9 +379,11 @@ fn new_id() -> String {
 mod tests {
     use std::path::Path;
 
+    use secrecy::SecretString;
+
     use super::*;
     use crate::config::Config;
-    use crate::server::limits::Unauthenticated;
+    use crate::server::limits::{Quotas, Unauthenticated};
 
     fn config(extra: &str) -> Config {
         let text = format!(
@@ -317,46 +402,64 @@ mod tests {
         Session::new("127.0.0.1:1".parse().unwrap(), None, false, pending, ender)
     }
 
+    fn logon_started(s: &Session) -> Instant {
+        match &s.phase {
+            Phase::AwaitingLogon(waiting) => waiting.started,
+            _ => panic!("not waiting to log on"),
+        }
+    }
+
     #[test]
     fn before_logon_the_deadline_is_absolute_from_the_attempt() {
         let config = config("");
         let mut s = session(&config);
-        let start = s.logon_started;
+        let start = logon_started(&s);
         // Between requests: the short header deadline.
         let idle = s.idle_deadline(&config);
-        assert_eq!(idle.at, s.last_activity + Duration::from_secs(5));
+        assert_eq!(idle.at, s.link.last_activity + Duration::from_secs(5));
         // Activity (a 401 answered) does not move the logon deadline.
-        s.last_activity = start + Duration::from_secs(18);
+        s.link.last_activity = start + Duration::from_secs(18);
         let idle = s.idle_deadline(&config);
         assert_eq!(idle.at, start + Duration::from_secs(20));
         assert!(idle.reason.contains("logon_timeout"));
         assert_eq!(s.busy_deadline(&config).at, start + Duration::from_secs(20));
+        assert!(s.principal().is_none() && s.active().is_none());
     }
 
     #[test]
     fn after_logon_idle_and_lifetime_apply_and_a_busy_session_is_not_idle() {
         let config = config("");
         let mut s = session(&config);
-        s.auth = AuthState::Authenticated {
+        let slot = Quotas::new(config.limits.clone()).session("LAB\\alice").unwrap();
+        let started = Instant::now();
+        s.phase = Phase::Active(Box::new(Active {
             principal: "LAB\\alice".into(),
             method: AuthMethod::Ntlm,
             channel: None,
-        };
+            credentials: DelegatedCredentials::new("LAB", "alice", SecretString::from("pw")),
+            _slot: slot,
+            targets: Pool::default(),
+            shells: Shells::default(),
+            transcript: None,
+            started,
+        }));
+        s.link.last_activity = started;
         let idle = s.idle_deadline(&config);
         assert_eq!(
             (idle.at, idle.reason),
-            (s.last_activity + Duration::from_secs(60), "idle timeout")
+            (started + Duration::from_secs(60), "idle timeout")
         );
-        s.last_activity = s.started + Duration::from_secs(70);
+        s.link.last_activity = started + Duration::from_secs(70);
         let idle = s.idle_deadline(&config);
         assert_eq!(
             (idle.at, idle.reason),
-            (s.started + Duration::from_secs(100), "maximum session lifetime")
+            (started + Duration::from_secs(100), "maximum session lifetime")
         );
         let busy = s.busy_deadline(&config);
         assert_eq!(
             (busy.at, busy.reason),
-            (s.started + Duration::from_secs(100), "maximum session lifetime")
+            (started + Duration::from_secs(100), "maximum session lifetime")
         );
+        assert_eq!(s.principal(), Some("LAB\\alice"));
     }
 }

@@ -107,14 +107,14 @@ impl Shells {
 }
 
 /// At session end: delete every shell the caller left open (leaked shells
-/// count against the target's MaxShellsPerUser), while the credentials to do
-/// so are still in the vault. Targets are cleaned in parallel, each on its
+/// count against the target's MaxShellsPerUser), while the session still
+/// holds the credentials to do so. Targets are cleaned in parallel, each on its
 /// own connection; the whole cleanup gives up at `deadline`, and every shell
 /// gets its `cleanup` audit line either way.
 pub(crate) async fn delete_leftovers(
     leftovers: Vec<(String, OpenShell)>,
     pool: &mut Pool,
-    credentials: Option<&DelegatedCredentials>,
+    credentials: &DelegatedCredentials,
     audit: &AuditSink,
     template: &AuditEvent,
     deadline: Duration,
@@ -146,7 +146,7 @@ pub(crate) async fn delete_leftovers(
 async fn delete_on_one_target(
     shells: Vec<(String, OpenShell)>,
     connection: Option<Box<TargetConnection>>,
-    credentials: Option<&DelegatedCredentials>,
+    credentials: &DelegatedCredentials,
     audit: &AuditSink,
     template: &AuditEvent,
     max_envelope: usize,
@@ -174,7 +174,7 @@ async fn delete_on_one_target(
             .exchange(
                 &shell.target,
                 &shell.addresses,
-                credentials,
+                Some(credentials),
                 &request,
                 shell.target.timeout,
                 max_envelope,

@@ -5,7 +5,7 @@
 //! password is a [`SecretString`] (zeroized on drop), `Debug` never prints it,
 //! and nothing here can serialize or clone it into a plain `String`. The tickets
 //! (and their session keys) are zeroized when the credentials are dropped, that is
-//! when the vault is wiped at session end.
+//! when the session that holds them ends.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -111,38 +111,6 @@ impl fmt::Debug for DelegatedCredentials {
     }
 }
 
-/// The session's credential slot: filled once authentication completes,
-/// wiped when the session ends (or earlier, on demand). Boxed, so that an
-/// idle session's task holds a pointer rather than the credentials inline.
-#[derive(Debug, Default)]
-pub struct Vault {
-    entry: Option<Box<DelegatedCredentials>>,
-}
-
-impl Vault {
-    /// Stores in place when the slot is filled (Basic refreshes it on every
-    /// request), so that only the first logon allocates.
-    pub fn store(&mut self, credentials: DelegatedCredentials) {
-        match &mut self.entry {
-            Some(entry) => **entry = credentials,
-            None => self.entry = Some(Box::new(credentials)),
-        }
-    }
-
-    pub fn get(&self) -> Option<&DelegatedCredentials> {
-        self.entry.as_deref()
-    }
-
-    /// Drop the credentials now; `SecretString` zeroizes the password buffer.
-    pub fn wipe(&mut self) {
-        self.entry = None;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entry.is_none()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,9 +118,7 @@ mod tests {
     #[test]
     fn debug_never_prints_the_password() {
         let creds = DelegatedCredentials::new("LAB", "alice", SecretString::from("hunter2-distinctive"));
-        let mut vault = Vault::default();
-        vault.store(creds);
-        let printed = format!("{vault:?} {:?}", vault.get());
+        let printed = format!("{creds:?}");
         assert!(!printed.contains("hunter2-distinctive"), "{printed}");
         assert!(printed.contains("alice"));
     }
@@ -181,24 +147,5 @@ mod tests {
             assert!(!printed.contains(&as_list[1..as_list.len() - 1]), "{printed}");
         }
         assert!(!printed.contains("distinctive"), "{printed}");
-    }
-
-    #[test]
-    fn a_refresh_replaces_the_credentials_in_place() {
-        let mut vault = Vault::default();
-        vault.store(DelegatedCredentials::new("LAB", "alice", SecretString::from("old")));
-        let slot = vault.get().map(|c| c as *const DelegatedCredentials);
-        vault.store(DelegatedCredentials::new("LAB", "alice", SecretString::from("new")));
-        assert_eq!(vault.get().map(|c| c as *const DelegatedCredentials), slot);
-        assert_eq!(vault.get().map(|c| c.expose_password()), Some("new"));
-    }
-
-    #[test]
-    fn wipe_empties_the_vault() {
-        let mut vault = Vault::default();
-        vault.store(DelegatedCredentials::new("LAB", "alice", SecretString::from("x")));
-        assert_eq!(vault.get().map(|c| c.principal()), Some("LAB\\alice".to_string()));
-        vault.wipe();
-        assert!(vault.is_empty());
     }
 }

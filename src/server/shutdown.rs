@@ -1,0 +1,145 @@
+//! How a session is told to end, and the register of sessions a reload may
+//! end. A leaf: the connection, the session and the listeners import it, and it
+//! imports none of them, so "end this session" never needs the code that runs it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuthMethod;
+
+/// A session's "end now", and why. Its token is a child of the relay's stop
+/// token, so SIGTERM ends every session.
+pub(crate) struct Ender {
+    token: CancellationToken,
+    reason: Mutex<Option<String>>,
+    /// The request in flight must be let finish briefly (a Create, so the shell it makes is known).
+    completing: AtomicBool,
+}
+
+impl Ender {
+    pub fn new(stop: &CancellationToken) -> Arc<Ender> {
+        Arc::new(Ender {
+            token: stop.child_token(),
+            reason: Mutex::new(None),
+            completing: AtomicBool::new(false),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn new_for_tests() -> Arc<Ender> {
+        Ender::new(&CancellationToken::new())
+    }
+
+    /// Ask the session to end; the first reason given is kept.
+    pub fn end(&self, reason: &str) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_or_insert_with(|| reason.to_string());
+        self.token.cancel();
+    }
+
+    /// Resolves once the session is told to end.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .unwrap_or_else(|| "relay shutting down".into())
+    }
+
+    pub fn set_completing(&self, completing: bool) {
+        self.completing.store(completing, Ordering::Relaxed);
+    }
+
+    /// Whether the request in flight is one to let finish briefly.
+    pub fn is_completing(&self) -> bool {
+        self.completing.load(Ordering::Relaxed)
+    }
+}
+
+/// The authenticated sessions, so that a reload can end those of users who
+/// were removed from the users file.
+#[derive(Default)]
+pub(crate) struct Registry {
+    sessions: Mutex<HashMap<String, Registered>>,
+}
+
+/// A session's principal, how it logged on, and how to end it.
+type Registered = (String, AuthMethod, Arc<Ender>);
+
+impl Registry {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, id: &str, principal: &str, method: AuthMethod, ender: Arc<Ender>) {
+        self.sessions()
+            .insert(id.to_string(), (principal.to_string(), method, ender));
+    }
+
+    pub fn unregister(&self, id: &str) {
+        self.sessions().remove(id);
+    }
+
+    /// End every session whose principal (and logon method) `keep` refuses;
+    /// returns how many.
+    pub fn end_where(&self, keep: impl Fn(&str, AuthMethod) -> bool, reason: &str) -> usize {
+        let sessions = self.sessions();
+        let mut ended = 0;
+        for (principal, method, ender) in sessions.values() {
+            if !keep(principal, *method) {
+                ender.end(reason);
+                ended += 1;
+            }
+        }
+        ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins_and_a_stop_ends_every_session() {
+        let stop = CancellationToken::new();
+        let (a, b) = (Ender::new(&stop), Ender::new(&stop));
+        a.end("idle timeout");
+        a.end("connection closed");
+        assert_eq!(a.reason(), "idle timeout");
+        assert!(!b.is_ended());
+        stop.cancel();
+        assert!(b.is_ended());
+        assert_eq!(b.reason(), "relay shutting down");
+    }
+
+    #[test]
+    fn registry_ends_only_sessions_of_removed_users() {
+        let stop = CancellationToken::new();
+        let registry = Registry::default();
+        let (alice, bob) = (Ender::new(&stop), Ender::new(&stop));
+        let carol = Ender::new(&stop);
+        registry.register("1", "LAB\\alice", AuthMethod::Ntlm, alice.clone());
+        registry.register("2", "LAB\\bob", AuthMethod::Basic, bob.clone());
+        registry.register("3", "LAB\\carol", AuthMethod::Kerberos, carol.clone());
+        let keep = |p: &str, method| method == AuthMethod::Kerberos || p.eq_ignore_ascii_case("lab\\alice");
+        let ended = registry.end_where(keep, "user removed");
+        assert_eq!(ended, 1);
+        assert!(!alice.is_ended() && !carol.is_ended());
+        assert_eq!(bob.reason(), "user removed");
+        registry.unregister("2");
+        assert_eq!(registry.end_where(|_, _| false, "x"), 2);
+    }
+}
