@@ -282,6 +282,34 @@ def test_ticket_and_delegated_credentials_of_different_principals_are_refused(
     assert web01_requests_since(doubles, web01) == []
 
 
+def test_a_ticket_whose_name_only_starts_like_the_delegated_one_is_refused(
+        krelay: KerberosRelay, realm: kerberos.KerberosRealm, doubles: harness.Harness) -> None:
+    """A ticket for bob/eve@LAB.TEST (a principal eve controls) delegating LAB\\bob with eve's password: sspi reports
+    the ticket's first component only (bob), so without the relay's own reading of the ticket this started a session
+    as LAB\\bob. Refused, audited auth_failed under the ticket's whole name, nothing forwarded. The reason also says
+    what sspi reported: the day it says bob/eve, sspi reads the whole name and the relay's reading can go."""
+    eve_password = "Eve-owns-bob/eve-1"
+    if not realm.exists("bob/eve@LAB.TEST"):
+        realm.add_user("bob/eve", eve_password)
+    seen, web01 = len(krelay.events()), len(double_records(doubles, "web01"))
+    c = CredSSP()
+    try:
+        status = c.logon("LAB\\bob", eve_password, "bob/eve@LAB.TEST", eve_password)
+    finally:
+        c.close()
+    assert status == 401, status
+    events = events_since(krelay, seen)
+    assert not [e for e in events if e["event"] == "session_start"], events
+    failed = [e for e in events if e["event"] == "auth_failed"]
+    assert len(failed) == 1, events
+    assert failed[0]["auth"] == "kerberos" and failed[0]["user"] == "LAB\\bob/eve", failed
+    assert "the Kerberos ticket is for bob/eve@LAB.TEST, but the delegated credentials are for LAB\\bob" in \
+        failed[0]["reason"], failed
+    # The canary: sspi still reports the first component only.
+    assert "(the security package reported the ticket as LAB\\bob)" in failed[0]["reason"], failed
+    assert web01_requests_since(doubles, web01) == []
+
+
 def _krb5_frame(after_oid: bytes) -> bytes:
     body = bytes.fromhex("06092a864886f712010202") + after_oid
     return _der(0x60, body)

@@ -34,6 +34,7 @@ pub use tokens::{classify_first_token, unwrap_neg_token_resp, wrap_raw_krb5, wra
 pub use users::{hashes_equal, nt_hash, verify_password, DomainNames, LogonRefusal, Principal, UserHash};
 
 use super::guard::contain_panic;
+use super::kerberos::service_ticket::{ticket_client, TicketClient};
 use crate::vault::DelegatedCredentials;
 use users::{Claim, UsersProxy};
 
@@ -60,6 +61,15 @@ pub enum CredSspError {
     WrongPassword(String),
     #[error("delegated credentials are for {delegated}, but the connection authenticated as {authenticated}")]
     PrincipalMismatch { authenticated: String, delegated: String },
+    #[error(
+        "the Kerberos ticket is for {ticket}, but the delegated credentials are for {delegated} \
+         (the security package reported the ticket as {reported})"
+    )]
+    TicketMismatch {
+        ticket: String,
+        reported: String,
+        delegated: String,
+    },
     #[error("delegated password does not match the users file entry of {0}")]
     DelegatedPasswordMismatch(String),
     #[error("{0} is locked out after repeated logon failures")]
@@ -155,6 +165,8 @@ pub struct Acceptor {
     /// Who the NTLM AUTHENTICATE message says it is, for the audit of a
     /// failed logon (sspi may refuse before it asks for the user's hash).
     wire_user: Option<String>,
+    /// The client a Kerberos ticket names, whole (see [`ticket_client`]).
+    ticket_client: Option<TicketClient>,
     phase: Phase,
 }
 
@@ -169,6 +181,7 @@ impl Acceptor {
             client_version: None,
             claimed: Arc::new(Mutex::new(None)),
             wire_user: None,
+            ticket_client: None,
             phase: Phase::Running,
         })
     }
@@ -201,6 +214,11 @@ impl Acceptor {
     }
 
     fn claimed_user(&self) -> Option<String> {
+        // A ticket's whole name, where sspi would report its first component only.
+        if let Some(ticket) = &self.ticket_client {
+            let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/"));
+            return Some(named.canonical(self.config.domain.as_ref()).display());
+        }
         let verified = self
             .claimed
             .lock()
@@ -284,7 +302,11 @@ impl Acceptor {
                 CredSspError::BadToken("first TSRequest carries no negotiation token"),
                 None,
             ))?;
-            let mechanism = match classify_first_token(first).map_err(|e| (e, None))? {
+            let classified = classify_first_token(first).map_err(|e| (e, None))?;
+            if classified.is_kerberos() && self.config.service_keys.is_some() {
+                self.ticket_client = self.read_ticket_client(first);
+            }
+            let mechanism = match classified {
                 InnerMechanism::Kerberos if self.config.service_keys.is_none() => {
                     return Err((CredSspError::NoKeytab, Some(reply_version)))
                 }
@@ -437,6 +459,17 @@ impl Acceptor {
         }
     }
 
+    /// The whole client name of the AP-REQ's ticket, decrypted with the
+    /// relay's key: sspi reports only its first component.
+    fn read_ticket_client(&self, token: &[u8]) -> Option<TicketClient> {
+        let keys = self.config.service_keys.as_deref()?;
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|k| (k.components.as_slice(), k.key.as_slice()))
+            .collect();
+        ticket_client(token, &keys)
+    }
+
     /// The TSRequest version of this exchange's answers.
     fn reply_version(&self) -> u32 {
         self.client_version
@@ -470,6 +503,19 @@ impl Acceptor {
             });
         }
         if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+            // The ticket's whole name, not sspi's first component, must be the delegated principal.
+            let ticket = self
+                .ticket_client
+                .as_ref()
+                .ok_or_else(|| CredSspError::Authentication("the ticket's client name cannot be read".into()))?;
+            let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/")).canonical(names);
+            if !named.matches(&delegated) {
+                return Err(CredSspError::TicketMismatch {
+                    ticket: ticket.display(),
+                    reported: authenticated.display(),
+                    delegated: delegated.display(),
+                });
+            }
             let password = SecretString::from(std::mem::take(identity.password.as_mut()));
             return Ok(DelegatedCredentials::new(
                 authenticated.domain,

@@ -9,4 +9,5 @@ mod fixtures;
 pub mod keytab;
 pub mod messages;
 pub mod refusal;
+pub mod service_ticket;
 pub mod tickets;
