@@ -185,7 +185,10 @@ class RawCredSSP:
         response = self.conn.getresponse()
         return response.status, response.headers, response.read()
 
-    def logon(self, user: str, password: typing.Optional[str] = None) -> None:
+    def logon(self, user: str, password: typing.Optional[str] = None,
+              before_credentials: typing.Optional[typing.Callable[[], None]] = None) -> None:
+        """Log on; `before_credentials` runs just before the leg that delegates the credentials (the exchange
+        is then authenticated but not complete)."""
         import base64
         import re
 
@@ -195,6 +198,9 @@ class RawCredSSP:
                             protocol="credssp")
         token = ctx.step()
         while True:
+            if ctx.complete and before_credentials is not None:
+                before_credentials()
+                before_credentials = None
             status, headers, _ = self._post(b"", {"Authorization": "CredSSP " + base64.b64encode(token).decode()})
             if status == 200 and ctx.complete:
                 self.ctx = ctx

@@ -295,6 +295,76 @@ def test_sighup_reloads_rules_and_ends_sessions_of_removed_users(relay):
         extra.stop()
 
 
+def _set_password(relay, users_file: str, user: str, password: str) -> None:
+    """`user add` over an existing user: what an admin runs to change a password."""
+    done = subprocess.run([relay.relay_bin, "user", "add", user, "--users-file", users_file, "--password-stdin"],
+                          input=(password + "\n").encode(), capture_output=True, timeout=30)
+    assert done.returncode == 0 and b"updated" in done.stderr, done.stderr
+
+
+def _reloaded(extra, count: int) -> bool:
+    with open(extra.log, "rb") as fh:
+        return fh.read().count(b"SIGHUP: reloaded") >= count
+
+
+def test_sighup_ends_the_sessions_of_a_user_whose_password_changed(relay):
+    """A changed NT hash (`user add` over an existing user, as after a leak) ends that user's sessions as a removal
+    does: shells deleted, audited, credentials wiped. Other users' sessions go on; the user logs on again with the
+    new password only."""
+    extra = ExtraRelay(relay, "127.0.0.49", own_users=True)
+    try:
+        alice, bob = extra.protocol(), extra.protocol(user=BOB)
+        alice_shell, bob_shell = alice.open_shell(), bob.open_shell()
+        bob_session = session_of(extra.events(), bob_shell)
+        _set_password(relay, extra.users, BOB, "Bob-new-pw-9")
+        extra.proc.send_signal(signal.SIGHUP)
+        ended = wait_for(lambda: session_end(extra.events(), bob_session), 5, 0.05)
+        assert ended and ended["reason"] == "user's password changed in the users file", ended
+        cleanup = [e for e in extra.events() if e["event"] == "cleanup" and e.get("shell_id") == bob_shell]
+        assert cleanup and cleanup[0]["status"] == 200, cleanup
+        # alice's session is untouched.
+        command = alice.run_command(alice_shell, "echo", ["kept"])
+        assert alice.get_command_output(alice_shell, command)[0] == b"kept\n"
+        assert not [e for e in extra.events() if e["event"] == "session_end" and e.get("user") == ALICE]
+        alice.close_shell(alice_shell)
+        # The old password no longer logs on.
+        import spnego.exceptions
+
+        old = RawCredSSP("127.0.0.49", 5985)
+        try:
+            with pytest.raises((PermissionError, spnego.exceptions.SpnegoError)):
+                old.logon(BOB)
+        finally:
+            old.close()
+    finally:
+        extra.stop()
+
+
+def test_a_logon_under_way_at_a_reload_is_decided_by_the_new_users_file(relay):
+    """bob's CredSSP exchange is authenticated (NTLM, pubKeyAuth) when his password changes and the relay reloads;
+    the credentials he then delegates are those of the old password: refused, audited, no session."""
+    extra = ExtraRelay(relay, "127.0.0.51", own_users=True)
+    raw = RawCredSSP("127.0.0.51", 5985)
+    try:
+        seen = len(extra.events())
+
+        def change_and_reload() -> None:
+            _set_password(relay, extra.users, BOB, "Bob-new-pw-9")
+            extra.proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: _reloaded(extra, 1), 5, 0.05), "the relay did not reload"
+
+        with pytest.raises(PermissionError):
+            raw.logon(BOB, before_credentials=change_and_reload)
+        events = extra.events()[seen:]
+        assert not [e for e in events if e["event"] == "session_start"], events
+        failed = [e for e in events if e["event"] == "auth_failed"]
+        assert len(failed) == 1 and failed[0]["user"] == BOB, events
+        assert "the users file changed during the logon" in failed[0]["reason"], failed
+    finally:
+        raw.close()
+        extra.stop()
+
+
 def test_a_shell_created_after_the_caller_went_away_is_still_deleted(relay):
     """The caller dies while its Create is at a slow target: the relay lets the Create finish,
     learns the ShellId, and deletes the shell at session end instead of leaking it."""

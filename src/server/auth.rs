@@ -102,10 +102,15 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
     match step {
         Step::Continue(out) => Logon::Continue(reply::credssp_401(&out)),
         Step::Authenticated { credentials, channel } => {
+            let method = method.unwrap_or(AuthMethod::Ntlm);
+            if let Err(reason) = users_file_agrees(shared, &credentials, method) {
+                let refusal = Refusal::logon(reason).claimed(Some(credentials.principal()));
+                return Logon::Refused(refusal.method(Some(method)));
+            }
             let logon = session::Logon {
                 credentials,
                 channel: Some(channel),
-                method: method.unwrap_or(AuthMethod::Ntlm),
+                method,
             };
             match session.begin(shared, logon) {
                 Ok(active) => Logon::Active(active),
@@ -187,6 +192,25 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
         Ok(active) => Logon::Active(active),
         Err(refusal) => Logon::Refused(refusal),
     }
+}
+
+/// An exchange is decided against the users in force when it completes: a
+/// reload while it ran (a user removed, a password changed) must not let the
+/// old entry through. The delegated password is checked against the current
+/// users file; a Kerberos logon has no entry to check.
+fn users_file_agrees(shared: &Shared, credentials: &DelegatedCredentials, method: AuthMethod) -> Result<(), String> {
+    if method == AuthMethod::Kerberos {
+        return Ok(());
+    }
+    let who = Principal::parse(&credentials.principal());
+    verify_password(&shared.credssp().users, &who, credentials.expose_password())
+        .map(|_| ())
+        .map_err(|refusal| {
+            format!(
+                "the users file changed during the logon: {refusal} for {}",
+                who.display()
+            )
+        })
 }
 
 /// A new logon on a connection: end the session it carried (if any), and

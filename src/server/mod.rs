@@ -33,6 +33,7 @@ mod shells;
 mod shutdown;
 mod workers;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -46,7 +47,7 @@ use crate::certs::{self, CertError};
 use crate::config::{Config, UsersError, UsersFile};
 use crate::kerberos::keytab::{load_keytab, KeytabFileError};
 use crate::metrics::Metrics;
-use crate::proto::credssp::{AcceptorConfig, DomainNames, ServiceKey, UserHash};
+use crate::proto::credssp::{hashes_equal, AcceptorConfig, DomainNames, ServiceKey, UserHash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -378,22 +379,36 @@ fn reload(shared: &Shared) {
             return;
         }
     };
-    let users: std::collections::HashSet<String> = credssp
-        .users
-        .iter()
-        .map(|u| format!("{}\\{}", u.domain, u.user).to_ascii_lowercase())
-        .collect();
+    let gone = users_gone(&shared.credssp().users, &credssp.users);
     replace(&shared.config, Arc::new(config));
     replace(&shared.credssp, credssp);
     // A Kerberos session has no users-file entry to lose.
-    let ended = shared.sessions.end_where(
-        |principal, method| method == AuthMethod::Kerberos || users.contains(&principal.to_ascii_lowercase()),
-        "user removed from the users file",
-    );
+    let ended = shared.sessions.end_each(|principal, method| match method {
+        AuthMethod::Kerberos => None,
+        _ => gone.get(&principal.to_ascii_lowercase()).copied(),
+    });
     tracing::info!(
         ended_sessions = ended,
         "SIGHUP: reloaded certificate, key, users file and configuration"
     );
+}
+
+/// The users of `old` whose sessions a reload to `new` ends, by lower-cased
+/// name: removed, or with another NT hash (`user add` over an existing user).
+/// A password changed because it leaked must not leave sessions logged on with it.
+fn users_gone(old: &[UserHash], new: &[UserHash]) -> HashMap<String, &'static str> {
+    let name = |u: &UserHash| format!("{}\\{}", u.domain, u.user).to_ascii_lowercase();
+    let now: HashMap<String, &UserHash> = new.iter().map(|u| (name(u), u)).collect();
+    old.iter()
+        .filter_map(|u| {
+            let reason = match now.get(&name(u)) {
+                None => "user removed from the users file",
+                Some(entry) if !hashes_equal(&entry.nt_hash, &u.nt_hash) => "user's password changed in the users file",
+                Some(_) => return None,
+            };
+            Some((name(u), reason))
+        })
+        .collect()
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
