@@ -11,7 +11,8 @@ use super::reply::{self, HttpResponse, CREDSSP};
 use super::session::{AuthState, Session};
 use super::Shared;
 use crate::audit::{AuditKind, AuthMethod};
-use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Principal, Step};
+use crate::identity::Principal;
+use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Step};
 use crate::proto::http_auth::{parse_basic, parse_scheme_token};
 use crate::vault::DelegatedCredentials;
 
@@ -140,10 +141,10 @@ async fn basic(session: &mut Session, authorization: &str, shared: &Shared) -> L
     };
     let credssp = shared.credssp();
     let who = Principal::parse(&user).canonical(credssp.domain.as_ref());
-    let claimed = who.display();
+    let claimed = who.to_string();
     // The password is checked even for a locked-out pair, so that the answer
     // takes as long as any other refusal.
-    let verified = verify_password(&credssp.users, &who, password.expose_secret());
+    let verified = verify_password(&credssp.users, credssp.domain.as_ref(), &who, password.expose_secret());
     if shared.lockout.is_locked(source_ip, Some(&claimed), now) {
         audit_failed(
             session,
@@ -167,7 +168,7 @@ async fn basic(session: &mut Session, authorization: &str, shared: &Shared) -> L
             return Logon::Answer(reply::basic_401());
         }
     };
-    let credentials = DelegatedCredentials::new(entry.domain.clone(), entry.user.clone(), password);
+    let credentials = DelegatedCredentials::from_principal(entry.principal().clone(), password);
     if session.principal() == Some(credentials.principal().as_str()) {
         // Same user as before: keep the session, refresh the password.
         session.vault.store(credentials);

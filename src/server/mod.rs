@@ -40,9 +40,10 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{syslog, transcript, AuditError, AuditSink, AuthMethod};
 use crate::certs::{self, CertError};
 use crate::config::{Config, UsersError, UsersFile};
+use crate::identity::{Principal, PrincipalKey, UserEntry};
 use crate::kerberos::keytab::{load_keytab, KeytabFileError};
 use crate::metrics::Metrics;
-use crate::proto::credssp::{AcceptorConfig, DomainNames, ServiceKey, UserHash};
+use crate::proto::credssp::{AcceptorConfig, ServiceKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -265,7 +266,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     })
 }
 
-fn load_users(config: &Config) -> Result<Arc<[UserHash]>, ServerError> {
+fn load_users(config: &Config) -> Result<Arc<[UserEntry]>, ServerError> {
     // Domain mode without local accounts: Kerberos logons only.
     let Some(users_file) = &config.auth.users_file else {
         return Ok(Vec::new().into());
@@ -283,17 +284,12 @@ fn load_users(config: &Config) -> Result<Arc<[UserHash]>, ServerError> {
         }
         Err(error) => return Err(error.into()),
     };
-    let hashes: Arc<[UserHash]> = users
-        .entries()
-        .map(|entry| UserHash {
-            domain: entry.domain().to_string(),
-            user: entry.user().to_string(),
-            nt_hash: zeroize::Zeroizing::new(*entry.nt_hash()),
-        })
-        .collect::<Vec<_>>()
-        .into();
-    tracing::info!(users = hashes.len(), "loaded users file");
-    Ok(hashes)
+    if let Some(kerberos) = &config.kerberos {
+        users.check_in(users_file, &kerberos.domain)?;
+    }
+    let entries: Arc<[UserEntry]> = users.entries().cloned().collect::<Vec<_>>().into();
+    tracing::info!(users = entries.len(), "loaded users file");
+    Ok(entries)
 }
 
 /// The TLS configuration (the HTTPS listener and the CredSSP inner channel
@@ -308,10 +304,7 @@ fn acceptor_config(config: &Config, cert: &certs::RelayCert) -> Result<Arc<Accep
         public_key: cert.credssp_public_key.clone(),
         users: load_users(config)?,
         min_version: config.auth.credssp_min_version,
-        domain: config.kerberos.as_ref().map(|k| DomainNames {
-            realm: k.realm.clone(),
-            netbios: k.netbios.clone(),
-        }),
+        domain: config.kerberos.as_ref().map(|k| k.domain.clone()),
         service_keys: load_service_keys(config)?,
     }))
 }
@@ -322,7 +315,7 @@ fn load_service_keys(config: &Config) -> Result<Option<Arc<[ServiceKey]>>, Serve
     let Some((path, realm)) = config
         .kerberos
         .as_ref()
-        .and_then(|k| Some((k.keytab.as_ref()?, k.realm.as_str())))
+        .and_then(|k| Some((k.keytab.as_ref()?, k.domain.realm.as_str())))
     else {
         return Ok(None);
     };
@@ -374,16 +367,20 @@ fn reload(shared: &Shared) {
             return;
         }
     };
-    let users: std::collections::HashSet<String> = credssp
+    // Keyed in the new domain, so a row rewritten under another spelling keeps its sessions.
+    let domain = credssp.domain.clone();
+    let users: std::collections::HashSet<PrincipalKey> = credssp
         .users
         .iter()
-        .map(|u| format!("{}\\{}", u.domain, u.user).to_ascii_lowercase())
+        .map(|u| u.principal().key(domain.as_ref()))
         .collect();
     replace(&shared.config, Arc::new(config));
     replace(&shared.credssp, credssp);
     // A Kerberos session has no users-file entry to lose.
     let ended = shared.sessions.end_where(
-        |principal, method| method == AuthMethod::Kerberos || users.contains(&principal.to_ascii_lowercase()),
+        |principal, method| {
+            method == AuthMethod::Kerberos || users.contains(&Principal::parse(principal).key(domain.as_ref()))
+        },
         "user removed from the users file",
     );
     tracing::info!(

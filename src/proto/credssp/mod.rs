@@ -31,11 +31,12 @@ pub use channel::SecureChannel;
 pub use initiator::Initiator;
 pub use tls::SkipCertificateVerification;
 pub use tokens::{classify_first_token, unwrap_neg_token_resp, wrap_raw_krb5, wrap_token_for_sspi, InnerMechanism};
-pub use users::{hashes_equal, nt_hash, verify_password, DomainNames, LogonRefusal, Principal, UserHash};
+pub use users::{hashes_equal, nt_hash, verify_password, LogonRefusal};
 
 use super::guard::contain_panic;
+use crate::identity::{Domain, Principal, UserEntry};
 use crate::vault::DelegatedCredentials;
-use users::{Claim, UsersProxy};
+use users::{principal_of, Claim, UsersProxy};
 
 /// Highest TSRequest version the relay speaks (CVE-2018-0886 fix included).
 pub const MAX_TS_REQUEST_VERSION: u32 = 6;
@@ -81,11 +82,11 @@ pub struct AcceptorConfig {
     pub tls: Arc<ServerConfig>,
     /// PKCS#1 RSAPublicKey DER of the relay certificate: what pubKeyAuth binds.
     pub public_key: Vec<u8>,
-    pub users: Arc<[UserHash]>,
+    pub users: Arc<[UserEntry]>,
     /// Lowest TSRequest version accepted (5+ means nonce binding).
     pub min_version: u32,
     /// The relay's domain (`[kerberos]`), for one name per principal.
-    pub domain: Option<DomainNames>,
+    pub domain: Option<Domain>,
     /// The relay's service keys (`[kerberos] keytab`): Kerberos logons.
     pub service_keys: Option<Arc<[ServiceKey]>>,
 }
@@ -205,7 +206,7 @@ impl Acceptor {
             .claimed
             .lock()
             .ok()
-            .and_then(|c| c.as_ref().map(|claim| claim.principal.display()));
+            .and_then(|c| c.as_ref().map(|claim| claim.principal.to_string()));
         verified.or_else(|| self.wire_user.clone())
     }
 
@@ -266,7 +267,7 @@ impl Acceptor {
     fn process(&mut self, request: TsRequest, locked_out: &dyn Fn(&str) -> bool) -> Result<Processed, Refusal> {
         let reply_version = self.check_version(request.version)?;
         if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
-            let user = Principal::from_parts(Some(&domain), &user).display();
+            let user = Principal::from_parts(Some(&domain), &user).to_string();
             self.wire_user = Some(user.clone());
             if locked_out(&user) {
                 return Err((CredSspError::LockedOut(user), Some(reply_version)));
@@ -346,7 +347,7 @@ impl Acceptor {
         let proxy = UsersProxy {
             users: self.config.users.clone(),
             claimed: self.claimed.clone(),
-            names: self.config.domain.clone(),
+            domain: self.config.domain.clone(),
             kerberos: mechanism.is_kerberos(),
         };
         let ntlm = NtlmConfig::new(hostname_for_ntlm());
@@ -429,9 +430,9 @@ impl Acceptor {
             Some(Claim {
                 principal,
                 known: false,
-            }) => CredSspError::UnknownUser(principal.display()),
+            }) => CredSspError::UnknownUser(principal.to_string()),
             Some(Claim { principal, known: true }) if error.error_type == sspi::ErrorKind::LogonDenied => {
-                CredSspError::WrongPassword(principal.display())
+                CredSspError::WrongPassword(principal.to_string())
             }
             _ => CredSspError::Authentication(error.to_string()),
         }
@@ -451,8 +452,8 @@ impl Acceptor {
     /// users-file entry: the domain vouched for it, and the delegated password
     /// is the domain's to check when the relay uses it.
     fn verify_delegation(&self, mut identity: AuthIdentity) -> Result<DelegatedCredentials, CredSspError> {
-        let names = self.config.domain.as_ref();
-        let delegated = Principal::from_username(&identity.username).canonical(names);
+        let domain = self.config.domain.as_ref();
+        let delegated = principal_of(&identity.username).canonical(domain);
         let authenticated = self
             .claimed
             .lock()
@@ -460,34 +461,29 @@ impl Acceptor {
             .and_then(|c| c.clone())
             .ok_or_else(|| CredSspError::Authentication("no authenticated principal".into()))?;
         if !authenticated.known {
-            return Err(CredSspError::UnknownUser(authenticated.principal.display()));
+            return Err(CredSspError::UnknownUser(authenticated.principal.to_string()));
         }
         let authenticated = authenticated.principal;
-        if !authenticated.matches(&delegated) {
+        if authenticated.key(domain) != delegated.key(domain) {
             return Err(CredSspError::PrincipalMismatch {
-                authenticated: authenticated.display(),
-                delegated: delegated.display(),
+                authenticated: authenticated.to_string(),
+                delegated: delegated.to_string(),
             });
         }
         if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
             let password = SecretString::from(std::mem::take(identity.password.as_mut()));
-            return Ok(DelegatedCredentials::new(
-                authenticated.domain,
-                authenticated.user,
-                password,
-            ));
+            return Ok(DelegatedCredentials::from_principal(authenticated, password));
         }
-        let entry = users::find(&self.config.users, &authenticated)
+        let entry = users::find(&self.config.users, domain, &authenticated)
             .ok_or_else(|| CredSspError::Authentication("unknown user".into()))?;
         // Move the password out of sspi's Secret without copying it.
         let password = SecretString::from(std::mem::take(identity.password.as_mut()));
         let delegated_hash = nt_hash(secrecy::ExposeSecret::expose_secret(&password));
-        if !hashes_equal(&delegated_hash, &entry.nt_hash) {
-            return Err(CredSspError::DelegatedPasswordMismatch(authenticated.display()));
+        if !hashes_equal(&delegated_hash, entry.nt_hash()) {
+            return Err(CredSspError::DelegatedPasswordMismatch(authenticated.to_string()));
         }
-        Ok(DelegatedCredentials::new(
-            entry.domain.clone(),
-            entry.user.clone(),
+        Ok(DelegatedCredentials::from_principal(
+            entry.principal().clone(),
             password,
         ))
     }

@@ -29,12 +29,7 @@ fn acceptor_config(min_version: u32) -> Arc<AcceptorConfig> {
     Arc::new(AcceptorConfig {
         tls: Arc::new(tls),
         public_key: vec![0x30, 0x00],
-        users: vec![UserHash {
-            domain: "LAB".into(),
-            user: "alice".into(),
-            nt_hash: nt_hash("pw"),
-        }]
-        .into(),
+        users: vec![UserEntry::new(Principal::new("LAB", "alice"), nt_hash("pw"))].into(),
         min_version,
         domain: None,
         service_keys: None,
@@ -337,7 +332,7 @@ fn kerberos_acceptor_config() -> Arc<AcceptorConfig> {
     let Ok(mut config) = Arc::try_unwrap(acceptor_config(5)) else {
         panic!("a fresh config has one owner")
     };
-    config.domain = Some(DomainNames {
+    config.domain = Some(Domain {
         realm: "LAB.TEST".into(),
         netbios: "LAB".into(),
     });
