@@ -153,8 +153,8 @@ pub struct Acceptor {
     mechanism: Option<InnerMechanism>,
     client_version: Option<u32>,
     claimed: Arc<Mutex<Option<Claim>>>,
-    /// Who the NTLM AUTHENTICATE message says it is, for the audit of a
-    /// failed logon (sspi may refuse before it asks for the user's hash).
+    /// Who the NTLM AUTHENTICATE message says it is, canonical, for the audit
+    /// of a failed logon (sspi may refuse before it asks for the user's hash).
     wire_user: Option<String>,
     phase: Phase,
 }
@@ -186,7 +186,9 @@ impl Acceptor {
 
     /// Like [`Acceptor::step`], but a user for whom `locked_out` answers true
     /// is refused as soon as the NTLM AUTHENTICATE names them, with the same
-    /// answer as a wrong password, so a lockout reveals nothing.
+    /// answer as a wrong password, so a lockout reveals nothing. `locked_out`
+    /// is asked with the name in its canonical `DOMAIN\user` form (the relay's
+    /// domain by its NetBIOS name), whatever spelling the client sent.
     pub fn step_checked(&mut self, input: &[u8], locked_out: &dyn Fn(&str) -> bool) -> Step {
         match self.step_inner(input, locked_out) {
             Ok(step) => step,
@@ -267,7 +269,10 @@ impl Acceptor {
     fn process(&mut self, request: TsRequest, locked_out: &dyn Fn(&str) -> bool) -> Result<Processed, Refusal> {
         let reply_version = self.check_version(request.version)?;
         if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
-            let user = Principal::from_parts(Some(&domain), &user).to_string();
+            // Canonical, as sspi's claim is: `LAB.TEST\alice` and `\LAB\alice` are LAB\alice.
+            let user = Principal::from_parts(Some(&domain), &user)
+                .canonical(self.config.domain.as_ref())
+                .to_string();
             self.wire_user = Some(user.clone());
             if locked_out(&user) {
                 return Err((CredSspError::LockedOut(user), Some(reply_version)));

@@ -224,6 +224,49 @@ fn locked_out_user_gets_the_same_answer_as_a_wrong_password() {
     }
 }
 
+#[test]
+fn the_lock_is_asked_about_one_name_whatever_the_wire_spelling() {
+    let Ok(mut config) = Arc::try_unwrap(acceptor_config(5)) else {
+        panic!("a fresh config has one owner")
+    };
+    config.domain = Some(Domain {
+        realm: "LAB.TEST".into(),
+        netbios: "LAB".into(),
+    });
+    let config = Arc::new(config);
+    for (domain, user) in [
+        ("LAB", "alice"),
+        ("LAB.TEST", "alice"),
+        ("lab", "ALICE"),
+        ("", "LAB\\alice"),
+        ("", "alice@LAB.TEST"),
+        (".", "LAB\\alice"),
+    ] {
+        let mut acceptor = Acceptor::new(config.clone()).expect("acceptor");
+        let mut client = client(&rustls::version::TLS13);
+        handshake(&mut acceptor, &mut client);
+        let request = ts_request(6, tokens::authenticate_message(domain, user));
+        let mut encoded = Vec::new();
+        request.encode_ts_request(&mut encoded).expect("encode");
+        client.writer().write_all(&encoded).expect("write");
+        let token = client_output(&mut client);
+        match acceptor.step_checked(&token, &|asked| asked.eq_ignore_ascii_case("LAB\\alice")) {
+            Step::Rejected {
+                error: CredSspError::LockedOut(locked),
+                user: Some(audited),
+                ..
+            } => {
+                assert!(
+                    locked.eq_ignore_ascii_case("LAB\\alice"),
+                    "{domain:?} {user:?}: {locked}"
+                );
+                assert_eq!(audited, locked, "{domain:?} {user:?}");
+            }
+            other => panic!("{domain:?} {user:?}: expected a lockout refusal, got {other:?}"),
+        }
+    }
+}
+
 /// An NTLM client (sspi's CredSSP client) logs on as `domain\user` with
 /// `password`, up to the acceptor's verdict on its AUTHENTICATE. Returns
 /// that step, and the error TSRequest decrypted as the client sees it.
