@@ -140,8 +140,8 @@ impl PartialEq for Principal {
 impl Eq for Principal {}
 
 /// A principal's comparable form (see [`Principal::key`]): `lab\alice`. Case
-/// folding is ASCII only, as Windows' NTLM and the users file compare names.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// folding is ASCII only, the folding the users file, lockout and policy globs apply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PrincipalKey(String);
 
 impl PrincipalKey {
