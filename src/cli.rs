@@ -175,22 +175,19 @@ fn kerberos_test(name: &str, path: &Path, password_stdin: bool) -> ExitCode {
         eprintln!("error: {}: [kerberos] kdc lists no KDC", path.display());
         return ExitCode::from(2);
     }
-    let names = crate::proto::credssp::DomainNames {
-        realm: kerberos.realm.clone(),
-        netbios: kerberos.netbios.clone(),
-    };
-    let who = crate::proto::credssp::Principal::parse(name).canonical(Some(&names));
-    if !who.domain.is_empty() && who.domain != kerberos.netbios {
+    let domain = &kerberos.domain;
+    let who = crate::identity::Principal::parse(name).canonical(Some(domain));
+    if !who.domain().is_empty() && who.domain() != domain.netbios {
         eprintln!(
             "error: {name} is not of the domain {} ({}): the configured KDCs only know its users",
-            kerberos.netbios, kerberos.realm
+            domain.netbios, domain.realm
         );
         return ExitCode::from(2);
     }
     let password = match if password_stdin {
         read_password_stdin()
     } else {
-        rpassword::prompt_password(format!("Password for {}\\{}: ", kerberos.netbios, who.user))
+        rpassword::prompt_password(format!("Password for {}\\{}: ", domain.netbios, who.user()))
             .map(SecretString::from)
             .map_err(UserCliError::Password)
     } {
@@ -205,11 +202,11 @@ fn kerberos_test(name: &str, path: &Path, password_stdin: bool) -> ExitCode {
     };
     let outcome = runtime.block_on(crate::kerberos::probe::as_exchange(
         &transport,
-        &kerberos.realm,
-        &who.user,
+        &domain.realm,
+        who.user(),
         secrecy::ExposeSecret::expose_secret(&password),
     ));
-    println!("{}@{}: {outcome}", who.user, kerberos.realm);
+    println!("{}@{}: {outcome}", who.user(), domain.realm);
     if outcome.is_ok() {
         ExitCode::SUCCESS
     } else {
@@ -300,14 +297,19 @@ fn check(path: &Path) -> ExitCode {
                 users_file.display(),
                 users_file.display()
             )),
-            Ok(_) => {}
+            Ok(users) => {
+                let domain = config.kerberos.as_ref().map(|k| &k.domain);
+                if let Some(Err(e)) = domain.map(|domain| users.check_in(users_file, domain)) {
+                    problems.push(format!("users file: {e}"));
+                }
+            }
             Err(e) => problems.push(format!("users file: {e}")),
         }
     }
     if let Some((keytab, realm)) = config
         .kerberos
         .as_ref()
-        .and_then(|k| Some((k.keytab.as_ref()?, k.realm.as_str())))
+        .and_then(|k| Some((k.keytab.as_ref()?, k.domain.realm.as_str())))
     {
         match crate::kerberos::keytab::load_keytab(keytab, realm) {
             Ok(loaded) => {
@@ -383,7 +385,7 @@ fn user(action: UserCommand) -> Result<(), UserCliError> {
         }
         UserCommand::List { file } => {
             for entry in UsersFile::load(&file.users_file)?.entries() {
-                println!("{}", entry.name());
+                println!("{}", entry.principal());
             }
         }
     }

@@ -16,6 +16,9 @@
 //! - [`resolve`]: target settings (TLS trust included) and how a request's target name
 //!   resolves to one; used by `config`, `policy` and `target`, depends on none of them.
 //! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets).
+//! - [`identity`]: who a caller is: the relay's domain (realm and NetBIOS name), one
+//!   principal type that reads every spelling of a user name into one comparable key,
+//!   and the users-file row; imports nothing of the crate, every layer uses it.
 //! - [`policy`]: allow rules, user x target (names, addresses) x shell -> decision with a
 //!   reason.
 //! - [`vault`]: delegated credentials, zeroized on drop, never printed.
@@ -37,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod fanout;
 pub mod hardening;
+pub mod identity;
 pub mod kerberos;
 pub mod metrics;
 pub mod policy;

@@ -126,3 +126,57 @@ def test_every_refused_logon_gets_the_same_ntstatus(relay):
         assert "locked out" in reasons[4], reasons
     finally:
         extra.stop()
+
+
+def _lock_out_and_try(host: str, lock_as: str, spellings: typing.Sequence[str]) -> typing.List[dict]:
+    """Five wrong passwords as `lock_as`, then alice's right password under every spelling and as LAB\\alice:
+    each must be refused. The audit lines of the right-password attempts."""
+    from harness import USERS
+
+    seen = len(audit_events_of(host))
+    for n in range(5):
+        assert _logon_status(host, lock_as, "Wrong-password-%d" % n) == STATUS_LOGON_FAILURE
+    for spelling in list(spellings) + [ALICE]:
+        status = _logon_status(host, spelling, USERS[ALICE])
+        assert status == STATUS_LOGON_FAILURE, (spelling, hex(status))
+    return [e for e in audit_events_of(host)[seen:] if e["event"] == "auth_failed"][5:]
+
+
+def audit_events_of(host: str) -> typing.List[dict]:
+    return _EXTRA[host].events()
+
+
+_EXTRA: typing.Dict[str, typing.Any] = {}
+
+
+@pytest.mark.parametrize("lock_as", [ALICE, "\\LAB\\alice"])
+def test_a_lockout_holds_whatever_spelling_the_caller_sends(relay, lock_as: str) -> None:
+    """Five wrong passwords lock LAB\\alice out from this address, whether guessed as LAB\\alice or as \\LAB\\alice
+    (domain "", user "LAB\\alice"); her right password is then refused under every spelling of her name, and no
+    such attempt clears the count: LAB\\alice itself stays locked."""
+    host = "127.0.0.55"
+    extra = ExtraRelay(relay, host, auth_extra="lockout_threshold = 5")
+    _EXTRA[host] = extra
+    try:
+        tried = _lock_out_and_try(host, lock_as, ["\\LAB\\alice", "alice@LAB", "lab\\ALICE"])
+        assert len(tried) == 4, tried
+        assert all("locked out" in e["reason"] for e in tried), [e["reason"] for e in tried]
+        assert not [e for e in extra.events() if e["event"] == "session_start"]
+    finally:
+        _EXTRA.pop(host, None)
+        extra.stop()
+
+
+def test_a_lockout_holds_for_the_realm_spellings_in_domain_mode(relay, realm) -> None:
+    """With [kerberos] (LAB is LAB.TEST), alice@LAB.TEST and LAB.TEST\\alice are LAB\\alice too."""
+    host = "127.0.0.56"
+    extra = ExtraRelay(relay, host, auth_extra="lockout_threshold = 5", tail=realm.kerberos_toml(None))
+    _EXTRA[host] = extra
+    try:
+        tried = _lock_out_and_try(host, "LAB.TEST\\alice", ["alice@LAB.TEST", "LAB.TEST\\alice", "alice@lab.test"])
+        assert len(tried) == 4, tried
+        assert all("locked out" in e["reason"] for e in tried), [e["reason"] for e in tried]
+        assert not [e for e in extra.events() if e["event"] == "session_start"]
+    finally:
+        _EXTRA.pop(host, None)
+        extra.stop()

@@ -23,13 +23,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::audit::syslog::SyslogTarget;
+use crate::identity::Domain;
 use crate::kerberos::kdc::KdcUrl;
 use crate::policy::Policy;
 use crate::resolve::{self, ResolveError, ResolvedTarget, TargetConfig, TargetDefaults};
 use raw::Locator;
 use validate::Validator;
 
-pub use users::{nt_hash, UserEntry, UsersError, UsersFile};
+pub use users::{nt_hash, UsersError, UsersFile};
 
 /// Default limit on a request body, Windows' MaxEnvelopeSizekb (500) in bytes.
 pub const DEFAULT_MAX_ENVELOPE_SIZE: usize = 512_000;
@@ -68,11 +69,9 @@ pub struct Config {
 /// `[kerberos]`: the Active Directory domain the relay works in.
 #[derive(Debug, Clone)]
 pub struct KerberosConfig {
-    /// The domain's DNS name in upper case, its Kerberos realm: `LAB.TEST`.
-    pub realm: String,
-    /// Its NetBIOS name (`LAB`: `LAB\alice` is `alice@LAB.TEST`); defaults to
-    /// the realm's first label.
-    pub netbios: String,
+    /// The realm (`LAB.TEST`) and NetBIOS name (`LAB`: `LAB\alice` is
+    /// `alice@LAB.TEST`); the NetBIOS name defaults to the realm's first label.
+    pub domain: Domain,
     /// The KDCs (domain controllers) in the order tried, or KDC proxies.
     pub kdcs: Vec<KdcUrl>,
     /// The relay's own keys (`HTTP/<fqdn>`, `WSMAN/<fqdn>`, ...): with one,

@@ -35,6 +35,7 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+use crate::identity::Principal;
 use crate::resolve::{CaFile, TargetTls, TlsTrust};
 use crate::vault::DelegatedCredentials;
 use console::{Console, Progress};
@@ -168,8 +169,7 @@ fn target_list(listed: &[String], file: Option<&Path>) -> Result<Vec<String>, St
 /// Everything checked before the password is asked for.
 struct Plan {
     targets: Vec<(String, Endpoint)>,
-    domain: String,
-    user: String,
+    principal: Principal,
     command: CommandLine,
     /// The command as the user gave it, for the transcript.
     given: String,
@@ -189,7 +189,7 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
     if args.timeout.is_zero() {
         return Err("--timeout must be more than 0".into());
     }
-    let (domain, user) = crate::config::users::parse_user_name(&args.user).map_err(|e| e.to_string())?;
+    let principal = crate::config::users::parse_user_name(&args.user).map_err(|e| e.to_string())?;
     let given = args.command.join(" ");
     let command = if args.powershell {
         CommandLine {
@@ -231,8 +231,7 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
     let stdout_terminal = std::io::stdout().is_terminal();
     Ok(Plan {
         targets,
-        domain,
-        user,
+        principal,
         command,
         given,
         through,
@@ -273,7 +272,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(plan) => plan,
         Err(message) => return usage(message),
     };
-    let principal = format!("{}\\{}", plan.domain, plan.user);
+    let principal = plan.principal.to_string();
     let transcript = match args.transcript.as_deref().map(Transcript::create).transpose() {
         Ok(transcript) => transcript,
         Err(error) => return usage(format!("cannot create the transcript: {error}")),
@@ -283,7 +282,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Err(message) => return usage(message),
     };
     let job = Arc::new(Job {
-        credentials: DelegatedCredentials::new(plan.domain.clone(), plan.user.clone(), secret),
+        credentials: DelegatedCredentials::from_principal(plan.principal.clone(), secret),
         command: plan.command,
         powershell: args.powershell,
         timeout: args.timeout,
@@ -457,7 +456,7 @@ mod tests {
         let names: Vec<&str> = ok.targets.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["web01", "web02", "10.1.0.7:5986"]);
         assert_eq!(ok.targets[2].1.url(), "http://bastion:5985/wsman/10.1.0.7:5986");
-        assert_eq!((ok.domain.as_str(), ok.user.as_str()), ("LAB", "alice"));
+        assert_eq!((ok.principal.domain(), ok.principal.user()), ("LAB", "alice"));
         assert_eq!(ok.command.command, "hostname");
         for (extra, why) in [
             (

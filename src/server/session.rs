@@ -19,6 +19,7 @@ use super::Shared;
 use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
+use crate::identity::Principal;
 use crate::proto::credssp::{Acceptor, SecureChannel};
 use crate::target::Pool;
 use crate::vault::DelegatedCredentials;
@@ -278,7 +279,8 @@ impl Session {
             Ok(slot) => slot,
             Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
-        shared.lockout.record_success(self.link.source.ip(), Some(&principal));
+        let key = Principal::parse(&principal).key(shared.credssp().domain.as_ref());
+        shared.lockout.record_success(self.link.source.ip(), Some(&key));
         let now = Instant::now();
         self.link.last_activity = now;
         shared

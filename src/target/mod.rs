@@ -372,8 +372,8 @@ impl TargetConnection {
     ) -> Result<Wire, KerberosFailure> {
         let target = self.description.to_string();
         let realm = Realm {
-            name: &kerberos.realm.name,
-            netbios: &kerberos.realm.netbios,
+            name: &kerberos.realm.domain.realm,
+            netbios: &kerberos.realm.domain.netbios,
         };
         let failed = |error: KerberosError, no_ticket: bool| KerberosFailure {
             no_ticket,

@@ -31,12 +31,13 @@ pub use channel::SecureChannel;
 pub use initiator::Initiator;
 pub use tls::SkipCertificateVerification;
 pub use tokens::{classify_first_token, unwrap_neg_token_resp, wrap_raw_krb5, wrap_token_for_sspi, InnerMechanism};
-pub use users::{hashes_equal, nt_hash, verify_password, DomainNames, LogonRefusal, Principal, UserHash};
+pub use users::{hashes_equal, nt_hash, verify_password, LogonRefusal};
 
 use super::guard::contain_panic;
 use super::kerberos::service_ticket::{ticket_client, TicketClient};
+use crate::identity::{Domain, Principal, PrincipalKey, UserEntry};
 use crate::vault::DelegatedCredentials;
-use users::{Claim, UsersProxy};
+use users::{principal_of, Claim, UsersProxy};
 
 /// Highest TSRequest version the relay speaks (CVE-2018-0886 fix included).
 pub const MAX_TS_REQUEST_VERSION: u32 = 6;
@@ -91,11 +92,11 @@ pub struct AcceptorConfig {
     pub tls: Arc<ServerConfig>,
     /// PKCS#1 RSAPublicKey DER of the relay certificate: what pubKeyAuth binds.
     pub public_key: Vec<u8>,
-    pub users: Arc<[UserHash]>,
+    pub users: Arc<[UserEntry]>,
     /// Lowest TSRequest version accepted (5+ means nonce binding).
     pub min_version: u32,
     /// The relay's domain (`[kerberos]`), for one name per principal.
-    pub domain: Option<DomainNames>,
+    pub domain: Option<Domain>,
     /// The relay's service keys (`[kerberos] keytab`): Kerberos logons.
     pub service_keys: Option<Arc<[ServiceKey]>>,
 }
@@ -162,8 +163,8 @@ pub struct Acceptor {
     mechanism: Option<InnerMechanism>,
     client_version: Option<u32>,
     claimed: Arc<Mutex<Option<Claim>>>,
-    /// Who the NTLM AUTHENTICATE message says it is, for the audit of a
-    /// failed logon (sspi may refuse before it asks for the user's hash).
+    /// Who the NTLM AUTHENTICATE message says it is, canonical, for the audit
+    /// of a failed logon (sspi may refuse before it asks for the user's hash).
     wire_user: Option<String>,
     /// The client a Kerberos ticket names, whole (see [`ticket_client`]).
     ticket_client: Option<TicketClient>,
@@ -198,8 +199,10 @@ impl Acceptor {
 
     /// Like [`Acceptor::step`], but a user for whom `locked_out` answers true
     /// is refused as soon as the NTLM AUTHENTICATE names them, with the same
-    /// answer as a wrong password, so a lockout reveals nothing.
-    pub fn step_checked(&mut self, input: &[u8], locked_out: &dyn Fn(&str) -> bool) -> Step {
+    /// answer as a wrong password, so a lockout reveals nothing. `locked_out`
+    /// is asked with the name's canonical key, whatever spelling the client
+    /// sent; and again, once sspi has resolved who authenticated.
+    pub fn step_checked(&mut self, input: &[u8], locked_out: &dyn Fn(&PrincipalKey) -> bool) -> Step {
         match self.step_inner(input, locked_out) {
             Ok(step) => step,
             Err((error, token)) => {
@@ -217,20 +220,20 @@ impl Acceptor {
         // A ticket's whole name, where sspi would report its first component only.
         if let Some(ticket) = &self.ticket_client {
             let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/"));
-            return Some(named.canonical(self.config.domain.as_ref()).display());
+            return Some(named.canonical(self.config.domain.as_ref()).to_string());
         }
         let verified = self
             .claimed
             .lock()
             .ok()
-            .and_then(|c| c.as_ref().map(|claim| claim.principal.display()));
+            .and_then(|c| c.as_ref().map(|claim| claim.principal.to_string()));
         verified.or_else(|| self.wire_user.clone())
     }
 
     fn step_inner(
         &mut self,
         input: &[u8],
-        locked_out: &dyn Fn(&str) -> bool,
+        locked_out: &dyn Fn(&PrincipalKey) -> bool,
     ) -> Result<Step, (CredSspError, Option<Vec<u8>>)> {
         if matches!(self.phase, Phase::Finished) {
             return Err((CredSspError::AlreadyFailed, None));
@@ -250,7 +253,7 @@ impl Acceptor {
                 Ok(Step::Continue(token))
             }
             Ok(Processed::Finished(identity)) => {
-                let credentials = match self.verify_delegation(identity) {
+                let credentials = match self.verify_delegation(identity, locked_out) {
                     Ok(credentials) => credentials,
                     Err(error) => {
                         let token = self.seal_ts_request(&logon_failure(self.reply_version())).ok();
@@ -281,13 +284,18 @@ impl Acceptor {
         tls::encrypt(tls, &encoded)
     }
 
-    fn process(&mut self, request: TsRequest, locked_out: &dyn Fn(&str) -> bool) -> Result<Processed, Refusal> {
+    fn process(
+        &mut self,
+        request: TsRequest,
+        locked_out: &dyn Fn(&PrincipalKey) -> bool,
+    ) -> Result<Processed, Refusal> {
         let reply_version = self.check_version(request.version)?;
         if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
-            let user = Principal::from_parts(Some(&domain), &user).display();
-            self.wire_user = Some(user.clone());
-            if locked_out(&user) {
-                return Err((CredSspError::LockedOut(user), Some(reply_version)));
+            // Canonical, as sspi's claim is: `LAB.TEST\alice` and `\LAB\alice` are LAB\alice.
+            let principal = Principal::from_parts(Some(&domain), &user).canonical(self.config.domain.as_ref());
+            self.wire_user = Some(principal.to_string());
+            if locked_out(&principal.key(self.config.domain.as_ref())) {
+                return Err((CredSspError::LockedOut(principal.to_string()), Some(reply_version)));
             }
         }
         if let Some(pub_key_auth) = &request.pub_key_auth {
@@ -368,7 +376,7 @@ impl Acceptor {
         let proxy = UsersProxy {
             users: self.config.users.clone(),
             claimed: self.claimed.clone(),
-            names: self.config.domain.clone(),
+            domain: self.config.domain.clone(),
             kerberos: mechanism.is_kerberos(),
         };
         let ntlm = NtlmConfig::new(hostname_for_ntlm());
@@ -451,9 +459,9 @@ impl Acceptor {
             Some(Claim {
                 principal,
                 known: false,
-            }) => CredSspError::UnknownUser(principal.display()),
+            }) => CredSspError::UnknownUser(principal.to_string()),
             Some(Claim { principal, known: true }) if error.error_type == sspi::ErrorKind::LogonDenied => {
-                CredSspError::WrongPassword(principal.display())
+                CredSspError::WrongPassword(principal.to_string())
             }
             _ => CredSspError::Authentication(error.to_string()),
         }
@@ -483,9 +491,13 @@ impl Acceptor {
     /// authenticate under another user's name. A Kerberos principal has no
     /// users-file entry: the domain vouched for it, and the delegated password
     /// is the domain's to check when the relay uses it.
-    fn verify_delegation(&self, mut identity: AuthIdentity) -> Result<DelegatedCredentials, CredSspError> {
-        let names = self.config.domain.as_ref();
-        let delegated = Principal::from_username(&identity.username).canonical(names);
+    fn verify_delegation(
+        &self,
+        mut identity: AuthIdentity,
+        locked_out: &dyn Fn(&PrincipalKey) -> bool,
+    ) -> Result<DelegatedCredentials, CredSspError> {
+        let domain = self.config.domain.as_ref();
+        let delegated = principal_of(&identity.username).canonical(domain);
         let authenticated = self
             .claimed
             .lock()
@@ -493,13 +505,17 @@ impl Acceptor {
             .and_then(|c| c.clone())
             .ok_or_else(|| CredSspError::Authentication("no authenticated principal".into()))?;
         if !authenticated.known {
-            return Err(CredSspError::UnknownUser(authenticated.principal.display()));
+            return Err(CredSspError::UnknownUser(authenticated.principal.to_string()));
         }
         let authenticated = authenticated.principal;
-        if !authenticated.matches(&delegated) {
+        // Again under the name sspi resolved: the wire name checked first may be spelled otherwise.
+        if locked_out(&authenticated.key(domain)) {
+            return Err(CredSspError::LockedOut(authenticated.to_string()));
+        }
+        if authenticated.key(domain) != delegated.key(domain) {
             return Err(CredSspError::PrincipalMismatch {
-                authenticated: authenticated.display(),
-                delegated: delegated.display(),
+                authenticated: authenticated.to_string(),
+                delegated: delegated.to_string(),
             });
         }
         if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
@@ -508,32 +524,27 @@ impl Acceptor {
                 .ticket_client
                 .as_ref()
                 .ok_or_else(|| CredSspError::Authentication("the ticket's client name cannot be read".into()))?;
-            let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/")).canonical(names);
-            if !named.matches(&delegated) {
+            let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/"));
+            if named.key(domain) != delegated.key(domain) {
                 return Err(CredSspError::TicketMismatch {
                     ticket: ticket.display(),
-                    reported: authenticated.display(),
-                    delegated: delegated.display(),
+                    reported: authenticated.to_string(),
+                    delegated: delegated.to_string(),
                 });
             }
             let password = SecretString::from(std::mem::take(identity.password.as_mut()));
-            return Ok(DelegatedCredentials::new(
-                authenticated.domain,
-                authenticated.user,
-                password,
-            ));
+            return Ok(DelegatedCredentials::from_principal(authenticated, password));
         }
-        let entry = users::find(&self.config.users, &authenticated)
+        let entry = users::find(&self.config.users, domain, &authenticated)
             .ok_or_else(|| CredSspError::Authentication("unknown user".into()))?;
         // Move the password out of sspi's Secret without copying it.
         let password = SecretString::from(std::mem::take(identity.password.as_mut()));
         let delegated_hash = nt_hash(secrecy::ExposeSecret::expose_secret(&password));
-        if !hashes_equal(&delegated_hash, &entry.nt_hash) {
-            return Err(CredSspError::DelegatedPasswordMismatch(authenticated.display()));
+        if !hashes_equal(&delegated_hash, entry.nt_hash()) {
+            return Err(CredSspError::DelegatedPasswordMismatch(authenticated.to_string()));
         }
-        Ok(DelegatedCredentials::new(
-            entry.domain.clone(),
-            entry.user.clone(),
+        Ok(DelegatedCredentials::from_principal(
+            entry.principal().clone(),
             password,
         ))
     }

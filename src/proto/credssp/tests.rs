@@ -29,12 +29,7 @@ fn acceptor_config(min_version: u32) -> Arc<AcceptorConfig> {
     Arc::new(AcceptorConfig {
         tls: Arc::new(tls),
         public_key: vec![0x30, 0x00],
-        users: vec![UserHash {
-            domain: "LAB".into(),
-            user: "alice".into(),
-            nt_hash: nt_hash("pw"),
-        }]
-        .into(),
+        users: vec![UserEntry::new(Principal::new("LAB", "alice"), nt_hash("pw"))].into(),
         min_version,
         domain: None,
         service_keys: None,
@@ -215,7 +210,7 @@ fn locked_out_user_gets_the_same_answer_as_a_wrong_password() {
     request.encode_ts_request(&mut encoded).expect("encode");
     client.writer().write_all(&encoded).expect("write");
     let token = client_output(&mut client);
-    match acceptor.step_checked(&token, &|user| user.eq_ignore_ascii_case("LAB\\alice")) {
+    match acceptor.step_checked(&token, &|user| user.as_str() == "lab\\alice") {
         Step::Rejected {
             error: CredSspError::LockedOut(user),
             token: Some(token),
@@ -229,6 +224,49 @@ fn locked_out_user_gets_the_same_answer_as_a_wrong_password() {
     }
 }
 
+#[test]
+fn the_lock_is_asked_about_one_name_whatever_the_wire_spelling() {
+    let Ok(mut config) = Arc::try_unwrap(acceptor_config(5)) else {
+        panic!("a fresh config has one owner")
+    };
+    config.domain = Some(Domain {
+        realm: "LAB.TEST".into(),
+        netbios: "LAB".into(),
+    });
+    let config = Arc::new(config);
+    for (domain, user) in [
+        ("LAB", "alice"),
+        ("LAB.TEST", "alice"),
+        ("lab", "ALICE"),
+        ("", "LAB\\alice"),
+        ("", "alice@LAB.TEST"),
+        (".", "LAB\\alice"),
+    ] {
+        let mut acceptor = Acceptor::new(config.clone()).expect("acceptor");
+        let mut client = client(&rustls::version::TLS13);
+        handshake(&mut acceptor, &mut client);
+        let request = ts_request(6, tokens::authenticate_message(domain, user));
+        let mut encoded = Vec::new();
+        request.encode_ts_request(&mut encoded).expect("encode");
+        client.writer().write_all(&encoded).expect("write");
+        let token = client_output(&mut client);
+        match acceptor.step_checked(&token, &|asked| asked.as_str() == "lab\\alice") {
+            Step::Rejected {
+                error: CredSspError::LockedOut(locked),
+                user: Some(audited),
+                ..
+            } => {
+                assert!(
+                    locked.eq_ignore_ascii_case("LAB\\alice"),
+                    "{domain:?} {user:?}: {locked}"
+                );
+                assert_eq!(audited, locked, "{domain:?} {user:?}");
+            }
+            other => panic!("{domain:?} {user:?}: expected a lockout refusal, got {other:?}"),
+        }
+    }
+}
+
 /// An NTLM client (sspi's CredSSP client) logs on as `domain\user` with
 /// `password`, up to the acceptor's verdict on its AUTHENTICATE. Returns
 /// that step, and the error TSRequest decrypted as the client sees it.
@@ -236,7 +274,7 @@ fn ntlm_logon(
     acceptor: &mut Acceptor,
     user: &str,
     password: &str,
-    locked_out: &dyn Fn(&str) -> bool,
+    locked_out: &dyn Fn(&PrincipalKey) -> bool,
 ) -> (Step, Option<TsRequest>) {
     use sspi::credssp::{ClientMode, ClientState, CredSspClient, CredSspMode};
     use sspi::ntlm::NtlmConfig;
@@ -294,7 +332,7 @@ fn unknown_user_wrong_password_and_lockout_get_the_same_answer() {
     let mut answers = Vec::new();
     for (user, password, alice_locked, cause) in cases {
         let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
-        let locked_out = |claimed: &str| alice_locked && claimed.eq_ignore_ascii_case("LAB\\alice");
+        let locked_out = |claimed: &PrincipalKey| alice_locked && claimed.as_str() == "lab\\alice";
         match ntlm_logon(&mut acceptor, user, password, &locked_out) {
             (
                 Step::Rejected {
@@ -337,7 +375,7 @@ fn kerberos_acceptor_config() -> Arc<AcceptorConfig> {
     let Ok(mut config) = Arc::try_unwrap(acceptor_config(5)) else {
         panic!("a fresh config has one owner")
     };
-    config.domain = Some(DomainNames {
+    config.domain = Some(Domain {
         realm: "LAB.TEST".into(),
         netbios: "LAB".into(),
     });
