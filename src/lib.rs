@@ -10,7 +10,9 @@
 //! (connect to that address, authenticate and seal towards the target) -> response
 //! back the same way -> `audit`.
 //!
-//! - [`cli`]: clap definitions and subcommand dispatch.
+//! - [`cli`]: the command-line front-ends, one file each (`serve`, `check`, `user`,
+//!   `kerberos`, `audit`, `run`), and the dispatch between them. Clap lives only here:
+//!   each front-end hands the library plain values and maps the outcome to an exit code.
 //! - [`config`]: TOML schema, validation with file:line messages, the users file; builds
 //!   the target settings and compiles the allow rules.
 //! - [`resolve`]: target settings (TLS trust included) and how a request's target name
@@ -21,9 +23,10 @@
 //!   and the users-file row; imports nothing of the crate, every layer uses it.
 //! - [`policy`]: allow rules, user x target (names, addresses) x shell -> decision with a
 //!   reason.
-//! - [`vault`]: delegated credentials, zeroized on drop, never printed.
+//! - [`vault`]: delegated credentials, zeroized on drop, never printed; reading a password
+//!   handed to a command on stdin.
 //! - [`audit`]: audit event type, the hash-chained JSON-lines sink and its verifier,
-//!   session transcripts, the syslog export, and the `audit` subcommands.
+//!   session transcripts, the syslog export, and what the `audit` subcommands do.
 //! - [`metrics`]: the Prometheus metrics (no user names or secrets in labels).
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, a single-threaded runtime per core for the connections,

@@ -80,6 +80,39 @@ fn lifecycle_keys_parse_and_default() {
 }
 
 #[test]
+fn syslog_targets_parse_and_bad_ones_say_why() {
+    assert_eq!(
+        SyslogTarget::parse("udp://127.0.0.1:514"),
+        Ok(SyslogTarget::Udp("127.0.0.1:514".into()))
+    );
+    assert_eq!(
+        SyslogTarget::parse("tcp://logs.lab.local:6514"),
+        Ok(SyslogTarget::Tcp("logs.lab.local:6514".into()))
+    );
+    assert_eq!(
+        SyslogTarget::parse("tcp://[::1]:514"),
+        Ok(SyslogTarget::Tcp("[::1]:514".into()))
+    );
+    assert_eq!(
+        SyslogTarget::parse("unix:///dev/log"),
+        Ok(SyslogTarget::Unix("/dev/log".into()))
+    );
+    for bad in [
+        "udp://host",
+        "udp://:514",
+        "tcp://host:0",
+        "tcp://host:99999",
+        "tcp://host:514/x",
+        "http://host:514",
+        "unix://dev/log",
+        "/dev/log",
+    ] {
+        let e = SyslogTarget::parse(bad).unwrap_err();
+        assert!(e.contains(bad), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn audit_on_failure_defaults_to_refuse() {
     assert_eq!(parse("").unwrap().audit.on_failure, AuditOnFailure::Refuse);
     let c = parse("on_failure = \"continue\"\n").unwrap();

@@ -7,6 +7,8 @@
 //! (and their session keys) are zeroized when the credentials are dropped, that is
 //! when the session that holds them ends.
 
+mod password;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
@@ -14,6 +16,10 @@ use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
+
+/// A password handed to a command on stdin: the subcommands that ask for one and
+/// `winrm-relay run` share it.
+pub use password::read_password_line;
 
 use crate::identity::Principal;
 
