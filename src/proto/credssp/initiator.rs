@@ -281,7 +281,7 @@ mod tests {
                 rounds += 1;
             }
             if rounds == round {
-                let tls = acceptor.tls.as_mut().unwrap();
+                let tls = acceptor.tls().unwrap();
                 tls::feed(tls, &token).unwrap();
                 let answer = tls::encrypt(tls, forged).unwrap();
                 return initiator.step(Some(&answer));

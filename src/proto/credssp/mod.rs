@@ -150,16 +150,23 @@ impl std::fmt::Debug for Step {
     }
 }
 
-enum Phase {
-    Running,
-    Finished,
+/// Where an exchange stands; each state holds only what it needs.
+enum State {
+    /// The TLS handshake, and any leg before the first TSRequest.
+    Handshake { tls: Box<Connection> },
+    /// TSRequest rounds in sspi's server, inside the TLS channel.
+    Negotiating {
+        tls: Box<Connection>,
+        server: Box<CredSspServer<UsersProxy>>,
+    },
+    /// Authenticated (the channel went to the session) or refused: no further leg is taken.
+    Done,
 }
 
-/// Server side of one HTTP-CredSSP exchange, bound to one TCP connection.
-pub struct Acceptor {
-    config: Arc<AcceptorConfig>,
-    tls: Option<Connection>,
-    server: Option<CredSspServer<UsersProxy>>,
+/// What the client has shown of itself so far: its choices, and who it
+/// claimed to be, for the audit of the outcome whatever the state.
+#[derive(Default)]
+struct Seen {
     mechanism: Option<InnerMechanism>,
     client_version: Option<u32>,
     claimed: Arc<Mutex<Option<Claim>>>,
@@ -168,7 +175,13 @@ pub struct Acceptor {
     wire_user: Option<String>,
     /// The client a Kerberos ticket names, whole (see [`ticket_client`]).
     ticket_client: Option<TicketClient>,
-    phase: Phase,
+}
+
+/// Server side of one HTTP-CredSSP exchange, bound to one TCP connection.
+pub struct Acceptor {
+    config: Arc<AcceptorConfig>,
+    state: State,
+    seen: Seen,
 }
 
 impl Acceptor {
@@ -176,20 +189,16 @@ impl Acceptor {
         let tls = ServerConnection::new(config.tls.clone()).map_err(|e| CredSspError::Tls(e.to_string()))?;
         Ok(Acceptor {
             config,
-            tls: Some(tls.into()),
-            server: None,
-            mechanism: None,
-            client_version: None,
-            claimed: Arc::new(Mutex::new(None)),
-            wire_user: None,
-            ticket_client: None,
-            phase: Phase::Running,
+            state: State::Handshake {
+                tls: Box::new(tls.into()),
+            },
+            seen: Seen::default(),
         })
     }
 
     /// The inner mechanism the client chose, once known.
     pub fn mechanism(&self) -> Option<InnerMechanism> {
-        self.mechanism
+        self.seen.mechanism
     }
 
     /// Process one leg: `input` is the base64-decoded token of the client's header.
@@ -206,7 +215,7 @@ impl Acceptor {
         match self.step_inner(input, locked_out) {
             Ok(step) => step,
             Err((error, token)) => {
-                self.phase = Phase::Finished;
+                self.state = State::Done;
                 Step::Rejected {
                     token,
                     error,
@@ -218,16 +227,17 @@ impl Acceptor {
 
     fn claimed_user(&self) -> Option<String> {
         // A ticket's whole name, where sspi would report its first component only.
-        if let Some(ticket) = &self.ticket_client {
+        if let Some(ticket) = &self.seen.ticket_client {
             let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/"));
             return Some(named.canonical(self.config.domain.as_ref()).to_string());
         }
         let verified = self
+            .seen
             .claimed
             .lock()
             .ok()
             .and_then(|c| c.as_ref().map(|claim| claim.principal.to_string()));
-        verified.or_else(|| self.wire_user.clone())
+        verified.or_else(|| self.seen.wire_user.clone())
     }
 
     fn step_inner(
@@ -235,10 +245,7 @@ impl Acceptor {
         input: &[u8],
         locked_out: &dyn Fn(&PrincipalKey) -> bool,
     ) -> Result<Step, (CredSspError, Option<Vec<u8>>)> {
-        if matches!(self.phase, Phase::Finished) {
-            return Err((CredSspError::AlreadyFailed, None));
-        }
-        let tls = self.tls.as_mut().ok_or((CredSspError::AlreadyFailed, None))?;
+        let tls = self.tls().ok_or((CredSspError::AlreadyFailed, None))?;
         let plain = tls::feed(tls, input).map_err(|e| (e, None))?;
         if tls.is_handshaking() || plain.is_empty() {
             // Handshake legs, and with TLS 1.3 the leg that carries the
@@ -260,11 +267,12 @@ impl Acceptor {
                         return Err((error, token));
                     }
                 };
-                self.phase = Phase::Finished;
-                let tls = self.tls.take().ok_or((CredSspError::AlreadyFailed, None))?;
+                let State::Negotiating { tls, .. } = std::mem::replace(&mut self.state, State::Done) else {
+                    return Err((CredSspError::AlreadyFailed, None));
+                };
                 Ok(Step::Authenticated {
                     credentials,
-                    channel: Box::new(SecureChannel::new(tls)),
+                    channel: Box::new(SecureChannel::new(*tls)),
                 })
             }
             Err((error, Some(version))) => {
@@ -280,8 +288,16 @@ impl Acceptor {
         request
             .encode_ts_request(&mut encoded)
             .map_err(|e| CredSspError::BadTsRequest(e.to_string()))?;
-        let tls = self.tls.as_mut().ok_or(CredSspError::AlreadyFailed)?;
+        let tls = self.tls().ok_or(CredSspError::AlreadyFailed)?;
         tls::encrypt(tls, &encoded)
+    }
+
+    /// The TLS channel, while the exchange runs.
+    fn tls(&mut self) -> Option<&mut Connection> {
+        match &mut self.state {
+            State::Handshake { tls } | State::Negotiating { tls, .. } => Some(tls),
+            State::Done => None,
+        }
     }
 
     fn process(
@@ -293,7 +309,7 @@ impl Acceptor {
         if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
             // Canonical, as sspi's claim is: `LAB.TEST\alice` and `\LAB\alice` are LAB\alice.
             let principal = Principal::from_parts(Some(&domain), &user).canonical(self.config.domain.as_ref());
-            self.wire_user = Some(principal.to_string());
+            self.seen.wire_user = Some(principal.to_string());
             if locked_out(&principal.key(self.config.domain.as_ref())) {
                 return Err((CredSspError::LockedOut(principal.to_string()), Some(reply_version)));
             }
@@ -305,14 +321,14 @@ impl Acceptor {
             tokens::check_sealed_len("authInfo", auth_info).map_err(|e| (e, None))?;
         }
         let mut request = request;
-        if self.server.is_none() {
+        if matches!(self.state, State::Handshake { .. }) {
             let first = request.nego_tokens.as_deref().ok_or((
                 CredSspError::BadToken("first TSRequest carries no negotiation token"),
                 None,
             ))?;
             let classified = classify_first_token(first).map_err(|e| (e, None))?;
             if classified.is_kerberos() && self.config.service_keys.is_some() {
-                self.ticket_client = self.read_ticket_client(first);
+                self.seen.ticket_client = self.read_ticket_client(first);
             }
             let mechanism = match classified {
                 InnerMechanism::Kerberos if self.config.service_keys.is_none() => {
@@ -327,20 +343,24 @@ impl Acceptor {
                 }
                 other => other,
             };
-            self.server = Some(self.new_server(mechanism, reply_version).map_err(|e| (e, None))?);
-            self.mechanism = Some(mechanism);
-        } else if self.mechanism == Some(InnerMechanism::Kerberos) && request.nego_tokens.is_some() {
+            let server = Box::new(self.new_server(mechanism, reply_version).map_err(|e| (e, None))?);
+            self.state = match std::mem::replace(&mut self.state, State::Done) {
+                State::Handshake { tls } => State::Negotiating { tls, server },
+                other => other,
+            };
+            self.seen.mechanism = Some(mechanism);
+        } else if self.seen.mechanism == Some(InnerMechanism::Kerberos) && request.nego_tokens.is_some() {
             // The AP-REQ was the whole raw exchange: nothing would unwrap a second token.
             return Err((
                 CredSspError::BadToken("a second Kerberos token after the AP-REQ"),
                 Some(reply_version),
             ));
         }
-        if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+        if self.seen.mechanism.is_some_and(InnerMechanism::is_kerberos) {
             request.pub_key_auth = request.pub_key_auth.as_deref().map(wrap_token_for_sspi);
             request.auth_info = request.auth_info.as_deref().map(wrap_token_for_sspi);
         }
-        let needs_split = self.mechanism == Some(InnerMechanism::Negotiate)
+        let needs_split = self.seen.mechanism == Some(InnerMechanism::Negotiate)
             && request.nego_tokens.is_some()
             && request.pub_key_auth.is_some();
         if needs_split {
@@ -349,7 +369,7 @@ impl Acceptor {
         let processed = self.run_server(request)?;
         match processed {
             // The raw krb5 client gets the mechanism's own token back (the AP-REP), not SPNEGO.
-            Processed::Reply(mut reply) if self.mechanism == Some(InnerMechanism::Kerberos) => {
+            Processed::Reply(mut reply) if self.seen.mechanism == Some(InnerMechanism::Kerberos) => {
                 reply.nego_tokens = match reply.nego_tokens.take() {
                     Some(spnego) => unwrap_neg_token_resp(&spnego).map_err(|e| (e, Some(reply_version)))?,
                     None => None,
@@ -368,14 +388,14 @@ impl Acceptor {
             let error = CredSspError::VersionTooLow { client, floor };
             return Err((error, Some(client.min(MAX_TS_REQUEST_VERSION))));
         }
-        let first = *self.client_version.get_or_insert(client);
+        let first = *self.seen.client_version.get_or_insert(client);
         Ok(first.min(MAX_TS_REQUEST_VERSION))
     }
 
     fn new_server(&self, mechanism: InnerMechanism, version: u32) -> Result<CredSspServer<UsersProxy>, CredSspError> {
         let proxy = UsersProxy {
             users: self.config.users.clone(),
-            claimed: self.claimed.clone(),
+            claimed: self.seen.claimed.clone(),
             domain: self.config.domain.clone(),
             kerberos: mechanism.is_kerberos(),
         };
@@ -435,10 +455,12 @@ impl Acceptor {
     }
 
     fn run_server(&mut self, request: TsRequest) -> Result<Processed, Refusal> {
-        let server = self.server.as_mut().ok_or((CredSspError::AlreadyFailed, None))?;
+        let State::Negotiating { server, .. } = &mut self.state else {
+            return Err((CredSspError::AlreadyFailed, None));
+        };
         match contain_panic(|| server.process(request).resolve_to_result()) {
             Err(_) => {
-                self.server = None;
+                self.state = State::Done;
                 Err((CredSspError::Panicked, None))
             }
             Ok(Ok(ServerState::ReplyNeeded(reply))) => Ok(Processed::Reply(reply)),
@@ -454,7 +476,7 @@ impl Acceptor {
     /// user (checked against a dummy hash) exactly as it refuses a wrong
     /// password, and only the proxy's record of the claim tells them apart.
     fn classify(&self, error: sspi::Error) -> CredSspError {
-        let claim = self.claimed.lock().ok().and_then(|c| c.clone());
+        let claim = self.seen.claimed.lock().ok().and_then(|c| c.clone());
         match claim {
             Some(Claim {
                 principal,
@@ -480,7 +502,8 @@ impl Acceptor {
 
     /// The TSRequest version of this exchange's answers.
     fn reply_version(&self) -> u32 {
-        self.client_version
+        self.seen
+            .client_version
             .map_or(MAX_TS_REQUEST_VERSION, |v| v.min(MAX_TS_REQUEST_VERSION))
     }
 
@@ -499,6 +522,7 @@ impl Acceptor {
         let domain = self.config.domain.as_ref();
         let delegated = principal_of(&identity.username).canonical(domain);
         let authenticated = self
+            .seen
             .claimed
             .lock()
             .ok()
@@ -518,9 +542,10 @@ impl Acceptor {
                 delegated: delegated.to_string(),
             });
         }
-        if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+        if self.seen.mechanism.is_some_and(InnerMechanism::is_kerberos) {
             // The ticket's whole name, not sspi's first component, must be the delegated principal.
             let ticket = self
+                .seen
                 .ticket_client
                 .as_ref()
                 .ok_or_else(|| CredSspError::Authentication("the ticket's client name cannot be read".into()))?;
