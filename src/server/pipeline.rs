@@ -21,7 +21,7 @@ use crate::policy::Decision;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo};
 use crate::resolve::ResolvedTarget;
-use crate::target::{self, TargetError};
+use crate::upstream::{self, UpstreamError};
 
 /// Margin over a request's OperationTimeout before the relay gives up on
 /// the target: a Receive may legitimately wait that long.
@@ -311,6 +311,15 @@ async fn forward(
         .operation_timeout_within(max_timeout)
         .map(|op| (op + OPERATION_TIMEOUT_MARGIN).max(target.timeout))
         .unwrap_or(target.timeout);
+    let Some(credentials) = session.vault.get() else {
+        // An authenticated session keeps its caller's credentials until it ends.
+        return fail(Failure {
+            kind: FaultKind::AccessDenied,
+            message: "this session holds no delegated credentials to authenticate to the target with: log on again"
+                .into(),
+            audit: AuditKind::Denied,
+        });
+    };
     // A Create the target carries out must be tracked (and so deleted at
     // session end), so it is let finish briefly even if the session ends.
     let response_limit = info.response_limit(config.listen.max_envelope_size);
@@ -318,14 +327,7 @@ async fn forward(
     let asked = Instant::now();
     let exchanged = session
         .targets
-        .exchange(
-            &target,
-            &addresses,
-            session.vault.get(),
-            &rewritten,
-            wait,
-            response_limit,
-        )
+        .exchange(&target, &addresses, credentials, &rewritten, wait, response_limit)
         .await;
     session.ender.set_completing(false);
     *target_time = Some(asked.elapsed());
@@ -334,7 +336,7 @@ async fn forward(
         Err(error) => {
             // The connection's span says whose request this was; the line says which.
             tracing::warn!(n = session.requests, action = info.action_name(), target = %target.name, %error, "target request failed");
-            shared.metrics.target_error(&target.name, error.kind());
+            shared.metrics.target_error(&target.name, error.label());
             return fail(target_failure(&error));
         }
     };
@@ -380,8 +382,8 @@ async fn checked_addresses(
     let addresses = if policy.may_reach(user, target) {
         match session.targets.live_peer(&target.name) {
             Some(peer) => vec![peer],
-            None => target::lookup_addresses(target).await.map_err(|e| {
-                metrics.target_error(&target.name, e.kind());
+            None => upstream::lookup_addresses(target).await.map_err(|e| {
+                metrics.target_error(&target.name, e.label());
                 target_failure(&e)
             })?,
         }
@@ -416,14 +418,9 @@ fn record_request(event: &mut AuditEvent, info: &RequestInfo) {
     };
 }
 
-fn target_failure(error: &TargetError) -> Failure {
-    let kind = if error.is_auth() {
-        FaultKind::AccessDenied
-    } else {
-        FaultKind::DestinationUnreachable
-    };
+fn target_failure(error: &UpstreamError) -> Failure {
     Failure {
-        kind,
+        kind: error.fault_kind(),
         message: error.to_string(),
         audit: AuditKind::Request,
     }

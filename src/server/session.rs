@@ -15,7 +15,7 @@ use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::proto::credssp::{Acceptor, SecureChannel};
-use crate::target::Pool;
+use crate::upstream::Pool;
 use crate::vault::{DelegatedCredentials, Vault};
 
 /// Whole cleanup at session end: deleting the shells left open, in parallel.

@@ -12,7 +12,7 @@ use super::limits::Slot;
 use crate::audit::{AuditEvent, AuditSink};
 use crate::proto::wsman::{self, RequestInfo, ResponseInfo};
 use crate::resolve::ResolvedTarget;
-use crate::target::{Pool, TargetConnection};
+use crate::upstream::{Pool, TargetConnection};
 use crate::vault::DelegatedCredentials;
 
 /// A shell the caller created and has not deleted yet.
@@ -170,6 +170,10 @@ async fn delete_on_one_target(
         .collect();
     for (shell_id, shell, audit_line) in pending.iter_mut() {
         let request = wsman::delete_shell_request(&shell.target.url, &shell.resource_uri, shell_id);
+        let Some(credentials) = credentials else {
+            audit_line.finish(None, Some("no delegated credentials to delete it with".into()));
+            continue;
+        };
         let result = pool
             .exchange(
                 &shell.target,
