@@ -335,7 +335,7 @@ async fn forward(
         Ok(response) => response,
         Err(error) => {
             // The connection's span says whose request this was; the line says which.
-            tracing::warn!(n = session.requests, action = info.action_name(), target = %target.name, %error, "target request failed");
+            tracing::warn!(n = session.requests, action = info.action_name(), target = %target.name, side = ?error.side(), %error, "target request failed");
             shared.metrics.target_error(&target.name, error.label());
             return fail(target_failure(&error));
         }

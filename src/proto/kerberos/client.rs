@@ -105,12 +105,6 @@ fn sspi_err(e: impl std::fmt::Display) -> KerberosError {
     KerberosError::Sspi(e.to_string())
 }
 
-impl From<Panicked> for KerberosError {
-    fn from(_: Panicked) -> Self {
-        KerberosError::Panicked
-    }
-}
-
 impl KerberosClient {
     /// A context for `credentials` (an account of `realm`) towards the service `spn`.
     pub fn new(credentials: &DelegatedCredentials, realm: Realm<'_>, spn: &str) -> Result<Self, KerberosError> {
