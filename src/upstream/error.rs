@@ -12,6 +12,7 @@ use crate::kerberos::kdc::KdcError;
 use crate::proto::credssp::CredSspError;
 use crate::proto::http_auth::HttpAuthError;
 use crate::proto::kerberos::client::KerberosError;
+use crate::proto::kerberos::refusal::KdcRefusal;
 use crate::proto::sealing::{SealProtocol, SealingError};
 use crate::proto::wsman::FaultKind;
 
@@ -68,7 +69,8 @@ pub enum UpstreamErrorKind {
 /// Whose fault a failure is: what an operator looks at first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// The target (or the domain) refused the caller's credentials or ticket.
+    /// Authenticating as the caller failed: the target or the domain refused their
+    /// credentials or ticket.
     Caller,
     /// The target (or its KDC) was unreachable, too slow, or answered wrongly.
     Target,
@@ -193,11 +195,26 @@ impl UpstreamError {
 
     /// Whose fault it is.
     pub fn side(&self) -> Side {
+        use KdcRefusal as R;
         use UpstreamErrorKind as K;
         match &self.kind {
-            K::AuthRejected { .. } | K::TicketRefused { .. } | K::Kerberos(_) => Side::Caller,
-            K::Auth(AuthError::Negotiate(_) | AuthError::CredSsp(_)) => Side::Caller,
-            K::Auth(AuthError::NoRealm) | K::Tls(TlsError::NoConfig | TlsError::BadName { .. }) => Side::Relay,
+            K::AuthRejected { .. }
+            | K::TicketRefused { .. }
+            | K::Auth(AuthError::Negotiate(_) | AuthError::CredSsp(_))
+            | K::Kerberos(
+                KerberosError::NotInRealm { .. }
+                | KerberosError::TargetRefused(_)
+                | KerberosError::Refused(
+                    R::PreauthFailed { .. }
+                    | R::UnknownClient { .. }
+                    | R::ClientRevoked { .. }
+                    | R::PasswordExpired { .. },
+                ),
+            ) => Side::Caller,
+            // The relay's settings: TLS, the realm, a target's SPN, its clock.
+            K::Auth(AuthError::NoRealm)
+            | K::Tls(TlsError::NoConfig | TlsError::BadName { .. })
+            | K::Kerberos(KerberosError::Refused(R::UnknownSpn { .. } | R::ClockSkew { .. })) => Side::Relay,
             K::KdcUnreachable { source, .. } if !matches!(source, KdcError::Unreachable(_)) => Side::Relay,
             _ => Side::Target,
         }

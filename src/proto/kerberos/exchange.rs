@@ -152,3 +152,15 @@ where
         contain_panic(|| generator.resume(Ok(framed)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_is_framed_for_sspi_whichever_the_transport() {
+        let reply = KdcReply::new("udp://kdc:88".into(), &[0x6b, 0x00]);
+        assert_eq!(reply.message(), [0x6b, 0x00]);
+        assert_eq!(reply.into_framed(), [0, 0, 0, 2, 0x6b, 0x00]);
+    }
+}
