@@ -5,8 +5,8 @@
 //! A request reads top to bottom:
 //! `server` (accept, HTTP) -> `proto::credssp` (authenticate the caller) ->
 //! `proto::sealing` (unseal the body) -> `proto::wsman` (parse envelope) ->
-//! `resolve` (which target) -> `target` (look its address up, once) -> `policy`
-//! (decide on names and that address) -> `proto::wsman` (rewrite) -> `target`
+//! `resolve` (which target) -> `upstream` (look its address up, once) -> `policy`
+//! (decide on names and that address) -> `proto::wsman` (rewrite) -> `upstream`
 //! (connect to that address, authenticate and seal towards the target) -> response
 //! back the same way -> `audit`.
 //!
@@ -16,7 +16,8 @@
 //! - [`config`]: TOML schema, validation with file:line messages, the users file; builds
 //!   the target settings and compiles the allow rules.
 //! - [`resolve`]: target settings (TLS trust included) and how a request's target name
-//!   resolves to one; used by `config`, `policy` and `target`, depends on none of them.
+//!   resolves to one; used by `config`, `policy` and `upstream`, depends on none of them
+//!   (a realm's KDC transport comes from `kerberos::kdc`, which depends on `proto` only).
 //! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets).
 //! - [`identity`]: who a caller is: the relay's domain (realm and NetBIOS name), one
 //!   principal type that reads every spelling of a user name into one comparable key,
@@ -31,11 +32,16 @@
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, a single-threaded runtime per core for the connections,
 //!   per-connection session state, the relay pipeline.
-//! - [`target`]: address lookup and authenticated, kept-alive connections to target hosts.
-//! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport.
+//! - [`upstream`]: the relay's client to WinRM hosts: address lookup, connect and TLS,
+//!   the authentication legs of every mechanism (one driver), sealing on the wire, one
+//!   error type saying whose fault a failure was, and a session's pool of kept-alive
+//!   connections.
+//! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport and the one loop
+//!   that answers the KDC requests of a Kerberos step (`proto::kerberos`), the keytab,
+//!   and the `kerberos test` probe.
 //! - [`hardening`]: start-up process hardening (no core dumps, no ptrace by peers, memory locked).
 //! - [`fanout`]: `winrm-relay run`, the client: one command on many targets through the
-//!   relay (or directly), on the same `target` and `proto` cores.
+//!   relay (or directly), on the same `upstream` and `proto` cores.
 
 pub mod audit;
 pub mod certs;
@@ -50,5 +56,5 @@ pub mod policy;
 pub mod proto;
 pub mod resolve;
 pub mod server;
-pub mod target;
+pub mod upstream;
 pub mod vault;

@@ -44,17 +44,16 @@ fn kerberos_test(name: &str, path: &Path, password_stdin: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (Some(kerberos), Some(transport)) = (
-        &config.kerberos,
-        crate::kerberos::kdc::KdcTransport::from_config(&config),
-    ) else {
+    let Some(kerberos) = &config.kerberos else {
         eprintln!("error: {}: no [kerberos] table", path.display());
         return ExitCode::from(2);
     };
-    if transport.kdcs().is_empty() {
+    // The realm targets get tickets in, with the KDC transport built at load.
+    let Some(realm) = &config.defaults.kerberos else {
         eprintln!("error: {}: [kerberos] kdc lists no KDC", path.display());
         return ExitCode::from(2);
-    }
+    };
+    let transport = &realm.kdc;
     let domain = &kerberos.domain;
     let who = crate::identity::Principal::parse(name).canonical(Some(domain));
     if !who.domain().is_empty() && who.domain() != domain.netbios {
@@ -81,7 +80,7 @@ fn kerberos_test(name: &str, path: &Path, password_stdin: bool) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let outcome = runtime.block_on(crate::kerberos::probe::as_exchange(
-        &transport,
+        transport,
         &domain.realm,
         who.user(),
         secrecy::ExposeSecret::expose_secret(&password),

@@ -2,7 +2,7 @@
 //! `/wsman/<target>`, so the relay authenticates to each target as the caller) or, with
 //! `--direct`, to the targets themselves (Negotiate/NTLM).
 //!
-//! Built on the relay's own cores: [`crate::target::TargetConnection`] authenticates and
+//! Built on the relay's own cores: [`crate::upstream::TargetConnection`] authenticates and
 //! seals (its CredSSP initiator towards the relay, its NTLM client towards targets), and
 //! `proto::wsman` builds the WinRS envelopes and reads the answers.
 //!

@@ -21,7 +21,7 @@ use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::identity::Principal;
 use crate::proto::credssp::{Acceptor, SecureChannel};
-use crate::target::Pool;
+use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
 
 /// Whole cleanup at session end: deleting the shells left open, in parallel.
