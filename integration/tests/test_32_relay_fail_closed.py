@@ -5,6 +5,9 @@ same NTSTATUS whatever the cause (unknown user, wrong password, locked out)."""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import typing
 
 import pytest
@@ -12,6 +15,8 @@ from winrm.exceptions import WinRMTransportError, WSManFaultError
 
 from harness import ExtraRelay
 from helpers import ALICE, BOB, RawCredSSP, audit_events, double_records, err_text, relay_protocol, wait_for
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 STATUS_LOGON_FAILURE = 0xC000006D
 CMD_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
@@ -83,7 +88,15 @@ def test_a_shell_used_as_another_resource_is_refused_and_not_forwarded(relay):
         p.close_shell(shell)
 
 
+# [limits] max_operation_timeout_secs when the config leaves it out (the shared relay's).
+MAX_OPERATION_TIMEOUT_SECS = 60
+
+
 def test_an_absurd_operation_timeout_is_clamped_not_a_crash(relay):
+    """The Receive asks for 2^64-1 seconds: the relay answers it (no crash), and the target received an
+    OperationTimeout of at most the relay's maximum (its log has the value as it arrived)."""
+    from target_double import parse_duration
+
     p = relay_protocol("web01")
     shell = p.open_shell()
     try:
@@ -91,10 +104,16 @@ def test_an_absurd_operation_timeout_is_clamped_not_a_crash(relay):
         receive = envelope_of(p, lambda: p.get_command_output(shell, command))
         assert "<w:OperationTimeout>PT20S</w:OperationTimeout>" in receive, receive
         huge = receive.replace("PT20S", "PT18446744073709551615S")
+        message_id = re.search(r"<a:MessageID>([^<]+)</a:MessageID>", huge).group(1)
         answer = p.send_message(huge)
         assert b"clamped" in answer or b"Y2xhbXBlZA" in answer, answer[:300]
     finally:
         p.close_shell(shell)
+    at_target = [r for r in double_records(relay, "web01") if r.get("message_id") == message_id]
+    assert len(at_target) == 1 and at_target[0].get("action") == "Receive", at_target
+    received = at_target[0].get("operation_timeout")
+    assert received and 0 < parse_duration(received, 0) <= MAX_OPERATION_TIMEOUT_SECS, \
+        "the target received OperationTimeout %r, the relay's maximum is %d s" % (received, MAX_OPERATION_TIMEOUT_SECS)
 
 
 def _logon_status(relay_host: str, user: str, password: str) -> int:

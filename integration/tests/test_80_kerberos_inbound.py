@@ -26,6 +26,7 @@ from helpers import ALICE, USERS, credssp_tls_handshake, double_records, err_tex
 KRELAY_HOST = "127.0.0.101"
 KRELAY_NAME = "relay.lab.test"
 DOWN_KDC = "127.0.0.102"  # nothing listens here
+SILENT_KDC = "127.0.0.103"  # accepts TCP, never answers (a fixture)
 ALICE_UPN = "alice@LAB.TEST"
 BOB_UPN = "bob@LAB.TEST"
 
@@ -369,9 +370,13 @@ def test_hostile_kerberos_tokens_are_refused_cleanly(krelay: KerberosRelay, doub
     assert web01_requests_since(doubles, web01) == []
     with open(krelay.log, "rb") as fh:
         assert b"panicked" not in fh.read(), krelay.excerpt()
-    # And the relay still logs people on.
-    if name == _hostile_tokens()[-1][0]:
-        test_pywinrm_spnego_kerberos_logon(krelay, doubles)
+
+
+def test_after_the_hostile_tokens_the_relay_still_logs_people_on(krelay: KerberosRelay,
+                                                                  doubles: harness.Harness) -> None:
+    """After every hostile token above (this test comes after them in the file), a real Kerberos logon and
+    command still work: nothing they did (a lockout, a wedged acceptor, a dead task) lingers."""
+    test_pywinrm_spnego_kerberos_logon(krelay, doubles)
 
 
 def test_raw_client_gets_a_raw_ap_rep_and_no_second_token_is_taken(krelay: KerberosRelay,
@@ -456,7 +461,7 @@ def test_kerberos_test_says_why_the_domain_refused(krelay: KerberosRelay, name: 
     assert want in out, out
 
 
-def test_kerberos_test_names_an_unreachable_kdc_within_the_connect_timeout(krelay: KerberosRelay) -> None:
+def test_kerberos_test_names_a_refusing_kdc_at_once(krelay: KerberosRelay) -> None:
     config = _config_with_kdc(krelay, "tcp://%s:88" % DOWN_KDC, "down-kdc.toml")
     started = time.monotonic()
     res = relay_cli(["kerberos", "test", "LAB\\alice", "--config", config, "--password-stdin"],
@@ -466,6 +471,36 @@ def test_kerberos_test_names_an_unreachable_kdc_within_the_connect_timeout(krela
     assert res.returncode == 1, (out, res.stderr.decode())
     assert "KDC unreachable: tcp://%s:88: connect" % DOWN_KDC in out, out
     assert elapsed < harness.CONNECT_TIMEOUT_SECS + 2, elapsed
+
+
+@pytest.fixture
+def silent_kdc() -> typing.Iterator[str]:
+    """A KDC address whose socket accepts TCP connections (the kernel completes the handshakes) and never
+    answers, as test_81's silent KDC."""
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((SILENT_KDC, 88))
+    s.listen(16)
+    try:
+        yield "tcp://%s:88" % SILENT_KDC
+    finally:
+        s.close()
+
+
+def test_kerberos_test_names_a_silent_kdc_within_the_connect_timeout(krelay: KerberosRelay, silent_kdc: str) -> None:
+    """A KDC that accepts and never answers is given up on after the connect timeout ([defaults]
+    connect_timeout_secs bounds the answer too), not before and not much later, and named."""
+    config = _config_with_kdc(krelay, silent_kdc, "silent-kdc.toml")
+    started = time.monotonic()
+    res = relay_cli(["kerberos", "test", "LAB\\alice", "--config", config, "--password-stdin"],
+                    stdin=kerberos.PRINCIPALS["alice"] + "\n")
+    elapsed = time.monotonic() - started
+    out = res.stdout.decode()
+    assert res.returncode == 1, (out, res.stderr.decode())
+    assert "KDC unreachable: %s: no answer within %ds" % (silent_kdc, harness.CONNECT_TIMEOUT_SECS) in out, out
+    assert harness.CONNECT_TIMEOUT_SECS <= elapsed < harness.CONNECT_TIMEOUT_SECS + 2, elapsed
 
 
 def test_kerberos_test_fails_over_to_the_next_kdc(krelay: KerberosRelay) -> None:
