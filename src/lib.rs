@@ -2,13 +2,19 @@
 //! requests to target hosts with the caller's delegated credentials.
 //!
 //! # Layout
-//! A request reads top to bottom:
-//! `server` (accept, HTTP) -> `proto::credssp` (authenticate the caller) ->
-//! `proto::sealing` (unseal the body) -> `proto::wsman` (parse envelope) ->
-//! `resolve` (which target) -> `upstream` (look its address up, once) -> `policy`
-//! (decide on names and that address) -> `proto::wsman` (rewrite) -> `upstream`
-//! (connect to that address, authenticate and seal towards the target) -> response
-//! back the same way -> `audit`.
+//! A request reads top to bottom in [`server`]: `listen` accepts it (source allowlist,
+//! a place among the connections waiting to log on) -> `conn` reads the HTTP request ->
+//! `auth` logs the caller on (the [`proto::credssp`] acceptor, or Basic over HTTPS) and
+//! hands over the logged-on session -> `pipeline::relay`, whose stages are named as the
+//! code names them: `require_encryption` -> `unseal` ([`proto::sealing`]) -> `parse`
+//! ([`proto::wsman`]) -> `check_readable` -> `check_audit` -> `resolve` ([`resolve`]:
+//! which target) -> `authorize` ([`upstream`] looks its address up, once; [`policy`]
+//! decides on the names and that address) -> `check_shell_owner` -> `admit` (quotas) ->
+//! `rewrite` ([`proto::wsman`]) -> `exchange` ([`upstream`]: connect to that address,
+//! authenticate and seal towards the target) -> `inspect` (exit code, shells,
+//! transcript) -> `answer` (sealed for the caller), and the request's line in
+//! [`audit`]. A refusal at any step is answered, audited and counted at one edge,
+//! `server::refusal`.
 //!
 //! - [`cli`]: the command-line front-ends, one file each (`serve`, `check`, `user`,
 //!   `kerberos`, `audit`, `run`), and the dispatch between them. Clap lives only here:
