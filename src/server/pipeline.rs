@@ -142,18 +142,14 @@ fn answer(session: &mut ActiveSession<'_>, sealed: bool, status: StatusCode, xml
     if !sealed {
         return reply::soap(status, xml.to_vec());
     }
-    let Some(channel) = session.active.channel.as_deref_mut() else {
-        return reply::credssp_401(&[]);
+    let sealed = match session.active.channel.as_deref_mut() {
+        Some(channel) => channel.seal(xml).map_err(|e| e.to_string()),
+        // unseal refused such a request already: nothing to seal with.
+        None => Err("this session has no CredSSP channel".into()),
     };
-    match channel.seal(xml) {
+    match sealed {
         Ok(parts) => reply::sealed(status, &parts),
-        Err(error) => {
-            tracing::error!(%error, "cannot seal the response");
-            reply::plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the relay could not encrypt the response",
-            )
-        }
+        Err(error) => Refusal::relay_fault(format!("the relay could not encrypt the response: {error}")).reply(),
     }
 }
 
