@@ -314,7 +314,7 @@ def test_sighup_ends_the_sessions_of_a_user_whose_password_changed(relay):
     """A changed NT hash (`user add` over an existing user, as after a leak) ends that user's sessions as a removal
     does: shells deleted, audited, credentials wiped. Other users' sessions go on; the user logs on again with the
     new password only."""
-    extra = ExtraRelay(relay, "127.0.0.49", own_users=True)
+    extra = ExtraRelay(relay, "127.0.0.57", own_users=True)
     try:
         alice, bob = extra.protocol(), extra.protocol(user=BOB)
         alice_shell, bob_shell = alice.open_shell(), bob.open_shell()
@@ -333,7 +333,7 @@ def test_sighup_ends_the_sessions_of_a_user_whose_password_changed(relay):
         # The old password no longer logs on.
         import spnego.exceptions
 
-        old = RawCredSSP("127.0.0.49", 5985)
+        old = RawCredSSP("127.0.0.57", 5985)
         try:
             with pytest.raises((PermissionError, spnego.exceptions.SpnegoError)):
                 old.logon(BOB)
