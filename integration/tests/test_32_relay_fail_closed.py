@@ -168,31 +168,22 @@ def audit_events_of(host: str) -> typing.List[dict]:
 _EXTRA: typing.Dict[str, typing.Any] = {}
 
 
-@pytest.mark.parametrize("lock_as", [ALICE, "\\LAB\\alice"])
-def test_a_lockout_holds_whatever_spelling_the_caller_sends(relay, lock_as: str) -> None:
+@pytest.mark.parametrize("host,lock_as,spellings,domain_mode", [
+    ("127.0.0.55", ALICE, ["\\LAB\\alice", "alice@LAB", "lab\\ALICE"], False),
+    ("127.0.0.58", "\\LAB\\alice", ["\\LAB\\alice", "alice@LAB", "lab\\ALICE"], False),
+    ("127.0.0.56", "LAB.TEST\\alice", ["alice@LAB.TEST", "LAB.TEST\\alice", "alice@lab.test"], True),
+], ids=["as LAB-alice", "as backslash-LAB-alice", "domain mode"])
+def test_a_lockout_holds_whatever_spelling_the_caller_sends(request, relay, host: str, lock_as: str,
+                                                             spellings: typing.List[str], domain_mode: bool) -> None:
     """Five wrong passwords lock LAB\\alice out from this address, whether guessed as LAB\\alice or as \\LAB\\alice
-    (domain "", user "LAB\\alice"); her right password is then refused under every spelling of her name, and no
-    such attempt clears the count: LAB\\alice itself stays locked."""
-    host = "127.0.0.55"
-    extra = ExtraRelay(relay, host, auth_extra="lockout_threshold = 5")
+    (domain "", user "LAB\\alice"), or in domain mode (with [kerberos], LAB is LAB.TEST) as LAB.TEST\\alice; her right
+    password is then refused under every spelling of her name, and no such attempt clears the count: LAB\\alice
+    itself stays locked."""
+    tail = request.getfixturevalue("realm").kerberos_toml(None) if domain_mode else ""
+    extra = ExtraRelay(relay, host, auth_extra="lockout_threshold = 5", tail=tail)
     _EXTRA[host] = extra
     try:
-        tried = _lock_out_and_try(host, lock_as, ["\\LAB\\alice", "alice@LAB", "lab\\ALICE"])
-        assert len(tried) == 4, tried
-        assert all("locked out" in e["reason"] for e in tried), [e["reason"] for e in tried]
-        assert not [e for e in extra.events() if e["event"] == "session_start"]
-    finally:
-        _EXTRA.pop(host, None)
-        extra.stop()
-
-
-def test_a_lockout_holds_for_the_realm_spellings_in_domain_mode(relay, realm) -> None:
-    """With [kerberos] (LAB is LAB.TEST), alice@LAB.TEST and LAB.TEST\\alice are LAB\\alice too."""
-    host = "127.0.0.56"
-    extra = ExtraRelay(relay, host, auth_extra="lockout_threshold = 5", tail=realm.kerberos_toml(None))
-    _EXTRA[host] = extra
-    try:
-        tried = _lock_out_and_try(host, "LAB.TEST\\alice", ["alice@LAB.TEST", "LAB.TEST\\alice", "alice@lab.test"])
+        tried = _lock_out_and_try(host, lock_as, spellings)
         assert len(tried) == 4, tried
         assert all("locked out" in e["reason"] for e in tried), [e["reason"] for e in tried]
         assert not [e for e in extra.events() if e["event"] == "session_start"]

@@ -262,25 +262,34 @@ def test_delegated_name_may_take_any_form_of_the_ticket_principal(krelay: Kerber
     assert [(e["user"], e["auth"]) for e in starts] == [(ALICE, "kerberos")], krelay.events()[seen:]
 
 
-def test_ticket_and_delegated_credentials_of_different_principals_are_refused(
-        krelay: KerberosRelay, doubles: harness.Harness) -> None:
-    """A Kerberos ticket of bob delegating alice's credentials: 401, audited auth_failed naming both, no session,
-    nothing forwarded."""
+def _refused_logon(krelay: KerberosRelay, doubles: harness.Harness, delegated: typing.Tuple[str, str],
+                   ticket: typing.Tuple[str, str]) -> dict:
+    """A Kerberos logon with `ticket`'s (user, password) delegating `delegated`'s: it must be refused (401) with one
+    auth_failed line (returned), no session and nothing forwarded."""
     seen, web01 = len(krelay.events()), len(double_records(doubles, "web01"))
     c = CredSSP()
     try:
-        status = c.logon(ALICE_UPN, kerberos.PRINCIPALS["alice"], BOB_UPN, kerberos.PRINCIPALS["bob"])
+        status = c.logon(delegated[0], delegated[1], ticket[0], ticket[1])
     finally:
         c.close()
     assert status == 401, status
     events = events_since(krelay, seen)
     assert not [e for e in events if e["event"] == "session_start"], events
     failed = [e for e in events if e["event"] == "auth_failed"]
-    assert len(failed) == 1, events
-    assert failed[0]["auth"] == "kerberos" and failed[0]["user"] == "LAB\\bob", failed
-    assert "delegated credentials are for LAB\\alice, but the connection authenticated as LAB\\bob" in \
-        failed[0]["reason"], failed
+    assert len(failed) == 1 and failed[0]["auth"] == "kerberos", events
     assert web01_requests_since(doubles, web01) == []
+    return failed[0]
+
+
+def test_ticket_and_delegated_credentials_of_different_principals_are_refused(
+        krelay: KerberosRelay, doubles: harness.Harness) -> None:
+    """A Kerberos ticket of bob delegating alice's credentials: 401, audited auth_failed naming both, no session,
+    nothing forwarded."""
+    failed = _refused_logon(krelay, doubles, (ALICE_UPN, kerberos.PRINCIPALS["alice"]),
+                            (BOB_UPN, kerberos.PRINCIPALS["bob"]))
+    assert failed["user"] == "LAB\\bob", failed
+    assert "delegated credentials are for LAB\\alice, but the connection authenticated as LAB\\bob" in \
+        failed["reason"], failed
 
 
 def test_a_ticket_whose_name_only_starts_like_the_delegated_one_is_refused(
@@ -292,23 +301,12 @@ def test_a_ticket_whose_name_only_starts_like_the_delegated_one_is_refused(
     eve_password = "Eve-owns-bob/eve-1"
     if not realm.exists("bob/eve@LAB.TEST"):
         realm.add_user("bob/eve", eve_password)
-    seen, web01 = len(krelay.events()), len(double_records(doubles, "web01"))
-    c = CredSSP()
-    try:
-        status = c.logon("LAB\\bob", eve_password, "bob/eve@LAB.TEST", eve_password)
-    finally:
-        c.close()
-    assert status == 401, status
-    events = events_since(krelay, seen)
-    assert not [e for e in events if e["event"] == "session_start"], events
-    failed = [e for e in events if e["event"] == "auth_failed"]
-    assert len(failed) == 1, events
-    assert failed[0]["auth"] == "kerberos" and failed[0]["user"] == "LAB\\bob/eve", failed
+    failed = _refused_logon(krelay, doubles, ("LAB\\bob", eve_password), ("bob/eve@LAB.TEST", eve_password))
+    assert failed["user"] == "LAB\\bob/eve", failed
     assert "the Kerberos ticket is for bob/eve@LAB.TEST, but the delegated credentials are for LAB\\bob" in \
-        failed[0]["reason"], failed
+        failed["reason"], failed
     # The canary: sspi still reports the first component only.
-    assert "(the security package reported the ticket as LAB\\bob)" in failed[0]["reason"], failed
-    assert web01_requests_since(doubles, web01) == []
+    assert "(the security package reported the ticket as LAB\\bob)" in failed["reason"], failed
 
 
 def _krb5_frame(after_oid: bytes) -> bytes:
