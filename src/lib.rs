@@ -13,8 +13,9 @@
 //! `rewrite` ([`proto::wsman`]) -> `exchange` ([`upstream`]: connect to that address,
 //! authenticate and seal towards the target) -> `inspect` (exit code, shells,
 //! transcript) -> `answer` (sealed for the caller), and the request's line in
-//! [`audit`]. A refusal at any step is answered, audited and counted at one edge,
-//! `server::refusal`.
+//! [`audit`]. A step that refuses returns a `server::refusal::Refusal`, which decides
+//! the answer, the audit fields and the metrics in one place; a refusal inside the
+//! pipeline is written on that request's own audit line, with its fault.
 //!
 //! - [`cli`]: the command-line front-ends, one file each (`serve`, `check`, `user`,
 //!   `kerberos`, `audit`, `run`), and the dispatch between them. Clap lives only here:

@@ -2,7 +2,9 @@
 //! a circle means neither file can be read, changed or tested without the
 //! other. This reads the `use crate::…` and `use super::…` statements of every
 //! file (tests apart), and the `crate::…` paths written inline in its code, and
-//! fails on a cycle, naming its files.
+//! fails on a cycle, naming its files. A `mod.rs` naming its own children
+//! (`listen::accept_loop`) is a parent using what it declares, not an import,
+//! and is not followed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

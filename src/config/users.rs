@@ -206,6 +206,7 @@ impl UsersFile {
     }
 
     /// Case-insensitive lookup.
+    #[cfg(test)]
     pub fn find(&self, who: &Principal) -> Option<&UserEntry> {
         self.entries().find(|e| e.principal() == who)
     }

@@ -175,6 +175,7 @@ impl KdcTransport {
         }
     }
 
+    #[cfg(test)]
     pub fn kdcs(&self) -> &[KdcUrl] {
         &self.kdcs
     }

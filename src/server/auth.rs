@@ -103,6 +103,8 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
     match step {
         Step::Continue(out) => Logon::Continue(reply::credssp_401(&out)),
         Step::Authenticated { credentials, channel } => {
+            // The exchange is over whatever follows: a refusal below must not leave it to the next token.
+            session.abandon_credssp();
             let method = method.unwrap_or(AuthMethod::Ntlm);
             if let Err(reason) = users_file_agrees(shared, &credentials, method) {
                 let refusal = Refusal::logon(reason).claimed(Some(credentials.principal()));

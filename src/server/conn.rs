@@ -3,7 +3,8 @@
 //! hyper reads requests and writes answers; the session itself is driven by
 //! [`drive`], one request at a time, in the connection's own task. Whatever
 //! ends the session — the connection closing, a deadline, SIGTERM, a
-//! re-authentication, the user leaving the users file — goes through the
+//! re-authentication, the user leaving the users file or getting a new
+//! password there — goes through the
 //! session's [`Ender`]: the request in flight is dropped (its target exchange
 //! cancelled, its target connection thrown away, its audit line written),
 //! then [`Session::end`] deletes the shells left open, audits and wipes the

@@ -96,7 +96,7 @@ pub(crate) struct Shared {
     /// that idle sockets can neither exhaust file descriptors nor crowd out
     /// other addresses; a place is held until the connection logs on.
     pub unauthenticated: Arc<limits::Unauthenticated>,
-    /// Authenticated sessions, for ending those of users removed on reload.
+    /// Authenticated sessions, for ending those of users a reload removed or gave a new password.
     pub sessions: shutdown::Registry,
     /// Cancelled on SIGTERM: listeners stop, every session ends.
     pub stop: CancellationToken,

@@ -149,7 +149,10 @@ fn answer(session: &mut ActiveSession<'_>, sealed: bool, status: StatusCode, xml
     };
     match sealed {
         Ok(parts) => reply::sealed(status, &parts),
-        Err(error) => Refusal::relay_fault(format!("the relay could not encrypt the response: {error}")).reply(),
+        Err(error) => {
+            tracing::error!(%error, "cannot seal the response");
+            Refusal::relay_fault("the relay could not encrypt the response").reply()
+        }
     }
 }
 

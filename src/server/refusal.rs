@@ -207,7 +207,9 @@ impl Refusal {
         if let Some(kind) = self.audit {
             event.event = kind;
         }
-        if self.user.is_some() {
+        // A failed logon names who it claimed to be (or no one), not the user the
+        // connection was logged on as before.
+        if self.logon || self.user.is_some() {
             event.user.clone_from(&self.user);
         }
         if self.auth.is_some() {

@@ -66,7 +66,8 @@ struct AwaitingLogon {
     credssp: Option<CredSspExchange>,
 }
 
-/// A CredSSP exchange under way. Boxed: most of a session's life it has none.
+/// A CredSSP exchange under way; its acceptor is boxed, since most of a
+/// session's life it has none.
 pub(crate) struct CredSspExchange {
     pub acceptor: Box<Acceptor>,
     pub started: Instant,

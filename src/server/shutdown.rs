@@ -70,7 +70,7 @@ impl Ender {
 }
 
 /// The authenticated sessions, so that a reload can end those of users who
-/// were removed from the users file.
+/// were removed from the users file or whose password changed in it.
 #[derive(Default)]
 pub(crate) struct Registry {
     sessions: Mutex<HashMap<String, Registered>>,

@@ -163,11 +163,6 @@ impl UpstreamError {
         }
     }
 
-    /// The target, as `name (host:port)`.
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
     pub fn kind(&self) -> &UpstreamErrorKind {
         &self.kind
     }
@@ -198,9 +193,10 @@ impl UpstreamError {
         use KdcRefusal as R;
         use UpstreamErrorKind as K;
         match &self.kind {
+            // A refusal of the caller's credentials reads as AuthRejected; a Negotiate or
+            // CredSSP error past that is the target's protocol or TLS, so it falls through.
             K::AuthRejected { .. }
             | K::TicketRefused { .. }
-            | K::Auth(AuthError::Negotiate(_) | AuthError::CredSsp(_))
             | K::Kerberos(
                 KerberosError::NotInRealm { .. }
                 | KerberosError::TargetRefused(_)

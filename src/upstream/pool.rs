@@ -73,8 +73,4 @@ impl Pool {
         self.connections
             .insert(connection.target.name.to_ascii_lowercase(), connection);
     }
-
-    pub fn clear(&mut self) {
-        self.connections.clear();
-    }
 }

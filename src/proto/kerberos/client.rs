@@ -154,10 +154,6 @@ impl KerberosClient {
         self
     }
 
-    pub fn spn(&self) -> &str {
-        &self.spn
-    }
-
     pub fn is_established(&self) -> bool {
         self.state == State::Established
     }
