@@ -33,12 +33,12 @@ impl Validator<'_> {
         let session = self.session(raw.session);
         let limits = self.limits(raw.limits);
         let metrics = self.metrics(raw.metrics, &mut listeners);
-        let (mut defaults, defaults_ca) = self.defaults(raw.defaults)?;
+        let (mut defaults, inherited) = self.defaults(raw.defaults)?;
         defaults.kerberos = kerberos
             .as_ref()
             .and_then(|k| realm_for_targets(k, defaults.connect_timeout));
         self.check_defaults_kerberos(&defaults);
-        let targets = self.targets(raw.target, &defaults, defaults_ca.as_ref(), &mut listeners);
+        let targets = self.targets(raw.target, &defaults, &inherited, &mut listeners);
         if listeners.declared == 0 {
             let at = self.loc.header_offset("listen", None);
             self.error(

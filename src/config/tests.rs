@@ -357,8 +357,8 @@ fn unknown_keys_are_all_reported_with_other_problems() {
         [
             "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure, hmac_key_file, transcripts, transcript_max_bytes, syslog)",
             "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
-            "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
-            "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, spn, listen, ca_file, tls_fingerprint, tls_verify, connect_timeout_secs, timeout_secs)",
+            "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, allow_ntlm_only_delegation, connect_timeout_secs, timeout_secs)",
+            "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, spn, listen, ca_file, tls_fingerprint, tls_verify, allow_ntlm_only_delegation, connect_timeout_secs, timeout_secs)",
         ]
     );
     let top = format!("verbose = true\n{MINIMAL}");
@@ -530,9 +530,15 @@ fn every_target_auth_parses_with_a_suitable_scheme() {
         ("https-kerberos", "https", TargetAuth::HttpsKerberos),
     ];
     for (value, scheme, want) in cases {
+        // credssp's unlisted hosts are reached over http://: the opt-in is inherited.
+        let opt_in = if want == TargetAuth::CredSsp {
+            "allow_ntlm_only_delegation = true\n"
+        } else {
+            ""
+        };
         let c = parse(&format!(
-            "[defaults]\nauth = {value:?}\n[[target]]\nname = \"w\"\nurl = \"{scheme}://w/wsman\"\nauth = {value:?}\n\
-             {KERBEROS}"
+            "[defaults]\nauth = {value:?}\n{opt_in}[[target]]\nname = \"w\"\nurl = \"{scheme}://w/wsman\"\n\
+             auth = {value:?}\n{KERBEROS}"
         ))
         .unwrap_or_else(|e| panic!("{value} over {scheme}: {e:?}"));
         assert_eq!((c.defaults.auth, c.targets[0].auth), (want, want));
@@ -754,7 +760,7 @@ fn tls_keys_only_apply_to_https_targets() {
     let ca = ca_pem(&dir);
     let errs = errors(&format!(
         "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\nauth = \"credssp\"\nca_file = {:?}\n\
-         tls_fingerprint = \"sha256:{PIN_HEX}\"\ntls_verify = true\n",
+         tls_fingerprint = \"sha256:{PIN_HEX}\"\ntls_verify = true\nallow_ntlm_only_delegation = true\n",
         ca.display().to_string()
     ));
     let only = "only applies to https:// urls; this target's url is http://";
@@ -778,6 +784,77 @@ fn tls_keys_only_apply_to_https_targets() {
           is accepted whatever its chain"
         ]
     );
+}
+
+#[test]
+fn credssp_over_http_needs_the_ntlm_only_delegation_opt_in() {
+    const HTTP: &str = "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\n";
+    const HTTPS: &str = "[[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\n";
+    const CREDSSP: &str = "auth = \"credssp\"\n";
+    const OPT_IN: &str = "allow_ntlm_only_delegation = true\n";
+    let refused = "auth \"credssp\" over http:// delegates the caller's password to a host only NTLM vouches for";
+    // A target's own auth, and one it takes from [defaults] (with [defaults] itself, for unlisted hosts).
+    let errs = errors(&format!("{HTTP}{CREDSSP}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "relay.toml:15: target[0].auth: {refused} (target \"h\" at \"http://h/wsman\"): the relay's CredSSP \
+             client authenticates targets with NTLM"
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].ends_with("allow_ntlm_only_delegation = true in its [[target]]"),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("[defaults]\n{CREDSSP}{HTTP}"));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "relay.toml:13: defaults.auth: {refused} ([defaults] applies it to hosts not listed as a [[target]])"
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].ends_with("allow_ntlm_only_delegation = true in [defaults]"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with(&format!("relay.toml:16: target[0].url: {refused}")),
+        "{errs:?}"
+    );
+    // Accepted over https (its certificate is always checked), or with the opt-in: on the
+    // target, or in [defaults] for unlisted hosts and the targets that inherit it.
+    let c = parse(&format!("{HTTPS}{CREDSSP}")).unwrap();
+    assert_eq!(c.targets[0].auth, TargetAuth::CredSsp);
+    parse(&format!("{HTTP}{CREDSSP}{OPT_IN}")).unwrap();
+    let c = parse(&format!("[defaults]\n{CREDSSP}{OPT_IN}{HTTP}")).unwrap();
+    assert_eq!(c.resolve_target("db01").unwrap().auth, TargetAuth::CredSsp);
+    // A target's own false wins over [defaults]' true.
+    let errs = errors(&format!(
+        "[defaults]\n{OPT_IN}{HTTP}{CREDSSP}allow_ntlm_only_delegation = false\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!("relay.toml:17: target[0].auth: {refused}")),
+        "{errs:?}"
+    );
+    // Where it changes nothing it is refused, not silently ignored.
+    let errs = errors(&format!("{HTTPS}{CREDSSP}{OPT_IN}"));
+    assert_eq!(
+        errs,
+        [
+            "relay.toml:16: target[0].allow_ntlm_only_delegation: only applies to auth = \"credssp\" over http://; \
+             this target uses auth \"credssp\" over https://"
+        ]
+    );
+    let errs = errors(&format!("{HTTP}auth = \"ntlm\"\n{OPT_IN}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].ends_with("this target uses auth \"ntlm\" over http://"),
+        "{errs:?}"
+    );
+    assert!(errors(&format!("[defaults]\nallow_ntlm_only_delegation = 1\n"))[0].contains("expected a boolean"));
 }
 
 #[test]
@@ -897,7 +974,7 @@ fn unlisted_hosts_follow_https_defaults() {
     let t = c.resolve_target("[fd00::9]:443").unwrap();
     assert_eq!((t.url.as_str(), t.port), ("https://[fd00::9]:443/wsman", 443));
     // credssp accepts both schemes; unlisted hosts keep http and its port.
-    let c = parse("[defaults]\nauth = \"credssp\"\nport = 15985\n").unwrap();
+    let c = parse("[defaults]\nauth = \"credssp\"\nport = 15985\nallow_ntlm_only_delegation = true\n").unwrap();
     let t = c.resolve_target("db01").unwrap();
     assert_eq!(
         (t.url.as_str(), t.https, t.tls.is_none()),
