@@ -854,7 +854,7 @@ fn credssp_over_http_needs_the_ntlm_only_delegation_opt_in() {
         errs[0].ends_with("this target uses auth \"ntlm\" over http://"),
         "{errs:?}"
     );
-    assert!(errors(&format!("[defaults]\nallow_ntlm_only_delegation = 1\n"))[0].contains("expected a boolean"));
+    assert!(errors("[defaults]\nallow_ntlm_only_delegation = 1\n")[0].contains("expected a boolean"));
 }
 
 #[test]
@@ -1385,4 +1385,92 @@ fn example_kerberos_table_loads_when_uncommented() {
         ("LAB.TEST", "LAB", 2)
     );
     assert_eq!(k.keytab.as_deref(), Some(Path::new("config/relay.keytab")));
+}
+
+/// Sets `$CREDENTIALS_DIRECTORY` for one test, one such test at a time, and puts back what
+/// was there when dropped (also when the test fails).
+struct CredentialsDirectory {
+    old: Option<std::ffi::OsString>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl CredentialsDirectory {
+    fn set(dir: Option<&Path>) -> CredentialsDirectory {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = std::env::var_os(credentials::CREDENTIALS_DIRECTORY);
+        match dir {
+            Some(dir) => std::env::set_var(credentials::CREDENTIALS_DIRECTORY, dir),
+            None => std::env::remove_var(credentials::CREDENTIALS_DIRECTORY),
+        }
+        CredentialsDirectory {
+            old,
+            _one_at_a_time: guard,
+        }
+    }
+}
+
+impl Drop for CredentialsDirectory {
+    fn drop(&mut self) {
+        match &self.old {
+            Some(old) => std::env::set_var(credentials::CREDENTIALS_DIRECTORY, old),
+            None => std::env::remove_var(credentials::CREDENTIALS_DIRECTORY),
+        }
+    }
+}
+
+/// The users file, keytab and audit key as systemd credentials.
+fn credentials_config() -> String {
+    MINIMAL
+        .replace("\"config/users\"", "\"credential:users\"")
+        .replace("[audit]\n", "[audit]\nhmac_key_file = \"credential:audit-key\"\n")
+        + "[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"credential:relay.keytab\"\n"
+}
+
+#[test]
+fn secret_files_may_name_systemd_credentials() {
+    let dir = test_dir("credentials");
+    let _env = CredentialsDirectory::set(Some(&dir));
+    let c = Config::parse(Path::new("relay.toml"), &credentials_config()).unwrap_or_else(|e| panic!("{e:?}"));
+    // Each resolves to its file in $CREDENTIALS_DIRECTORY (a plain path would stay as written).
+    assert_eq!(c.auth.users_file, Some(dir.join("users")));
+    assert_eq!(c.audit.hmac_key_file, Some(dir.join("audit-key")));
+    assert_eq!(c.kerberos.and_then(|k| k.keytab), Some(dir.join("relay.keytab")));
+    assert_eq!(c.audit.path, Path::new("audit.jsonl"));
+    // systemd leaves the decrypted file read-only to the service (0400): loadable as it is.
+    let mut users = UsersFile::new();
+    users.add("LAB\\alice", &secrecy::SecretString::from("pw")).unwrap();
+    users.save(&dir.join("users")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("users"), std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    assert_eq!(UsersFile::load(&dir.join("users")).unwrap().entries().count(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn systemd_credentials_need_the_credentials_directory() {
+    let _env = CredentialsDirectory::set(None);
+    let errs = Config::parse(Path::new("relay.toml"), &credentials_config())
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        .expect_err("credentials resolved without $CREDENTIALS_DIRECTORY");
+    let unset = |key: &str, name: &str| {
+        format!(
+            "{key}: \"credential:{name}\" names a systemd credential, but $CREDENTIALS_DIRECTORY is not set: \
+             systemd sets it for a service with LoadCredentialEncrypted={name}:<encrypted file>"
+        )
+    };
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    for (err, (line, key, name)) in errs.iter().zip([
+        (8, "auth.users_file", "users"),
+        (11, "audit.hmac_key_file", "audit-key"),
+        (15, "kerberos.keytab", "relay.keytab"),
+    ]) {
+        assert!(
+            err.starts_with(&format!("relay.toml:{line}: {}", unset(key, name))),
+            "{err}"
+        );
+    }
 }
