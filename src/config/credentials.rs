@@ -6,7 +6,7 @@
 //! names it. A relative path that really starts with `credential:` is written `./credential:...`.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The variable systemd sets to the service's credentials directory.
 pub(super) const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
@@ -41,7 +41,7 @@ pub(super) fn resolve(value: &str, dir: Option<OsString>) -> Result<Option<PathB
             dir.display().to_string()
         ));
     }
-    Ok(Some(Path::new(&dir).join(name)))
+    Ok(Some(dir.join(name)))
 }
 
 #[cfg(test)]

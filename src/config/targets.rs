@@ -471,8 +471,8 @@ pub(super) fn realm_for_targets(kerberos: &KerberosConfig, connect_timeout: Dura
     }))
 }
 
-/// Why `auth = "credssp"` towards a host reached over http:// is refused (`what` says
-/// which host and why http://, `place` where the opt-in goes). The relay's CredSSP client
+/// Why `auth = "credssp"` towards a host reached over http:// is refused (`what` names
+/// the host or hosts, `place` where the opt-in goes). The relay's CredSSP client
 /// authenticates the target with NTLM only: nothing proves which host answered, yet
 /// CredSSP then hands it the caller's password (Windows refuses the same unless
 /// AllowFreshCredentialsWhenNTLMOnly is set).
