@@ -65,6 +65,8 @@ class DoubleSpec(typing.NamedTuple):
     cert_of: typing.Optional[str] = None  # serve this other double's certificate and key
     pin_of: typing.Optional[str] = None  # relay pins (tls_fingerprint) the certificate this double serves
     ca_file_own_cert: bool = False  # relay names the double's own certificate as ca_file
+    # CredSSP over http: only NTLM vouches for the host, which the relay refuses unless the target opts in
+    ntlm_only_delegation: bool = False
 
     @property
     def url(self) -> str:
@@ -77,7 +79,7 @@ TRANSPORT_DOUBLES: typing.Dict[str, DoubleSpec] = {
     # HTTPS + Basic (local accounts)
     "web04": DoubleSpec("127.0.0.26", 5986, "basic", "ca", relay_auth="basic", ca_file=True),
     # HTTP + CredSSP (session encryption), the double checks the delegated password
-    "web05": DoubleSpec("127.0.0.27", 5985, "credssp", None, relay_auth="credssp"),
+    "web05": DoubleSpec("127.0.0.27", 5985, "credssp", None, relay_auth="credssp", ntlm_only_delegation=True),
     # HTTPS with a self-signed certificate and no ca_file: the relay must refuse it
     "web06": DoubleSpec("127.0.0.28", 5986, "negotiate", "self", relay_auth="https-ntlm"),
     # HTTPS + strict CBT with a SHA-384-signed certificate: the binding must use SHA-384, as Windows computes it
@@ -411,6 +413,8 @@ def _transport_targets_toml(workdir: str) -> str:
             t += 'ca_file = "%s"\n' % transport_server_cert(workdir, name)[0]
         if spec.pin_of:
             t += 'tls_fingerprint = "%s"\n' % cert_fingerprint(transport_server_cert(workdir, spec.pin_of)[0])
+        if spec.ntlm_only_delegation:
+            t += 'allow_ntlm_only_delegation = true\n'
         out.append(t)
     return "\n".join(out)
 

@@ -85,6 +85,7 @@ fn user(action: UserCommand) -> Result<(), UserCliError> {
             users.save(&file.users_file)?;
             let verb = if replaced { "updated" } else { "added" };
             eprintln!("{verb} {name} in {}", file.users_file.display());
+            eprintln!("{}", secrets_note(&file.users_file));
         }
         UserCommand::Remove { name, file } => {
             let mut users = UsersFile::load(&file.users_file)?;
@@ -93,6 +94,7 @@ fn user(action: UserCommand) -> Result<(), UserCliError> {
             }
             users.save(&file.users_file)?;
             eprintln!("removed {name} from {}", file.users_file.display());
+            eprintln!("{}", reencrypt_note(&file.users_file));
         }
         UserCommand::List { file } => {
             for entry in UsersFile::load(&file.users_file)?.entries() {
@@ -101,6 +103,29 @@ fn user(action: UserCommand) -> Result<(), UserCliError> {
         }
     }
     Ok(())
+}
+
+/// What `user add` says after writing the file: what the file is worth to a thief, and
+/// how a relay that reads it as a systemd credential gets the new version.
+fn secrets_note(path: &Path) -> String {
+    format!(
+        "note: {} is password-equivalent: its NT hashes log on as these users over NTLM without the \
+         password (pass-the-hash), to the relay and to every host where they have the same password. Keep it \
+         mode 0600 and out of backups, or keep it encrypted at rest as a systemd credential (README, \
+         \"Secrets at rest\").\n{}",
+        path.display(),
+        reencrypt_note(path)
+    )
+}
+
+/// Editing the plain file does not change an encrypted copy systemd decrypts at start.
+fn reencrypt_note(path: &Path) -> String {
+    format!(
+        "If the relay reads it as a credential (users_file = \"credential:users\"), encrypt it again and \
+         restart: systemd-creds encrypt --name=users {} /etc/winrm-relay/users.cred && systemctl restart \
+         winrm-relay (then remove the plain file)",
+        path.display()
+    )
 }
 
 fn load_or_new(path: &Path) -> Result<UsersFile, UsersError> {

@@ -6,10 +6,13 @@
 //! with each https target's TLS configuration ([`crate::resolve`]) and the compiled allow
 //! rules ([`crate::policy`]). Reloading is loading again and swapping the whole `Config`.
 //! Relative paths in the file (certificates, users file, audit log) are relative to the
-//! relay's current working directory, not to the config file.
+//! relay's current working directory, not to the config file. The secret files (users
+//! file, keytab, audit HMAC key) may instead name a systemd credential,
+//! `credential:NAME` (see [`credentials`]).
 //!
 //! See `config/relay.example.toml` for every key with its default.
 
+mod credentials;
 mod raw;
 mod sections;
 mod targets;

@@ -105,6 +105,7 @@ pub(super) struct RawDefaults {
     pub https_port: V,
     pub ca_file: V,
     pub tls_verify: V,
+    pub allow_ntlm_only_delegation: V,
     pub connect_timeout_secs: V,
     pub timeout_secs: V,
 }
@@ -119,6 +120,7 @@ pub(super) struct RawTarget {
     pub ca_file: V,
     pub tls_fingerprint: V,
     pub tls_verify: V,
+    pub allow_ntlm_only_delegation: V,
     pub connect_timeout_secs: V,
     pub timeout_secs: V,
 }
@@ -212,6 +214,7 @@ const DEFAULTS: &[&str] = &[
     "https_port",
     "ca_file",
     "tls_verify",
+    "allow_ntlm_only_delegation",
     "connect_timeout_secs",
     "timeout_secs",
 ];
@@ -224,6 +227,7 @@ const TARGET: &[&str] = &[
     "ca_file",
     "tls_fingerprint",
     "tls_verify",
+    "allow_ntlm_only_delegation",
     "connect_timeout_secs",
     "timeout_secs",
 ];

@@ -33,12 +33,12 @@ impl Validator<'_> {
         let session = self.session(raw.session);
         let limits = self.limits(raw.limits);
         let metrics = self.metrics(raw.metrics, &mut listeners);
-        let (mut defaults, defaults_ca) = self.defaults(raw.defaults)?;
+        let (mut defaults, inherited) = self.defaults(raw.defaults)?;
         defaults.kerberos = kerberos
             .as_ref()
             .and_then(|k| realm_for_targets(k, defaults.connect_timeout));
         self.check_defaults_kerberos(&defaults);
-        let targets = self.targets(raw.target, &defaults, defaults_ca.as_ref(), &mut listeners);
+        let targets = self.targets(raw.target, &defaults, &inherited, &mut listeners);
         if listeners.declared == 0 {
             let at = self.loc.header_offset("listen", None);
             self.error(
@@ -133,7 +133,7 @@ impl Validator<'_> {
             Duration::from_secs(30),
         );
         AuthConfig {
-            users_file: users_file.map(|f| self.path(Some(f), "auth.users_file")),
+            users_file: users_file.map(|f| self.secret_path(f, "auth.users_file")),
             credssp_min_version: self
                 .int(
                     a.credssp_min_version,
@@ -182,7 +182,7 @@ impl Validator<'_> {
         let audit_path = self.required(raw_audit.path, "audit.path", at);
         let hmac_key_file = self
             .string(raw_audit.hmac_key_file, "audit.hmac_key_file")
-            .map(|p| self.path(Some(p), "audit.hmac_key_file"));
+            .map(|p| self.secret_path(p, "audit.hmac_key_file"));
         let transcripts = self
             .string(raw_audit.transcripts, "audit.transcripts")
             .map(|p| self.path(Some(p), "audit.transcripts"));
@@ -308,7 +308,7 @@ impl Validator<'_> {
             );
         }
         let keytab = self.string(k.keytab, "kerberos.keytab");
-        let keytab = keytab.map(|p| self.path(Some(p), "kerberos.keytab"));
+        let keytab = keytab.map(|p| self.secret_path(p, "kerberos.keytab"));
         Some(KerberosConfig {
             domain: Domain { realm, netbios },
             kdcs,

@@ -26,6 +26,15 @@ struct TlsKeys {
     tls_verify: raw::V,
 }
 
+/// What `[[target]]`s inherit from `[defaults]` besides [`TargetDefaults`]: keys that
+/// only matter while loading.
+pub(super) struct DefaultsKeys {
+    /// `[defaults] ca_file`, trusted by https targets without their own.
+    pub ca_file: Option<CaFile>,
+    /// `[defaults] allow_ntlm_only_delegation`, for targets that do not set it.
+    pub allow_ntlm_only_delegation: bool,
+}
+
 /// Which `[[target]]` a check is about, for its messages.
 struct TargetRef<'a> {
     index: usize,
@@ -38,14 +47,18 @@ struct TargetRef<'a> {
 }
 
 impl Validator<'_> {
-    /// `[defaults]`, and the CA file it names (which targets without their own inherit).
-    /// `None` only when TLS itself cannot be set up.
-    pub fn defaults(&mut self, d: raw::RawDefaults) -> Option<(TargetDefaults, Option<CaFile>)> {
+    /// `[defaults]`, and what targets inherit from it besides. `None` only when TLS itself
+    /// cannot be set up.
+    pub fn defaults(&mut self, d: raw::RawDefaults) -> Option<(TargetDefaults, DefaultsKeys)> {
         let defaults_ca = {
             let v = self.string(d.ca_file, "defaults.ca_file");
             self.ca_file(v, "defaults.ca_file")
         };
         let defaults_at = self.loc.header_offset("defaults", None);
+        let auth_span = d.auth.as_ref().map(Spanned::span);
+        let allow_ntlm_only_delegation = self
+            .boolean(d.allow_ntlm_only_delegation, "defaults.allow_ntlm_only_delegation")
+            .is_some_and(|v| *v.get_ref());
         let defaults = TargetDefaults {
             auth: self.target_auth(d.auth, "defaults.auth", TargetAuth::default()),
             port: self
@@ -83,7 +96,23 @@ impl Validator<'_> {
                 );
             }
         }
-        Some((defaults, defaults_ca))
+        // Unlisted hosts are reached over http:// with this auth (credssp needs no https).
+        if defaults.auth == TargetAuth::CredSsp && !allow_ntlm_only_delegation {
+            let span = auth_span.unwrap_or(defaults_at..defaults_at);
+            self.error(
+                span,
+                "defaults.auth",
+                ntlm_only_delegation_refused(
+                    "[defaults] applies it to hosts not listed as a [[target]]",
+                    "[defaults]",
+                ),
+            );
+        }
+        let keys = DefaultsKeys {
+            ca_file: defaults_ca,
+            allow_ntlm_only_delegation,
+        };
+        Some((defaults, keys))
     }
 
     /// `[defaults] auth = "kerberos"` (or `https-kerberos`) needs the realm.
@@ -112,7 +141,7 @@ impl Validator<'_> {
         &mut self,
         raw: Vec<raw::RawTarget>,
         defaults: &TargetDefaults,
-        defaults_ca: Option<&CaFile>,
+        inherited: &DefaultsKeys,
         listeners: &mut Listeners,
     ) -> Vec<TargetConfig> {
         let mut targets = Vec::new();
@@ -141,6 +170,7 @@ impl Validator<'_> {
             let auth_at = auth_span.as_ref().map(|span| span.start);
             let explicit_auth = self.target_auth_opt(t.auth, &key("auth"));
             let auth = explicit_auth.unwrap_or(defaults.auth);
+            let allow_delegation = self.boolean(t.allow_ntlm_only_delegation, &key("allow_ntlm_only_delegation"));
             let url = self.required(t.url, &key("url"), at);
             // The scheme, once the url parsed.
             let mut https = None;
@@ -148,18 +178,48 @@ impl Validator<'_> {
             let url = match url.as_ref().map(|u| (u, parse_target_url(u.get_ref()))) {
                 Some((raw_url, Ok(u))) => {
                     https = Some(u.https);
-                    match auth_span {
+                    match &auth_span {
                         // An invalid auth was reported already; its fallback proves nothing.
                         Some(_) if explicit_auth.is_none() => {}
                         Some(span) => {
                             if let Some(m) = auth.scheme_problem(u.https, "") {
-                                self.error(span, key("auth"), format!("{m}; url is {:?}", raw_url.get_ref()));
+                                self.error(
+                                    span.clone(),
+                                    key("auth"),
+                                    format!("{m}; url is {:?}", raw_url.get_ref()),
+                                );
                             }
                         }
                         None => {
                             if let Some(m) = auth.scheme_problem(u.https, " (from defaults.auth)") {
                                 self.error(raw_url.span(), key("url"), format!("{:?}: {m}", raw_url.get_ref()));
                             }
+                        }
+                    }
+                    // An invalid auth was reported already; its fallback proves nothing.
+                    if auth_span.is_none() || explicit_auth.is_some() {
+                        let allowed = allow_delegation
+                            .as_ref()
+                            .map_or(inherited.allow_ntlm_only_delegation, |v| *v.get_ref());
+                        let delegates_over_http = auth == TargetAuth::CredSsp && !u.https;
+                        if delegates_over_http && !allowed {
+                            let (span, k) = match &auth_span {
+                                Some(span) => (span.clone(), key("auth")),
+                                None => (raw_url.span(), key("url")),
+                            };
+                            let what = format!("target {name:?} at {:?}", raw_url.get_ref());
+                            self.error(span, k, ntlm_only_delegation_refused(&what, "its [[target]]"));
+                        } else if let Some(v) = allow_delegation.as_ref().filter(|_| !delegates_over_http) {
+                            self.error(
+                                v.span(),
+                                key("allow_ntlm_only_delegation"),
+                                format!(
+                                    "only applies to auth = \"credssp\" over http://; this target uses auth {:?} \
+                                     over {}",
+                                    auth.as_str(),
+                                    if u.https { "https://" } else { "http://" }
+                                ),
+                            );
                         }
                     }
                     let port = u.port_or(defaults.port_for(u.https));
@@ -196,7 +256,7 @@ impl Validator<'_> {
                 at: header,
                 auth_at,
             };
-            let tls = self.target_tls(tls_keys, &target, https, defaults_ca);
+            let tls = self.target_tls(tls_keys, &target, https, inherited.ca_file.as_ref());
             let kerberos = self.target_kerberos(t.spn, &target, &url, defaults);
             listeners.declared += usize::from(t.listen.is_some());
             let listen = self.string(t.listen, &key("listen")).and_then(|a| {
@@ -409,6 +469,21 @@ pub(super) fn realm_for_targets(kerberos: &KerberosConfig, connect_timeout: Dura
         domain: kerberos.domain.clone(),
         kdc: KdcTransport::new(kerberos.kdcs.clone(), connect_timeout, connect_timeout),
     }))
+}
+
+/// Why `auth = "credssp"` towards a host reached over http:// is refused (`what` names
+/// the host or hosts, `place` where the opt-in goes). The relay's CredSSP client
+/// authenticates the target with NTLM only: nothing proves which host answered, yet
+/// CredSSP then hands it the caller's password (Windows refuses the same unless
+/// AllowFreshCredentialsWhenNTLMOnly is set).
+fn ntlm_only_delegation_refused(what: &str, place: &str) -> String {
+    format!(
+        "auth \"credssp\" over http:// delegates the caller's password to a host only NTLM vouches for ({what}): \
+         the relay's CredSSP client authenticates targets with NTLM, which anyone who can intercept the \
+         connection and holds a domain computer account can complete, and so receive the password; use an \
+         https:// url (its certificate is checked) or another auth, or accept the risk with \
+         allow_ntlm_only_delegation = true in {place}"
+    )
 }
 
 /// Target aliases are host-like names that cannot be mistaken for an address.

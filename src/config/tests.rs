@@ -357,8 +357,8 @@ fn unknown_keys_are_all_reported_with_other_problems() {
         [
             "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure, hmac_key_file, transcripts, transcript_max_bytes, syslog)",
             "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
-            "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, connect_timeout_secs, timeout_secs)",
-            "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, spn, listen, ca_file, tls_fingerprint, tls_verify, connect_timeout_secs, timeout_secs)",
+            "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, allow_ntlm_only_delegation, connect_timeout_secs, timeout_secs)",
+            "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, spn, listen, ca_file, tls_fingerprint, tls_verify, allow_ntlm_only_delegation, connect_timeout_secs, timeout_secs)",
         ]
     );
     let top = format!("verbose = true\n{MINIMAL}");
@@ -530,9 +530,15 @@ fn every_target_auth_parses_with_a_suitable_scheme() {
         ("https-kerberos", "https", TargetAuth::HttpsKerberos),
     ];
     for (value, scheme, want) in cases {
+        // credssp's unlisted hosts are reached over http://: the opt-in is inherited.
+        let opt_in = if want == TargetAuth::CredSsp {
+            "allow_ntlm_only_delegation = true\n"
+        } else {
+            ""
+        };
         let c = parse(&format!(
-            "[defaults]\nauth = {value:?}\n[[target]]\nname = \"w\"\nurl = \"{scheme}://w/wsman\"\nauth = {value:?}\n\
-             {KERBEROS}"
+            "[defaults]\nauth = {value:?}\n{opt_in}[[target]]\nname = \"w\"\nurl = \"{scheme}://w/wsman\"\n\
+             auth = {value:?}\n{KERBEROS}"
         ))
         .unwrap_or_else(|e| panic!("{value} over {scheme}: {e:?}"));
         assert_eq!((c.defaults.auth, c.targets[0].auth), (want, want));
@@ -754,7 +760,7 @@ fn tls_keys_only_apply_to_https_targets() {
     let ca = ca_pem(&dir);
     let errs = errors(&format!(
         "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\nauth = \"credssp\"\nca_file = {:?}\n\
-         tls_fingerprint = \"sha256:{PIN_HEX}\"\ntls_verify = true\n",
+         tls_fingerprint = \"sha256:{PIN_HEX}\"\ntls_verify = true\nallow_ntlm_only_delegation = true\n",
         ca.display().to_string()
     ));
     let only = "only applies to https:// urls; this target's url is http://";
@@ -778,6 +784,77 @@ fn tls_keys_only_apply_to_https_targets() {
           is accepted whatever its chain"
         ]
     );
+}
+
+#[test]
+fn credssp_over_http_needs_the_ntlm_only_delegation_opt_in() {
+    const HTTP: &str = "[[target]]\nname = \"h\"\nurl = \"http://h/wsman\"\n";
+    const HTTPS: &str = "[[target]]\nname = \"s\"\nurl = \"https://s/wsman\"\n";
+    const CREDSSP: &str = "auth = \"credssp\"\n";
+    const OPT_IN: &str = "allow_ntlm_only_delegation = true\n";
+    let refused = "auth \"credssp\" over http:// delegates the caller's password to a host only NTLM vouches for";
+    // A target's own auth, and one it takes from [defaults] (with [defaults] itself, for unlisted hosts).
+    let errs = errors(&format!("{HTTP}{CREDSSP}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "relay.toml:15: target[0].auth: {refused} (target \"h\" at \"http://h/wsman\"): the relay's CredSSP \
+             client authenticates targets with NTLM"
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].ends_with("allow_ntlm_only_delegation = true in its [[target]]"),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("[defaults]\n{CREDSSP}{HTTP}"));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "relay.toml:13: defaults.auth: {refused} ([defaults] applies it to hosts not listed as a [[target]])"
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].ends_with("allow_ntlm_only_delegation = true in [defaults]"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with(&format!("relay.toml:16: target[0].url: {refused}")),
+        "{errs:?}"
+    );
+    // Accepted over https (its certificate is always checked), or with the opt-in: on the
+    // target, or in [defaults] for unlisted hosts and the targets that inherit it.
+    let c = parse(&format!("{HTTPS}{CREDSSP}")).unwrap();
+    assert_eq!(c.targets[0].auth, TargetAuth::CredSsp);
+    parse(&format!("{HTTP}{CREDSSP}{OPT_IN}")).unwrap();
+    let c = parse(&format!("[defaults]\n{CREDSSP}{OPT_IN}{HTTP}")).unwrap();
+    assert_eq!(c.resolve_target("db01").unwrap().auth, TargetAuth::CredSsp);
+    // A target's own false wins over [defaults]' true.
+    let errs = errors(&format!(
+        "[defaults]\n{OPT_IN}{HTTP}{CREDSSP}allow_ntlm_only_delegation = false\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!("relay.toml:17: target[0].auth: {refused}")),
+        "{errs:?}"
+    );
+    // Where it changes nothing it is refused, not silently ignored.
+    let errs = errors(&format!("{HTTPS}{CREDSSP}{OPT_IN}"));
+    assert_eq!(
+        errs,
+        [
+            "relay.toml:16: target[0].allow_ntlm_only_delegation: only applies to auth = \"credssp\" over http://; \
+             this target uses auth \"credssp\" over https://"
+        ]
+    );
+    let errs = errors(&format!("{HTTP}auth = \"ntlm\"\n{OPT_IN}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].ends_with("this target uses auth \"ntlm\" over http://"),
+        "{errs:?}"
+    );
+    assert!(errors("[defaults]\nallow_ntlm_only_delegation = 1\n")[0].contains("expected a boolean"));
 }
 
 #[test]
@@ -897,7 +974,7 @@ fn unlisted_hosts_follow_https_defaults() {
     let t = c.resolve_target("[fd00::9]:443").unwrap();
     assert_eq!((t.url.as_str(), t.port), ("https://[fd00::9]:443/wsman", 443));
     // credssp accepts both schemes; unlisted hosts keep http and its port.
-    let c = parse("[defaults]\nauth = \"credssp\"\nport = 15985\n").unwrap();
+    let c = parse("[defaults]\nauth = \"credssp\"\nport = 15985\nallow_ntlm_only_delegation = true\n").unwrap();
     let t = c.resolve_target("db01").unwrap();
     assert_eq!(
         (t.url.as_str(), t.https, t.tls.is_none()),
@@ -1308,4 +1385,92 @@ fn example_kerberos_table_loads_when_uncommented() {
         ("LAB.TEST", "LAB", 2)
     );
     assert_eq!(k.keytab.as_deref(), Some(Path::new("config/relay.keytab")));
+}
+
+/// Sets `$CREDENTIALS_DIRECTORY` for one test, one such test at a time, and puts back what
+/// was there when dropped (also when the test fails).
+struct CredentialsDirectory {
+    old: Option<std::ffi::OsString>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl CredentialsDirectory {
+    fn set(dir: Option<&Path>) -> CredentialsDirectory {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = std::env::var_os(credentials::CREDENTIALS_DIRECTORY);
+        match dir {
+            Some(dir) => std::env::set_var(credentials::CREDENTIALS_DIRECTORY, dir),
+            None => std::env::remove_var(credentials::CREDENTIALS_DIRECTORY),
+        }
+        CredentialsDirectory {
+            old,
+            _one_at_a_time: guard,
+        }
+    }
+}
+
+impl Drop for CredentialsDirectory {
+    fn drop(&mut self) {
+        match &self.old {
+            Some(old) => std::env::set_var(credentials::CREDENTIALS_DIRECTORY, old),
+            None => std::env::remove_var(credentials::CREDENTIALS_DIRECTORY),
+        }
+    }
+}
+
+/// The users file, keytab and audit key as systemd credentials.
+fn credentials_config() -> String {
+    MINIMAL
+        .replace("\"config/users\"", "\"credential:users\"")
+        .replace("[audit]\n", "[audit]\nhmac_key_file = \"credential:audit-key\"\n")
+        + "[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"credential:relay.keytab\"\n"
+}
+
+#[test]
+fn secret_files_may_name_systemd_credentials() {
+    let dir = test_dir("credentials");
+    let _env = CredentialsDirectory::set(Some(&dir));
+    let c = Config::parse(Path::new("relay.toml"), &credentials_config()).unwrap_or_else(|e| panic!("{e:?}"));
+    // Each resolves to its file in $CREDENTIALS_DIRECTORY (a plain path would stay as written).
+    assert_eq!(c.auth.users_file, Some(dir.join("users")));
+    assert_eq!(c.audit.hmac_key_file, Some(dir.join("audit-key")));
+    assert_eq!(c.kerberos.and_then(|k| k.keytab), Some(dir.join("relay.keytab")));
+    assert_eq!(c.audit.path, Path::new("audit.jsonl"));
+    // systemd leaves the decrypted file read-only to the service (0400): loadable as it is.
+    let mut users = UsersFile::new();
+    users.add("LAB\\alice", &secrecy::SecretString::from("pw")).unwrap();
+    users.save(&dir.join("users")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("users"), std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    assert_eq!(UsersFile::load(&dir.join("users")).unwrap().entries().count(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn systemd_credentials_need_the_credentials_directory() {
+    let _env = CredentialsDirectory::set(None);
+    let errs = Config::parse(Path::new("relay.toml"), &credentials_config())
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        .expect_err("credentials resolved without $CREDENTIALS_DIRECTORY");
+    let unset = |key: &str, name: &str| {
+        format!(
+            "{key}: \"credential:{name}\" names a systemd credential, but $CREDENTIALS_DIRECTORY is not set: \
+             systemd sets it for a service with LoadCredentialEncrypted={name}:<encrypted file>"
+        )
+    };
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    for (err, (line, key, name)) in errs.iter().zip([
+        (8, "auth.users_file", "users"),
+        (11, "audit.hmac_key_file", "audit-key"),
+        (15, "kerberos.keytab", "relay.keytab"),
+    ]) {
+        assert!(
+            err.starts_with(&format!("relay.toml:{line}: {}", unset(key, name))),
+            "{err}"
+        );
+    }
 }

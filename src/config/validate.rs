@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use toml::{Spanned, Value};
 
+use super::credentials;
 use super::raw::{self, Locator};
 use super::ConfigError;
 
@@ -108,6 +109,19 @@ impl Validator<'_> {
             self.error(v.span(), key, "must not be empty");
         }
         PathBuf::from(v.into_inner())
+    }
+
+    /// The path of a secret file: as written, or for `credential:NAME` that systemd
+    /// credential's file in `$CREDENTIALS_DIRECTORY`.
+    pub fn secret_path(&mut self, v: Spanned<String>, key: &str) -> PathBuf {
+        match credentials::resolve(v.get_ref(), std::env::var_os(credentials::CREDENTIALS_DIRECTORY)) {
+            Ok(Some(path)) => path,
+            Ok(None) => self.path(Some(v), key),
+            Err(message) => {
+                self.error(v.span(), key, message);
+                PathBuf::new()
+            }
+        }
     }
 
     pub fn socket_addr(&mut self, v: &Spanned<String>, key: &str) -> Option<SocketAddr> {
