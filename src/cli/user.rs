@@ -75,7 +75,7 @@ fn user(action: UserCommand) -> Result<(), UserCliError> {
         } => {
             let mut users = load_or_new(&file.users_file)?;
             // Validate the name before asking for a password.
-            crate::config::users::parse_user_name(&name)?;
+            let added = crate::config::users::parse_user_name(&name)?;
             let password = if password_stdin {
                 read_password_stdin()?
             } else {
@@ -85,6 +85,24 @@ fn user(action: UserCommand) -> Result<(), UserCliError> {
             users.save(&file.users_file)?;
             let verb = if replaced { "updated" } else { "added" };
             eprintln!("{verb} {name} in {}", file.users_file.display());
+            // The file does not know the domain's two names: `LAB\alice` and
+            // `alice@LAB.TEST` are one user once `[kerberos]` says so, and the relay
+            // then refuses the file (a reload keeps the old one in force).
+            let spelled_otherwise: Vec<String> = users
+                .entries()
+                .map(|e| e.principal())
+                .filter(|p| {
+                    p.user().eq_ignore_ascii_case(added.user()) && !p.domain().eq_ignore_ascii_case(added.domain())
+                })
+                .map(|p| p.to_string())
+                .collect();
+            if !spelled_otherwise.is_empty() {
+                eprintln!(
+                    "warning: the file also has {}: if [kerberos] names one domain by both names, the relay refuses \
+                     a file holding one user twice; remove the other row with `winrm-relay user remove`",
+                    spelled_otherwise.join(", ")
+                );
+            }
             eprintln!("{}", secrets_note(&file.users_file));
         }
         UserCommand::Remove { name, file } => {
