@@ -107,7 +107,7 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
                 channel: Some(channel),
                 method: method.unwrap_or(AuthMethod::Ntlm),
             };
-            match session.begin(shared, logon) {
+            match session.begin(shared, logon).await {
                 Ok(active) => Logon::Active(active),
                 Err(refusal) => Logon::Refused(refusal),
             }
@@ -183,7 +183,7 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
         channel: None,
         method: AuthMethod::Basic,
     };
-    match session.begin(shared, logon) {
+    match session.begin(shared, logon).await {
         Ok(active) => Logon::Active(active),
         Err(refusal) => Logon::Refused(refusal),
     }
