@@ -1,0 +1,215 @@
+"""Logon places under pressure and the audit under a flood (issue 17, sections 2 and 3).
+
+- A connect/close loop from a source outside `allow_sources`, and from one holding its share of the places while
+  they are all taken, adds a few summary lines to the audit (with a `count` that adds up to the metrics), not one
+  line per connection; a real logon afterwards is audited.
+- With the default limits, 500 idle sockets from 25 addresses do not keep another address's logon out, and 200
+  concurrent logons of one user from one address (an automation host's burst) are all served.
+
+Relays of their own on 127.0.0.210-213; client sources in 127.0.2-5.x (loopback, so the namespace has them)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import struct
+import threading
+import time
+import typing
+import urllib.request
+
+import pytest
+
+from harness import USERS, ExtraRelay
+from helpers import ALICE, run, wait_for
+
+FLOOD_SECS = 4.0
+# What a flood may add to the audit log: a few lines at once per source and reason, then a summary per interval.
+MAX_FLOOD_LINES = 40
+MAX_FLOOD_BYTES = 64 * 1024
+
+
+def metrics(host: str) -> typing.Dict[str, float]:
+    with urllib.request.urlopen("http://%s:9985/metrics" % host, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def refusals_counted(host: str) -> float:
+    """winrm_relay_refusals_before_logon_total, all causes (0 when the relay has no such metric)."""
+    return sum(v for k, v in metrics(host).items() if k.startswith("winrm_relay_refusals_before_logon_total"))
+
+
+def connect_close_loop(source: str, relay: typing.Tuple[str, int], secs: float) -> int:
+    """Connect and close at once (RST, so no TIME_WAIT piles up) from `source` for `secs`; returns how many."""
+    n = 0
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.bind((source, 0))
+        try:
+            s.connect(relay)
+            n += 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return n
+
+
+def audit_size(path: str) -> typing.Tuple[int, int]:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return data.count(b"\n"), len(data)
+
+
+def stalled_request(source: str, relay: typing.Tuple[str, int]) -> socket.socket:
+    """A connection with a request in flight: its head sent, its body promised and never sent."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(10)
+    s.connect(relay)
+    s.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: relay\r\nContent-Type: application/soap+xml\r\n"
+              b"Content-Length: 4096\r\n\r\n")
+    return s
+
+
+@pytest.fixture
+def flooded(relay):
+    """A relay that admits 127.0.0.1 and 127.0.3.0/24 only, with places for 4 connections waiting to log on, 2 per
+    source under pressure, and metrics."""
+    extra = ExtraRelay(relay, "127.0.0.210", listen_extra='allow_sources = ["127.0.0.1/32", "127.0.3.0/24"]',
+                       tail='[metrics]\nlisten = "127.0.0.210:9985"\n'
+                            "[limits]\nmax_sessions = 4\nmax_unauthenticated_per_source = 2\n")
+    yield extra
+    extra.stop()
+
+
+def test_a_flood_of_refused_connections_is_summarised_and_counted(flooded):
+    addr = ("127.0.0.210", 5985)
+    lines0, bytes0 = audit_size(flooded.audit)
+
+    # Outside allow_sources.
+    unlisted = connect_close_loop("127.0.2.1", addr, FLOOD_SECS)
+
+    # Past its share while every place is taken: two sources hold two places each, every one with a request in
+    # flight (nothing idle to shed), and one of them keeps connecting.
+    held = [stalled_request(src, addr) for src in ("127.0.3.1", "127.0.3.1", "127.0.3.2", "127.0.3.2")]
+    try:
+        time.sleep(0.5)
+        over_cap = connect_close_loop("127.0.3.1", addr, FLOOD_SECS)
+    finally:
+        for s in held:
+            s.close()
+    assert unlisted > 500 and over_cap > 500, (unlisted, over_cap)
+
+    # A real logon afterwards is audited.
+    p = flooded.protocol()
+    assert run(p, "echo", ["after"])[0] == b"after\n"
+    p.transport.close_session()
+    assert wait_for(lambda: [e for e in flooded.events() if e["event"] == "session_start"], 5)
+
+    # Every refusal is counted, and the summary lines (written once their interval is over) account for each.
+    def balanced() -> typing.Optional[typing.Tuple[float, float]]:
+        counted = refusals_counted("127.0.0.210")
+        lines = sum(e.get("count", 0) for e in flooded.events())
+        return (counted, lines) if counted == lines else None
+
+    assert wait_for(balanced, 25, 0.5), (refusals_counted("127.0.0.210"),
+                                         sum(e.get("count", 0) for e in flooded.events()))
+    lines1, bytes1 = audit_size(flooded.audit)
+    assert lines1 - lines0 <= MAX_FLOOD_LINES, "%d audit lines for %d refused connections" % (
+        lines1 - lines0, unlisted + over_cap)
+    assert bytes1 - bytes0 <= MAX_FLOOD_BYTES, bytes1 - bytes0
+    assert refusals_counted("127.0.0.210") >= unlisted
+    print("flood: %d + %d refused connections, %d audit lines, %d bytes" % (
+        unlisted, over_cap, lines1 - lines0, bytes1 - bytes0))
+    summaries = [e for e in flooded.events() if e.get("count", 0) > 1]
+    assert any(e["source"] == "127.0.2.1" and "allow_sources" in e["reason"] for e in summaries), summaries
+    assert any(e["source"] == "127.0.3.1" for e in summaries), summaries
+
+
+def idle_sockets(relay: typing.Tuple[str, int], sources: int, per_source: int, net: str) -> typing.List[socket.socket]:
+    held = []
+    for i in range(per_source):
+        for a in range(sources):
+            s = socket.socket()
+            s.bind(("%s.%d" % (net, a + 1), 0))
+            s.settimeout(5)
+            s.connect(relay)
+            held.append(s)
+    return held
+
+
+def timed_logon_and_command(extra: ExtraRelay) -> float:
+    start = time.monotonic()
+    p = extra.protocol()
+    assert run(p, "echo", ["through"])[0] == b"through\n"
+    elapsed = time.monotonic() - start
+    p.transport.close_session()
+    return elapsed
+
+
+def test_idle_sockets_from_many_addresses_do_not_keep_a_logon_out(relay):
+    """Default limits: 20 idle sockets from each of 25 addresses (more than the 300 places), then alice from
+    another address logs on and runs a command within a second."""
+    extra = ExtraRelay(relay, "127.0.0.211")
+    held: typing.List[socket.socket] = []
+    try:
+        baseline = timed_logon_and_command(extra)
+        held = idle_sockets(("127.0.0.211", 5985), 25, 20, "127.0.4")
+        time.sleep(2)  # idle, as a hoarder's sockets are
+        elapsed = timed_logon_and_command(extra)
+        assert elapsed < 1.0, "logon + command took %.2f s under 500 idle sockets (%.2f s without)" % (
+            elapsed, baseline)
+        print("logon + command: %.2f s under 500 idle sockets, %.2f s without" % (elapsed, baseline))
+        shed = [e for e in extra.events() if e["event"] == "denied" and "make room" in e.get("reason", "")]
+        assert shed and all(e["source"].startswith("127.0.4.") for e in shed), shed[:3]
+    finally:
+        for s in held:
+            s.close()
+        extra.stop()
+
+
+def test_a_burst_of_200_logons_from_one_address_is_served(relay):
+    """Default limits (max_sessions_per_user = 25): 200 concurrent CredSSP logons of alice from one address,
+    each running a command, all succeed."""
+    extra = ExtraRelay(relay, "127.0.0.212")
+    n = 200
+    start = threading.Barrier(n)
+
+    def one(i: int) -> str:
+        import winrm
+
+        p = winrm.protocol.Protocol(
+            endpoint=extra.url(), transport="credssp", username=ALICE, password=USERS[ALICE],
+            server_cert_validation="ignore", message_encryption="always", operation_timeout_sec=20,
+            read_timeout_sec=30)
+        start.wait(60)
+        try:
+            out = run(p, "echo", ["burst%d" % i])[0]
+            return "ok" if out == b"burst%d\n" % i else "wrong output %r" % out
+        except Exception as e:  # noqa: BLE001 - the failure is the result
+            return "%s: %s" % (type(e).__name__, str(e)[:200])
+        finally:
+            p.transport.close_session()
+
+    try:
+        began = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+            results = list(pool.map(one, range(n)))
+        took = time.monotonic() - began
+        failed = [r for r in results if r != "ok"]
+        assert not failed, "%d of %d failed in %.0f s, e.g. %s%s" % (len(failed), n, took, failed[:3], extra.excerpt())
+        print("burst: %d logons + commands in %.1f s" % (n, took))
+        starts = [e for e in extra.events() if e["event"] == "session_start"]
+        assert len(starts) == n, len(starts)
+    finally:
+        extra.stop()
+
