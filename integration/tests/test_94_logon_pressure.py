@@ -6,7 +6,10 @@
 - With the default limits, 500 idle sockets from 25 addresses do not keep another address's logon out, and 200
   concurrent logons of one user from one address (an automation host's burst) are all served.
 
-Relays of their own on 127.0.0.210-213; client sources in 127.0.2-5.x (loopback, so the namespace has them)."""
+- Both at once: while the 500 idle sockets are held, the 200-logon burst from one address and another address's
+  logon are all served.
+
+Relays of their own on 127.0.0.210-213; client sources in 127.0.2-6.x (loopback, so the namespace has them)."""
 
 from __future__ import annotations
 
@@ -177,16 +180,31 @@ def test_idle_sockets_from_many_addresses_do_not_keep_a_logon_out(relay):
         extra.stop()
 
 
-def test_a_burst_of_200_logons_from_one_address_is_served(relay):
-    """Default limits (max_sessions_per_user = 25): 200 concurrent CredSSP logons of alice from one address,
-    each running a command, all succeed."""
-    extra = ExtraRelay(relay, "127.0.0.212")
-    n = 200
+_source = threading.local()
+
+
+@pytest.fixture
+def bound_sources(monkeypatch):
+    """Lets a client thread choose its source address (`_source.address`): pywinrm has no such option."""
+    import urllib3.util.connection
+
+    plain = urllib3.util.connection.create_connection
+
+    def create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, *a, **kw):
+        bound = getattr(_source, "address", None)
+        return plain(address, timeout, (bound, 0) if bound else source_address, *a, **kw)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", create_connection)
+
+
+def burst(extra: ExtraRelay, n: int, source: typing.Optional[str] = None) -> typing.Tuple[typing.List[str], float]:
+    """n concurrent CredSSP logons of alice (from `source`), each running a command; their results and the time."""
     start = threading.Barrier(n)
 
     def one(i: int) -> str:
         import winrm
 
+        _source.address = source
         p = winrm.protocol.Protocol(
             endpoint=extra.url(), transport="credssp", username=ALICE, password=USERS[ALICE],
             server_cert_validation="ignore", message_encryption="always", operation_timeout_sec=20,
@@ -200,16 +218,55 @@ def test_a_burst_of_200_logons_from_one_address_is_served(relay):
         finally:
             p.transport.close_session()
 
+    began = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(one, range(n)))
+    return results, time.monotonic() - began
+
+
+def test_a_burst_of_200_logons_from_one_address_is_served(relay):
+    """Default limits (max_sessions_per_user = 25): 200 concurrent CredSSP logons of alice from one address,
+    each running a command, all succeed."""
+    extra = ExtraRelay(relay, "127.0.0.212")
+    n = 200
     try:
-        began = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
-            results = list(pool.map(one, range(n)))
-        took = time.monotonic() - began
+        results, took = burst(extra, n)
         failed = [r for r in results if r != "ok"]
         assert not failed, "%d of %d failed in %.0f s, e.g. %s%s" % (len(failed), n, took, failed[:3], extra.excerpt())
         print("burst: %d logons + commands in %.1f s" % (n, took))
         starts = [e for e in extra.events() if e["event"] == "session_start"]
         assert len(starts) == n, len(starts)
     finally:
+        extra.stop()
+
+
+def test_idle_hoarders_a_burst_and_another_logon_at_once(relay, bound_sources):
+    """Default limits, both at once: 500 idle sockets from 25 addresses are held while 200 logons from one
+    address run and alice logs on from another; every logon is served (the burst's address holds its share of
+    the places while they are all taken, the rest of it waits for places its own logons release)."""
+    extra = ExtraRelay(relay, "127.0.0.213")
+    held: typing.List[socket.socket] = []
+    try:
+        held = idle_sockets(("127.0.0.213", 5985), 25, 20, "127.0.4")
+        time.sleep(2)
+        outcome: typing.Dict[str, typing.Any] = {}
+        crowd = threading.Thread(target=lambda: outcome.update(burst=burst(extra, 200, "127.0.5.1")))
+        crowd.start()
+        time.sleep(1)
+        _source.address = "127.0.6.1"
+        try:
+            elapsed = timed_logon_and_command(extra)
+        finally:
+            _source.address = None
+        crowd.join(170)
+        results, took = outcome["burst"]
+        failed = [r for r in results if r != "ok"]
+        assert not failed, "%d of 200 failed in %.0f s, e.g. %s%s" % (len(failed), took, failed[:3], extra.excerpt())
+        print("at once: alice in %.2f s, the burst in %.1f s, next to 500 idle sockets" % (elapsed, took))
+        starts = [e for e in extra.events() if e["event"] == "session_start"]
+        assert len(starts) == 201 and sum(e["source"].startswith("127.0.6.1:") for e in starts) == 1, len(starts)
+    finally:
+        for s in held:
+            s.close()
         extra.stop()
 
