@@ -48,6 +48,18 @@ pub(crate) enum Answer {
     Drop,
 }
 
+/// Why a caller not logged on was refused, for the metric (one byte: a
+/// refusal travels by value through the pipeline's results).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Denied,
+    AuthFailed,
+    AllowSources,
+    Shed,
+    /// The limit in `limit`.
+    Limit,
+}
+
 /// Why the relay answers a request itself instead of relaying it.
 #[derive(Debug)]
 pub(crate) struct Refusal {
@@ -68,7 +80,7 @@ pub(crate) struct Refusal {
     /// refusals before logon that are summarised.
     proven: bool,
     /// Why, as the metric of refusals before logon names it.
-    cause: &'static str,
+    cause: Cause,
     /// The connection closes after the answer.
     pub close: bool,
 }
@@ -84,7 +96,7 @@ impl Refusal {
             limit: None,
             logon: false,
             proven: false,
-            cause: "denied",
+            cause: Cause::Denied,
             close: false,
         }
     }
@@ -120,7 +132,7 @@ impl Refusal {
     pub fn logon(reason: impl Into<String>) -> Refusal {
         Refusal {
             logon: true,
-            cause: "auth_failed",
+            cause: Cause::AuthFailed,
             ..Refusal::new(Answer::Unauthorized, reason).audited(AuditKind::AuthFailed)
         }
     }
@@ -155,7 +167,7 @@ impl Refusal {
     pub fn pending(refusal: &PendingRefusal) -> Refusal {
         Refusal {
             limit: Some(refusal.limit()),
-            cause: refusal.limit(),
+            cause: Cause::Limit,
             close: true,
             ..Refusal::denied(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
         }
@@ -165,7 +177,7 @@ impl Refusal {
     /// unanswered (such a source learns nothing of the relay), audited.
     pub fn unlisted_source() -> Refusal {
         Refusal {
-            cause: "allow_sources",
+            cause: Cause::AllowSources,
             ..Refusal::new(Answer::Drop, "source address not in listen.allow_sources").audited(AuditKind::Denied)
         }
     }
@@ -175,7 +187,7 @@ impl Refusal {
     pub fn shed() -> Refusal {
         Refusal {
             limit: Some("max_sessions"),
-            cause: "shed",
+            cause: Cause::Shed,
             ..Refusal::new(
                 Answer::Drop,
                 "an idle connection waiting to log on was closed to make room for another (limits.max_sessions)",
@@ -241,6 +253,17 @@ impl Refusal {
         }
     }
 
+    /// The cause as the metric's label names it.
+    fn cause(&self) -> &'static str {
+        match self.cause {
+            Cause::Denied => "denied",
+            Cause::AuthFailed => "auth_failed",
+            Cause::AllowSources => "allow_sources",
+            Cause::Shed => "shed",
+            Cause::Limit => self.limit.unwrap_or("denied"),
+        }
+    }
+
     /// Whether this refusal meets a caller not logged on (`event` is the
     /// session's, before [`Refusal::note`] names anyone): one of those
     /// anyone can cause at will.
@@ -253,7 +276,7 @@ impl Refusal {
     /// line is written once, with its sizes and times.
     pub fn note(&self, event: &mut AuditEvent, metrics: &Metrics) {
         if self.audit.is_some() && self.before_logon(event) {
-            metrics.refused_before_logon(self.cause);
+            metrics.refused_before_logon(self.cause());
         }
         if let Some(kind) = self.audit {
             event.event = kind;
