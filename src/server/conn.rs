@@ -29,6 +29,7 @@ use tokio_util::either::Either;
 use tracing::Instrument;
 
 use super::auth::{self, Logon};
+use super::limits::PendingRefusal;
 use super::refusal::Refusal;
 use super::reply::{self, HttpResponse};
 use super::request::{self, BodyError};
@@ -135,6 +136,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, kind: ListenerKin
     // is over before the session starts.
     let placed = match Box::pin(shared.unauthenticated.place(peer, &ender, patience)).await {
         Ok(placed) => placed,
+        // The relay is stopping: no limit refused it.
+        Err(PendingRefusal::Stopping) => return,
         Err(refusal) => {
             Box::pin(turn_away(
                 stream,
@@ -315,9 +318,6 @@ async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared)
             }
             call = incoming.take() => call,
         };
-        if let Some(place) = session.place() {
-            place.busy();
-        }
         let busy = session.busy_deadline(&shared.config());
         let answer = {
             let handling = handle(session, request, shared);
@@ -414,6 +414,11 @@ async fn admit(session: &mut Session, request: Request<Incoming>, shared: &Share
         Ok(Err(error)) => return Admitted::Refused(Refusal::malformed(StatusCode::BAD_REQUEST, error.to_string())),
     };
     drop(config);
+    // Busy from here, not from the request head: a body trickling in is no
+    // progress through a logon, and must not keep an idle socket's place.
+    if let Some(place) = session.place() {
+        place.busy();
+    }
     match auth::authenticate(session, authorization.as_deref(), shared).await {
         Logon::Active(active) => Admitted::Answered(pipeline::relay(active, &content_type, body, route, shared).await),
         Logon::Continue(answer) => Admitted::Answered(answer),

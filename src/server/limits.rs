@@ -121,9 +121,14 @@ impl std::fmt::Display for SourceNet {
 }
 
 /// An unauthenticated connection idle this long (nothing received since
-/// accept) may be shed under pressure; a client that means to log on sends its
-/// first request well within it.
+/// accept, or since its last answer) may be shed under pressure; a client that
+/// means to log on sends its next request well within it.
 const FRESH_GRACE: Duration = Duration::from_secs(1);
+/// The same for a connection beyond its source's share of the places (the
+/// newest ones of a source holding more than `per_source`): under pressure
+/// such a crowd is the first to make room, but not before it could have sent
+/// a request.
+const BEYOND_SHARE_GRACE: Duration = Duration::from_millis(250);
 /// A connection whose CredSSP exchange advanced with its last answer is making
 /// progress: it may be shed only once it has let this long pass without its
 /// next leg.
@@ -141,8 +146,8 @@ const BUSY: u64 = u64::MAX;
 /// descriptors, memory). While places are free, any connection gets one. When
 /// all are taken (pressure), a newcomer takes the place of an idle one: the
 /// oldest idle of the source holding the most, so idle sockets are what goes
-/// and the sources hoarding them lose first. A connection in the middle of a
-/// request, or whose CredSSP exchange is advancing, is not idle. Under
+/// and the sources hoarding them lose first. A connection whose request is
+/// being handled, or whose CredSSP exchange is advancing, is not idle. Under
 /// pressure a source holding `per_source` places may only replace its own
 /// (the cap bites then only, in the spirit of OpenSSH's MaxStartups), so a
 /// burst from one automation host is served in full while the relay is quiet.
@@ -160,6 +165,8 @@ pub(crate) struct Unauthenticated {
 
 #[derive(Default)]
 struct Table {
+    /// Per source, in the order they were taken: the first `per_source` are
+    /// its share.
     held: HashMap<SourceNet, Vec<Arc<Place>>>,
     count: usize,
     /// Connections waiting for a place.
@@ -183,12 +190,14 @@ struct Place {
 
 impl Place {
     /// Since when it has been idle, if it is idle long enough to be shed.
-    fn sheddable(&self, now: u64) -> Option<u64> {
+    fn sheddable(&self, now: u64, within_share: bool) -> Option<u64> {
         let since = self.idle_since.load(Ordering::Relaxed);
         let grace = if self.advancing.load(Ordering::Relaxed) {
             ADVANCING_GRACE
-        } else {
+        } else if within_share {
             FRESH_GRACE
+        } else {
+            BEYOND_SHARE_GRACE
         };
         (since != BUSY && now.saturating_sub(since) >= grace.as_millis() as u64).then_some(since)
     }
@@ -227,7 +236,8 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// A request arrived: the connection is not idle until it is answered.
+    /// A request (its body read) is being handled: the connection is not
+    /// idle until it is answered.
     pub fn busy(&self) {
         self.place.idle_since.store(BUSY, Ordering::Relaxed);
     }
@@ -248,7 +258,7 @@ impl Drop for Pending {
             // A shed place has left the table already.
             if let Some(places) = table.held.get_mut(&source) {
                 if let Some(i) = places.iter().position(|p| Arc::ptr_eq(p, &self.place)) {
-                    places.swap_remove(i);
+                    places.remove(i);
                     if places.is_empty() {
                         table.held.remove(&source);
                     }
@@ -321,7 +331,7 @@ impl Unauthenticated {
                 }
             })?;
             if let Some(places) = table.held.get_mut(&victim_source) {
-                let victim = places.swap_remove(index);
+                let victim = places.remove(index);
                 if places.is_empty() {
                     table.held.remove(&victim_source);
                 }
@@ -362,7 +372,7 @@ impl Unauthenticated {
             let oldest = places
                 .iter()
                 .enumerate()
-                .filter_map(|(i, place)| Some((place.sheddable(now)?, i)))
+                .filter_map(|(i, place)| Some((place.sheddable(now, i < self.per_source)?, i)))
                 .min();
             let Some((since, index)) = oldest else {
                 continue;
@@ -744,6 +754,22 @@ mod tests {
         assert!(small_ender.is_ended());
         assert_eq!(take(&places, "127.0.0.73:1").err(), Some(PendingRefusal::Total));
         assert!(!busy_ender.is_ended() && !crowd[1].1.is_ended());
+    }
+
+    #[test]
+    fn a_crowd_beyond_its_share_makes_room_sooner() {
+        let places = places(3, 2);
+        let crowd: Vec<_> = (0..3)
+            .map(|i| take(&places, &format!("127.0.0.85:{i}")).unwrap())
+            .collect();
+        for (placed, _) in &crowd {
+            let now = places.now();
+            placed.pending.place.idle_since.store(now - 500, Ordering::Relaxed);
+        }
+        // Half a second idle: only the place beyond the source's share of two may go.
+        let (_alice, _) = take(&places, "127.0.0.86:1").unwrap();
+        assert!(crowd[2].1.is_ended() && !crowd[0].1.is_ended() && !crowd[1].1.is_ended());
+        assert!(take(&places, "127.0.0.87:1").is_err());
     }
 
     #[test]
