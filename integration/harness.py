@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -527,6 +528,10 @@ class Harness:
     # -- paths
     def double_log(self, name: str) -> str:
         return os.path.join(self.workdir, "double-%s.jsonl" % name)
+
+    def double_arrivals(self, name: str) -> str:
+        """The double's log of requests as they arrive, before they are answered."""
+        return re.sub(r"\.jsonl$", "", self.double_log(name)) + ".arrivals.jsonl"
 
     def double_out(self, name: str) -> str:
         return os.path.join(self.workdir, "double-%s.out" % name)

@@ -98,6 +98,11 @@ TIMED_OUT_CODE = 2150858793
 TIMED_OUT_TEXT = "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.  "
 
 
+def arrivals_log_path(log: str) -> str:
+    """Where a double logging to `log` records requests as they arrive."""
+    return re.sub(r"\.jsonl$", "", log) + ".arrivals.jsonl"
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -394,9 +399,12 @@ class Shell:
 
 
 class State:
-    def __init__(self, name: str, log: JsonLog) -> None:
+    def __init__(self, name: str, log: JsonLog, arrivals: typing.Optional[JsonLog] = None) -> None:
         self.name = name
         self.log = log
+        # Requests as they arrive, before they are handled (the log has them once answered): a test waits here
+        # for a Receive or a held-back Create to be at the target instead of sleeping.
+        self.arrivals = arrivals or JsonLog(None)
         self.lock = threading.Lock()
         self.shells: typing.Dict[str, Shell] = {}
         # Seconds a Create answer is held back after the shell exists (a slow target).
@@ -571,7 +579,9 @@ class WsmanRequest:
         self.message_id = (text_of(header.find("a:MessageID", NS)) or "").strip()
         self.resource_uri = (text_of(header.find("w:ResourceURI", NS)) or "").strip()
         self.to = text_of(header.find("a:To", NS))
-        self.op_timeout = parse_duration(text_of(header.find("w:OperationTimeout", NS)), DEFAULT_OP_TIMEOUT)
+        # As received (the relay clamps what a client asks for; tests read it from the log).
+        self.op_timeout_text = text_of(header.find("w:OperationTimeout", NS))
+        self.op_timeout = parse_duration(self.op_timeout_text, DEFAULT_OP_TIMEOUT)
         self.selectors = {
             sel.get("Name"): (sel.text or "").strip() for sel in header.findall("w:SelectorSet/w:Selector", NS)
         }
@@ -1392,7 +1402,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             req = WsmanRequest(plain)
             relates = req.message_id
             record.update(action=req.action_name, resource_uri=req.resource_uri, shell_id=req.shell_id,
-                          message_id=req.message_id, wsa_to=req.to)
+                          message_id=req.message_id, wsa_to=req.to, operation_timeout=req.op_timeout_text)
+            self.app.state.arrivals.write({"event": "arrived", "action": req.action_name, "shell_id": req.shell_id,
+                                           "message_id": req.message_id, "user": user, "conn": self.conn_id})
             resp = self.app.dispatcher.handle(req, user, peer, record)
         except Fault as f:
             status = f.http_status
@@ -1619,7 +1631,7 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     if "kerberos" in auths and ("negotiate" in auths or not args.spn or "/" not in args.spn):
         p.error("--auth kerberos needs --spn service/host and excludes negotiate")
 
-    state = State(args.name or host, JsonLog(args.log))
+    state = State(args.name or host, JsonLog(args.log), JsonLog(arrivals_log_path(args.log)) if args.log else None)
     state.create_delay = args.create_delay
     servers = [DoubleServer(addr, state, verbose=args.verbose, auths=auths, tls=tls,
                             cbt_strict=args.cbt == "strict", tls_max=args.tls_max, spn=args.spn) for addr in binds]

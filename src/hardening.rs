@@ -43,11 +43,6 @@ pub struct HardeningReport {
 }
 
 impl HardeningReport {
-    /// Every step achieved its goal.
-    pub fn is_complete(&self) -> bool {
-        self.dumpable == Some(false) && self.core_limit == Some((0, 0)) && self.memory_locked
-    }
-
     /// Log the outcome: one `info` line with structured fields, one `warn` per problem.
     pub fn log(&self) {
         tracing::info!(

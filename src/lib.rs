@@ -2,34 +2,52 @@
 //! requests to target hosts with the caller's delegated credentials.
 //!
 //! # Layout
-//! A request reads top to bottom:
-//! `server` (accept, HTTP) -> `proto::credssp` (authenticate the caller) ->
-//! `proto::sealing` (unseal the body) -> `proto::wsman` (parse envelope) ->
-//! `resolve` (which target) -> `target` (look its address up, once) -> `policy`
-//! (decide on names and that address) -> `proto::wsman` (rewrite) -> `target`
-//! (connect to that address, authenticate and seal towards the target) -> response
-//! back the same way -> `audit`.
+//! A request reads top to bottom in [`server`]: `listen` accepts it (source allowlist,
+//! a place among the connections waiting to log on) -> `conn` reads the HTTP request ->
+//! `auth` logs the caller on (the [`proto::credssp`] acceptor, or Basic over HTTPS) and
+//! hands over the logged-on session -> `pipeline::relay`, whose stages are named as the
+//! code names them: `require_encryption` -> `unseal` ([`proto::sealing`]) -> `parse`
+//! ([`proto::wsman`]) -> `check_readable` -> `check_audit` -> `resolve` ([`resolve`]:
+//! which target) -> `authorize` ([`upstream`] looks its address up, once; [`policy`]
+//! decides on the names and that address) -> `check_shell_owner` -> `admit` (quotas) ->
+//! `rewrite` ([`proto::wsman`]) -> `exchange` ([`upstream`]: connect to that address,
+//! authenticate and seal towards the target) -> `inspect` (exit code, shells,
+//! transcript) -> `answer` (sealed for the caller), and the request's line in
+//! [`audit`]. A refusal at any step is answered, audited and counted at one edge,
+//! `server::refusal`.
 //!
-//! - [`cli`]: clap definitions and subcommand dispatch.
+//! - [`cli`]: the command-line front-ends, one file each (`serve`, `check`, `user`,
+//!   `kerberos`, `audit`, `run`), and the dispatch between them. Clap lives only here:
+//!   each front-end hands the library plain values and maps the outcome to an exit code.
 //! - [`config`]: TOML schema, validation with file:line messages, the users file; builds
 //!   the target settings and compiles the allow rules.
 //! - [`resolve`]: target settings (TLS trust included) and how a request's target name
-//!   resolves to one; used by `config`, `policy` and `target`, depends on none of them.
+//!   resolves to one; used by `config`, `policy` and `upstream`, depends on none of them
+//!   (a realm's KDC transport comes from `kerberos::kdc`, which depends on `proto` only).
 //! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets).
+//! - [`identity`]: who a caller is: the relay's domain (realm and NetBIOS name), one
+//!   principal type that reads every spelling of a user name into one comparable key,
+//!   and the users-file row; imports nothing of the crate, every layer uses it.
 //! - [`policy`]: allow rules, user x target (names, addresses) x shell -> decision with a
 //!   reason.
-//! - [`vault`]: delegated credentials, zeroized on drop, never printed.
+//! - [`vault`]: delegated credentials, zeroized on drop, never printed; reading a password
+//!   handed to a command on stdin.
 //! - [`audit`]: audit event type, the hash-chained JSON-lines sink and its verifier,
-//!   session transcripts, the syslog export, and the `audit` subcommands.
+//!   session transcripts, the syslog export, and what the `audit` subcommands do.
 //! - [`metrics`]: the Prometheus metrics (no user names or secrets in labels).
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, a single-threaded runtime per core for the connections,
 //!   per-connection session state, the relay pipeline.
-//! - [`target`]: address lookup and authenticated, kept-alive connections to target hosts.
-//! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport.
+//! - [`upstream`]: the relay's client to WinRM hosts: address lookup, connect and TLS,
+//!   the authentication legs of every mechanism (one driver), sealing on the wire, one
+//!   error type saying whose fault a failure was, and a session's pool of kept-alive
+//!   connections.
+//! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport and the one loop
+//!   that answers the KDC requests of a Kerberos step (`proto::kerberos`), the keytab,
+//!   and the `kerberos test` probe.
 //! - [`hardening`]: start-up process hardening (no core dumps, no ptrace by peers, memory locked).
 //! - [`fanout`]: `winrm-relay run`, the client: one command on many targets through the
-//!   relay (or directly), on the same `target` and `proto` cores.
+//!   relay (or directly), on the same `upstream` and `proto` cores.
 
 pub mod audit;
 pub mod certs;
@@ -37,11 +55,12 @@ pub mod cli;
 pub mod config;
 pub mod fanout;
 pub mod hardening;
+pub mod identity;
 pub mod kerberos;
 pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod resolve;
 pub mod server;
-pub mod target;
+pub mod upstream;
 pub mod vault;

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection};
-use winrm_relay::proto::credssp::{nt_hash, Acceptor, AcceptorConfig, SkipCertificateVerification, Step, UserHash};
+use winrm_relay::identity::{Principal, UserEntry};
+use winrm_relay::proto::credssp::{nt_hash, Acceptor, AcceptorConfig, SkipCertificateVerification, Step};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -56,12 +57,7 @@ fn fixture() -> &'static Fixture {
         let acceptor = Arc::new(AcceptorConfig {
             tls: Arc::new(tls),
             public_key: vec![0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01, 0x00],
-            users: vec![UserHash {
-                domain: "LAB".into(),
-                user: "alice".into(),
-                nt_hash: nt_hash("pw"),
-            }]
-            .into(),
+            users: vec![UserEntry::new(Principal::new("LAB", "alice"), nt_hash("pw"))].into(),
             min_version: 5,
             domain: None,
             service_keys: None,

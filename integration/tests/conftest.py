@@ -16,6 +16,19 @@ import kerberos  # noqa: E402
 harness.scrub_proxies_in_process()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "runs_last: run after every other test of the session (whatever the file "
+                                       "order), e.g. a check of what the whole run left behind")
+
+
+def pytest_collection_modifyitems(items: typing.List[pytest.Item]) -> None:
+    """Tests marked runs_last go to the end, in their own order: file names order the rest, and a check of the
+    whole run must come after the load and shutdown tests, whose files sort after it."""
+    last = [item for item in items if item.get_closest_marker("runs_last")]
+    if last:
+        items[:] = [item for item in items if not item.get_closest_marker("runs_last")] + last
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> str:
     d = str(tmp_path_factory.mktemp("relay-it"))

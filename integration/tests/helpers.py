@@ -62,6 +62,43 @@ def wait_for(pred: typing.Callable[[], typing.Any], timeout: float = 5.0, interv
         time.sleep(interval)
 
 
+def double_arrivals(h: harness.Harness, name: str) -> typing.List[dict]:
+    """What reached the double, as it arrived (before it was answered)."""
+    return harness.read_jsonl(h.double_arrivals(name))
+
+
+# A client that opens a shell, starts a command that prints nothing for a minute, says so, then
+# long-polls Receive with a 50 s OperationTimeout: tests kill it (or end its session) mid-Receive.
+LONG_RECEIVE_CLIENT = r"""
+import os, sys, winrm
+p = winrm.protocol.Protocol(endpoint=os.environ["ENDPOINT"], transport="credssp", username=os.environ["USER_NAME"],
+                            password=os.environ["USER_PASSWORD"], message_encryption="always",
+                            operation_timeout_sec=50, read_timeout_sec=60)
+shell = p.open_shell()
+command = p.run_command(shell, "sleep", ["60"])
+print(shell, flush=True)
+p.get_command_output(shell, command)
+"""
+
+
+def start_long_receive(h: harness.Harness, endpoint: str, double: str = "web01") -> typing.Tuple[typing.Any, str]:
+    """The long-Receive client in a process of its own, once its Receive has reached the target `double`
+    (its arrivals log shows it) and waits there."""
+    import subprocess
+
+    env = harness.scrubbed_env({"ENDPOINT": endpoint, "USER_NAME": ALICE, "USER_PASSWORD": USERS[ALICE],
+                                "PYTHONPATH": os.pathsep.join(sys.path)})
+    child = subprocess.Popen([sys.executable, "-c", LONG_RECEIVE_CLIENT], stdout=subprocess.PIPE, env=env)
+    shell = child.stdout.readline().decode().strip()
+    assert shell, "the client did not open a shell"
+    at_target = wait_for(lambda: [r for r in double_arrivals(h, double)
+                                  if r.get("action") == "Receive" and r.get("shell_id") == shell], 20, 0.02)
+    if not at_target:
+        child.kill()
+        raise AssertionError("the client's Receive did not reach %s within 20 s" % double)
+    return child, shell
+
+
 def audit_events(h: harness.Harness) -> typing.List[dict]:
     return harness.read_jsonl(h.audit_file)
 
@@ -185,7 +222,10 @@ class RawCredSSP:
         response = self.conn.getresponse()
         return response.status, response.headers, response.read()
 
-    def logon(self, user: str, password: typing.Optional[str] = None) -> None:
+    def logon(self, user: str, password: typing.Optional[str] = None,
+              before_credentials: typing.Optional[typing.Callable[[], None]] = None) -> None:
+        """Log on; `before_credentials` runs just before the leg that delegates the credentials (the exchange
+        is then authenticated but not complete)."""
         import base64
         import re
 
@@ -195,6 +235,9 @@ class RawCredSSP:
                             protocol="credssp")
         token = ctx.step()
         while True:
+            if ctx.complete and before_credentials is not None:
+                before_credentials()
+                before_credentials = None
             status, headers, _ = self._post(b"", {"Authorization": "CredSSP " + base64.b64encode(token).decode()})
             if status == 200 and ctx.complete:
                 self.ctx = ctx

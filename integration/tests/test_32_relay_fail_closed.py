@@ -5,6 +5,9 @@ same NTSTATUS whatever the cause (unknown user, wrong password, locked out)."""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import typing
 
 import pytest
@@ -12,6 +15,8 @@ from winrm.exceptions import WinRMTransportError, WSManFaultError
 
 from harness import ExtraRelay
 from helpers import ALICE, BOB, RawCredSSP, audit_events, double_records, err_text, relay_protocol, wait_for
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 STATUS_LOGON_FAILURE = 0xC000006D
 CMD_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
@@ -83,7 +88,15 @@ def test_a_shell_used_as_another_resource_is_refused_and_not_forwarded(relay):
         p.close_shell(shell)
 
 
+# [limits] max_operation_timeout_secs when the config leaves it out (the shared relay's).
+MAX_OPERATION_TIMEOUT_SECS = 60
+
+
 def test_an_absurd_operation_timeout_is_clamped_not_a_crash(relay):
+    """The Receive asks for 2^64-1 seconds: the relay answers it (no crash), and the target received an
+    OperationTimeout of at most the relay's maximum (its log has the value as it arrived)."""
+    from target_double import parse_duration
+
     p = relay_protocol("web01")
     shell = p.open_shell()
     try:
@@ -91,10 +104,16 @@ def test_an_absurd_operation_timeout_is_clamped_not_a_crash(relay):
         receive = envelope_of(p, lambda: p.get_command_output(shell, command))
         assert "<w:OperationTimeout>PT20S</w:OperationTimeout>" in receive, receive
         huge = receive.replace("PT20S", "PT18446744073709551615S")
+        message_id = re.search(r"<a:MessageID>([^<]+)</a:MessageID>", huge).group(1)
         answer = p.send_message(huge)
         assert b"clamped" in answer or b"Y2xhbXBlZA" in answer, answer[:300]
     finally:
         p.close_shell(shell)
+    at_target = [r for r in double_records(relay, "web01") if r.get("message_id") == message_id]
+    assert len(at_target) == 1 and at_target[0].get("action") == "Receive", at_target
+    received = at_target[0].get("operation_timeout")
+    assert received and 0 < parse_duration(received, 0) <= MAX_OPERATION_TIMEOUT_SECS, \
+        "the target received OperationTimeout %r, the relay's maximum is %d s" % (received, MAX_OPERATION_TIMEOUT_SECS)
 
 
 def _logon_status(relay_host: str, user: str, password: str) -> int:
@@ -125,4 +144,49 @@ def test_every_refused_logon_gets_the_same_ntstatus(relay):
         assert len(reasons) == 5 and len({reasons[0], reasons[1], reasons[4]}) == 3, reasons
         assert "locked out" in reasons[4], reasons
     finally:
+        extra.stop()
+
+
+def _lock_out_and_try(host: str, lock_as: str, spellings: typing.Sequence[str]) -> typing.List[dict]:
+    """Five wrong passwords as `lock_as`, then alice's right password under every spelling and as LAB\\alice:
+    each must be refused. The audit lines of the right-password attempts."""
+    from harness import USERS
+
+    seen = len(audit_events_of(host))
+    for n in range(5):
+        assert _logon_status(host, lock_as, "Wrong-password-%d" % n) == STATUS_LOGON_FAILURE
+    for spelling in list(spellings) + [ALICE]:
+        status = _logon_status(host, spelling, USERS[ALICE])
+        assert status == STATUS_LOGON_FAILURE, (spelling, hex(status))
+    return [e for e in audit_events_of(host)[seen:] if e["event"] == "auth_failed"][5:]
+
+
+def audit_events_of(host: str) -> typing.List[dict]:
+    return _EXTRA[host].events()
+
+
+_EXTRA: typing.Dict[str, typing.Any] = {}
+
+
+@pytest.mark.parametrize("host,lock_as,spellings,domain_mode", [
+    ("127.0.0.55", ALICE, ["\\LAB\\alice", "alice@LAB", "lab\\ALICE"], False),
+    ("127.0.0.58", "\\LAB\\alice", ["\\LAB\\alice", "alice@LAB", "lab\\ALICE"], False),
+    ("127.0.0.56", "LAB.TEST\\alice", ["alice@LAB.TEST", "LAB.TEST\\alice", "alice@lab.test"], True),
+], ids=["as LAB-alice", "as backslash-LAB-alice", "domain mode"])
+def test_a_lockout_holds_whatever_spelling_the_caller_sends(request, relay, host: str, lock_as: str,
+                                                             spellings: typing.List[str], domain_mode: bool) -> None:
+    """Five wrong passwords lock LAB\\alice out from this address, whether guessed as LAB\\alice or as \\LAB\\alice
+    (domain "", user "LAB\\alice"), or in domain mode (with [kerberos], LAB is LAB.TEST) as LAB.TEST\\alice; her right
+    password is then refused under every spelling of her name, and no such attempt clears the count: LAB\\alice
+    itself stays locked."""
+    tail = request.getfixturevalue("realm").kerberos_toml(None) if domain_mode else ""
+    extra = ExtraRelay(relay, host, auth_extra="lockout_threshold = 5", tail=tail)
+    _EXTRA[host] = extra
+    try:
+        tried = _lock_out_and_try(host, lock_as, spellings)
+        assert len(tried) == 4, tried
+        assert all("locked out" in e["reason"] for e in tried), [e["reason"] for e in tried]
+        assert not [e for e in extra.events() if e["event"] == "session_start"]
+    finally:
+        _EXTRA.pop(host, None)
         extra.stop()

@@ -8,11 +8,10 @@ import uuid
 
 import pytest
 import requests
-from requests_credssp import HttpCredSSPAuth
 from winrm.exceptions import WinRMOperationTimeoutError, WinRMTransportError, WSManFaultError
 
-from helpers import (ALICE, RELAY_HOST, USERS, double_records, err_text, http_code, relay_log_excerpt, relay_protocol,
-                     relay_url)
+from helpers import (ALICE, RELAY_HOST, RawCredSSP, audit_events, double_records, err_text, http_code,
+                     relay_log_excerpt, relay_protocol, relay_url, user_is, wait_for)
 
 import harness
 
@@ -89,16 +88,25 @@ def test_relay_unauthenticated_body_not_forwarded(relay):
 
 
 def test_relay_unencrypted_body_after_auth_refused(relay):
+    """A plaintext envelope on an authenticated connection (one socket: logon, then the plain POST) is refused
+    by the relay as unencrypted, audited for that session, and never forwarded. (A 401 alone proves nothing:
+    a fresh, unauthenticated connection gets one too.)"""
     n = len(double_records(relay, "web01"))
     mid = "uuid:%s" % uuid.uuid4()
-    s = requests.Session()
-    s.auth = HttpCredSSPAuth(ALICE, USERS[ALICE])
-    r = s.post(relay_url("web01"), data=b"", timeout=10)
-    assert r.status_code == 200, relay_log_excerpt(relay)
-    s.auth = None  # keep the authenticated keep-alive connection, send plaintext
-    r = s.post(relay_url("web01"), data=_plain_create(mid),
-               headers={"Content-Type": "application/soap+xml;charset=UTF-8"}, timeout=10)
-    assert r.status_code in (400, 401, 415, 500), (r.status_code, r.text)
-    time.sleep(0.3)
+    raw = RawCredSSP(RELAY_HOST, harness.RELAY_PORT)
+    try:
+        raw.logon(ALICE)
+        audited = len(audit_events(relay))
+        status, _headers, body = raw._post(_plain_create(mid), {"Content-Type": "application/soap+xml;charset=UTF-8"})
+    finally:
+        raw.close()
+    assert status == 401, (status, body[:300])
+    denied = wait_for(lambda: [e for e in audit_events(relay)[audited:] if e.get("event") == "denied"], 5)
+    assert denied and denied[0].get("reason", "").startswith("unencrypted request body refused"), \
+        audit_events(relay)[audited:] + [relay_log_excerpt(relay)]
+    assert user_is(denied[0].get("user"), ALICE) and denied[0].get("session"), denied[0]
+    started = [e for e in audit_events(relay) if e.get("event") == "session_start"
+               and e.get("session") == denied[0]["session"]]
+    assert started and user_is(started[0].get("user"), ALICE), "the refusal is not of the logged-on session"
     assert not [x for x in double_records(relay, "web01")[n:] if x.get("message_id") == mid]
     assert not [x for x in double_records(relay, "web01")[n:] if x.get("event") == "request"]

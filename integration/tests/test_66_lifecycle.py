@@ -7,6 +7,7 @@ request), the double's independent log (the Delete arrived), and the wire (conne
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -19,32 +20,9 @@ import pytest
 from winrm.exceptions import WSManFaultError
 
 import harness
-from helpers import ALICE, BOB, USERS, RawCredSSP, audit_events, double_records, err_text, run, wait_for
+from helpers import (ALICE, BOB, USERS, RawCredSSP, audit_events, double_arrivals, double_records, err_text, run,
+                     start_long_receive, wait_for)
 from harness import ExtraRelay
-
-# A client that opens a shell, starts a command that prints nothing for a minute, says so, then
-# long-polls Receive with a 50 s OperationTimeout: the test kills it mid-Receive.
-LONG_RECEIVE_CLIENT = r"""
-import os, sys, winrm
-p = winrm.protocol.Protocol(endpoint=os.environ["ENDPOINT"], transport="credssp", username=os.environ["USER_NAME"],
-                            password=os.environ["USER_PASSWORD"], message_encryption="always",
-                            operation_timeout_sec=50, read_timeout_sec=60)
-shell = p.open_shell()
-command = p.run_command(shell, "sleep", ["60"])
-print(shell, flush=True)
-p.get_command_output(shell, command)
-"""
-
-
-def start_long_receive(endpoint: str) -> typing.Tuple[subprocess.Popen, str]:
-    env = harness.scrubbed_env({"ENDPOINT": endpoint, "USER_NAME": ALICE, "USER_PASSWORD": USERS[ALICE],
-                                "PYTHONPATH": os.pathsep.join(sys.path)})
-    child = subprocess.Popen([sys.executable, "-c", LONG_RECEIVE_CLIENT], stdout=subprocess.PIPE, env=env)
-    shell = child.stdout.readline().decode().strip()
-    assert shell, "the client did not open a shell"
-    time.sleep(1.5)  # the Receive is on its way to the target and waiting there
-    return child, shell
-
 
 def session_of(events: typing.List[dict], shell: str) -> str:
     return next(e["session"] for e in events if e.get("shell_id") == shell)
@@ -70,7 +48,7 @@ def assert_ended_cleanly(events: typing.List[dict], session: str, shell: str, do
 
 
 def test_caller_vanishing_during_receive_ends_the_session_within_5s(relay):
-    child, shell = start_long_receive("http://%s:%d/wsman/web01" % (harness.RELAY_HOST, harness.RELAY_PORT))
+    child, shell = start_long_receive(relay, "http://%s:%d/wsman/web01" % (harness.RELAY_HOST, harness.RELAY_PORT))
     killed = time.monotonic()
     child.kill()
     child.wait()
@@ -86,7 +64,7 @@ def test_caller_vanishing_during_receive_ends_the_session_within_5s(relay):
 def test_sigterm_with_receive_in_flight_drains_and_exits_0(relay):
     extra = ExtraRelay(relay, "127.0.0.53")
     try:
-        child, shell = start_long_receive("http://127.0.0.53:5985/wsman/web01")
+        child, shell = start_long_receive(relay, "http://127.0.0.53:5985/wsman/web01")
         signalled = time.monotonic()
         extra.proc.send_signal(signal.SIGTERM)
         code = extra.proc.wait(timeout=15)
@@ -102,17 +80,28 @@ def test_sigterm_with_receive_in_flight_drains_and_exits_0(relay):
         extra.stop()
 
 
+def audit_time(event: dict) -> float:
+    """An audit event's time, in seconds since the epoch."""
+    return datetime.datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+
+
+LIFETIME_SECS = 3
+IDLE_SECS = 2
+
+
 def test_lifetime_ends_a_session_with_receive_in_flight(relay):
-    extra = ExtraRelay(relay, "127.0.0.41", tail="[session]\nmax_lifetime_secs = 3\n")
+    extra = ExtraRelay(relay, "127.0.0.41", tail="[session]\nmax_lifetime_secs = %d\n" % LIFETIME_SECS)
     try:
-        child, shell = start_long_receive("http://127.0.0.41:5985/wsman/web01")
+        child, shell = start_long_receive(relay, "http://127.0.0.41:5985/wsman/web01")
         events = extra.events()
         session = session_of(events, shell)
         started = next(e for e in events if e["event"] == "session_start" and e["session"] == session)
         ended = wait_for(lambda: session_end(extra.events(), session), 10, 0.05)
         child.kill()
         assert ended, "the lifetime did not end the session"
-        assert ended["duration_ms"] < 3000 + 5000
+        # Not before the lifetime is over (a relay ending sessions at once fails here), and soon after.
+        assert LIFETIME_SECS * 1000 - 50 <= ended["duration_ms"] < LIFETIME_SECS * 1000 + 5000, ended
+        assert audit_time(ended) - audit_time(started) >= LIFETIME_SECS - 0.05, (started, ended)
         assert_ended_cleanly(extra.events(), session, shell, double_records(relay, "web01"),
                              "maximum session lifetime")
         assert started["time"] < ended["time"]
@@ -121,13 +110,18 @@ def test_lifetime_ends_a_session_with_receive_in_flight(relay):
 
 
 def test_idle_timeout_ends_a_session_and_deletes_its_shell(relay):
-    extra = ExtraRelay(relay, "127.0.0.42", tail="[session]\nidle_timeout_secs = 2\n")
+    extra = ExtraRelay(relay, "127.0.0.42", tail="[session]\nidle_timeout_secs = %d\n" % IDLE_SECS)
     try:
         p = extra.protocol()
         shell = p.open_shell()
         session = session_of(extra.events(), shell)
-        ended = wait_for(lambda: session_end(extra.events(), session), 6, 0.05)
+        ended = wait_for(lambda: session_end(extra.events(), session), IDLE_SECS + 4, 0.05)
         assert ended and ended["reason"] == "idle timeout"
+        # Idle for the whole timeout since the Create, its last request (a relay ending sessions at once, or
+        # counting from the logon, fails here); the audit stamps the Create once answered, so a little slack.
+        create = next(e for e in extra.events() if e.get("session") == session and e.get("action") == "Create")
+        idle = audit_time(ended) - audit_time(create)
+        assert IDLE_SECS - 0.25 <= idle < IDLE_SECS + 4, "session ended %.2f s after its last request" % idle
         cleanup = [e for e in extra.events() if e["event"] == "cleanup" and e.get("shell_id") == shell]
         assert cleanup and cleanup[0]["status"] == 200
     finally:
@@ -165,6 +159,11 @@ def test_a_crowd_of_half_open_requests_from_one_address_locks_nobody_else_out(re
     extra = ExtraRelay(relay, "127.0.0.44")
     crowd: typing.List[socket.socket] = []
     try:
+        baseline = float("inf")
+        for _ in range(2):  # the faster of two, the first also warms the relay up
+            started = time.monotonic()
+            assert run(extra.protocol(), "echo", ["no crowd"])[0] == b"no crowd\n"
+            baseline = min(baseline, time.monotonic() - started)
         for _ in range(500):
             s = socket.socket()
             s.bind(("127.0.0.70", 0))
@@ -179,12 +178,16 @@ def test_a_crowd_of_half_open_requests_from_one_address_locks_nobody_else_out(re
         out = run(extra.protocol(), "echo", ["through the crowd"])
         elapsed = time.monotonic() - started
         assert out[0] == b"through the crowd\n"
-        assert elapsed < 1.0, "logon + command took %.2f s under the crowd" % elapsed
+        # Against the same logon + command on this relay without the crowd, measured in this run (the machine's
+        # load shows in both): a crowd that made the logon wait would add seconds (the logon deadline).
+        assert elapsed < 3 * baseline + 0.25, "logon + command took %.2f s under the crowd, %.2f s without" % (
+            elapsed, baseline)
         # The crowd's sockets beyond the places were shed (its own oldest idle ones): audited under its address,
         # summarised rather than a line each.
         shed = [e for e in extra.events() if e["event"] == "denied" and "make room" in e.get("reason", "")]
         assert shed and all(e["source"].startswith("127.0.0.70") for e in shed) and len(shed) <= 40, shed[:3]
-        print("[measure] logon + echo from another address under 500 half-open sockets: %.3f s" % elapsed)
+        print("[measure] logon + echo from another address under 500 half-open sockets: %.3f s (%.3f s without)"
+              % (elapsed, baseline))
     finally:
         for s in crowd:
             s.close()
@@ -297,6 +300,76 @@ def test_sighup_reloads_rules_and_ends_sessions_of_removed_users(relay):
         extra.stop()
 
 
+def _set_password(relay, users_file: str, user: str, password: str) -> None:
+    """`user add` over an existing user: what an admin runs to change a password."""
+    done = subprocess.run([relay.relay_bin, "user", "add", user, "--users-file", users_file, "--password-stdin"],
+                          input=(password + "\n").encode(), capture_output=True, timeout=30)
+    assert done.returncode == 0 and b"updated" in done.stderr, done.stderr
+
+
+def _reloaded(extra, count: int) -> bool:
+    with open(extra.log, "rb") as fh:
+        return fh.read().count(b"SIGHUP: reloaded") >= count
+
+
+def test_sighup_ends_the_sessions_of_a_user_whose_password_changed(relay):
+    """A changed NT hash (`user add` over an existing user, as after a leak) ends that user's sessions as a removal
+    does: shells deleted, audited, credentials wiped. Other users' sessions go on; the user logs on again with the
+    new password only."""
+    extra = ExtraRelay(relay, "127.0.0.57", own_users=True)
+    try:
+        alice, bob = extra.protocol(), extra.protocol(user=BOB)
+        alice_shell, bob_shell = alice.open_shell(), bob.open_shell()
+        bob_session = session_of(extra.events(), bob_shell)
+        _set_password(relay, extra.users, BOB, "Bob-new-pw-9")
+        extra.proc.send_signal(signal.SIGHUP)
+        ended = wait_for(lambda: session_end(extra.events(), bob_session), 5, 0.05)
+        assert ended and ended["reason"] == "user's password changed in the users file", ended
+        cleanup = [e for e in extra.events() if e["event"] == "cleanup" and e.get("shell_id") == bob_shell]
+        assert cleanup and cleanup[0]["status"] == 200, cleanup
+        # alice's session is untouched.
+        command = alice.run_command(alice_shell, "echo", ["kept"])
+        assert alice.get_command_output(alice_shell, command)[0] == b"kept\n"
+        assert not [e for e in extra.events() if e["event"] == "session_end" and e.get("user") == ALICE]
+        alice.close_shell(alice_shell)
+        # The old password no longer logs on.
+        import spnego.exceptions
+
+        old = RawCredSSP("127.0.0.57", 5985)
+        try:
+            with pytest.raises((PermissionError, spnego.exceptions.SpnegoError)):
+                old.logon(BOB)
+        finally:
+            old.close()
+    finally:
+        extra.stop()
+
+
+def test_a_logon_under_way_at_a_reload_is_decided_by_the_new_users_file(relay):
+    """bob's CredSSP exchange is authenticated (NTLM, pubKeyAuth) when his password changes and the relay reloads;
+    the credentials he then delegates are those of the old password: refused, audited, no session."""
+    extra = ExtraRelay(relay, "127.0.0.51", own_users=True)
+    raw = RawCredSSP("127.0.0.51", 5985)
+    try:
+        seen = len(extra.events())
+
+        def change_and_reload() -> None:
+            _set_password(relay, extra.users, BOB, "Bob-new-pw-9")
+            extra.proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: _reloaded(extra, 1), 5, 0.05), "the relay did not reload"
+
+        with pytest.raises(PermissionError):
+            raw.logon(BOB, before_credentials=change_and_reload)
+        events = extra.events()[seen:]
+        assert not [e for e in events if e["event"] == "session_start"], events
+        failed = [e for e in events if e["event"] == "auth_failed"]
+        assert len(failed) == 1 and failed[0]["user"] == BOB, events
+        assert "the users file changed during the logon" in failed[0]["reason"], failed
+    finally:
+        raw.close()
+        extra.stop()
+
+
 def test_a_shell_created_after_the_caller_went_away_is_still_deleted(relay):
     """The caller dies while its Create is at a slow target: the relay lets the Create finish,
     learns the ShellId, and deletes the shell at session end instead of leaking it."""
@@ -312,8 +385,10 @@ def test_a_shell_created_after_the_caller_went_away_is_still_deleted(relay):
         env = harness.scrubbed_env({"ENDPOINT": "http://127.0.0.49:5985/wsman/slow", "USER_NAME": ALICE,
                                     "USER_PASSWORD": USERS[ALICE], "PYTHONPATH": os.pathsep.join(sys.path)})
         child = subprocess.Popen([sys.executable, "-c", client], env=env)
-        assert wait_for(lambda: [e for e in extra.events() if e["event"] == "session_start"], 10, 0.02)
-        time.sleep(0.5)  # the Create is at the target, which holds its answer back for 1.5 s
+        # The Create is at the target, which holds its answer back for 1.5 s.
+        at_target = wait_for(lambda: [r for r in double_arrivals(relay, "slow") if r.get("action") == "Create"],
+                             20, 0.02)
+        assert at_target, "the Create never reached the target"
         child.kill()
         child.wait()
         assert not [e for e in extra.events() if e.get("action") == "Create"], "the Create finished too early"

@@ -15,7 +15,7 @@ import pytest
 from winrm.exceptions import WinRMTransportError, WSManFaultError
 
 from harness import ExtraRelay
-from helpers import ALICE, BOB, audit_events, double_records, err_text, relay_protocol, run, wait_for
+from helpers import ALICE, BOB, audit_events, double_records, err_text, relay_protocol, run, user_is, wait_for
 
 
 def _fault_text(e: BaseException) -> str:
@@ -23,12 +23,15 @@ def _fault_text(e: BaseException) -> str:
 
 
 def test_shell_of_another_session_is_denied(relay):
-    """bob may use cmd on web01, like alice, but never alice's shell."""
+    """bob may use cmd on web01, like alice, but never alice's shell. The relay refuses it itself: the
+    double would refuse another owner's shell too, so its answer proves nothing; its log must show that
+    nothing of bob's request arrived."""
     alice = relay_protocol("web01")
     shell = alice.open_shell()
     try:
         bob = relay_protocol("web01", user=BOB)
         n = len(audit_events(relay))
+        seen = len(double_records(relay, "web01"))
         with pytest.raises((WinRMTransportError, WSManFaultError)) as ei:
             bob.run_command(shell, "echo", ["hijack"])
         assert "AccessDenied" in _fault_text(ei.value) or "not opened in this session" in _fault_text(ei.value)
@@ -36,6 +39,10 @@ def test_shell_of_another_session_is_denied(relay):
             lambda: [e for e in audit_events(relay)[n:] if e.get("event") == "denied" and e.get("shell_id") == shell], 3
         )
         assert denied and denied[0]["user"] == BOB
+        # Unchanged for this shell and for bob (a logon of bob's at the target, auth_ok, would be no request).
+        reached = [r for r in double_records(relay, "web01")[seen:] if r.get("event") != "auth_ok"
+                   and (user_is(r.get("user"), BOB) or (r.get("shell_id") or "").upper() == shell.upper())]
+        assert not reached, "bob's request on alice's shell reached the target: %s" % reached
         # The rightful owner still uses it.
         command = alice.run_command(shell, "echo", ["mine"])
         assert alice.get_command_output(shell, command)[0] == b"mine\n"

@@ -26,6 +26,7 @@ from helpers import ALICE, USERS, credssp_tls_handshake, double_records, err_tex
 KRELAY_HOST = "127.0.0.101"
 KRELAY_NAME = "relay.lab.test"
 DOWN_KDC = "127.0.0.102"  # nothing listens here
+SILENT_KDC = "127.0.0.103"  # accepts TCP, never answers (a fixture)
 ALICE_UPN = "alice@LAB.TEST"
 BOB_UPN = "bob@LAB.TEST"
 
@@ -261,25 +262,51 @@ def test_delegated_name_may_take_any_form_of_the_ticket_principal(krelay: Kerber
     assert [(e["user"], e["auth"]) for e in starts] == [(ALICE, "kerberos")], krelay.events()[seen:]
 
 
-def test_ticket_and_delegated_credentials_of_different_principals_are_refused(
-        krelay: KerberosRelay, doubles: harness.Harness) -> None:
-    """A Kerberos ticket of bob delegating alice's credentials: 401, audited auth_failed naming both, no session,
-    nothing forwarded."""
+def _refused_logon(krelay: KerberosRelay, doubles: harness.Harness, delegated: typing.Tuple[str, str],
+                   ticket: typing.Tuple[str, str]) -> dict:
+    """A Kerberos logon with `ticket`'s (user, password) delegating `delegated`'s: it must be refused (401) with one
+    auth_failed line (returned), no session and nothing forwarded."""
     seen, web01 = len(krelay.events()), len(double_records(doubles, "web01"))
     c = CredSSP()
     try:
-        status = c.logon(ALICE_UPN, kerberos.PRINCIPALS["alice"], BOB_UPN, kerberos.PRINCIPALS["bob"])
+        status = c.logon(delegated[0], delegated[1], ticket[0], ticket[1])
     finally:
         c.close()
     assert status == 401, status
     events = events_since(krelay, seen)
     assert not [e for e in events if e["event"] == "session_start"], events
     failed = [e for e in events if e["event"] == "auth_failed"]
-    assert len(failed) == 1, events
-    assert failed[0]["auth"] == "kerberos" and failed[0]["user"] == "LAB\\bob", failed
-    assert "delegated credentials are for LAB\\alice, but the connection authenticated as LAB\\bob" in \
-        failed[0]["reason"], failed
+    assert len(failed) == 1 and failed[0]["auth"] == "kerberos", events
     assert web01_requests_since(doubles, web01) == []
+    return failed[0]
+
+
+def test_ticket_and_delegated_credentials_of_different_principals_are_refused(
+        krelay: KerberosRelay, doubles: harness.Harness) -> None:
+    """A Kerberos ticket of bob delegating alice's credentials: 401, audited auth_failed naming both, no session,
+    nothing forwarded."""
+    failed = _refused_logon(krelay, doubles, (ALICE_UPN, kerberos.PRINCIPALS["alice"]),
+                            (BOB_UPN, kerberos.PRINCIPALS["bob"]))
+    assert failed["user"] == "LAB\\bob", failed
+    assert "delegated credentials are for LAB\\alice, but the connection authenticated as LAB\\bob" in \
+        failed["reason"], failed
+
+
+def test_a_ticket_whose_name_only_starts_like_the_delegated_one_is_refused(
+        krelay: KerberosRelay, realm: kerberos.KerberosRealm, doubles: harness.Harness) -> None:
+    """A ticket for bob/eve@LAB.TEST (a principal eve controls) delegating LAB\\bob with eve's password: sspi reports
+    the ticket's first component only (bob), so without the relay's own reading of the ticket this started a session
+    as LAB\\bob. Refused, audited auth_failed under the ticket's whole name, nothing forwarded. The reason also says
+    what sspi reported: the day it says bob/eve, sspi reads the whole name and the relay's reading can go."""
+    eve_password = "Eve-owns-bob/eve-1"
+    if not realm.exists("bob/eve@LAB.TEST"):
+        realm.add_user("bob/eve", eve_password)
+    failed = _refused_logon(krelay, doubles, ("LAB\\bob", eve_password), ("bob/eve@LAB.TEST", eve_password))
+    assert failed["user"] == "LAB\\bob/eve", failed
+    assert "the Kerberos ticket is for bob/eve@LAB.TEST, but the delegated credentials are for LAB\\bob" in \
+        failed["reason"], failed
+    # The canary: sspi still reports the first component only.
+    assert "(the security package reported the ticket as LAB\\bob)" in failed["reason"], failed
 
 
 def _krb5_frame(after_oid: bytes) -> bytes:
@@ -341,9 +368,13 @@ def test_hostile_kerberos_tokens_are_refused_cleanly(krelay: KerberosRelay, doub
     assert web01_requests_since(doubles, web01) == []
     with open(krelay.log, "rb") as fh:
         assert b"panicked" not in fh.read(), krelay.excerpt()
-    # And the relay still logs people on.
-    if name == _hostile_tokens()[-1][0]:
-        test_pywinrm_spnego_kerberos_logon(krelay, doubles)
+
+
+def test_after_the_hostile_tokens_the_relay_still_logs_people_on(krelay: KerberosRelay,
+                                                                  doubles: harness.Harness) -> None:
+    """After every hostile token above (this test comes after them in the file), a real Kerberos logon and
+    command still work: nothing they did (a lockout, a wedged acceptor, a dead task) lingers."""
+    test_pywinrm_spnego_kerberos_logon(krelay, doubles)
 
 
 def test_raw_client_gets_a_raw_ap_rep_and_no_second_token_is_taken(krelay: KerberosRelay,
@@ -428,7 +459,7 @@ def test_kerberos_test_says_why_the_domain_refused(krelay: KerberosRelay, name: 
     assert want in out, out
 
 
-def test_kerberos_test_names_an_unreachable_kdc_within_the_connect_timeout(krelay: KerberosRelay) -> None:
+def test_kerberos_test_names_a_refusing_kdc_at_once(krelay: KerberosRelay) -> None:
     config = _config_with_kdc(krelay, "tcp://%s:88" % DOWN_KDC, "down-kdc.toml")
     started = time.monotonic()
     res = relay_cli(["kerberos", "test", "LAB\\alice", "--config", config, "--password-stdin"],
@@ -438,6 +469,36 @@ def test_kerberos_test_names_an_unreachable_kdc_within_the_connect_timeout(krela
     assert res.returncode == 1, (out, res.stderr.decode())
     assert "KDC unreachable: tcp://%s:88: connect" % DOWN_KDC in out, out
     assert elapsed < harness.CONNECT_TIMEOUT_SECS + 2, elapsed
+
+
+@pytest.fixture
+def silent_kdc() -> typing.Iterator[str]:
+    """A KDC address whose socket accepts TCP connections (the kernel completes the handshakes) and never
+    answers, as test_81's silent KDC."""
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((SILENT_KDC, 88))
+    s.listen(16)
+    try:
+        yield "tcp://%s:88" % SILENT_KDC
+    finally:
+        s.close()
+
+
+def test_kerberos_test_names_a_silent_kdc_within_the_connect_timeout(krelay: KerberosRelay, silent_kdc: str) -> None:
+    """A KDC that accepts and never answers is given up on after the connect timeout ([defaults]
+    connect_timeout_secs bounds the answer too), not before and not much later, and named."""
+    config = _config_with_kdc(krelay, silent_kdc, "silent-kdc.toml")
+    started = time.monotonic()
+    res = relay_cli(["kerberos", "test", "LAB\\alice", "--config", config, "--password-stdin"],
+                    stdin=kerberos.PRINCIPALS["alice"] + "\n")
+    elapsed = time.monotonic() - started
+    out = res.stdout.decode()
+    assert res.returncode == 1, (out, res.stderr.decode())
+    assert "KDC unreachable: %s: no answer within %ds" % (silent_kdc, harness.CONNECT_TIMEOUT_SECS) in out, out
+    assert harness.CONNECT_TIMEOUT_SECS <= elapsed < harness.CONNECT_TIMEOUT_SECS + 2, elapsed
 
 
 def test_kerberos_test_fails_over_to_the_next_kdc(krelay: KerberosRelay) -> None:

@@ -48,6 +48,19 @@ class Hang(AssertionError):
     pass
 
 
+class Payload:
+    """Whether the case's hostile bytes went out. A connection error (refused, reset, closed) is the relay's
+    answer to them only after that: one before (during the connect, the TLS handshake or a genuine logon
+    step) is a failure of its own, not a pass."""
+
+    sent = False
+
+    @classmethod
+    def send(cls, conn: "Conn", data: bytes) -> None:
+        conn.send(data)
+        cls.sent = True
+
+
 # --------------------------------------------------------------------------- raw HTTP
 
 class Response(typing.NamedTuple):
@@ -171,7 +184,7 @@ def deliver_raw(data: bytes, halfclose: bool = False, more: bool = False) -> Out
     c = Conn()
     responses: typing.List[Response] = []
     try:
-        c.send(data)
+        Payload.send(c, data)
         if halfclose and not c.closed:
             try:
                 c.sock.shutdown(socket.SHUT_WR)
@@ -334,8 +347,16 @@ class CredSSPClient:
                                                                         "multipart/x-multi-encrypted")
         return ct, body
 
-    def post_body(self, content_type: str, body: bytes) -> Response:
-        return self.conn.post(self.path, [("Content-Type", content_type)], body)
+    def post_body(self, content_type: str, body: bytes, hostile: bool = False) -> Response:
+        data = corpus.post(self.path, [("Content-Type", content_type)], body)
+        if hostile:
+            Payload.send(self.conn, data)
+        else:
+            self.conn.send(data)
+        resp = self.conn.read_response()
+        if resp is None:
+            raise ConnectionError("relay closed the connection")
+        return resp
 
     def open_reply(self, resp: Response) -> bytes:
         """Decrypt a sealed reply (as pywinrm does: split on the boundary)."""
@@ -416,6 +437,7 @@ class Results:
 def run_case(results: Results, failures: typing.List[str], case: corpus.Case, fn: typing.Callable[[], str],
              target: TargetLog) -> None:
     t0 = time.monotonic()
+    Payload.sent = False
     try:
         answer = fn()
     except Hang as e:
@@ -425,7 +447,12 @@ def run_case(results: Results, failures: typing.List[str], case: corpus.Case, fn
         answer = "BAD: %s" % str(e).splitlines()[0][:150]
         failures.append("%s/%s: %s" % (case.layer, case.name, e))
     except (ConnectionError, OSError) as e:
-        answer = "close (%s)" % type(e).__name__
+        if Payload.sent:
+            answer = "close (%s)" % type(e).__name__
+        else:
+            answer = "BAD: %s before the hostile bytes went out" % type(e).__name__
+            failures.append("%s/%s: connection error before the hostile bytes were sent: %r" % (
+                case.layer, case.name, e))
     dt = time.monotonic() - t0
     if dt > TIMEOUT + 2:
         failures.append("%s/%s: took %.1fs" % (case.layer, case.name, dt))
@@ -472,7 +499,7 @@ def tls_case(case: corpus.Case) -> str:
             pass
         r = c.leg(c.out.read())
         assert r.status == 401 and server_token(r), r
-        c.conn.send(corpus.post("/wsman/web01", [("Authorization", "CredSSP " + b64(case.payload))]))
+        Payload.send(c.conn, corpus.post("/wsman/web01", [("Authorization", "CredSSP " + b64(case.payload))]))
         resp = c.conn.read_response()
         o = Outcome([resp] if resp else [], c.conn.closed)
         clear_answer(o)
@@ -499,7 +526,7 @@ def tsreq_case(case: corpus.Case) -> str:
                 c.verify_pub_key()
             der = case.payload(c) if case.runtime else case.payload
             token = c.wrap(der)
-        c.conn.send(corpus.post("/wsman/web01", [("Authorization", "CredSSP " + b64(token))]))
+        Payload.send(c.conn, corpus.post("/wsman/web01", [("Authorization", "CredSSP " + b64(token))]))
         resp = c.conn.read_response()
         if resp is None:
             return "close"
@@ -531,15 +558,15 @@ def session_case(h: harness.Harness, target: TargetLog, case: corpus.Case) -> st
     c = CredSSPClient().login()
     try:
         if case.name == "unencrypted_soap":
-            r = c.post_body("application/soap+xml;charset=UTF-8", c.soap)
+            r = c.post_body("application/soap+xml;charset=UTF-8", c.soap, hostile=True)
         elif case.name == "spnego_content_type":
             ct, body = c.sealed_body(c.soap)
-            r = c.post_body(ct.replace("HTTP-CredSSP", "HTTP-SPNEGO"), body)
+            r = c.post_body(ct.replace("HTTP-CredSSP", "HTTP-SPNEGO"), body, hostile=True)
         elif case.name == "replay":
             return replay(h, target, c)
         else:
             payload = case.payload(c) if case.runtime else case.payload
-            c.conn.send(corpus.post(c.path, [("Content-Type", MULTIPART_CT)], payload))
+            Payload.send(c.conn, corpus.post(c.path, [("Content-Type", MULTIPART_CT)], payload))
             r = c.conn.read_response()
             if r is None:
                 return "close"
@@ -578,7 +605,7 @@ def replay(h: harness.Harness, target: TargetLog, c: CredSSPClient) -> str:
     assert [r for r in target.expected() if r.get("action") == "Create"], "the genuine Create did not reach the target"
     audited = len(audit_events(h))
     try:
-        again = c.post_body(ct, body)
+        again = c.post_body(ct, body, hostile=True)
     except (ConnectionError, OSError):
         again = None
     assert not target.arrived(), "the replayed body reached the target"
@@ -622,7 +649,7 @@ def soap_case(sessions: SoapSession, target: TargetLog, case: corpus.Case) -> st
     payload = case.payload.replace(b"/wsman/down", TARGET_PATH.encode())
     try:
         ct, body = c.sealed_body(payload)
-        r = c.post_body(ct, body)
+        r = c.post_body(ct, body, hostile=True)
     except Exception:
         sessions.drop()
         raise
@@ -697,28 +724,45 @@ def test_hostile_corpus(relay):
     assert not new_panics, "relay log shows panics:\n" + "\n".join(new_panics[:20])
 
 
-def test_an_element_with_30000_attributes_is_answered_within_100ms(relay):
-    """Authenticated and well encrypted, but one element carries 30,000 attributes: the relay
-    refuses it with a fault, cheaply (it bounds attributes before the XML parser's quadratic
-    duplicate check), and forwards nothing."""
+def test_an_element_with_30000_attributes_is_refused_cheaply(relay):
+    """Authenticated and well encrypted, but one element carries 30,000 attributes: the relay refuses it
+    with a fault, cheaply (it bounds attributes before the XML parser's quadratic duplicate check), and
+    forwards nothing. Cheaply against a baseline of this run: an envelope of the same size with the same
+    bytes as one text node, which the relay parses whole and forwards (the target refuses it: no rsp:Shell).
+    The refusal does less work than that, so it must not take longer; a quadratic check takes seconds."""
     from winrm.exceptions import WinRMTransportError, WSManFaultError
 
+    to = "http://%s:%d/wsman/%s" % (RELAY_HOST, RELAY_PORT, LIVE_TARGET)
     attributes = " ".join('a%d="v"' % i for i in range(30_000))
-    bomb = corpus.create_envelope(to="http://%s:%d/wsman/%s" % (RELAY_HOST, RELAY_PORT, LIVE_TARGET),
-                                  header_extra="<w:Locale %s/>" % attributes)
+    bomb = corpus.create_envelope(to=to, header_extra="<w:Locale %s/>" % attributes)
     assert len(bomb) > 300_000
+    plain = corpus.create_envelope(to=to, body_inner="<x>%s</x>" % ("A" * (len(bomb) - len(corpus.create_envelope(
+        to=to)))))
     p = relay_protocol(LIVE_TARGET)
     assert run(p, "echo", ["warm"])[0] == b"warm\n"  # authenticated, connection warm
     forwarded = len(double_records(relay, LIVE_TARGET))
     n = len(audit_events(relay))
+    refused_ms, baseline_ms = [], []
     started = time.monotonic()
-    with pytest.raises((WinRMTransportError, WSManFaultError)):
-        p.send_message(bomb)
+    for _ in range(3):  # interleaved, so that a burst of load hits both alike; medians compared
+        for envelope, durations in ((plain, baseline_ms), (bomb, refused_ms)):
+            seen = len(audit_events(relay))
+            with pytest.raises((WinRMTransportError, WSManFaultError)):
+                p.send_message(envelope)
+            event = wait_for(lambda: [e for e in audit_events(relay)[seen:] if e.get("event") == "request"], 5)
+            assert event, audit_events(relay)[seen:]
+            durations.append(event[0]["duration_ms"])
     elapsed = time.monotonic() - started
     p.transport.close_session()
-    refused = [e for e in audit_events(relay)[n:] if e.get("status") == 500 and "attribute" in e.get("reason", "")]
-    assert refused, audit_events(relay)[n:]
-    assert refused[0]["duration_ms"] < 100, refused[0]
-    assert len(double_records(relay, LIVE_TARGET)) == forwarded, "the envelope reached the target"
-    print("[measure] 30,000-attribute envelope: relay %d ms, round trip seen by pywinrm %.0f ms"
-          % (refused[0]["duration_ms"], elapsed * 1000))
+    events = audit_events(relay)[n:]
+    refused = [e for e in events if e.get("status") == 500 and "attribute" in e.get("reason", "")]
+    assert len(refused) == 3, events
+    # Only the plain envelopes reached the target (and each was refused there).
+    reached = [r for r in double_records(relay, LIVE_TARGET)[forwarded:] if r.get("event") == "request"]
+    assert len(reached) == 3 and all(r.get("fault") for r in reached), reached
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    assert median(refused_ms) <= median(baseline_ms) + 5, (
+        "refusing 30,000 attributes took %s ms, parsing and forwarding as many bytes of text %s ms"
+        % (refused_ms, baseline_ms))
+    print("[measure] 30,000-attribute envelope: relay %s ms; same size as text, forwarded: %s ms (6 round trips "
+          "%.0f ms)" % (refused_ms, baseline_ms, elapsed * 1000))

@@ -5,6 +5,9 @@
 * Once the session ended (client closed its connection, audit ``session_end``) it is nowhere: the vault is
   wiped, the target contexts dropped, and the binary's zeroing allocator wiped every freed block.
 * Between sessions (after every earlier test's sessions ended) it is nowhere either.
+* The lifecycle paths wipe it too: a caller killed while its Receive waits at the target (the session ends on
+  the relay's side, with a request in flight), and a re-authentication on the same connection (the first
+  session ends while the connection, and a new session of another user on it, stays open).
 
 The image is taken with gdb's ``gcore`` as root: the relay sets PR_SET_DUMPABLE 0, which stops non-root
 debuggers but not root's CAP_SYS_PTRACE (the README's stated limit). Core files hold secrets: they live in a
@@ -26,7 +29,8 @@ import typing
 
 import pytest
 
-from helpers import ALICE, RELAY_HOST, USERS, audit_events, relay_log_excerpt, relay_protocol, run, user_is, wait_for
+from helpers import (ALICE, BOB, RELAY_HOST, USERS, RawCredSSP, audit_events, relay_log_excerpt, relay_protocol, run,
+                     start_long_receive, user_is, wait_for)
 
 import harness
 
@@ -222,10 +226,10 @@ def describe(core: Core, offset: int, enc: str) -> str:
     return "\n".join(lines)
 
 
-def find_password(core: Core) -> typing.Dict[str, typing.List[int]]:
+def find_password(core: Core, password: str = PASSWORD) -> typing.Dict[str, typing.List[int]]:
     hits: typing.Dict[str, typing.List[int]] = {}
     for enc in ENCODINGS:
-        needle = PASSWORD.encode(enc)
+        needle = password.encode(enc)
         offs = []
         pos = core.data.find(needle)
         while pos != -1:
@@ -339,3 +343,68 @@ def test_password_only_while_session_open(relay, core_dir):
     finally:
         if not closed:
             p.transport.close_session()
+
+
+def session_started_since(h: harness.Harness, before: typing.Set[typing.Any], user: str) -> str:
+    started = [e for e in audit_events(h) if e.get("event") == "session_start"
+               and e.get("session") not in before and user_is(e.get("user"), user)]
+    assert len(started) == 1, started
+    return started[0]["session"]
+
+
+def test_password_wiped_after_the_caller_is_killed_mid_receive(relay, core_dir):
+    """The caller dies while its Receive waits at the target: the relay cancels it, deletes the shell, ends
+    the session, and then the password is nowhere (the in-flight request held no copy that outlives it)."""
+    require_gdb()
+    quiesce(relay)
+    pid = relay_pid(relay)
+    before = {e.get("session") for e in audit_events(relay) if e.get("event") == "session_start"}
+    child, _shell = start_long_receive(relay, "http://%s:%d/wsman/web01" % (RELAY_HOST, harness.RELAY_PORT))
+    try:
+        sid = session_started_since(relay, before, ALICE)
+        # Positive control: with the Receive in flight the session holds the password.
+        _core, hits, text = image(pid, core_dir, "receive-in-flight.core")
+        print("\n[memory] " + text)
+        assert hits["utf-8"], "the password is not in the image with the session open: the search is blind\n" + text
+    finally:
+        child.kill()
+        child.wait()
+    ended = wait_for(lambda: [e for e in audit_events(relay)
+                              if e.get("event") == "session_end" and e.get("session") == sid], 10)
+    assert ended, "no session_end after the caller was killed" + relay_log_excerpt(relay, 20)
+    assert wait_for(lambda: not open_relay_connections(), 10), open_relay_connections()
+    _core, hits, text = image(pid, core_dir, "killed-mid-receive.core")
+    print("\n[memory] " + text)
+    assert not hits["utf-8"] and not hits["utf-16-le"], \
+        "password still in relay memory after the caller was killed mid-Receive:\n" + text
+
+
+def test_password_wiped_when_the_connection_reauthenticates(relay, core_dir):
+    """alice logs on and opens a shell; on the same TCP connection bob logs on. alice's session ends there
+    (re-authentication): with the connection and bob's session still open, her password is nowhere, and
+    bob's is there (the image sees a live session's password)."""
+    require_gdb()
+    quiesce(relay)
+    pid = relay_pid(relay)
+    before = {e.get("session") for e in audit_events(relay) if e.get("event") == "session_start"}
+    raw = RawCredSSP(RELAY_HOST, harness.RELAY_PORT)
+    try:
+        raw.logon(ALICE)
+        shell = raw.protocol().open_shell()
+        first = session_started_since(relay, before, ALICE)
+        raw.logon(BOB)  # same TCP connection, new ClientHello
+        ended = wait_for(lambda: [e for e in audit_events(relay)
+                                  if e.get("event") == "session_end" and e.get("session") == first], 10)
+        assert ended and ended[0]["reason"] == "re-authentication on the same connection", ended
+        assert [e for e in audit_events(relay) if e.get("event") == "cleanup" and e.get("shell_id") == shell]
+        bob_shell = raw.protocol(BOB).open_shell()  # bob's session is live and holds his password
+        assert len(open_relay_connections()) == 1, open_relay_connections()
+        core, hits, text = image(pid, core_dir, "reauthenticated.core")
+        print("\n[memory] " + text)
+        bob_hits = find_password(core, USERS[BOB])
+        assert bob_hits["utf-8"], "bob's open session's password is not in the image: the search is blind"
+        assert not hits["utf-8"] and not hits["utf-16-le"], \
+            "alice's password still in relay memory after her session ended by re-authentication:\n" + text
+        raw.protocol(BOB).close_shell(bob_shell, close_session=False)
+    finally:
+        raw.close()

@@ -6,7 +6,6 @@
 //! receiver that is down or slow costs lost messages, never latency; the writer
 //! reconnects on its own.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::AuditKind;
+use crate::config::SyslogTarget;
 
 /// Lines waiting for the writer; past this they are dropped.
 const QUEUE: usize = 4096;
@@ -25,54 +25,6 @@ const MAX_DATAGRAM: usize = 65_000;
 const FACILITY: u8 = 10;
 const APP_NAME: &str = "winrm-relay";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Where syslog messages go (`[audit] syslog`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SyslogTarget {
-    /// `udp://host:port`: one datagram per message.
-    Udp(String),
-    /// `tcp://host:port`: octet-counted frames (`LEN SP MSG`), as rsyslog and syslog-ng read them.
-    Tcp(String),
-    /// `unix:///dev/log`: one datagram per message on a local socket.
-    Unix(PathBuf),
-}
-
-impl SyslogTarget {
-    pub fn parse(url: &str) -> Result<SyslogTarget, String> {
-        let expected = "expected udp://host:port, tcp://host:port or unix:///path";
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?}: {expected}"))?;
-        let host_port = |rest: &str| -> Result<String, String> {
-            let (host, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| format!("{url:?}: no port ({expected})"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if host.is_empty() || rest.contains('/') {
-                return Err(format!("{url:?}: {expected}"));
-            }
-            port.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{url:?}: invalid port {port:?}"))?;
-            Ok(rest.to_string())
-        };
-        match scheme {
-            "udp" => host_port(rest).map(SyslogTarget::Udp),
-            "tcp" => host_port(rest).map(SyslogTarget::Tcp),
-            "unix" if rest.starts_with('/') => Ok(SyslogTarget::Unix(PathBuf::from(rest))),
-            _ => Err(format!("{url:?}: {expected}")),
-        }
-    }
-}
-
-impl std::fmt::Display for SyslogTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SyslogTarget::Udp(a) => write!(f, "udp://{a}"),
-            SyslogTarget::Tcp(a) => write!(f, "tcp://{a}"),
-            SyslogTarget::Unix(p) => write!(f, "unix://{}", p.display()),
-        }
-    }
-}
 
 /// The producer side: formats and queues; see the module documentation.
 #[derive(Debug)]
@@ -300,39 +252,6 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_parse_and_bad_ones_say_why() {
-        assert_eq!(
-            SyslogTarget::parse("udp://127.0.0.1:514"),
-            Ok(SyslogTarget::Udp("127.0.0.1:514".into()))
-        );
-        assert_eq!(
-            SyslogTarget::parse("tcp://logs.lab.local:6514"),
-            Ok(SyslogTarget::Tcp("logs.lab.local:6514".into()))
-        );
-        assert_eq!(
-            SyslogTarget::parse("tcp://[::1]:514"),
-            Ok(SyslogTarget::Tcp("[::1]:514".into()))
-        );
-        assert_eq!(
-            SyslogTarget::parse("unix:///dev/log"),
-            Ok(SyslogTarget::Unix("/dev/log".into()))
-        );
-        for bad in [
-            "udp://host",
-            "udp://:514",
-            "tcp://host:0",
-            "tcp://host:99999",
-            "tcp://host:514/x",
-            "http://host:514",
-            "unix://dev/log",
-            "/dev/log",
-        ] {
-            let e = SyslogTarget::parse(bad).unwrap_err();
-            assert!(e.contains(bad), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn messages_are_rfc_5424_with_the_line_as_msg() {

@@ -1,84 +1,30 @@
-//! `winrm-relay audit show|list|verify`: read transcripts and check the audit chain.
-//!
-//! Exit codes: 0 fine, 1 a finding (a broken chain, an altered transcript) or an error,
-//! 2 usage errors (as clap reports them).
+//! What `winrm-relay audit show|list|verify` do: read transcripts and check the audit
+//! chain. Each prints its result to stdout and returns a finding (a broken chain, an
+//! altered transcript) or an error as [`ToolError`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use base64::Engine as _;
-use clap::Subcommand;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{chain, transcript};
-use crate::cli::DEFAULT_CONFIG;
 use crate::config::Config;
 
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// A session's timeline from its transcript: who, from where, to which targets, each
-    /// command with its output and exit code; checked against the audit log's hash of it.
-    Show {
-        /// Session id, as in the audit log's `session`.
-        session: String,
-        #[command(flatten)]
-        place: Place,
-        /// Print the timeline as one JSON document.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Find sessions in the transcript directory, oldest first.
-    List {
-        /// Only this user (DOMAIN\user, case-insensitive; globs like 'LAB\ops-*').
-        #[arg(long)]
-        user: Option<String>,
-        /// Only sessions that used this target.
-        #[arg(long)]
-        target: Option<String>,
-        /// Only sessions that started at or after this time: 2024-01-02, 2024-01-02T03:04[:05]
-        /// (UTC), or a time ago such as 30m, 12h, 7d.
-        #[arg(long)]
-        since: Option<String>,
-        #[command(flatten)]
-        place: Place,
-        /// Print the sessions as a JSON array.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check audit log files, oldest first, as one hash chain: exit 0 when intact, else 1
-    /// naming the first bad line and what is wrong with it (edited, removed, reordered).
-    Verify {
-        /// Audit log files in order, e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl.
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<PathBuf>,
-        /// The relay's `[audit] hmac_key_file`, for keyed logs.
-        #[arg(long, value_name = "FILE")]
-        key: Option<PathBuf>,
-        /// Also check each transcript bound by a `session_end` line against its hash.
-        #[arg(long, value_name = "DIR")]
-        transcripts: Option<PathBuf>,
-        /// Take the key file and the transcript directory from this relay config.
-        #[arg(long, short, value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
-}
-
 /// Where transcripts (and the audit log, to check them against) are.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct Place {
     /// Relay config naming `[audit] transcripts` and `path`.
-    #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Transcript directory, instead of the config's.
-    #[arg(long, value_name = "DIR")]
-    transcripts: Option<PathBuf>,
+    pub transcripts: Option<PathBuf>,
 }
 
+/// Why an `audit` subcommand failed: what it was run to find, or what kept it from looking.
 #[derive(Debug, thiserror::Error)]
-enum ToolError {
+pub enum ToolError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}: no [audit] transcripts directory configured; pass --transcripts DIR")]
@@ -97,33 +43,9 @@ enum ToolError {
     Finding(String),
 }
 
-pub fn run(command: AuditCommand) -> ExitCode {
-    let result = match command {
-        AuditCommand::Show { session, place, json } => show(&session, &place, json),
-        AuditCommand::List {
-            user,
-            target,
-            since,
-            place,
-            json,
-        } => list(user.as_deref(), target.as_deref(), since.as_deref(), &place, json),
-        AuditCommand::Verify {
-            files,
-            key,
-            transcripts,
-            config,
-        } => verify(&files, key, transcripts, config.as_deref()),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn verify(
+/// `audit verify`: `files`, oldest first, as one hash chain; the key and the transcript
+/// directory given, else those of `config`.
+pub fn verify(
     files: &[PathBuf],
     key: Option<PathBuf>,
     transcripts: Option<PathBuf>,
@@ -255,7 +177,8 @@ fn clock(record: &Value) -> &str {
     time.get(11..23).unwrap_or(time)
 }
 
-fn show(session: &str, place: &Place, as_json: bool) -> Result<(), ToolError> {
+/// `audit show`: a session's timeline, checked against the audit log's hash of it.
+pub fn show(session: &str, place: &Place, as_json: bool) -> Result<(), ToolError> {
     let (dir, audit_log) = transcripts_dir(place)?;
     let path = find_transcript(&dir, session)?;
     let (records, data) = read_records(&path)?;
@@ -477,7 +400,9 @@ fn since_threshold(since: &str) -> Result<String, ToolError> {
     Ok(trimmed.to_string())
 }
 
-fn list(
+/// `audit list`: the sessions in the transcript directory, oldest first; `user` is a
+/// glob, `since` a date, a time or an age.
+pub fn list(
     user: Option<&str>,
     target: Option<&str>,
     since: Option<&str>,

@@ -22,14 +22,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::audit::syslog::SyslogTarget;
+use crate::identity::Domain;
 use crate::kerberos::kdc::KdcUrl;
 use crate::policy::Policy;
 use crate::resolve::{self, ResolveError, ResolvedTarget, TargetConfig, TargetDefaults};
 use raw::Locator;
 use validate::Validator;
 
-pub use users::{nt_hash, UserEntry, UsersError, UsersFile};
+pub use users::{nt_hash, UsersError, UsersFile};
 
 /// Default limit on a request body, Windows' MaxEnvelopeSizekb (500) in bytes.
 pub const DEFAULT_MAX_ENVELOPE_SIZE: usize = 512_000;
@@ -68,11 +68,9 @@ pub struct Config {
 /// `[kerberos]`: the Active Directory domain the relay works in.
 #[derive(Debug, Clone)]
 pub struct KerberosConfig {
-    /// The domain's DNS name in upper case, its Kerberos realm: `LAB.TEST`.
-    pub realm: String,
-    /// Its NetBIOS name (`LAB`: `LAB\alice` is `alice@LAB.TEST`); defaults to
-    /// the realm's first label.
-    pub netbios: String,
+    /// The realm (`LAB.TEST`) and NetBIOS name (`LAB`: `LAB\alice` is
+    /// `alice@LAB.TEST`); the NetBIOS name defaults to the realm's first label.
+    pub domain: Domain,
     /// The KDCs (domain controllers) in the order tried, or KDC proxies.
     pub kdcs: Vec<KdcUrl>,
     /// The relay's own keys (`HTTP/<fqdn>`, `WSMAN/<fqdn>`, ...): with one,
@@ -134,6 +132,54 @@ pub struct AuditConfig {
     pub transcript_max_bytes: u64,
     /// Every audit line also goes there as an RFC 5424 message.
     pub syslog: Option<SyslogTarget>,
+}
+
+/// Where syslog messages go (`[audit] syslog`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    /// `udp://host:port`: one datagram per message.
+    Udp(String),
+    /// `tcp://host:port`: octet-counted frames (`LEN SP MSG`), as rsyslog and syslog-ng read them.
+    Tcp(String),
+    /// `unix:///dev/log`: one datagram per message on a local socket.
+    Unix(PathBuf),
+}
+
+impl SyslogTarget {
+    pub fn parse(url: &str) -> Result<SyslogTarget, String> {
+        let expected = "expected udp://host:port, tcp://host:port or unix:///path";
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?}: {expected}"))?;
+        let host_port = |rest: &str| -> Result<String, String> {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{url:?}: no port ({expected})"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() || rest.contains('/') {
+                return Err(format!("{url:?}: {expected}"));
+            }
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{url:?}: invalid port {port:?}"))?;
+            Ok(rest.to_string())
+        };
+        match scheme {
+            "udp" => host_port(rest).map(SyslogTarget::Udp),
+            "tcp" => host_port(rest).map(SyslogTarget::Tcp),
+            "unix" if rest.starts_with('/') => Ok(SyslogTarget::Unix(PathBuf::from(rest))),
+            _ => Err(format!("{url:?}: {expected}")),
+        }
+    }
+}
+
+impl std::fmt::Display for SyslogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyslogTarget::Udp(a) => write!(f, "udp://{a}"),
+            SyslogTarget::Tcp(a) => write!(f, "tcp://{a}"),
+            SyslogTarget::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
 }
 
 /// `[metrics]`: where Prometheus metrics and the health checks are served.

@@ -12,6 +12,7 @@ use super::{
     SessionConfig, SyslogTarget, DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS,
     DEFAULT_TRANSCRIPT_MAX_BYTES,
 };
+use crate::identity::Domain;
 use crate::kerberos::kdc::{KdcProtocol, KdcUrl};
 use crate::policy::{self, Policy};
 
@@ -47,11 +48,12 @@ impl Validator<'_> {
             );
         }
 
+        let domain = kerberos.as_ref().map(|k| k.domain.clone());
         let rules = raw
             .allow
             .into_iter()
             .enumerate()
-            .map(|(i, r)| self.allow_rule(i, r))
+            .map(|(i, r)| self.allow_rule(i, r, domain.as_ref()))
             .collect();
 
         Some(Config {
@@ -64,7 +66,7 @@ impl Validator<'_> {
             limits,
             metrics,
             targets,
-            policy: Policy::new(rules),
+            policy: Policy::new(rules, domain),
             kerberos,
         })
     }
@@ -308,17 +310,17 @@ impl Validator<'_> {
         let keytab = self.string(k.keytab, "kerberos.keytab");
         let keytab = keytab.map(|p| self.path(Some(p), "kerberos.keytab"));
         Some(KerberosConfig {
-            realm,
-            netbios,
+            domain: Domain { realm, netbios },
             kdcs,
             keytab,
         })
     }
 
-    fn allow_rule(&mut self, i: usize, r: raw::RawAllow) -> policy::Rule {
+    /// One `[[allow]]` rule, its user patterns keyed in the relay's `domain`.
+    fn allow_rule(&mut self, i: usize, r: raw::RawAllow, domain: Option<&Domain>) -> policy::Rule {
         let at = self.loc.header_offset("allow", Some(i));
         let key = |k: &str| format!("allow[{i}].{k}");
-        let users = self.list(r.users, &key("users"), at, policy::parse_user);
+        let users = self.list(r.users, &key("users"), at, |u| policy::parse_user(u, domain));
         let targets = self.list(r.targets, &key("targets"), at, policy::parse_target);
         let shells = match r.shells {
             Some(_) => self.list(r.shells, &key("shells"), at, policy::parse_shell),

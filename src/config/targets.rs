@@ -406,8 +406,7 @@ pub(super) fn realm_for_targets(kerberos: &KerberosConfig, connect_timeout: Dura
         return None;
     }
     Some(Arc::new(KerberosRealm {
-        name: kerberos.realm.clone(),
-        netbios: kerberos.netbios.clone(),
+        domain: kerberos.domain.clone(),
         kdc: KdcTransport::new(kerberos.kdcs.clone(), connect_timeout, connect_timeout),
     }))
 }

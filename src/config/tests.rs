@@ -80,6 +80,39 @@ fn lifecycle_keys_parse_and_default() {
 }
 
 #[test]
+fn syslog_targets_parse_and_bad_ones_say_why() {
+    assert_eq!(
+        SyslogTarget::parse("udp://127.0.0.1:514"),
+        Ok(SyslogTarget::Udp("127.0.0.1:514".into()))
+    );
+    assert_eq!(
+        SyslogTarget::parse("tcp://logs.lab.local:6514"),
+        Ok(SyslogTarget::Tcp("logs.lab.local:6514".into()))
+    );
+    assert_eq!(
+        SyslogTarget::parse("tcp://[::1]:514"),
+        Ok(SyslogTarget::Tcp("[::1]:514".into()))
+    );
+    assert_eq!(
+        SyslogTarget::parse("unix:///dev/log"),
+        Ok(SyslogTarget::Unix("/dev/log".into()))
+    );
+    for bad in [
+        "udp://host",
+        "udp://:514",
+        "tcp://host:0",
+        "tcp://host:99999",
+        "tcp://host:514/x",
+        "http://host:514",
+        "unix://dev/log",
+        "/dev/log",
+    ] {
+        let e = SyslogTarget::parse(bad).unwrap_err();
+        assert!(e.contains(bad), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn audit_on_failure_defaults_to_refuse() {
     assert_eq!(parse("").unwrap().audit.on_failure, AuditOnFailure::Refuse);
     let c = parse("on_failure = \"continue\"\n").unwrap();
@@ -1013,7 +1046,10 @@ fn commented_transport_examples_are_valid() {
             Some("HTTP/web12.lab.test")
         ]
     );
-    assert_eq!(c.defaults.kerberos.as_ref().map(|k| k.name.as_str()), Some("LAB.TEST"));
+    assert_eq!(
+        c.defaults.kerberos.as_ref().map(|k| k.domain.realm.as_str()),
+        Some("LAB.TEST")
+    );
     assert_eq!(ca_of(c.targets[1].tls.as_ref()), Some(ca.as_path()));
     assert!(matches!(
         c.targets[2].tls.as_ref().map(TargetTls::trust),
@@ -1032,7 +1068,10 @@ fn kerberos_targets_get_the_realm_with_its_kdcs() {
     ))
     .unwrap_or_else(|e| panic!("{e:?}"));
     let realm = c.defaults.kerberos.as_ref().expect("realm");
-    assert_eq!((realm.name.as_str(), realm.netbios.as_str()), ("LAB.TEST", "LAB"));
+    assert_eq!(
+        (realm.domain.realm.as_str(), realm.domain.netbios.as_str()),
+        ("LAB.TEST", "LAB")
+    );
     let kdcs: Vec<String> = realm.kdc.kdcs().iter().map(|k| k.to_string()).collect();
     assert_eq!(kdcs, ["tcp://127.0.0.100:88"]);
     let target = c.resolve_target("web11").unwrap().kerberos.expect("kerberos");
@@ -1055,7 +1094,7 @@ fn kerberos_section_parses_with_defaults() {
         parse("[kerberos]\nrealm = \"LAB.TEST\"\nkdc = [\"tcp://dc1.lab.test:88\", \"udp://127.0.0.100\"]\n").unwrap();
     let k = c.kerberos.expect("[kerberos]");
     assert_eq!(
-        (k.realm.as_str(), k.netbios.as_str()),
+        (k.domain.realm.as_str(), k.domain.netbios.as_str()),
         ("LAB.TEST", "LAB"),
         "NetBIOS name from the first label"
     );
@@ -1067,7 +1106,7 @@ fn kerberos_section_parses_with_defaults() {
         parse("[kerberos]\nrealm = \"CORP.EXAMPLE.COM\"\nnetbios = \"CORPNET\"\nkeytab = \"relay.keytab\"\n").unwrap();
     let k = c.kerberos.unwrap();
     assert_eq!(
-        (k.netbios.as_str(), k.keytab.as_deref()),
+        (k.domain.netbios.as_str(), k.keytab.as_deref()),
         ("CORPNET", Some(Path::new("relay.keytab")))
     );
     assert!(k.kdcs.is_empty());
@@ -1265,7 +1304,7 @@ fn example_kerberos_table_loads_when_uncommented() {
     let c = Config::parse(&path, &format!("{}{uncommented}\n", &text[..start])).unwrap_or_else(|e| panic!("{e:?}"));
     let k = c.kerberos.expect("[kerberos]");
     assert_eq!(
-        (k.realm.as_str(), k.netbios.as_str(), k.kdcs.len()),
+        (k.domain.realm.as_str(), k.domain.netbios.as_str(), k.kdcs.len()),
         ("LAB.TEST", "LAB", 2)
     );
     assert_eq!(k.keytab.as_deref(), Some(Path::new("config/relay.keytab")));

@@ -5,16 +5,18 @@
 //! password-equivalent for NTLM (pass-the-hash), so the file must be mode 0600 and the
 //! hashes live in zeroizing memory and never reach Debug output or logs.
 //!
-//! Names compare case-insensitively; `user@DOMAIN` is accepted and rewritten to
+//! Names compare by their [`Principal`] key (case-insensitively, the domain as written:
+//! the file knows no `[kerberos]` domain); `user@DOMAIN` is accepted and rewritten to
 //! `DOMAIN\user`. Comments and blank lines survive `add`/`remove`/`save`.
 
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
+
+use crate::identity::{Domain, Principal, PrincipalKey, UserEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
@@ -45,52 +47,6 @@ impl UsersError {
     }
 }
 
-/// One user allowed to authenticate.
-#[derive(Clone)]
-pub struct UserEntry {
-    domain: String,
-    user: String,
-    hash: Zeroizing<[u8; 16]>,
-}
-
-impl UserEntry {
-    pub fn domain(&self) -> &str {
-        &self.domain
-    }
-
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// `DOMAIN\user`.
-    pub fn name(&self) -> String {
-        format!("{}\\{}", self.domain, self.user)
-    }
-
-    pub fn nt_hash(&self) -> &[u8; 16] {
-        &self.hash
-    }
-
-    /// The hash as 32 lowercase hex digits (sspi takes `"$NTLM$:" + hex` as a password).
-    pub fn nt_hash_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex::encode(*self.hash))
-    }
-
-    fn is(&self, domain: &str, user: &str) -> bool {
-        self.domain.eq_ignore_ascii_case(domain) && self.user.eq_ignore_ascii_case(user)
-    }
-}
-
-impl fmt::Debug for UserEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserEntry")
-            .field("domain", &self.domain)
-            .field("user", &self.user)
-            .field("hash", &"<redacted>")
-            .finish()
-    }
-}
-
 #[derive(Debug, Clone)]
 enum Line {
     /// Comment or blank line, kept verbatim.
@@ -106,8 +62,9 @@ pub struct UsersFile {
 /// The one NT hash the relay computes, for the file and for logons alike.
 pub use crate::proto::credssp::nt_hash;
 
-/// Splits `DOMAIN\user` or `user@DOMAIN` into (domain, user).
-pub fn parse_user_name(name: &str) -> Result<(String, String), UsersError> {
+/// Reads `DOMAIN\user` or `user@DOMAIN`, stricter than [`Principal::parse`]: both
+/// parts present, no character Windows forbids in either, so a row names one account.
+pub fn parse_user_name(name: &str) -> Result<Principal, UsersError> {
     let invalid = |reason: &str| UsersError::InvalidName {
         name: name.to_string(),
         reason: reason.to_string(),
@@ -137,7 +94,7 @@ pub fn parse_user_name(name: &str) -> Result<(String, String), UsersError> {
             return Err(invalid(&format!("{what} contains a forbidden character")));
         }
     }
-    Ok((domain.to_string(), user.to_string()))
+    Ok(Principal::new(domain, user))
 }
 
 impl UsersFile {
@@ -188,29 +145,49 @@ impl UsersFile {
             let Some((name, hash_hex)) = trimmed.rsplit_once(':') else {
                 return Err(parse_err("expected DOMAIN\\user:<32 hex digit NT hash>".into()));
             };
-            let (domain, user) = parse_user_name(name).map_err(|e| parse_err(e.to_string()))?;
+            let who = parse_user_name(name).map_err(|e| parse_err(e.to_string()))?;
             let mut hash = Zeroizing::new([0u8; 16]);
             if hash_hex.len() != 32 || hex::decode_to_slice(hash_hex, hash.as_mut_slice()).is_err() {
-                return Err(parse_err(format!(
-                    "{domain}\\{user}: the NT hash must be 32 hex digits"
-                )));
+                return Err(parse_err(format!("{who}: the NT hash must be 32 hex digits")));
             }
-            if let Some(first) = out.position(&domain, &user) {
+            if let Some(first) = out.position(&who) {
                 let first_line = text.lines().take(first + 1).count();
-                return Err(parse_err(format!(
-                    "duplicate user {domain}\\{user} (also line {first_line})"
-                )));
+                return Err(parse_err(format!("duplicate user {who} (also line {first_line})")));
             }
-            out.lines.push(Line::Entry(UserEntry { domain, user, hash }));
+            out.lines.push(Line::Entry(UserEntry::new(who, hash)));
         }
         Ok(out)
     }
 
-    /// Index in `lines` of the entry for domain\user.
-    fn position(&self, domain: &str, user: &str) -> Option<usize> {
+    /// Index in `lines` of the entry for `who`.
+    fn position(&self, who: &Principal) -> Option<usize> {
         self.lines
             .iter()
-            .position(|l| matches!(l, Line::Entry(e) if e.is(domain, user)))
+            .position(|l| matches!(l, Line::Entry(e) if e.principal() == who))
+    }
+
+    /// Refuses two rows that are one user in the relay's `domain` (`LAB\alice` and
+    /// `LAB.TEST\alice`): which hash a logon is checked against would depend on
+    /// the order of the rows. `path` is only used in the message.
+    pub fn check_in(&self, path: &Path, domain: &Domain) -> Result<(), UsersError> {
+        let mut seen: std::collections::HashMap<PrincipalKey, (usize, &Principal)> = Default::default();
+        for (i, line) in self.lines.iter().enumerate() {
+            let Line::Entry(entry) = line else { continue };
+            let who = entry.principal();
+            if let Some((first, other)) = seen.insert(who.key(Some(domain)), (i, who)) {
+                return Err(UsersError::Parse {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    message: format!(
+                        "{who} is {other} (line {}): {} and {} are one domain; keep one of the two rows",
+                        first + 1,
+                        domain.realm,
+                        domain.netbios
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &UserEntry> {
@@ -229,23 +206,19 @@ impl UsersFile {
     }
 
     /// Case-insensitive lookup.
-    pub fn find(&self, domain: &str, user: &str) -> Option<&UserEntry> {
-        self.entries().find(|e| e.is(domain, user))
+    pub fn find(&self, who: &Principal) -> Option<&UserEntry> {
+        self.entries().find(|e| e.principal() == who)
     }
 
     /// Adds `DOMAIN\user` (or `user@DOMAIN`), replacing an existing entry in place.
     /// Returns true when an entry was replaced.
     pub fn add(&mut self, domain_user: &str, password: &SecretString) -> Result<bool, UsersError> {
-        let (domain, user) = parse_user_name(domain_user)?;
+        let who = parse_user_name(domain_user)?;
         if password.expose_secret().is_empty() {
             return Err(UsersError::EmptyPassword);
         }
-        let entry = UserEntry {
-            hash: nt_hash(password.expose_secret()),
-            domain,
-            user,
-        };
-        match self.position(&entry.domain, &entry.user) {
+        let entry = UserEntry::new(who, nt_hash(password.expose_secret()));
+        match self.position(entry.principal()) {
             Some(i) => {
                 self.lines[i] = Line::Entry(entry);
                 Ok(true)
@@ -259,8 +232,8 @@ impl UsersFile {
 
     /// Removes `DOMAIN\user`; returns false when there was no such user.
     pub fn remove(&mut self, domain_user: &str) -> Result<bool, UsersError> {
-        let (domain, user) = parse_user_name(domain_user)?;
-        Ok(match self.position(&domain, &user) {
+        let who = parse_user_name(domain_user)?;
+        Ok(match self.position(&who) {
             Some(i) => {
                 self.lines.remove(i);
                 true
@@ -280,7 +253,7 @@ impl UsersFile {
             match line {
                 Line::Text(t) => text.push_str(t),
                 Line::Entry(e) => {
-                    text.push_str(&e.name());
+                    text.push_str(&e.principal().to_string());
                     text.push(':');
                     text.push_str(&e.nt_hash_hex());
                 }
@@ -337,10 +310,13 @@ mod tests {
             "# relay users\nLAB\\alice:a4f49c406510bdcab6824ee7c30fd852\n\nbob@lab:31D6CFE0D16AE931B73C59D7E0C089C0\n";
         let f = UsersFile::parse(Path::new("u"), text).unwrap();
         assert_eq!(f.len(), 2);
-        let bob = f.find("LAB", "BOB").unwrap();
-        assert_eq!(bob.name(), "lab\\bob");
-        assert_eq!(*f.find("lab", "Alice").unwrap().nt_hash(), *nt_hash("Password"));
-        assert!(f.find("OTHER", "alice").is_none());
+        let bob = f.find(&Principal::parse("LAB\\BOB")).unwrap();
+        assert_eq!(bob.principal().to_string(), "lab\\bob");
+        assert_eq!(
+            *f.find(&Principal::parse("lab\\Alice")).unwrap().nt_hash(),
+            *nt_hash("Password")
+        );
+        assert!(f.find(&Principal::parse("OTHER\\alice")).is_none());
 
         let dir = test_dir("users-roundtrip");
         let path = dir.join("users");
@@ -369,7 +345,10 @@ mod tests {
         assert!(!f.add("LAB\\alice", &secret("one")).unwrap());
         assert!(f.add("alice@lab", &secret("Password")).unwrap());
         assert_eq!(f.len(), 1);
-        assert_eq!(*f.find("LAB", "alice").unwrap().nt_hash(), *nt_hash("Password"));
+        assert_eq!(
+            *f.find(&Principal::parse("alice@LAB")).unwrap().nt_hash(),
+            *nt_hash("Password")
+        );
         assert!(matches!(f.add("LAB\\x", &secret("")), Err(UsersError::EmptyPassword)));
         assert!(f.remove("lab\\ALICE").unwrap());
         assert!(!f.remove("LAB\\alice").unwrap());
@@ -381,6 +360,8 @@ mod tests {
         for bad in [
             "alice",
             "\\alice",
+            // Principal::parse reads this as LAB\a; a users-file row must say it plainly.
+            "\\LAB\\a",
             "LAB\\",
             "@LAB",
             "alice@",
@@ -390,10 +371,8 @@ mod tests {
         ] {
             assert!(parse_user_name(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(
-            parse_user_name("alice@lab.local").unwrap(),
-            ("lab.local".to_string(), "alice".to_string())
-        );
+        let upn = parse_user_name("alice@lab.local").unwrap();
+        assert_eq!((upn.domain(), upn.user()), ("lab.local", "alice"));
     }
 
     #[test]
@@ -409,6 +388,27 @@ mod tests {
         let dup = "LAB\\a:a4f49c406510bdcab6824ee7c30fd852\nlab\\A:a4f49c406510bdcab6824ee7c30fd852\n";
         let e = UsersFile::parse(Path::new("u"), dup).unwrap_err().to_string();
         assert_eq!(e, "u:2: duplicate user lab\\A (also line 1)");
+    }
+
+    #[test]
+    fn one_user_twice_under_the_relays_domain_is_refused() {
+        let lab = Domain {
+            realm: "LAB.TEST".into(),
+            netbios: "LAB".into(),
+        };
+        let text =
+            "LAB\\alice:a4f49c406510bdcab6824ee7c30fd852\n# c\nalice@lab.test:a4f49c406510bdcab6824ee7c30fd852\n";
+        let f = UsersFile::parse(Path::new("u"), text).expect("distinct rows without a domain");
+        let e = f.check_in(Path::new("u"), &lab).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "u:3: lab.test\\alice is LAB\\alice (line 1): LAB.TEST and LAB are one domain; keep one of the two rows"
+        );
+        let other = Domain {
+            realm: "CORP.TEST".into(),
+            netbios: "CORP".into(),
+        };
+        assert!(f.check_in(Path::new("u"), &other).is_ok());
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl Validator<'_> {
         v: raw::List,
         key: &str,
         table_at: usize,
-        parse: fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, String>,
     ) -> Vec<T> {
         let Some(v) = v else {
             self.error(table_at..table_at, key, "required key is missing");

@@ -1,7 +1,7 @@
 //! Why one attempt on a target failed, and whether another attempt may run: only when
 //! nothing ran there, and the failure is one that can go away by itself.
 
-use crate::target::TargetError;
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
 /// How far an attempt got. Everything before [`Stage::Command`] ran nothing on the
 /// target: no shell exists there, so no command can have started.
@@ -67,22 +67,16 @@ impl Failure {
     }
 
     /// A failure of the client connection to the endpoint at `stage`.
-    pub fn from_target(stage: Stage, error: &TargetError) -> Failure {
-        let cause = match error {
-            TargetError::Lookup { .. }
-            | TargetError::Connect { .. }
-            | TargetError::ConnectTimeout { .. }
-            | TargetError::KdcUnreachable { .. } => Cause::Unreachable,
-            TargetError::Timeout { .. } => Cause::TimedOut,
-            TargetError::Http { .. } => Cause::ConnectionLost,
-            TargetError::AuthRejected { .. } => Cause::CredentialsRefused,
-            TargetError::AuthStatus { status, .. } => Cause::Status(status.as_u16()),
-            TargetError::Tls { .. }
-            | TargetError::Auth { .. }
-            | TargetError::BadResponse { .. }
-            | TargetError::ResponseTooLarge { .. }
-            | TargetError::Kerberos { .. }
-            | TargetError::TicketRefused { .. } => Cause::Other,
+    pub fn from_target(stage: Stage, error: &UpstreamError) -> Failure {
+        let cause = match error.kind() {
+            UpstreamErrorKind::Timeout { .. } => Cause::TimedOut,
+            UpstreamErrorKind::Http(_) => Cause::ConnectionLost,
+            UpstreamErrorKind::AuthRejected { .. } => Cause::CredentialsRefused,
+            UpstreamErrorKind::AuthStatus { status, .. } => Cause::Status(status.as_u16()),
+            // Nothing reached the endpoint, but its certificate is the same next time.
+            UpstreamErrorKind::Tls(_) => Cause::Other,
+            _ if error.retry_safe() => Cause::Unreachable,
+            _ => Cause::Other,
         };
         // Where the connection itself failed, say so whatever the caller was doing.
         let stage = match cause {
@@ -119,45 +113,36 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kerberos::kdc::KdcError;
+    use crate::upstream::{HttpError, LookupError, TlsError};
     use hyper::StatusCode;
 
-    fn target_error(kind: &str) -> TargetError {
-        let target = "web01 (10.0.0.5:5985)".to_string();
-        match kind {
-            "refused" => TargetError::Connect {
-                target,
-                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+    fn target_error(kind: &str) -> UpstreamError {
+        let kind = match kind {
+            "refused" => UpstreamErrorKind::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            "connect-timeout" => UpstreamErrorKind::ConnectTimeout { secs: 3 },
+            "lookup" => UpstreamErrorKind::Lookup(LookupError::NoAddresses),
+            "kdc" => UpstreamErrorKind::KdcUnreachable {
+                spn: "HTTP/web01.lab.test".into(),
+                source: KdcError::Unreachable(Vec::new()),
             },
-            "connect-timeout" => TargetError::ConnectTimeout { target, secs: 3 },
-            "lookup" => TargetError::Lookup {
-                target,
-                detail: "no such host".into(),
-            },
-            "timeout" => TargetError::Timeout { target, secs: 10 },
-            "lost" => TargetError::Http {
-                target,
-                detail: "connection closed before message completed".into(),
-            },
-            "401" => TargetError::AuthRejected {
-                target,
+            "timeout" => UpstreamErrorKind::Timeout { secs: 10 },
+            "lost" => HttpError::Body("connection closed before message completed".into()).into(),
+            "401" => UpstreamErrorKind::AuthRejected {
                 user: "LAB\\alice".into(),
             },
-            "503" => TargetError::AuthStatus {
-                target,
+            "503" => UpstreamErrorKind::AuthStatus {
                 status: StatusCode::SERVICE_UNAVAILABLE,
-                detail: ": LAB\\alice already has 25 sessions".into(),
+                text: "LAB\\alice already has 25 sessions".into(),
             },
-            "403" => TargetError::AuthStatus {
-                target,
+            "403" => UpstreamErrorKind::AuthStatus {
                 status: StatusCode::FORBIDDEN,
-                detail: String::new(),
+                text: String::new(),
             },
-            "tls" => TargetError::Tls {
-                target,
-                detail: "certificate not trusted".into(),
-            },
+            "tls" => TlsError::NoConfig.into(),
             other => panic!("{other}"),
-        }
+        };
+        UpstreamError::new("web01 (10.0.0.5:5985)".into(), kind)
     }
 
     fn fault(stage: Stage, status: u16, subcode: &str) -> Failure {
@@ -173,7 +158,7 @@ mod tests {
 
     #[test]
     fn failures_where_nothing_ran_and_that_can_pass_are_retried() {
-        for kind in ["refused", "connect-timeout", "lookup"] {
+        for kind in ["refused", "connect-timeout", "lookup", "kdc"] {
             // Unreachable is a connect failure whatever was under way.
             let failure = Failure::from_target(Stage::Logon, &target_error(kind));
             assert_eq!((failure.stage, &failure.cause), (Stage::Connect, &Cause::Unreachable));

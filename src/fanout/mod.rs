@@ -2,7 +2,7 @@
 //! `/wsman/<target>`, so the relay authenticates to each target as the caller) or, with
 //! `--direct`, to the targets themselves (Negotiate/NTLM).
 //!
-//! Built on the relay's own cores: [`crate::target::TargetConnection`] authenticates and
+//! Built on the relay's own cores: [`crate::upstream::TargetConnection`] authenticates and
 //! seals (its CredSSP initiator towards the relay, its NTLM client towards targets), and
 //! `proto::wsman` builds the WinRS envelopes and reads the answers.
 //!
@@ -13,8 +13,9 @@
 //! - [`report`], [`transcript`], [`console`]: what is printed and recorded.
 //! - [`powershell`]: `--powershell` command lines and CLIXML error streams.
 //!
-//! Exit status: 0 every target ok, 1 any failed, 2 usage or credential errors (the relay
-//! refusing the logon included), 130 interrupted.
+//! [`run`] takes [`RunOptions`], which the command line (`cli/run.rs`) builds from its
+//! arguments. Exit status: 0 every target ok, 1 any failed, 2 usage or credential errors
+//! (the relay refusing the logon included), 130 interrupted.
 
 mod console;
 pub mod failure;
@@ -25,18 +26,17 @@ pub mod session;
 pub mod transcript;
 
 use std::collections::HashSet;
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
-use zeroize::Zeroizing;
 
+use crate::identity::Principal;
 use crate::resolve::{CaFile, TargetTls, TlsTrust};
-use crate::vault::DelegatedCredentials;
+use crate::vault::{read_password_line, DelegatedCredentials};
 use console::{Console, Progress};
 use report::{Format, Report, Stopped};
 use schedule::Job;
@@ -47,87 +47,44 @@ use transcript::{RunHeader, Transcript};
 const EXIT_INTERRUPTED: u8 = 130;
 const EXIT_USAGE: u8 = 2;
 
-/// `winrm-relay run`.
-#[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("target_list").required(true).args(["targets", "targets_file"]))]
-pub struct RunArgs {
+/// What `winrm-relay run` was asked to do, as given: [`run`] checks it before asking
+/// for the password.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
     /// The relay, `http[s]://bastion[:port]`; each target is reached at /wsman/<target>.
-    #[arg(
-        long,
-        value_name = "URL",
-        required_unless_present = "direct",
-        conflicts_with = "direct"
-    )]
-    relay: Option<String>,
-    /// Talk to the targets themselves (Negotiate/NTLM over HTTP, port 5985 unless
-    /// `host:port`), without a relay.
-    #[arg(long)]
-    direct: bool,
+    pub relay: Option<String>,
+    /// Talk to the targets themselves instead (Negotiate/NTLM); exactly one of this and
+    /// `relay`.
+    pub direct: bool,
     /// Who to log on as: DOMAIN\user or user@DOMAIN.
-    #[arg(long, value_name = "DOMAIN\\USER")]
-    user: String,
+    pub user: String,
     /// Read the password from the first line of stdin instead of prompting.
-    #[arg(long)]
-    password_stdin: bool,
-    /// Targets, comma-separated: names the relay knows, host names, addresses, `host:port`.
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    targets: Vec<String>,
+    pub password_stdin: bool,
+    /// Target names, host names, addresses or `host:port`; ignored with `targets_file`.
+    pub targets: Vec<String>,
     /// A file with one target per line (`#` comments and blank lines ignored).
-    #[arg(long, value_name = "FILE")]
-    targets_file: Option<PathBuf>,
+    pub targets_file: Option<PathBuf>,
     /// Targets running at once (one session each).
-    #[arg(long, default_value_t = 5, value_name = "N")]
-    throttle: usize,
-    /// Attempts per target in all (1 = no retry). Only attempts where nothing ran are
-    /// retried: a command that started never runs twice.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    retries: u32,
-    /// Wait between attempts: 5s, 500ms, 1m.
-    #[arg(long, default_value = "5s", value_parser = parse_duration_arg, value_name = "TIME")]
-    retry_delay: Duration,
+    pub throttle: usize,
+    /// Attempts per target in all (1 = no retry); only attempts where nothing ran are
+    /// retried.
+    pub retries: u32,
+    /// Wait between attempts.
+    pub retry_delay: Duration,
     /// Longest one attempt on one target may take, command included.
-    #[arg(long, default_value = "120s", value_parser = parse_duration_arg, value_name = "TIME")]
-    timeout: Duration,
-    /// table (default on a terminal), json (one array) or jsonl (default otherwise: one
-    /// object per line as each target finishes).
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    output: Option<Format>,
-    /// Write everything (command, each target's attempts, output and errors) to FILE,
-    /// time-stamped, like Start-Transcript.
-    #[arg(long, value_name = "FILE")]
-    transcript: Option<PathBuf>,
-    /// Run COMMAND as a PowerShell script: powershell.exe -EncodedCommand in a cmd shell,
-    /// its CLIXML error stream turned into text.
-    #[arg(long)]
-    powershell: bool,
+    pub timeout: Duration,
+    /// `None`: a table on a terminal, JSON lines otherwise.
+    pub output: Option<Format>,
+    /// Where to write the time-stamped record of the whole run.
+    pub transcript: Option<PathBuf>,
+    /// `command` is a PowerShell script.
+    pub powershell: bool,
     /// No progress bar, even on a terminal.
-    #[arg(long)]
-    no_progress: bool,
+    pub no_progress: bool,
     /// PEM CA certificates to trust for an https relay, besides the system's.
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
-    /// What to run: cmd.exe receives COMMAND and ARGS joined by spaces (with --powershell,
-    /// the script).
-    #[arg(last = true, required = true, value_name = "COMMAND")]
-    command: Vec<String>,
-}
-
-/// `5s`, `500ms`, `2m`, `1h`, or a number of seconds.
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit, like 5s, 500ms or 2m"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("invalid duration {s:?}: the unit must be ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration {s:?}"))
+    pub ca_file: Option<PathBuf>,
+    /// The command and its arguments (with `powershell`, the script's words).
+    pub command: Vec<String>,
 }
 
 /// `5s`, `1.5s`, `250ms`: how the help and the transcript write durations.
@@ -168,8 +125,7 @@ fn target_list(listed: &[String], file: Option<&Path>) -> Result<Vec<String>, St
 /// Everything checked before the password is asked for.
 struct Plan {
     targets: Vec<(String, Endpoint)>,
-    domain: String,
-    user: String,
+    principal: Principal,
     command: CommandLine,
     /// The command as the user gave it, for the transcript.
     given: String,
@@ -178,7 +134,7 @@ struct Plan {
     progress: bool,
 }
 
-fn plan(args: &RunArgs) -> Result<Plan, String> {
+fn plan(args: &RunOptions) -> Result<Plan, String> {
     let names = target_list(&args.targets, args.targets_file.as_deref())?;
     if args.throttle == 0 {
         return Err("--throttle must be at least 1".into());
@@ -189,7 +145,7 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
     if args.timeout.is_zero() {
         return Err("--timeout must be more than 0".into());
     }
-    let (domain, user) = crate::config::users::parse_user_name(&args.user).map_err(|e| e.to_string())?;
+    let principal = crate::config::users::parse_user_name(&args.user).map_err(|e| e.to_string())?;
     let given = args.command.join(" ");
     let command = if args.powershell {
         CommandLine {
@@ -231,8 +187,7 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
     let stdout_terminal = std::io::stdout().is_terminal();
     Ok(Plan {
         targets,
-        domain,
-        user,
+        principal,
         command,
         given,
         through,
@@ -246,13 +201,8 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
 /// The password: the first line of stdin, or typed at a prompt without echo.
 fn password(from_stdin: bool, principal: &str) -> Result<SecretString, String> {
     let secret = if from_stdin {
-        // Sized up front so the buffer is not reallocated (leaving copies) while reading.
-        let mut line = Zeroizing::new(String::with_capacity(1024));
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
-        crate::cli::secret_from_line(&line)
+        read_password_line(&mut std::io::stdin().lock())
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?
     } else {
         let typed = rpassword::prompt_password(format!("Password for {principal}: "))
             .map_err(|e| format!("cannot prompt for the password ({e}): use --password-stdin"))?;
@@ -264,7 +214,7 @@ fn password(from_stdin: bool, principal: &str) -> Result<SecretString, String> {
     Ok(secret)
 }
 
-pub fn run(args: RunArgs) -> ExitCode {
+pub fn run(args: RunOptions) -> ExitCode {
     let usage = |message: String| {
         eprintln!("error: {message}");
         ExitCode::from(EXIT_USAGE)
@@ -273,7 +223,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(plan) => plan,
         Err(message) => return usage(message),
     };
-    let principal = format!("{}\\{}", plan.domain, plan.user);
+    let principal = plan.principal.to_string();
     let transcript = match args.transcript.as_deref().map(Transcript::create).transpose() {
         Ok(transcript) => transcript,
         Err(error) => return usage(format!("cannot create the transcript: {error}")),
@@ -283,7 +233,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Err(message) => return usage(message),
     };
     let job = Arc::new(Job {
-        credentials: DelegatedCredentials::new(plan.domain.clone(), plan.user.clone(), secret),
+        credentials: DelegatedCredentials::from_principal(plan.principal.clone(), secret),
         command: plan.command,
         powershell: args.powershell,
         timeout: args.timeout,
@@ -358,124 +308,69 @@ pub fn run(args: RunArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        run: RunArgs,
-    }
-
-    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|c| c.run)
-    }
-
-    #[test]
-    fn the_interface_parses_with_its_defaults() {
-        let args = parse(&[
-            "--relay",
-            "http://bastion:5985",
-            "--user",
-            "LAB\\alice",
-            "--targets",
-            "web01,web02,10.1.0.7",
-            "--",
-            "ipconfig",
-            "/all",
-        ])
-        .unwrap();
-        assert_eq!(args.targets, ["web01", "web02", "10.1.0.7"]);
-        assert_eq!(
-            (args.throttle, args.retries, args.retry_delay, args.timeout),
-            (5, 3, Duration::from_secs(5), Duration::from_secs(120))
-        );
-        assert_eq!(args.command, ["ipconfig", "/all"]);
-        assert!(!args.password_stdin && !args.direct && !args.powershell && args.output.is_none());
-        let args = parse(&[
-            "--direct",
-            "--user",
-            "alice@LAB",
-            "--password-stdin",
-            "--targets-file",
-            "hosts.txt",
-            "--throttle",
-            "50",
-            "--retries",
-            "1",
-            "--retry-delay",
-            "500ms",
-            "--timeout",
-            "2m",
-            "--output",
-            "jsonl",
-            "--transcript",
-            "run.log",
-            "--powershell",
-            "--no-progress",
-            "--",
-            "Get-Service",
-        ])
-        .unwrap();
-        assert_eq!(args.retry_delay, Duration::from_millis(500));
-        assert_eq!(args.timeout, Duration::from_secs(120));
-        assert_eq!(args.output, Some(Format::Jsonl));
-    }
-
-    #[test]
-    fn usage_errors_are_refused_by_the_parser() {
-        let base = ["--user", "LAB\\alice", "--targets", "web01"];
-        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
-        assert!(with(&["--", "hostname"]).is_err(), "neither --relay nor --direct");
-        assert!(with(&["--relay", "http://b", "--direct", "--", "hostname"]).is_err());
-        assert!(with(&["--relay", "http://b"]).is_err(), "no command");
-        assert!(with(&["--relay", "http://b", "--targets-file", "f", "--", "x"]).is_err());
-        assert!(with(&["--relay", "http://b", "--retry-delay", "5 parsecs", "--", "x"]).is_err());
-        assert!(
-            parse(&["--relay", "http://b", "--user", "u", "--", "x"]).is_err(),
-            "no targets"
-        );
-        assert!(
-            with(&["--relay", "http://b", "--password", "pw", "--", "x"]).is_err(),
-            "no password option"
-        );
+    /// `run`'s defaults, through the relay at `http://bastion:5985` as LAB\alice.
+    fn options(targets: &[&str], command: &[&str]) -> RunOptions {
+        RunOptions {
+            relay: Some("http://bastion:5985".into()),
+            direct: false,
+            user: "LAB\\alice".into(),
+            password_stdin: false,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            targets_file: None,
+            throttle: 5,
+            retries: 3,
+            retry_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(120),
+            output: None,
+            transcript: None,
+            powershell: false,
+            no_progress: false,
+            ca_file: None,
+            command: command.iter().map(|c| c.to_string()).collect(),
+        }
     }
 
     #[test]
     fn plans_check_what_the_parser_cannot() {
-        let args = |extra: &[&str]| {
-            parse(
-                &[
-                    &["--relay", "http://bastion:5985", "--user", "LAB\\alice"][..],
-                    extra,
-                    &["--", "hostname"],
-                ]
-                .concat(),
-            )
-            .unwrap()
-        };
-        let ok = plan(&args(&["--targets", "web01, web02,WEB01,,10.1.0.7:5986"])).unwrap();
+        let hostname = |targets: &[&str]| options(targets, &["hostname"]);
+        let ok = plan(&hostname(&["web01", " web02", "WEB01", "", "10.1.0.7:5986"])).unwrap();
         let names: Vec<&str> = ok.targets.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["web01", "web02", "10.1.0.7:5986"]);
         assert_eq!(ok.targets[2].1.url(), "http://bastion:5985/wsman/10.1.0.7:5986");
-        assert_eq!((ok.domain.as_str(), ok.user.as_str()), ("LAB", "alice"));
+        assert_eq!((ok.principal.domain(), ok.principal.user()), ("LAB", "alice"));
         assert_eq!(ok.command.command, "hostname");
-        for (extra, why) in [
-            (
-                &["--targets", "web01", "--throttle", "0"][..],
-                "--throttle must be at least 1",
-            ),
-            (&["--targets", "web01", "--retries", "0"], "at least 1 (1 = no retry)"),
-            (&["--targets", "web 01"], "invalid target"),
-            (&["--targets", ","], "no targets"),
-            (
-                &["--targets-file", "/nonexistent/hosts"],
-                "cannot read /nonexistent/hosts",
-            ),
+        let throttle_0 = RunOptions {
+            throttle: 0,
+            ..hostname(&["web01"])
+        };
+        let retries_0 = RunOptions {
+            retries: 0,
+            ..hostname(&["web01"])
+        };
+        let from_missing_file = RunOptions {
+            targets_file: Some("/nonexistent/hosts".into()),
+            ..hostname(&[])
+        };
+        let neither_relay_nor_direct = RunOptions {
+            relay: None,
+            ..hostname(&["web01"])
+        };
+        for (options, why) in [
+            (throttle_0, "--throttle must be at least 1"),
+            (retries_0, "at least 1 (1 = no retry)"),
+            (hostname(&["web 01"]), "invalid target"),
+            (hostname(&["", ""]), "no targets"),
+            (from_missing_file, "cannot read /nonexistent/hosts"),
+            (neither_relay_nor_direct, "give --relay URL, or --direct"),
         ] {
-            let error = plan(&args(extra)).err().unwrap_or_default();
-            assert!(error.contains(why), "{extra:?}: {error}");
+            let error = plan(&options).err().unwrap_or_default();
+            assert!(error.contains(why), "{options:?}: {error}");
         }
-        let bad_user = parse(&["--relay", "http://b", "--user", "alice", "--targets", "w", "--", "x"]).unwrap();
+        let bad_user = RunOptions {
+            user: "alice".into(),
+            ..hostname(&["w"])
+        };
         assert!(plan(&bad_user).err().unwrap_or_default().contains("DOMAIN\\user"));
     }
 
@@ -490,19 +385,13 @@ mod tests {
 
     #[test]
     fn powershell_commands_are_encoded() {
-        let args = parse(&[
-            "--direct",
-            "--user",
-            "LAB\\alice",
-            "--targets",
-            "web01",
-            "--powershell",
-            "--",
-            "Get-Date;",
-            "hostname",
-        ])
-        .unwrap();
-        let plan = plan(&args).unwrap();
+        let options = RunOptions {
+            relay: None,
+            direct: true,
+            powershell: true,
+            ..options(&["web01"], &["Get-Date;", "hostname"])
+        };
+        let plan = plan(&options).unwrap();
         assert_eq!(plan.given, "Get-Date; hostname");
         assert_eq!(
             plan.command.command,
@@ -513,15 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration_arg("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration_arg("120"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration_arg("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration_arg("1.5m"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration_arg("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration_arg("5d").is_err());
-        assert!(parse_duration_arg("s").is_err());
-        assert!(parse_duration_arg("-1s").is_err());
+    fn durations_are_written_as_the_options_take_them() {
         assert_eq!(format_duration(Duration::from_secs(5)), "5s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");

@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::failure::Failure;
 use super::session::{CommandOutput, MAX_OUTPUT};
 
-/// `--output`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// How results are printed (`run --output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Target, status, exit code, time and the first line of output, one row per target.
     Table,

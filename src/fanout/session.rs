@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::failure::{Cause, Failure, Stage};
 use crate::proto::wsman::{self, WinrsRequests, CLIENT_MAX_ENVELOPE_SIZE};
 use crate::resolve::{ResolvedTarget, TargetAuth, TargetTls};
-use crate::target::{self, TargetConnection, TargetResponse};
+use crate::upstream::{self, TargetConnection, TargetResponse};
 use crate::vault::DelegatedCredentials;
 
 /// Longest Receive long-poll: output is returned as soon as there is some, so this only
@@ -155,7 +155,7 @@ impl Endpoint {
 
     /// A failed logon, refused credentials said in the client's words (the target client
     /// speaks of delegated credentials).
-    fn logon_failure(&self, error: &target::TargetError, credentials: &DelegatedCredentials) -> Failure {
+    fn logon_failure(&self, error: &upstream::UpstreamError, credentials: &DelegatedCredentials) -> Failure {
         let mut failure = Failure::from_target(Stage::Logon, error);
         if failure.cause == Cause::CredentialsRefused {
             let who = if self.via_relay { "the relay" } else { "the target" };
@@ -251,7 +251,7 @@ impl<'a> Session<'a> {
                 ),
                 None => None,
             };
-            let addresses = target::lookup_addresses(target)
+            let addresses = upstream::lookup_addresses(target)
                 .await
                 .map_err(|e| Failure::from_target(Stage::Connect, &e))?;
             TargetConnection::open(target, &addresses, credentials)
@@ -604,10 +604,12 @@ mod tests {
     fn refused_credentials_are_said_in_the_clients_words() {
         let credentials = DelegatedCredentials::new("LAB", "alice", "pw".to_string().into());
         let relay = Relay::parse("http://10.0.0.1", no_tls).unwrap();
-        let refused = target::TargetError::AuthRejected {
-            target: "the relay (10.0.0.1:5985)".into(),
-            user: "LAB\\alice".into(),
-        };
+        let refused = upstream::UpstreamError::new(
+            "the relay (10.0.0.1:5985)".into(),
+            upstream::UpstreamErrorKind::AuthRejected {
+                user: "LAB\\alice".into(),
+            },
+        );
         let failure =
             Endpoint::through_relay(&relay, "web01", Duration::from_secs(5)).logon_failure(&refused, &credentials);
         assert_eq!(failure.cause, Cause::CredentialsRefused);

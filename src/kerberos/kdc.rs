@@ -1,21 +1,22 @@
-//! The relay's own KDC transport: sspi's Kerberos steps are generators that
-//! stop at every KDC exchange with a [`NetworkRequest`]; this does that
-//! exchange over tokio (TCP with its 4-byte length prefix, or UDP) against the
+//! The relay's own KDC transport: the Kerberos steps stop at every KDC exchange
+//! with a [`NetworkRequest`] ([`KdcConversation`]); [`converse`] does those
+//! exchanges over tokio (TCP with its 4-byte length prefix, or UDP) against the
 //! configured KDCs in order, each within the connect timeout, and hands the
-//! answer back. Nothing here reads /etc/krb5.conf, DNS SRV records or KRB5_*
+//! answers back. Nothing here reads /etc/krb5.conf, DNS SRV records or KRB5_*
 //! variables: the `[kerberos] kdc` list is the whole truth.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sspi::generator::{Generator, GeneratorState, NetworkRequest};
+use sspi::generator::NetworkRequest;
 use sspi::network_client::NetworkProtocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::proto::guard::contain_panic;
+use crate::proto::kerberos::exchange::{KdcConversation, KdcReply, KdcTurn};
 use crate::proto::kerberos::messages::{error_codes, kdc_message_type, krb_error, KdcMessage};
+use crate::proto::kerberos::tickets::unframe;
 
 /// Largest KDC reply accepted over TCP. Tickets with a large PAC (users in
 /// hundreds of groups) stay far below this; anything larger is not a KDC.
@@ -145,8 +146,6 @@ pub enum KdcError {
     ProxyUnsupported,
     #[error("the security package asked for a KDC exchange it cannot have made: {0}")]
     BadRequest(&'static str),
-    #[error("the security package panicked on a KDC reply from {0}")]
-    Panicked(String),
 }
 
 fn describe(attempts: &[KdcAttempt]) -> String {
@@ -155,35 +154,6 @@ fn describe(attempts: &[KdcAttempt]) -> String {
         .map(|a| format!("{}: {}", a.kdc, a.error))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// A KDC's answer to one request.
-#[derive(Debug, Clone)]
-pub struct KdcReply {
-    /// The KDC that answered, as configured.
-    pub kdc: String,
-    /// The reply with the 4-byte length prefix, as sspi takes it whichever the
-    /// transport was.
-    framed: Vec<u8>,
-}
-
-impl KdcReply {
-    /// The bare Kerberos message.
-    pub fn message(&self) -> &[u8] {
-        &self.framed[4..]
-    }
-
-    /// What sspi's generator is resumed with.
-    pub fn into_framed(self) -> Vec<u8> {
-        self.framed
-    }
-
-    fn new(kdc: String, message: &[u8]) -> KdcReply {
-        let mut framed = Vec::with_capacity(message.len() + 4);
-        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        framed.extend_from_slice(message);
-        KdcReply { kdc, framed }
-    }
 }
 
 /// The configured KDCs and the timeouts of one exchange with one of them.
@@ -203,16 +173,6 @@ impl KdcTransport {
             connect_timeout,
             reply_timeout,
         }
-    }
-
-    /// The `[kerberos] kdc` list with `[defaults] connect_timeout_secs` for
-    /// the connect and for the answer (a KDC answers at once; one that
-    /// accepted but stays silent is as good as down), or `None` without
-    /// `[kerberos]`.
-    pub fn from_config(config: &crate::config::Config) -> Option<KdcTransport> {
-        let kerberos = config.kerberos.as_ref()?;
-        let timeout = config.defaults.connect_timeout;
-        Some(KdcTransport::new(kerberos.kdcs.clone(), timeout, timeout))
     }
 
     pub fn kdcs(&self) -> &[KdcUrl] {
@@ -354,12 +314,6 @@ async fn tcp_round_trip(mut stream: TcpStream, message: &[u8]) -> Result<Vec<u8>
     Ok(reply)
 }
 
-/// A TCP-shaped request without its length prefix, if the prefix is right.
-pub fn unframe(data: &[u8]) -> Option<&[u8]> {
-    let (prefix, message) = data.split_first_chunk::<4>()?;
-    (u32::from_be_bytes(*prefix) as usize == message.len()).then_some(message)
-}
-
 fn is_response_too_big(reply: &[u8]) -> bool {
     kdc_message_type(reply) == Some(KdcMessage::Error)
         && krb_error(reply).is_some_and(|e| e.code == error_codes::KRB_ERR_RESPONSE_TOO_BIG)
@@ -378,25 +332,19 @@ pub fn request_message(request: &NetworkRequest) -> Option<&[u8]> {
     }
 }
 
-/// Runs an sspi step to completion, doing every KDC exchange it asks for over
-/// `transport`. A KDC that cannot be reached ends the step with that error
-/// (naming the KDCs tried) rather than with sspi's. sspi's parsers read the
-/// KDC's answers, which come off the network (UDP ones can be spoofed): a
-/// panic there ends the step, never the task.
-pub async fn resolve<'g, T: Send + 'g>(
-    generator: &mut Generator<'g, NetworkRequest, sspi::Result<Vec<u8>>, T>,
+/// Runs `conversation` to its end, doing every KDC exchange it asks for over
+/// `transport`: the one place the relay's Kerberos work meets the network. A KDC that
+/// cannot be reached ends it with that error (naming the KDCs tried) rather than with
+/// the security package's.
+pub async fn converse<C: KdcConversation>(
+    conversation: &mut C,
     transport: &KdcTransport,
-) -> Result<T, KdcError> {
-    let mut state = contain_panic(|| generator.start()).map_err(|_| KdcError::Panicked("(none)".to_string()))?;
+) -> Result<C::Outcome, KdcError> {
+    let mut turn = conversation.start();
     loop {
-        match state {
-            GeneratorState::Completed(out) => return Ok(out),
-            GeneratorState::Suspended(request) => {
-                let reply = transport.send(&request).await?;
-                let kdc = reply.kdc.clone();
-                let framed = reply.into_framed();
-                state = contain_panic(|| generator.resume(Ok(framed))).map_err(|_| KdcError::Panicked(kdc))?;
-            }
+        match turn {
+            KdcTurn::Done(outcome) => return Ok(outcome),
+            KdcTurn::Ask(request) => turn = conversation.answer(transport.send(&request).await?),
         }
     }
 }
@@ -436,16 +384,6 @@ mod tests {
             let e = KdcUrl::parse(bad).unwrap_err().to_string();
             assert!(e.contains(want), "{bad}: {e}");
         }
-    }
-
-    #[test]
-    fn tcp_framing() {
-        assert_eq!(unframe(&[0, 0, 0, 2, 0x6a, 0x00]), Some(&[0x6a, 0x00][..]));
-        assert_eq!(unframe(&[0, 0, 0, 3, 0x6a, 0x00]), None);
-        assert_eq!(unframe(&[0, 0]), None);
-        let reply = KdcReply::new("tcp://kdc:88".into(), &[0x6b, 0x00]);
-        assert_eq!(reply.framed, [0, 0, 0, 2, 0x6b, 0x00]);
-        assert_eq!(reply.message(), [0x6b, 0x00]);
     }
 
     fn request(protocol: NetworkProtocol, data: &[u8]) -> NetworkRequest {
@@ -496,7 +434,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reply.kdc, up);
-        assert_eq!(reply.framed, [0, 0, 0, 3, 0x6b, 0x01, 0x00]);
+        assert_eq!(reply.into_framed(), [0, 0, 0, 3, 0x6b, 0x01, 0x00]);
         assert_eq!(
             kdc.await.unwrap(),
             [0x6a, 0x00],
@@ -511,7 +449,7 @@ mod tests {
             .send(&request(NetworkProtocol::Udp, &[0x6a, 0x00]))
             .await
             .unwrap();
-        assert_eq!(reply.framed, [0, 0, 0, 2, 0x7e, 0x00]);
+        assert_eq!(reply.into_framed(), [0, 0, 0, 2, 0x7e, 0x00]);
         assert_eq!(kdc.await.unwrap(), [0x6a, 0x00]);
     }
 
@@ -530,7 +468,7 @@ mod tests {
             .send(&request(NetworkProtocol::Tcp, &[0, 0, 0, 2, 0x6a, 0x00]))
             .await
             .unwrap();
-        assert_eq!(reply.framed, [0, 0, 0, 2, 0x6b, 0x00]);
+        assert_eq!(reply.into_framed(), [0, 0, 0, 2, 0x6b, 0x00]);
         assert_eq!(kdc.await.unwrap(), [0x6a, 0x00], "no length prefix over UDP");
     }
 
@@ -591,22 +529,32 @@ mod tests {
         );
     }
 
+    /// Asks one request, then is done with the reply it got.
+    struct OneRequest;
+
+    impl KdcConversation for OneRequest {
+        type Outcome = KdcReply;
+
+        fn start(&mut self) -> KdcTurn<KdcReply> {
+            KdcTurn::Ask(request(NetworkProtocol::Tcp, &[0, 0, 0, 2, 0x6a, 0x00]))
+        }
+
+        fn answer(&mut self, reply: KdcReply) -> KdcTurn<KdcReply> {
+            KdcTurn::Done(reply)
+        }
+    }
+
     #[tokio::test]
-    async fn resolve_answers_each_yielded_request() {
+    async fn a_conversation_gets_each_request_answered() {
         let (up, kdc) = tcp_kdc(vec![0x6b, 0x00]).await;
-        let mut generator: Generator<'_, NetworkRequest, sspi::Result<Vec<u8>>, sspi::Result<Vec<u8>>> =
-            Generator::new(|mut yield_point| async move {
-                yield_point
-                    .suspend(request(NetworkProtocol::Tcp, &[0, 0, 0, 2, 0x6a, 0x00]))
-                    .await
-            });
         // Send: a step can be driven inside a spawned connection task.
         fn spawnable<F: std::future::Future + Send>(future: F) -> F {
             future
         }
-        let transport = transport(&[up]);
-        let answer = spawnable(resolve(&mut generator, &transport)).await.unwrap().unwrap();
-        assert_eq!(answer, [0, 0, 0, 2, 0x6b, 0x00]);
+        let transport = transport(std::slice::from_ref(&up));
+        let answer = spawnable(converse(&mut OneRequest, &transport)).await.unwrap();
+        assert_eq!(answer.kdc, up);
+        assert_eq!(answer.into_framed(), [0, 0, 0, 2, 0x6b, 0x00]);
         assert_eq!(kdc.await.unwrap(), [0x6a, 0x00]);
         assert_eq!(
             request_message(&request(NetworkProtocol::Udp, &[0x6c])),

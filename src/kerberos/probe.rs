@@ -1,6 +1,7 @@
 //! `winrm-relay kerberos test`: one AS exchange for a user against the
 //! configured KDCs, with sspi's Kerberos client doing the cryptography and
-//! [`KdcTransport`] the network, and an answer a person can act on.
+//! [`converse`] over the [`KdcTransport`] the network, and an answer a person can
+//! act on.
 //!
 //! sspi decrypts the AS-REP with the password before it asks for anything
 //! else: its next request, the TGS-REQ, is the proof that the password is
@@ -10,12 +11,13 @@ use std::fmt;
 
 use sspi::generator::GeneratorState;
 use sspi::{
-    AuthIdentity, BufferType, ClientRequestFlags, CredentialUse, Credentials, DataRepresentation, KdcResolution,
-    Kerberos, KerberosConfig, SecurityBuffer, Sspi, SspiImpl, Username,
+    AuthIdentity, BufferType, ClientRequestFlags, CredentialUse, Credentials, KdcResolution, Kerberos, KerberosConfig,
+    SecurityBuffer, Sspi, Username,
 };
 
-use super::kdc::{request_message, KdcError, KdcTransport};
-use crate::proto::guard::contain_panic;
+use super::kdc::{converse, request_message, KdcError, KdcTransport};
+use crate::proto::guard::Panicked;
+use crate::proto::kerberos::exchange::{Finished, InitInput, InitState, InitStep, KdcConversation, KdcReply, KdcTurn};
 use crate::proto::kerberos::messages::{error_codes, kdc_message_type, krb_error, KdcMessage, KrbErrorInfo};
 
 /// What one AS exchange came to.
@@ -150,7 +152,7 @@ pub async fn as_exchange(transport: &KdcTransport, realm: &str, user: &str, pass
         username,
         password: password.to_string().into(),
     });
-    let mut handle = match kerberos
+    let handle = match kerberos
         .acquire_credentials_handle()
         .with_credential_use(CredentialUse::Outbound)
         .with_auth_data(&identity)
@@ -159,53 +161,83 @@ pub async fn as_exchange(transport: &KdcTransport, realm: &str, user: &str, pass
         Ok(acquired) => acquired.credentials_handle,
         Err(e) => return sspi_error(e),
     };
-    // Never sent: the exchange ends before the TGS-REQ would name it.
-    let target = format!("krbtgt/{realm}");
-    let mut input = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
-    let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
-    let mut builder = kerberos
-        .initialize_security_context()
-        .with_credentials_handle(&mut handle)
-        .with_context_requirements(ClientRequestFlags::MUTUAL_AUTH)
-        .with_target_data_representation(DataRepresentation::Native)
-        .with_target_name(&target)
-        .with_input(&mut input)
-        .with_output(&mut output);
-    let mut generator = match kerberos.initialize_security_context_impl(&mut builder) {
-        Ok(generator) => generator,
-        Err(e) => return sspi_error(e),
+    let input = InitInput {
+        // Never sent: the exchange ends before the TGS-REQ would name it.
+        target_name: format!("krbtgt/{realm}"),
+        flags: ClientRequestFlags::MUTUAL_AUTH,
+        buffers: vec![SecurityBuffer::new(Vec::new(), BufferType::Token)],
     };
-    let mut kdc = String::new();
-    let mut last_error: Option<KrbErrorInfo> = None;
-    let mut clock_skew = None;
-    let Ok(mut state) = contain_panic(|| generator.start()) else {
-        return AsOutcome::Failed("the security package panicked".to_string());
+    let mut probe = AsProbe {
+        call: InitStep::new(kerberos, handle, input),
+        kdc: String::new(),
+        last_error: None,
+        clock_skew: None,
     };
-    loop {
+    converse(&mut probe, transport)
+        .await
+        .unwrap_or_else(AsOutcome::Unreachable)
+}
+
+/// The AS exchange as a [`KdcConversation`]: what each KDC said is noted on the way, and
+/// the TGS-REQ sspi asks for next ends it.
+struct AsProbe {
+    call: InitStep<Kerberos>,
+    /// The KDC that answered last.
+    kdc: String,
+    last_error: Option<KrbErrorInfo>,
+    clock_skew: Option<String>,
+}
+
+impl KdcConversation for AsProbe {
+    type Outcome = AsOutcome;
+
+    fn start(&mut self) -> KdcTurn<AsOutcome> {
+        let state = self.call.start();
+        self.turn(state)
+    }
+
+    fn answer(&mut self, reply: KdcReply) -> KdcTurn<AsOutcome> {
+        self.kdc.clone_from(&reply.kdc);
+        if kdc_message_type(reply.message()) == Some(KdcMessage::Error) {
+            self.last_error = krb_error(reply.message());
+            if let Some(error) = self
+                .last_error
+                .as_ref()
+                .filter(|e| e.code == error_codes::KRB_AP_ERR_SKEW)
+            {
+                self.clock_skew = Some(error.server_time.clone().unwrap_or_default());
+            }
+        }
+        let state = self.call.resume(reply.into_framed());
+        self.turn(state)
+    }
+}
+
+impl AsProbe {
+    fn turn(&mut self, state: Result<InitState<Kerberos>, Panicked>) -> KdcTurn<AsOutcome> {
+        let ok = |probe: &mut AsProbe| AsOutcome::Ok {
+            kdc: probe.kdc.clone(),
+            clock_skew: probe.clock_skew.take(),
+        };
         match state {
-            GeneratorState::Completed(Ok(_)) => return AsOutcome::Ok { kdc, clock_skew },
-            GeneratorState::Completed(Err(e)) => return outcome_of(&kdc, last_error, e.to_string()),
-            GeneratorState::Suspended(request) => {
+            Err(Panicked) if self.kdc.is_empty() => {
+                KdcTurn::Done(AsOutcome::Failed("the security package panicked".to_string()))
+            }
+            Err(Panicked) => KdcTurn::Done(AsOutcome::Failed(format!(
+                "the security package panicked on {}'s answer",
+                self.kdc
+            ))),
+            Ok(GeneratorState::Completed(Finished { result: Ok(_), .. })) => KdcTurn::Done(ok(self)),
+            Ok(GeneratorState::Completed(Finished { result: Err(e), .. })) => {
+                KdcTurn::Done(outcome_of(&self.kdc, self.last_error.take(), e.to_string()))
+            }
+            Ok(GeneratorState::Suspended(request)) => {
                 let message = request_message(&request).unwrap_or_default();
                 if kdc_message_type(message) == Some(KdcMessage::TgsReq) {
-                    return AsOutcome::Ok { kdc, clock_skew };
+                    KdcTurn::Done(ok(self))
+                } else {
+                    KdcTurn::Ask(request)
                 }
-                let reply = match transport.send(&request).await {
-                    Ok(reply) => reply,
-                    Err(e) => return AsOutcome::Unreachable(e),
-                };
-                kdc = reply.kdc.clone();
-                if kdc_message_type(reply.message()) == Some(KdcMessage::Error) {
-                    last_error = krb_error(reply.message());
-                    if let Some(error) = last_error.as_ref().filter(|e| e.code == error_codes::KRB_AP_ERR_SKEW) {
-                        clock_skew = Some(error.server_time.clone().unwrap_or_default());
-                    }
-                }
-                let framed = reply.into_framed();
-                state = match contain_panic(|| generator.resume(Ok(framed))) {
-                    Ok(state) => state,
-                    Err(_) => return AsOutcome::Failed(format!("the security package panicked on {kdc}'s answer")),
-                };
             }
         }
     }

@@ -5,7 +5,9 @@
 //! requests that carry a resource URI, one of its `shells` matches. Rules only ever grant;
 //! nothing matches means deny, with a reason an operator can act on.
 //!
-//! - users: globs on `DOMAIN\user`, case-insensitive (`user@DOMAIN` is rewritten).
+//! - users: globs on a principal's key (`domain\user`, case-insensitive; `user@DOMAIN` is
+//!   rewritten, and the relay's realm is its NetBIOS name, see [`Principal::key`]), so a rule
+//!   matches however the caller spelled the name.
 //! - targets (case-insensitive):
 //!   - a glob (`web*`, `*`) matches configured `[[target]]` aliases only, so that a caller
 //!     cannot type any host that happens to match (`web.attacker.example`) and use the
@@ -28,6 +30,7 @@ use std::net::IpAddr;
 use glob::{MatchOptions, Pattern};
 use ipnet::IpNet;
 
+use crate::identity::{Domain, Principal, PrincipalKey};
 use crate::resolve::host::validate_hostname;
 use crate::resolve::ResolvedTarget;
 
@@ -64,6 +67,9 @@ impl Decision {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// The relay's domain, which the rules' user patterns were compiled in: callers'
+    /// names are keyed in it too.
+    domain: Option<Domain>,
 }
 
 /// One compiled `[[allow]]` rule.
@@ -93,8 +99,8 @@ impl Rule {
         }
     }
 
-    fn matches_user(&self, user: &str) -> bool {
-        self.users.iter().any(|p| p.matches_with(user, MATCH))
+    fn matches_user(&self, user: &PrincipalKey) -> bool {
+        self.users.iter().any(|p| p.matches_with(user.as_str(), MATCH))
     }
 
     fn reaches(&self, target: &ResolvedTarget, addresses: &[IpAddr]) -> bool {
@@ -187,33 +193,27 @@ fn is_shell_uri(uri: &str) -> bool {
     uri.eq_ignore_ascii_case(CMD_URI) || powershell_configuration(uri).is_some()
 }
 
-/// Rewrites `user@DOMAIN` to `DOMAIN\user`; other forms are returned unchanged.
-pub fn normalize_user(name: &str) -> String {
-    if !name.contains('\\') {
-        if let Some((user, domain)) = name.rsplit_once('@') {
-            return format!("{domain}\\{user}");
-        }
-    }
-    name.to_string()
-}
-
 fn compile_glob(s: &str) -> Result<Pattern, String> {
     Pattern::new(s).map_err(|e| format!("invalid glob {s:?}: {}", e.msg))
 }
 
-/// Parses one `users` entry.
-pub(crate) fn parse_user(entry: &str) -> Result<Pattern, String> {
+/// Parses one `users` entry into a glob on principal keys, read as a name is
+/// ([`Principal::parse`]) and keyed in the relay's `domain`: `alice@LAB.TEST` is the
+/// pattern `lab\alice` when the relay's domain is LAB.
+pub(crate) fn parse_user(entry: &str, domain: Option<&Domain>) -> Result<Pattern, String> {
     if entry.is_empty() {
         return Err("empty user pattern".into());
     }
-    let normalized = normalize_user(entry);
+    if entry == "*" {
+        return compile_glob(entry);
+    }
     // A bare "alice" could never match "LAB\alice"; say so instead of silently denying.
-    if normalized != "*" && !normalized.contains('\\') {
+    if !entry.contains(['\\', '@']) {
         return Err(format!(
             "user pattern {entry:?} has no domain: write DOMAIN\\{entry} or *\\{entry}"
         ));
     }
-    compile_glob(&normalized)
+    compile_glob(Principal::parse(entry).key(domain).as_str())
 }
 
 /// Parses one `targets` entry: CIDR, IP literal, `*.domain`, alias glob or exact name.
@@ -287,8 +287,9 @@ pub(crate) fn parse_shell(entry: &str) -> Result<ShellMatcher, String> {
 }
 
 impl Policy {
-    pub fn new(rules: Vec<Rule>) -> Policy {
-        Policy { rules }
+    /// `rules` with user patterns compiled by [`parse_user`] in `domain`.
+    pub fn new(rules: Vec<Rule>, domain: Option<Domain>) -> Policy {
+        Policy { rules, domain }
     }
 
     pub fn rule_count(&self) -> usize {
@@ -299,14 +300,14 @@ impl Policy {
     /// one that names it, or one with networks. When not, the request can be denied
     /// without a lookup, so a user no rule could grant cannot make the relay resolve names.
     pub fn may_reach(&self, user: &str, target: &ResolvedTarget) -> bool {
-        let user = normalize_user(user);
+        let user = Principal::parse(user).key(self.domain.as_ref());
         self.rules
             .iter()
             .filter(|r| r.matches_user(&user))
             .any(|r| !r.networks.is_empty() || r.names.iter().any(|n| n.matches(target)))
     }
 
-    /// Decides whether `user` (`DOMAIN\user`) may send a request to `target` at
+    /// Decides whether `user` (any spelling of the name) may send a request to `target` at
     /// `addresses`: every address the relay may connect to for it (looked up once, or the
     /// peer of the connection in use). CIDR rules grant only when all of them lie in
     /// their networks; with no addresses, only rules naming the target can grant.
@@ -320,12 +321,13 @@ impl Policy {
         addresses: &[IpAddr],
         resource_uri: Option<&str>,
     ) -> Decision {
-        let user = normalize_user(user);
+        let user = Principal::parse(user);
+        let key = user.key(self.domain.as_ref());
         let reachable: Vec<(usize, &Rule)> = self
             .rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.matches_user(&user) && r.reaches(target, addresses))
+            .filter(|(_, r)| r.matches_user(&key) && r.reaches(target, addresses))
             .collect();
         let Some(&(first, _)) = reachable.first() else {
             let hint = if target.alias.is_none() {
@@ -435,25 +437,28 @@ mod tests {
 
     fn rule(users: &[&str], targets: &[&str], shells: &[&str]) -> Rule {
         Rule::new(
-            users.iter().map(|u| parse_user(u).unwrap()).collect(),
+            users.iter().map(|u| parse_user(u, None).unwrap()).collect(),
             targets.iter().map(|t| parse_target(t).unwrap()).collect(),
             shells.iter().map(|s| parse_shell(s).unwrap()).collect(),
         )
     }
 
     fn policy() -> Policy {
-        Policy::new(vec![
-            rule(&["LAB\\alice", "LAB\\ops-*"], &["web*"], &["cmd", "powershell"]),
-            rule(&["lab\\alice"], &["10.1.0.0/16", "db*"], &["cmd"]),
-            rule(
-                &["carol@LAB"],
-                &["db01"],
-                &[
-                    "powershell/JEA-*",
-                    "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service",
-                ],
-            ),
-        ])
+        Policy::new(
+            vec![
+                rule(&["LAB\\alice", "LAB\\ops-*"], &["web*"], &["cmd", "powershell"]),
+                rule(&["lab\\alice"], &["10.1.0.0/16", "db*"], &["cmd"]),
+                rule(
+                    &["carol@LAB"],
+                    &["db01"],
+                    &[
+                        "powershell/JEA-*",
+                        "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service",
+                    ],
+                ),
+            ],
+            None,
+        )
     }
 
     fn ps(conf: &str) -> String {
@@ -518,14 +523,17 @@ mod tests {
         assert_eq!(by_address.alias.as_deref(), Some("web01"));
         assert!(p.decide("LAB\\alice", &by_address, &[], Some(CMD_URI)).is_allowed());
         // "*" is every configured target, and only those.
-        let any = Policy::new(vec![rule(&["*"], &["*"], &["cmd"])]);
+        let any = Policy::new(vec![rule(&["*"], &["*"], &["cmd"])], None);
         assert!(any.decide("LAB\\x", &target("db01"), &[], None).is_allowed());
         assert!(!any.decide("LAB\\x", &target("db02"), &[], None).is_allowed());
     }
 
     #[test]
     fn exact_names_match_aliases_and_host_names() {
-        let p = Policy::new(vec![rule(&["LAB\\*"], &["db01.lab.local", "files", "WEB02"], &["cmd"])]);
+        let p = Policy::new(
+            vec![rule(&["LAB\\*"], &["db01.lab.local", "files", "WEB02"], &["cmd"])],
+            None,
+        );
         let allowed = |name: &str| p.decide("LAB\\u", &target(name), &[], None).is_allowed();
         // db01 is configured at db01.lab.local; "files" is not configured but named exactly.
         assert!(allowed("db01") && allowed("DB01.lab.local") && allowed("files") && allowed("files:5999"));
@@ -537,11 +545,10 @@ mod tests {
 
     #[test]
     fn domain_patterns_match_names_under_the_domain() {
-        let p = Policy::new(vec![rule(
-            &["LAB\\*"],
-            &["*.corp.example.com", "*.lab.local"],
-            &["cmd"],
-        )]);
+        let p = Policy::new(
+            vec![rule(&["LAB\\*"], &["*.corp.example.com", "*.lab.local"], &["cmd"])],
+            None,
+        );
         let allowed = |name: &str| p.decide("LAB\\u", &target(name), &[], None).is_allowed();
         for inside in [
             "app.corp.example.com",
@@ -585,7 +592,7 @@ mod tests {
         // Not looked up: networks cannot grant.
         assert!(!alice(&app, &[]).is_allowed());
         // The rule's networks together: each address in one of them.
-        let two = Policy::new(vec![rule(&["LAB\\*"], &["10.1.0.0/16", "::1"], &["cmd"])]);
+        let two = Policy::new(vec![rule(&["LAB\\*"], &["10.1.0.0/16", "::1"], &["cmd"])], None);
         assert!(two
             .decide("LAB\\u", &app, &ips(&["10.1.0.9", "::1"]), None)
             .is_allowed());
@@ -666,11 +673,58 @@ mod tests {
     }
 
     #[test]
+    fn rules_match_every_spelling_of_a_user_of_the_relays_domain() {
+        let lab = Domain {
+            realm: "LAB.TEST".into(),
+            netbios: "LAB".into(),
+        };
+        let users = |u: &[&str]| u.iter().map(|u| parse_user(u, Some(&lab)).unwrap()).collect();
+        let p = Policy::new(
+            vec![
+                Rule::new(
+                    users(&["alice@LAB.TEST"]),
+                    vec![parse_target("web01").unwrap()],
+                    Vec::new(),
+                ),
+                Rule::new(users(&["LAB\\bob"]), vec![parse_target("web02").unwrap()], Vec::new()),
+                Rule::new(
+                    users(&["lab.test\\ops-*"]),
+                    vec![parse_target("db01").unwrap()],
+                    Vec::new(),
+                ),
+            ],
+            Some(lab.clone()),
+        );
+        for alice in [
+            "LAB\\alice",
+            "lab\\ALICE",
+            "\\LAB\\alice",
+            "alice@LAB",
+            "alice@lab.test",
+            "LAB.TEST\\alice",
+        ] {
+            assert!(p.decide(alice, &target("web01"), &[], None).is_allowed(), "{alice}");
+        }
+        assert!(p.decide("bob@LAB.TEST", &target("web02"), &[], None).is_allowed());
+        assert!(p.decide("LAB\\ops-1", &target("db01"), &[], None).is_allowed());
+        // A whole Kerberos name is not its first component, nor is another domain's user ours.
+        assert!(!p.decide("bob/eve@LAB.TEST", &target("web02"), &[], None).is_allowed());
+        assert!(!p.decide("OTHER\\alice", &target("web01"), &[], None).is_allowed());
+        // Reasons show the name as the caller's session holds it.
+        assert_eq!(
+            p.decide("LAB\\alice", &target("web02"), &[], None),
+            Decision::Deny {
+                reason: "no [[allow]] rule lets LAB\\alice reach target web02 (127.0.0.22)".into()
+            }
+        );
+    }
+
+    #[test]
     fn entry_parsers_reject_bad_input() {
-        assert!(parse_user("alice").is_err());
-        assert!(parse_user("").is_err());
-        assert!(parse_user("LAB\\[a").is_err());
-        assert!(parse_user("*").is_ok());
+        assert!(parse_user("alice", None).is_err());
+        assert!(parse_user("", None).is_err());
+        assert!(parse_user("LAB\\[a", None).is_err());
+        assert!(parse_user("*", None).is_ok());
         assert!(parse_target("10.0.0.0/33").is_err());
         assert!(parse_target("web01:5985").is_err());
         assert!(parse_target("[::1]").is_ok());

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::identity::Domain;
 use crate::kerberos::kdc::KdcTransport;
 
 use host::{parse_host_port, percent_decode, url_host, TargetUrl};
@@ -42,10 +43,8 @@ pub struct TargetDefaults {
 /// the KDCs it asks.
 #[derive(Debug)]
 pub struct KerberosRealm {
-    /// The realm, upper case: `LAB.TEST`.
-    pub name: String,
-    /// Its NetBIOS name: `LAB\alice` is `alice@LAB.TEST`.
-    pub netbios: String,
+    /// The realm (`LAB.TEST`) and its NetBIOS name: `LAB\alice` is `alice@LAB.TEST`.
+    pub domain: Domain,
     pub kdc: KdcTransport,
 }
 

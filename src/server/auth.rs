@@ -12,7 +12,8 @@ use super::reply::{self, HttpResponse, CREDSSP};
 use super::session::{self, ActiveSession, Session};
 use super::Shared;
 use crate::audit::AuthMethod;
-use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Principal, Step};
+use crate::identity::{Principal, PrincipalKey};
+use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Step};
 use crate::proto::http_auth::{parse_basic, parse_scheme_token};
 use crate::vault::DelegatedCredentials;
 
@@ -96,16 +97,21 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
             "the CredSSP exchange took longer than auth.handshake_timeout_secs",
         ));
     }
-    let locked_out = |user: &str| shared.lockout.is_locked(source, Some(user), now);
+    let locked_out = |user: &PrincipalKey| shared.lockout.is_locked(source, Some(user), now);
     let step = exchange.acceptor.step_checked(&token, &locked_out);
     let method = exchange.acceptor.mechanism().map(credssp_method);
     match step {
         Step::Continue(out) => Logon::Continue(reply::credssp_401(&out)),
         Step::Authenticated { credentials, channel } => {
+            let method = method.unwrap_or(AuthMethod::Ntlm);
+            if let Err(reason) = users_file_agrees(shared, &credentials, method) {
+                let refusal = Refusal::logon(reason).claimed(Some(credentials.principal()));
+                return Logon::Refused(refusal.method(Some(method)));
+            }
             let logon = session::Logon {
                 credentials,
                 channel: Some(channel),
-                method: method.unwrap_or(AuthMethod::Ntlm),
+                method,
             };
             match session.begin(shared, logon).await {
                 Ok(active) => Logon::Active(active),
@@ -114,7 +120,10 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
         }
         Step::Rejected { token, error, user } => {
             session.abandon_credssp();
-            let reason = record_failure(shared, source, user.as_deref(), error.to_string(), now);
+            // Counted on the one key of every spelling of the name, as the lock is checked.
+            let domain = shared.credssp().domain.clone();
+            let key = user.as_deref().map(|user| Principal::parse(user).key(domain.as_ref()));
+            let reason = record_failure(shared, source, key.as_ref(), error.to_string(), now);
             Logon::Refused(Refusal::credssp(token, reason).claimed(user).method(method))
         }
     }
@@ -143,11 +152,12 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
     };
     let credssp = shared.credssp();
     let who = Principal::parse(&user).canonical(credssp.domain.as_ref());
-    let claimed = who.display();
+    let claimed = who.to_string();
     // The password is checked even for a locked-out pair, so that the answer
     // takes as long as any other refusal.
-    let verified = verify_password(&credssp.users, &who, password.expose_secret());
-    if shared.lockout.is_locked(source, Some(&claimed), now) {
+    let key = who.key(credssp.domain.as_ref());
+    let verified = verify_password(&credssp.users, credssp.domain.as_ref(), &who, password.expose_secret());
+    if shared.lockout.is_locked(source, Some(&key), now) {
         return Logon::Refused(Refusal::basic("locked out after repeated logon failures").claimed(Some(claimed)));
     }
     let entry = match verified {
@@ -156,14 +166,14 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
             let reason = record_failure(
                 shared,
                 source,
-                Some(&claimed),
+                Some(&key),
                 format!("authentication failed: {refusal}"),
                 now,
             );
             return Logon::Refused(Refusal::basic(reason).claimed(Some(claimed)));
         }
     };
-    let credentials = DelegatedCredentials::new(entry.domain.clone(), entry.user.clone(), password);
+    let credentials = DelegatedCredentials::from_principal(entry.principal().clone(), password);
     if session.principal() == Some(credentials.principal().as_str()) {
         // Same user as before: keep the session, refresh the password in place.
         return match session.active() {
@@ -189,6 +199,26 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
     }
 }
 
+/// An exchange is decided against the users in force when it completes: a
+/// reload while it ran (a user removed, a password changed) must not let the
+/// old entry through. The delegated password is checked against the current
+/// users file; a Kerberos logon has no entry to check.
+fn users_file_agrees(shared: &Shared, credentials: &DelegatedCredentials, method: AuthMethod) -> Result<(), String> {
+    if method == AuthMethod::Kerberos {
+        return Ok(());
+    }
+    let who = Principal::parse(&credentials.principal());
+    let credssp = shared.credssp();
+    verify_password(
+        &credssp.users,
+        credssp.domain.as_ref(),
+        &who,
+        credentials.expose_password(),
+    )
+    .map(|_| ())
+    .map_err(|refusal| format!("the users file changed during the logon: {refusal} for {}", who))
+}
+
 /// A new logon on a connection: end the session it carried (if any), and
 /// count the connection among those waiting to authenticate again. Refused
 /// (and the connection closed) when its source already has its share.
@@ -208,7 +238,13 @@ async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), Refusa
 /// Records a failed logon for lockout, and returns its audit reason. Only
 /// failures that name a user count: anonymous garbage from a shared address
 /// (NAT, jump host) must not lock every admin behind it out.
-fn record_failure(shared: &Shared, source: IpAddr, user: Option<&str>, mut reason: String, now: Instant) -> String {
+fn record_failure(
+    shared: &Shared,
+    source: IpAddr,
+    user: Option<&PrincipalKey>,
+    mut reason: String,
+    now: Instant,
+) -> String {
     let locks = user.is_some_and(|user| shared.lockout.record_failure(source, Some(user), now));
     if locks {
         shared.metrics.lockout();

@@ -13,10 +13,13 @@ use tokio::sync::Notify;
 
 use super::shutdown::Ender;
 use crate::config::{AuthConfig, LimitsConfig};
+use crate::identity::PrincipalKey;
 
 /// Failed logons per (source address, claimed user). Keying on the pair
 /// stops guessing from one place without letting anyone lock a user out
-/// of every other place.
+/// of every other place. The user is the canonical key of every spelling of
+/// the name (`LAB\alice`, `alice@LAB.TEST`, `\LAB\alice`): the lock is
+/// checked, counted and cleared under that one key.
 pub(crate) struct Lockout {
     threshold: u32,
     window: Duration,
@@ -44,11 +47,11 @@ impl Lockout {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn key(source: IpAddr, user: Option<&str>) -> (IpAddr, String) {
-        (source, user.unwrap_or_default().to_ascii_lowercase())
+    fn key(source: IpAddr, user: Option<&PrincipalKey>) -> (IpAddr, String) {
+        (source, user.map(|u| u.as_str().to_string()).unwrap_or_default())
     }
 
-    pub fn is_locked(&self, source: IpAddr, user: Option<&str>, now: Instant) -> bool {
+    pub fn is_locked(&self, source: IpAddr, user: Option<&PrincipalKey>, now: Instant) -> bool {
         if self.threshold == 0 {
             return false;
         }
@@ -60,7 +63,7 @@ impl Lockout {
     }
 
     /// Record a failure; returns true when this failure locks the pair out.
-    pub fn record_failure(&self, source: IpAddr, user: Option<&str>, now: Instant) -> bool {
+    pub fn record_failure(&self, source: IpAddr, user: Option<&PrincipalKey>, now: Instant) -> bool {
         if self.threshold == 0 {
             return false;
         }
@@ -83,7 +86,7 @@ impl Lockout {
         false
     }
 
-    pub fn record_success(&self, source: IpAddr, user: Option<&str>) {
+    pub fn record_success(&self, source: IpAddr, user: Option<&PrincipalKey>) {
         self.entries().remove(&Self::key(source, user));
     }
 }
@@ -620,20 +623,42 @@ mod tests {
         }
     }
 
+    /// The key of `name` in LAB (LAB.TEST), as the relay's logons compute it.
+    fn key(name: &str) -> PrincipalKey {
+        let lab = crate::identity::Domain {
+            realm: "LAB.TEST".into(),
+            netbios: "LAB".into(),
+        };
+        crate::identity::Principal::parse(name).key(Some(&lab))
+    }
+
     #[test]
     fn lockout_after_threshold_and_expiry() {
         let lockout = Lockout::new(&auth(3));
         let ip: IpAddr = "127.0.0.5".parse().unwrap();
         let t0 = Instant::now();
-        assert!(!lockout.record_failure(ip, Some("LAB\\alice"), t0));
-        assert!(!lockout.record_failure(ip, Some("lab\\ALICE"), t0));
-        assert!(!lockout.is_locked(ip, Some("LAB\\alice"), t0));
-        assert!(lockout.record_failure(ip, Some("LAB\\alice"), t0));
-        assert!(lockout.is_locked(ip, Some("LAB\\alice"), t0 + Duration::from_secs(60)));
+        assert!(!lockout.record_failure(ip, Some(&key("LAB\\alice")), t0));
+        assert!(!lockout.record_failure(ip, Some(&key("lab\\ALICE")), t0));
+        assert!(!lockout.is_locked(ip, Some(&key("LAB\\alice")), t0));
+        assert!(lockout.record_failure(ip, Some(&key("alice@LAB.TEST")), t0));
+        // Whatever the spelling, the same user is locked.
+        for spelling in [
+            "LAB\\alice",
+            "\\LAB\\alice",
+            "alice@LAB",
+            "lab\\ALICE",
+            "alice@lab.test",
+            "LAB.TEST\\alice",
+        ] {
+            assert!(
+                lockout.is_locked(ip, Some(&key(spelling)), t0 + Duration::from_secs(60)),
+                "{spelling}"
+            );
+        }
         // Another user from the same place, or the same user elsewhere, is unaffected.
-        assert!(!lockout.is_locked(ip, Some("LAB\\bob"), t0));
-        assert!(!lockout.is_locked("127.0.0.6".parse().unwrap(), Some("LAB\\alice"), t0));
-        assert!(!lockout.is_locked(ip, Some("LAB\\alice"), t0 + Duration::from_secs(901)));
+        assert!(!lockout.is_locked(ip, Some(&key("LAB\\bob")), t0));
+        assert!(!lockout.is_locked("127.0.0.6".parse().unwrap(), Some(&key("LAB\\alice")), t0));
+        assert!(!lockout.is_locked(ip, Some(&key("LAB\\alice")), t0 + Duration::from_secs(901)));
     }
 
     #[test]

@@ -34,6 +34,7 @@ mod shells;
 mod shutdown;
 mod workers;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -45,9 +46,10 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{syslog, transcript, AuditError, AuditSink, AuthMethod};
 use crate::certs::{self, CertError};
 use crate::config::{Config, UsersError, UsersFile};
+use crate::identity::{Domain, Principal, PrincipalKey, UserEntry};
 use crate::kerberos::keytab::{load_keytab, KeytabFileError};
 use crate::metrics::Metrics;
-use crate::proto::credssp::{AcceptorConfig, DomainNames, ServiceKey, UserHash};
+use crate::proto::credssp::{hashes_equal, AcceptorConfig, ServiceKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -276,7 +278,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
     })
 }
 
-fn load_users(config: &Config) -> Result<Arc<[UserHash]>, ServerError> {
+fn load_users(config: &Config) -> Result<Arc<[UserEntry]>, ServerError> {
     // Domain mode without local accounts: Kerberos logons only.
     let Some(users_file) = &config.auth.users_file else {
         return Ok(Vec::new().into());
@@ -294,17 +296,12 @@ fn load_users(config: &Config) -> Result<Arc<[UserHash]>, ServerError> {
         }
         Err(error) => return Err(error.into()),
     };
-    let hashes: Arc<[UserHash]> = users
-        .entries()
-        .map(|entry| UserHash {
-            domain: entry.domain().to_string(),
-            user: entry.user().to_string(),
-            nt_hash: zeroize::Zeroizing::new(*entry.nt_hash()),
-        })
-        .collect::<Vec<_>>()
-        .into();
-    tracing::info!(users = hashes.len(), "loaded users file");
-    Ok(hashes)
+    if let Some(kerberos) = &config.kerberos {
+        users.check_in(users_file, &kerberos.domain)?;
+    }
+    let entries: Arc<[UserEntry]> = users.entries().cloned().collect::<Vec<_>>().into();
+    tracing::info!(users = entries.len(), "loaded users file");
+    Ok(entries)
 }
 
 /// The TLS configuration (the HTTPS listener and the CredSSP inner channel
@@ -319,10 +316,7 @@ fn acceptor_config(config: &Config, cert: &certs::RelayCert) -> Result<Arc<Accep
         public_key: cert.credssp_public_key.clone(),
         users: load_users(config)?,
         min_version: config.auth.credssp_min_version,
-        domain: config.kerberos.as_ref().map(|k| DomainNames {
-            realm: k.realm.clone(),
-            netbios: k.netbios.clone(),
-        }),
+        domain: config.kerberos.as_ref().map(|k| k.domain.clone()),
         service_keys: load_service_keys(config)?,
     }))
 }
@@ -333,7 +327,7 @@ fn load_service_keys(config: &Config) -> Result<Option<Arc<[ServiceKey]>>, Serve
     let Some((path, realm)) = config
         .kerberos
         .as_ref()
-        .and_then(|k| Some((k.keytab.as_ref()?, k.realm.as_str())))
+        .and_then(|k| Some((k.keytab.as_ref()?, k.domain.realm.as_str())))
     else {
         return Ok(None);
     };
@@ -385,22 +379,40 @@ fn reload(shared: &Shared) {
             return;
         }
     };
-    let users: std::collections::HashSet<String> = credssp
-        .users
-        .iter()
-        .map(|u| format!("{}\\{}", u.domain, u.user).to_ascii_lowercase())
-        .collect();
+    // Keyed in the new domain, so a row rewritten under another spelling keeps its sessions.
+    let domain = credssp.domain.clone();
+    let gone = users_gone(&shared.credssp().users, &credssp.users, domain.as_ref());
     replace(&shared.config, Arc::new(config));
     replace(&shared.credssp, credssp);
     // A Kerberos session has no users-file entry to lose.
-    let ended = shared.sessions.end_where(
-        |principal, method| method == AuthMethod::Kerberos || users.contains(&principal.to_ascii_lowercase()),
-        "user removed from the users file",
-    );
+    let ended = shared.sessions.end_each(|principal, method| match method {
+        AuthMethod::Kerberos => None,
+        _ => gone.get(&Principal::parse(principal).key(domain.as_ref())).copied(),
+    });
     tracing::info!(
         ended_sessions = ended,
         "SIGHUP: reloaded certificate, key, users file and configuration"
     );
+}
+
+/// The users of `old` whose sessions a reload to `new` ends: removed, or with
+/// another NT hash (`user add` over an existing user). A password changed
+/// because it leaked must not leave sessions logged on with it.
+fn users_gone(old: &[UserEntry], new: &[UserEntry], domain: Option<&Domain>) -> HashMap<PrincipalKey, &'static str> {
+    let now: HashMap<PrincipalKey, &UserEntry> = new.iter().map(|u| (u.principal().key(domain), u)).collect();
+    old.iter()
+        .filter_map(|u| {
+            let key = u.principal().key(domain);
+            let reason = match now.get(&key) {
+                None => "user removed from the users file",
+                Some(entry) if !hashes_equal(entry.nt_hash(), u.nt_hash()) => {
+                    "user's password changed in the users file"
+                }
+                Some(_) => return None,
+            };
+            Some((key, reason))
+        })
+        .collect()
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {

@@ -31,7 +31,7 @@ use crate::policy::Decision;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo, ResponseInfo};
 use crate::resolve::ResolvedTarget;
-use crate::target::{self, TargetError, TargetResponse};
+use crate::upstream::{self, TargetResponse, UpstreamError};
 
 /// Margin over a request's OperationTimeout before the relay gives up on
 /// the target: a Receive may legitimately wait that long.
@@ -142,18 +142,14 @@ fn answer(session: &mut ActiveSession<'_>, sealed: bool, status: StatusCode, xml
     if !sealed {
         return reply::soap(status, xml.to_vec());
     }
-    let Some(channel) = session.active.channel.as_deref_mut() else {
-        return reply::credssp_401(&[]);
+    let sealed = match session.active.channel.as_deref_mut() {
+        Some(channel) => channel.seal(xml).map_err(|e| e.to_string()),
+        // unseal refused such a request already: nothing to seal with.
+        None => Err("this session has no CredSSP channel".into()),
     };
-    match channel.seal(xml) {
+    match sealed {
         Ok(parts) => reply::sealed(status, &parts),
-        Err(error) => {
-            tracing::error!(%error, "cannot seal the response");
-            reply::plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the relay could not encrypt the response",
-            )
-        }
+        Err(error) => Refusal::relay_fault(format!("the relay could not encrypt the response: {error}")).reply(),
     }
 }
 
@@ -271,7 +267,7 @@ async fn authorize(
     let addresses = if policy.may_reach(user, target) {
         match session.active.targets.live_peer(&target.name) {
             Some(peer) => vec![peer],
-            None => target::lookup_addresses(target)
+            None => upstream::lookup_addresses(target)
                 .await
                 .map_err(|e| target_failure(shared, target, &e))?,
         }
@@ -351,20 +347,13 @@ async fn exchange(
     let active = &mut *session.active;
     let exchanged = active
         .targets
-        .exchange(
-            target,
-            addresses,
-            Some(&active.credentials),
-            rewritten,
-            wait,
-            response_limit,
-        )
+        .exchange(target, addresses, &active.credentials, rewritten, wait, response_limit)
         .await;
     ender.set_completing(false);
     audit.target_time = Some(asked.elapsed());
     exchanged.map_err(|error| {
         // The connection's span says whose request this was; the line says which.
-        tracing::warn!(n = session.link.requests, action = info.action_name(), target = %target.name, %error, "target request failed");
+        tracing::warn!(n = session.link.requests, action = info.action_name(), target = %target.name, side = ?error.side(), %error, "target request failed");
         target_failure(shared, target, &error)
     })
 }
@@ -431,14 +420,9 @@ fn record_request(event: &mut AuditEvent, info: &RequestInfo) {
 
 /// A target that could not be reached or refused the caller: counted, and a
 /// fault for the caller.
-fn target_failure(shared: &Shared, target: &ResolvedTarget, error: &TargetError) -> Refusal {
-    shared.metrics.target_error(&target.name, error.kind());
-    let kind = if error.is_auth() {
-        FaultKind::AccessDenied
-    } else {
-        FaultKind::DestinationUnreachable
-    };
-    Refusal::fault(kind, error.to_string(), AuditKind::Request)
+fn target_failure(shared: &Shared, target: &ResolvedTarget, error: &UpstreamError) -> Refusal {
+    shared.metrics.target_error(&target.name, error.label());
+    Refusal::fault(error.fault_kind(), error.to_string(), AuditKind::Request)
 }
 
 /// The audit line of one request: written once its outcome is known, or,

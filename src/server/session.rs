@@ -19,8 +19,9 @@ use super::Shared;
 use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
+use crate::identity::Principal;
 use crate::proto::credssp::{Acceptor, SecureChannel};
-use crate::target::Pool;
+use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
 
 /// Whole cleanup at session end: deleting the shells left open, in parallel.
@@ -298,7 +299,8 @@ impl Session {
             Ok(slot) => slot,
             Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
-        shared.lockout.record_success(self.link.source.ip(), Some(&principal));
+        let key = Principal::parse(&principal).key(shared.credssp().domain.as_ref());
+        shared.lockout.record_success(self.link.source.ip(), Some(&key));
         let now = Instant::now();
         self.link.last_activity = now;
         shared

@@ -12,7 +12,7 @@ use super::limits::Slot;
 use crate::audit::{AuditEvent, AuditSink};
 use crate::proto::wsman::{self, RequestInfo, ResponseInfo};
 use crate::resolve::ResolvedTarget;
-use crate::target::{Pool, TargetConnection};
+use crate::upstream::{Pool, TargetConnection};
 use crate::vault::DelegatedCredentials;
 
 /// A shell the caller created and has not deleted yet.
@@ -174,7 +174,7 @@ async fn delete_on_one_target(
             .exchange(
                 &shell.target,
                 &shell.addresses,
-                Some(credentials),
+                credentials,
                 &request,
                 shell.target.timeout,
                 max_envelope,

@@ -93,13 +93,13 @@ impl Registry {
         self.sessions().remove(id);
     }
 
-    /// End every session whose principal (and logon method) `keep` refuses;
-    /// returns how many.
-    pub fn end_where(&self, keep: impl Fn(&str, AuthMethod) -> bool, reason: &str) -> usize {
+    /// End every session for which `ending` gives a reason (from its principal
+    /// and logon method); returns how many.
+    pub fn end_each<'r>(&self, ending: impl Fn(&str, AuthMethod) -> Option<&'r str>) -> usize {
         let sessions = self.sessions();
         let mut ended = 0;
         for (principal, method, ender) in sessions.values() {
-            if !keep(principal, *method) {
+            if let Some(reason) = ending(principal, *method) {
                 ender.end(reason);
                 ended += 1;
             }
@@ -134,12 +134,15 @@ mod tests {
         registry.register("1", "LAB\\alice", AuthMethod::Ntlm, alice.clone());
         registry.register("2", "LAB\\bob", AuthMethod::Basic, bob.clone());
         registry.register("3", "LAB\\carol", AuthMethod::Kerberos, carol.clone());
-        let keep = |p: &str, method| method == AuthMethod::Kerberos || p.eq_ignore_ascii_case("lab\\alice");
-        let ended = registry.end_where(keep, "user removed");
+        let ending = |p: &str, method| {
+            let keep = method == AuthMethod::Kerberos || p.eq_ignore_ascii_case("lab\\alice");
+            (!keep).then_some("user removed")
+        };
+        let ended = registry.end_each(ending);
         assert_eq!(ended, 1);
         assert!(!alice.is_ended() && !carol.is_ended());
         assert_eq!(bob.reason(), "user removed");
         registry.unregister("2");
-        assert_eq!(registry.end_where(|_, _| false, "x"), 2);
+        assert_eq!(registry.end_each(|_, _| Some("x")), 2);
     }
 }

@@ -7,6 +7,8 @@
 //! (and their session keys) are zeroized when the credentials are dropped, that is
 //! when the session that holds them ends.
 
+mod password;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
@@ -15,10 +17,15 @@ use std::time::SystemTime;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+/// A password handed to a command on stdin: the subcommands that ask for one and
+/// `winrm-relay run` share it.
+pub use password::read_password_line;
+
+use crate::identity::Principal;
+
 /// The caller's identity and password as delegated in TSCredentials.
 pub struct DelegatedCredentials {
-    domain: String,
-    user: String,
+    principal: Principal,
     password: SecretString,
     /// Behind a lock because a session's target connections share the credentials
     /// (`&DelegatedCredentials`), and cleanup opens several at once.
@@ -65,25 +72,29 @@ impl fmt::Debug for Tickets {
 
 impl DelegatedCredentials {
     pub fn new(domain: impl Into<String>, user: impl Into<String>, password: SecretString) -> Self {
+        Self::from_principal(Principal::new(domain, user), password)
+    }
+
+    /// The credentials of `principal`, named as the logon established it.
+    pub fn from_principal(principal: Principal, password: SecretString) -> Self {
         Self {
-            domain: domain.into(),
-            user: user.into(),
+            principal,
             password,
             tickets: Mutex::default(),
         }
     }
 
     pub fn domain(&self) -> &str {
-        &self.domain
+        self.principal.domain()
     }
 
     pub fn user(&self) -> &str {
-        &self.user
+        self.principal.user()
     }
 
     /// `DOMAIN\user`, the form policy rules and the audit log use.
     pub fn principal(&self) -> String {
-        format!("{}\\{}", self.domain, self.user)
+        self.principal.to_string()
     }
 
     /// The password, for the one place that needs it: building the
@@ -103,8 +114,7 @@ impl DelegatedCredentials {
 impl fmt::Debug for DelegatedCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DelegatedCredentials")
-            .field("domain", &self.domain)
-            .field("user", &self.user)
+            .field("principal", &format_args!("{}", self.principal))
             .field("password", &"<redacted>")
             .field("tickets", &self.tickets.try_lock().map(|t| format!("{t:?}")).ok())
             .finish()

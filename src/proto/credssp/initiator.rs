@@ -171,7 +171,8 @@ fn peer_public_key(tls: &Connection) -> Result<Vec<u8>, CredSspError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::credssp::{Acceptor, AcceptorConfig, Step, UserHash};
+    use crate::identity::{Principal, UserEntry};
+    use crate::proto::credssp::{Acceptor, AcceptorConfig, Step};
     use secrecy::SecretString;
 
     /// Our initiator against our acceptor proves only that the two agree;
@@ -204,11 +205,10 @@ mod tests {
         Arc::new(AcceptorConfig {
             tls: Arc::new(tls),
             public_key: spki,
-            users: vec![UserHash {
-                domain: "LAB".into(),
-                user: "alice".into(),
-                nt_hash: super::super::nt_hash("pw-1"),
-            }]
+            users: vec![UserEntry::new(
+                Principal::new("LAB", "alice"),
+                super::super::nt_hash("pw-1"),
+            )]
             .into(),
             min_version: 5,
             domain: None,
@@ -281,7 +281,7 @@ mod tests {
                 rounds += 1;
             }
             if rounds == round {
-                let tls = acceptor.tls.as_mut().unwrap();
+                let tls = acceptor.tls().unwrap();
                 tls::feed(tls, &token).unwrap();
                 let answer = tls::encrypt(tls, forged).unwrap();
                 return initiator.step(Some(&answer));

@@ -31,11 +31,13 @@ pub use channel::SecureChannel;
 pub use initiator::Initiator;
 pub use tls::SkipCertificateVerification;
 pub use tokens::{classify_first_token, unwrap_neg_token_resp, wrap_raw_krb5, wrap_token_for_sspi, InnerMechanism};
-pub use users::{hashes_equal, nt_hash, verify_password, DomainNames, LogonRefusal, Principal, UserHash};
+pub use users::{hashes_equal, nt_hash, verify_password, LogonRefusal};
 
 use super::guard::contain_panic;
+use super::kerberos::service_ticket::{ticket_client, TicketClient};
+use crate::identity::{Domain, Principal, PrincipalKey, UserEntry};
 use crate::vault::DelegatedCredentials;
-use users::{Claim, UsersProxy};
+use users::{principal_of, Claim, UsersProxy};
 
 /// Highest TSRequest version the relay speaks (CVE-2018-0886 fix included).
 pub const MAX_TS_REQUEST_VERSION: u32 = 6;
@@ -60,6 +62,15 @@ pub enum CredSspError {
     WrongPassword(String),
     #[error("delegated credentials are for {delegated}, but the connection authenticated as {authenticated}")]
     PrincipalMismatch { authenticated: String, delegated: String },
+    #[error(
+        "the Kerberos ticket is for {ticket}, but the delegated credentials are for {delegated} \
+         (the security package reported the ticket as {reported})"
+    )]
+    TicketMismatch {
+        ticket: String,
+        reported: String,
+        delegated: String,
+    },
     #[error("delegated password does not match the users file entry of {0}")]
     DelegatedPasswordMismatch(String),
     #[error("{0} is locked out after repeated logon failures")]
@@ -81,11 +92,11 @@ pub struct AcceptorConfig {
     pub tls: Arc<ServerConfig>,
     /// PKCS#1 RSAPublicKey DER of the relay certificate: what pubKeyAuth binds.
     pub public_key: Vec<u8>,
-    pub users: Arc<[UserHash]>,
+    pub users: Arc<[UserEntry]>,
     /// Lowest TSRequest version accepted (5+ means nonce binding).
     pub min_version: u32,
     /// The relay's domain (`[kerberos]`), for one name per principal.
-    pub domain: Option<DomainNames>,
+    pub domain: Option<Domain>,
     /// The relay's service keys (`[kerberos] keytab`): Kerberos logons.
     pub service_keys: Option<Arc<[ServiceKey]>>,
 }
@@ -139,23 +150,38 @@ impl std::fmt::Debug for Step {
     }
 }
 
-enum Phase {
-    Running,
-    Finished,
+/// Where an exchange stands; each state holds only what it needs.
+enum State {
+    /// The TLS handshake, and any leg before the first TSRequest.
+    Handshake { tls: Box<Connection> },
+    /// TSRequest rounds in sspi's server, inside the TLS channel.
+    Negotiating {
+        tls: Box<Connection>,
+        server: Box<CredSspServer<UsersProxy>>,
+    },
+    /// Authenticated (the channel went to the session) or refused: no further leg is taken.
+    Done,
+}
+
+/// What the client has shown of itself so far: its choices, and who it
+/// claimed to be, for the audit of the outcome whatever the state.
+#[derive(Default)]
+struct Seen {
+    mechanism: Option<InnerMechanism>,
+    client_version: Option<u32>,
+    claimed: Arc<Mutex<Option<Claim>>>,
+    /// Who the NTLM AUTHENTICATE message says it is, canonical, for the audit
+    /// of a failed logon (sspi may refuse before it asks for the user's hash).
+    wire_user: Option<String>,
+    /// The client a Kerberos ticket names, whole (see [`ticket_client`]).
+    ticket_client: Option<TicketClient>,
 }
 
 /// Server side of one HTTP-CredSSP exchange, bound to one TCP connection.
 pub struct Acceptor {
     config: Arc<AcceptorConfig>,
-    tls: Option<Connection>,
-    server: Option<CredSspServer<UsersProxy>>,
-    mechanism: Option<InnerMechanism>,
-    client_version: Option<u32>,
-    claimed: Arc<Mutex<Option<Claim>>>,
-    /// Who the NTLM AUTHENTICATE message says it is, for the audit of a
-    /// failed logon (sspi may refuse before it asks for the user's hash).
-    wire_user: Option<String>,
-    phase: Phase,
+    state: State,
+    seen: Seen,
 }
 
 impl Acceptor {
@@ -163,19 +189,16 @@ impl Acceptor {
         let tls = ServerConnection::new(config.tls.clone()).map_err(|e| CredSspError::Tls(e.to_string()))?;
         Ok(Acceptor {
             config,
-            tls: Some(tls.into()),
-            server: None,
-            mechanism: None,
-            client_version: None,
-            claimed: Arc::new(Mutex::new(None)),
-            wire_user: None,
-            phase: Phase::Running,
+            state: State::Handshake {
+                tls: Box::new(tls.into()),
+            },
+            seen: Seen::default(),
         })
     }
 
     /// The inner mechanism the client chose, once known.
     pub fn mechanism(&self) -> Option<InnerMechanism> {
-        self.mechanism
+        self.seen.mechanism
     }
 
     /// Process one leg: `input` is the base64-decoded token of the client's header.
@@ -185,12 +208,14 @@ impl Acceptor {
 
     /// Like [`Acceptor::step`], but a user for whom `locked_out` answers true
     /// is refused as soon as the NTLM AUTHENTICATE names them, with the same
-    /// answer as a wrong password, so a lockout reveals nothing.
-    pub fn step_checked(&mut self, input: &[u8], locked_out: &dyn Fn(&str) -> bool) -> Step {
+    /// answer as a wrong password, so a lockout reveals nothing. `locked_out`
+    /// is asked with the name's canonical key, whatever spelling the client
+    /// sent; and again, once sspi has resolved who authenticated.
+    pub fn step_checked(&mut self, input: &[u8], locked_out: &dyn Fn(&PrincipalKey) -> bool) -> Step {
         match self.step_inner(input, locked_out) {
             Ok(step) => step,
             Err((error, token)) => {
-                self.phase = Phase::Finished;
+                self.state = State::Done;
                 Step::Rejected {
                     token,
                     error,
@@ -201,23 +226,26 @@ impl Acceptor {
     }
 
     fn claimed_user(&self) -> Option<String> {
+        // A ticket's whole name, where sspi would report its first component only.
+        if let Some(ticket) = &self.seen.ticket_client {
+            let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/"));
+            return Some(named.canonical(self.config.domain.as_ref()).to_string());
+        }
         let verified = self
+            .seen
             .claimed
             .lock()
             .ok()
-            .and_then(|c| c.as_ref().map(|claim| claim.principal.display()));
-        verified.or_else(|| self.wire_user.clone())
+            .and_then(|c| c.as_ref().map(|claim| claim.principal.to_string()));
+        verified.or_else(|| self.seen.wire_user.clone())
     }
 
     fn step_inner(
         &mut self,
         input: &[u8],
-        locked_out: &dyn Fn(&str) -> bool,
+        locked_out: &dyn Fn(&PrincipalKey) -> bool,
     ) -> Result<Step, (CredSspError, Option<Vec<u8>>)> {
-        if matches!(self.phase, Phase::Finished) {
-            return Err((CredSspError::AlreadyFailed, None));
-        }
-        let tls = self.tls.as_mut().ok_or((CredSspError::AlreadyFailed, None))?;
+        let tls = self.tls().ok_or((CredSspError::AlreadyFailed, None))?;
         let plain = tls::feed(tls, input).map_err(|e| (e, None))?;
         if tls.is_handshaking() || plain.is_empty() {
             // Handshake legs, and with TLS 1.3 the leg that carries the
@@ -232,18 +260,19 @@ impl Acceptor {
                 Ok(Step::Continue(token))
             }
             Ok(Processed::Finished(identity)) => {
-                let credentials = match self.verify_delegation(identity) {
+                let credentials = match self.verify_delegation(identity, locked_out) {
                     Ok(credentials) => credentials,
                     Err(error) => {
                         let token = self.seal_ts_request(&logon_failure(self.reply_version())).ok();
                         return Err((error, token));
                     }
                 };
-                self.phase = Phase::Finished;
-                let tls = self.tls.take().ok_or((CredSspError::AlreadyFailed, None))?;
+                let State::Negotiating { tls, .. } = std::mem::replace(&mut self.state, State::Done) else {
+                    return Err((CredSspError::AlreadyFailed, None));
+                };
                 Ok(Step::Authenticated {
                     credentials,
-                    channel: Box::new(SecureChannel::new(tls)),
+                    channel: Box::new(SecureChannel::new(*tls)),
                 })
             }
             Err((error, Some(version))) => {
@@ -259,17 +288,30 @@ impl Acceptor {
         request
             .encode_ts_request(&mut encoded)
             .map_err(|e| CredSspError::BadTsRequest(e.to_string()))?;
-        let tls = self.tls.as_mut().ok_or(CredSspError::AlreadyFailed)?;
+        let tls = self.tls().ok_or(CredSspError::AlreadyFailed)?;
         tls::encrypt(tls, &encoded)
     }
 
-    fn process(&mut self, request: TsRequest, locked_out: &dyn Fn(&str) -> bool) -> Result<Processed, Refusal> {
+    /// The TLS channel, while the exchange runs.
+    fn tls(&mut self) -> Option<&mut Connection> {
+        match &mut self.state {
+            State::Handshake { tls } | State::Negotiating { tls, .. } => Some(tls),
+            State::Done => None,
+        }
+    }
+
+    fn process(
+        &mut self,
+        request: TsRequest,
+        locked_out: &dyn Fn(&PrincipalKey) -> bool,
+    ) -> Result<Processed, Refusal> {
         let reply_version = self.check_version(request.version)?;
         if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
-            let user = Principal::from_parts(Some(&domain), &user).display();
-            self.wire_user = Some(user.clone());
-            if locked_out(&user) {
-                return Err((CredSspError::LockedOut(user), Some(reply_version)));
+            // Canonical, as sspi's claim is: `LAB.TEST\alice` and `\LAB\alice` are LAB\alice.
+            let principal = Principal::from_parts(Some(&domain), &user).canonical(self.config.domain.as_ref());
+            self.seen.wire_user = Some(principal.to_string());
+            if locked_out(&principal.key(self.config.domain.as_ref())) {
+                return Err((CredSspError::LockedOut(principal.to_string()), Some(reply_version)));
             }
         }
         if let Some(pub_key_auth) = &request.pub_key_auth {
@@ -279,12 +321,16 @@ impl Acceptor {
             tokens::check_sealed_len("authInfo", auth_info).map_err(|e| (e, None))?;
         }
         let mut request = request;
-        if self.server.is_none() {
+        if matches!(self.state, State::Handshake { .. }) {
             let first = request.nego_tokens.as_deref().ok_or((
                 CredSspError::BadToken("first TSRequest carries no negotiation token"),
                 None,
             ))?;
-            let mechanism = match classify_first_token(first).map_err(|e| (e, None))? {
+            let classified = classify_first_token(first).map_err(|e| (e, None))?;
+            if classified.is_kerberos() && self.config.service_keys.is_some() {
+                self.seen.ticket_client = self.read_ticket_client(first);
+            }
+            let mechanism = match classified {
                 InnerMechanism::Kerberos if self.config.service_keys.is_none() => {
                     return Err((CredSspError::NoKeytab, Some(reply_version)))
                 }
@@ -297,20 +343,24 @@ impl Acceptor {
                 }
                 other => other,
             };
-            self.server = Some(self.new_server(mechanism, reply_version).map_err(|e| (e, None))?);
-            self.mechanism = Some(mechanism);
-        } else if self.mechanism == Some(InnerMechanism::Kerberos) && request.nego_tokens.is_some() {
+            let server = Box::new(self.new_server(mechanism, reply_version).map_err(|e| (e, None))?);
+            self.state = match std::mem::replace(&mut self.state, State::Done) {
+                State::Handshake { tls } => State::Negotiating { tls, server },
+                other => other,
+            };
+            self.seen.mechanism = Some(mechanism);
+        } else if self.seen.mechanism == Some(InnerMechanism::Kerberos) && request.nego_tokens.is_some() {
             // The AP-REQ was the whole raw exchange: nothing would unwrap a second token.
             return Err((
                 CredSspError::BadToken("a second Kerberos token after the AP-REQ"),
                 Some(reply_version),
             ));
         }
-        if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+        if self.seen.mechanism.is_some_and(InnerMechanism::is_kerberos) {
             request.pub_key_auth = request.pub_key_auth.as_deref().map(wrap_token_for_sspi);
             request.auth_info = request.auth_info.as_deref().map(wrap_token_for_sspi);
         }
-        let needs_split = self.mechanism == Some(InnerMechanism::Negotiate)
+        let needs_split = self.seen.mechanism == Some(InnerMechanism::Negotiate)
             && request.nego_tokens.is_some()
             && request.pub_key_auth.is_some();
         if needs_split {
@@ -319,7 +369,7 @@ impl Acceptor {
         let processed = self.run_server(request)?;
         match processed {
             // The raw krb5 client gets the mechanism's own token back (the AP-REP), not SPNEGO.
-            Processed::Reply(mut reply) if self.mechanism == Some(InnerMechanism::Kerberos) => {
+            Processed::Reply(mut reply) if self.seen.mechanism == Some(InnerMechanism::Kerberos) => {
                 reply.nego_tokens = match reply.nego_tokens.take() {
                     Some(spnego) => unwrap_neg_token_resp(&spnego).map_err(|e| (e, Some(reply_version)))?,
                     None => None,
@@ -338,15 +388,15 @@ impl Acceptor {
             let error = CredSspError::VersionTooLow { client, floor };
             return Err((error, Some(client.min(MAX_TS_REQUEST_VERSION))));
         }
-        let first = *self.client_version.get_or_insert(client);
+        let first = *self.seen.client_version.get_or_insert(client);
         Ok(first.min(MAX_TS_REQUEST_VERSION))
     }
 
     fn new_server(&self, mechanism: InnerMechanism, version: u32) -> Result<CredSspServer<UsersProxy>, CredSspError> {
         let proxy = UsersProxy {
             users: self.config.users.clone(),
-            claimed: self.claimed.clone(),
-            names: self.config.domain.clone(),
+            claimed: self.seen.claimed.clone(),
+            domain: self.config.domain.clone(),
             kerberos: mechanism.is_kerberos(),
         };
         let ntlm = NtlmConfig::new(hostname_for_ntlm());
@@ -405,10 +455,12 @@ impl Acceptor {
     }
 
     fn run_server(&mut self, request: TsRequest) -> Result<Processed, Refusal> {
-        let server = self.server.as_mut().ok_or((CredSspError::AlreadyFailed, None))?;
+        let State::Negotiating { server, .. } = &mut self.state else {
+            return Err((CredSspError::AlreadyFailed, None));
+        };
         match contain_panic(|| server.process(request).resolve_to_result()) {
             Err(_) => {
-                self.server = None;
+                self.state = State::Done;
                 Err((CredSspError::Panicked, None))
             }
             Ok(Ok(ServerState::ReplyNeeded(reply))) => Ok(Processed::Reply(reply)),
@@ -424,22 +476,34 @@ impl Acceptor {
     /// user (checked against a dummy hash) exactly as it refuses a wrong
     /// password, and only the proxy's record of the claim tells them apart.
     fn classify(&self, error: sspi::Error) -> CredSspError {
-        let claim = self.claimed.lock().ok().and_then(|c| c.clone());
+        let claim = self.seen.claimed.lock().ok().and_then(|c| c.clone());
         match claim {
             Some(Claim {
                 principal,
                 known: false,
-            }) => CredSspError::UnknownUser(principal.display()),
+            }) => CredSspError::UnknownUser(principal.to_string()),
             Some(Claim { principal, known: true }) if error.error_type == sspi::ErrorKind::LogonDenied => {
-                CredSspError::WrongPassword(principal.display())
+                CredSspError::WrongPassword(principal.to_string())
             }
             _ => CredSspError::Authentication(error.to_string()),
         }
     }
 
+    /// The whole client name of the AP-REQ's ticket, decrypted with the
+    /// relay's key: sspi reports only its first component.
+    fn read_ticket_client(&self, token: &[u8]) -> Option<TicketClient> {
+        let keys = self.config.service_keys.as_deref()?;
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|k| (k.components.as_slice(), k.key.as_slice()))
+            .collect();
+        ticket_client(token, &keys)
+    }
+
     /// The TSRequest version of this exchange's answers.
     fn reply_version(&self) -> u32 {
-        self.client_version
+        self.seen
+            .client_version
             .map_or(MAX_TS_REQUEST_VERSION, |v| v.min(MAX_TS_REQUEST_VERSION))
     }
 
@@ -450,44 +514,62 @@ impl Acceptor {
     /// authenticate under another user's name. A Kerberos principal has no
     /// users-file entry: the domain vouched for it, and the delegated password
     /// is the domain's to check when the relay uses it.
-    fn verify_delegation(&self, mut identity: AuthIdentity) -> Result<DelegatedCredentials, CredSspError> {
-        let names = self.config.domain.as_ref();
-        let delegated = Principal::from_username(&identity.username).canonical(names);
+    fn verify_delegation(
+        &self,
+        mut identity: AuthIdentity,
+        locked_out: &dyn Fn(&PrincipalKey) -> bool,
+    ) -> Result<DelegatedCredentials, CredSspError> {
+        let domain = self.config.domain.as_ref();
+        let delegated = principal_of(&identity.username).canonical(domain);
         let authenticated = self
+            .seen
             .claimed
             .lock()
             .ok()
             .and_then(|c| c.clone())
             .ok_or_else(|| CredSspError::Authentication("no authenticated principal".into()))?;
         if !authenticated.known {
-            return Err(CredSspError::UnknownUser(authenticated.principal.display()));
+            return Err(CredSspError::UnknownUser(authenticated.principal.to_string()));
         }
         let authenticated = authenticated.principal;
-        if !authenticated.matches(&delegated) {
+        // Again under the name sspi resolved: the wire name checked first may be spelled otherwise.
+        if locked_out(&authenticated.key(domain)) {
+            return Err(CredSspError::LockedOut(authenticated.to_string()));
+        }
+        if authenticated.key(domain) != delegated.key(domain) {
             return Err(CredSspError::PrincipalMismatch {
-                authenticated: authenticated.display(),
-                delegated: delegated.display(),
+                authenticated: authenticated.to_string(),
+                delegated: delegated.to_string(),
             });
         }
-        if self.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+        if self.seen.mechanism.is_some_and(InnerMechanism::is_kerberos) {
+            // The ticket's whole name, not sspi's first component, must be the delegated principal.
+            let ticket = self
+                .seen
+                .ticket_client
+                .as_ref()
+                .ok_or_else(|| CredSspError::Authentication("the ticket's client name cannot be read".into()))?;
+            let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/"));
+            if named.key(domain) != delegated.key(domain) {
+                return Err(CredSspError::TicketMismatch {
+                    ticket: ticket.display(),
+                    reported: authenticated.to_string(),
+                    delegated: delegated.to_string(),
+                });
+            }
             let password = SecretString::from(std::mem::take(identity.password.as_mut()));
-            return Ok(DelegatedCredentials::new(
-                authenticated.domain,
-                authenticated.user,
-                password,
-            ));
+            return Ok(DelegatedCredentials::from_principal(authenticated, password));
         }
-        let entry = users::find(&self.config.users, &authenticated)
+        let entry = users::find(&self.config.users, domain, &authenticated)
             .ok_or_else(|| CredSspError::Authentication("unknown user".into()))?;
         // Move the password out of sspi's Secret without copying it.
         let password = SecretString::from(std::mem::take(identity.password.as_mut()));
         let delegated_hash = nt_hash(secrecy::ExposeSecret::expose_secret(&password));
-        if !hashes_equal(&delegated_hash, &entry.nt_hash) {
-            return Err(CredSspError::DelegatedPasswordMismatch(authenticated.display()));
+        if !hashes_equal(&delegated_hash, entry.nt_hash()) {
+            return Err(CredSspError::DelegatedPasswordMismatch(authenticated.to_string()));
         }
-        Ok(DelegatedCredentials::new(
-            entry.domain.clone(),
-            entry.user.clone(),
+        Ok(DelegatedCredentials::from_principal(
+            entry.principal().clone(),
             password,
         ))
     }

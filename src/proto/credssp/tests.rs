@@ -29,12 +29,7 @@ fn acceptor_config(min_version: u32) -> Arc<AcceptorConfig> {
     Arc::new(AcceptorConfig {
         tls: Arc::new(tls),
         public_key: vec![0x30, 0x00],
-        users: vec![UserHash {
-            domain: "LAB".into(),
-            user: "alice".into(),
-            nt_hash: nt_hash("pw"),
-        }]
-        .into(),
+        users: vec![UserEntry::new(Principal::new("LAB", "alice"), nt_hash("pw"))].into(),
         min_version,
         domain: None,
         service_keys: None,
@@ -215,7 +210,7 @@ fn locked_out_user_gets_the_same_answer_as_a_wrong_password() {
     request.encode_ts_request(&mut encoded).expect("encode");
     client.writer().write_all(&encoded).expect("write");
     let token = client_output(&mut client);
-    match acceptor.step_checked(&token, &|user| user.eq_ignore_ascii_case("LAB\\alice")) {
+    match acceptor.step_checked(&token, &|user| user.as_str() == "lab\\alice") {
         Step::Rejected {
             error: CredSspError::LockedOut(user),
             token: Some(token),
@@ -229,6 +224,49 @@ fn locked_out_user_gets_the_same_answer_as_a_wrong_password() {
     }
 }
 
+#[test]
+fn the_lock_is_asked_about_one_name_whatever_the_wire_spelling() {
+    let Ok(mut config) = Arc::try_unwrap(acceptor_config(5)) else {
+        panic!("a fresh config has one owner")
+    };
+    config.domain = Some(Domain {
+        realm: "LAB.TEST".into(),
+        netbios: "LAB".into(),
+    });
+    let config = Arc::new(config);
+    for (domain, user) in [
+        ("LAB", "alice"),
+        ("LAB.TEST", "alice"),
+        ("lab", "ALICE"),
+        ("", "LAB\\alice"),
+        ("", "alice@LAB.TEST"),
+        (".", "LAB\\alice"),
+    ] {
+        let mut acceptor = Acceptor::new(config.clone()).expect("acceptor");
+        let mut client = client(&rustls::version::TLS13);
+        handshake(&mut acceptor, &mut client);
+        let request = ts_request(6, tokens::authenticate_message(domain, user));
+        let mut encoded = Vec::new();
+        request.encode_ts_request(&mut encoded).expect("encode");
+        client.writer().write_all(&encoded).expect("write");
+        let token = client_output(&mut client);
+        match acceptor.step_checked(&token, &|asked| asked.as_str() == "lab\\alice") {
+            Step::Rejected {
+                error: CredSspError::LockedOut(locked),
+                user: Some(audited),
+                ..
+            } => {
+                assert!(
+                    locked.eq_ignore_ascii_case("LAB\\alice"),
+                    "{domain:?} {user:?}: {locked}"
+                );
+                assert_eq!(audited, locked, "{domain:?} {user:?}");
+            }
+            other => panic!("{domain:?} {user:?}: expected a lockout refusal, got {other:?}"),
+        }
+    }
+}
+
 /// An NTLM client (sspi's CredSSP client) logs on as `domain\user` with
 /// `password`, up to the acceptor's verdict on its AUTHENTICATE. Returns
 /// that step, and the error TSRequest decrypted as the client sees it.
@@ -236,7 +274,7 @@ fn ntlm_logon(
     acceptor: &mut Acceptor,
     user: &str,
     password: &str,
-    locked_out: &dyn Fn(&str) -> bool,
+    locked_out: &dyn Fn(&PrincipalKey) -> bool,
 ) -> (Step, Option<TsRequest>) {
     use sspi::credssp::{ClientMode, ClientState, CredSspClient, CredSspMode};
     use sspi::ntlm::NtlmConfig;
@@ -294,7 +332,7 @@ fn unknown_user_wrong_password_and_lockout_get_the_same_answer() {
     let mut answers = Vec::new();
     for (user, password, alice_locked, cause) in cases {
         let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
-        let locked_out = |claimed: &str| alice_locked && claimed.eq_ignore_ascii_case("LAB\\alice");
+        let locked_out = |claimed: &PrincipalKey| alice_locked && claimed.as_str() == "lab\\alice";
         match ntlm_logon(&mut acceptor, user, password, &locked_out) {
             (
                 Step::Rejected {
@@ -337,7 +375,7 @@ fn kerberos_acceptor_config() -> Arc<AcceptorConfig> {
     let Ok(mut config) = Arc::try_unwrap(acceptor_config(5)) else {
         panic!("a fresh config has one owner")
     };
-    config.domain = Some(DomainNames {
+    config.domain = Some(Domain {
         realm: "LAB.TEST".into(),
         netbios: "LAB".into(),
     });
@@ -413,4 +451,291 @@ fn kerberos_without_a_keytab_is_refused_or_answered_with_ntlm() {
         other => panic!("expected the NTLM fallback, got {other:?}"),
     }
     assert_eq!(acceptor.mechanism(), Some(InnerMechanism::Negotiate));
+}
+
+/// The TSRequest that carries the NTLM AUTHENTICATE, as pywinrm 0.5.0 sent
+/// it (requests-credssp 2.0.0, pyspnego 0.12.4): the SPNEGO NegTokenResp
+/// with the AUTHENTICATE *and* its mechListMIC, pubKeyAuth and the nonce in
+/// one TSRequest. Captured as the plaintext pywinrm wrote into its CredSSP
+/// TLS channel (a hook on `ssl.SSLObject.write` in the client process) while
+/// it opened a shell as LAB\alice on the integration suite's target double
+/// (`target_double.py --auth credssp`, pyspnego's own acceptor). It cannot be
+/// replayed (the NTLM challenge is random): the tests below build the same
+/// shape live, and check it against this one.
+const PYWINRM_AUTHENTICATE: &[u8] = include_bytes!("fixtures/pywinrm_ntlm_authenticate_ts_request.bin");
+
+/// `NegTokenResp` (`[1]` SEQUENCE) fields present in a SPNEGO token, by tag.
+fn neg_token_resp_fields(spnego: &[u8]) -> Vec<u8> {
+    use crate::proto::kerberos::messages::der_tlv;
+
+    let (resp, _) = der_tlv(spnego, 0xa1).expect("NegTokenResp");
+    let (mut fields, _) = der_tlv(resp, 0x30).expect("SEQUENCE");
+    let mut tags = Vec::new();
+    while let Some((&tag, _)) = fields.split_first() {
+        let (_, rest) = der_tlv(fields, tag).expect("field");
+        tags.push(tag);
+        fields = rest;
+    }
+    tags
+}
+
+/// negState [0], responseToken [2], mechListMIC [3]: the AUTHENTICATE with its MIC.
+const AUTHENTICATE_WITH_MIC: [u8; 3] = [0xa0, 0xa2, 0xa3];
+
+#[test]
+fn pywinrm_sends_the_authenticate_its_mech_list_mic_and_pub_key_auth_in_one_ts_request() {
+    let request = TsRequest::from_buffer(PYWINRM_AUTHENTICATE).expect("captured TSRequest");
+    let spnego = request.nego_tokens.as_deref().expect("negoTokens");
+    assert!(request.pub_key_auth.is_some(), "pubKeyAuth rides with the AUTHENTICATE");
+    assert_eq!(neg_token_resp_fields(spnego), AUTHENTICATE_WITH_MIC);
+    assert_eq!(
+        tokens::claimed_ntlm_user(spnego),
+        Some(("LAB".to_string(), "alice".to_string()))
+    );
+}
+
+/// The client side as pyspnego runs it, on sspi's SPNEGO client context:
+/// the AUTHENTICATE with its mechListMIC (sequence number 0) and pubKeyAuth
+/// sealed next (sequence number 1) go in one TSRequest, without waiting for
+/// the server's mechListMIC. (sspi's own CredSSP client waits for it and
+/// sends pubKeyAuth a leg later, so it never sends this shape.)
+struct PyspnegoClient {
+    ctx: sspi::Negotiate,
+    handle: Option<sspi::CredentialsBuffers>,
+    identity: sspi::AuthIdentity,
+    nonce: [u8; 32],
+}
+
+/// The CredSSP public-key binding (version 5 and later) over the test
+/// acceptor's public key.
+fn binding_hash(magic: &[u8], nonce: &[u8; 32]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+
+    Sha256::new()
+        .chain_update(magic)
+        .chain_update(nonce)
+        .chain_update([0x30, 0x00])
+        .finalize()
+        .to_vec()
+}
+
+const CLIENT_BINDING: &[u8] = b"CredSSP Client-To-Server Binding Hash\0";
+const SERVER_BINDING: &[u8] = b"CredSSP Server-To-Client Binding Hash\0";
+
+impl PyspnegoClient {
+    fn new(password: &str) -> PyspnegoClient {
+        use sspi::{AuthIdentity, CredentialUse, Credentials, Negotiate, Sspi, Username};
+
+        let config = NegotiateConfig::new(
+            Box::new(NtlmConfig::new("CLIENT".into())),
+            Some("ntlm".to_string()),
+            "CLIENT".into(),
+        );
+        let mut ctx = Negotiate::new_client(config).expect("client");
+        let identity = AuthIdentity {
+            username: Username::new("alice", Some("LAB")).expect("user name"),
+            password: password.to_string().into(),
+        };
+        let acquired = ctx
+            .acquire_credentials_handle()
+            .with_credential_use(CredentialUse::Outbound)
+            .with_auth_data(&Credentials::AuthIdentity(identity.clone()))
+            .execute(&mut ctx)
+            .expect("credentials");
+        PyspnegoClient {
+            ctx,
+            handle: acquired.credentials_handle,
+            identity,
+            nonce: [0x5a; 32],
+        }
+    }
+
+    /// One SPNEGO leg: the next token and whether the context is complete.
+    fn step(&mut self, input: Option<&[u8]>) -> Result<(Vec<u8>, bool), sspi::Error> {
+        use sspi::{
+            BufferType, ClientRequestFlags, DataRepresentation, SecurityBuffer, SecurityStatus, Sspi, SspiImpl,
+        };
+
+        let mut input = vec![SecurityBuffer::new(
+            input.unwrap_or_default().to_vec(),
+            BufferType::Token,
+        )];
+        let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
+        let first = self.handle.is_some() && input[0].buffer.is_empty();
+        let mut builder = self
+            .ctx
+            .initialize_security_context()
+            .with_credentials_handle(&mut self.handle)
+            .with_context_requirements(
+                ClientRequestFlags::CONFIDENTIALITY | ClientRequestFlags::INTEGRITY | ClientRequestFlags::MUTUAL_AUTH,
+            )
+            .with_target_data_representation(DataRepresentation::Native)
+            .with_target_name("HTTP/relay")
+            .with_output(&mut output);
+        if !first {
+            builder = builder.with_input(&mut input);
+        }
+        let result = self
+            .ctx
+            .initialize_security_context_impl(&mut builder)
+            .and_then(|mut generator| generator.resolve_to_result())?;
+        let token = output.pop().map(|b| b.buffer).unwrap_or_default();
+        Ok((token, result.status == SecurityStatus::Ok))
+    }
+
+    /// NTLM sealing as CredSSP carries it: the signature, then the sealed bytes.
+    fn seal(&mut self, plain: &[u8]) -> Vec<u8> {
+        use sspi::{EncryptionFlags, SecurityBufferRef, Sspi};
+
+        let mut signature = [0u8; 16];
+        let mut data = plain.to_vec();
+        let mut buffers = [
+            SecurityBufferRef::token_buf(&mut signature),
+            SecurityBufferRef::data_buf(&mut data),
+        ];
+        self.ctx
+            .encrypt_message(EncryptionFlags::empty(), &mut buffers)
+            .expect("seal");
+        [&signature[..], &data].concat()
+    }
+
+    fn unseal(&mut self, sealed: &[u8]) -> Result<Vec<u8>, sspi::Error> {
+        use sspi::{SecurityBufferRef, Sspi};
+
+        let (signature, data) = sealed.split_at(16.min(sealed.len()));
+        let mut signature = signature.to_vec();
+        let mut data = data.to_vec();
+        let mut buffers = [
+            SecurityBufferRef::token_buf(&mut signature),
+            SecurityBufferRef::data_buf(&mut data),
+        ];
+        self.ctx.decrypt_message(&mut buffers)?;
+        Ok(data)
+    }
+
+    /// The first TSRequest: SPNEGO NegTokenInit with the NTLM NEGOTIATE.
+    fn negotiate(&mut self) -> TsRequest {
+        let (token, _) = self.step(None).expect("NEGOTIATE");
+        ts_request(6, token)
+    }
+
+    /// pyspnego's second TSRequest: the AUTHENTICATE with its mechListMIC,
+    /// pubKeyAuth and the nonce, together.
+    fn authenticate(&mut self, challenge: &TsRequest) -> TsRequest {
+        let (token, complete) = self.step(challenge.nego_tokens.as_deref()).expect("AUTHENTICATE");
+        assert!(!complete, "the client waits for the server's mechListMIC");
+        let pub_key_auth = self.seal(&binding_hash(CLIENT_BINDING, &self.nonce));
+        TsRequest {
+            version: 6,
+            nego_tokens: Some(token),
+            pub_key_auth: Some(pub_key_auth),
+            client_nonce: Some(self.nonce),
+            ..TsRequest::default()
+        }
+    }
+
+    /// Checks the server's answer to it as pyspnego does (its mechListMIC,
+    /// then its pubKeyAuth) and returns the delegation TSRequest.
+    fn delegate(&mut self, reply: &TsRequest) -> Result<TsRequest, String> {
+        let spnego = reply
+            .nego_tokens
+            .as_deref()
+            .ok_or("no SPNEGO token with the server's mechListMIC")?;
+        let (_, complete) = self
+            .step(Some(spnego))
+            .map_err(|e| format!("the server's mechListMIC: {e}"))?;
+        if !complete {
+            return Err("the SPNEGO exchange did not complete".into());
+        }
+        let pub_key_auth = reply.pub_key_auth.as_deref().ok_or("no pubKeyAuth")?;
+        let unsealed = self
+            .unseal(pub_key_auth)
+            .map_err(|e| format!("the server's pubKeyAuth: {e}"))?;
+        if unsealed != binding_hash(SERVER_BINDING, &self.nonce) {
+            return Err("the server's pubKeyAuth does not bind its public key".into());
+        }
+        let buffers = sspi::CredentialsBuffers::AuthIdentity(self.identity.clone().into());
+        let credentials = sspi::credssp::write_ts_credentials(&buffers, sspi::credssp::CredSspMode::WithCredentials)
+            .expect("TSCredentials");
+        Ok(TsRequest {
+            version: 6,
+            auth_info: Some(self.seal(&credentials)),
+            ..TsRequest::default()
+        })
+    }
+}
+
+/// The fields of a TSRequest that carries something, as the tests compare shapes.
+fn shape(request: &TsRequest) -> (Vec<u8>, bool, bool) {
+    let tags = request
+        .nego_tokens
+        .as_deref()
+        .map(neg_token_resp_fields)
+        .unwrap_or_default();
+    (tags, request.pub_key_auth.is_some(), request.client_nonce.is_some())
+}
+
+#[test]
+fn the_spnego_final_token_and_pub_key_auth_in_one_ts_request_log_on() {
+    // process_spnego_final: the relay answers with the SPNEGO token carrying
+    // its mechListMIC and a pubKeyAuth the client accepts, and the logon
+    // completes with the delegated credentials.
+    let mut acceptor = Acceptor::new(acceptor_config(5)).expect("acceptor");
+    let mut tls = client(&rustls::version::TLS13);
+    handshake(&mut acceptor, &mut tls);
+    let mut relay = |request: TsRequest| match send_ts_request(&mut acceptor, &mut tls, &request) {
+        Step::Continue(token) => TsRequest::from_buffer(&client_input(&mut tls, &token)).expect("TSRequest"),
+        other => panic!("expected a TSRequest, got {other:?}"),
+    };
+    let mut client = PyspnegoClient::new("pw");
+    let challenge = relay(client.negotiate());
+    let authenticate = client.authenticate(&challenge);
+    let captured = TsRequest::from_buffer(PYWINRM_AUTHENTICATE).expect("captured TSRequest");
+    assert_eq!(
+        shape(&authenticate),
+        shape(&captured),
+        "the test client sends what pywinrm sends"
+    );
+    let reply = relay(authenticate);
+    let delegation = client.delegate(&reply).expect("the client accepts the relay's answer");
+    match send_ts_request(&mut acceptor, &mut tls, &delegation) {
+        Step::Authenticated { credentials, .. } => assert_eq!(credentials.principal(), "LAB\\alice"),
+        other => panic!("expected the logon to complete, got {other:?}"),
+    }
+}
+
+/// Canary: sspi 0.23.1's own CredSSP server, given that TSRequest in one
+/// call, drops the SPNEGO token with its mechListMIC and seals pubKeyAuth
+/// under the wrong sequence number: pywinrm cannot finish. When this test
+/// fails, sspi answers it correctly: `process_spnego_final` (and this
+/// canary) can go.
+#[test]
+fn canary_sspi_still_mishandles_the_spnego_final_token_with_pub_key_auth() {
+    let config = acceptor_config(5);
+    let proxy = users::UsersProxy {
+        users: config.users.clone(),
+        claimed: Arc::new(Mutex::new(None)),
+        domain: None,
+        kerberos: false,
+    };
+    let mode = ServerMode::Negotiate(NegotiateConfig::new(
+        Box::new(NtlmConfig::new(hostname_for_ntlm())),
+        Some("ntlm".to_string()),
+        hostname_for_ntlm(),
+    ));
+    let mut server = CredSspServer::new_with_version(vec![0x30, 0x00], proxy, 6, mode).expect("sspi server");
+    let mut serve = |request: TsRequest| match server.process(request).resolve_to_result() {
+        Ok(ServerState::ReplyNeeded(reply)) => reply,
+        Ok(ServerState::Finished(_)) => panic!("finished early"),
+        Err(e) => panic!("sspi refused: {:?}", e.error),
+    };
+    let mut client = PyspnegoClient::new("pw");
+    let challenge = serve(client.negotiate());
+    let reply = serve(client.authenticate(&challenge));
+    let outcome = client.delegate(&reply);
+    assert!(
+        outcome.is_err(),
+        "sspi now answers the final SPNEGO token with pubKeyAuth correctly: process_spnego_final can go"
+    );
+    println!("sspi's own answer fails as expected: {}", outcome.unwrap_err());
 }

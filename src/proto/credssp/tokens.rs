@@ -607,6 +607,55 @@ mod tests {
         assert_eq!(wrap_token_for_sspi(&windows[..16]), windows[..16]);
     }
 
+    /// A real MIT wrap token, as pyspnego's Kerberos (python-gssapi 1.12.0 on
+    /// MIT krb5 1.20.1) seals pubKeyAuth: made in the integration suite's test
+    /// realm (integration/kerberos.py) by an initiator context for
+    /// alice@LAB.TEST towards HTTP/relay.lab.test@LAB.TEST with mutual
+    /// authentication, then `ctx.wrap(MIT_WRAP_PLAINTEXT, True)`; the key is
+    /// the context's session key as `gssapi.raw.inquire_sec_context_by_oid`
+    /// returns it for GSS_C_INQ_SSPI_SESSION_KEY (1.2.840.113554.1.2.2.5.5),
+    /// here the acceptor's subkey (the token's flags say so), aes256-cts.
+    const MIT_WRAP_TOKEN: &[u8] = include_bytes!("fixtures/mit_krb5_wrap_token.bin");
+    const MIT_WRAP_KEY: [u8; 32] = [
+        0x78, 0x1e, 0x1a, 0xef, 0xd4, 0xac, 0xe7, 0xd9, 0x56, 0xa7, 0x85, 0xd6, 0x01, 0x94, 0x25, 0x85, 0x50, 0x2c,
+        0x4b, 0xa2, 0xea, 0xc5, 0x70, 0x9f, 0x9e, 0x94, 0x1a, 0xf1, 0x46, 0xac, 0xcd, 0x68,
+    ];
+    const MIT_WRAP_PLAINTEXT: &[u8] = b"pubKeyAuth of an MIT client (python-gssapi), wrapped with confidentiality";
+    /// Key usage of a wrap token sealed by the initiator.
+    const KG_USAGE_INITIATOR_SEAL: i32 = 24;
+
+    #[test]
+    fn a_real_mit_wrap_token_is_rotated_to_what_sspi_decrypts() {
+        use picky_krb::crypto::CipherSuite;
+
+        // What MIT sends: a sealed wrap token (flags: sealed, acceptor subkey), EC 0, RRC 0.
+        assert_eq!(MIT_WRAP_TOKEN[..4], [0x05, 0x04, 0x06, 0xff]);
+        assert_eq!(MIT_WRAP_TOKEN[4..8], [0, 0, 0, 0], "MIT sends EC 0 and RRC 0");
+        let ec = 0;
+        let for_sspi = wrap_token_for_sspi(MIT_WRAP_TOKEN);
+        assert_eq!(for_sspi.len(), MIT_WRAP_TOKEN.len());
+        assert_eq!(for_sspi[..6], MIT_WRAP_TOKEN[..6]);
+        assert_eq!(for_sspi[6..8], (SSPI_WRAP_RRC as u16).to_be_bytes());
+        assert_eq!(for_sspi[8..16], MIT_WRAP_TOKEN[8..16]);
+        // sspi undoes a rotation of RRC + EC whatever the header says, then decrypts: that gives MIT's
+        // ciphertext back, which decrypts to the plaintext and the header copy (RRC 0 inside).
+        let mut body = for_sspi[WRAP_HEADER_LEN..].to_vec();
+        body.rotate_left(SSPI_WRAP_RRC + ec);
+        assert_eq!(body, MIT_WRAP_TOKEN[WRAP_HEADER_LEN..]);
+        let cipher = CipherSuite::Aes256CtsHmacSha196.cipher();
+        let plain = cipher
+            .decrypt(&MIT_WRAP_KEY, KG_USAGE_INITIATOR_SEAL, &body)
+            .expect("the rotated token decrypts");
+        assert_eq!(plain[..MIT_WRAP_PLAINTEXT.len()], *MIT_WRAP_PLAINTEXT);
+        assert_eq!(plain[MIT_WRAP_PLAINTEXT.len()..], MIT_WRAP_TOKEN[..WRAP_HEADER_LEN]);
+        // Without the rotation sspi would decrypt the wrong bytes.
+        let mut unrotated = MIT_WRAP_TOKEN[WRAP_HEADER_LEN..].to_vec();
+        unrotated.rotate_left(SSPI_WRAP_RRC + ec);
+        assert!(cipher
+            .decrypt(&MIT_WRAP_KEY, KG_USAGE_INITIATOR_SEAL, &unrotated)
+            .is_err());
+    }
+
     #[test]
     fn long_der_lengths_are_minimal() {
         assert_eq!(der(0x04, &[0u8; 3])[..2], [0x04, 0x03]);

@@ -9,18 +9,7 @@ use sspi::{AuthIdentity, Secret, Username, UsernameParts};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
-/// One entry of the users file.
-pub struct UserHash {
-    pub domain: String,
-    pub user: String,
-    pub nt_hash: Zeroizing<[u8; 16]>,
-}
-
-impl std::fmt::Debug for UserHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "UserHash({}\\{}, <redacted>)", self.domain, self.user)
-    }
-}
+use crate::identity::{Domain, Principal, UserEntry};
 
 /// NT hash (NTLM's NTOWFv1): MD4 over the UTF-16LE password.
 pub fn nt_hash(password: &str) -> Zeroizing<[u8; 16]> {
@@ -55,117 +44,41 @@ pub enum LogonRefusal {
     WrongPassword,
 }
 
-/// `DOMAIN\user` as it authenticated on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub domain: String,
-    pub user: String,
-}
-
-impl Principal {
-    /// Accepts the down-level `DOMAIN\user` and the UPN `user@DOMAIN` forms.
-    pub fn from_parts(domain: Option<&str>, account: &str) -> Principal {
-        match domain.filter(|d| !d.is_empty()) {
-            Some(domain) => Principal {
-                domain: domain.to_string(),
-                user: account.to_string(),
-            },
-            None => match account.split_once('@') {
-                Some((user, domain)) => Principal {
-                    domain: domain.to_string(),
-                    user: user.to_string(),
-                },
-                None => Principal {
-                    domain: String::new(),
-                    user: account.to_string(),
-                },
-            },
-        }
+/// sspi's parsed user name as a principal. A UPN's suffix stands in for the
+/// domain: it matches a users-file entry written with that suffix, or, when it
+/// is the relay's realm, one written with the relay's NetBIOS name.
+pub(crate) fn principal_of(name: &Username) -> Principal {
+    match name.parts() {
+        UsernameParts::UserPrincipalName(upn) => Principal::new(upn.suffix(), upn.account_name()),
+        UsernameParts::DownLevelLogonName(dll) => Principal::from_parts(dll.netbios_domain(), dll.account_name()),
     }
-
-    /// From sspi's parsed user name. A UPN's suffix stands in for the domain:
-    /// it only matches a users-file entry written with that same suffix.
-    pub fn from_username(name: &Username) -> Principal {
-        match name.parts() {
-            UsernameParts::UserPrincipalName(upn) => Principal {
-                domain: upn.suffix().to_string(),
-                user: upn.account_name().to_string(),
-            },
-            UsernameParts::DownLevelLogonName(dll) => Principal::from_parts(dll.netbios_domain(), dll.account_name()),
-        }
-    }
-
-    /// `DOMAIN\user` or `user@DOMAIN`, as typed into a client.
-    pub fn parse(name: &str) -> Principal {
-        match name.split_once('\\') {
-            Some((domain, user)) => Principal {
-                domain: domain.to_string(),
-                user: user.to_string(),
-            },
-            None => Principal::from_parts(None, name),
-        }
-    }
-
-    /// The one name policy rules and the audit use for this principal: in the
-    /// relay's own domain (`[kerberos]`), the NetBIOS form, so `alice@LAB.TEST`,
-    /// `LAB.TEST\alice` and `LAB\alice` are all `LAB\alice`. Names of other
-    /// domains, and every name without `[kerberos]`, stay as they are.
-    pub fn canonical(self, names: Option<&DomainNames>) -> Principal {
-        match names {
-            Some(names)
-                if self.domain.eq_ignore_ascii_case(&names.realm)
-                    || self.domain.eq_ignore_ascii_case(&names.netbios) =>
-            {
-                Principal {
-                    domain: names.netbios.clone(),
-                    user: self.user,
-                }
-            }
-            _ => self,
-        }
-    }
-
-    pub fn matches(&self, other: &Principal) -> bool {
-        self.domain.eq_ignore_ascii_case(&other.domain) && self.user.eq_ignore_ascii_case(&other.user)
-    }
-
-    pub fn display(&self) -> String {
-        format!("{}\\{}", self.domain, self.user)
-    }
-}
-
-/// The relay's own domain under both of its names (`[kerberos] realm` and
-/// `netbios`): `alice@LAB.TEST` is `LAB\alice`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainNames {
-    /// The DNS name in upper case, as Kerberos spells it: `LAB.TEST`.
-    pub realm: String,
-    /// The NetBIOS name: `LAB`.
-    pub netbios: String,
 }
 
 /// The users-file entry of `who` if `password` is theirs, else why not. For
 /// Basic over HTTPS, where the password arrives whole. An unknown user costs
 /// the same hash and constant-time comparison as a known one, so the answer
-/// time does not tell which names are in the users file.
+/// time does not tell which names are in the users file. Names compare by their
+/// key in the relay's `domain`.
 pub fn verify_password<'a>(
-    users: &'a [UserHash],
+    users: &'a [UserEntry],
+    domain: Option<&Domain>,
     who: &Principal,
     password: &str,
-) -> Result<&'a UserHash, LogonRefusal> {
-    verify_with(users, who, password, nt_hash)
+) -> Result<&'a UserEntry, LogonRefusal> {
+    verify_with(users, domain, who, password, nt_hash)
 }
 
 /// [`verify_password`] with the hash as a parameter, so a test can see that
 /// every path does the same hashing work.
 fn verify_with<'a>(
-    users: &'a [UserHash],
+    users: &'a [UserEntry],
+    domain: Option<&Domain>,
     who: &Principal,
     password: &str,
     hash: impl Fn(&str) -> Zeroizing<[u8; 16]>,
-) -> Result<&'a UserHash, LogonRefusal> {
-    let entry = find(users, who);
-    let expected = entry.map_or(dummy_nt_hash(), |e| &*e.nt_hash);
+) -> Result<&'a UserEntry, LogonRefusal> {
+    let entry = find(users, domain, who);
+    let expected = entry.map_or(dummy_nt_hash(), UserEntry::nt_hash);
     let matches = hashes_equal(&hash(password), expected);
     match entry {
         Some(entry) if matches => Ok(entry),
@@ -174,19 +87,22 @@ fn verify_with<'a>(
     }
 }
 
-/// Looks at every entry, matching or not, so the lookup time does not
-/// depend on where (or whether) the user is in the file.
-pub(crate) fn find<'a>(users: &'a [UserHash], who: &Principal) -> Option<&'a UserHash> {
+/// The entry of `who`, keyed in the relay's `domain`: `alice@LAB.TEST` finds
+/// `LAB\alice`. Looks at every entry, matching or not, so the lookup time does
+/// not depend on where (or whether) the user is in the file.
+pub(crate) fn find<'a>(users: &'a [UserEntry], domain: Option<&Domain>, who: &Principal) -> Option<&'a UserEntry> {
+    let key = who.key(domain);
     users.iter().fold(None, |found, u| {
-        let matches = u.domain.eq_ignore_ascii_case(&who.domain) && u.user.eq_ignore_ascii_case(&who.user);
+        let matches = u.principal().key(domain) == key;
         found.or(matches.then_some(u))
     })
 }
 
-fn to_auth_identity(entry: &UserHash) -> io::Result<AuthIdentity> {
-    let username = Username::new(&entry.user, Some(&entry.domain))
+fn to_auth_identity(entry: &UserEntry) -> io::Result<AuthIdentity> {
+    let who = entry.principal();
+    let username = Username::new(who.user(), Some(who.domain()))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    Ok(hash_identity(username, &entry.nt_hash))
+    Ok(hash_identity(username, entry.nt_hash()))
 }
 
 /// sspi takes an NT hash as a password written `$NTLM$:<hex>`.
@@ -209,9 +125,9 @@ pub(crate) struct Claim {
 /// which principal the NTLM exchange claimed, because sspi checks a candidate's
 /// hash against the *wire* user name (see [`super::Acceptor`]'s final check).
 pub(crate) struct UsersProxy {
-    pub users: Arc<[UserHash]>,
+    pub users: Arc<[UserEntry]>,
     pub claimed: Arc<Mutex<Option<Claim>>>,
-    pub names: Option<DomainNames>,
+    pub domain: Option<Domain>,
     /// A Kerberos exchange: sspi asks only once the ticket is verified, and the
     /// principal it names is who authenticated; the users file has no part.
     pub kerberos: bool,
@@ -227,7 +143,7 @@ impl CredentialsProxy for UsersProxy {
     /// Under Kerberos the answer is the principal with no password: sspi
     /// needs an identity to carry on to the public-key exchange, not a secret.
     fn auth_data_by_user(&mut self, username: &Username) -> io::Result<AuthIdentity> {
-        let who = Principal::from_username(username).canonical(self.names.as_ref());
+        let who = principal_of(username).canonical(self.domain.as_ref());
         if self.kerberos {
             if let Ok(mut claimed) = self.claimed.lock() {
                 *claimed = Some(Claim {
@@ -240,7 +156,7 @@ impl CredentialsProxy for UsersProxy {
                 password: Secret::new(String::new()),
             });
         }
-        let entry = find(&self.users, &who);
+        let entry = find(&self.users, self.domain.as_ref(), &who);
         if let Ok(mut claimed) = self.claimed.lock() {
             *claimed = Some(Claim {
                 principal: who,
@@ -276,37 +192,53 @@ mod tests {
         assert_eq!(hex::encode(nt_hash("").as_slice()), "31d6cfe0d16ae931b73c59d7e0c089c0");
     }
 
+    fn alice_in(domain: &str) -> Vec<UserEntry> {
+        vec![UserEntry::new(Principal::new(domain, "alice"), nt_hash("pw"))]
+    }
+
     #[test]
     fn password_verification() {
-        let users = vec![UserHash {
-            domain: "LAB".into(),
-            user: "alice".into(),
-            nt_hash: nt_hash("pw"),
-        }];
+        let users = alice_in("LAB");
         let alice = Principal::parse("lab\\Alice");
-        assert_eq!(alice.display(), "lab\\Alice");
         assert_eq!(
-            verify_password(&users, &alice, "pw").map(|e| e.user.as_str()),
+            verify_password(&users, None, &alice, "pw").map(|e| e.principal().user()),
             Ok("alice")
         );
         assert_eq!(
-            verify_password(&users, &alice, "PW").err(),
+            verify_password(&users, None, &alice, "PW").err(),
             Some(LogonRefusal::WrongPassword)
         );
-        assert!(verify_password(&users, &Principal::parse("alice@LAB"), "pw").is_ok());
+        assert!(verify_password(&users, None, &Principal::parse("alice@LAB"), "pw").is_ok());
         assert_eq!(
-            verify_password(&users, &Principal::parse("LAB\\bob"), "pw").err(),
+            verify_password(&users, None, &Principal::parse("LAB\\bob"), "pw").err(),
             Some(LogonRefusal::UnknownUser)
         );
     }
 
     #[test]
+    fn entries_are_found_by_any_spelling_in_the_relays_domain() {
+        let lab = lab();
+        for written in ["LAB", "lab.test"] {
+            let users = alice_in(written);
+            for spelling in ["LAB\\alice", "\\LAB\\alice", "alice@LAB.TEST", "LAB.TEST\\ALICE"] {
+                let who = Principal::parse(spelling);
+                assert!(
+                    verify_password(&users, Some(&lab), &who, "pw").is_ok(),
+                    "{written}: {spelling}"
+                );
+            }
+            // The entry keeps the name as written: that is who the session is.
+            let found = find(&users, Some(&lab), &Principal::parse("alice@LAB")).unwrap();
+            assert_eq!(found.principal().domain(), written);
+        }
+        // Without [kerberos], the realm is a domain of its own.
+        assert!(find(&alice_in("LAB"), None, &Principal::parse("alice@LAB.TEST")).is_none());
+        assert!(find(&alice_in("LAB"), Some(&lab), &Principal::parse("bob/alice@LAB.TEST")).is_none());
+    }
+
+    #[test]
     fn unknown_users_cost_the_same_hashing_as_known_ones() {
-        let users = vec![UserHash {
-            domain: "LAB".into(),
-            user: "alice".into(),
-            nt_hash: nt_hash("pw"),
-        }];
+        let users = alice_in("LAB");
         let hashed = std::cell::RefCell::new(Vec::new());
         let counting = |password: &str| {
             hashed.borrow_mut().push(password.to_string());
@@ -319,7 +251,7 @@ mod tests {
             ("LAB\\ghost", "", Some(LogonRefusal::UnknownUser)),
         ] {
             hashed.borrow_mut().clear();
-            let result = verify_with(&users, &Principal::parse(who), password, counting);
+            let result = verify_with(&users, None, &Principal::parse(who), password, counting);
             assert_eq!(result.err(), want, "{who}");
             assert_eq!(*hashed.borrow(), [password], "{who}: one hash of the given password");
         }
@@ -330,64 +262,20 @@ mod tests {
         );
     }
 
-    fn lab() -> DomainNames {
-        DomainNames {
+    fn lab() -> Domain {
+        Domain {
             realm: "LAB.TEST".into(),
             netbios: "LAB".into(),
         }
     }
 
-    #[test]
-    fn one_canonical_name_per_principal_of_the_domain() {
-        let names = lab();
-        for form in [
-            "alice@LAB.TEST",
-            "alice@lab.test",
-            "LAB.TEST\\alice",
-            "lab.test\\alice",
-            "LAB\\alice",
-            "lab\\alice",
-        ] {
-            let canonical = Principal::parse(form).canonical(Some(&names));
-            assert_eq!(canonical.domain, "LAB", "{form}");
-            assert!(canonical.matches(&Principal::parse("LAB\\ALICE")), "{form}");
-        }
-        assert_eq!(
-            Principal::parse("alice@LAB.TEST").canonical(Some(&names)).display(),
-            "LAB\\alice"
-        );
-        // Other domains, a bare name, and everything without [kerberos] stay as written.
-        assert_eq!(
-            Principal::parse("alice@OTHER.TEST").canonical(Some(&names)).display(),
-            "OTHER.TEST\\alice"
-        );
-        assert_eq!(
-            Principal::parse("LAB2\\alice").canonical(Some(&names)).display(),
-            "LAB2\\alice"
-        );
-        assert_eq!(Principal::parse("alice").canonical(Some(&names)).display(), "\\alice");
-        assert_eq!(
-            Principal::parse("alice@LAB.TEST").canonical(None).display(),
-            "LAB.TEST\\alice"
-        );
-        assert!(!Principal::parse("bob@LAB.TEST")
-            .canonical(Some(&names))
-            .matches(&Principal::parse("LAB\\alice")));
-    }
-
     /// A users proxy holding alice (password "pw") in LAB, and what it records as claimed.
-    fn alice_proxy(names: Option<DomainNames>) -> (UsersProxy, Arc<Mutex<Option<Claim>>>) {
-        let users: Arc<[UserHash]> = vec![UserHash {
-            domain: "LAB".into(),
-            user: "alice".into(),
-            nt_hash: nt_hash("pw"),
-        }]
-        .into();
+    fn alice_proxy(domain: Option<Domain>) -> (UsersProxy, Arc<Mutex<Option<Claim>>>) {
         let claimed = Arc::new(Mutex::new(None));
         let proxy = UsersProxy {
-            users,
+            users: alice_in("LAB").into(),
             claimed: claimed.clone(),
-            names,
+            domain,
             kerberos: false,
         };
         (proxy, claimed)
@@ -403,7 +291,10 @@ mod tests {
             &format!("$NTLM$:{}", hex::encode(nt_hash("pw").as_slice()))
         );
         let claim = claimed.lock().unwrap().clone().unwrap();
-        assert_eq!((claim.principal.display().as_str(), claim.known), ("LAB\\alice", true));
+        assert_eq!(
+            (claim.principal.to_string().as_str(), claim.known),
+            ("LAB\\alice", true)
+        );
     }
 
     #[test]
@@ -412,7 +303,7 @@ mod tests {
         let mut proxy = UsersProxy {
             users: Vec::new().into(),
             claimed: claimed.clone(),
-            names: Some(lab()),
+            domain: Some(lab()),
             kerberos: true,
         };
         assert!(
@@ -423,16 +314,31 @@ mod tests {
         let identity = proxy.auth_data_by_user(&upn).unwrap();
         assert_eq!(identity.password.as_ref(), "");
         let claim = claimed.lock().unwrap().clone().unwrap();
-        assert_eq!((claim.principal.display().as_str(), claim.known), ("LAB\\alice", true));
+        assert_eq!(
+            (claim.principal.to_string().as_str(), claim.known),
+            ("LAB\\alice", true)
+        );
     }
 
     #[test]
-    fn principal_forms() {
-        let a = Principal::from_parts(Some("LAB"), "alice");
-        let b = Principal::from_parts(None, "Alice@lab");
-        assert!(a.matches(&b));
-        assert!(!a.matches(&Principal::from_parts(Some("LAB"), "bob")));
-        assert_eq!(a.display(), "LAB\\alice");
+    fn sspi_names_read_as_the_spellings_they_came_from() {
+        let alice = Principal::parse("LAB\\alice");
+        for (account, domain) in [
+            ("alice", Some("LAB")),
+            ("Alice@lab", None),
+            ("LAB\\alice", Some("")),
+            ("LAB\\alice", Some(".")),
+            ("LAB\\alice", None),
+        ] {
+            let name = Username::new(account, domain).unwrap();
+            assert_eq!(principal_of(&name), alice, "{account:?} in {domain:?}");
+            assert_eq!(
+                Principal::from_parts(domain, account),
+                alice,
+                "{account:?} in {domain:?}"
+            );
+        }
+        assert_ne!(principal_of(&Username::new("bob", Some("LAB")).unwrap()), alice);
     }
 
     #[test]
@@ -445,7 +351,10 @@ mod tests {
             &format!("$NTLM$:{}", hex::encode(dummy_nt_hash()))
         );
         let claim = claimed.lock().unwrap().clone().unwrap();
-        assert_eq!((claim.principal.display().as_str(), claim.known), ("LAB\\ghost", false));
+        assert_eq!(
+            (claim.principal.to_string().as_str(), claim.known),
+            ("LAB\\ghost", false)
+        );
         let alice = Username::new("ALICE", Some("lab")).unwrap();
         let identity = proxy.auth_data_by_user(&alice).unwrap();
         assert_eq!(
@@ -453,6 +362,6 @@ mod tests {
             &format!("$NTLM$:{}", hex::encode(nt_hash("pw").as_slice()))
         );
         let claim = claimed.lock().unwrap().clone().unwrap();
-        assert_eq!((claim.principal.user.as_str(), claim.known), ("ALICE", true));
+        assert_eq!((claim.principal.user(), claim.known), ("ALICE", true));
     }
 }

@@ -165,11 +165,52 @@ mod tests {
 
     /// The server's side, for the tests: the client's directions swapped.
     fn server(checksum_sealed: ChecksumSealed, seq: u32) -> NtlmSealing {
+        server_with_key(&KEY, checksum_sealed, seq)
+    }
+
+    fn server_with_key(key: &[u8], checksum_sealed: ChecksumSealed, seq: u32) -> NtlmSealing {
         NtlmSealing {
-            send: Direction::new(&KEY, SERVER_SIGN_MAGIC, SERVER_SEAL_MAGIC, seq),
-            recv: Direction::new(&KEY, CLIENT_SIGN_MAGIC, CLIENT_SEAL_MAGIC, seq),
+            send: Direction::new(key, SERVER_SIGN_MAGIC, SERVER_SEAL_MAGIC, seq),
+            recv: Direction::new(key, CLIENT_SIGN_MAGIC, CLIENT_SEAL_MAGIC, seq),
             checksum_sealed,
         }
+    }
+
+    /// The known-answer example of MS-NLMP (NTLMv2 with extended session
+    /// security and a key exchange, GSS_WrapEx): the exported session key is
+    /// sixteen 0x55 bytes, the message "Plaintext" in UTF-16LE, sequence
+    /// number 0. The round-trip tests above would pass with keys derived
+    /// wrongly on both sides alike; these values come from outside.
+    const SPEC_SESSION_KEY: [u8; 16] = [0x55; 16];
+    const SPEC_PLAINTEXT: &str = "Plaintext";
+    const SPEC_CLIENT_SIGNING_KEY: [u8; 16] = [
+        0x47, 0x88, 0xdc, 0x86, 0x1b, 0x47, 0x82, 0xf3, 0x5d, 0x43, 0xfd, 0x98, 0xfe, 0x1a, 0x2d, 0x39,
+    ];
+    const SPEC_SIGNATURE: [u8; 16] = [
+        0x01, 0x00, 0x00, 0x00, 0x7f, 0xb3, 0x8e, 0xc5, 0xc5, 0x5d, 0x49, 0x76, 0x00, 0x00, 0x00, 0x00,
+    ];
+    const SPEC_SEALED: [u8; 18] = [
+        0x54, 0xe5, 0x01, 0x65, 0xbf, 0x19, 0x36, 0xdc, 0x99, 0x60, 0x20, 0xc1, 0x81, 0x1b, 0x0f, 0x06, 0xfb, 0x5f,
+    ];
+
+    fn spec_plaintext() -> Vec<u8> {
+        SPEC_PLAINTEXT.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    }
+
+    #[test]
+    fn the_client_seals_the_specifications_example_to_its_published_bytes() {
+        assert_eq!(*derive(&SPEC_SESSION_KEY, CLIENT_SIGN_MAGIC), SPEC_CLIENT_SIGNING_KEY);
+        let wire = NtlmSealing::client(&SPEC_SESSION_KEY, ChecksumSealed::Yes, 0).seal(&spec_plaintext());
+        assert_eq!(wire[..SIGNATURE_LEN], SPEC_SIGNATURE, "signature");
+        assert_eq!(wire[SIGNATURE_LEN..], SPEC_SEALED, "sealed message");
+    }
+
+    #[test]
+    fn the_specifications_sealed_example_unseals_to_its_plaintext() {
+        let mut server = server_with_key(&SPEC_SESSION_KEY, ChecksumSealed::Yes, 0);
+        let mut sealed = SPEC_SEALED.to_vec();
+        assert_eq!(server.unseal(&SPEC_SIGNATURE, &mut sealed), Ok(()));
+        assert_eq!(sealed, spec_plaintext());
     }
 
     fn unseal(side: &mut NtlmSealing, message: &[u8]) -> Result<Vec<u8>, UnsealError> {

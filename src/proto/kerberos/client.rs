@@ -1,42 +1,32 @@
 //! The relay authenticating to a target as the caller with Kerberos: sspi's Negotiate
-//! client limited to Kerberos (SPNEGO-wrapped, as Windows' WinRM client sends it), its
-//! KDC traffic carried by the caller's [`KdcExchange`] and answered from the session's
-//! tickets where they can ([`tickets`]), then RFC 4121 wrap tokens for the WS-Man
-//! bodies.
+//! client limited to Kerberos (SPNEGO-wrapped, as Windows' WinRM client sends it), then
+//! RFC 4121 wrap tokens for the WS-Man bodies.
 //!
-//! sspi drives the KDC exchanges as a generator: each step suspends with a request for
-//! the KDC and resumes with the answer. This module steps it and hands every request to
-//! the transport, so no KDC is looked up in /etc/krb5.conf, DNS or the environment: the
-//! URL sspi is configured with only names the realm.
+//! Each handshake step is a [`KdcConversation`] ([`KerberosClient::step`]): it answers
+//! sspi's KDC requests from the session's tickets where they can ([`tickets`]) and asks
+//! the caller for the rest, ending with the token for the target. No KDC is looked up in
+//! /etc/krb5.conf, DNS or the environment: the URL sspi is configured with only names
+//! the realm, and the caller decides where the requests go.
 
-use std::future::Future;
 use std::time::SystemTime;
 
 use sspi::generator::GeneratorState;
 use sspi::{
-    AuthIdentity, BufferType, ClientRequestFlags, CredentialUse, Credentials, CredentialsBuffers, DataRepresentation,
-    EncryptionFlags, KerberosConfig, Negotiate, NegotiateConfig, SecurityBuffer, SecurityBufferRef, SecurityStatus,
-    Sspi, SspiImpl, Username,
+    AuthIdentity, BufferType, ClientRequestFlags, CredentialUse, Credentials, CredentialsBuffers, EncryptionFlags,
+    KerberosConfig, Negotiate, NegotiateConfig, SecurityBuffer, SecurityBufferRef, SecurityStatus, Sspi, Username,
 };
 
 use super::ap_options::fix_channel_binding_mark;
+use super::exchange::{Finished, InitInput, InitState, InitStep, KdcConversation, KdcReply, KdcTurn};
 use super::refusal::{refusal, target_refusal, KdcRefusal, TargetRefusal};
-use super::tickets::{self, classify_request, unframe};
+use super::tickets::{self, classify_request, unframe, KdcRequest};
+use crate::identity::Domain;
 use crate::proto::guard::{contain_panic, Panicked};
 use crate::proto::http_auth::sec_channel_bindings;
 #[cfg(doc)]
 use crate::proto::http_auth::tls_server_end_point;
 use crate::proto::sealing::SealedPart;
 use crate::vault::DelegatedCredentials;
-
-/// Carries one KDC message to the realm's KDCs and back; the caller does the IO.
-pub trait KdcExchange {
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// Send `request` and return the reply; both carry the 4-byte length prefix of
-    /// Kerberos over TCP, whatever the transport to the KDC.
-    fn exchange(&mut self, request: &[u8]) -> impl Future<Output = Result<Vec<u8>, Self::Error>> + Send;
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KerberosError {
@@ -60,29 +50,13 @@ pub enum KerberosError {
     Panicked,
 }
 
-/// A failed step: the transport could not reach a KDC, or Kerberos itself failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError<E: std::error::Error + 'static> {
-    #[error(transparent)]
-    Kdc(E),
-    #[error(transparent)]
-    Kerberos(#[from] KerberosError),
-}
-
-/// The realm accounts are checked against: its DNS name (`LAB.TEST`) and NetBIOS name (`LAB`).
-#[derive(Debug, Clone, Copy)]
-pub struct Realm<'a> {
-    pub name: &'a str,
-    pub netbios: &'a str,
-}
-
 /// The caller's name in `realm` when their delegated account is one of its accounts:
 /// `LAB\alice`, `LAB.TEST\alice` and `alice@LAB.TEST` (any case) all are `alice`.
-pub fn realm_user(credentials: &DelegatedCredentials, realm: Realm<'_>) -> Option<String> {
+pub fn realm_user(credentials: &DelegatedCredentials, realm: &Domain) -> Option<String> {
     let (user, domain) = (credentials.user(), credentials.domain());
-    let in_realm = |name: &str| name.eq_ignore_ascii_case(realm.name) || name.eq_ignore_ascii_case(realm.netbios);
+    let in_realm = |name: &str| realm.is_named(name);
     match user.rsplit_once('@') {
-        Some((name, suffix)) if !name.is_empty() && realm.name.eq_ignore_ascii_case(suffix) => {
+        Some((name, suffix)) if !name.is_empty() && realm.realm.eq_ignore_ascii_case(suffix) => {
             (domain.is_empty() || in_realm(domain)).then(|| name.to_string())
         }
         Some(_) => None,
@@ -101,7 +75,8 @@ enum State {
 
 /// Client context for one authenticated target connection.
 pub struct KerberosClient {
-    ctx: Negotiate,
+    /// sspi's context; inside the running step while one runs, gone once broken.
+    ctx: Option<Negotiate>,
     handle: Option<CredentialsBuffers>,
     spn: String,
     state: State,
@@ -124,23 +99,17 @@ fn sspi_err(e: impl std::fmt::Display) -> KerberosError {
     KerberosError::Sspi(e.to_string())
 }
 
-impl From<Panicked> for KerberosError {
-    fn from(_: Panicked) -> Self {
-        KerberosError::Panicked
-    }
-}
-
 impl KerberosClient {
     /// A context for `credentials` (an account of `realm`) towards the service `spn`.
-    pub fn new(credentials: &DelegatedCredentials, realm: Realm<'_>, spn: &str) -> Result<Self, KerberosError> {
+    pub fn new(credentials: &DelegatedCredentials, realm: &Domain, spn: &str) -> Result<Self, KerberosError> {
         let user = realm_user(credentials, realm).ok_or_else(|| KerberosError::NotInRealm {
             account: credentials.principal(),
-            realm: realm.name.to_string(),
-            netbios: realm.netbios.to_string(),
+            realm: realm.realm.clone(),
+            netbios: realm.netbios.clone(),
         })?;
-        // sspi only puts this URL into the requests it hands over; the transport decides
+        // sspi only puts this URL into the requests it hands over; the caller decides
         // where they go. Without a URL sspi would look for a KDC itself.
-        let kerberos = KerberosConfig::new_with_kdc_url(&format!("tcp://{}:88", realm.name), "WINRM-RELAY".into());
+        let kerberos = KerberosConfig::new_with_kdc_url(&format!("tcp://{}:88", realm.realm), "WINRM-RELAY".into());
         // Kerberos only: a silent fall back to NTLM would defeat a target that refuses NTLM
         // and hide why Kerberos failed.
         let config = NegotiateConfig::new(
@@ -152,7 +121,7 @@ impl KerberosClient {
         // Down-level name with the realm as domain: sspi takes the realm from it and
         // asks for a TGT of `user@REALM`.
         let identity = Credentials::AuthIdentity(AuthIdentity {
-            username: Username::new(&user, Some(&realm.name.to_ascii_uppercase())).map_err(sspi_err)?,
+            username: Username::new(&user, Some(&realm.realm.to_ascii_uppercase())).map_err(sspi_err)?,
             password: credentials.expose_password().to_string().into(),
         });
         let acquired = ctx
@@ -162,7 +131,7 @@ impl KerberosClient {
             .execute(&mut ctx)
             .map_err(sspi_err)?;
         Ok(Self {
-            ctx,
+            ctx: Some(ctx),
             handle: acquired.credentials_handle,
             spn: spn.to_string(),
             state: State::Initial,
@@ -193,118 +162,42 @@ impl KerberosClient {
         self.state == State::Established
     }
 
-    /// Advance the handshake. The first step (`server_token` `None`) gets the tickets (from
-    /// the session's, or from the KDC through `kdc`) and returns the AP-REQ; the next one
-    /// takes the target's answer (the AP-REP on its final `200`). Returns the next token
-    /// to send, or `None` once the context is established.
-    pub async fn step<K: KdcExchange>(
-        &mut self,
+    /// The next step of the handshake, to be run as a [`KdcConversation`]. The first
+    /// (`server_token` `None`) gets the tickets (from the session's, or from the KDC) and
+    /// ends with the AP-REQ; the next one takes the target's answer (the AP-REP on its
+    /// final `200`). Its outcome is the next token to send, or `None` once the context is
+    /// established.
+    pub fn step<'a>(
+        &'a mut self,
         server_token: Option<&[u8]>,
-        credentials: &DelegatedCredentials,
-        kdc: &mut K,
-    ) -> Result<Option<Vec<u8>>, StepError<K::Error>> {
-        let first = match self.state {
-            State::Established => return Ok(None),
-            State::Broken => return Err(KerberosError::Panicked.into()),
-            State::InProgress if server_token.is_none() => return Err(KerberosError::Incomplete.into()),
-            State::Initial => true,
-            State::InProgress => false,
-        };
-        // Unusable after anything but success below.
-        self.state = State::Broken;
-        let mut input = vec![SecurityBuffer::new(
-            server_token.unwrap_or_default().to_vec(),
-            BufferType::Token,
-        )];
-        if let Some(bindings) = &self.channel_bindings {
-            input.push(SecurityBuffer::new(bindings.clone(), BufferType::ChannelBindings));
-        }
-        let mut output = vec![SecurityBuffer::new(Vec::new(), BufferType::Token)];
-        // Why the KDC refused, when it did: sspi's own error says less.
-        let mut refused: Option<KdcRefusal> = None;
-        let result = {
-            let Self {
-                ctx,
-                handle,
-                spn,
-                clock,
-                ..
-            } = self;
-            // sspi wants input buffers even before the target said anything.
-            let mut builder = ctx
-                .initialize_security_context()
-                .with_credentials_handle(handle)
-                .with_context_requirements(
-                    ClientRequestFlags::CONFIDENTIALITY
-                        | ClientRequestFlags::INTEGRITY
-                        | ClientRequestFlags::MUTUAL_AUTH,
-                )
-                .with_target_data_representation(DataRepresentation::Native)
-                .with_target_name(spn)
-                .with_input(&mut input)
-                .with_output(&mut output);
-            let mut generator = contain_panic(|| ctx.initialize_security_context_impl(&mut builder))
-                .map_err(KerberosError::from)?
-                .map_err(sspi_err)?;
-            let mut state = contain_panic(|| generator.start()).map_err(KerberosError::from)?;
-            loop {
-                match state {
-                    GeneratorState::Completed(result) => break result,
-                    GeneratorState::Suspended(request) => {
-                        let reply = kdc_reply(&request.data, credentials, kdc, clock()).await?;
-                        refused =
-                            unframe(&reply).and_then(|message| refusal(&classify_request(&request.data), message));
-                        state = contain_panic(|| generator.resume(Ok(reply))).map_err(KerberosError::from)?;
-                    }
-                }
-            }
-        };
-        let result = match (result, refused) {
-            (Ok(result), _) => result,
-            (Err(_), Some(refusal)) => return Err(KerberosError::Refused(refusal).into()),
-            (Err(error), None) => {
-                let by_target = server_token.and_then(|token| target_refusal(token, &self.spn));
-                return Err(by_target
-                    .map_or_else(|| sspi_err(error), KerberosError::TargetRefused)
-                    .into());
-            }
-        };
-        let token = output.pop().map(|b| b.buffer).unwrap_or_default();
-        match result.status {
-            SecurityStatus::Ok => {
-                self.state = State::Established;
-                // The context keeps its session key; the password copy is not needed.
-                self.handle = None;
-                Ok((!token.is_empty()).then_some(token))
-            }
-            SecurityStatus::ContinueNeeded => {
-                let token = if first && self.channel_bindings.is_some() {
-                    self.mark_channel_binding(token)?
-                } else {
-                    token
-                };
-                self.state = State::InProgress;
-                Ok(Some(token))
-            }
-            other => Err(KerberosError::Sspi(format!("unexpected status {other:?}")).into()),
+        credentials: &'a DelegatedCredentials,
+    ) -> ClientStep<'a> {
+        ClientStep {
+            client: self,
+            credentials,
+            server_token: server_token.map(<[u8]>::to_vec),
+            first: false,
+            call: None,
+            asked: None,
+            refused: None,
         }
     }
 
     /// The AP-REQ of a channel-bound context with its binding marked as acceptors read it
     /// (see [`fix_channel_binding_mark`]); as sspi made it when there is nothing to mend.
     fn mark_channel_binding(&mut self, token: Vec<u8>) -> Result<Vec<u8>, KerberosError> {
-        let ctx = &self.ctx;
-        let key = self
-            .unbroken(contain_panic(|| ctx.query_context_session_key()))?
-            .map_err(sspi_err)?;
+        let ctx = self.ctx.as_ref().ok_or(KerberosError::Panicked)?;
+        let key = contain_panic(|| ctx.query_context_session_key());
+        let key = self.unbroken(key)?.map_err(sspi_err)?;
         Ok(fix_channel_binding_mark(&token, key.session_key.as_ref()).unwrap_or(token))
     }
 
-    fn check_established(&self) -> Result<(), KerberosError> {
-        match self.state {
-            State::Established => Ok(()),
-            State::Broken => Err(KerberosError::Panicked),
-            State::Initial | State::InProgress => Err(KerberosError::Incomplete),
+    /// The established context, for sealing.
+    fn context(&mut self) -> Result<&mut Negotiate, KerberosError> {
+        match (self.state, self.ctx.as_mut()) {
+            (State::Established, Some(ctx)) => Ok(ctx),
+            (State::Initial | State::InProgress, _) => Err(KerberosError::Incomplete),
+            (State::Established | State::Broken, _) => Err(KerberosError::Panicked),
         }
     }
 
@@ -319,8 +212,7 @@ impl KerberosClient {
     /// Seal one body as a wrap token: the part carries the token's header (its length
     /// in the u32 prefix), then the encrypted data.
     pub fn seal(&mut self, plain: &[u8]) -> Result<SealedPart, KerberosError> {
-        self.check_established()?;
-        let ctx = &mut self.ctx;
+        let ctx = self.context()?;
         let sizes = contain_panic(|| ctx.query_context_sizes());
         let header_len = self.unbroken(sizes)?.map_err(sspi_err)?.security_trailer as usize;
         let mut header = vec![0u8; header_len];
@@ -329,7 +221,7 @@ impl KerberosClient {
             SecurityBufferRef::token_buf(&mut header),
             SecurityBufferRef::data_buf(&mut data),
         ];
-        let ctx = &mut self.ctx;
+        let ctx = self.context()?;
         let outcome = contain_panic(|| ctx.encrypt_message(EncryptionFlags::empty(), &mut buffers));
         self.unbroken(outcome)?.map_err(sspi_err)?;
         let (header, data) = (buffers[0].data(), buffers[1].data());
@@ -346,7 +238,7 @@ impl KerberosClient {
     /// Unseal one part of a target's body: the wrap token's header, then its encrypted
     /// data and padding.
     pub fn unseal(&mut self, part: &SealedPart) -> Result<Vec<u8>, KerberosError> {
-        self.check_established()?;
+        self.context()?;
         let (header, encrypted) = part
             .split_header()
             .ok_or(KerberosError::BadSealedMessage("header length exceeds the part"))?;
@@ -359,7 +251,7 @@ impl KerberosClient {
             SecurityBufferRef::token_buf(&mut header),
             SecurityBufferRef::data_buf(&mut data),
         ];
-        let ctx = &mut self.ctx;
+        let ctx = self.context()?;
         let outcome = contain_panic(|| ctx.decrypt_message(&mut buffers));
         self.unbroken(outcome)?.map_err(sspi_err)?;
         let plain = buffers[1].data();
@@ -372,27 +264,145 @@ impl KerberosClient {
     }
 }
 
-/// The answer to one of sspi's KDC requests: from the session's tickets when they hold
-/// it, otherwise from the KDC (and then kept for the session's next connections).
-async fn kdc_reply<K: KdcExchange>(
-    request: &[u8],
-    credentials: &DelegatedCredentials,
-    kdc: &mut K,
-    now: SystemTime,
-) -> Result<Vec<u8>, StepError<K::Error>> {
-    let asked = classify_request(request);
-    let kept = tickets::kept_reply(&credentials.tickets(), &asked, now);
-    if let Some(reply) = kept {
-        return Ok(reply);
+/// One step of a [`KerberosClient`]'s handshake ([`KerberosClient::step`]). Dropped
+/// half-way (no KDC answered), it leaves the client unusable, as any failed step does.
+pub struct ClientStep<'a> {
+    client: &'a mut KerberosClient,
+    credentials: &'a DelegatedCredentials,
+    server_token: Option<Vec<u8>>,
+    /// This step makes the AP-REQ.
+    first: bool,
+    /// sspi's call, while it runs.
+    call: Option<InitStep<Negotiate>>,
+    /// The request the KDC was asked: its answer is kept for the session.
+    asked: Option<KdcRequest>,
+    /// Why the KDC refused, when it did: sspi's own error says less.
+    refused: Option<KdcRefusal>,
+}
+
+impl KdcConversation for ClientStep<'_> {
+    type Outcome = Result<Option<Vec<u8>>, KerberosError>;
+
+    fn start(&mut self) -> KdcTurn<Self::Outcome> {
+        let client = &mut *self.client;
+        self.first = match client.state {
+            State::Established => return KdcTurn::Done(Ok(None)),
+            State::Broken => return KdcTurn::Done(Err(KerberosError::Panicked)),
+            State::InProgress if self.server_token.is_none() => return KdcTurn::Done(Err(KerberosError::Incomplete)),
+            State::Initial => true,
+            State::InProgress => false,
+        };
+        // Unusable after anything but success below.
+        client.state = State::Broken;
+        let Some(ctx) = client.ctx.take() else {
+            return KdcTurn::Done(Err(KerberosError::Panicked));
+        };
+        // sspi wants input buffers even before the target said anything.
+        let mut buffers = vec![SecurityBuffer::new(
+            self.server_token.clone().unwrap_or_default(),
+            BufferType::Token,
+        )];
+        if let Some(bindings) = &client.channel_bindings {
+            buffers.push(SecurityBuffer::new(bindings.clone(), BufferType::ChannelBindings));
+        }
+        let input = InitInput {
+            target_name: client.spn.clone(),
+            flags: ClientRequestFlags::CONFIDENTIALITY
+                | ClientRequestFlags::INTEGRITY
+                | ClientRequestFlags::MUTUAL_AUTH,
+            buffers,
+        };
+        let call = self.call.insert(InitStep::new(ctx, client.handle.take(), input));
+        let state = call.start();
+        self.advance(state)
     }
-    let reply = kdc.exchange(request).await.map_err(StepError::Kdc)?;
-    tickets::keep(
-        &mut credentials.tickets(),
-        &asked,
-        &reply,
-        credentials.expose_password(),
-    );
-    Ok(reply)
+
+    fn answer(&mut self, reply: KdcReply) -> KdcTurn<Self::Outcome> {
+        let framed = reply.into_framed();
+        if let Some(asked) = self.asked.take() {
+            // Kept for the session's next connections.
+            tickets::keep(
+                &mut self.credentials.tickets(),
+                &asked,
+                &framed,
+                self.credentials.expose_password(),
+            );
+            self.refused = unframe(&framed).and_then(|message| refusal(&asked, message));
+        }
+        let Some(call) = self.call.as_mut() else {
+            return KdcTurn::Done(Err(KerberosError::Incomplete));
+        };
+        let state = call.resume(framed);
+        self.advance(state)
+    }
+}
+
+impl ClientStep<'_> {
+    /// Answers sspi's requests from the session's tickets while they can, then asks
+    /// the KDC, or ends the step.
+    fn advance(
+        &mut self,
+        mut state: Result<InitState<Negotiate>, Panicked>,
+    ) -> KdcTurn<<Self as KdcConversation>::Outcome> {
+        loop {
+            let request = match state {
+                Err(Panicked) => return KdcTurn::Done(Err(KerberosError::Panicked)),
+                Ok(GeneratorState::Completed(finished)) => return KdcTurn::Done(self.finish(finished)),
+                Ok(GeneratorState::Suspended(request)) => request,
+            };
+            let asked = classify_request(&request.data);
+            let now = (self.client.clock)();
+            let kept = tickets::kept_reply(&self.credentials.tickets(), &asked, now);
+            let (Some(reply), Some(call)) = (kept, self.call.as_mut()) else {
+                self.asked = Some(asked);
+                return KdcTurn::Ask(request);
+            };
+            self.refused = unframe(&reply).and_then(|message| refusal(&asked, message));
+            state = call.resume(reply);
+        }
+    }
+
+    fn finish(&mut self, finished: Finished<Negotiate>) -> Result<Option<Vec<u8>>, KerberosError> {
+        let Finished {
+            ctx,
+            handle,
+            result,
+            token,
+        } = finished;
+        self.call = None;
+        let result = match (result, self.refused.take()) {
+            (Ok(result), _) => result,
+            (Err(_), Some(refusal)) => return Err(KerberosError::Refused(refusal)),
+            (Err(error), None) => {
+                let by_target = self
+                    .server_token
+                    .as_deref()
+                    .and_then(|token| target_refusal(token, &self.client.spn));
+                return Err(by_target.map_or_else(|| sspi_err(error), KerberosError::TargetRefused));
+            }
+        };
+        let client = &mut *self.client;
+        client.ctx = Some(ctx);
+        client.handle = handle;
+        match result.status {
+            SecurityStatus::Ok => {
+                client.state = State::Established;
+                // The context keeps its session key; the password copy is not needed.
+                client.handle = None;
+                Ok((!token.is_empty()).then_some(token))
+            }
+            SecurityStatus::ContinueNeeded => {
+                let token = if self.first && client.channel_bindings.is_some() {
+                    client.mark_channel_binding(token)?
+                } else {
+                    token
+                };
+                client.state = State::InProgress;
+                Ok(Some(token))
+            }
+            other => Err(KerberosError::Sspi(format!("unexpected status {other:?}"))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,4 @@
 use std::collections::HashMap;
-use std::future::{ready, Future};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use secrecy::SecretString;
 
@@ -9,27 +6,25 @@ use super::*;
 use crate::proto::kerberos::fixtures::{self, PASSWORD};
 use crate::proto::kerberos::tickets::KdcRequest;
 
-const REALM: Realm<'static> = Realm {
-    name: "LAB.TEST",
-    netbios: "LAB",
-};
+fn lab() -> Domain {
+    Domain {
+        realm: "LAB.TEST".into(),
+        netbios: "LAB".into(),
+    }
+}
 
 fn credentials(domain: &str, user: &str, password: &str) -> DelegatedCredentials {
     DelegatedCredentials::new(domain, user, SecretString::from(password.to_string()))
 }
 
-/// Runs a future whose every await is ready at once (the fake KDC answers at once).
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the future waited for something that never comes"),
-    }
-}
-
+/// How a step run against the recorded KDC ended, when it did not give a token.
 #[derive(Debug, thiserror::Error)]
-#[error("no KDC answered (test)")]
-struct Unreachable;
+enum Failed {
+    #[error("no KDC answered (test)")]
+    Unreachable,
+    #[error(transparent)]
+    Kerberos(#[from] KerberosError),
+}
 
 /// A KDC answering from the recorded exchanges, counting what it was asked.
 #[derive(Default)]
@@ -40,22 +35,35 @@ struct RecordedKdc {
     down: bool,
 }
 
-impl KdcExchange for RecordedKdc {
-    type Error = Unreachable;
-
-    fn exchange(&mut self, request: &[u8]) -> impl Future<Output = Result<Vec<u8>, Unreachable>> + Send {
+impl RecordedKdc {
+    /// The framed answer to a framed request, or `None` when no KDC answers.
+    fn exchange(&mut self, request: &[u8]) -> Option<Vec<u8>> {
         let asked = classify_request(request);
         self.asked.push(asked.clone());
-        let answer = match asked {
-            _ if self.down => Err(Unreachable),
-            KdcRequest::As { preauth: false, .. } => Ok(fixtures::preauth_required()),
-            KdcRequest::As { preauth: true, .. } if self.wrong_password => Ok(fixtures::preauth_failed()),
-            KdcRequest::As { preauth: true, .. } => Ok(fixtures::as_rep()),
-            KdcRequest::Tgs { spn, .. } if spn == "HTTP/web11.lab.test" => Ok(fixtures::tgs_rep()),
-            KdcRequest::Tgs { .. } => Ok(fixtures::unknown_spn()),
-            KdcRequest::Other => Err(Unreachable),
-        };
-        ready(answer)
+        match asked {
+            _ if self.down => None,
+            KdcRequest::As { preauth: false, .. } => Some(fixtures::preauth_required()),
+            KdcRequest::As { preauth: true, .. } if self.wrong_password => Some(fixtures::preauth_failed()),
+            KdcRequest::As { preauth: true, .. } => Some(fixtures::as_rep()),
+            KdcRequest::Tgs { spn, .. } if spn == "HTTP/web11.lab.test" => Some(fixtures::tgs_rep()),
+            KdcRequest::Tgs { .. } => Some(fixtures::unknown_spn()),
+            KdcRequest::Other => None,
+        }
+    }
+
+    /// Runs `step` to its end, answering what it asks as the relay's KDC loop does.
+    fn run(&mut self, mut step: ClientStep<'_>) -> Result<Option<Vec<u8>>, Failed> {
+        let mut turn = step.start();
+        loop {
+            match turn {
+                KdcTurn::Done(outcome) => return Ok(outcome?),
+                KdcTurn::Ask(request) => {
+                    let framed = self.exchange(&request.data).ok_or(Failed::Unreachable)?;
+                    let message = unframe(&framed).expect("a framed reply");
+                    turn = step.answer(KdcReply::new("tcp://dc1.lab.test:88".into(), message));
+                }
+            }
+        }
     }
 }
 
@@ -76,19 +84,15 @@ impl RecordedKdc {
 }
 
 fn client(credentials: &DelegatedCredentials, spn: &str) -> KerberosClient {
-    KerberosClient::new(credentials, REALM, spn)
+    KerberosClient::new(credentials, &lab(), spn)
         .expect("client")
         .with_clock(fixtures::while_tickets_good)
 }
 
 /// The first step: the AP-REQ for the target, inside SPNEGO.
-fn first_token(
-    credentials: &DelegatedCredentials,
-    spn: &str,
-    kdc: &mut RecordedKdc,
-) -> Result<Vec<u8>, StepError<Unreachable>> {
+fn first_token(credentials: &DelegatedCredentials, spn: &str, kdc: &mut RecordedKdc) -> Result<Vec<u8>, Failed> {
     let mut client = client(credentials, spn);
-    let token = block_on(client.step(None, credentials, kdc))?.expect("a token");
+    let token = kdc.run(client.step(None, credentials))?.expect("a token");
     assert!(!client.is_established(), "waits for the target's AP-REP");
     Ok(token)
 }
@@ -111,7 +115,7 @@ fn one_as_exchange_per_session_and_one_tgs_exchange_per_target() {
     let error = first_token(&alice, "HTTP/nosuch.lab.test", &mut kdc).expect_err("unknown SPN");
     assert_eq!(kdc.counts(), HashMap::from([("as", 2), ("tgs", 2)]));
     assert!(
-        matches!(&error, StepError::Kerberos(KerberosError::Refused(KdcRefusal::UnknownSpn { spn, .. })) if spn == "HTTP/nosuch.lab.test"),
+        matches!(&error, Failed::Kerberos(KerberosError::Refused(KdcRefusal::UnknownSpn { spn, .. })) if spn == "HTTP/nosuch.lab.test"),
         "{error}"
     );
 
@@ -144,12 +148,12 @@ fn an_unreachable_kdc_is_the_transports_error() {
         ..RecordedKdc::default()
     };
     let error = first_token(&alice, "HTTP/web11.lab.test", &mut kdc).expect_err("no KDC");
-    assert!(matches!(error, StepError::Kdc(Unreachable)), "{error}");
+    assert!(matches!(error, Failed::Unreachable), "{error}");
 }
 
 #[test]
 fn accounts_of_the_realm_by_any_name() {
-    let user = |domain: &str, name: &str| realm_user(&credentials(domain, name, "pw"), REALM);
+    let user = |domain: &str, name: &str| realm_user(&credentials(domain, name, "pw"), &lab());
     assert_eq!(user("LAB", "alice").as_deref(), Some("alice"));
     assert_eq!(user("lab", "alice").as_deref(), Some("alice"));
     assert_eq!(user("LAB.TEST", "alice").as_deref(), Some("alice"));
@@ -167,7 +171,7 @@ fn accounts_of_the_realm_by_any_name() {
     ] {
         assert_eq!(user(domain, name), None, "{domain}\\{name}");
     }
-    let error = KerberosClient::new(&credentials("WORKGROUP", "bob", "pw"), REALM, "HTTP/x").unwrap_err();
+    let error = KerberosClient::new(&credentials("WORKGROUP", "bob", "pw"), &lab(), "HTTP/x").unwrap_err();
     assert_eq!(
         error.to_string(),
         "WORKGROUP\\bob is not an account of the realm LAB.TEST (NetBIOS name LAB): it cannot use Kerberos"
@@ -186,14 +190,11 @@ fn nothing_is_sealed_before_the_target_answered() {
     assert!(matches!(fresh.seal(b"x"), Err(KerberosError::Incomplete)));
     assert!(matches!(fresh.unseal(&part), Err(KerberosError::Incomplete)));
     let mut started = client(&alice, "HTTP/web11.lab.test");
-    block_on(started.step(None, &alice, &mut RecordedKdc::default())).expect("AP-REQ");
+    RecordedKdc::default().run(started.step(None, &alice)).expect("AP-REQ");
     assert!(matches!(started.seal(b"x"), Err(KerberosError::Incomplete)));
     // The next step needs the target's token.
-    let error = block_on(started.step(None, &alice, &mut RecordedKdc::default())).unwrap_err();
-    assert!(
-        matches!(error, StepError::Kerberos(KerberosError::Incomplete)),
-        "{error}"
-    );
+    let error = RecordedKdc::default().run(started.step(None, &alice)).unwrap_err();
+    assert!(matches!(error, Failed::Kerberos(KerberosError::Incomplete)), "{error}");
 }
 
 #[test]
@@ -211,9 +212,9 @@ fn garbage_from_the_target_is_an_error_not_a_panic() {
     ];
     for token in garbage {
         let mut client = client(&alice, "HTTP/web11.lab.test");
-        block_on(client.step(None, &alice, &mut RecordedKdc::default())).expect("AP-REQ");
+        RecordedKdc::default().run(client.step(None, &alice)).expect("AP-REQ");
         assert!(
-            block_on(client.step(Some(&token), &alice, &mut RecordedKdc::default())).is_err(),
+            RecordedKdc::default().run(client.step(Some(&token), &alice)).is_err(),
             "{token:02x?}"
         );
         assert!(!client.is_established());
@@ -227,19 +228,31 @@ fn a_channel_bound_ap_req_says_so_as_acceptors_read_it() {
 
     let alice = credentials("LAB", "alice", PASSWORD);
     let mut bound = client(&alice, "HTTP/web11.lab.test").with_channel_bindings(b"tls-server-end-point:0123");
-    let token = block_on(bound.step(None, &alice, &mut RecordedKdc::default()))
+    let token = RecordedKdc::default()
+        .run(bound.step(None, &alice))
         .expect("AP-REQ")
         .expect("token");
-    let key = bound.ctx.query_context_session_key().expect("session key");
+    let key = bound
+        .ctx
+        .as_ref()
+        .expect("context")
+        .query_context_session_key()
+        .expect("session key");
     let entries = authorization_data(&token, key.session_key.as_ref());
     assert!(marked_as_channel_bound(&entries), "{entries:?}");
 
     // Without channel bindings there is nothing to mark.
     let mut unbound = client(&alice, "HTTP/web11.lab.test");
-    let token = block_on(unbound.step(None, &alice, &mut RecordedKdc::default()))
+    let token = RecordedKdc::default()
+        .run(unbound.step(None, &alice))
         .expect("AP-REQ")
         .expect("token");
-    let key = unbound.ctx.query_context_session_key().expect("session key");
+    let key = unbound
+        .ctx
+        .as_ref()
+        .expect("context")
+        .query_context_session_key()
+        .expect("session key");
     assert!(authorization_data(&token, key.session_key.as_ref()).is_empty());
 }
 
@@ -247,7 +260,7 @@ fn a_channel_bound_ap_req_says_so_as_acceptors_read_it() {
 fn a_target_that_refuses_the_ticket_for_clock_skew_says_so() {
     let alice = credentials("LAB", "alice", PASSWORD);
     let mut client = client(&alice, "HTTP/web11.lab.test");
-    block_on(client.step(None, &alice, &mut RecordedKdc::default())).expect("AP-REQ");
+    RecordedKdc::default().run(client.step(None, &alice)).expect("AP-REQ");
     let krb5_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
     let error = [
         fixtures::tlv(0x06, &krb5_oid),
@@ -266,11 +279,13 @@ fn a_target_that_refuses_the_ticket_for_clock_skew_says_so() {
             .concat(),
         ),
     );
-    let refused = block_on(client.step(Some(&answer), &alice, &mut RecordedKdc::default())).unwrap_err();
+    let refused = RecordedKdc::default()
+        .run(client.step(Some(&answer), &alice))
+        .unwrap_err();
     assert!(
         matches!(
             refused,
-            StepError::Kerberos(KerberosError::TargetRefused(TargetRefusal::ClockSkew))
+            Failed::Kerberos(KerberosError::TargetRefused(TargetRefusal::ClockSkew))
         ),
         "{refused}"
     );

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{describe, TargetConnection, TargetError, TargetResponse};
+use super::{TargetConnection, TargetResponse, UpstreamError};
 use crate::resolve::ResolvedTarget;
 use crate::vault::DelegatedCredentials;
 
@@ -32,19 +32,15 @@ impl Pool {
         &mut self,
         target: &ResolvedTarget,
         addresses: &[IpAddr],
-        credentials: Option<&DelegatedCredentials>,
+        credentials: &DelegatedCredentials,
         soap: &[u8],
         wait: Duration,
         max_envelope: usize,
-    ) -> Result<TargetResponse, TargetError> {
+    ) -> Result<TargetResponse, UpstreamError> {
         let key = target.name.to_ascii_lowercase();
         let mut connection = match self.connections.remove(&key) {
             Some(connection) if !connection.is_closed() => connection,
             _ => {
-                let credentials = credentials.ok_or_else(|| TargetError::AuthRejected {
-                    target: describe(target),
-                    user: "(no delegated credentials)".into(),
-                })?;
                 // Connecting and authenticating is a large state machine, run once per
                 // connection: boxed, so that the session's task does not carry its size
                 // for as long as the session lives.

@@ -1,0 +1,72 @@
+//! `winrm-relay check`: validate a config file and what `serve` would load with it.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{Config, UsersFile};
+
+/// Exit 0 with a one-line summary, or 1 with every problem found, one per line.
+pub(super) fn run(path: &Path) -> ExitCode {
+    let config = match Config::check(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    // Also what `serve` loads next: catching these now saves a failed start.
+    let mut problems = Vec::new();
+    if let Some(users_file) = &config.auth.users_file {
+        match UsersFile::load(users_file) {
+            Ok(users) if users.is_empty() => problems.push(format!(
+                "{}: no users; add one with `winrm-relay user add 'DOMAIN\\user' --users-file {}`",
+                users_file.display(),
+                users_file.display()
+            )),
+            Ok(users) => {
+                let domain = config.kerberos.as_ref().map(|k| &k.domain);
+                if let Some(Err(e)) = domain.map(|domain| users.check_in(users_file, domain)) {
+                    problems.push(format!("users file: {e}"));
+                }
+            }
+            Err(e) => problems.push(format!("users file: {e}")),
+        }
+    }
+    if let Some((keytab, realm)) = config
+        .kerberos
+        .as_ref()
+        .and_then(|k| Some((k.keytab.as_ref()?, k.domain.realm.as_str())))
+    {
+        match crate::kerberos::keytab::load_keytab(keytab, realm) {
+            Ok(loaded) => {
+                for principal in &loaded.principals {
+                    println!("keytab {}: {principal}", keytab.display());
+                }
+                for warning in &loaded.warnings {
+                    eprintln!("warning: keytab {}: {warning}", keytab.display());
+                }
+            }
+            Err(e) => problems.push(format!("keytab: {e}")),
+        }
+    }
+    let (cert, key) = (&config.listen.tls_cert, &config.listen.tls_key);
+    if cert.exists() || key.exists() {
+        if let Err(e) = crate::certs::load(cert, key) {
+            problems.push(format!("relay certificate: {e}"));
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "ok: {} targets, {} allow rules",
+        config.targets.len(),
+        config.policy.rule_count()
+    );
+    ExitCode::SUCCESS
+}
