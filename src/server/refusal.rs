@@ -381,8 +381,9 @@ impl Refusal {
 /// stands for its refusals.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// Lines written at once per (source, subject) in an interval, before the rest
-/// is left to a summary: enough for a person mistyping a password a few times.
-const BURST: u32 = 5;
+/// is left to a summary: enough for a lockout (5 failures by default) and the
+/// refused tries after it to stay lines of their own.
+const BURST: u32 = 10;
 /// Lines written at once per source in an interval, whatever the subjects.
 const SOURCE_BURST: u32 = 20;
 /// Subjects kept apart per source; more fold into the source's "other" one.
@@ -673,7 +674,8 @@ mod tests {
         let alice = refused("[2001:db8::1]:1", Some("LAB\\alice"), "wrong password");
         let alice_elsewhere = refused("[2001:db8::2]:1", Some("lab\\ALICE"), "locked out");
         let bob = refused("[2001:db8::3]:1", Some("LAB\\bob"), "wrong password");
-        assert_eq!(offer(&summaries, &alice, 3, t0), 3);
+        let first = BURST as usize - 2;
+        assert_eq!(offer(&summaries, &alice, first, t0), first);
         assert_eq!(offer(&summaries, &alice_elsewhere, 3, t0), 2);
         assert_eq!(offer(&summaries, &bob, 1, t0), 1);
         let lines = summaries.due(t0 + SUMMARY_INTERVAL, false);
