@@ -71,6 +71,11 @@ struct Quota {
     quota: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cause {
+    cause: &'static str,
+}
+
 /// What one finished request adds to the metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestSample<'a> {
@@ -93,6 +98,7 @@ pub struct Metrics {
     target_errors: Family<TargetErrorLabels, Counter>,
     lockouts: Counter,
     quota_hits: Family<Quota, Counter>,
+    refusals_before_logon: Family<Cause, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -139,6 +145,12 @@ impl Metrics {
         );
         let quota_hits = Family::default();
         registry.register("quota_hits", "Refusals by a limit, by limit", quota_hits.clone());
+        let refusals_before_logon = Family::default();
+        registry.register(
+            "refusals_before_logon",
+            "Refusals of callers not logged on, by cause; every one, also those the audit summarises",
+            refusals_before_logon.clone(),
+        );
         registry.register(
             "audit_write_failures",
             "Audit events that could not be written",
@@ -161,6 +173,7 @@ impl Metrics {
             target_errors,
             lockouts,
             quota_hits,
+            refusals_before_logon,
         }
     }
 
@@ -192,6 +205,11 @@ impl Metrics {
     /// `quota` names the limit, as in the config (`max_sessions`, `max_shells_per_user`, ...).
     pub fn quota_hit(&self, quota: &'static str) {
         self.quota_hits.get_or_create(&Quota { quota }).inc();
+    }
+
+    /// `cause` is one of a fixed set (`allow_sources`, `shed`, `auth_failed`, a limit's name...).
+    pub fn refused_before_logon(&self, cause: &'static str) {
+        self.refusals_before_logon.get_or_create(&Cause { cause }).inc();
     }
 
     pub fn target_error(&self, target: &str, kind: &'static str) {
@@ -246,6 +264,7 @@ mod tests {
         m.logon(false);
         m.lockout();
         m.quota_hit("max_shells_per_user");
+        m.refused_before_logon("allow_sources");
         m.target_error("WEB01", "timeout");
         m.request(RequestSample {
             action: Some("receive"),
@@ -270,6 +289,7 @@ mod tests {
             "winrm_relay_logons_total{result=\"failure\"} 1",
             "winrm_relay_lockouts_total 1",
             "winrm_relay_quota_hits_total{quota=\"max_shells_per_user\"} 1",
+            "winrm_relay_refusals_before_logon_total{cause=\"allow_sources\"} 1",
             "winrm_relay_target_errors_total{target=\"web01\",kind=\"timeout\"} 1",
             "winrm_relay_requests_total{action=\"Receive\",status=\"200\"} 1",
             "winrm_relay_requests_total{action=\"other\",status=\"500\"} 1",

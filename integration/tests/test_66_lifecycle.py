@@ -182,8 +182,10 @@ def test_a_crowd_of_half_open_requests_from_one_address_locks_nobody_else_out(re
         # load shows in both): a crowd that made the logon wait would add seconds (the logon deadline).
         assert elapsed < 3 * baseline + 0.25, "logon + command took %.2f s under the crowd, %.2f s without" % (
             elapsed, baseline)
-        refused = [e for e in extra.events() if "max_unauthenticated_per_source" in e.get("reason", "")]
-        assert len(refused) >= 500 - 16 - 1, len(refused)
+        # The crowd's sockets beyond the places were shed (its own oldest idle ones): audited under its address,
+        # summarised rather than a line each.
+        shed = [e for e in extra.events() if e["event"] == "denied" and "make room" in e.get("reason", "")]
+        assert shed and all(e["source"].startswith("127.0.0.70") for e in shed) and len(shed) <= 40, shed[:3]
         print("[measure] logon + echo from another address under 500 half-open sockets: %.3f s (%.3f s without)"
               % (elapsed, baseline))
     finally:

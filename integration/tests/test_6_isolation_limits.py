@@ -7,7 +7,9 @@ Limits that would disturb the shared relay run on extra relay instances at
 from __future__ import annotations
 
 import socket
+import threading
 import time
+import typing
 
 import pytest
 from winrm.exceptions import WinRMTransportError, WSManFaultError
@@ -123,27 +125,68 @@ def test_sources_outside_the_allowlist_are_dropped(relay):
         extra.stop()
 
 
+def _post_and_read(host: str, timeout: float = 10) -> bytes:
+    with socket.create_connection((host, 5985), timeout=5) as s:
+        s.settimeout(timeout)
+        s.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        try:
+            return s.recv(4096)
+        except ConnectionResetError:
+            return b""
+
+
+def _closed_by_relay(s: socket.socket) -> bool:
+    s.settimeout(3)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
 def test_connections_waiting_to_authenticate_are_capped(relay):
-    extra = ExtraRelay(relay, "127.0.0.35", tail="[limits]\nmax_sessions = 2\n")
-    idle = []
+    """Places for connections waiting to log on are capped (max_sessions = 2 here). With every place taken, a
+    newcomer takes the place of the oldest idle one; with none idle, it waits for a place (as long as it may take
+    to send its headers, 3 s here) and is then answered 503 with Retry-After, not closed unanswered."""
+    extra = ExtraRelay(relay, "127.0.0.35", listen_extra="header_read_timeout_secs = 3",
+                       tail="[limits]\nmax_sessions = 2\nmax_sessions_per_user = 1\n")
+    idle: typing.List[socket.socket] = []
+    waiting: typing.List[threading.Thread] = []
     try:
         # A logged-on session frees its place among the unauthenticated.
         session = extra.protocol()
         assert run(session, "echo", ["in"])[0] == b"in\n"
         idle = [socket.create_connection(("127.0.0.35", 5985), timeout=5) for _ in range(2)]
-        time.sleep(0.5)  # let the relay accept both
-        with socket.create_connection(("127.0.0.35", 5985), timeout=5) as third:
-            third.settimeout(5)
-            third.sendall(b"POST /wsman/web01 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        time.sleep(1.5)  # idle for longer than a client takes to send its first request
+        answer = _post_and_read("127.0.0.35")
+        assert answer.startswith(b"HTTP/1.1 401"), "a newcomer was not served: %r" % answer[:100]
+        assert any(_closed_by_relay(s) for s in idle), "no idle connection made room"
+        assert wait_for(lambda: [e for e in extra.events() if "make room" in e.get("reason", "")], 3)
+        # Nothing idle to shed: two more logons of alice hold both places, waiting for her one session slot.
+        for s in idle:
+            s.close()
+        idle = []
+
+        def log_on() -> None:
             try:
-                answer = third.recv(4096)
-            except ConnectionResetError:
-                answer = b""
-        assert answer == b"", "a connection over the cap was served: %r" % answer[:100]
+                run(extra.protocol(), "echo", ["later"])
+            except Exception:  # noqa: BLE001 - only the places they hold matter here
+                pass
+
+        waiting = [threading.Thread(target=log_on, daemon=True) for _ in range(2)]
+        for t in waiting:
+            t.start()
+        time.sleep(1.5)
+        answer = _post_and_read("127.0.0.35")
+        assert answer.startswith(b"HTTP/1.1 503"), "a connection without a place: %r" % answer[:100]
+        assert b"\r\nRetry-After: " in answer, answer[:300]
         assert wait_for(lambda: [e for e in extra.events() if "waiting to authenticate" in e.get("reason", "")], 3)
         # The logged-on session is unaffected.
         assert run(session, "echo", ["still"])[0] == b"still\n"
         session.transport.close_session()
+        for t in waiting:
+            t.join(30)
     finally:
         for s in idle:
             s.close()

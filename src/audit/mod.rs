@@ -113,6 +113,10 @@ pub struct AuditEvent {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Refusals before logon: how many refusals this line stands for (1 when
+    /// written at once, more on a summary of a flood; see the README's limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// For HTTPS targets: whether the target's certificate was verified, by
     /// a chain to a trusted CA or by its pinned fingerprint (the relay refuses
     /// to skip the check, so never `false` today).

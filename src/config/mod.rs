@@ -222,8 +222,9 @@ pub struct LimitsConfig {
     pub max_shells_per_user: usize,
     /// Requests of one user in flight at once (WinRM MaxConcurrentOperationsPerUser: 1500).
     pub max_operations_per_user: usize,
-    /// Connections from one source address that have not authenticated yet; more are
-    /// closed at once, so one address cannot crowd out everyone else's logons.
+    /// While every place for connections not yet authenticated is taken, a source holding
+    /// this many may only replace its own idle ones, so one address cannot crowd out
+    /// everyone else's logons; while places are free it does not apply.
     pub max_unauthenticated_per_source: usize,
     /// Longest OperationTimeout honoured; longer ones are clamped (WinRM MaxTimeoutms: 60 s).
     pub max_operation_timeout: Duration,

@@ -115,7 +115,7 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
                 channel: Some(channel),
                 method,
             };
-            match session.begin(shared, logon) {
+            match session.begin(shared, logon).await {
                 Ok(active) => Logon::Active(active),
                 Err(refusal) => Logon::Refused(refusal),
             }
@@ -195,7 +195,7 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
         channel: None,
         method: AuthMethod::Basic,
     };
-    match session.begin(shared, logon) {
+    match session.begin(shared, logon).await {
         Ok(active) => Logon::Active(active),
         Err(refusal) => Logon::Refused(refusal),
     }

@@ -22,6 +22,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout};
@@ -29,7 +30,7 @@ use tokio_util::either::Either;
 use tracing::Instrument;
 
 use super::auth::{self, Logon};
-use super::limits::Pending;
+use super::limits::PendingRefusal;
 use super::refusal::Refusal;
 use super::reply::{self, HttpResponse};
 use super::request::{self, BodyError};
@@ -45,6 +46,11 @@ const CREATE_GRACE: Duration = Duration::from_secs(2);
 /// How long a last answer (a refusal that closes the connection) may take to
 /// reach the caller once the session is over.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection that found no place may take to send its request
+/// head and receive its 503.
+const TURN_AWAY: Duration = Duration::from_secs(2);
+/// How much of such a connection's request is read before the answer anyway.
+const MAX_TURN_AWAY_READ: usize = 16 * 1024;
 
 /// A request handed from hyper to the session, and where its answer goes.
 struct Call {
@@ -120,25 +126,88 @@ impl<T> Mailbox<T> {
 }
 
 /// Serve one accepted connection (TLS first on the HTTPS listener) until its
-/// session ends.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    kind: ListenerKind,
-    pending: Pending,
-    shared: Arc<Shared>,
-) {
+/// session ends. It first needs a place among the connections waiting to log
+/// on, waiting for one at most as long as it may take to send its headers;
+/// without one it is answered 503 and closed.
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, kind: ListenerKind, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let ender = Ender::new(&shared.stop);
+    let patience = shared.config().listen.header_read_timeout;
+    // Boxed: a future's state is as large as its largest wait, and this one
+    // is over before the session starts.
+    let placed = match Box::pin(shared.unauthenticated.place(peer, &ender, patience)).await {
+        Ok(placed) => placed,
+        // The relay is stopping: no limit refused it.
+        Err(PendingRefusal::Stopping) => return,
+        Err(refusal) => {
+            Box::pin(turn_away(
+                stream,
+                peer,
+                &kind,
+                Refusal::pending(&refusal),
+                &shared,
+                &ender,
+            ))
+            .await;
+            return;
+        }
+    };
+    if let Some(shed) = placed.shed {
+        Refusal::shed().record_connection(shed, &shared);
+    }
     // Built in a block that ends before the await: a named local moved into
     // the awaited future would keep a place of its own in this one.
     {
-        let ender = Ender::new(&shared.stop);
-        let session = Session::new(peer, kind.fixed_target.clone(), kind.https, pending, ender);
+        let session = Session::new(peer, kind.fixed_target.clone(), kind.https, placed.pending, ender);
         let span =
             tracing::info_span!("conn", session = %session.link.id, source = %peer, user = tracing::field::Empty);
         serve_http(stream, session, &shared).instrument(span)
     }
     .await
+}
+
+/// Answer a connection that found no place: audit and count the refusal,
+/// read the request head for a moment (a client reads no answer it has not
+/// finished asking for), answer, close. Closed unanswered when many are being
+/// answered already.
+async fn turn_away(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: &ListenerKind,
+    refusal: Refusal,
+    shared: &Shared,
+    ender: &Ender,
+) {
+    refusal.record_connection(peer, shared);
+    let Some(_turning_away) = shared.unauthenticated.turn_away() else {
+        return;
+    };
+    let answer = refusal.wire_answer();
+    let _ = timeout(TURN_AWAY, async {
+        if kind.https {
+            if let Some(tls) = accept_tls(stream, shared, ender).await {
+                answer_head(*tls, &answer).await;
+            }
+        } else {
+            answer_head(stream, &answer).await;
+        }
+    })
+    .await;
+}
+
+/// Read up to the end of a request head (or [`MAX_TURN_AWAY_READ`] of it),
+/// then write `answer` and close.
+async fn answer_head<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: &[u8]) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_TURN_AWAY_READ {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = stream.write_all(answer).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The TLS handshake of the HTTPS listener, with the same deadline as a
@@ -273,6 +342,10 @@ async fn drive(session: &mut Session, incoming: &Mailbox<Call>, shared: &Shared)
         };
         let _ = reply.send(answer);
         session.touch();
+        let advancing = session.credssp().is_some();
+        if let Some(place) = session.place() {
+            place.answered(advancing);
+        }
         if ender.is_ended() {
             return;
         }
@@ -342,6 +415,11 @@ async fn admit(session: &mut Session, request: Request<Incoming>, shared: &Share
         Ok(Err(error)) => return Admitted::Refused(Refusal::malformed(StatusCode::BAD_REQUEST, error.to_string())),
     };
     drop(config);
+    // Busy from here, not from the request head: a body trickling in is no
+    // progress through a logon, and must not keep an idle socket's place.
+    if let Some(place) = session.place() {
+        place.busy();
+    }
     match auth::authenticate(session, authorization.as_deref(), shared).await {
         Logon::Active(active) => Admitted::Answered(pipeline::relay(active, &content_type, body, route, shared).await),
         Logon::Continue(answer) => Admitted::Answered(answer),
@@ -353,8 +431,8 @@ async fn admit(session: &mut Session, request: Request<Incoming>, shared: &Share
 mod tests {
     use super::*;
 
-    /// The size of the future an async fn taking five arguments returns, without calling it.
-    fn future_size<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+    /// The size of the future an async fn taking four arguments returns, without calling it.
+    fn future_size<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

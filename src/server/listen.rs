@@ -1,16 +1,16 @@
-//! Accepting connections: the source allowlist and the places for connections
-//! waiting to authenticate are checked before any TLS or CredSSP work.
+//! Accepting connections: the source allowlist is checked before anything
+//! else, then the connection goes to a worker, where it first needs a place
+//! among those waiting to authenticate (before any TLS or CredSSP work).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::refusal::Refusal;
 use super::workers::{Handoff, Workers};
 use super::{ListenerKind, Shared};
-use crate::audit::AuditEvent;
 
 /// Longest pause after failing accepts, e.g. out of file descriptors:
 /// retrying at once would spin a core while nothing can be accepted.
@@ -39,38 +39,19 @@ pub(crate) async fn accept_loop(listener: TcpListener, kind: ListenerKind, share
             }
         };
         if !source_allowed(&shared.config().listen.allow_sources, peer) {
-            let refusal = Refusal::connection("source address not in listen.allow_sources", None);
-            refuse(&shared, stream, peer, refusal);
+            drop(stream);
+            Refusal::unlisted_source().record_connection(peer, &shared);
             continue;
         }
-        let pending = match shared.unauthenticated.acquire(unmapped(peer.ip())) {
-            Ok(pending) => pending,
-            Err(refusal) => {
-                let refusal = Refusal::connection(refusal.to_string(), Some(refusal.limit()));
-                refuse(&shared, stream, peer, refusal);
-                continue;
-            }
-        };
         match stream.into_std() {
             Ok(stream) => workers.hand_off(Handoff {
                 stream,
                 peer,
                 kind: kind.clone(),
-                pending,
             }),
             Err(error) => tracing::warn!(%error, %peer, "cannot hand an accepted connection to a worker"),
         }
     }
-}
-
-/// Close a just-accepted connection unanswered, and audit why.
-fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
-    drop(stream);
-    let event = AuditEvent {
-        source: Some(peer.to_string()),
-        ..AuditEvent::default()
-    };
-    refusal.record(event, shared);
 }
 
 /// An IPv4 client seen through a dual-stack socket arrives as ::ffff:a.b.c.d.

@@ -1,16 +1,17 @@
 //! The relay's listeners and per-connection sessions.
 //!
-//! - `listen`: accept, source allowlist, places for connections waiting to log on.
-//! - `conn`: one connection from accept to its session's end: deadlines, drain.
+//! - `listen`: accept, source allowlist; hands connections to the workers.
+//! - `conn`: one connection from its place to log on (or its 503) to its session's end: deadlines, drain.
 //! - `auth`: CredSSP and Basic logons; decides whether a request may proceed.
 //! - `session`: a session's phases (waiting to log on, active), and its end (cleanup, audit, wipe).
 //! - `shutdown`: how a session is told to end; the register of sessions a reload may end.
 //! - `shells`: which shells a session owns; their deletion at its end.
 //! - `request`: route, unauthenticated Identify, body within limits.
 //! - `pipeline`: an authenticated request, unseal to audit, in one place.
-//! - `refusal`: the one edge where a refusal becomes an answer, an audit line and metrics.
+//! - `refusal`: the one edge where a refusal becomes an answer, an audit line and metrics;
+//!   refusals before logon summarised per source.
 //! - `reply`: the HTTP responses the relay itself builds.
-//! - `limits`: lockout, pending connections, quotas.
+//! - `limits`: lockout, places for connections waiting to log on (shed, queued), quotas.
 //! - `health`: `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
 //! - `workers`: a single-threaded runtime per core; connections stay on one.
 //!
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     /// that idle sockets can neither exhaust file descriptors nor crowd out
     /// other addresses; a place is held until the connection logs on.
     pub unauthenticated: Arc<limits::Unauthenticated>,
+    /// Refusals before logon not written yet, for their summary lines.
+    pub refusals: refusal::Summaries,
     /// Authenticated sessions, for ending those of users a reload removed or gave a new password.
     pub sessions: shutdown::Registry,
     /// Cancelled on SIGTERM: listeners stop, every session ends.
@@ -190,6 +193,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         accepting.spawn(health::serve(listener, shared.clone()));
         accepting.spawn(health::watch_kdcs(shared.clone()));
     }
+    accepting.spawn(refusal::summarize(shared.clone()));
     accepting.close();
     shared.listening.store(true, Ordering::Release);
     let reloader = tokio::spawn(reload_on_hangup(shared.clone()));
@@ -217,6 +221,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         Ok(workers) => workers.finish(),
         Err(_) => tracing::error!("worker threads still referenced at exit"),
     }
+    // No refusal counted goes unwritten.
+    shared.refusals.write_due(&shared.audit, true);
     // The sessions' last events are still on their way to syslog.
     shared.audit.flush_export(SYSLOG_FLUSH).await;
     Ok(())
@@ -265,6 +271,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         lockout,
         quotas,
         unauthenticated,
+        refusals: refusal::Summaries::default(),
         sessions: shutdown::Registry::default(),
         stop: CancellationToken::new(),
         sessions_tracker: TaskTracker::new(),

@@ -5,15 +5,30 @@
 //! line it writes, whose name it carries, which limit was hit and whether the
 //! connection closes. Only this module turns one into a reply and a record, so
 //! a refusal is answered, audited and counted the same way wherever it arises.
+//!
+//! Refusals of callers not logged on are what anyone can cause at will, so
+//! their audit lines go through [`Summaries`]: a flood from one source is
+//! written as a few lines and then one summary per interval with a `count`,
+//! while the metrics count every refusal.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::StatusCode;
 
-use super::limits::{PendingRefusal, QuotaError};
+use super::limits::{PendingRefusal, QuotaError, SourceNet};
 use super::reply::{self, HttpResponse};
 use super::Shared;
-use crate::audit::{AuditEvent, AuditKind, AuthMethod};
+use crate::audit::{AuditEvent, AuditKind, AuditSink, AuthMethod};
 use crate::metrics::Metrics;
 use crate::proto::wsman::FaultKind;
+
+/// What a 503 (a limit, a place to log on) tells the caller to wait before
+/// trying again.
+const RETRY_AFTER_SECS: u64 = 5;
 
 /// How a refused request is answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +44,20 @@ pub(crate) enum Answer {
     BasicChallenge,
     /// A WS-Man fault in the request's answer, sealed as the request was.
     Fault(FaultKind),
-    /// Nothing: the connection is dropped unanswered (at accept).
+    /// Nothing: the connection is dropped unanswered (at accept, or shed).
     Drop,
+}
+
+/// Why a caller not logged on was refused, for the metric (one byte: a
+/// refusal travels by value through the pipeline's results).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Denied,
+    AuthFailed,
+    AllowSources,
+    Shed,
+    /// The limit in `limit`.
+    Limit,
 }
 
 /// Why the relay answers a request itself instead of relaying it.
@@ -49,6 +76,11 @@ pub(crate) struct Refusal {
     limit: Option<&'static str>,
     /// A failed logon (counted, and a 401 in the audit).
     logon: bool,
+    /// The caller proved who it is (a quota refused its logon): not one of the
+    /// refusals before logon that are summarised.
+    proven: bool,
+    /// Why, as the metric of refusals before logon names it.
+    cause: Cause,
     /// The connection closes after the answer.
     pub close: bool,
 }
@@ -63,6 +95,8 @@ impl Refusal {
             auth: None,
             limit: None,
             logon: false,
+            proven: false,
+            cause: Cause::Denied,
             close: false,
         }
     }
@@ -98,6 +132,7 @@ impl Refusal {
     pub fn logon(reason: impl Into<String>) -> Refusal {
         Refusal {
             logon: true,
+            cause: Cause::AuthFailed,
             ..Refusal::new(Answer::Unauthorized, reason).audited(AuditKind::AuthFailed)
         }
     }
@@ -118,28 +153,46 @@ impl Refusal {
         }
     }
 
-    /// A quota (sessions, shells, operations) refused it: `503`.
+    /// A quota (sessions, shells, operations) refused it: `503`. Only callers
+    /// who proved who they are meet a quota.
     pub fn quota(quota: &QuotaError) -> Refusal {
         Refusal {
             limit: Some(quota.limit()),
+            proven: true,
             ..Refusal::denied(StatusCode::SERVICE_UNAVAILABLE, quota.to_string())
         }
     }
 
-    /// The connection may not wait to log on: `503`, and it closes.
+    /// The connection found no place to wait to log on: `503`, and it closes.
     pub fn pending(refusal: &PendingRefusal) -> Refusal {
         Refusal {
             limit: Some(refusal.limit()),
+            cause: Cause::Limit,
             close: true,
             ..Refusal::denied(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
         }
     }
 
-    /// A connection refused as it is accepted: dropped unanswered, audited.
-    pub fn connection(reason: impl Into<String>, limit: Option<&'static str>) -> Refusal {
+    /// A connection from a source outside `listen.allow_sources`: dropped
+    /// unanswered (such a source learns nothing of the relay), audited.
+    pub fn unlisted_source() -> Refusal {
         Refusal {
-            limit,
-            ..Refusal::new(Answer::Drop, reason).audited(AuditKind::Denied)
+            cause: Cause::AllowSources,
+            ..Refusal::new(Answer::Drop, "source address not in listen.allow_sources").audited(AuditKind::Denied)
+        }
+    }
+
+    /// An idle connection waiting to log on, closed to make room for another
+    /// when every place was taken.
+    pub fn shed() -> Refusal {
+        Refusal {
+            limit: Some("max_sessions"),
+            cause: Cause::Shed,
+            ..Refusal::new(
+                Answer::Drop,
+                "an idle connection waiting to log on was closed to make room for another (limits.max_sessions)",
+            )
+            .audited(AuditKind::Denied)
         }
     }
 
@@ -200,10 +253,31 @@ impl Refusal {
         }
     }
 
+    /// The cause as the metric's label names it.
+    fn cause(&self) -> &'static str {
+        match self.cause {
+            Cause::Denied => "denied",
+            Cause::AuthFailed => "auth_failed",
+            Cause::AllowSources => "allow_sources",
+            Cause::Shed => "shed",
+            Cause::Limit => self.limit.unwrap_or("denied"),
+        }
+    }
+
+    /// Whether this refusal meets a caller not logged on (`event` is the
+    /// session's, before [`Refusal::note`] names anyone): one of those
+    /// anyone can cause at will.
+    fn before_logon(&self, event: &AuditEvent) -> bool {
+        event.user.is_none() && !self.proven
+    }
+
     /// Fill `event` (the session's, or the request's) and count the refusal.
     /// Whether the event is written is for the caller: the pipeline's request
     /// line is written once, with its sizes and times.
     pub fn note(&self, event: &mut AuditEvent, metrics: &Metrics) {
+        if self.audit.is_some() && self.before_logon(event) {
+            metrics.refused_before_logon(self.cause());
+        }
         if let Some(kind) = self.audit {
             event.event = kind;
         }
@@ -228,12 +302,31 @@ impl Refusal {
         }
     }
 
-    /// Audit (when the refusal is audited) and count it.
+    /// Audit (when the refusal is audited) and count it. A refusal before
+    /// logon is written at once or left to a summary (see [`Summaries`]).
     pub fn record(&self, mut event: AuditEvent, shared: &Shared) {
+        let before_logon = self.before_logon(&event);
         self.note(&mut event, &shared.metrics);
-        if self.audit.is_some() {
-            shared.audit.emit(&event);
+        if self.audit.is_none() {
+            return;
         }
+        if before_logon {
+            event.count = Some(1);
+            if !shared.refusals.offer(&event, Instant::now()) {
+                return;
+            }
+        }
+        shared.audit.emit(&event);
+    }
+
+    /// Audit and count it for a connection that has no session (refused at
+    /// accept, shed, or without a place): the line names its source only.
+    pub fn record_connection(&self, peer: SocketAddr, shared: &Shared) {
+        let event = AuditEvent {
+            source: Some(peer.to_string()),
+            ..AuditEvent::default()
+        };
+        self.record(event, shared);
     }
 
     /// Audit and count it, then build the answer. A fault needs the request's
@@ -246,17 +339,245 @@ impl Refusal {
     /// The answer alone, for a refusal already noted on the request's line.
     pub fn reply(self) -> HttpResponse {
         let status = self.status();
-        let response = match self.answer {
+        let mut response = match self.answer {
             Answer::Unauthorized => reply::refused_401(&self.reason),
             Answer::CredSspRejected(token) => reply::credssp_401(&token),
             Answer::BasicChallenge => reply::basic_401(),
             // A fault's envelope is the pipeline's to build and seal.
             Answer::Plain(_) | Answer::Fault(_) | Answer::Drop => reply::plain(status, &self.reason),
         };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
         if self.close {
             reply::with_close(response)
         } else {
             response
+        }
+    }
+
+    /// The answer as bytes on the wire, for a connection no HTTP server runs
+    /// on (one that found no place): the status, `Retry-After` on a 503, and
+    /// the reason; the connection closes after it.
+    pub fn wire_answer(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = format!("{}\n", self.reason);
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            head.push_str(&format!("Retry-After: {RETRY_AFTER_SECS}\r\n"));
+        }
+        head.push_str("\r\n");
+        head.push_str(&body);
+        head.into_bytes()
+    }
+}
+
+/// Once a (source, subject) is flooding, at most one line per this interval
+/// stands for its refusals.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// Lines written at once per (source, subject) in an interval, before the rest
+/// is left to a summary: enough for a lockout (5 failures by default) and the
+/// refused tries after it to stay lines of their own.
+const BURST: u32 = 10;
+/// Lines written at once per source in an interval, whatever the subjects.
+const SOURCE_BURST: u32 = 20;
+/// Subjects kept apart per source; more fold into the source's "other" one.
+const SOURCE_SUBJECTS: usize = 8;
+/// (Source, subject) entries in all; more fold into one for "other sources".
+const MAX_ENTRIES: usize = 1024;
+/// Longest name or reason kept for a summary: both may be the caller's choice.
+const MAX_KEPT: usize = 200;
+
+/// Refusals before logon, per (source, subject) and interval: the first few
+/// are written at once, the rest counted into one line per interval with a
+/// `count`, so that what a peer can make the relay write is bounded however
+/// fast it connects. A subject is the name a failed logon claimed (failed
+/// logons naming a user stay visible, per user), else the reason; a source is
+/// an IPv4 address or an IPv6 /64. Memory is bounded: past [`MAX_ENTRIES`],
+/// new sources share one "other sources" entry.
+#[derive(Default)]
+pub(crate) struct Summaries {
+    state: Mutex<SummaryState>,
+}
+
+#[derive(Default)]
+struct SummaryState {
+    entries: HashMap<Key, Entry>,
+    sources: HashMap<Option<SourceNet>, SourceBudget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    /// `None`: the "other sources" entry.
+    source: Option<SourceNet>,
+    kind: &'static str,
+    subject: Subject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Subject {
+    User(String),
+    Reason(String),
+    /// The source's subjects past [`SOURCE_SUBJECTS`], or the other sources'.
+    Other,
+}
+
+struct Entry {
+    /// When the current interval began.
+    since: Instant,
+    /// Lines written at once in the current interval.
+    written: u32,
+    /// Refusals counted and not written yet.
+    unwritten: u64,
+    /// The last refusal counted, trimmed: what its summary line says.
+    last: Option<AuditEvent>,
+    /// A summary was written: until a quiet interval, every refusal is counted.
+    flooding: bool,
+}
+
+struct SourceBudget {
+    since: Instant,
+    written: u32,
+    /// Entries of this source.
+    subjects: usize,
+}
+
+fn kept(text: &str) -> String {
+    text.chars().take(MAX_KEPT).collect()
+}
+
+impl Summaries {
+    fn state(&self) -> MutexGuard<'_, SummaryState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Count a refusal before logon: `true` when its line is to be written now,
+    /// `false` when a summary will stand for it.
+    pub fn offer(&self, event: &AuditEvent, now: Instant) -> bool {
+        let source = event
+            .source
+            .as_deref()
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .map(|peer| SourceNet::of(peer.ip()));
+        let subject = match (&event.user, &event.reason) {
+            (Some(user), _) => Subject::User(kept(&user.to_lowercase())),
+            (None, reason) => Subject::Reason(kept(reason.as_deref().unwrap_or_default())),
+        };
+        let mut key = Key {
+            source,
+            kind: event.event.name(),
+            subject,
+        };
+        let mut state = self.state();
+        let state = &mut *state;
+        if !state.entries.contains_key(&key) {
+            let subjects = state.sources.get(&key.source).map_or(0, |b| b.subjects);
+            if state.entries.len() >= MAX_ENTRIES {
+                key.source = None;
+                key.subject = Subject::Other;
+            } else if subjects >= SOURCE_SUBJECTS {
+                key.subject = Subject::Other;
+            }
+        }
+        let budget = state.sources.entry(key.source).or_insert(SourceBudget {
+            since: now,
+            written: 0,
+            subjects: 0,
+        });
+        let entry = state.entries.entry(key).or_insert_with(|| {
+            budget.subjects += 1;
+            Entry {
+                since: now,
+                written: 0,
+                unwritten: 0,
+                last: None,
+                flooding: false,
+            }
+        });
+        if !entry.flooding && entry.written < BURST && budget.written < SOURCE_BURST {
+            entry.written += 1;
+            budget.written += 1;
+            return true;
+        }
+        entry.unwritten += 1;
+        let mut last = event.clone();
+        last.user = last.user.as_deref().map(kept);
+        last.reason = last.reason.as_deref().map(kept);
+        entry.last = Some(last);
+        false
+    }
+
+    /// The summaries due at `now` (every one still counted, with `all`, as at
+    /// exit), and entries quiet for a whole interval forgotten.
+    pub fn due(&self, now: Instant, all: bool) -> Vec<AuditEvent> {
+        let mut lines = Vec::new();
+        let mut state = self.state();
+        let state = &mut *state;
+        state.entries.retain(|key, entry| {
+            if !all && now.duration_since(entry.since) < SUMMARY_INTERVAL {
+                return true;
+            }
+            entry.since = now;
+            entry.written = 0;
+            if entry.unwritten == 0 {
+                if let Some(budget) = state.sources.get_mut(&key.source) {
+                    budget.subjects = budget.subjects.saturating_sub(1);
+                }
+                return false;
+            }
+            if let Some(mut line) = entry.last.take() {
+                line.session = String::new();
+                line.source = Some(match key.source {
+                    Some(net) => net.to_string(),
+                    None => "other sources".into(),
+                });
+                if key.subject == Subject::Other {
+                    line.user = None;
+                    line.reason = Some(format!(
+                        "refusals for various reasons, the last: {}",
+                        line.reason.as_deref().unwrap_or("?")
+                    ));
+                }
+                line.count = Some(entry.unwritten);
+                lines.push(line);
+            }
+            entry.unwritten = 0;
+            entry.flooding = true;
+            true
+        });
+        state.sources.retain(|_, budget| {
+            if now.duration_since(budget.since) >= SUMMARY_INTERVAL {
+                budget.since = now;
+                budget.written = 0;
+            }
+            budget.subjects > 0
+        });
+        lines
+    }
+
+    /// Write the summaries due (all of them, with `all`).
+    pub fn write_due(&self, audit: &AuditSink, all: bool) {
+        for line in self.due(Instant::now(), all) {
+            audit.emit(&line);
+        }
+    }
+}
+
+/// Writes the summaries as they fall due, and the rest when the relay stops.
+pub(crate) async fn summarize(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            _ = tick.tick() => shared.refusals.write_due(&shared.audit, false),
         }
     }
 }
@@ -302,6 +623,113 @@ mod tests {
         let reply = pending.reply();
         assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(reply.headers().get(hyper::header::CONNECTION).unwrap(), "close");
+    }
+
+    fn refused(source: &str, user: Option<&str>, reason: &str) -> AuditEvent {
+        AuditEvent {
+            event: if user.is_some() {
+                AuditKind::AuthFailed
+            } else {
+                AuditKind::Denied
+            },
+            session: "s".into(),
+            source: Some(source.into()),
+            user: user.map(str::to_string),
+            reason: Some(reason.into()),
+            count: Some(1),
+            ..AuditEvent::default()
+        }
+    }
+
+    /// Offers `n` refusals; returns how many were to be written at once.
+    fn offer(summaries: &Summaries, event: &AuditEvent, n: usize, now: Instant) -> usize {
+        (0..n).filter(|_| summaries.offer(event, now)).count()
+    }
+
+    #[test]
+    fn a_flood_is_a_few_lines_then_one_summary_per_interval_and_every_refusal_counts() {
+        let summaries = Summaries::default();
+        let t0 = Instant::now();
+        let flood = refused("127.0.0.9:40000", None, "source address not in listen.allow_sources");
+        assert_eq!(offer(&summaries, &flood, 1000, t0), BURST as usize);
+        assert!(summaries.due(t0 + Duration::from_secs(5), false).is_empty());
+        let first = summaries.due(t0 + SUMMARY_INTERVAL, false);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].count, Some(1000 - u64::from(BURST)));
+        assert_eq!(first[0].source.as_deref(), Some("127.0.0.9"));
+        assert_eq!(first[0].session, "");
+        // Still flooding: nothing more is written at once; one line per interval.
+        let t1 = t0 + SUMMARY_INTERVAL + Duration::from_secs(1);
+        assert_eq!(offer(&summaries, &flood, 500, t1), 0);
+        let second = summaries.due(t0 + 2 * SUMMARY_INTERVAL, false);
+        assert_eq!(second.iter().map(|l| l.count.unwrap()).sum::<u64>(), 500);
+        // A quiet interval later, the source is forgotten and its next refusal is written at once.
+        assert!(summaries.due(t0 + 3 * SUMMARY_INTERVAL, false).is_empty());
+        assert!(summaries.state().entries.is_empty() && summaries.state().sources.is_empty());
+        assert!(summaries.offer(&flood, t0 + 3 * SUMMARY_INTERVAL));
+    }
+
+    #[test]
+    fn failed_logons_naming_a_user_stay_apart_per_user_and_ipv6_counts_per_64() {
+        let summaries = Summaries::default();
+        let t0 = Instant::now();
+        let alice = refused("[2001:db8::1]:1", Some("LAB\\alice"), "wrong password");
+        let alice_elsewhere = refused("[2001:db8::2]:1", Some("lab\\ALICE"), "locked out");
+        let bob = refused("[2001:db8::3]:1", Some("LAB\\bob"), "wrong password");
+        let first = BURST as usize - 2;
+        assert_eq!(offer(&summaries, &alice, first, t0), first);
+        assert_eq!(offer(&summaries, &alice_elsewhere, 3, t0), 2);
+        assert_eq!(offer(&summaries, &bob, 1, t0), 1);
+        let lines = summaries.due(t0 + SUMMARY_INTERVAL, false);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].user.as_deref(), Some("lab\\ALICE"));
+        assert_eq!(lines[0].reason.as_deref(), Some("locked out"));
+        assert_eq!(
+            (lines[0].count, lines[0].source.as_deref()),
+            (Some(1), Some("2001:db8::/64"))
+        );
+    }
+
+    #[test]
+    fn a_source_and_the_table_are_bounded() {
+        let summaries = Summaries::default();
+        let t0 = Instant::now();
+        // One source inventing reasons: a few subjects of its own, the rest folded into one.
+        let written: usize = (0..100)
+            .map(|i| offer(&summaries, &refused("127.0.0.9:1", None, &format!("reason {i}")), 1, t0))
+            .sum();
+        assert_eq!(written, SOURCE_SUBJECTS + BURST as usize);
+        assert!(written <= SOURCE_BURST as usize);
+        assert!(summaries.state().entries.len() <= SOURCE_SUBJECTS + 1);
+        let lines = summaries.due(t0 + SUMMARY_INTERVAL, false);
+        let counted: u64 = lines.iter().map(|l| l.count.unwrap()).sum();
+        assert_eq!(counted as usize + written, 100);
+        // Many sources: the table stops at its cap, the rest share one line.
+        for i in 0..(MAX_ENTRIES as u32 + 50) {
+            let source = format!("{}:1", std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            offer(&summaries, &refused(&source, None, "flood"), 7, t0 + SUMMARY_INTERVAL);
+        }
+        assert!(summaries.state().entries.len() <= MAX_ENTRIES + 1);
+        let lines = summaries.due(t0 + 2 * SUMMARY_INTERVAL, false);
+        let other = lines
+            .iter()
+            .find(|l| l.source.as_deref() == Some("other sources"))
+            .unwrap();
+        assert!(other.count.unwrap() >= 50 * 2, "{other:?}");
+        assert!(lines.len() <= MAX_ENTRIES + 1);
+    }
+
+    #[test]
+    fn a_503_says_when_to_retry_on_the_wire_too() {
+        let refusal = Refusal::pending(&PendingRefusal::Total);
+        let wire = String::from_utf8(refusal.wire_answer()).unwrap();
+        assert!(wire.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{wire}");
+        assert!(
+            wire.contains("\r\nRetry-After: 5\r\n") && wire.contains("Connection: close"),
+            "{wire}"
+        );
+        let reply = refusal.reply();
+        assert_eq!(reply.headers().get(RETRY_AFTER).unwrap(), "5");
     }
 
     #[test]

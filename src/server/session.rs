@@ -27,6 +27,9 @@ use crate::vault::DelegatedCredentials;
 /// Whole cleanup at session end: deleting the shells left open, in parallel.
 /// Short, so that a session ends within a few seconds of its connection.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(3);
+/// A logon waiting for a session slot stops waiting this long before its
+/// logon deadline, so that it is answered (503) rather than cut off.
+const SLOT_WAIT_MARGIN: Duration = Duration::from_secs(1);
 
 pub(crate) struct Session {
     pub link: Link,
@@ -59,7 +62,7 @@ enum Phase {
 /// A connection that has not logged on (yet, or again after a session ended).
 struct AwaitingLogon {
     /// Its place among connections not yet authenticated; released at logon.
-    _pending: Pending,
+    pending: Pending,
     /// When this logon attempt began (accept, or a re-authentication): the
     /// logon deadline runs from here, however many 401s the client collects.
     started: Instant,
@@ -164,7 +167,7 @@ impl Session {
                 last_activity: now,
             },
             phase: Phase::AwaitingLogon(AwaitingLogon {
-                _pending: pending,
+                pending,
                 started: now,
                 credssp: None,
             }),
@@ -185,6 +188,14 @@ impl Session {
     pub fn principal(&self) -> Option<&str> {
         match &self.phase {
             Phase::Active(active) => Some(&active.principal),
+            _ => None,
+        }
+    }
+
+    /// Its place among connections waiting to log on, while it waits.
+    pub fn place(&self) -> Option<&Pending> {
+        match &self.phase {
+            Phase::AwaitingLogon(waiting) => Some(&waiting.pending),
             _ => None,
         }
     }
@@ -272,11 +283,20 @@ impl Session {
     }
 
     /// A logon succeeded (CredSSP, or Basic): take a session slot, register
-    /// and audit the start, and become active. The refusal on a full quota
-    /// leaves the session waiting to log on.
-    pub fn begin(&mut self, shared: &Shared, logon: Logon) -> Result<ActiveSession<'_>, Refusal> {
+    /// and audit the start, and become active. With the quota full, it waits
+    /// for a slot within its logon deadline (boxed: a session's state need not
+    /// carry the wait); the refusal after that leaves the session waiting to
+    /// log on.
+    pub async fn begin(&mut self, shared: &Shared, logon: Logon) -> Result<ActiveSession<'_>, Refusal> {
         let principal = logon.credentials.principal();
-        let slot = match shared.quotas.session(&principal) {
+        let until = match &self.phase {
+            Phase::AwaitingLogon(waiting) => {
+                (waiting.started + shared.config().auth.logon_timeout).checked_sub(SLOT_WAIT_MARGIN)
+            }
+            _ => None,
+        }
+        .unwrap_or_else(Instant::now);
+        let slot = match Box::pin(shared.quotas.session_by(&principal, until)).await {
             Ok(slot) => slot,
             Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
@@ -363,10 +383,13 @@ impl Session {
     /// it counts against the limits for unauthenticated connections again,
     /// and gets a new id so the audit tells the two sessions apart.
     pub fn restart_logon(&mut self, shared: &Shared) -> Result<(), PendingRefusal> {
-        let pending = shared.unauthenticated.acquire(self.link.source.ip())?;
+        let placed = shared.unauthenticated.try_place(self.link.source, &self.link.ender)?;
+        if let Some(shed) = placed.shed {
+            Refusal::shed().record_connection(shed, shared);
+        }
         self.link.id = new_id();
         self.phase = Phase::AwaitingLogon(AwaitingLogon {
-            _pending: pending,
+            pending: placed.pending,
             started: Instant::now(),
             credssp: None,
         });
@@ -398,11 +421,11 @@ mod tests {
     }
 
     fn session(config: &Config) -> Session {
-        let pending = Unauthenticated::new(&config.limits)
-            .acquire("127.0.0.1".parse().unwrap())
-            .unwrap();
         let ender = Ender::new_for_tests();
-        Session::new("127.0.0.1:1".parse().unwrap(), None, false, pending, ender)
+        let placed = Unauthenticated::new(&config.limits)
+            .try_place("127.0.0.1:1".parse().unwrap(), &ender)
+            .unwrap_or_else(|_| panic!("no place"));
+        Session::new("127.0.0.1:1".parse().unwrap(), None, false, placed.pending, ender)
     }
 
     fn logon_started(s: &Session) -> Instant {

@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::limits::Pending;
 use super::{conn, ListenerKind, Shared};
 
 /// An accepted connection on its way to a worker.
@@ -24,7 +23,6 @@ pub(crate) struct Handoff {
     pub stream: std::net::TcpStream,
     pub peer: SocketAddr,
     pub kind: ListenerKind,
-    pub pending: Pending,
 }
 
 struct Worker {
@@ -119,13 +117,7 @@ async fn run_worker(
             handoff = arrivals.recv() => handoff,
             _ = released.cancelled() => return,
         };
-        let Some(Handoff {
-            stream,
-            peer,
-            kind,
-            pending,
-        }) = handoff
-        else {
+        let Some(Handoff { stream, peer, kind }) = handoff else {
             break;
         };
         let stream = match tokio::net::TcpStream::from_std(stream) {
@@ -140,7 +132,7 @@ async fn run_worker(
         let shared_for_task = shared.clone();
         shared.sessions_tracker.spawn(async move {
             let _counted = counted;
-            conn::serve(stream, peer, kind, pending, shared_for_task).await;
+            conn::serve(stream, peer, kind, shared_for_task).await;
         });
     }
     // No more arrivals: keep driving this runtime's sessions until released.
