@@ -179,7 +179,7 @@ async fn forward(
         .await
         .map_err(refused)?;
     check_shell_owner(session, &info, &target).map_err(refused)?;
-    let admitted = admit(shared, &session.active.principal, &info).map_err(refused)?;
+    let admitted = admit(shared, &session.active.counted, &info).map_err(refused)?;
     let rewritten = rewrite(plain, &info, &target, &config).map_err(refused)?;
     let response = exchange(session, &info, &target, &addresses, &rewritten, &config, shared, audit)
         .await

@@ -80,6 +80,9 @@ pub(crate) struct CredSspExchange {
 pub(crate) struct Active {
     /// `DOMAIN\user`, as policy rules and the audit name it.
     pub principal: String,
+    /// The principal in its canonical form (the relay's domain by its NetBIOS
+    /// name): what the per-user quotas count under.
+    pub counted: String,
     pub method: AuthMethod,
     /// CredSSP's TLS channel, for session encryption; `None` for Basic.
     pub channel: Option<Box<SecureChannel>>,
@@ -289,6 +292,10 @@ impl Session {
     /// log on.
     pub async fn begin(&mut self, shared: &Shared, logon: Logon) -> Result<ActiveSession<'_>, Refusal> {
         let principal = logon.credentials.principal();
+        let domain = shared.credssp().domain.clone();
+        // Quotas count every spelling of a user as one: a users-file row under the
+        // realm name and a Kerberos logon are the same person.
+        let counted = Principal::parse(&principal).canonical(domain.as_ref()).to_string();
         let until = match &self.phase {
             Phase::AwaitingLogon(waiting) => {
                 (waiting.started + shared.config().auth.logon_timeout).checked_sub(SLOT_WAIT_MARGIN)
@@ -296,11 +303,11 @@ impl Session {
             _ => None,
         }
         .unwrap_or_else(Instant::now);
-        let slot = match Box::pin(shared.quotas.session_by(&principal, until)).await {
+        let slot = match Box::pin(shared.quotas.session_by(&counted, until)).await {
             Ok(slot) => slot,
             Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
-        let key = Principal::parse(&principal).key(shared.credssp().domain.as_ref());
+        let key = Principal::parse(&principal).key(domain.as_ref());
         shared.lockout.record_success(self.link.source.ip(), Some(&key));
         let now = Instant::now();
         self.link.last_activity = now;
@@ -323,6 +330,7 @@ impl Session {
         tracing::info!(auth = ?logon.method, "session authenticated");
         let active = Box::new(Active {
             principal,
+            counted,
             method: logon.method,
             channel: logon.channel,
             credentials: logon.credentials,
@@ -460,6 +468,7 @@ mod tests {
         let started = Instant::now();
         s.phase = Phase::Active(Box::new(Active {
             principal: "LAB\\alice".into(),
+            counted: "LAB\\alice".into(),
             method: AuthMethod::Ntlm,
             channel: None,
             credentials: DelegatedCredentials::new("LAB", "alice", SecretString::from("pw")),
