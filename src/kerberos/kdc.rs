@@ -240,26 +240,42 @@ impl KdcTransport {
         }
     }
 
-    async fn exchange_tcp(&self, kdc: &KdcUrl, message: &[u8]) -> Result<Vec<u8>, String> {
+    /// Whether some KDC can be reached, for `/readyz`: a TCP KDC that accepts a
+    /// connection within the connect timeout, as an exchange would need. A list
+    /// of only UDP KDCs cannot be checked without asking them something, and is
+    /// taken on trust.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let tcp: Vec<&KdcUrl> = self.kdcs.iter().filter(|k| k.protocol == KdcProtocol::Tcp).collect();
+        if tcp.is_empty() {
+            return Ok(());
+        }
+        for kdc in &tcp {
+            if self.connect_tcp(kdc).await.is_ok() {
+                return Ok(());
+            }
+        }
+        let names: Vec<String> = tcp.iter().map(|kdc| kdc.to_string()).collect();
+        Err(format!("no KDC accepts connections: {}", names.join(", ")))
+    }
+
+    async fn connect_tcp(&self, kdc: &KdcUrl) -> Result<TcpStream, String> {
         let mut last = String::new();
         for addr in self.addresses(kdc).await? {
-            let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Err(_) => {
-                    last = format!("connect timed out after {}", secs(self.connect_timeout));
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    last = format!("connect: {e}");
-                    continue;
-                }
-                Ok(Ok(stream)) => stream,
-            };
-            return match tokio::time::timeout(self.reply_timeout, tcp_round_trip(stream, message)).await {
-                Err(_) => Err(format!("no answer within {}", secs(self.reply_timeout))),
-                Ok(result) => result,
-            };
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Err(_) => last = format!("connect timed out after {}", secs(self.connect_timeout)),
+                Ok(Err(e)) => last = format!("connect: {e}"),
+                Ok(Ok(stream)) => return Ok(stream),
+            }
         }
         Err(last)
+    }
+
+    async fn exchange_tcp(&self, kdc: &KdcUrl, message: &[u8]) -> Result<Vec<u8>, String> {
+        let stream = self.connect_tcp(kdc).await?;
+        match tokio::time::timeout(self.reply_timeout, tcp_round_trip(stream, message)).await {
+            Err(_) => Err(format!("no answer within {}", secs(self.reply_timeout))),
+            Ok(result) => result,
+        }
     }
 
     async fn exchange_udp(&self, kdc: &KdcUrl, message: &[u8]) -> Result<Vec<u8>, String> {

@@ -19,7 +19,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::Shared;
-use crate::kerberos::kdc::KdcProtocol;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -107,10 +106,9 @@ fn not_ready(shared: &Shared) -> Vec<String> {
 /// How often the KDCs are probed for `/readyz`.
 const KDC_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// In domain mode, keep `Shared::kdc_problem` current: none when some KDC
-/// accepts a TCP connection, else a message naming them all. Probed in the
-/// background so that `/readyz` answers at once; a list of only UDP KDCs
-/// cannot be probed without asking them something, and is taken on trust.
+/// In domain mode, keep `Shared::kdc_problem` current: none when the realm's
+/// KDC transport can reach a KDC, else why not. Probed in the background so
+/// that `/readyz` answers at once.
 pub(crate) async fn watch_kdcs(shared: Arc<Shared>) {
     loop {
         let config = shared.config();
@@ -127,23 +125,7 @@ pub(crate) async fn watch_kdcs(shared: Arc<Shared>) {
 }
 
 async fn kdc_problem(config: &crate::config::Config) -> Option<String> {
-    let kdcs: Vec<_> = config
-        .kerberos
-        .as_ref()?
-        .kdcs
-        .iter()
-        .filter(|kdc| kdc.protocol() == KdcProtocol::Tcp)
-        .collect();
-    if kdcs.is_empty() {
-        return None;
-    }
-    let timeout = config.defaults.connect_timeout;
-    for kdc in &kdcs {
-        let connect = tokio::net::TcpStream::connect((kdc.host(), kdc.port()));
-        if let Ok(Ok(_)) = tokio::time::timeout(timeout, connect).await {
-            return None;
-        }
-    }
-    let names: Vec<String> = kdcs.iter().map(|kdc| kdc.to_string()).collect();
-    Some(format!("no KDC accepts connections: {}", names.join(", ")))
+    // The transport Kerberos exchanges use, with their timeouts and name lookups.
+    let realm = config.defaults.kerberos.as_ref()?;
+    realm.kdc.reachable().await.err()
 }
