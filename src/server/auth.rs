@@ -124,9 +124,10 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
             session.abandon_credssp();
             // Counted on the one key of every spelling of the name, as the lock is checked.
             let domain = shared.credssp().domain.clone();
-            let key = user.as_deref().map(|user| Principal::parse(user).key(domain.as_ref()));
+            let key = user.as_ref().map(|user| user.key(domain.as_ref()));
             let reason = record_failure(shared, source, key.as_ref(), error.to_string(), now);
-            Logon::Refused(Refusal::credssp(token, reason).claimed(user).method(method))
+            let claimed = user.map(|user| user.to_string());
+            Logon::Refused(Refusal::credssp(token, reason).claimed(claimed).method(method))
         }
     }
 }

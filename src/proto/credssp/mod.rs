@@ -136,7 +136,7 @@ pub enum Step {
     Rejected {
         token: Option<Vec<u8>>,
         error: CredSspError,
-        user: Option<String>,
+        user: Option<Principal>,
     },
 }
 
@@ -172,7 +172,7 @@ struct Seen {
     claimed: Arc<Mutex<Option<Claim>>>,
     /// Who the NTLM AUTHENTICATE message says it is, canonical, for the audit
     /// of a failed logon (sspi may refuse before it asks for the user's hash).
-    wire_user: Option<String>,
+    wire_user: Option<Principal>,
     /// The client a Kerberos ticket names, whole (see [`ticket_client`]).
     ticket_client: Option<TicketClient>,
 }
@@ -225,18 +225,20 @@ impl Acceptor {
         }
     }
 
-    fn claimed_user(&self) -> Option<String> {
+    /// Who the client claimed to be, canonical: the principal the lockout counts
+    /// a refusal against and the audit names.
+    fn claimed_user(&self) -> Option<Principal> {
         // A ticket's whole name, where sspi would report its first component only.
         if let Some(ticket) = &self.seen.ticket_client {
             let named = Principal::from_parts(Some(&ticket.realm), &ticket.name.join("/"));
-            return Some(named.canonical(self.config.domain.as_ref()).to_string());
+            return Some(named.canonical(self.config.domain.as_ref()));
         }
         let verified = self
             .seen
             .claimed
             .lock()
             .ok()
-            .and_then(|c| c.as_ref().map(|claim| claim.principal.to_string()));
+            .and_then(|c| c.as_ref().map(|claim| claim.principal.clone()));
         verified.or_else(|| self.seen.wire_user.clone())
     }
 
@@ -309,7 +311,7 @@ impl Acceptor {
         if let Some((domain, user)) = request.nego_tokens.as_deref().and_then(tokens::claimed_ntlm_user) {
             // Canonical, as sspi's claim is: `LAB.TEST\alice` and `\LAB\alice` are LAB\alice.
             let principal = Principal::from_parts(Some(&domain), &user).canonical(self.config.domain.as_ref());
-            self.seen.wire_user = Some(principal.to_string());
+            self.seen.wire_user = Some(principal.clone());
             if locked_out(&principal.key(self.config.domain.as_ref())) {
                 return Err((CredSspError::LockedOut(principal.to_string()), Some(reply_version)));
             }
