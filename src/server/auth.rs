@@ -106,10 +106,6 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
             // The exchange is over whatever follows: a refusal below must not leave it to the next token.
             session.abandon_credssp();
             let method = method.unwrap_or(AuthMethod::Ntlm);
-            if let Err(reason) = users_file_agrees(shared, &credentials, method) {
-                let refusal = Refusal::logon(reason).claimed(Some(credentials.principal()));
-                return Logon::Refused(refusal.method(Some(method)));
-            }
             let logon = session::Logon {
                 credentials,
                 channel: Some(channel),
@@ -200,26 +196,6 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
         Ok(active) => Logon::Active(active),
         Err(refusal) => Logon::Refused(refusal),
     }
-}
-
-/// An exchange is decided against the users in force when it completes: a
-/// reload while it ran (a user removed, a password changed) must not let the
-/// old entry through. The delegated password is checked against the current
-/// users file; a Kerberos logon has no entry to check.
-fn users_file_agrees(shared: &Shared, credentials: &DelegatedCredentials, method: AuthMethod) -> Result<(), String> {
-    if method == AuthMethod::Kerberos {
-        return Ok(());
-    }
-    let who = Principal::parse(&credentials.principal());
-    let credssp = shared.credssp();
-    verify_password(
-        &credssp.users,
-        credssp.domain.as_ref(),
-        &who,
-        credentials.expose_password(),
-    )
-    .map(|_| ())
-    .map_err(|refusal| format!("the users file changed during the logon: {refusal} for {}", who))
 }
 
 /// A new logon on a connection: end the session it carried (if any), and

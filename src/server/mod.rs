@@ -383,12 +383,16 @@ fn reload(shared: &Shared) {
     let domain = credssp.domain.clone();
     let gone = users_gone(&shared.credssp().users, &credssp.users, domain.as_ref());
     replace(&shared.config, Arc::new(config));
-    replace(&shared.credssp, credssp);
+    // The users change with the registry locked: a logon completing meanwhile is
+    // either registered already (and ended here) or checked against the new users.
+    let change = || replace(&shared.credssp, credssp);
     // A Kerberos session has no users-file entry to lose.
-    let ended = shared.sessions.end_each(|principal, method| match method {
-        AuthMethod::Kerberos => None,
-        _ => gone.get(&Principal::parse(principal).key(domain.as_ref())).copied(),
-    });
+    let ended = shared
+        .sessions
+        .end_each_after(change, |principal, method| match method {
+            AuthMethod::Kerberos => None,
+            _ => gone.get(&Principal::parse(principal).key(domain.as_ref())).copied(),
+        });
     tracing::info!(
         ended_sessions = ended,
         "SIGHUP: reloaded certificate, key, users file and configuration"

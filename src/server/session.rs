@@ -20,7 +20,7 @@ use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::identity::Principal;
-use crate::proto::credssp::{Acceptor, SecureChannel};
+use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
 use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
 
@@ -307,13 +307,18 @@ impl Session {
             Ok(slot) => slot,
             Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
+        let admit = || users_file_agrees(shared, &logon.credentials, logon.method);
+        let ender = self.link.ender.clone();
+        if let Err(reason) = shared
+            .sessions
+            .register_if(&self.link.id, &principal, logon.method, ender, admit)
+        {
+            return Err(Refusal::logon(reason).by(principal, logon.method));
+        }
         let key = Principal::parse(&principal).key(domain.as_ref());
         shared.lockout.record_success(self.link.source.ip(), Some(&key));
         let now = Instant::now();
         self.link.last_activity = now;
-        shared
-            .sessions
-            .register(&self.link.id, &principal, logon.method, self.link.ender.clone());
         shared.metrics.logon(true);
         shared.metrics.session_started();
         tracing::Span::current().record("user", principal.as_str());
@@ -403,6 +408,26 @@ impl Session {
         });
         Ok(())
     }
+}
+
+/// A logon is decided against the users in force when it completes: a reload
+/// while it ran (a user removed, a password changed) must not let the old
+/// entry through. The delegated password is checked against the current users
+/// file; a Kerberos logon has no entry to check.
+fn users_file_agrees(shared: &Shared, credentials: &DelegatedCredentials, method: AuthMethod) -> Result<(), String> {
+    if method == AuthMethod::Kerberos {
+        return Ok(());
+    }
+    let who = Principal::parse(&credentials.principal());
+    let credssp = shared.credssp();
+    verify_password(
+        &credssp.users,
+        credssp.domain.as_ref(),
+        &who,
+        credentials.expose_password(),
+    )
+    .map(|_| ())
+    .map_err(|refusal| format!("the users file changed during the logon: {refusal} for {who}"))
 }
 
 fn new_id() -> String {

@@ -84,19 +84,37 @@ impl Registry {
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register(&self, id: &str, principal: &str, method: AuthMethod, ender: Arc<Ender>) {
-        self.sessions()
-            .insert(id.to_string(), (principal.to_string(), method, ender));
+    /// Register a session unless `admit` refuses it, both under the registry's
+    /// lock: a reload (see [`Registry::end_each_after`]) then either sees the
+    /// session or ran before `admit` looked at what it changed.
+    pub fn register_if<E>(
+        &self,
+        id: &str,
+        principal: &str,
+        method: AuthMethod,
+        ender: Arc<Ender>,
+        admit: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut sessions = self.sessions();
+        admit()?;
+        sessions.insert(id.to_string(), (principal.to_string(), method, ender));
+        Ok(())
     }
 
     pub fn unregister(&self, id: &str) {
         self.sessions().remove(id);
     }
 
-    /// End every session for which `ending` gives a reason (from its principal
-    /// and logon method); returns how many.
-    pub fn end_each<'r>(&self, ending: impl Fn(&str, AuthMethod) -> Option<&'r str>) -> usize {
+    /// With the registry locked, run `change` (what a reload replaces), then end
+    /// every session for which `ending` gives a reason (from its principal and
+    /// logon method); returns how many.
+    pub fn end_each_after<'r>(
+        &self,
+        change: impl FnOnce(),
+        ending: impl Fn(&str, AuthMethod) -> Option<&'r str>,
+    ) -> usize {
         let sessions = self.sessions();
+        change();
         let mut ended = 0;
         for (principal, method, ender) in sessions.values() {
             if let Some(reason) = ending(principal, *method) {
@@ -131,18 +149,30 @@ mod tests {
         let registry = Registry::default();
         let (alice, bob) = (Ender::new(&stop), Ender::new(&stop));
         let carol = Ender::new(&stop);
-        registry.register("1", "LAB\\alice", AuthMethod::Ntlm, alice.clone());
-        registry.register("2", "LAB\\bob", AuthMethod::Basic, bob.clone());
-        registry.register("3", "LAB\\carol", AuthMethod::Kerberos, carol.clone());
+        let admit = || Ok::<(), ()>(());
+        registry
+            .register_if("1", "LAB\\alice", AuthMethod::Ntlm, alice.clone(), admit)
+            .unwrap();
+        registry
+            .register_if("2", "LAB\\bob", AuthMethod::Basic, bob.clone(), admit)
+            .unwrap();
+        registry
+            .register_if("3", "LAB\\carol", AuthMethod::Kerberos, carol.clone(), admit)
+            .unwrap();
+        let dave = Ender::new(&stop);
+        assert_eq!(
+            registry.register_if("4", "LAB\\dave", AuthMethod::Ntlm, dave, || Err("refused")),
+            Err("refused")
+        );
         let ending = |p: &str, method| {
             let keep = method == AuthMethod::Kerberos || p.eq_ignore_ascii_case("lab\\alice");
             (!keep).then_some("user removed")
         };
-        let ended = registry.end_each(ending);
+        let ended = registry.end_each_after(|| {}, ending);
         assert_eq!(ended, 1);
         assert!(!alice.is_ended() && !carol.is_ended());
         assert_eq!(bob.reason(), "user removed");
         registry.unregister("2");
-        assert_eq!(registry.end_each(|_, _| Some("x")), 2);
+        assert_eq!(registry.end_each_after(|| {}, |_, _| Some("x")), 2);
     }
 }
