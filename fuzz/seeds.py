@@ -31,6 +31,10 @@ def legs(*parts):
 put("credssp_first_token", "spnego", g.spnego_init(g.ntlm_negotiate()))
 put("credssp_first_token", "ntlm", g.ntlm_negotiate())
 # Real Kerberos first tokens (made against the test realm): requests-credssp's raw krb5 AP-REQ, pyspnego's SPNEGO.
+# Real MIT AP-REQs (bare krb5 and SPNEGO), as the client sent them.
+for name in ("bob_eve_krb5", "alice_spnego"):
+    with open(os.path.join(REPO, "src/proto/kerberos/fixtures/ticket", name + ".bin"), "rb") as fh:
+        put("service_ticket", name, b"\x00" + fh.read())
 for name in ("requests_credssp_kerberos_ap_req", "pyspnego_negotiate_kerberos"):
     with open(os.path.join(REPO, "src/proto/credssp/fixtures", name + ".bin"), "rb") as fh:
         put("credssp_first_token", name, fh.read())
