@@ -79,6 +79,9 @@ pub struct PsrpMessage {
 #[derive(Debug, Default)]
 pub struct Defragmenter {
     partial: HashMap<u64, Vec<u8>>,
+    /// The bytes held in `partial`, kept as they change: summing them for every
+    /// fragment made many small fragments cost the square of their number.
+    buffered: usize,
 }
 
 impl Defragmenter {
@@ -102,20 +105,24 @@ impl Defragmenter {
             };
             rest = &rest[FRAGMENT_HEADER + blob.len()..];
             if flags & FLAG_START != 0 {
-                self.partial.insert(object_id, Vec::new());
+                if let Some(dropped) = self.partial.insert(object_id, Vec::new()) {
+                    self.buffered -= dropped.len();
+                }
             }
-            let buffered: usize = self.partial.values().map(Vec::len).sum();
             let Some(buf) = self.partial.get_mut(&object_id) else {
                 continue; // a middle fragment whose start we never saw
             };
-            if buffered + blob.len() > MAX_DECODED {
+            if self.buffered + blob.len() > MAX_DECODED {
+                self.buffered -= buf.len();
                 self.partial.remove(&object_id);
                 continue;
             }
             buf.extend_from_slice(blob);
+            self.buffered += blob.len();
             if flags & FLAG_END != 0 {
-                if let Some(message) = self.partial.remove(&object_id).and_then(|m| message_of(m, true)) {
-                    done.push(message);
+                if let Some(whole) = self.partial.remove(&object_id) {
+                    self.buffered -= whole.len();
+                    done.extend(message_of(whole, true));
                 }
             }
         }
@@ -573,6 +580,39 @@ mod tests {
             "<Obj RefId=\"0\"><MS><B N=\"NoInput\">true</B><Obj N=\"PowerShell\" RefId=\"4\"><MS><B N=\"IsNested\">false</B>{extra}\
              <Obj N=\"Cmds\" RefId=\"7\">{TN}<LST>{cmds_xml}</LST></Obj><Nil N=\"History\" /></MS></Obj></MS></Obj>"
         )
+    }
+
+    /// The running count of buffered bytes stays the sum of what is held, through
+    /// messages that finish, restart under the same ObjectId, and never end.
+    #[test]
+    fn the_buffered_count_follows_what_is_held() {
+        let mut d = Defragmenter::default();
+        let held = |d: &Defragmenter| d.partial.values().map(Vec::len).sum::<usize>();
+        let whole = fragments(1, &message(CREATE_PIPELINE, "<Obj/>"), 3);
+        let mut begun = fragments(2, &message(CREATE_PIPELINE, "<Obj><MS/></Obj>"), 4);
+        let cut = begun.len() / 2;
+        let mut fed = whole.clone();
+        fed.extend_from_slice(&begun[..cut]);
+        // Cut inside a fragment: the rest of that fragment is not fed.
+        let done = d.push(&fed);
+        assert_eq!(done.len(), 1);
+        assert_eq!(d.buffered, held(&d));
+        // The same ObjectId starts again: what it held is dropped from the count.
+        begun.truncate(0);
+        begun.extend(fragments(2, &message(CREATE_PIPELINE, "<Obj/>"), 2));
+        let done = d.push(&begun);
+        assert_eq!(done.len(), 1);
+        assert_eq!((d.buffered, held(&d)), (0, 0));
+        // Thousands of messages begun and never ended are counted once each.
+        let mut starts = Vec::new();
+        for id in 10..5_010u64 {
+            let mut f = fragments(id, &message(CREATE_PIPELINE, "<Obj/>"), 1);
+            f[16] = FLAG_START;
+            starts.extend(f);
+        }
+        assert!(d.push(&starts).is_empty());
+        assert_eq!(d.buffered, held(&d));
+        assert_eq!(d.unfinished().len(), 5_000);
     }
 
     #[test]
