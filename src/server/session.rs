@@ -19,7 +19,6 @@ use super::Shared;
 use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
-use crate::identity::Principal;
 use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
 use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
@@ -295,7 +294,9 @@ impl Session {
         let domain = shared.credssp().domain.clone();
         // Quotas count every spelling of a user as one: a users-file row under the
         // realm name and a Kerberos logon are the same person.
-        let counted = Principal::parse(&principal).canonical(domain.as_ref()).to_string();
+        let who = logon.credentials.identity();
+        let counted = who.clone().canonical(domain.as_ref()).to_string();
+        let key = who.key(domain.as_ref());
         let until = match &self.phase {
             Phase::AwaitingLogon(waiting) => {
                 (waiting.started + shared.config().auth.logon_timeout).checked_sub(SLOT_WAIT_MARGIN)
@@ -315,7 +316,6 @@ impl Session {
         {
             return Err(Refusal::logon(reason).by(principal, logon.method));
         }
-        let key = Principal::parse(&principal).key(domain.as_ref());
         shared.lockout.record_success(self.link.source.ip(), Some(&key));
         let now = Instant::now();
         self.link.last_activity = now;
@@ -418,12 +418,12 @@ fn users_file_agrees(shared: &Shared, credentials: &DelegatedCredentials, method
     if method == AuthMethod::Kerberos {
         return Ok(());
     }
-    let who = Principal::parse(&credentials.principal());
+    let who = credentials.identity();
     let credssp = shared.credssp();
     verify_password(
         &credssp.users,
         credssp.domain.as_ref(),
-        &who,
+        who,
         credentials.expose_password(),
     )
     .map(|_| ())

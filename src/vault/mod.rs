@@ -84,6 +84,11 @@ impl DelegatedCredentials {
         }
     }
 
+    /// Who the credentials are for, as one principal (compare with its key).
+    pub fn identity(&self) -> &Principal {
+        &self.principal
+    }
+
     pub fn domain(&self) -> &str {
         self.principal.domain()
     }
