@@ -1,6 +1,7 @@
 //! Who a caller is: the relay's domain under its two names, a principal read from
 //! any spelling a client, a ticket or a file uses, the one key every spelling of
-//! the same principal shares, and a row of the users file.
+//! the same principal shares, the directory groups it was found in at logon, and a
+//! row of the users file.
 //!
 //! A leaf module (it imports nothing of the crate), so that `proto`, `config`,
 //! `policy`, `vault`, `server` and `fanout` all compare names the same way: by
@@ -147,6 +148,32 @@ pub struct PrincipalKey(String);
 impl PrincipalKey {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The groups a logged-on caller belongs to, of those the `[[allow]]` rules name, as
+/// the directory said at logon: held for the session, so a change takes effect at the
+/// caller's next logon. Group names are principals too (`LAB\WinRM-Operators`,
+/// `WinRM-Operators@lab.test`): they compare by [`Principal::key`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Groups {
+    /// No rule names a group: nothing was looked up.
+    #[default]
+    NotNeeded,
+    /// A member of these (as the rules spell them), directly or through nested groups.
+    Known(Vec<Principal>),
+    /// The lookup failed: rules that need a group cannot grant. Why, naming the directory.
+    Unavailable(String),
+}
+
+impl Groups {
+    /// Whether the caller is known to belong to `group` (compared in the relay's `domain`).
+    pub fn contains(&self, group: &Principal, domain: Option<&Domain>) -> bool {
+        let key = group.key(domain);
+        match self {
+            Groups::Known(groups) => groups.iter().any(|g| g.key(domain) == key),
+            Groups::NotNeeded | Groups::Unavailable(_) => false,
+        }
     }
 }
 

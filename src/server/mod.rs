@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub listening: AtomicBool,
     /// In domain mode, why no KDC can be reached (for `/readyz`); `None` when one can.
     pub kdc_problem: std::sync::Mutex<Option<String>>,
+    /// The `[directory]`'s group SIDs and whether it answered last time (for `/readyz`).
+    pub directory: crate::directory::Directory,
     pub lockout: limits::Lockout,
     pub quotas: Arc<limits::Quotas>,
     /// Connections that have not authenticated yet, per source and in all, so
@@ -192,6 +194,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
         accepting.spawn(health::serve(listener, shared.clone()));
         accepting.spawn(health::watch_kdcs(shared.clone()));
+        accepting.spawn(health::watch_directory(shared.clone()));
     }
     accepting.spawn(refusal::summarize(shared.clone()));
     accepting.close();
@@ -268,6 +271,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         metrics,
         listening: AtomicBool::new(false),
         kdc_problem: std::sync::Mutex::new(None),
+        directory: crate::directory::Directory::default(),
         lockout,
         quotas,
         unauthenticated,

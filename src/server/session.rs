@@ -19,6 +19,7 @@ use super::Shared;
 use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
+use crate::identity::Groups;
 use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
 use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
@@ -82,6 +83,9 @@ pub(crate) struct Active {
     /// The principal in its canonical form (the relay's domain by its NetBIOS
     /// name): what the per-user quotas count under.
     pub counted: String,
+    /// The directory groups the rules name that the caller was in at logon: held for
+    /// the session (`session.max_lifetime_secs` bounds how long a change waits).
+    pub groups: Groups,
     pub method: AuthMethod,
     /// CredSSP's TLS channel, for session encryption; `None` for Basic.
     pub channel: Option<Box<SecureChannel>>,
@@ -308,6 +312,8 @@ impl Session {
             Ok(slot) => slot,
             Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
+        // Boxed: a connection's state need not carry the lookup's.
+        let groups = Box::pin(membership(shared, who)).await;
         let admit = || users_file_agrees(shared, &logon.credentials, logon.method);
         let ender = self.link.ender.clone();
         if let Err(reason) = shared
@@ -336,6 +342,7 @@ impl Session {
         let active = Box::new(Active {
             principal,
             counted,
+            groups,
             method: logon.method,
             channel: logon.channel,
             credentials: logon.credentials,
@@ -345,9 +352,13 @@ impl Session {
             transcript,
             started: now,
         });
-        shared
-            .audit
-            .emit(&self.link.event(AuditKind::SessionStart, Some(&active)));
+        let mut started = self.link.event(AuditKind::SessionStart, Some(&active));
+        match &active.groups {
+            Groups::NotNeeded => {}
+            Groups::Known(groups) => started.groups = Some(groups.iter().map(ToString::to_string).collect()),
+            Groups::Unavailable(why) => started.reason = Some(format!("group membership unknown: {why}")),
+        }
+        shared.audit.emit(&started);
         self.phase = Phase::Active(active);
         self.active()
             .ok_or_else(|| Refusal::relay_fault("the session did not become active"))
@@ -408,6 +419,24 @@ impl Session {
         });
         Ok(())
     }
+}
+
+/// The groups the rules name that `who` belongs to, asked of the directory at logon.
+/// Without a `[directory]` or a rule naming a group, nothing is asked.
+async fn membership(shared: &Shared, who: &crate::identity::Principal) -> Groups {
+    let config = shared.config();
+    let (Some(directory), Some(kerberos)) = (&config.directory, &config.kerberos) else {
+        return Groups::NotNeeded;
+    };
+    let wanted = config.policy.groups();
+    let groups = shared
+        .directory
+        .membership(directory, &kerberos.domain, who, &wanted)
+        .await;
+    if let Groups::Unavailable(why) = &groups {
+        tracing::warn!(reason = %why, "group membership unknown: group rules will not grant this session");
+    }
+    groups
 }
 
 /// A logon is decided against the users in force when it completes: a reload
@@ -494,6 +523,7 @@ mod tests {
         s.phase = Phase::Active(Box::new(Active {
             principal: "LAB\\alice".into(),
             counted: "LAB\\alice".into(),
+            groups: Groups::NotNeeded,
             method: AuthMethod::Ntlm,
             channel: None,
             credentials: DelegatedCredentials::new("LAB", "alice", SecretString::from("pw")),
