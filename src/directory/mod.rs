@@ -12,7 +12,6 @@
 //! Any failure is a [`DirectoryError`] naming every URL tried; callers fail closed on it.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use std::time::Duration;
 use ldap3::{ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use zeroize::Zeroizing;
 
-use crate::identity::{Domain, Groups, Principal};
+use crate::identity::{Domain, Groups, Principal, Sid};
 use crate::resolve::TargetTls;
 
 /// Largest bind password file read.
@@ -64,31 +63,6 @@ pub enum DirectoryError {
     Password { path: PathBuf, message: String },
 }
 
-/// An objectSid as the directory stores it (binary); shown as `S-1-5-21-...`.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Sid(Vec<u8>);
-
-impl fmt::Display for Sid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = &self.0;
-        if b.len() < 8 || b.len() != 8 + 4 * usize::from(b[1]) {
-            return write!(f, "<malformed SID {}>", hex::encode(b));
-        }
-        let authority = b[2..8].iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x));
-        write!(f, "S-{}-{authority}", b[0])?;
-        for sub in b[8..].chunks_exact(4) {
-            write!(f, "-{}", u32::from_le_bytes([sub[0], sub[1], sub[2], sub[3]]))?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Sid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
 /// The relay's view of the directory: the group SID cache and whether it was reachable
 /// last time it was asked (for `/readyz`).
 #[derive(Debug, Default)]
@@ -116,14 +90,17 @@ impl Directory {
     }
 
     /// Which of `wanted` (groups of the relay's `domain`, as rules name them) `user`
-    /// belongs to, directly or through nested groups. A user of another domain, or one
-    /// the directory does not know, belongs to none.
+    /// belongs to, directly or through nested groups: by the group SIDs of the ticket's
+    /// PAC when the logon was a Kerberos one with a PAC (`pac`), else by the user's
+    /// `tokenGroups`. A user of another domain, or one the directory does not know,
+    /// belongs to none. With a PAC and every group's SID cached, the directory is not asked.
     pub async fn membership(
         &self,
         config: &DirectoryConfig,
         domain: &Domain,
         user: &Principal,
         wanted: &[Principal],
+        pac: Option<&[Sid]>,
     ) -> Groups {
         if wanted.is_empty() {
             return Groups::NotNeeded;
@@ -131,42 +108,50 @@ impl Directory {
         if !domain.is_named(user.domain()) {
             return Groups::Known(Vec::new());
         }
-        let result = self.lookup(config, domain, user, wanted).await;
-        self.record(&result);
+        let mut conn = None;
+        let result = self.lookup(&mut conn, config, domain, user, wanted, pac).await;
+        // Only what the directory answered (or failed to) says whether it is up.
+        if conn.is_some() || result.is_err() {
+            self.record(&result);
+        }
+        if let Some(conn) = conn {
+            conn.close();
+        }
         match result {
             Ok(groups) => Groups::Known(groups),
             Err(error) => Groups::Unavailable(error.to_string()),
         }
     }
 
+    /// `conn` is opened on first need and left for the caller to close.
     async fn lookup(
         &self,
+        conn: &mut Option<Connection>,
         config: &DirectoryConfig,
         domain: &Domain,
         user: &Principal,
         wanted: &[Principal],
+        pac: Option<&[Sid]>,
     ) -> Result<Vec<Principal>, DirectoryError> {
-        let mut conn = Connection::open(config).await?;
         let base = base_dn(domain);
-        let result = async {
-            let sids = self.group_sids(&mut conn, &base, domain, wanted).await?;
-            let token = conn.token_groups(&base, user.user()).await?;
-            Ok(wanted
-                .iter()
-                .zip(sids)
-                .filter(|(_, sid)| sid.as_ref().is_some_and(|sid| token.contains(sid)))
-                .map(|(group, _)| group.clone())
-                .collect())
-        }
-        .await;
-        conn.close();
-        result
+        let sids = self.group_sids(conn, config, &base, domain, wanted).await?;
+        let token = match pac {
+            Some(pac) => pac.to_vec(),
+            None => connection(conn, config).await?.token_groups(&base, user.user()).await?,
+        };
+        Ok(wanted
+            .iter()
+            .zip(sids)
+            .filter(|(_, sid)| sid.as_ref().is_some_and(|sid| token.contains(sid)))
+            .map(|(group, _)| group.clone())
+            .collect())
     }
 
     /// The SID of each of `groups` (cached), `None` for one the directory does not have.
     async fn group_sids(
         &self,
-        conn: &mut Connection,
+        conn: &mut Option<Connection>,
+        config: &DirectoryConfig,
         base: &str,
         domain: &Domain,
         groups: &[Principal],
@@ -178,7 +163,7 @@ impl Directory {
             let sid = match cached {
                 Some(sid) => Some(sid),
                 None => {
-                    let found = conn.group_sid(base, group.user()).await?;
+                    let found = connection(conn, config).await?.group_sid(base, group.user()).await?;
                     if let Some(sid) = &found {
                         self.sids
                             .lock()
@@ -200,9 +185,13 @@ impl Directory {
         domain: &Domain,
         groups: &[Principal],
     ) -> Result<Vec<Principal>, DirectoryError> {
-        let mut conn = Connection::open(config).await?;
-        let sids = self.group_sids(&mut conn, &base_dn(domain), domain, groups).await;
-        conn.close();
+        let mut conn = None;
+        let sids = self
+            .group_sids(&mut conn, config, &base_dn(domain), domain, groups)
+            .await;
+        if let Some(conn) = conn {
+            conn.close();
+        }
         Ok(groups
             .iter()
             .zip(sids?)
@@ -210,6 +199,17 @@ impl Directory {
             .map(|(group, _)| group.clone())
             .collect())
     }
+}
+
+/// The connection in `conn`, opened now if it is not yet.
+async fn connection<'a>(
+    conn: &'a mut Option<Connection>,
+    config: &DirectoryConfig,
+) -> Result<&'a mut Connection, DirectoryError> {
+    if conn.is_none() {
+        *conn = Some(Connection::open(config).await?);
+    }
+    conn.as_mut().ok_or_else(|| DirectoryError::Unreachable(Vec::new()))
 }
 
 /// `LAB.TEST` -> `DC=LAB,DC=TEST`: where an AD domain's naming context is.
@@ -324,7 +324,7 @@ impl Connection {
         let entries = self.search(base, Scope::Subtree, &filter, "objectSid").await?;
         Ok(entries
             .into_iter()
-            .find_map(|mut e| e.bin_attrs.remove("objectSid")?.into_iter().next().map(Sid)))
+            .find_map(|mut e| e.bin_attrs.remove("objectSid")?.into_iter().next().map(Sid::from_bytes)))
     }
 
     /// Every group SID of the user whose sAMAccountName is `name` (none when unknown).
@@ -341,7 +341,7 @@ impl Connection {
         Ok(entries
             .into_iter()
             .flat_map(|mut e| e.bin_attrs.remove("tokenGroups").unwrap_or_default())
-            .map(Sid)
+            .map(Sid::from_bytes)
             .collect())
     }
 
@@ -385,17 +385,6 @@ fn read_password(path: &Path) -> Result<Zeroizing<String>, DirectoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sids_read_as_windows_writes_them() {
-        // S-1-5-21-1-2-3-512
-        let mut b = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
-        for sub in [21u32, 1, 2, 3, 512] {
-            b.extend_from_slice(&sub.to_le_bytes());
-        }
-        assert_eq!(Sid(b).to_string(), "S-1-5-21-1-2-3-512");
-        assert!(Sid(vec![1, 2, 0]).to_string().starts_with("<malformed SID"));
-    }
 
     #[test]
     fn the_naming_context_comes_from_the_realm() {

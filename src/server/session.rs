@@ -19,7 +19,7 @@ use super::Shared;
 use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
-use crate::identity::Groups;
+use crate::identity::{Groups, Principal, Sid};
 use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
 use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
@@ -120,6 +120,8 @@ pub(crate) struct Logon {
     pub credentials: DelegatedCredentials,
     pub channel: Option<Box<SecureChannel>>,
     pub method: AuthMethod,
+    /// A Kerberos logon's group SIDs from its ticket's PAC, when it had one.
+    pub pac_groups: Option<Vec<Sid>>,
 }
 
 /// When a session must end if nothing else ends it first, and why.
@@ -313,7 +315,7 @@ impl Session {
             Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
         // Boxed: a connection's state need not carry the lookup's.
-        let groups = Box::pin(membership(shared, who)).await;
+        let groups = Box::pin(membership(shared, who, logon.pac_groups.as_deref())).await;
         let admit = || users_file_agrees(shared, &logon.credentials, logon.method);
         let ender = self.link.ender.clone();
         if let Err(reason) = shared
@@ -421,9 +423,10 @@ impl Session {
     }
 }
 
-/// The groups the rules name that `who` belongs to, asked of the directory at logon.
-/// Without a `[directory]` or a rule naming a group, nothing is asked.
-async fn membership(shared: &Shared, who: &crate::identity::Principal) -> Groups {
+/// The groups the rules name that `who` belongs to, at logon: from the PAC's SIDs when
+/// there is one, else from the directory. Without a `[directory]` or a rule naming a
+/// group, nothing is asked.
+async fn membership(shared: &Shared, who: &Principal, pac: Option<&[Sid]>) -> Groups {
     let config = shared.config();
     let (Some(directory), Some(kerberos)) = (&config.directory, &config.kerberos) else {
         return Groups::NotNeeded;
@@ -431,7 +434,7 @@ async fn membership(shared: &Shared, who: &crate::identity::Principal) -> Groups
     let wanted = config.policy.groups();
     let groups = shared
         .directory
-        .membership(directory, &kerberos.domain, who, &wanted)
+        .membership(directory, &kerberos.domain, who, &wanted, pac)
         .await;
     if let Groups::Unavailable(why) = &groups {
         tracing::warn!(reason = %why, "group membership unknown: group rules will not grant this session");
