@@ -289,6 +289,16 @@ def test_check_online_finds_the_groups_a_rule_names(lab: AdLab, samba: samba_ad.
                          env=harness.scrubbed_env(), timeout=60, cwd=lab.relay.dir)
     assert res.returncode == 1, res.stdout + res.stderr
     assert b"group LAB\\NoSuch-Group: not found in the directory (ldaps://127.0.0.150:636)" in res.stderr, res.stderr
+    # StartTLS on 389, and failover past a DC that refuses connections (nothing listens on 127.0.0.155).
+    starttls = os.path.join(lab.relay.dir, "starttls-failover.toml")
+    ldaps = 'url = ["%s"]' % samba.ldaps_url
+    assert ldaps in text, text
+    with open(starttls, "w") as fh:
+        fh.write(text.replace(ldaps, 'url = ["ldaps://127.0.0.155", "%s"]\nstarttls = true' % samba.ldap_url))
+    res = subprocess.run([lab.h.relay_bin, "check", "--online", "-c", starttls], capture_output=True,
+                         env=harness.scrubbed_env(), timeout=60, cwd=lab.relay.dir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert b"group LAB\\WinRM-Operators: found in the directory" in res.stdout, res.stdout
     # Offline, the same file is valid: only --online asks the directory.
     offline = subprocess.run([lab.h.relay_bin, "check", "-c", bad], capture_output=True, env=harness.scrubbed_env(),
                              timeout=60, cwd=lab.relay.dir)
