@@ -617,6 +617,8 @@ class WsmanRequest:
         }
         self.shell_id = self.selectors.get("ShellId")
         self.compression = (text_of(header.find("rsp:CompressionType", NS)) or "").strip()
+        size = (text_of(header.find("w:MaxEnvelopeSize", NS)) or "").strip()
+        self.max_envelope = int(size) if size.isdigit() else 0
         self.action_name = self.action.rsplit("/", 1)[-1] if self.action else ""
 
 
@@ -838,20 +840,27 @@ class Dispatcher:
         """The runspace pool's messages (no CommandId), or a pipeline's output and, once it finished, Done."""
         psrp = typing.cast(PsrpShell, shell.psrp)
         if cmd_id is None:
-            taken, psrp.pool_out = psrp.pool_out, []
-            attr, done = "", False
+            queue, attr, done = psrp.pool_out, "", False
         else:
             p = psrp.pipelines.get(cmd_id.upper())
             if p is None:
                 raise Fault("w:InvalidSelectors", 2150858843, "Unknown pipeline %s" % cmd_id, value="s:Sender")
-            taken, p["out"] = p["out"], []
-            attr, done = ' CommandId="%s"' % cmd_id, p["done"]
+            queue, attr, done = p["out"], ' CommandId="%s"' % cmd_id, p["done"]
+        # Like Windows, what does not fit in the client's MaxEnvelopeSize waits for the next Receive.
+        budget = (req.max_envelope or 153600) - 2048
+        taken, raw = [], []
+        while queue:
+            data = xpress.compress(queue[0]) if shell.compressed else queue[0]
+            if taken and sum(len(t) for t in taken) * 4 // 3 + len(data) * 4 // 3 + 100 * len(taken) > budget:
+                break
+            raw.append(queue.pop(0))
+            taken.append(data)
+        done = done and not queue
         if not taken and not done:
             time.sleep(min(req.op_timeout, 1.0))
             raise Fault("w:TimedOut", TIMED_OUT_CODE, TIMED_OUT_TEXT)
         if shell.compressed:
-            log_extra["compressed_out"] = [len(f) for f in taken]
-            taken = [xpress.compress(f) for f in taken]
+            log_extra["compressed_out"] = [len(f) for f in raw]
         parts = ['<rsp:Stream Name="stdout"%s>%s</rsp:Stream>' % (attr, base64.b64encode(f).decode()) for f in taken]
         if done:
             parts.append('<rsp:CommandState%s State="%sCommandState/Done"/>' % (attr, ACTION_BASE_SHELL))
