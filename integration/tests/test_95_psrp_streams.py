@@ -137,6 +137,11 @@ def padded_script(total: int, tail: str) -> str:
     return "\n".join(lines + [tail])
 
 
+def audited_prefix(name: str) -> str:
+    """The script text an audited `name` starts with: its first 4 KiB, which the relay marks cut with " ..."."""
+    return name[:-4] if len(name) > 4096 and name.endswith(" ...") else name
+
+
 def events(r: harness.ExtraRelay, kind: str) -> typing.List[dict]:
     return [e for e in r.events() if e.get("event") == kind]
 
@@ -167,10 +172,11 @@ def check_pipeline_audited(r: harness.ExtraRelay, script: str, output_line: str,
     """The relay's `pipeline` event holds the script (start, SHA-256 of the whole, size), its `pipeline_end` the
     state, and the session's transcript the whole text then the output."""
     ev = wait_for(lambda: pipeline_event(r, script), 10)
-    assert ev, "no pipeline event with the script's SHA-256 (the end of the script went unaudited)%s" % r.excerpt()
+    assert ev, "no pipeline event with the script's SHA-256 (the end of the script went unaudited); undecodable: %s%s" % (
+        events(r, "undecodable"), r.excerpt())
     cmd = [c for c in ev["commands"] if c.get("script_sha256")][0]
     assert cmd["script"] is True and cmd["script_bytes"] == len(script.encode()), cmd
-    assert script.startswith(cmd["name"]) and len(cmd["name"]) >= min(len(script), 4000), cmd["name"][-80:]
+    assert audited_prefix(cmd["name"]) == script[:4096], cmd["name"][-80:]
     assert ev.get("compressed", False) is compressed, ev
     assert ev["command_id"] == ev["command_id"].upper() and ev["user"].lower() == ALICE.lower(), ev
     end = wait_for(lambda: [e for e in events(r, "pipeline_end") if e.get("command_id") == ev["command_id"]], 10)
@@ -452,8 +458,8 @@ def test_windows_recorded_exchanges_replayed_every_pipeline_is_reconstructed(sre
     wrong = []
     for p in expected:
         names = audited_names[p["key"]]
-        match = [n for n in names if n and p["name"] is not None and p["name"].startswith(n)
-                 and len(n) >= min(len(p["name"]), 1000)]
+        match = [n for n in names if n and p["name"] is not None and p["name"].startswith(audited_prefix(n))
+                 and len(audited_prefix(n)) >= min(len(p["name"]), 4096)]
         if p["name"] is not None and not match:
             wrong.append((p["key"], p["name"][:60], [n[:60] for n in names]))
     assert not wrong, "first command differs (key, recorded, audited): %s" % wrong
@@ -464,5 +470,9 @@ def test_windows_recorded_exchanges_replayed_every_pipeline_is_reconstructed(sre
     assert not bad_end, "pipeline_end missing or with another state (key, recorded state): %s; audited: %s" % (
         sorted(bad_end), sorted(ends))
     assert srelay.proc.poll() is None, "the relay died" + srelay.excerpt()
+    # What the relay let through reached the double as recorded (MessageIDs intact): only the Deletes the relay
+    # sends itself when a session ends are unknown there. (It refuses the config Get and shell Enumerates: no rule
+    # names those resources.)
     replayed = [r for r in harness.read_jsonl(replay_double.double_log("replay")) if r.get("replayed")]
-    assert len([r for r in replayed if r["replayed"] != "unrecorded"]) >= sent - 10, len(replayed)
+    assert all(r["action"] == "Delete" for r in replayed if r["replayed"] == "unrecorded"), replayed
+    assert len([r for r in replayed if r["replayed"] != "unrecorded"]) >= sent - 20, (len(replayed), sent)
