@@ -846,21 +846,22 @@ class Dispatcher:
             if p is None:
                 raise Fault("w:InvalidSelectors", 2150858843, "Unknown pipeline %s" % cmd_id, value="s:Sender")
             queue, attr, done = p["out"], ' CommandId="%s"' % cmd_id, p["done"]
-        # Like Windows, what does not fit in the client's MaxEnvelopeSize waits for the next Receive.
+        # Like Windows, what does not fit in the client's MaxEnvelopeSize waits for the next Receive (counted
+        # uncompressed, base64, with room for each stream's element).
         budget = (req.max_envelope or 153600) - 2048
-        taken, raw = [], []
-        while queue:
-            data = xpress.compress(queue[0]) if shell.compressed else queue[0]
-            if taken and sum(len(t) for t in taken) * 4 // 3 + len(data) * 4 // 3 + 100 * len(taken) > budget:
-                break
-            raw.append(queue.pop(0))
-            taken.append(data)
+        taken: typing.List[bytes] = []
+        size = 0
+        while queue and (not taken or size + (len(queue[0]) * 4 // 3 + 100) <= budget):
+            taken.append(queue.pop(0))
+            size += len(taken[-1]) * 4 // 3 + 100
         done = done and not queue
         if not taken and not done:
             time.sleep(min(req.op_timeout, 1.0))
             raise Fault("w:TimedOut", TIMED_OUT_CODE, TIMED_OUT_TEXT)
-        if shell.compressed:
-            log_extra["compressed_out"] = [len(f) for f in raw]
+        if shell.compressed and taken:
+            # One stream for what this Receive carries, compressed as a whole.
+            log_extra["compressed_out"] = [len(f) for f in taken]
+            taken = [xpress.compress(b"".join(taken))]
         parts = ['<rsp:Stream Name="stdout"%s>%s</rsp:Stream>' % (attr, base64.b64encode(f).decode()) for f in taken]
         if done:
             parts.append('<rsp:CommandState%s State="%sCommandState/Done"/>' % (attr, ACTION_BASE_SHELL))

@@ -24,7 +24,8 @@ def xpress_wsman_class() -> typing.Any:
     class XpressWSMan(WSMan):
         """WSMan that puts `rsp:CompressionType` (xpress, mustUnderstand) in a PowerShell shell's Create, and for a
         shell created with XpressCompression compresses the streams of its Sends and decompresses those of its
-        ReceiveResponses. `plain_sends` lets a test send one Send's bytes as they are (bad framing)."""
+        ReceiveResponses. `plain_sends` lets a test send one Send's bytes as they are (bad framing); `tight_sends`
+        makes every compressed chunk of a Send end with its last symbols in its last word (xpress.compress)."""
 
         def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
             super().__init__(*args, **kwargs)
@@ -32,6 +33,7 @@ def xpress_wsman_class() -> typing.Any:
             self.sent: typing.List[typing.Tuple[int, int]] = []  # (original, compressed) bytes per Send stream
             self.received: typing.List[typing.Tuple[int, int]] = []
             self.plain_sends = False
+            self.tight_sends = False
 
         def _create_header(self, action: str, resource_uri: str, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:
             message_id, header = super()._create_header(action, resource_uri, *args, **kwargs)
@@ -60,7 +62,7 @@ def xpress_wsman_class() -> typing.Any:
             if self._shell_of(selector_set) in self.compressed_shells and not self.plain_sends:
                 for st in resource.findall("rsp:Stream", NS):
                     raw = base64.b64decode(st.text or "")
-                    packed = xpress.compress(raw)
+                    packed = xpress.compress(raw, tight=self.tight_sends)
                     self.sent.append((len(raw), len(packed)))
                     st.text = base64.b64encode(packed).decode()
             return super().send(resource_uri, resource, option_set, selector_set, timeout)

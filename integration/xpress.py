@@ -11,6 +11,13 @@ Written from the format alone, so that it checks the relay's decoder instead of 
   follow the symbol. Bytes read for lengths come from the byte stream at the reader's position, between words.
 
 `compress` finds matches greedily with one candidate per 3-byte prefix: a valid stream, not a good one.
+
+A block ends with the EOF symbol and the word it ends in, then the word the reader has loaded ahead (MS-XCA's
+examples end exactly so). Its reader runs until the output is complete: when the last symbols and EOF all sit
+in the last word of bits, the reader's byte cursor is at the end of the input before it decodes them. A reader
+that stops there instead (as if the input had run out) loses them; `tight_end` tells such blocks apart. By
+default `compress` adds two zero bytes after such a block (ignored by a reader that goes by the output size);
+`compress(data, tight=True)` makes every compressed chunk end that way on purpose, to test a reader.
 """
 
 from __future__ import annotations
@@ -85,21 +92,22 @@ def decoding_table(lengths: typing.Sequence[int]) -> typing.List[int]:
 # One block (at most 65,536 original bytes: what a WinRM chunk holds)
 
 
-def _tokens(data: bytes) -> typing.List[typing.Union[int, typing.Tuple[int, int]]]:
-    """Literals (ints) and matches (length, distance), greedy, one candidate per 3-byte prefix."""
+def _tokens(data: bytes, literal_tail: int = 0) -> typing.List[typing.Union[int, typing.Tuple[int, int]]]:
+    """Literals (ints) and matches (length, distance), greedy, one candidate per 3-byte prefix; the last
+    `literal_tail` bytes are literals (another valid parse: how `tight=True` moves where the bits end)."""
     out: typing.List[typing.Union[int, typing.Tuple[int, int]]] = []
     last: typing.Dict[bytes, int] = {}
     i, n = 0, len(data)
     while i < n:
         length = 0
         j = -1
-        if i + 3 <= n:
+        if i + 3 <= n - literal_tail:
             key = data[i:i + 3]
             j = last.get(key, -1)
             last[key] = i
             if j >= 0 and i - j < CHUNK:
                 length = 3
-                limit = n - i
+                limit = n - literal_tail - i
                 # Compare in slices first: long runs (zeros, repeated lines) would be slow byte by byte.
                 while length + 64 <= limit and data[j + length:j + length + 64] == data[i + length:i + length + 64]:
                     length += 64
@@ -157,15 +165,16 @@ class _BitWriter:
         return bytes(self.out)
 
 
-def compress_block(data: bytes) -> bytes:
-    """One LZ77+Huffman block of `data` (at most 65,536 bytes), ending with the EOF symbol."""
+def compress_block(data: bytes, literal_tail: int = 0, eof_weight: int = 1) -> bytes:
+    """One LZ77+Huffman block of `data` (at most 65,536 bytes), ending with the EOF symbol. `eof_weight` counts
+    EOF that many times when the code lengths are chosen (a shorter EOF code: still a valid code)."""
     if not data or len(data) > CHUNK:
         raise ValueError("a block holds 1 to %d bytes, not %d" % (CHUNK, len(data)))
-    tokens = _tokens(data)
+    tokens = _tokens(data, literal_tail)
     freqs = [0] * 512
     for t in tokens:
         freqs[t if isinstance(t, int) else _match_symbol(*t)] += 1
-    freqs[EOF_SYMBOL] += 1
+    freqs[EOF_SYMBOL] += eof_weight
     lengths = code_lengths(freqs)
     codes = canonical_codes(lengths)
     out = bytearray(lengths[2 * i] | (lengths[2 * i + 1] << 4) for i in range(256))
@@ -189,8 +198,18 @@ def compress_block(data: bytes) -> bytes:
     return w.finish()
 
 
+def tight_end(src: bytes, size: int) -> bool:
+    """Whether the reader's byte cursor reaches the end of the block `src` before its `size` bytes are decoded."""
+    return _decode(src, size)[1] < size
+
+
 def decompress_block(src: bytes, size: int) -> bytes:
     """`size` bytes (at most 65,536: one block) out of the LZ77+Huffman block `src`."""
+    return _decode(src, size)[0]
+
+
+def _decode(src: bytes, size: int) -> typing.Tuple[bytes, int]:
+    """The block's `size` bytes, and how many of them were decoded when the byte cursor reached the end."""
     if not 0 < size <= CHUNK:
         raise XpressError("a block decodes to 1 to %d bytes, not %d" % (CHUNK, size))
     if len(src) < 260:
@@ -220,7 +239,10 @@ def decompress_block(src: bytes, size: int) -> bytes:
             pos += 2
             extra += 16
 
+    at_input_end = -1
     while len(out) < size:
+        if at_input_end < 0 and pos >= len(src):
+            at_input_end = len(out)
         sym = table[bits >> (32 - MAX_CODE_BITS)]
         if sym < 0:
             raise XpressError("no code matches the bits at byte %d (output %d)" % (pos, len(out)))
@@ -257,19 +279,36 @@ def decompress_block(src: bytes, size: int) -> bytes:
         start = len(out) - distance
         for k in range(length):
             out.append(out[start + k])
-    return bytes(out)
+    return bytes(out), size if at_input_end < 0 else at_input_end
 
 
 # ---------------------------------------------------------------------------
 # WinRM's framing of a compressed rsp:Stream
 
 
-def compress(data: bytes) -> bytes:
-    """`data` as WinRM frames a compressed stream: chunks of at most 65,536 bytes, raw when that is no larger."""
+def _tight_block(chunk: bytes) -> bytes:
+    """A block of `chunk` whose last symbols share the final word with EOF: other parses of its tail and shorter EOF
+    codes, until one ends so."""
+    for eof_weight in (1, len(chunk) // 64 + 1, len(chunk) // 8 + 1, len(chunk) + 1):
+        for literal_tail in range(0, 24):
+            packed = compress_block(chunk, literal_tail, eof_weight)
+            if tight_end(packed, len(chunk)):
+                return packed
+    raise ValueError("no parse of this %d-byte chunk ends in its last word" % len(chunk))
+
+
+def compress(data: bytes, tight: bool = False) -> bytes:
+    """`data` as WinRM frames a compressed stream: chunks of at most 65,536 bytes, raw when that is no larger.
+    Blocks that end tight get two zero bytes of slack, unless `tight`: then every compressed block ends tight."""
     out = bytearray()
     for at in range(0, len(data), CHUNK):
         chunk = data[at:at + CHUNK]
-        packed = compress_block(chunk)
+        if tight:
+            packed = _tight_block(chunk)
+        else:
+            packed = compress_block(chunk)
+            if tight_end(packed, len(chunk)):
+                packed += b"\0\0"
         if len(packed) >= len(chunk):
             packed = chunk
         out += struct.pack("<HH", len(chunk) - 1, len(packed) - 1) + packed

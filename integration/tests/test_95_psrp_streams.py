@@ -82,6 +82,17 @@ def test_xpress_codec_matches_the_ms_xca_examples_and_round_trips():
     noise = os.urandom(70000)
     framed = xpress.compress(noise)
     assert framed[:4] == struct.pack("<HH", 65535, 65535) and xpress.decompress(framed) == noise
+    # A block whose last symbols and EOF share its last word: the reader's byte cursor is at the end before they
+    # are decoded, and it must go on (MS-XCA's reader runs until the output is complete).
+    hello = b"hello world, hello world!"
+    block = xpress.compress_block(hello)
+    assert xpress.tight_end(block, len(hello)) and xpress.decompress_block(block, len(hello)) == hello
+    assert not xpress.tight_end(MSXCA_ALPHABET, 26) and not xpress.tight_end(MSXCA_ABC, 300)
+    script = padded_script(5000, TRAILER).encode()
+    framed = xpress.compress(script, tight=True)
+    assert xpress.tight_end(framed[4:], len(script)) and xpress.decompress(framed) == script
+    framed = xpress.compress(script)
+    assert not xpress.tight_end(framed[4:], len(script)) and xpress.decompress(framed) == script
     for bad, why in [(b"\x10\x00", "cut short"), (struct.pack("<HH", 99, 49) + b"x" * 10, "are left"),
                      (struct.pack("<HH", 9, 19) + b"x" * 20, "compressed bytes for"),
                      (struct.pack("<HH", 299, 10) + MSXCA_ABC[:11], "shorter than")]:
@@ -217,44 +228,94 @@ def test_uncompressed_script_spilling_into_sends_is_audited_whole(srelay, double
     check_pipeline_audited(srelay, script, "HIDDEN-PAYLOAD-RAN", compressed=False)
 
 
-def test_compressed_shell_like_windows_through_the_relay(srelay, doubles):
-    """A client that compresses as Windows does, against a double that negotiates it: the pipeline whose end went
-    out in compressed Sends runs, its output comes back compressed, and the relay's audit and transcript read
-    both."""
+def run_compressed(script: str, **kw: typing.Any) -> typing.Tuple[typing.Any, str, typing.List[str], typing.List[str]]:
+    """`script`, then a Write-Output, in one runspace pool of a client that compresses as Windows does: (its
+    WSMan, the ShellId, the script's output, the Write-Output's)."""
     from pypsrp.powershell import PowerShell, RunspacePool
 
-    marker = "XPRESS-%s" % uuid.uuid4().hex[:8]
-    script = padded_script(12 * 1024, "echo %s; seq 1 3000; id -un" % marker)
-    w = wsman(True, max_envelope_size=8192)
+    w = wsman(True, **kw)
     with RunspacePool(w) as pool:
         ps = PowerShell(pool)
         ps.add_script(script)
         out = ps.invoke()
         shell_id = pool.shell.id.upper()
         second = PowerShell(pool)
-        second.add_cmdlet("Write-Output").add_argument("after-%s" % marker)
+        second.add_cmdlet("Write-Output").add_argument("after")
         out2 = second.invoke()
     w.close()
+    assert shell_id in w.compressed_shells, "the shell was not created with XpressCompression"
+    return w, shell_id, out, out2
+
+
+def check_double_compressed(h: harness.Harness, shell_id: str) -> typing.List[dict]:
+    """The double negotiated compression for the shell and compressed its output; its log records for the shell."""
+    log = [rec for rec in harness.read_jsonl(h.double_log("web01")) if rec.get("shell_id") == shell_id]
+    assert [rec.get("compression") for rec in log if rec["action"] == "Create"] == ["xpress"], log[:1]
+    assert any(rec.get("compressed_out") for rec in log if rec["action"] == "Receive"), log
+    return log
+
+
+def test_compressed_output_like_windows_is_read_by_the_relay(srelay, doubles):
+    """A client that asks for compression as Windows does, against a double that negotiates it: the output comes
+    back compressed (a few thousand objects, one stream each), the client reads it, and the relay's audit and
+    transcript hold the pipelines, their ends and that output."""
+    marker = "XPRESS-OUT-%s" % uuid.uuid4().hex[:8]
+    script = "echo %s; seq 1 3000; id -un" % marker
+    w, shell_id, out, out2 = run_compressed(script)
     me = pwd.getpwuid(os.getuid()).pw_name
     assert out == [marker] + [str(i) for i in range(1, 3001)] + [me], out[:3] + out[-2:]
-    assert out2 == ["after-%s" % marker], out2
-    assert shell_id in w.compressed_shells, "the shell was not created with XpressCompression"
-    assert w.sent and w.received, (w.sent, w.received)
-    assert sum(c for _, c in w.sent) < sum(o for o, _ in w.sent), "the Sends did not shrink: %s" % w.sent
-    log = [rec for rec in harness.read_jsonl(doubles.double_log("web01")) if rec.get("shell_id") == shell_id]
-    assert [rec.get("compression") for rec in log if rec["action"] == "Create"] == ["xpress"], log[:1]
-    assert any(rec.get("decompressed_in") for rec in log if rec["action"] == "Send"), log
-    assert any(rec.get("compressed_out") for rec in log if rec["action"] == "Receive"), log
-    ran = double_ran(doubles, script)
-    assert ran and ran[0]["action"] == "Send" and ran[0]["decompressed_in"], ran
+    assert out2 == ["after"], out2
+    assert w.received and sum(p for _, p in w.received) < sum(o for o, _ in w.received) // 2, w.received[:3]
+    check_double_compressed(doubles, shell_id)
     check_pipeline_audited(srelay, script, marker, compressed=True)
     ev = pipeline_event(srelay, script)
     assert ev and ev["shell_id"].upper() == shell_id
-    assert "3000" in output_text(transcript(srelay, ev["session"]), ev["command_id"]).splitlines()
+    recs = transcript(srelay, ev["session"])
+    assert output_text(recs, ev["command_id"]).splitlines() == out, output_text(recs, ev["command_id"])[-200:]
+    end = [e for e in events(srelay, "pipeline_end") if e.get("command_id") == ev["command_id"]][0]
+    assert end["output_bytes"] == sum(len(x.encode()) for x in out), (end, sum(len(x) for x in out))
     later = [e for e in events(srelay, "pipeline") if e["shell_id"] == ev["shell_id"] and e is not ev
              and [c["name"] for c in e["commands"]] == ["Write-Output"]]
-    assert later and later[0]["commands"][0]["parameters"] == [{"name": None, "value": "after-%s" % marker}], later
+    assert later and later[0]["commands"][0]["parameters"] == [{"name": None, "value": "after"}], later
+    assert later[0].get("compressed") is True, later
     assert not [e for e in events(srelay, "undecodable") if e.get("shell_id") == ev["shell_id"]]
+
+
+def test_compressed_sends_carrying_the_end_of_a_script_are_read_by_the_relay(srelay, doubles):
+    """The same client with an 8 KiB envelope: a 12 KB script's CREATE_PIPELINE ends in compressed Sends. The double
+    runs it from the decompressed Sends; the relay's audit must hold the end of the script too."""
+    marker = "XPRESS-SEND-%s" % uuid.uuid4().hex[:8]
+    script = padded_script(12 * 1024, "echo %s; id -un" % marker)
+    w, shell_id, out, out2 = run_compressed(script, max_envelope_size=8192)
+    assert out == [marker, pwd.getpwuid(os.getuid()).pw_name] and out2 == ["after"], (out, out2)
+    assert w.sent and sum(c for _, c in w.sent) < sum(o for o, _ in w.sent), "the Sends did not shrink: %s" % w.sent
+    log = check_double_compressed(doubles, shell_id)
+    assert any(rec.get("decompressed_in") for rec in log if rec["action"] == "Send"), log
+    ran = double_ran(doubles, script)
+    assert ran and ran[0]["action"] == "Send" and ran[0]["decompressed_in"], ran
+    check_pipeline_audited(srelay, script, marker, compressed=True)
+
+
+def test_compressed_blocks_ending_in_their_last_word_are_read_by_the_relay(srelay, doubles):
+    """As above, but every compressed chunk of the Sends ends with its last symbols and EOF in its last word of bits
+    (valid: MS-XCA's reader runs until the output is complete; the double's reader decodes them). A reader that
+    stops when its byte cursor reaches the end of the chunk loses those last bytes."""
+    from pypsrp.powershell import PowerShell, RunspacePool
+
+    marker = "XPRESS-TIGHT-%s" % uuid.uuid4().hex[:8]
+    script = padded_script(12 * 1024, "echo %s; id -un" % marker)
+    w = wsman(True, max_envelope_size=8192)
+    w.tight_sends = True
+    with RunspacePool(w) as pool:
+        ps = PowerShell(pool)
+        ps.add_script(script)
+        out = ps.invoke()
+    w.close()
+    assert out == [marker, pwd.getpwuid(os.getuid()).pw_name], out
+    assert [c for o, c in w.sent if c < o], "no Send chunk was compressed: %s" % w.sent
+    ran = double_ran(doubles, script)
+    assert ran and ran[0]["action"] == "Send" and ran[0]["decompressed_in"], ran
+    check_pipeline_audited(srelay, script, marker, compressed=True)
 
 
 def test_undecodable_compressed_stream_is_audited_and_the_relay_stays_up(srelay, doubles):
@@ -274,10 +335,6 @@ def test_undecodable_compressed_stream_is_audited_and_the_relay_stays_up(srelay,
     with pytest.raises(Exception):
         pool.shell.wsman.send(pool.shell.resource_uri, send, selector_set=pool.shell._selector_set)
     w.plain_sends = False
-    found = wait_for(lambda: [e for e in events(srelay, "undecodable") if e.get("shell_id", "").upper() == shell_id], 10)
-    assert found, "no undecodable event%s" % srelay.excerpt()
-    assert found[0]["stream"] == "stdin" and "command_id" not in found[0], found
-    assert isinstance(found[0].get("reason"), str) and len(found[0]["reason"]) > 5, found
     assert srelay.proc.poll() is None, "the relay died" + srelay.excerpt()
     try:
         pool.close()
@@ -290,6 +347,13 @@ def test_undecodable_compressed_stream_is_audited_and_the_relay_stays_up(srelay,
         ps.add_cmdlet("Write-Output").add_argument("still-up")
         assert ps.invoke() == ["still-up"]
     w2.close()
+    refused = [r for r in harness.read_jsonl(doubles.double_log("web01"))
+               if r.get("shell_id") == shell_id and r.get("decompress_error")]
+    assert refused and refused[0]["status"] == 500, "the double did not refuse the bad stream: %s" % refused
+    found = wait_for(lambda: [e for e in events(srelay, "undecodable") if e.get("shell_id", "").upper() == shell_id], 10)
+    assert found, "no undecodable event for the Send the client sent (the target refused it)%s" % srelay.excerpt()
+    assert found[0]["stream"] == "stdin" and "command_id" not in found[0], found
+    assert isinstance(found[0].get("reason"), str) and len(found[0]["reason"]) > 5, found
 
 
 # ---------------------------------------------------------------------------
