@@ -50,7 +50,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_shell_bytes: 64 << 20,
+            max_shell_bytes: 32 << 20,
             max_pipelines: 1024,
         }
     }
