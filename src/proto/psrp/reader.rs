@@ -50,7 +50,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_shell_bytes: 64 << 20,
+            max_shell_bytes: 32 << 20,
             max_pipelines: 1024,
         }
     }
@@ -811,5 +811,58 @@ mod tests {
         let (small, large) = (arguments(17_000), arguments(170_000));
         let (t1, t10) = (time(&small), time(&large));
         assert!(t10 < t1 * 30, "17k fragments: {t1:?}, 170k: {t10:?}");
+    }
+
+    /// Random and mutated input, compressed or not, never panics, and a shell never
+    /// holds more than its bound (the fuzz target does this at length).
+    #[test]
+    fn mangled_streams_never_panic_and_stay_bounded() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid = {
+            let mut v = fragments(11, &create_pipeline("Get-Date"), 3);
+            v.extend(fragments(12, &message(PIPELINE_OUTPUT, "<S>out</S>"), 2));
+            v.extend(fragments(13, &state(5), 1));
+            v
+        };
+        let packed = compress_stream(&valid);
+        let bound = 4096;
+        for round in 0..400 {
+            let mut r = SessionReader::new(Limits {
+                max_shell_bytes: bound,
+                max_pipelines: 3,
+            });
+            r.shell_created(SHELL, round % 2 == 0);
+            let base = if round % 2 == 0 { &packed } else { &valid };
+            for _ in 0..8 {
+                let mut data = base.clone();
+                for _ in 0..(next() % 6) {
+                    let at = (next() as usize) % data.len();
+                    data[at] = next() as u8;
+                }
+                if next() % 4 == 0 {
+                    data.truncate((next() as usize) % (data.len() + 1));
+                }
+                let ids = [None, Some("C1"), Some("C2"), Some("C3"), Some("C4")];
+                let stream = StreamData {
+                    name: ["stdin", "pr", "stdout"][(next() % 3) as usize],
+                    command_id: ids[(next() % 5) as usize],
+                    data: &data,
+                };
+                let direction = if next() % 2 == 0 {
+                    Direction::ToServer
+                } else {
+                    Direction::ToClient
+                };
+                let _ = r.streams(SHELL, direction, &[stream]);
+                let _ = r.command(SHELL, "C1", &b64(&data));
+                assert!(r.shells[SHELL].held <= bound);
+            }
+        }
     }
 }
