@@ -64,6 +64,21 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     echo "$want" >"$stamp"
 fi
 
+# ---- 1b. pypsrp 0.9.1's source distribution: its exchanges recorded against Windows Server
+# (tests/tests_pypsrp/responses) are what test_95 replays through the relay. Fetched here, before any
+# network namespace, into a directory git ignores; never committed. Without it that test fails.
+SDIST_DIR="$HERE/.pypsrp-sdist"
+if [ ! -d "$SDIST_DIR/pypsrp-0.9.1/tests/tests_pypsrp/responses" ]; then
+    mkdir -p "$SDIST_DIR"
+    if "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: pypsrp==0.9.1 -d "$SDIST_DIR" </dev/null \
+        && tar -xzf "$SDIST_DIR/pypsrp-0.9.1.tar.gz" -C "$SDIST_DIR"; then
+        echo "[run.sh] fetched pypsrp 0.9.1's source distribution (recorded Windows exchanges)"
+    else
+        echo "[run.sh] could not fetch pypsrp 0.9.1's source distribution: the replay test will fail"
+    fi
+fi
+export PYPSRP_SDIST="$SDIST_DIR/pypsrp-0.9.1"
+
 # ---- 2. build the relay (debug); honour CARGO_TARGET_DIR
 target_dir="${CARGO_TARGET_DIR:-$REPO/target}"
 case "$target_dir" in /*) ;; *) target_dir="$REPO/$target_dir" ;; esac

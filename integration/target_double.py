@@ -43,7 +43,18 @@ It behaves like a Windows host with AllowUnencrypted=false and Negotiate auth:
   pipelines run as pypsrp sends them: a script runs under ``/bin/sh`` (each stdout line an
   output string, each stderr line an ErrorRecord), ``Write-Output`` outputs its arguments,
   ``Write-Error`` makes an ErrorRecord; then PIPELINE_STATE Completed. Objects are CLIXML
-  as Windows serialises them.
+  as Windows serialises them. Fragments are reassembled as a byte stream: one may straddle two Sends.
+  Each request that completed a pipeline logs what ran (``ran``: command id, each command's name, whether it
+  is a script, the SHA-256 and length of its text).
+* Compression as Windows negotiates it: a PowerShell Create with the header ``rsp:CompressionType`` = ``xpress``
+  gets ``<rsp:CompressionMode>XpressCompression</rsp:CompressionMode>`` in the created rsp:Shell; from then on
+  every rsp:Stream of that shell's Sends is decompressed and every rsp:Stream of its ReceiveResponses is
+  compressed (``xpress.py``: Xpress Huffman in WinRM's chunk framing). A stream that does not decompress is
+  answered with a fault (logged ``fault`` and ``decompress_error``).
+* ``--replay DIR``: answers with recorded exchanges instead (pypsrp's ``responses/*.yml``, recorded against
+  Windows): each request gets the response recorded for its MessageID, with the recorded HTTP status; a
+  request nobody recorded gets a fault (a Delete: a DeleteResponse, as the relay sends them at session end).
+  Logged ``replayed``: the fixture's name, or ``unrecorded``.
 * Every processed request is logged as one JSON line to ``--log``.
 
 Run: ``python target_double.py --bind 127.0.0.21:5985 --name web01 --log web01.jsonl``
@@ -73,6 +84,9 @@ import typing
 import uuid
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape as xml_escape
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xpress  # noqa: E402
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -242,16 +256,22 @@ PSRP_TO_CLIENT = 1
 
 
 class PsrpAssembler:
-    """Messages from fragments (object id, fragment id, start/end flags, length, blob), across calls."""
+    """Messages from fragments (object id, fragment id, start/end flags, length, blob), across calls. The bytes
+    are one stream: a client cuts fixed windows out of it, so a fragment (even its header) can end in the next
+    Send; what is not whole yet waits in `pending`."""
 
     def __init__(self) -> None:
         self.partial: typing.Dict[int, bytes] = {}
+        self.pending = b""
 
     def push(self, data: bytes) -> typing.List[typing.Tuple[int, bytes, bytes, bytes]]:
         """Returns completed messages as (type, rpid bytes, pid bytes, payload without BOM)."""
         done = []
+        data = self.pending + data
         while len(data) >= 21:
             obj_id, _frag_id, flags, length = struct.unpack(">QQBI", data[:21])
+            if len(data) < 21 + length:
+                break
             blob, data = data[21:21 + length], data[21 + length:]
             if flags & 1:
                 self.partial[obj_id] = b""
@@ -265,6 +285,7 @@ class PsrpAssembler:
                     if payload.startswith(b"\xef\xbb\xbf"):
                         payload = payload[3:]
                     done.append((struct.unpack("<I", msg[4:8])[0], msg[8:24], msg[24:40], payload))
+        self.pending = data
         return done
 
 
@@ -327,19 +348,23 @@ class PsrpShell:
     def queue_pool(self, msg_type: int, xml: str) -> None:
         self.pool_out.append(self.fragment(msg_type, b"\x00" * 16, xml))
 
-    def feed(self, command_id: str, data: bytes) -> None:
-        """Fragments for a pipeline (Command arguments, then Send); runs it once CREATE_PIPELINE is whole."""
+    def feed(self, command_id: str, data: bytes) -> typing.List[dict]:
+        """Fragments for a pipeline (Command arguments, then Send); runs it once CREATE_PIPELINE is whole.
+        Returns what ran, for the log."""
         p = self.pipelines.setdefault(command_id, {"assembler": PsrpAssembler(), "out": [], "done": False})
+        ran = []
         for msg_type, _rpid, pid, payload in p["assembler"].push(data):
             if msg_type == PSRP_CREATE_PIPELINE:
-                self.run(p, pid, payload)
+                ran.append({"command_id": command_id, "commands": self.run(p, pid, payload)})
+        return ran
 
-    def run(self, p: dict, pid: bytes, payload: bytes) -> None:
+    def run(self, p: dict, pid: bytes, payload: bytes) -> typing.List[dict]:
         root = ET.fromstring(payload.decode("utf-8"))
         ps = root.find("./MS/Obj[@N='PowerShell']/MS")
         statements = ps.findall("./Obj[@N='ExtraCmds']/LST/Obj/MS/Obj[@N='Cmds']") if ps is not None else []
         if not statements and ps is not None:
             statements = ps.findall("./Obj[@N='Cmds']")
+        ran: typing.List[dict] = []
         for cmds in statements:
             for cmd in cmds.findall("./LST/Obj/MS"):
                 name = decode_clixml_escapes(text_of(cmd.find("./S[@N='Cmd']")) or "")
@@ -350,9 +375,12 @@ class PsrpShell:
                     args.append((None if n is None or n.tag == "Nil" else decode_clixml_escapes(n.text or ""),
                                  None if v is None or v.tag == "Nil" else decode_clixml_escapes(v.text or "")))
                 self.run_command(p, pid, name, is_script, args)
+                text = name.encode("utf-8")
+                ran.append({"name": name[:200], "script": is_script, "sha256": sha256_hex(text), "bytes": len(text)})
         p["out"].append(self.fragment(PSRP_PIPELINE_STATE, pid,
                                       '<Obj RefId="0"><MS><I32 N="PipelineState">4</I32></MS></Obj>'))
         p["done"] = True
+        return ran
 
     def run_command(self, p: dict, pid: bytes, name: str, is_script: bool,
                     args: typing.List[typing.Tuple[typing.Optional[str], typing.Optional[str]]]) -> None:
@@ -391,6 +419,8 @@ class Shell:
         self.commands: typing.Dict[str, Command] = {}
         self.created = time.time()
         self.psrp: typing.Optional[PsrpShell] = None
+        # Xpress compression of every rsp:Stream, when the Create asked for it (PowerShell shells only, as Windows).
+        self.compressed = False
         if resource_uri.startswith(PS_URI_PREFIX):
             try:
                 self.psrp = PsrpShell(creation_xml or "")
@@ -586,6 +616,9 @@ class WsmanRequest:
             sel.get("Name"): (sel.text or "").strip() for sel in header.findall("w:SelectorSet/w:Selector", NS)
         }
         self.shell_id = self.selectors.get("ShellId")
+        self.compression = (text_of(header.find("rsp:CompressionType", NS)) or "").strip()
+        size = (text_of(header.find("w:MaxEnvelopeSize", NS)) or "").strip()
+        self.max_envelope = int(size) if size.isdigit() else 0
         self.action_name = self.action.rsplit("/", 1)[-1] if self.action else ""
 
 
@@ -621,7 +654,7 @@ class Dispatcher:
         if name == "Receive":
             return self.receive(req, user, log_extra)
         if name == "Send":
-            return self.send(req, user)
+            return self.send(req, user, log_extra)
         if name == "Signal":
             return self.signal(req, user, log_extra)
         raise Fault(
@@ -663,6 +696,11 @@ class Dispatcher:
         in_streams = text_of(shell_el.find("rsp:InputStreams", NS)) or "stdin"
         out_streams = text_of(shell_el.find("rsp:OutputStreams", NS)) or "stdout stderr"
         shell = Shell(shell_id, user, ruri, creation_xml)
+        compression = ""
+        if shell.psrp is not None and req.compression.lower() == "xpress":
+            shell.compressed = True
+            log_extra["compression"] = "xpress"
+            compression = "<rsp:CompressionMode>XpressCompression</rsp:CompressionMode>"
         with self.state.lock:
             self.state.shells[shell_id] = shell
         log_extra["shell_id"] = shell_id
@@ -673,7 +711,7 @@ class Dispatcher:
             "</w:SelectorSet></a:ReferenceParameters></x:ResourceCreated>"
             '<rsp:Shell xmlns:rsp="%s"><rsp:ShellId>%s</rsp:ShellId><rsp:ResourceUri>%s</rsp:ResourceUri>'
             "<rsp:Owner>%s</rsp:Owner><rsp:ClientIP>%s</rsp:ClientIP><rsp:IdleTimeOut>PT7200.000S</rsp:IdleTimeOut>"
-            "<rsp:InputStreams>%s</rsp:InputStreams><rsp:OutputStreams>%s</rsp:OutputStreams>"
+            "<rsp:InputStreams>%s</rsp:InputStreams><rsp:OutputStreams>%s</rsp:OutputStreams>%s"
             "<rsp:ShellRunTime>P0DT0H0M0S</rsp:ShellRunTime><rsp:ShellInactivity>P0DT0H0M0S</rsp:ShellInactivity>"
             "</rsp:Shell>"
             % (
@@ -687,6 +725,7 @@ class Dispatcher:
                 xml_escape(client_ip),
                 xml_escape(in_streams),
                 xml_escape(out_streams),
+                compression,
             )
         )
         return envelope(ACTION_BASE_TRANSFER + "CreateResponse", req.message_id, body)
@@ -709,7 +748,10 @@ class Dispatcher:
         if shell.psrp is not None:
             cmd_id = (cl.get("CommandId") or str(uuid.uuid4())).upper()
             args_b64 = "".join(a.text or "" for a in cl.findall("rsp:Arguments", NS))
-            shell.psrp.feed(cmd_id, base64.b64decode(args_b64))
+            # rsp:Arguments are never compressed.
+            ran = shell.psrp.feed(cmd_id, base64.b64decode(args_b64))
+            if ran:
+                log_extra["ran"] = ran
             log_extra["command_id"] = cmd_id
             body = "<rsp:CommandResponse><rsp:CommandId>%s</rsp:CommandId></rsp:CommandResponse>" % cmd_id
             return envelope(ACTION_BASE_SHELL + "CommandResponse", req.message_id, body)
@@ -739,7 +781,7 @@ class Dispatcher:
         ds = req.body.find("rsp:Receive/rsp:DesiredStream", NS)
         cmd_id = ds.get("CommandId") if ds is not None else None
         if shell.psrp is not None:
-            return self.receive_psrp(req, shell.psrp, cmd_id)
+            return self.receive_psrp(req, shell, cmd_id, log_extra)
         cmd = shell.commands.get(cmd_id or "")
         if cmd is None:
             if shell.resource_uri != CMD_URI:
@@ -794,20 +836,32 @@ class Dispatcher:
         body = '<rsp:ReceiveResponse>%s</rsp:ReceiveResponse>' % "".join(parts)
         return envelope(ACTION_BASE_SHELL + "ReceiveResponse", req.message_id, body)
 
-    def receive_psrp(self, req: WsmanRequest, psrp: PsrpShell, cmd_id: typing.Optional[str]) -> bytes:
+    def receive_psrp(self, req: WsmanRequest, shell: Shell, cmd_id: typing.Optional[str], log_extra: dict) -> bytes:
         """The runspace pool's messages (no CommandId), or a pipeline's output and, once it finished, Done."""
+        psrp = typing.cast(PsrpShell, shell.psrp)
         if cmd_id is None:
-            taken, psrp.pool_out = psrp.pool_out, []
-            attr, done = "", False
+            queue, attr, done = psrp.pool_out, "", False
         else:
             p = psrp.pipelines.get(cmd_id.upper())
             if p is None:
                 raise Fault("w:InvalidSelectors", 2150858843, "Unknown pipeline %s" % cmd_id, value="s:Sender")
-            taken, p["out"] = p["out"], []
-            attr, done = ' CommandId="%s"' % cmd_id, p["done"]
+            queue, attr, done = p["out"], ' CommandId="%s"' % cmd_id, p["done"]
+        # Like Windows, what does not fit in the client's MaxEnvelopeSize waits for the next Receive (counted
+        # uncompressed, base64, with room for each stream's element).
+        budget = (req.max_envelope or 153600) - 2048
+        taken: typing.List[bytes] = []
+        size = 0
+        while queue and (not taken or size + (len(queue[0]) * 4 // 3 + 100) <= budget):
+            taken.append(queue.pop(0))
+            size += len(taken[-1]) * 4 // 3 + 100
+        done = done and not queue
         if not taken and not done:
             time.sleep(min(req.op_timeout, 1.0))
             raise Fault("w:TimedOut", TIMED_OUT_CODE, TIMED_OUT_TEXT)
+        if shell.compressed and taken:
+            # One stream for what this Receive carries, compressed as a whole.
+            log_extra["compressed_out"] = [len(f) for f in taken]
+            taken = [xpress.compress(b"".join(taken))]
         parts = ['<rsp:Stream Name="stdout"%s>%s</rsp:Stream>' % (attr, base64.b64encode(f).decode()) for f in taken]
         if done:
             parts.append('<rsp:CommandState%s State="%sCommandState/Done"/>' % (attr, ACTION_BASE_SHELL))
@@ -816,12 +870,24 @@ class Dispatcher:
         return envelope(ACTION_BASE_SHELL + "ReceiveResponse", req.message_id, body)
 
     # -- Send
-    def send(self, req: WsmanRequest, user: str) -> bytes:
+    def send(self, req: WsmanRequest, user: str, log_extra: dict) -> bytes:
         shell = self._get_shell(req, user)
         if shell.psrp is not None:
+            ran: typing.List[dict] = []
             for st in req.body.findall("rsp:Send/rsp:Stream", NS):
+                data = base64.b64decode((st.text or "").encode())
+                if shell.compressed:
+                    try:
+                        data = xpress.decompress(data)
+                    except xpress.XpressError as e:
+                        log_extra["decompress_error"] = str(e)
+                        raise Fault("w:InternalError", 2147500037, "The data in stream %s could not be decompressed: %s"
+                                    % (st.get("Name"), e))
+                    log_extra.setdefault("decompressed_in", []).append(len(data))
                 if st.get("CommandId"):
-                    shell.psrp.feed(st.get("CommandId").upper(), base64.b64decode((st.text or "").encode()))
+                    ran += shell.psrp.feed(st.get("CommandId").upper(), data)
+            if ran:
+                log_extra["ran"] = ran
             return envelope(ACTION_BASE_SHELL + "SendResponse", req.message_id, "<rsp:SendResponse/>")
         for st in req.body.findall("rsp:Send/rsp:Stream", NS):
             cmd = shell.commands.get(st.get("CommandId") or "")
@@ -845,6 +911,58 @@ class Dispatcher:
             if code.endswith("/terminate"):
                 shell.commands.pop(cmd.id, None)
         return envelope(ACTION_BASE_SHELL + "SignalResponse", req.message_id, "<rsp:SignalResponse/>")
+
+
+class Recorded(Exception):
+    """A recorded answer whose HTTP status was not 200 (a fault), sent back as recorded."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__("recorded HTTP %d" % status)
+        self.status = status
+        self.body = body
+
+
+class ReplayDispatcher:
+    """Answers with recorded exchanges (pypsrp's responses/*.yml): the response recorded for the request's
+    MessageID, in recording order when a MessageID repeats."""
+
+    def __init__(self, directory: str) -> None:
+        import glob
+
+        import yaml
+
+        self.answers: typing.Dict[str, typing.List[typing.Tuple[str, int, bytes]]] = {}
+        self.lock = threading.Lock()
+        for path in sorted(glob.glob(os.path.join(directory, "test_*.yml"))):
+            name = os.path.basename(path)[:-4]
+            with open(path, encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh) or {}
+            for m in doc.get("messages") or []:
+                request, response = m.get("request"), m.get("response")
+                if not isinstance(request, str) or not isinstance(response, str):
+                    continue  # a recorded connection failure: nothing to answer
+                try:
+                    message_id = WsmanRequest(request.encode("utf-8")).message_id
+                except (ET.ParseError, Fault):
+                    continue
+                status = int((m.get("transport_error") or {}).get("code", 200))
+                self.answers.setdefault(message_id, []).append((name, status, response.encode("utf-8")))
+
+    def handle(self, req: WsmanRequest, user: str, client_ip: str, log_extra: dict) -> bytes:
+        with self.lock:
+            queue = self.answers.get(req.message_id)
+            answer = queue.pop(0) if queue else None
+        if answer is None:
+            log_extra["replayed"] = "unrecorded"
+            if req.action_name == "Delete":
+                return envelope(ACTION_BASE_TRANSFER + "DeleteResponse", req.message_id, "")
+            raise Fault("w:InvalidSelectors", 2150858843, "No recorded answer for %s %s" % (req.action_name, req.message_id),
+                        value="s:Sender")
+        name, status, body = answer
+        log_extra["replayed"] = name
+        if status != 200:
+            raise Recorded(status, body)
+        return body
 
 
 # ---------------------------------------------------------------------------
@@ -1406,6 +1524,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.app.state.arrivals.write({"event": "arrived", "action": req.action_name, "shell_id": req.shell_id,
                                            "message_id": req.message_id, "user": user, "conn": self.conn_id})
             resp = self.app.dispatcher.handle(req, user, peer, record)
+        except Recorded as r:
+            status = r.status
+            resp = r.body
         except Fault as f:
             status = f.http_status
             record["fault"] = f.subcode
@@ -1476,7 +1597,7 @@ class DoubleServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
         self.spn = spn
         self.state = state
-        self.dispatcher = Dispatcher(state)
+        self.dispatcher: typing.Union[Dispatcher, ReplayDispatcher] = Dispatcher(state)
         self.verbose = verbose
         self.auths = list(auths)
         self.users = Users(os.environ["NTLM_USER_FILE"])
@@ -1605,6 +1726,8 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     p.add_argument("--cbt", choices=["none", "strict"], default="none",
                    help="strict: with --tls, refuse NTLM without a matching tls-server-end-point binding")
     p.add_argument("--create-delay", type=float, default=0.0, help="hold each Create answer back this many seconds")
+    p.add_argument("--replay", default=None, metavar="DIR",
+                   help="answer with the exchanges recorded in DIR/test_*.yml (pypsrp's responses), by MessageID")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
 
@@ -1636,6 +1759,10 @@ def main(argv: typing.Optional[typing.List[str]] = None) -> int:
     servers = [DoubleServer(addr, state, verbose=args.verbose, auths=auths, tls=tls,
                             cbt_strict=args.cbt == "strict", tls_max=args.tls_max, spn=args.spn) for addr in binds]
     server = servers[0]
+    if args.replay:
+        replay = ReplayDispatcher(args.replay)
+        for s in servers:
+            s.dispatcher = replay
 
     def stop(signum: int, frame: typing.Any) -> None:
         for s in servers:

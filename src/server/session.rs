@@ -21,6 +21,7 @@ use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::identity::{Groups, Principal, Sid};
 use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
+use crate::proto::psrp::SessionReader;
 use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
 
@@ -99,6 +100,8 @@ pub(crate) struct Active {
     pub shells: Shells,
     /// What the session did, command by command, with output (`[audit] transcripts`).
     pub transcript: Option<Box<Transcript>>,
+    /// The session's PowerShell streams, read for the audit and the transcript.
+    pub psrp: SessionReader,
     /// When the session logged on: the lifetime runs from here.
     started: Instant,
 }
@@ -352,6 +355,7 @@ impl Session {
             targets: Pool::default(),
             shells: Shells::default(),
             transcript,
+            psrp: SessionReader::default(),
             started: now,
         });
         let mut started = self.link.event(AuditKind::SessionStart, Some(&active));
@@ -534,6 +538,7 @@ mod tests {
             targets: Pool::default(),
             shells: Shells::default(),
             transcript: None,
+            psrp: SessionReader::default(),
             started,
         }));
         s.link.last_activity = started;
