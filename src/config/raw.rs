@@ -138,6 +138,10 @@ pub(super) struct RawAllow {
     pub users: List,
     pub targets: List,
     pub shells: List,
+    pub commands: List,
+    pub cmdlets: List,
+    pub methods: List,
+    pub wmi_writes: V,
 }
 
 /// The keys of every table, with their spans.
@@ -231,7 +235,15 @@ const TARGET: &[&str] = &[
     "connect_timeout_secs",
     "timeout_secs",
 ];
-const ALLOW: &[&str] = &["users", "targets", "shells"];
+const ALLOW: &[&str] = &[
+    "users",
+    "targets",
+    "shells",
+    "commands",
+    "cmdlets",
+    "methods",
+    "wmi_writes",
+];
 const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab"];
 
 /// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the
