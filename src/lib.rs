@@ -9,7 +9,8 @@
 //! code names them: `require_encryption` -> `unseal` ([`proto::sealing`]) -> `parse`
 //! ([`proto::wsman`]) -> `check_readable` -> `check_audit` -> `resolve` ([`resolve`]:
 //! which target) -> `authorize` ([`upstream`] looks its address up, once; [`policy`]
-//! decides on the names and that address) -> `check_shell_owner` -> `admit` (quotas) ->
+//! decides on the names and that address) -> `check_command` (the rules' command
+//! policy: cmd lines, PowerShell commands, WMI methods) -> `check_shell_owner` -> `admit` (quotas) ->
 //! `rewrite` ([`proto::wsman`]) -> `exchange` ([`upstream`]: connect to that address,
 //! authenticate and seal towards the target) -> `inspect` (exit code, shells,
 //! transcript) -> `answer` (sealed for the caller), and the request's line in
@@ -30,7 +31,8 @@
 //!   principal type that reads every spelling of a user name into one comparable key,
 //!   and the users-file row; imports nothing of the crate, every layer uses it.
 //! - [`policy`]: allow rules, user x target (names, addresses) x shell -> decision with a
-//!   reason.
+//!   reason; inside a granted shell, the command policy (cmd lines, PowerShell commands and
+//!   scripts read as plain commands, WMI methods) -> verdict naming the rule and the reason.
 //! - [`vault`]: delegated credentials, zeroized on drop, never printed; reading a password
 //!   handed to a command on stdin.
 //! - [`audit`]: audit event type, the hash-chained JSON-lines sink and its verifier,

@@ -465,6 +465,22 @@ impl Policy {
             reason: format!("no [[allow]] rule lets {user} use {uri} on {}", describe(target, &[])),
         })
     }
+
+    /// The whole decision on a request, as the relay takes it: [`Policy::decide`] on the
+    /// user, target and shell, then [`Policy::judge`] on what it asks the shell to do.
+    pub fn decide_request(
+        &self,
+        user: &str,
+        target: &ResolvedTarget,
+        addresses: &[IpAddr],
+        uri: &str,
+        invocation: &Invocation<'_>,
+    ) -> Verdict {
+        match self.decide(user, target, addresses, Some(uri)) {
+            Decision::Allow { .. } => self.judge(user, target, addresses, uri, invocation),
+            Decision::Deny { reason } => Verdict::Deny { rule: None, reason },
+        }
+    }
 }
 
 /// `web01 (127.0.0.21)` for aliases, the name as given otherwise; then the addresses a

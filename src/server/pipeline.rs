@@ -3,7 +3,8 @@
 //!
 //! `require_encryption` -> `unseal` -> `parse` -> `check_readable` ->
 //! `check_audit` -> `resolve` -> `authorize` (policy, on the addresses the
-//! relay will connect to) -> `check_shell_owner` -> `admit` (quotas) ->
+//! relay will connect to) -> `check_command` (the rules' command policy) ->
+//! `check_shell_owner` -> `admit` (quotas) ->
 //! `rewrite` -> `exchange` (the target) -> `inspect` (exit code, shells,
 //! transcript) -> `answer` (sealed for the caller) and the request's audit line.
 //!
@@ -27,7 +28,7 @@ use crate::audit::transcript::Exchange;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::Config;
 use crate::metrics::RequestSample;
-use crate::policy::Decision;
+use crate::policy::{Decision, Invocation, Verdict, WmiAction};
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo, ResponseInfo};
 use crate::resolve::ResolvedTarget;
@@ -178,6 +179,7 @@ async fn forward(
     let addresses = authorize(session, &config, shared, &target, &info)
         .await
         .map_err(refused)?;
+    check_command(session, &config, &target, &addresses, &info).map_err(refused)?;
     check_shell_owner(session, &info, &target).map_err(refused)?;
     let admitted = admit(shared, &session.active.counted, &info).map_err(refused)?;
     let rewritten = rewrite(plain, &info, &target, &config).map_err(refused)?;
@@ -281,6 +283,54 @@ async fn authorize(
         Decision::Allow { .. } => Ok(addresses),
         Decision::Deny { reason } => {
             tracing::info!(target = %target.name, %reason, "request denied");
+            Err(Refusal::fault(FaultKind::AccessDenied, reason, AuditKind::Denied))
+        }
+    }
+}
+
+/// The rules' command policy: what the request asks the shell or resource to do. A
+/// refusal here means nothing of the request reaches the target.
+fn check_command(
+    session: &ActiveSession<'_>,
+    config: &Config,
+    target: &ResolvedTarget,
+    addresses: &[IpAddr],
+    info: &RequestInfo,
+) -> Result<(), Refusal> {
+    let Some(uri) = info.resource_uri.as_deref() else {
+        return Ok(());
+    };
+    let user = session.active.principal.as_str();
+    let action = info.action_name();
+    let is = |name: &str| action.eq_ignore_ascii_case(name);
+    let invocation = match wsman::shell_kind(uri) {
+        wsman::ShellKind::PowerShell { .. } => {
+            if !(is("Command") && config.policy.restricts_commands(user, target, addresses, uri)) {
+                return Ok(());
+            }
+            Invocation::Unreadable {
+                what: "this relay does not read PowerShell pipelines before they are forwarded",
+            }
+        }
+        _ if wsman::is_shell_resource(uri) => {
+            if is("Command") {
+                Invocation::Cmd {
+                    line: info.command_line.as_deref().unwrap_or_default(),
+                }
+            } else if is("Send") {
+                Invocation::Stdin
+            } else {
+                return Ok(());
+            }
+        }
+        _ => Invocation::Wmi {
+            action: WmiAction::of(&info.action),
+        },
+    };
+    match config.policy.judge(user, target, addresses, uri, &invocation) {
+        Verdict::Allow { .. } => Ok(()),
+        Verdict::Deny { reason, .. } => {
+            tracing::info!(target = %target.name, %reason, "command refused");
             Err(Refusal::fault(FaultKind::AccessDenied, reason, AuditKind::Denied))
         }
     }
