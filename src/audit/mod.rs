@@ -14,6 +14,7 @@
 //! gap as an `audit_resumed` event, so lost events are never silently missing.
 
 pub mod chain;
+pub mod psrp;
 pub mod syslog;
 pub mod tools;
 pub mod transcript;
@@ -52,6 +53,12 @@ pub enum AuditKind {
     /// Written first once the log is writable again after failed writes; `reason` says
     /// how many events are missing and since when.
     AuditResumed,
+    /// A PowerShell pipeline the relay put together in full (CREATE_PIPELINE).
+    Pipeline,
+    /// A PowerShell pipeline reached a final state.
+    PipelineEnd,
+    /// A PowerShell stream the relay could not read, and why.
+    Undecodable,
 }
 
 impl AuditKind {
@@ -65,6 +72,9 @@ impl AuditKind {
             AuditKind::SessionEnd => "session_end",
             AuditKind::Cleanup => "cleanup",
             AuditKind::AuditResumed => "audit_resumed",
+            AuditKind::Pipeline => "pipeline",
+            AuditKind::PipelineEnd => "pipeline_end",
+            AuditKind::Undecodable => "undecodable",
         }
     }
 }
@@ -99,8 +109,41 @@ pub struct AuditEvent {
     pub resource_uri: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shell_id: Option<String>,
+    /// `pipeline`, `pipeline_end`, `undecodable`: the WS-Man CommandId (none for the pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// A cmd shell's `powershell -EncodedCommand` script, decoded (its first 4 KiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoded_script: Option<String>,
+    /// `pipeline`: each command (see the README's audit section).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<serde_json::Value>,
+    /// `pipeline`: some parameter is a SecureString.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_string: Option<bool>,
+    /// `pipeline`: the shell's streams are Xpress-compressed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<bool>,
+    /// `pipeline_end`: Completed, Failed or Stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// `pipeline_end`: error records, bytes of output text, input objects, host calls answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_objects: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_responses: Option<u64>,
+    /// `pipeline_end`: the relay never saw the pipeline's CREATE_PIPELINE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unseen: Option<bool>,
+    /// `undecodable`: stdin, pr or stdout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -657,6 +700,7 @@ mod tests {
             hmac_key_file: None,
             transcripts: None,
             transcript_max_bytes: crate::config::DEFAULT_TRANSCRIPT_MAX_BYTES,
+            record_host_responses: false,
             syslog: None,
         }
     }

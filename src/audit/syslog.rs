@@ -105,7 +105,7 @@ impl Exporter {
 /// Denials and failed logons stand out as warnings; the rest is information.
 fn severity(kind: AuditKind) -> u8 {
     match kind {
-        AuditKind::AuthFailed | AuditKind::Denied | AuditKind::AuditResumed => 4,
+        AuditKind::AuthFailed | AuditKind::Denied | AuditKind::AuditResumed | AuditKind::Undecodable => 4,
         _ => 6,
     }
 }

@@ -7,8 +7,11 @@
 //! Every record has `time` and `type`: `session` (first), `target`, `shell`, `command`,
 //! `stdout`, `stderr`, `stdin` (`text`, or `base64` for bytes that are not UTF-8),
 //! `exit`, `state` (a PowerShell pipeline's), `signal`, `close`, `cut` and `end` (last).
-//! PowerShell output arrives as PSRP objects: strings and other objects are recorded as
-//! `stdout` text (their ToString), error records as `stderr` text.
+//! PowerShell sessions are read by the session's PSRP reader ([`super::psrp`]): each
+//! `pipeline` (its commands, scripts whole), then its output (strings and other objects
+//! as `stdout` text, their ToString), error records as `stderr` text, `state`s, `input`
+//! (pipeline input objects), `host_response` (a prompt answered; its `text` only with
+//! `[audit] record_host_responses`), `undecodable` streams and `pipeline_end`.
 //!
 //! Output beyond `transcript_max_bytes` is not recorded: a `cut` record says so, and
 //! commands, exits and signals go on being recorded. The file's SHA-256, computed as it
@@ -23,15 +26,16 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::proto::wsman::{
-    self, psrp_output, Defragmenter, PsrpOutput, RequestInfo, ResponseInfo, ShellKind, StreamChunk,
-};
+use crate::proto::psrp::{Event, EventKind};
+use crate::proto::wsman::{self, RequestInfo, ResponseInfo, ShellKind, StreamChunk};
 
 /// Where transcripts go and how much output each keeps, as the relay started with.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub dir: PathBuf,
     pub max_output: u64,
+    /// Record what a host prompt was answered (`[audit] record_host_responses`).
+    pub record_host_responses: bool,
 }
 
 /// A transcript's file name: when the session began, then its id, so that a directory
@@ -58,12 +62,12 @@ pub struct Exchange<'a> {
     pub succeeded: bool,
     pub response: &'a [u8],
     pub answer: &'a ResponseInfo,
+    /// What the session's PSRP reader made of this exchange.
+    pub psrp: &'a [Event],
 }
 
 struct OpenShell {
     powershell: bool,
-    /// PSRP messages per command (pipeline) being put together.
-    pipelines: HashMap<String, Defragmenter>,
 }
 
 /// An open transcript; see the module documentation.
@@ -76,6 +80,7 @@ pub struct Transcript {
     output_written: u64,
     max_output: u64,
     cut_bytes: u64,
+    record_host_responses: bool,
     targets: Vec<String>,
     shells: HashMap<String, OpenShell>,
 }
@@ -109,6 +114,7 @@ impl Transcript {
             output_written: 0,
             max_output,
             cut_bytes: 0,
+            record_host_responses: settings.record_host_responses,
             targets: Vec::new(),
             shells: HashMap::new(),
         };
@@ -165,16 +171,12 @@ impl Transcript {
                     ShellKind::PowerShell { configuration } => (format!("powershell/{configuration}"), true),
                     ShellKind::Other(uri) => (uri, false),
                 };
-                self.shells.insert(
-                    created.to_string(),
-                    OpenShell {
-                        powershell,
-                        pipelines: HashMap::new(),
-                    },
-                );
+                self.shells.insert(created.to_string(), OpenShell { powershell });
+                let compressed =
+                    (powershell && exchange.answer.shell_compressed(info.compression_type.as_deref())).then_some(true);
                 self.write(
                     "shell",
-                    json!({"target": exchange.target, "shell_id": created, "shell": label}),
+                    json!({"target": exchange.target, "shell_id": created, "shell": label, "compressed": compressed}),
                 );
             }
             "Command" => {
@@ -194,10 +196,12 @@ impl Transcript {
                         .into();
                 }
                 self.write("command", fields);
+                self.psrp(exchange.psrp);
             }
             "Send" if exchange.succeeded => {
                 // PowerShell's input is PSRP fragments (pipeline input, host replies), not text.
                 if self.is_powershell(shell_id) {
+                    self.psrp(exchange.psrp);
                     return;
                 }
                 let Ok(io) = wsman::shell_io(exchange.request) else {
@@ -212,7 +216,7 @@ impl Transcript {
                     return;
                 };
                 if self.is_powershell(shell_id) {
-                    self.powershell_output(shell_id.unwrap_or_default(), &io.streams);
+                    self.psrp(exchange.psrp);
                 } else {
                     for chunk in io.streams.iter().filter(|c| !c.data.is_empty()) {
                         let kind = if chunk.name.eq_ignore_ascii_case("stderr") {
@@ -258,47 +262,74 @@ impl Transcript {
             .is_some_and(|s| s.powershell)
     }
 
-    /// A pipeline's PSRP messages: output objects and errors as text, its state changes.
-    /// Streams without a command belong to the runspace pool (its own housekeeping).
-    fn powershell_output(&mut self, shell_id: &str, streams: &[StreamChunk]) {
-        for chunk in streams {
-            let Some(command_id) = chunk.command_id.as_deref() else {
-                continue;
+    /// What the PSRP reader read: each pipeline, then its output, errors, states,
+    /// input and end, in order.
+    fn psrp(&mut self, events: &[Event]) {
+        for event in events {
+            let shell_id = event.shell_id.as_str();
+            let command_id = event.command_id.as_deref();
+            let ids = json!({"shell_id": shell_id, "command_id": command_id});
+            let with = |mut fields: Value, more: Value| {
+                if let (Value::Object(f), Value::Object(m)) = (&mut fields, more) {
+                    f.extend(m);
+                }
+                fields
             };
-            let Some(shell) = self.shells.get_mut(shell_id) else {
-                return;
-            };
-            let messages = shell
-                .pipelines
-                .entry(command_id.to_string())
-                .or_default()
-                .push(&chunk.data);
-            for message in messages {
-                match psrp_output(&message) {
-                    Some(PsrpOutput::Output(text)) => self.text_output("stdout", shell_id, command_id, text),
-                    Some(PsrpOutput::Error(text)) => self.text_output("stderr", shell_id, command_id, text),
-                    Some(PsrpOutput::State { state, reason }) => {
-                        self.write(
-                            "state",
-                            json!({"shell_id": shell_id, "command_id": command_id, "state": state, "reason": reason}),
-                        );
-                        if !matches!(state, "Running" | "Stopping" | "NotStarted") {
-                            if let Some(shell) = self.shells.get_mut(shell_id) {
-                                shell.pipelines.remove(command_id);
-                            }
-                        }
-                    }
-                    None => {}
+            match &event.kind {
+                EventKind::Pipeline { pipeline, .. } => {
+                    let commands = super::psrp::commands_json(pipeline, true);
+                    let secure = pipeline.secure_string.then_some(true);
+                    self.write(
+                        "pipeline",
+                        with(ids, json!({"commands": commands, "secure_string": secure})),
+                    );
+                }
+                EventKind::Unseen => {
+                    self.write("pipeline", with(ids, json!({"unseen": true})));
+                }
+                EventKind::Output(text) => self.text_output("stdout", shell_id, command_id, text),
+                EventKind::Error(text) => self.text_output("stderr", shell_id, command_id, text),
+                EventKind::Input(text) => self.text_output("input", shell_id, command_id, text),
+                EventKind::State { state, reason } => {
+                    self.write("state", with(ids, json!({"state": state, "reason": reason})));
+                }
+                EventKind::HostResponse { method, text } => {
+                    let text = self.record_host_responses.then_some(text);
+                    self.write(
+                        "host_response",
+                        with(ids, json!({"method": method, "answered": true, "text": text})),
+                    );
+                }
+                EventKind::Undecodable { stream, reason } => {
+                    self.write("undecodable", with(ids, json!({"stream": stream, "reason": reason})));
+                }
+                EventKind::End(end) => {
+                    self.write(
+                        "pipeline_end",
+                        with(
+                            ids,
+                            json!({
+                                "state": end.state,
+                                "reason": end.reason,
+                                "errors": end.errors,
+                                "output_bytes": end.output_bytes,
+                                "input_objects": (end.input_objects > 0).then_some(end.input_objects),
+                                "host_responses": (end.host_responses > 0).then_some(end.host_responses),
+                                "unseen": end.unseen.then_some(true),
+                            }),
+                        ),
+                    );
                 }
             }
         }
     }
 
-    fn text_output(&mut self, kind: &str, shell_id: &str, command_id: &str, mut text: String) {
+    fn text_output(&mut self, kind: &str, shell_id: &str, command_id: Option<&str>, text: &str) {
+        let mut text = text.to_string();
         text.push('\n');
         let chunk = StreamChunk {
             name: kind.to_string(),
-            command_id: Some(command_id.to_string()),
+            command_id: command_id.map(str::to_string),
             end: false,
             data: text.into_bytes(),
         };
@@ -374,6 +405,7 @@ pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::psrp::SessionReader;
     use crate::proto::wsman::{parse_request, parse_response};
 
     const NS: &str = "xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" \
@@ -397,17 +429,32 @@ mod tests {
         format!("<s:Envelope {NS}><s:Header/><s:Body>{body}</s:Body></s:Envelope>").into_bytes()
     }
 
+    thread_local! {
+        /// The session's PSRP reader, as the pipeline keeps it (each test runs on a thread of its own).
+        static READER: std::cell::RefCell<SessionReader> = std::cell::RefCell::default();
+    }
+
     fn feed(t: &mut Transcript, req: &[u8], resp: &[u8], command: Option<&str>) {
         let info = parse_request(req).unwrap();
         let answer = parse_response(resp).unwrap();
+        let succeeded = answer.fault.is_none();
+        let powershell = matches!(
+            wsman::shell_kind(info.resource_uri.as_deref().unwrap_or_default()),
+            ShellKind::PowerShell { .. }
+        );
+        let events = match powershell {
+            true => READER.with_borrow_mut(|r| crate::audit::psrp::read(r, &info, &answer, req, resp, succeeded)),
+            false => Vec::new(),
+        };
         t.record(&Exchange {
             info: &info,
             command,
             target: "web01",
             request: req,
-            succeeded: answer.fault.is_none(),
+            succeeded,
             response: resp,
             answer: &answer,
+            psrp: &events,
         });
     }
 
@@ -423,6 +470,7 @@ mod tests {
         Settings {
             dir: dir.to_path_buf(),
             max_output,
+            record_host_responses: false,
         }
     }
 
@@ -618,7 +666,17 @@ mod tests {
         let kinds: Vec<&str> = r.iter().map(|r| r["type"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,
-            ["session", "target", "shell", "command", "stdout", "stderr", "state", "end"]
+            [
+                "session",
+                "target",
+                "shell",
+                "command",
+                "stdout",
+                "stderr",
+                "state",
+                "pipeline_end",
+                "end"
+            ]
         );
         assert_eq!(r[2]["shell"], "powershell/Microsoft.PowerShell");
         assert_eq!(r[3]["command"], "Write-Output hi");

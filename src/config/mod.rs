@@ -133,6 +133,8 @@ pub struct AuditConfig {
     pub transcripts: Option<PathBuf>,
     /// Output recorded per session transcript; past it, commands only.
     pub transcript_max_bytes: u64,
+    /// Transcripts record what a PowerShell host prompt (`Read-Host`) was answered.
+    pub record_host_responses: bool,
     /// Every audit line also goes there as an RFC 5424 message.
     pub syslog: Option<SyslogTarget>,
 }

@@ -73,6 +73,7 @@ pub(super) struct RawAudit {
     pub hmac_key_file: V,
     pub transcripts: V,
     pub transcript_max_bytes: V,
+    pub record_host_responses: V,
     pub syslog: V,
 }
 
@@ -200,6 +201,7 @@ const AUDIT: &[&str] = &[
     "hmac_key_file",
     "transcripts",
     "transcript_max_bytes",
+    "record_host_responses",
     "syslog",
 ];
 const METRICS: &[&str] = &["listen"];

@@ -194,6 +194,9 @@ impl Validator<'_> {
                 DEFAULT_TRANSCRIPT_MAX_BYTES as i64,
             )
             .unsigned_abs();
+        let record_host_responses = self
+            .boolean(raw_audit.record_host_responses, "audit.record_host_responses")
+            .is_some_and(|b| *b.get_ref());
         let syslog = self.string(raw_audit.syslog, "audit.syslog").and_then(|v| {
             SyslogTarget::parse(v.get_ref())
                 .map_err(|message| self.error(v.span(), "audit.syslog", message))
@@ -205,6 +208,7 @@ impl Validator<'_> {
             hmac_key_file,
             transcripts,
             transcript_max_bytes,
+            record_host_responses,
             syslog,
         }
     }

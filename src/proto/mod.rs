@@ -5,5 +5,6 @@ pub mod credssp;
 pub(crate) mod guard;
 pub mod http_auth;
 pub mod kerberos;
+pub mod psrp;
 pub mod sealing;
 pub mod wsman;

@@ -252,6 +252,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
             Some(transcript::Settings {
                 dir: dir.clone(),
                 max_output: config.audit.transcript_max_bytes,
+                record_host_responses: config.audit.record_host_responses,
             })
         }
         None => None,

@@ -4,9 +4,11 @@
 //! `require_encryption` -> `unseal` -> `parse` -> `check_readable` ->
 //! `check_audit` -> `resolve` -> `authorize` (policy, on the addresses the
 //! relay will connect to) -> `check_command` (the rules' command policy) ->
-//! `check_shell_owner` -> `admit` (quotas) ->
+//! `check_shell_owner` -> `record_command` (the command decoded, for an
+//! allowed request only) -> `admit` (quotas) ->
 //! `rewrite` -> `exchange` (the target) -> `inspect` (exit code, shells,
-//! transcript) -> `answer` (sealed for the caller) and the request's audit line.
+//! PowerShell streams, transcript) -> `answer` (sealed for the caller) and the
+//! request's audit line.
 //!
 //! A stage that refuses returns a [`Refusal`]; [`relay`] turns it into the
 //! answer (a WS-Man fault in the request's own encryption, or an HTTP error),
@@ -25,10 +27,11 @@ use super::request::Route;
 use super::session::ActiveSession;
 use super::Shared;
 use crate::audit::transcript::Exchange;
-use crate::audit::{AuditEvent, AuditKind};
+use crate::audit::{self, AuditEvent, AuditKind};
 use crate::config::Config;
 use crate::metrics::RequestSample;
 use crate::policy::{Decision, Invocation, Verdict, WmiAction};
+use crate::proto::psrp;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo, ResponseInfo};
 use crate::resolve::ResolvedTarget;
@@ -181,6 +184,7 @@ async fn forward(
         .map_err(refused)?;
     check_command(session, &config, &target, &addresses, &info).map_err(refused)?;
     check_shell_owner(session, &info, &target).map_err(refused)?;
+    record_command(&mut audit.event, &info);
     let admitted = admit(shared, &session.active.counted, &info).map_err(refused)?;
     let rewritten = rewrite(plain, &info, &target, &config).map_err(refused)?;
     let response = exchange(session, &info, &target, &addresses, &rewritten, &config, shared, audit)
@@ -436,18 +440,32 @@ fn inspect(
     active
         .shells
         .track(info, target, addresses, &answer, response.status, shell_slot);
+    let succeeded = response.status.is_success() && answer.fault.is_none();
+    let events = if is_powershell(info) {
+        audit::psrp::read(&mut active.psrp, info, &answer, plain, &response.body, succeeded)
+    } else {
+        Vec::new()
+    };
     if let Some(transcript) = active.transcript.as_mut() {
         transcript.record(&Exchange {
             info,
             command: event.command.as_deref(),
             target: &target.name,
             request: plain,
-            succeeded: response.status.is_success() && answer.fault.is_none(),
+            succeeded,
             response: &response.body,
             answer: &answer,
+            psrp: &events,
         });
     }
-    record_fault(event, answer);
+    if !events.is_empty() {
+        let mut base = session.event(AuditKind::Pipeline);
+        base.target = Some(target.name.clone());
+        for line in audit::psrp::audit_events(&base, &events) {
+            audit.shared.audit.emit(&line);
+        }
+    }
+    record_fault(&mut audit.event, answer);
 }
 
 fn record_fault(event: &mut AuditEvent, answer: ResponseInfo) {
@@ -456,19 +474,35 @@ fn record_fault(event: &mut AuditEvent, answer: ResponseInfo) {
     }
 }
 
+fn is_powershell(info: &RequestInfo) -> bool {
+    info.resource_uri
+        .as_deref()
+        .is_some_and(|uri| matches!(wsman::shell_kind(uri), wsman::ShellKind::PowerShell { .. }))
+}
+
+/// What the audit line says of any request, before the policy decides: nothing
+/// is decoded yet, so a refused request costs no more than reading its envelope.
 fn record_request(event: &mut AuditEvent, info: &RequestInfo) {
     event.action = Some(info.action_name().to_string());
     event.resource_uri = info.resource_uri.clone();
     event.shell_id = info.shell_id.clone();
-    let is_powershell = info
-        .resource_uri
-        .as_deref()
-        .is_some_and(|uri| matches!(wsman::shell_kind(uri), wsman::ShellKind::PowerShell { .. }));
-    // PSRP commands travel as base64 fragments: audit the pipeline they carry.
-    event.command = match (&info.command_line, is_powershell) {
-        (Some(fragments), true) => wsman::psrp_command_summary(fragments).or_else(|| Some(fragments.clone())),
-        (command, _) => command.clone(),
+    if !is_powershell(info) {
+        event.command.clone_from(&info.command_line);
+    }
+}
+
+/// The command of a request the policy allowed, decoded: a PSRP Command's
+/// pipeline (base64 fragments), a cmd line's `powershell -EncodedCommand`.
+fn record_command(event: &mut AuditEvent, info: &RequestInfo) {
+    let Some(line) = info.command_line.as_deref() else {
+        return;
     };
+    if is_powershell(info) {
+        event.command = psrp::psrp_command_summary(line).or_else(|| Some(line.to_string()));
+    } else {
+        event.decoded_script =
+            psrp::encoded_command(line).map(|script| psrp::truncate(script, audit::psrp::AUDIT_TEXT_MAX));
+    }
 }
 
 /// A target that could not be reached or refused the caller: counted, and a

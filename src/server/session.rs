@@ -20,6 +20,7 @@ use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
+use crate::proto::psrp::SessionReader;
 use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
 
@@ -95,6 +96,8 @@ pub(crate) struct Active {
     pub shells: Shells,
     /// What the session did, command by command, with output (`[audit] transcripts`).
     pub transcript: Option<Box<Transcript>>,
+    /// The session's PowerShell streams, read for the audit and the transcript.
+    pub psrp: SessionReader,
     /// When the session logged on: the lifetime runs from here.
     started: Instant,
 }
@@ -343,6 +346,7 @@ impl Session {
             targets: Pool::default(),
             shells: Shells::default(),
             transcript,
+            psrp: SessionReader::default(),
             started: now,
         });
         shared
@@ -501,6 +505,7 @@ mod tests {
             targets: Pool::default(),
             shells: Shells::default(),
             transcript: None,
+            psrp: SessionReader::default(),
             started,
         }));
         s.link.last_activity = started;

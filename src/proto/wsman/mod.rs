@@ -22,7 +22,6 @@ mod delete;
 mod duration;
 mod fault;
 mod identify;
-mod psrp;
 mod rewrite;
 mod scan;
 mod shell;
@@ -33,7 +32,6 @@ pub use delete::{delete_shell_request, DELETE_ACTION};
 pub use duration::parse_duration;
 pub use fault::{fault_envelope, new_message_id, FaultKind};
 pub use identify::identify_response;
-pub use psrp::{psrp_command_summary, psrp_output, Defragmenter, PsrpMessage, PsrpOutput};
 pub use rewrite::{rewrite_request, RewritePoints};
 pub use shell::{is_shell_resource, shell_kind, ShellKind};
 pub use streams::{shell_io, ShellIo, StreamChunk};
@@ -107,6 +105,9 @@ pub struct RequestInfo {
     pub operation_timeout: Option<Duration>,
     /// w:MaxEnvelopeSize: the largest response the client accepts, in bytes.
     pub max_envelope_size: Option<usize>,
+    /// A Create's rsp:CompressionType header (`xpress` from Windows clients): the
+    /// client asks for its shell's streams to be compressed.
+    pub compression_type: Option<String>,
     /// Body is wsmid:Identify.
     pub is_identify: bool,
     /// Why the ResourceURI cannot be taken as the one the target acts on,
@@ -229,6 +230,21 @@ pub struct ResponseInfo {
     pub command_done: bool,
     /// rsp:CommandState/rsp:ExitCode.
     pub exit_code: Option<i64>,
+    /// The created (or described) rsp:Shell's rsp:CompressionMode:
+    /// `XpressCompression` when its streams are compressed, `NoCompression`.
+    pub compression_mode: Option<String>,
+}
+
+impl ResponseInfo {
+    /// Whether the shell this Create response made compresses its streams: as
+    /// the target says, else as the client asked (`request_type`, the Create's
+    /// rsp:CompressionType).
+    pub fn shell_compressed(&self, request_type: Option<&str>) -> bool {
+        match self.compression_mode.as_deref() {
+            Some(mode) => mode.eq_ignore_ascii_case("XpressCompression"),
+            None => request_type.is_some_and(|t| t.eq_ignore_ascii_case("xpress")),
+        }
+    }
 }
 
 /// The parts of a SOAP fault worth logging and acting on.
@@ -326,6 +342,7 @@ enum ReqField {
     ShellId,
     Timeout,
     MaxEnvelopeSize,
+    CompressionType,
     Command,
     Arguments,
 }
@@ -389,6 +406,7 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         (Ns::Wsman, "ResourceURI") => Some(ReqField::ResourceUri),
                         (Ns::Wsman, "OperationTimeout") => Some(ReqField::Timeout),
                         (Ns::Wsman, "MaxEnvelopeSize") => Some(ReqField::MaxEnvelopeSize),
+                        (Ns::Shell, "CompressionType") => Some(ReqField::CompressionType),
                         (Ns::Wsman, "SelectorSet") => {
                             selector_sets += 1;
                             if selector_sets > 1 {
@@ -487,6 +505,9 @@ pub fn parse_request(xml: &[u8]) -> Result<RequestInfo, WsmanError> {
                         Some(ReqField::MaxEnvelopeSize) => {
                             set_once(&mut max_envelope_size, trimmed(text), "w:MaxEnvelopeSize")?
                         }
+                        Some(ReqField::CompressionType) => {
+                            set_once(&mut info.compression_type, trimmed(text), "rsp:CompressionType")?
+                        }
                         Some(ReqField::Command) => set_once(&mut command, text, "rsp:Command")?,
                         Some(ReqField::Arguments) => arguments.push(text),
                         None => {}
@@ -582,6 +603,7 @@ enum RespField {
     SelectorShellId,
     CommandId,
     ExitCode,
+    CompressionMode,
 }
 
 /// Scans a target's response for correlation, faults and command results.
@@ -659,6 +681,11 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                     Some(RespField::ShellId)
                 } else if path_is(
                     path,
+                    &[ENVELOPE, BODY, (Ns::Shell, "Shell"), (Ns::Shell, "CompressionMode")],
+                ) {
+                    Some(RespField::CompressionMode)
+                } else if path_is(
+                    path,
                     &[
                         ENVELOPE,
                         BODY,
@@ -722,6 +749,9 @@ pub fn parse_response(xml: &[u8]) -> Result<ResponseInfo, WsmanError> {
                         }
                         Some(RespField::CommandId) => set_once(&mut info.command_id, trimmed(text), "rsp:CommandId")?,
                         Some(RespField::ExitCode) => set_once(&mut exit_code, trimmed(text), "rsp:ExitCode")?,
+                        Some(RespField::CompressionMode) => {
+                            set_once(&mut info.compression_mode, trimmed(text), "rsp:CompressionMode")?
+                        }
                         None => {}
                     }
                 }

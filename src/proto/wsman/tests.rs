@@ -4,6 +4,7 @@
 //! recorded between pypsrp and Windows (pypsrp's test fixtures).
 
 use super::*;
+use crate::proto::psrp::psrp_command_summary;
 
 const SHELL_ID: &str = "0D6FCA9D-2D40-44C3-B691-E665BE7AA687";
 const COMMAND_ID: &str = "B0973E54-434E-4D99-B4BE-ADE584CE3BFB";
@@ -80,6 +81,7 @@ fn pywinrm_open_shell() {
             command_id: None,
             operation_timeout: Some(Duration::from_secs(20)),
             max_envelope_size: Some(153_600),
+            compression_type: None,
             is_identify: false,
             resource_uri_defect: None,
             shell_id_defect: None,
