@@ -7,11 +7,11 @@
 //! for PowerShell does not leave `cmd /c` open beside it. WMI/CIM resources are always
 //! read-only unless `methods` or `wmi_writes` say otherwise.
 
-use base64::Engine as _;
 use glob::Pattern;
 
 use super::script::{self, Argument, CommandCall};
 use super::MATCH;
+use crate::proto::psrp::encoded_command;
 
 /// cmd's metacharacters: a line holding one runs more than its first command, or
 /// redirects, or expands variables.
@@ -352,22 +352,28 @@ fn show_call(name: &str, arguments: &[Argument]) -> String {
 
 /// The script of a `powershell`/`pwsh` command line that runs `-EncodedCommand` and
 /// otherwise sets only harmless switches; `None` when the line is anything else (it
-/// is then an ordinary command line). The script is UTF-16LE in base64.
+/// is then an ordinary command line, and `-Command`, `-File` or a second script never
+/// pass as an encoded one). The script is UTF-16LE in base64.
 pub fn encoded_powershell(line: &str) -> Option<Result<String, String>> {
     let mut words = line.split_ascii_whitespace();
     let program = words.next()?.to_ascii_lowercase();
     if !matches!(program.as_str(), "powershell" | "powershell.exe" | "pwsh" | "pwsh.exe") {
         return None;
     }
-    let mut encoded = None;
+    let mut encoded = false;
     while let Some(word) = words.next() {
         let flag = word.strip_prefix(['-', '/'])?.to_ascii_lowercase();
         let abbreviates = |full: &str, shortest: usize| flag.len() >= shortest && full.starts_with(flag.as_str());
         if abbreviates("encodedcommand", 1) || flag == "ec" {
-            if encoded.is_some() {
+            let value = words.next()?;
+            if encoded
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+            {
                 return None;
             }
-            encoded = Some(words.next()?);
+            encoded = true;
         } else if abbreviates("executionpolicy", 2)
             || flag == "ep"
             || abbreviates("inputformat", 2)
@@ -387,19 +393,6 @@ pub fn encoded_powershell(line: &str) -> Option<Result<String, String>> {
             return None;
         }
     }
-    let encoded = encoded?;
-    Some(decode_utf16_base64(encoded))
-}
-
-fn decode_utf16_base64(encoded: &str) -> Result<String, String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|e| format!("the -EncodedCommand argument is not base64: {e}"))?;
-    if bytes.len() % 2 != 0 {
-        return Err("the -EncodedCommand argument is not UTF-16 (odd length)".into());
-    }
-    let units = bytes.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]]));
-    char::decode_utf16(units)
-        .collect::<Result<String, _>>()
-        .map_err(|_| "the -EncodedCommand argument is not valid UTF-16".into())
+    // The audit's decoder, so that the audit and the policy read the same script.
+    encoded.then(|| encoded_command(line).ok_or_else(|| "the -EncodedCommand argument is not base64".to_string()))
 }

@@ -974,7 +974,8 @@ mod tests {
             "powershell -EncodedCommand: Stop-Computer is refused: Stop-Computer is not in allow[0]'s cmdlets"
         );
         assert!(denied(cmd(&line("powershell -ec", "iex $x"))).contains("a variable or subexpression ($)"));
-        assert!(denied(cmd("powershell -EncodedCommand !!!")).contains("not base64"));
+        assert!(denied(cmd("powershell -EncodedCommand A")).contains("not base64"));
+        assert!(denied(cmd("powershell -EncodedCommand !!!")).contains("matches none"));
         // Other options make it an ordinary command line, which no entry lists.
         assert!(denied(cmd(&line("powershell -Command x -EncodedCommand", "Get-Service"))).contains("matches none"));
         assert_eq!(encoded_powershell("cmd /c dir"), None);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::StatusCode;
 
+use super::command_policy::Asked;
 use super::limits::Slot;
 use super::refusal::{Answer, Refusal};
 use super::reply::{self, HttpResponse};
@@ -30,7 +31,8 @@ use crate::audit::transcript::Exchange;
 use crate::audit::{self, AuditEvent, AuditKind};
 use crate::config::Config;
 use crate::metrics::RequestSample;
-use crate::policy::{Decision, Invocation, Verdict, WmiAction};
+use crate::policy::script::Argument;
+use crate::policy::{Decision, Invocation, PsCommand, Verdict, WmiAction};
 use crate::proto::psrp;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo, ResponseInfo};
@@ -182,7 +184,7 @@ async fn forward(
     let addresses = authorize(session, &config, shared, &target, &info)
         .await
         .map_err(refused)?;
-    check_command(session, &config, &target, &addresses, &info).map_err(refused)?;
+    check_command(session, &config, &target, &addresses, &info, plain, &mut audit.event).map_err(refused)?;
     check_shell_owner(session, &info, &target).map_err(refused)?;
     record_command(&mut audit.event, &info);
     let admitted = admit(shared, &session.active.counted, &info).map_err(refused)?;
@@ -295,25 +297,43 @@ async fn authorize(
 /// The rules' command policy: what the request asks the shell or resource to do. A
 /// refusal here means nothing of the request reaches the target.
 fn check_command(
-    session: &ActiveSession<'_>,
+    session: &mut ActiveSession<'_>,
     config: &Config,
     target: &ResolvedTarget,
     addresses: &[IpAddr],
     info: &RequestInfo,
+    plain: &[u8],
+    event: &mut AuditEvent,
 ) -> Result<(), Refusal> {
     let Some(uri) = info.resource_uri.as_deref() else {
         return Ok(());
     };
-    let user = session.active.principal.as_str();
+    let user = &session.active.principal.as_str().to_string();
     let action = info.action_name();
     let is = |name: &str| action.eq_ignore_ascii_case(name);
+    let commands;
+    let why;
     let invocation = match wsman::shell_kind(uri) {
         wsman::ShellKind::PowerShell { .. } => {
-            if !(is("Command") && config.policy.restricts_commands(user, target, addresses, uri)) {
+            if !config.policy.restricts_commands(user, target, addresses, uri) {
                 return Ok(());
             }
-            Invocation::Unreadable {
-                what: "this relay does not read PowerShell pipelines before they are forwarded",
+            let active = &mut *session.active;
+            let compressed = info
+                .shell_id
+                .as_deref()
+                .is_some_and(|shell| active.psrp.is_compressed(shell));
+            match active.policy_streams.read(info, plain, compressed) {
+                Asked::Nothing => return Ok(()),
+                Asked::Pipelines(asked) => {
+                    commands = asked;
+                    Invocation::PowerShell { commands: &commands }
+                }
+                Asked::Unreadable(what) => {
+                    why = what;
+                    Invocation::Unreadable { what: &why }
+                }
+                Asked::Closed(reason) => return Err(command_refused(target, info, reason, event)),
             }
         }
         _ if wsman::is_shell_resource(uri) => {
@@ -334,10 +354,52 @@ fn check_command(
     match config.policy.judge(user, target, addresses, uri, &invocation) {
         Verdict::Allow { .. } => Ok(()),
         Verdict::Deny { reason, .. } => {
-            tracing::info!(target = %target.name, %reason, "command refused");
-            Err(Refusal::fault(FaultKind::AccessDenied, reason, AuditKind::Denied))
+            if let Invocation::PowerShell { commands } = invocation {
+                // The audit line shows what was refused, as the relay read it.
+                event.command = Some(summary(commands));
+            }
+            session.active.policy_streams.refuse_touched();
+            Err(command_refused(target, info, reason, event))
         }
     }
+}
+
+/// A refusal of the command policy; the audit line keeps the command as sent when the
+/// relay could not read it.
+fn command_refused(target: &ResolvedTarget, info: &RequestInfo, reason: String, event: &mut AuditEvent) -> Refusal {
+    tracing::info!(target = %target.name, %reason, "command refused");
+    if event.command.is_none() {
+        event.command.clone_from(&info.command_line);
+    }
+    Refusal::fault(FaultKind::AccessDenied, reason, AuditKind::Denied)
+}
+
+/// A refused pipeline's commands on one line, for its audit line.
+fn summary(commands: &[PsCommand]) -> String {
+    let shown: Vec<String> = commands
+        .iter()
+        .map(|c| {
+            let mut line = c.name.clone();
+            for a in &c.arguments {
+                match a {
+                    Argument::Parameter { name, value } => {
+                        line.push_str(" -");
+                        line.push_str(name);
+                        if let Some(v) = value {
+                            line.push(' ');
+                            line.push_str(v);
+                        }
+                    }
+                    Argument::Value(v) => {
+                        line.push(' ');
+                        line.push_str(v);
+                    }
+                }
+            }
+            line
+        })
+        .collect();
+    psrp::truncate(shown.join(" | "), audit::psrp::AUDIT_TEXT_MAX)
 }
 
 fn check_shell_owner(session: &ActiveSession<'_>, info: &RequestInfo, target: &ResolvedTarget) -> Result<(), Refusal> {
