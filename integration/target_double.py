@@ -85,6 +85,7 @@ NS = {
 }
 CMD_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
 PS_URI_PREFIX = "http://schemas.microsoft.com/powershell/"
+WMI_PREFIX = "http://schemas.microsoft.com/wbem/wsman/1/wmi/"
 SHELL_NS = NS["rsp"]
 ACTION_BASE_TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer/"
 ACTION_BASE_SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/"
@@ -327,19 +328,23 @@ class PsrpShell:
     def queue_pool(self, msg_type: int, xml: str) -> None:
         self.pool_out.append(self.fragment(msg_type, b"\x00" * 16, xml))
 
-    def feed(self, command_id: str, data: bytes) -> None:
-        """Fragments for a pipeline (Command arguments, then Send); runs it once CREATE_PIPELINE is whole."""
+    def feed(self, command_id: str, data: bytes) -> typing.List[str]:
+        """Fragments for a pipeline (Command arguments, then Send); runs it once CREATE_PIPELINE is whole. Returns
+        the commands it ran (a script as its text), for the log."""
         p = self.pipelines.setdefault(command_id, {"assembler": PsrpAssembler(), "out": [], "done": False})
+        ran: typing.List[str] = []
         for msg_type, _rpid, pid, payload in p["assembler"].push(data):
             if msg_type == PSRP_CREATE_PIPELINE:
-                self.run(p, pid, payload)
+                ran += self.run(p, pid, payload)
+        return ran
 
-    def run(self, p: dict, pid: bytes, payload: bytes) -> None:
+    def run(self, p: dict, pid: bytes, payload: bytes) -> typing.List[str]:
         root = ET.fromstring(payload.decode("utf-8"))
         ps = root.find("./MS/Obj[@N='PowerShell']/MS")
         statements = ps.findall("./Obj[@N='ExtraCmds']/LST/Obj/MS/Obj[@N='Cmds']") if ps is not None else []
         if not statements and ps is not None:
             statements = ps.findall("./Obj[@N='Cmds']")
+        ran = []
         for cmds in statements:
             for cmd in cmds.findall("./LST/Obj/MS"):
                 name = decode_clixml_escapes(text_of(cmd.find("./S[@N='Cmd']")) or "")
@@ -349,10 +354,12 @@ class PsrpShell:
                     n, v = arg.find("./*[@N='N']"), arg.find("./*[@N='V']")
                     args.append((None if n is None or n.tag == "Nil" else decode_clixml_escapes(n.text or ""),
                                  None if v is None or v.tag == "Nil" else decode_clixml_escapes(v.text or "")))
+                ran.append(" ".join([name] + ["%s%s" % ("-%s " % n if n else "", v or "") for n, v in args]))
                 self.run_command(p, pid, name, is_script, args)
         p["out"].append(self.fragment(PSRP_PIPELINE_STATE, pid,
                                       '<Obj RefId="0"><MS><I32 N="PipelineState">4</I32></MS></Obj>'))
         p["done"] = True
+        return ran
 
     def run_command(self, p: dict, pid: bytes, name: str, is_script: bool,
                     args: typing.List[typing.Tuple[typing.Optional[str], typing.Optional[str]]]) -> None:
@@ -610,6 +617,8 @@ class Dispatcher:
 
     def handle(self, req: WsmanRequest, user: str, client_ip: str, log_extra: dict) -> bytes:
         name = req.action_name
+        if req.resource_uri.lower().startswith(WMI_PREFIX):
+            return self.wmi(req, log_extra)
         if name == "Create":
             created = self.create(req, user, client_ip, log_extra)
             time.sleep(self.state.create_delay)
@@ -621,7 +630,7 @@ class Dispatcher:
         if name == "Receive":
             return self.receive(req, user, log_extra)
         if name == "Send":
-            return self.send(req, user)
+            return self.send(req, user, log_extra)
         if name == "Signal":
             return self.signal(req, user, log_extra)
         raise Fault(
@@ -630,6 +639,22 @@ class Dispatcher:
             "The action %s is not supported by the service." % req.action,
             value="s:Sender",
         )
+
+    # -- WMI/CIM: a Get answers one made-up instance; an Invoke (the action is the resource URI and the method)
+    # answers ReturnValue 0. Nothing runs; the log says what arrived ("wmi": Get, or the method).
+    def wmi(self, req: WsmanRequest, log_extra: dict) -> bytes:
+        cls = req.resource_uri.rsplit("/", 1)[-1]
+        ns = xml_escape(req.resource_uri)
+        if req.action == ACTION_BASE_TRANSFER + "Get":
+            log_extra["wmi"] = "Get"
+            body = '<p:%s xmlns:p="%s"><p:Name>Spooler</p:Name><p:State>Running</p:State></p:%s>' % (cls, ns, cls)
+            return envelope(ACTION_BASE_TRANSFER + "GetResponse", req.message_id, body)
+        if req.action.lower().startswith(req.resource_uri.lower() + "/"):
+            log_extra["wmi"] = req.action_name
+            body = '<p:%s_OUTPUT xmlns:p="%s"><p:ReturnValue>0</p:ReturnValue></p:%s_OUTPUT>' % (
+                req.action_name, ns, req.action_name)
+            return envelope(req.action + "Response", req.message_id, body)
+        raise Fault("a:ActionNotSupported", 2150858757, "This double answers WMI Get and Invoke only", value="s:Sender")
 
     # -- Create
     def create(self, req: WsmanRequest, user: str, client_ip: str, log_extra: dict) -> bytes:
@@ -709,8 +734,10 @@ class Dispatcher:
         if shell.psrp is not None:
             cmd_id = (cl.get("CommandId") or str(uuid.uuid4())).upper()
             args_b64 = "".join(a.text or "" for a in cl.findall("rsp:Arguments", NS))
-            shell.psrp.feed(cmd_id, base64.b64decode(args_b64))
+            ran = shell.psrp.feed(cmd_id, base64.b64decode(args_b64))
             log_extra["command_id"] = cmd_id
+            if ran:
+                log_extra["pipeline"] = ran
             body = "<rsp:CommandResponse><rsp:CommandId>%s</rsp:CommandId></rsp:CommandResponse>" % cmd_id
             return envelope(ACTION_BASE_SHELL + "CommandResponse", req.message_id, body)
         if shell.resource_uri != CMD_URI:
@@ -816,12 +843,14 @@ class Dispatcher:
         return envelope(ACTION_BASE_SHELL + "ReceiveResponse", req.message_id, body)
 
     # -- Send
-    def send(self, req: WsmanRequest, user: str) -> bytes:
+    def send(self, req: WsmanRequest, user: str, log_extra: dict) -> bytes:
         shell = self._get_shell(req, user)
         if shell.psrp is not None:
             for st in req.body.findall("rsp:Send/rsp:Stream", NS):
                 if st.get("CommandId"):
-                    shell.psrp.feed(st.get("CommandId").upper(), base64.b64decode((st.text or "").encode()))
+                    ran = shell.psrp.feed(st.get("CommandId").upper(), base64.b64decode((st.text or "").encode()))
+                    if ran:
+                        log_extra.setdefault("pipeline", []).extend(ran)
             return envelope(ACTION_BASE_SHELL + "SendResponse", req.message_id, "<rsp:SendResponse/>")
         for st in req.body.findall("rsp:Send/rsp:Stream", NS):
             cmd = shell.commands.get(st.get("CommandId") or "")
