@@ -7,11 +7,18 @@
 //! for PowerShell does not leave `cmd /c` open beside it. WMI/CIM resources are always
 //! read-only unless `methods` or `wmi_writes` say otherwise.
 
-use glob::Pattern;
+use glob::{MatchOptions, Pattern};
 
 use super::script::{self, Argument, CommandCall};
-use super::MATCH;
 use crate::proto::psrp::encoded_command;
+
+/// cmd lines and PowerShell names are matched without regard to case, as Windows
+/// resolves them.
+const MATCH: MatchOptions = MatchOptions {
+    case_sensitive: false,
+    require_literal_separator: false,
+    require_literal_leading_dot: false,
+};
 
 /// cmd's metacharacters: a line holding one runs more than its first command, or
 /// redirects, or expands variables.

@@ -50,7 +50,7 @@ pub const CMD_URI: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/she
 /// Prefix of PowerShell remoting resource URIs; the rest is the session configuration.
 pub const POWERSHELL_PREFIX: &str = "http://schemas.microsoft.com/powershell/";
 
-pub(crate) const MATCH: MatchOptions = MatchOptions {
+const MATCH: MatchOptions = MatchOptions {
     case_sensitive: false,
     require_literal_separator: false,
     require_literal_leading_dot: false,
