@@ -69,6 +69,30 @@ for path in glob.glob(os.path.join(REPO, "src/proto/wsman/testdata/*.xml")):
             continue
         put("shell_io", "%s_%d_frag" % (name, j), b"\x01" + bytes([min(len(raw) // 2, 255)]) + raw)
 
+# psrp_stream: the same fragments as a Command's arguments, then as a Send, uncompressed and compressed
+# (chunks stored raw: equal sizes, so no compressor is needed here)
+def op(code, payload):
+    return bytes([code]) + struct.pack("<H", len(payload)) + payload
+
+
+def raw_chunks(payload):
+    return b"".join(struct.pack("<HH", len(c) - 1, len(c) - 1) + c
+                    for c in (payload[i:i + 65536] for i in range(0, len(payload), 65536)))
+
+
+for path in glob.glob(os.path.join(REPO, "src/proto/wsman/testdata/*.xml")):
+    text = open(path, encoding="utf-8").read()
+    name = os.path.basename(path)[:-4]
+    for j, m in enumerate(re.findall(r"<(?:rsp:Arguments|creationXml|rsp:Stream[^>]*)[^>]*>([^<]+)<", text)):
+        try:
+            raw = base64.b64decode(m, validate=True)[:65535]
+        except ValueError:
+            continue
+        half = len(raw) // 2
+        put("psrp_stream", "%s_%d_plain" % (name, j), b"\x00" + op(0x07, raw[:half]) + op(0x04, raw[half:]))
+        put("psrp_stream", "%s_%d_xpress" % (name, j),
+            b"\x01" + op(0x07, raw[:half]) + op(0x04, raw_chunks(raw[half:])[:65535]))
+
 # credssp_acceptor: mode byte, then u16-framed legs
 neg_ts = g.ts_request(6, [g.spnego_init(g.ntlm_negotiate())])
 put("credssp_acceptor", "raw_hello", b"\x00" + legs(g.client_hello("seed")))

@@ -10,23 +10,28 @@
 //! ([`proto::wsman`]) -> `check_readable` -> `check_audit` -> `resolve` ([`resolve`]:
 //! which target) -> `authorize` ([`upstream`] looks its address up, once; [`policy`]
 //! decides on the names and that address) -> `check_command` (the rules' command
-//! policy: cmd lines, PowerShell commands, WMI methods) -> `check_shell_owner` -> `admit` (quotas) ->
+//! policy: cmd lines, PowerShell commands, WMI methods) -> `check_shell_owner` ->
+//! `record_command` (a PowerShell pipeline or `-EncodedCommand` decoded, only once
+//! allowed) -> `admit` (quotas) ->
 //! `rewrite` ([`proto::wsman`]) -> `exchange` ([`upstream`]: connect to that address,
-//! authenticate and seal towards the target) -> `inspect` (exit code, shells,
-//! transcript) -> `answer` (sealed for the caller), and the request's line in
+//! authenticate and seal towards the target) -> `inspect` (exit code, shells, PowerShell
+//! streams read by [`proto::psrp`], transcript) -> `answer` (sealed for the caller), and the request's line in
 //! [`audit`]. A step that refuses returns a `server::refusal::Refusal`, which decides
 //! the answer, the audit fields and the metrics in one place; a refusal inside the
 //! pipeline is written on that request's own audit line, with its fault.
 //!
 //! - [`cli`]: the command-line front-ends, one file each (`serve`, `check`, `user`,
-//!   `kerberos`, `audit`, `run`), and the dispatch between them. Clap lives only here:
+//!   `kerberos`, `audit`, `run`, `policy`), and the dispatch between them. Clap lives only here:
 //!   each front-end hands the library plain values and maps the outcome to an exit code.
 //! - [`config`]: TOML schema, validation with file:line messages, the users file; builds
 //!   the target settings and compiles the allow rules.
 //! - [`resolve`]: target settings (TLS trust included) and how a request's target name
 //!   resolves to one; used by `config`, `policy` and `upstream`, depends on none of them
 //!   (a realm's KDC transport comes from `kerberos::kdc`, which depends on `proto` only).
-//! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets).
+//! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets). `proto::wsman` reads
+//!   and rewrites envelopes; `proto::psrp`, PowerShell remoting on top of WS-Man's shell
+//!   streams, reassembles and decompresses those streams and reads pipelines out of them
+//!   (its `SessionReader` is what a session's audit is fed with).
 //! - [`identity`]: who a caller is: the relay's domain (realm and NetBIOS name), one
 //!   principal type that reads every spelling of a user name into one comparable key,
 //!   and the users-file row; imports nothing of the crate, every layer uses it.
@@ -36,7 +41,9 @@
 //! - [`vault`]: delegated credentials, zeroized on drop, never printed; reading a password
 //!   handed to a command on stdin.
 //! - [`audit`]: audit event type, the hash-chained JSON-lines sink and its verifier,
-//!   session transcripts, the syslog export, and what the `audit` subcommands do.
+//!   session transcripts, the PowerShell events (`audit::psrp`: a session's PSRP reader
+//!   fed with allowed exchanges, its events turned into audit lines), the syslog export,
+//!   and what the `audit` subcommands do.
 //! - [`metrics`]: the Prometheus metrics (no user names or secrets in labels).
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, a single-threaded runtime per core for the connections,

@@ -11,10 +11,10 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
-use winrm_relay::proto::wsman::psrp_command_summary;
+use winrm_relay::proto::psrp::psrp_command_summary;
 
 const CREATE_PIPELINE: u32 = 0x0002_1006;
-/// MAX_SUMMARY in psrp.rs plus the " ..." marker.
+/// MAX_SUMMARY in proto/psrp/mod.rs plus the " ..." marker.
 const SUMMARY_BOUND: usize = 64 * 1024 + 4;
 
 fn check(out: Option<String>) {

@@ -8,18 +8,26 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use winrm_relay::proto::wsman::{psrp_output, shell_io, Defragmenter};
+use winrm_relay::proto::psrp::{psrp_output, StreamAssembler};
+use winrm_relay::proto::wsman::shell_io;
+
+/// The relay's bound on one fragment or message.
+const BOUND: usize = 16 * 1024 * 1024;
 
 fn decode(pieces: &[&[u8]]) {
-    let mut defragmenter = Defragmenter::default();
+    let mut assembler = StreamAssembler::default();
     let fed: usize = pieces.iter().map(|p| p.len()).sum();
     for piece in pieces {
-        for message in defragmenter.push(piece) {
+        let Ok(pushed) = assembler.push(piece, BOUND) else {
+            return;
+        };
+        for message in pushed.messages {
             assert!(message.data.len() <= fed);
             let _ = psrp_output(&message);
         }
+        assert!(assembler.held() <= fed);
     }
-    for message in defragmenter.unfinished() {
+    for message in assembler.unfinished() {
         let _ = psrp_output(&message);
     }
 }

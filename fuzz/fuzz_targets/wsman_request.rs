@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use winrm_relay::proto::wsman::{parse_duration, parse_request, psrp_command_summary, shell_kind};
+use winrm_relay::proto::psrp::psrp_command_summary;
+use winrm_relay::proto::wsman::{parse_duration, parse_request, shell_kind};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = parse_request(data) {

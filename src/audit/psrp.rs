@@ -143,3 +143,109 @@ pub fn audit_events(base: &AuditEvent, events: &[Event]) -> Vec<AuditEvent> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wsman::{parse_request, parse_response};
+
+    const NS: &str = "xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" \
+        xmlns:a=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\" \
+        xmlns:w=\"http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd\" \
+        xmlns:rsp=\"http://schemas.microsoft.com/wbem/wsman/1/windows/shell\"";
+    const PS: &str = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell";
+
+    /// A Windows client's Create (CompressionType in the header) and the target's
+    /// answer (CompressionMode in the created Shell): the shell compresses.
+    #[test]
+    fn compression_is_read_from_the_create_and_its_response() {
+        let create = format!(
+            "<s:Envelope {NS}><s:Header><a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Create</a:Action>\
+             <w:ResourceURI>{PS}</w:ResourceURI>\
+             <rsp:CompressionType s:mustUnderstand=\"true\">xpress</rsp:CompressionType></s:Header>\
+             <s:Body><rsp:Shell ShellId=\"S1\"><rsp:InputStreams>stdin pr</rsp:InputStreams></rsp:Shell></s:Body></s:Envelope>"
+        );
+        let created = format!(
+            "<s:Envelope {NS}><s:Header/><s:Body><x:ResourceCreated xmlns:x=\"http://schemas.xmlsoap.org/ws/2004/09/transfer\">\
+             <a:ReferenceParameters><w:SelectorSet><w:Selector Name=\"ShellId\">S1</w:Selector></w:SelectorSet>\
+             </a:ReferenceParameters></x:ResourceCreated><rsp:Shell><rsp:ShellId>S1</rsp:ShellId>\
+             <rsp:CompressionMode>XpressCompression</rsp:CompressionMode></rsp:Shell></s:Body></s:Envelope>"
+        );
+        let info = parse_request(create.as_bytes()).unwrap();
+        assert_eq!(info.compression_type.as_deref(), Some("xpress"));
+        let answer = parse_response(created.as_bytes()).unwrap();
+        assert_eq!(answer.compression_mode.as_deref(), Some("XpressCompression"));
+        assert!(answer.shell_compressed(info.compression_type.as_deref()));
+        let mut reader = SessionReader::default();
+        assert!(read(&mut reader, &info, &answer, create.as_bytes(), created.as_bytes(), true).is_empty());
+        assert!(reader.is_compressed("S1"));
+        // A target that answers NoCompression wins over what the client asked.
+        let refused = created.replace("XpressCompression", "NoCompression");
+        assert!(!parse_response(refused.as_bytes())
+            .unwrap()
+            .shell_compressed(Some("xpress")));
+        // Without an answer, what the client asked.
+        assert!(ResponseInfo::default().shell_compressed(Some("XPRESS")));
+        assert!(!ResponseInfo::default().shell_compressed(None));
+    }
+
+    /// pypsrp's recorded Command: its pipeline is read from the arguments, and becomes
+    /// one `pipeline` audit line with the session's fields.
+    #[test]
+    fn a_recorded_command_becomes_a_pipeline_line() {
+        let request = include_bytes!("../proto/wsman/testdata/pypsrp_psrp_command_request.xml");
+        let info = parse_request(request).unwrap();
+        let answer = ResponseInfo::default();
+        let mut reader = SessionReader::default();
+        let events = read(&mut reader, &info, &answer, request, b"", true);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let base = AuditEvent {
+            session: "s1".into(),
+            user: Some("LAB\\alice".into()),
+            target: Some("web01".into()),
+            ..AuditEvent::default()
+        };
+        let lines = audit_events(&base, &events);
+        let line = serde_json::to_value(&lines[0]).unwrap();
+        assert_eq!(line["event"], "pipeline");
+        assert_eq!(line["session"], "s1");
+        assert_eq!(line["target"], "web01");
+        assert_eq!(line["command_id"], "BDAD31FD-7B2C-467A-9B04-4924F3DB5C4F");
+        assert!(line["command"]
+            .as_str()
+            .unwrap()
+            .contains("Write-Debug \"Start Block\""));
+        let first = &line["commands"][0];
+        assert_eq!(first["script"], true);
+        assert_eq!(first["script_sha256"].as_str().map(str::len), Some(64));
+        assert!(first["script_bytes"].as_u64().unwrap() > 100);
+        assert!(line.get("compressed").is_none() && line.get("secure_string").is_none());
+        // A refused request (or one the target failed) is not read at all.
+        let mut reader = SessionReader::default();
+        assert!(read(&mut reader, &info, &answer, request, b"", false).is_empty());
+    }
+
+    #[test]
+    fn long_scripts_are_cut_in_the_audit_and_whole_in_the_transcript() {
+        let pipeline = Pipeline {
+            statements: vec![psrp::Statement {
+                commands: vec![psrp::Command {
+                    name: "x".repeat(10_000),
+                    is_script: true,
+                    parameters: vec![psrp::Parameter {
+                        name: None,
+                        value: None,
+                    }],
+                }],
+            }],
+            secure_string: false,
+        };
+        let audit = commands_json(&pipeline, false);
+        assert_eq!(audit[0]["name"].as_str().unwrap().len(), AUDIT_TEXT_MAX + 4);
+        assert_eq!(audit[0]["script"], true);
+        assert_eq!(audit[0]["script_bytes"], 10_000);
+        assert_eq!(audit[0]["parameters"], json!([{"name": null, "value": null}]));
+        let transcript = commands_json(&pipeline, true);
+        assert_eq!(transcript[0]["script"].as_str().unwrap().len(), 10_000);
+    }
+}

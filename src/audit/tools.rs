@@ -255,7 +255,7 @@ fn write_timeline(
     let mut stream = "";
     for record in records {
         let kind = record["type"].as_str().unwrap_or_default();
-        if matches!(kind, "stdout" | "stderr" | "stdin") {
+        if matches!(kind, "stdout" | "stderr" | "stdin" | "input") {
             // Another stream starts on a line of its own.
             if kind != stream && !at_line_start {
                 writeln!(out)?;
@@ -267,6 +267,7 @@ fn write_timeline(
             let prefix = match kind {
                 "stderr" => "stderr| ",
                 "stdin" => "stdin| ",
+                "input" => "input| ",
                 _ => "",
             };
             for piece in text.split_inclusive('\n') {
@@ -302,6 +303,12 @@ fn write_timeline(
                 None => format!("pipeline {}", record["state"].as_str().unwrap_or("?")),
             },
             "signal" => format!("signal {}", record["signal"].as_str().unwrap_or("?")),
+            "host_response" => format!("host prompt {} answered", record["method"].as_str().unwrap_or("?")),
+            "undecodable" => format!(
+                "{} stream not readable: {}",
+                record["stream"].as_str().unwrap_or("?"),
+                record["reason"].as_str().unwrap_or("?")
+            ),
             "close" => format!("closed shell {}", record["shell_id"].as_str().unwrap_or("?")),
             "cut" => format!("-- {} --", record["reason"].as_str().unwrap_or("output cut")),
             "end" => format!("session ended: {}", record["reason"].as_str().unwrap_or("?")),

@@ -685,4 +685,117 @@ mod tests {
         assert_eq!(r[6]["state"], "Completed");
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// A pipeline whose CREATE_PIPELINE straddles the Command and a Send, its input and
+    /// a prompt answered: each recorded in order, the answer's text only when asked for.
+    #[test]
+    fn a_powershell_pipeline_its_input_and_host_answers_are_recorded() {
+        for record_host_responses in [false, true] {
+            let dir = crate::config::test_dir("transcript-psrp-pipeline");
+            let ps = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell";
+            let settings = Settings {
+                record_host_responses,
+                ..settings(&dir, 1 << 20)
+            };
+            let mut t = Transcript::create(&settings, "pp", "u", "s").unwrap();
+            let create = request("Create", ps, None, "<rsp:Shell/>");
+            let created = response("<rsp:Shell><rsp:ShellId>P2</rsp:ShellId></rsp:Shell>");
+            feed(&mut t, &create, &created, None);
+            let script = format!("{}; echo HIDDEN-PAYLOAD-RAN", "#".repeat(300));
+            let pipeline = fragment(
+                0x7_0000_0001,
+                0x0002_1006,
+                &format!(
+                    "<Obj RefId=\"0\"><MS><Obj N=\"PowerShell\" RefId=\"1\"><MS><Obj N=\"Cmds\" RefId=\"2\"><LST>\
+                     <Obj RefId=\"3\"><MS><S N=\"Cmd\">{script}</S><B N=\"IsScript\">true</B></MS></Obj>\
+                     </LST></Obj></MS></Obj></MS></Obj>"
+                ),
+            );
+            // The Command carries the first 10 bytes: not even the fragment header.
+            let command = request(
+                "Command",
+                ps,
+                Some("P2"),
+                &format!(
+                    "<rsp:CommandLine CommandId=\"K2\"><rsp:Command/><rsp:Arguments>{}</rsp:Arguments></rsp:CommandLine>",
+                    b64(&pipeline[..10])
+                ),
+            );
+            feed(
+                &mut t,
+                &command,
+                &response("<rsp:CommandResponse><rsp:CommandId>K2</rsp:CommandId></rsp:CommandResponse>"),
+                Some(" ..."),
+            );
+            let mut sent = pipeline[10..].to_vec();
+            sent.extend(fragment(0x7_0000_0002, 0x0004_1002, "<S>piped in</S>"));
+            sent.extend(fragment(
+                0x7_0000_0003,
+                0x0004_1101,
+                "<Obj RefId=\"0\"><MS><S N=\"mr\">typed answer</S><Obj N=\"mi\" RefId=\"1\">\
+                 <ToString>ReadLine</ToString><I32>11</I32></Obj></MS></Obj>",
+            ));
+            let send = request(
+                "Send",
+                ps,
+                Some("P2"),
+                &format!(
+                    "<rsp:Send><rsp:Stream Name=\"stdin\" CommandId=\"K2\">{}</rsp:Stream></rsp:Send>",
+                    b64(&sent)
+                ),
+            );
+            feed(&mut t, &send, &response("<rsp:SendResponse/>"), None);
+            let done = fragment(
+                0x7_0000_0004,
+                0x0004_1006,
+                "<Obj RefId=\"0\"><MS><I32 N=\"PipelineState\">4</I32></MS></Obj>",
+            );
+            let receive = request(
+                "Receive",
+                ps,
+                Some("P2"),
+                "<rsp:Receive><rsp:DesiredStream CommandId=\"K2\">stdout</rsp:DesiredStream></rsp:Receive>",
+            );
+            let out = response(&format!(
+                "<rsp:ReceiveResponse><rsp:Stream Name=\"stdout\" CommandId=\"K2\">{}</rsp:Stream></rsp:ReceiveResponse>",
+                b64(&done)
+            ));
+            feed(&mut t, &receive, &out, None);
+            let path = dir.join(t.finish("done").name);
+            let r = records(&path);
+            let kinds: Vec<&str> = r.iter().map(|r| r["type"].as_str().unwrap()).collect();
+            assert_eq!(
+                kinds,
+                [
+                    "session",
+                    "target",
+                    "shell",
+                    "command",
+                    "pipeline",
+                    "input",
+                    "host_response",
+                    "state",
+                    "pipeline_end",
+                    "end"
+                ]
+            );
+            assert_eq!(
+                (r[4]["shell_id"].as_str(), r[4]["command_id"].as_str()),
+                (Some("P2"), Some("K2"))
+            );
+            assert_eq!(r[4]["commands"][0]["script"].as_str(), Some(script.as_str()));
+            assert_eq!(r[5]["text"], "piped in\n");
+            assert_eq!(
+                (r[6]["method"].as_str(), r[6]["answered"].as_bool()),
+                (Some("ReadLine"), Some(true))
+            );
+            assert_eq!(r[6]["text"].as_str(), record_host_responses.then_some("typed answer"));
+            assert_eq!(
+                (r[8]["input_objects"].as_u64(), r[8]["host_responses"].as_u64()),
+                (Some(1), Some(1))
+            );
+            assert_eq!(r[8]["state"], "Completed");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }

@@ -135,15 +135,17 @@ fn audit_integrity_transcript_and_export_keys_parse_and_default() {
         (&None, &None, &None)
     );
     assert_eq!(c.audit.transcript_max_bytes, DEFAULT_TRANSCRIPT_MAX_BYTES);
+    assert!(!c.audit.record_host_responses);
     assert_eq!(c.metrics.listen, None);
     let c = parse(
         "hmac_key_file = \"audit.key\"\ntranscripts = \"transcripts\"\ntranscript_max_bytes = 65536\n\
-         syslog = \"tcp://127.0.0.1:6514\"\n[metrics]\nlisten = \"127.0.0.1:9985\"\n",
+         record_host_responses = true\nsyslog = \"tcp://127.0.0.1:6514\"\n[metrics]\nlisten = \"127.0.0.1:9985\"\n",
     )
     .unwrap();
     assert_eq!(c.audit.hmac_key_file.as_deref(), Some(Path::new("audit.key")));
     assert_eq!(c.audit.transcripts.as_deref(), Some(Path::new("transcripts")));
     assert_eq!(c.audit.transcript_max_bytes, 65536);
+    assert!(c.audit.record_host_responses);
     assert_eq!(c.audit.syslog, Some(SyslogTarget::Tcp("127.0.0.1:6514".into())));
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9985".parse().unwrap()));
     assert_eq!(
@@ -355,7 +357,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
     assert_eq!(
         errs,
         [
-            "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure, hmac_key_file, transcripts, transcript_max_bytes, syslog)",
+            "relay.toml:12: audit.verbose: unknown key (expected one of: path, on_failure, hmac_key_file, transcripts, transcript_max_bytes, record_host_responses, syslog)",
             "relay.toml:14: defaults.port: 0 is out of range 1..=65535",
             "relay.toml:15: defaults.retries: unknown key (expected one of: auth, port, https_port, ca_file, tls_verify, allow_ntlm_only_delegation, connect_timeout_secs, timeout_secs)",
             "relay.toml:19: target[0].user: unknown key (expected one of: name, url, auth, spn, listen, ca_file, tls_fingerprint, tls_verify, allow_ntlm_only_delegation, connect_timeout_secs, timeout_secs)",

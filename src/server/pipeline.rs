@@ -628,3 +628,106 @@ impl Drop for RequestAudit<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use nix::sys::resource::{getrusage, UsageWho};
+
+    /// This thread's CPU time so far (user and system).
+    fn thread_cpu() -> Duration {
+        let usage = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+        let time = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+        time(usage.user_time()) + time(usage.system_time())
+    }
+
+    /// A PowerShell Command whose rsp:Arguments carry `fragments` (base64).
+    fn command(fragments: &[u8]) -> Vec<u8> {
+        let args = base64::engine::general_purpose::STANDARD.encode(fragments);
+        format!(
+            "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" \
+             xmlns:a=\"http://schemas.xmlsoap.org/ws/2004/08/addressing\" \
+             xmlns:w=\"http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd\" \
+             xmlns:rsp=\"http://schemas.microsoft.com/wbem/wsman/1/windows/shell\"><s:Header>\
+             <a:Action>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Command</a:Action>\
+             <a:MessageID>uuid:1</a:MessageID>\
+             <w:ResourceURI>http://schemas.microsoft.com/powershell/Microsoft.PowerShell</w:ResourceURI>\
+             <w:SelectorSet><w:Selector Name=\"ShellId\">S1</w:Selector></w:SelectorSet></s:Header>\
+             <s:Body><rsp:CommandLine CommandId=\"C1\"><rsp:Command/><rsp:Arguments>{args}</rsp:Arguments>\
+             </rsp:CommandLine></s:Body></s:Envelope>"
+        )
+        .into_bytes()
+    }
+
+    fn fragment(out: &mut Vec<u8>, object_id: u64, fragment_id: u64, flags: u8, blob: &[u8]) {
+        out.extend_from_slice(&object_id.to_be_bytes());
+        out.extend_from_slice(&fragment_id.to_be_bytes());
+        out.push(flags);
+        out.extend_from_slice(&(blob.len() as u32).to_be_bytes());
+        out.extend_from_slice(blob);
+    }
+
+    /// What a request costs the relay before the policy refuses it: reading its
+    /// envelope and the audit line's fields. Nothing PSRP is decoded there.
+    fn denied_work(plain: &[u8]) {
+        let info = parse(plain).ok().expect("parses");
+        let mut event = AuditEvent::default();
+        record_request(&mut event, &info);
+        assert_eq!(event.command, None);
+    }
+
+    /// The issue's 17,000 empty fragments (477 KB of base64) from a user without a
+    /// rule cost what one fragment of the same size costs, measured in this
+    /// thread's CPU time (alternating, so that both see the same machine).
+    #[test]
+    fn a_denied_command_costs_the_same_however_many_fragments() {
+        let mut many = Vec::new();
+        for i in 0..17_000u64 {
+            fragment(&mut many, 1, i, u8::from(i == 0) | if i == 16_999 { 2 } else { 0 }, &[]);
+        }
+        let mut one = Vec::new();
+        fragment(&mut one, 1, 0, 3, &vec![b'x'; many.len() - 21]);
+        assert_eq!(many.len(), one.len());
+        let (many, one) = (command(&many), command(&one));
+        assert_eq!(many.len(), one.len());
+        assert!(many.len() > 470_000);
+
+        // Warm the allocator first: the first large buffers cost page faults.
+        for _ in 0..5 {
+            denied_work(&many);
+            denied_work(&one);
+        }
+        // The kernel accounts a thread's CPU time at its clock ticks, so time
+        // batches long against a tick; the best of alternating batches, since other
+        // work on the machine slows some of them (caches, a shared core).
+        const BATCH: u32 = 1000;
+        let batch = |body: &[u8]| {
+            let before = thread_cpu();
+            for _ in 0..BATCH {
+                denied_work(body);
+            }
+            thread_cpu() - before
+        };
+        let (mut t_many, mut t_one) = (Duration::MAX, Duration::MAX);
+        for round in 0..3 {
+            if round % 2 == 0 {
+                t_many = t_many.min(batch(&many));
+                t_one = t_one.min(batch(&one));
+            } else {
+                t_one = t_one.min(batch(&one));
+                t_many = t_many.min(batch(&many));
+            }
+        }
+        eprintln!(
+            "denied Command of {} bytes, CPU per request: 17,000 fragments {:?}, one fragment {:?}",
+            many.len(),
+            t_many / BATCH,
+            t_one / BATCH
+        );
+        assert!(
+            t_many.as_secs_f64() <= t_one.as_secs_f64() * 1.5,
+            "{BATCH} requests of 17,000 fragments: {t_many:?}, of one fragment: {t_one:?}"
+        );
+    }
+}
