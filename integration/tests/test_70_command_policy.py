@@ -237,3 +237,41 @@ def test_policy_test_says_decision_rule_and_reason(policy_relay: harness.ExtraRe
     assert res.returncode == 0 and res.stdout.decode().startswith("decision: allow\nrule: allow[0]\n"), res
     res = policy_test("--", "echo allowed-1 & whoami")
     assert res.returncode == 1 and "holds cmd's '&'" in res.stdout.decode(), res
+
+
+def test_a_pipeline_continued_in_sends_is_judged_whole(relay: harness.Harness,
+                                                       policy_relay: harness.ExtraRelay) -> None:
+    """With an 8 KiB envelope pypsrp sends a long script's CREATE_PIPELINE in the Command and then Sends: the
+    relay forwards the first pieces (nothing can run from them) and refuses the Send that completes a refused
+    pipeline; the pool goes on with the next one."""
+    from pypsrp.exceptions import WSManFaultError as PsrpFaultError
+    from pypsrp.powershell import PowerShell, RunspacePool
+    from pypsrp.wsman import WSMan
+
+    n_double, n_audit = len(double_records(relay, "web01")), len(policy_relay.events())
+    padding = "".join("# padding line %04d to push the end of this script past the Command\n" % i
+                      for i in range(250))
+    wsman = WSMan(policy_relay.host, port=5985, path="wsman/web01", auth="credssp", ssl=False, username=ALICE,
+                  password=USERS[ALICE], cert_validation=False, max_envelope_size=8192)
+    with wsman, RunspacePool(wsman) as pool:
+        ps = PowerShell(pool)
+        ps.add_script(padding + "Get-Service\nStop-Computer\n")
+        with pytest.raises(PsrpFaultError) as ei:
+            ps.invoke()
+        assert ei.value.code == 5 and "Stop-Computer is not in allow[0]'s cmdlets" in (ei.value.reason or ""), \
+            ei.value.args
+        ps = PowerShell(pool)
+        ps.add_script(padding + "Write-Output split-ok\n")
+        ps.invoke()
+
+    recs = web01_since(relay, n_double)
+    sends = [r for r in recs if r.get("action") == "Send"]
+    assert sends, "the scripts did not continue in Sends: %s" % recs
+    ran = [c for r in recs for c in r.get("pipeline", [])]
+    assert len(ran) == 1 and ran[0].endswith("Write-Output split-ok\n"), ran
+    assert not [c for c in ran if "Stop-Computer" in c], ran
+    denied = denied_since(policy_relay, n_audit, 1)
+    # The line holds the script as sent (its first 4 KiB) and the reason names the refused command.
+    assert denied[0].get("action") == "Send", denied[0]
+    assert denied[0].get("command", "").startswith("# padding line 0000"), denied[0]
+    assert "Stop-Computer is not in allow[0]'s cmdlets" in denied[0].get("reason", ""), denied[0]
