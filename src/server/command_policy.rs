@@ -81,18 +81,24 @@ impl PolicyStreams {
             let Some(bytes) = decode_base64(arguments) else {
                 return Asked::Unreadable("the Command's arguments are not base64".into());
             };
-            let key = (shell, info.command_id.as_deref().map(str::to_ascii_uppercase));
+            let Some(command_id) = info.command_id.as_deref() else {
+                // Nothing to follow the pipeline's stream by: it must be whole here.
+                return match read_whole(&bytes, &mut asked) {
+                    Err(why) => Asked::Unreadable(why),
+                    Ok(false) => Asked::Unreadable(
+                        "a pipeline that continues in Sends, on a Command without a CommandId to follow it by".into(),
+                    ),
+                    Ok(true) if asked.is_empty() => Asked::Unreadable("the Command carries no pipeline".into()),
+                    Ok(true) => Asked::Pipelines(asked),
+                };
+            };
+            let key = (shell, Some(command_id.to_ascii_uppercase()));
             // A Command starts its pipeline's stream afresh, unless one was refused on it.
             if matches!(self.streams.get(&key), Some(Followed::Reading(_))) {
                 self.streams.remove(&key);
             }
             if let Err(why) = self.feed(key.clone(), &bytes, &mut asked) {
                 return Asked::Unreadable(why);
-            }
-            if asked.is_empty() && key.1.is_none() {
-                return Asked::Unreadable(
-                    "a pipeline that continues in Sends, on a Command without a CommandId to follow it by".into(),
-                );
             }
             if asked.is_empty() && !self.streams.contains_key(&key) {
                 return Asked::Unreadable("the Command carries no pipeline".into());
@@ -127,18 +133,12 @@ impl PolicyStreams {
                 let Some(bytes) = decode_base64(&text) else {
                     return Asked::Unreadable("the shell's creationXml or connectXml is not base64".into());
                 };
-                let mut once = StreamAssembler::strict();
-                match once.push(&bytes, BOUND) {
-                    Ok(pushed) if pushed.dropped.is_empty() => {
-                        for message in pushed.messages.iter().filter(|m| m.message_type == CREATE_PIPELINE) {
-                            match commands_of(&message.data) {
-                                Ok(commands) => asked.extend(commands),
-                                Err(why) => return Asked::Unreadable(why),
-                            }
-                        }
+                match read_whole(&bytes, &mut asked) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Asked::Unreadable("the shell's creationXml or connectXml ends inside a message".into())
                     }
-                    Ok(pushed) => return Asked::Unreadable(pushed.dropped[0].to_string()),
-                    Err(e) => return Asked::Unreadable(e.to_string()),
+                    Err(why) => return Asked::Unreadable(why),
                 }
             }
         }
@@ -205,6 +205,20 @@ impl PolicyStreams {
             })
             .sum()
     }
+}
+
+/// Reads `bytes` that stand alone, adding the commands of their pipelines to `asked`;
+/// `false` when they end inside a message.
+fn read_whole(bytes: &[u8], asked: &mut Vec<PsCommand>) -> Result<bool, String> {
+    let mut once = StreamAssembler::strict();
+    let pushed = once.push(bytes, BOUND).map_err(|e| e.to_string())?;
+    if let Some(dropped) = pushed.dropped.first() {
+        return Err(dropped.to_string());
+    }
+    for message in pushed.messages.iter().filter(|m| m.message_type == CREATE_PIPELINE) {
+        asked.extend(commands_of(&message.data)?);
+    }
+    Ok(once.held() == 0)
 }
 
 /// A CREATE_PIPELINE's commands, every statement of `Cmds` and `ExtraCmds`.
@@ -465,6 +479,25 @@ mod tests {
              xmlns:rsp=\"http://schemas.microsoft.com/wbem/wsman/1/windows/shell\"><s:Body><rsp:Send>\
              <rsp:Stream Name=\"stdin\">AAA*</rsp:Stream></rsp:Send></s:Body></s:Envelope>";
         assert!(unreadable(streams.read(&info, xml, false)).contains("not base64"));
+    }
+
+    #[test]
+    fn a_command_without_command_id_leaves_the_pool_stream_alone() {
+        let m = message(&pipeline(&[("Stop-Computer", false, "")]));
+        let (a, b) = m.split_at(30);
+        let mut streams = PolicyStreams::default();
+        let (mut info, xml) = send("x", &fragment(3, 0, START, a));
+        let pool_xml = String::from_utf8(xml).unwrap().replace(" CommandId=\"x\"", "");
+        info.command_id = None;
+        assert!(matches!(
+            streams.read(&info, pool_xml.as_bytes(), false),
+            Asked::Nothing
+        ));
+        let whole = fragment(4, 0, START | END, &message(&pipeline(&[("Get-Service", false, "")])));
+        assert_eq!(names(streams.read(&command(None, &whole), b"", false)), ["Get-Service"]);
+        let (_, xml) = send("x", &fragment(3, 1, END, b));
+        let rest = String::from_utf8(xml).unwrap().replace(" CommandId=\"x\"", "");
+        assert_eq!(names(streams.read(&info, rest.as_bytes(), false)), ["Stop-Computer"]);
     }
 
     #[test]
