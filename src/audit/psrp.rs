@@ -87,20 +87,30 @@ pub fn commands_json(pipeline: &Pipeline, script_text: bool) -> Value {
                 .iter()
                 .map(|p| json!({"name": p.name, "value": p.value}))
                 .collect();
-            let mut out = json!({"script": c.is_script, "parameters": parameters});
+            let name = match c.is_script {
+                true => first_bytes(&c.name, AUDIT_TEXT_MAX).to_string(),
+                false => c.name.clone(),
+            };
+            let mut out = json!({"name": name, "script": c.is_script, "parameters": parameters});
             if c.is_script {
                 out["script_sha256"] = c.script_sha256().into();
                 out["script_bytes"] = c.name.len().into();
-                out["name"] = psrp::truncate(c.name.clone(), AUDIT_TEXT_MAX).into();
                 if script_text {
                     out["script"] = c.name.clone().into();
                 }
-            } else {
-                out["name"] = c.name.clone().into();
             }
             out
         })
         .collect()
+}
+
+/// The longest start of `s` within `max` bytes, on a character boundary.
+pub fn first_bytes(s: &str, max: usize) -> &str {
+    let mut cut = max.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
 }
 
 /// The audit lines of the reader's events: `base` carries the session, user,
@@ -241,7 +251,9 @@ mod tests {
             secure_string: false,
         };
         let audit = commands_json(&pipeline, false);
-        assert_eq!(audit[0]["name"].as_str().unwrap().len(), AUDIT_TEXT_MAX + 4);
+        assert_eq!(audit[0]["name"].as_str().unwrap().len(), AUDIT_TEXT_MAX);
+        assert_eq!(first_bytes("aé", 2), "a");
+        assert_eq!(first_bytes("abc", 9), "abc");
         assert_eq!(audit[0]["script"], true);
         assert_eq!(audit[0]["script_bytes"], 10_000);
         assert_eq!(audit[0]["parameters"], json!([{"name": null, "value": null}]));

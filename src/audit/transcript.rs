@@ -200,7 +200,7 @@ impl Transcript {
             }
             "Send" if exchange.succeeded => {
                 // PowerShell's input is PSRP fragments (pipeline input, host replies), not text.
-                if self.is_powershell(shell_id) {
+                if self.is_powershell(shell_id) || !exchange.psrp.is_empty() {
                     self.psrp(exchange.psrp);
                     return;
                 }
@@ -212,12 +212,12 @@ impl Transcript {
                 }
             }
             "Receive" if exchange.succeeded => {
-                let Ok(io) = wsman::shell_io(exchange.response) else {
-                    return;
-                };
-                if self.is_powershell(shell_id) {
+                if self.is_powershell(shell_id) || !exchange.psrp.is_empty() {
                     self.psrp(exchange.psrp);
                 } else {
+                    let Ok(io) = wsman::shell_io(exchange.response) else {
+                        return;
+                    };
                     for chunk in io.streams.iter().filter(|c| !c.data.is_empty()) {
                         let kind = if chunk.name.eq_ignore_ascii_case("stderr") {
                             "stderr"

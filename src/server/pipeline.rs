@@ -562,8 +562,8 @@ fn record_command(event: &mut AuditEvent, info: &RequestInfo) {
     if is_powershell(info) {
         event.command = psrp::psrp_command_summary(line).or_else(|| Some(line.to_string()));
     } else {
-        event.decoded_script =
-            psrp::encoded_command(line).map(|script| psrp::truncate(script, audit::psrp::AUDIT_TEXT_MAX));
+        event.decoded_script = psrp::encoded_command(line)
+            .map(|script| audit::psrp::first_bytes(&script, audit::psrp::AUDIT_TEXT_MAX).to_string());
     }
 }
 
@@ -729,5 +729,49 @@ mod tests {
             t_many.as_secs_f64() <= t_one.as_secs_f64() * 1.5,
             "{BATCH} requests of 17,000 fragments: {t_many:?}, of one fragment: {t_one:?}"
         );
+    }
+
+    /// Once allowed, a cmd line's `powershell -EncodedCommand` is decoded beside the
+    /// command as sent, and a PowerShell Command's pipeline is summarised.
+    #[test]
+    fn an_allowed_command_is_decoded() {
+        let script: Vec<u8> = "Get-Service | Stop-Service"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let line = format!(
+            "powershell.exe -NoProfile -enc {}",
+            base64::engine::general_purpose::STANDARD.encode(script)
+        );
+        let info = RequestInfo {
+            action: "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Command".into(),
+            resource_uri: Some("http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd".into()),
+            command_line: Some(line.clone()),
+            ..RequestInfo::default()
+        };
+        let mut event = AuditEvent::default();
+        record_request(&mut event, &info);
+        assert_eq!(
+            (event.command.as_deref(), event.decoded_script.as_deref()),
+            (Some(line.as_str()), None)
+        );
+        record_command(&mut event, &info);
+        assert_eq!(event.decoded_script.as_deref(), Some("Get-Service | Stop-Service"));
+
+        let mut fragments = Vec::new();
+        let mut message = vec![0u8; 40];
+        message[4..8].copy_from_slice(&0x0002_1006u32.to_le_bytes());
+        message.extend_from_slice(
+            b"<Obj RefId=\"0\"><MS><Obj N=\"PowerShell\" RefId=\"1\"><MS><Obj N=\"Cmds\" RefId=\"2\"><LST>\
+              <Obj RefId=\"3\"><MS><S N=\"Cmd\">Get-Date</S></MS></Obj></LST></Obj></MS></Obj></MS></Obj>",
+        );
+        fragment(&mut fragments, 1, 0, 3, &message);
+        let plain = command(&fragments);
+        let info = parse(&plain).ok().expect("parses");
+        let mut event = AuditEvent::default();
+        record_request(&mut event, &info);
+        assert_eq!(event.command, None);
+        record_command(&mut event, &info);
+        assert_eq!(event.command.as_deref(), Some("Get-Date"));
     }
 }
