@@ -481,6 +481,35 @@ mod tests {
         assert!(unreadable(streams.read(&info, xml, false)).contains("not base64"));
     }
 
+    /// A compressed shell's stream as WinRM frames it, each chunk stored raw (both sizes equal).
+    fn stored(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in data.chunks(65_536) {
+            let size = ((chunk.len() - 1) as u16).to_le_bytes();
+            out.extend_from_slice(&size);
+            out.extend_from_slice(&size);
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    #[test]
+    fn a_compressed_shells_sends_are_read_decompressed() {
+        let m = message(&pipeline(&[("Stop-Computer", false, "")]));
+        let (a, b) = m.split_at(50);
+        let mut streams = PolicyStreams::default();
+        assert!(matches!(
+            streams.read(&command(Some("C1"), &fragment(4, 0, START, a)), b"", true),
+            Asked::Nothing
+        ));
+        let (info, xml) = send("C1", &stored(&fragment(4, 1, END, b)));
+        assert_eq!(names(streams.read(&info, &xml, true)), ["Stop-Computer"]);
+        // The same bytes not framed as the shell compresses them: refused, not skipped.
+        let mut streams = PolicyStreams::default();
+        let (info, xml) = send("C2", &[0xFF; 8]);
+        assert!(unreadable(streams.read(&info, &xml, true)).starts_with("a compressed Send stream"));
+    }
+
     #[test]
     fn a_command_without_command_id_leaves_the_pool_stream_alone() {
         let m = message(&pipeline(&[("Stop-Computer", false, "")]));
