@@ -9,10 +9,10 @@
 //! code names them: `require_encryption` -> `unseal` ([`proto::sealing`]) -> `parse`
 //! ([`proto::wsman`]) -> `check_readable` -> `check_audit` -> `resolve` ([`resolve`]:
 //! which target) -> `authorize` ([`upstream`] looks its address up, once; [`policy`]
-//! decides on the names and that address) -> `check_command` (the rules' command
-//! policy: cmd lines, PowerShell commands, WMI methods) -> `check_shell_owner` ->
-//! `record_command` (a PowerShell pipeline or `-EncodedCommand` decoded, only once
-//! allowed) -> `admit` (quotas) ->
+//! decides on the names and that address) -> `check_shell_owner` -> `admit` (quotas) ->
+//! `check_command` (the rules' command policy: cmd lines, PowerShell commands, WMI
+//! methods) -> `record_command` (a PowerShell pipeline or `-EncodedCommand` decoded,
+//! only once allowed) ->
 //! `rewrite` ([`proto::wsman`]) -> `exchange` ([`upstream`]: connect to that address,
 //! authenticate and seal towards the target) -> `inspect` (exit code, shells, PowerShell
 //! streams read by [`proto::psrp`], transcript) -> `answer` (sealed for the caller), and the request's line in

@@ -10,6 +10,8 @@
 //! different ending cannot be tried on the pieces already at the target. Anything the
 //! relay cannot read (bad framing, a stream that is no base64, a bound, a pipeline whose
 //! Command names no CommandId) is refused: a pipeline it cannot read, it cannot judge.
+//! So is a fragment sent twice: the reading moves on with every request it passes, so a
+//! client resending what the target never got (it could not be reached) is refused too.
 
 use std::collections::HashMap;
 

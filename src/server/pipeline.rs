@@ -3,10 +3,9 @@
 //!
 //! `require_encryption` -> `unseal` -> `parse` -> `check_readable` ->
 //! `check_audit` -> `resolve` -> `authorize` (policy, on the addresses the
-//! relay will connect to) -> `check_command` (the rules' command policy) ->
-//! `check_shell_owner` -> `record_command` (the command decoded, for an
-//! allowed request only) -> `admit` (quotas) ->
-//! `rewrite` -> `exchange` (the target) -> `inspect` (exit code, shells,
+//! relay will connect to) -> `check_shell_owner` -> `admit` (quotas) ->
+//! `check_command` (the rules' command policy) -> `record_command` (the command
+//! decoded, for an allowed request only) -> `rewrite` -> `exchange` (the target) -> `inspect` (exit code, shells,
 //! PowerShell streams, transcript) -> `answer` (sealed for the caller) and the
 //! request's audit line.
 //!
@@ -184,10 +183,12 @@ async fn forward(
     let addresses = authorize(session, &config, shared, &target, &info)
         .await
         .map_err(refused)?;
-    check_command(session, &config, &target, &addresses, &info, plain, &mut audit.event).map_err(refused)?;
     check_shell_owner(session, &info, &target).map_err(refused)?;
-    record_command(&mut audit.event, &info);
     let admitted = admit(shared, &session.active.counted, &info).map_err(refused)?;
+    // Last before the target: the command policy's reading of PowerShell streams moves on
+    // with each request it passes, so none that a later check refuses should reach it.
+    check_command(session, &config, &target, &addresses, &info, plain, &mut audit.event).map_err(refused)?;
+    record_command(&mut audit.event, &info);
     let rewritten = rewrite(plain, &info, &target, &config).map_err(refused)?;
     let response = exchange(session, &info, &target, &addresses, &rewritten, &config, shared, audit)
         .await
