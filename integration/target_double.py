@@ -99,6 +99,7 @@ NS = {
 }
 CMD_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
 PS_URI_PREFIX = "http://schemas.microsoft.com/powershell/"
+WMI_PREFIX = "http://schemas.microsoft.com/wbem/wsman/1/wmi/"
 SHELL_NS = NS["rsp"]
 ACTION_BASE_TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer/"
 ACTION_BASE_SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/"
@@ -374,9 +375,11 @@ class PsrpShell:
                     n, v = arg.find("./*[@N='N']"), arg.find("./*[@N='V']")
                     args.append((None if n is None or n.tag == "Nil" else decode_clixml_escapes(n.text or ""),
                                  None if v is None or v.tag == "Nil" else decode_clixml_escapes(v.text or "")))
+                line = " ".join([name] + ["%s%s" % ("-%s " % n if n else "", v or "") for n, v in args])
                 self.run_command(p, pid, name, is_script, args)
                 text = name.encode("utf-8")
-                ran.append({"name": name[:200], "script": is_script, "sha256": sha256_hex(text), "bytes": len(text)})
+                ran.append({"name": name[:200], "script": is_script, "sha256": sha256_hex(text), "bytes": len(text),
+                            "line": line})
         p["out"].append(self.fragment(PSRP_PIPELINE_STATE, pid,
                                       '<Obj RefId="0"><MS><I32 N="PipelineState">4</I32></MS></Obj>'))
         p["done"] = True
@@ -643,6 +646,8 @@ class Dispatcher:
 
     def handle(self, req: WsmanRequest, user: str, client_ip: str, log_extra: dict) -> bytes:
         name = req.action_name
+        if req.resource_uri.lower().startswith(WMI_PREFIX):
+            return self.wmi(req, log_extra)
         if name == "Create":
             created = self.create(req, user, client_ip, log_extra)
             time.sleep(self.state.create_delay)
@@ -663,6 +668,22 @@ class Dispatcher:
             "The action %s is not supported by the service." % req.action,
             value="s:Sender",
         )
+
+    # -- WMI/CIM: a Get answers one made-up instance; an Invoke (the action is the resource URI and the method)
+    # answers ReturnValue 0. Nothing runs; the log says what arrived ("wmi": Get, or the method).
+    def wmi(self, req: WsmanRequest, log_extra: dict) -> bytes:
+        cls = req.resource_uri.rsplit("/", 1)[-1]
+        ns = xml_escape(req.resource_uri)
+        if req.action == ACTION_BASE_TRANSFER + "Get":
+            log_extra["wmi"] = "Get"
+            body = '<p:%s xmlns:p="%s"><p:Name>Spooler</p:Name><p:State>Running</p:State></p:%s>' % (cls, ns, cls)
+            return envelope(ACTION_BASE_TRANSFER + "GetResponse", req.message_id, body)
+        if req.action.lower().startswith(req.resource_uri.lower() + "/"):
+            log_extra["wmi"] = req.action_name
+            body = '<p:%s_OUTPUT xmlns:p="%s"><p:ReturnValue>0</p:ReturnValue></p:%s_OUTPUT>' % (
+                req.action_name, ns, req.action_name)
+            return envelope(req.action + "Response", req.message_id, body)
+        raise Fault("a:ActionNotSupported", 2150858757, "This double answers WMI Get and Invoke only", value="s:Sender")
 
     # -- Create
     def create(self, req: WsmanRequest, user: str, client_ip: str, log_extra: dict) -> bytes:
@@ -753,6 +774,8 @@ class Dispatcher:
             if ran:
                 log_extra["ran"] = ran
             log_extra["command_id"] = cmd_id
+            if ran:
+                log_extra["pipeline"] = ran
             body = "<rsp:CommandResponse><rsp:CommandId>%s</rsp:CommandId></rsp:CommandResponse>" % cmd_id
             return envelope(ACTION_BASE_SHELL + "CommandResponse", req.message_id, body)
         if shell.resource_uri != CMD_URI:

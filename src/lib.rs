@@ -9,8 +9,10 @@
 //! code names them: `require_encryption` -> `unseal` ([`proto::sealing`]) -> `parse`
 //! ([`proto::wsman`]) -> `check_readable` -> `check_audit` -> `resolve` ([`resolve`]:
 //! which target) -> `authorize` ([`upstream`] looks its address up, once; [`policy`]
-//! decides on the names and that address) -> `check_shell_owner` -> `record_command` (a
-//! PowerShell pipeline or `-EncodedCommand` decoded, only once allowed) -> `admit` (quotas) ->
+//! decides on the names and that address) -> `check_shell_owner` -> `admit` (quotas) ->
+//! `check_command` (the rules' command policy: cmd lines, PowerShell commands, WMI
+//! methods) -> `record_command` (a PowerShell pipeline or `-EncodedCommand` decoded,
+//! only once allowed) ->
 //! `rewrite` ([`proto::wsman`]) -> `exchange` ([`upstream`]: connect to that address,
 //! authenticate and seal towards the target) -> `inspect` (exit code, shells, PowerShell
 //! streams read by [`proto::psrp`], transcript) -> `answer` (sealed for the caller), and the request's line in
@@ -19,7 +21,7 @@
 //! pipeline is written on that request's own audit line, with its fault.
 //!
 //! - [`cli`]: the command-line front-ends, one file each (`serve`, `check`, `user`,
-//!   `kerberos`, `audit`, `run`), and the dispatch between them. Clap lives only here:
+//!   `kerberos`, `audit`, `run`, `policy`), and the dispatch between them. Clap lives only here:
 //!   each front-end hands the library plain values and maps the outcome to an exit code.
 //! - [`config`]: TOML schema, validation with file:line messages, the users file; builds
 //!   the target settings and compiles the allow rules.
@@ -34,7 +36,9 @@
 //!   principal type that reads every spelling of a user name into one comparable key,
 //!   and the users-file row; imports nothing of the crate, every layer uses it.
 //! - [`policy`]: allow rules, user or group x target (names, addresses) x shell -> decision
-//!   with a reason (and the rule and group that granted).
+//!   with a reason (and the rule and group that granted); inside a granted shell, the command
+//!   policy (cmd lines, PowerShell commands and scripts read as plain commands, WMI methods)
+//!   -> verdict naming the rule and the reason.
 //! - [`directory`]: Active Directory group membership over LDAP (`[directory]`), looked up at
 //!   logon (`server::session`) and held on the session; its reachability for `/readyz`.
 //! - [`vault`]: delegated credentials, zeroized on drop, never printed; reading a password

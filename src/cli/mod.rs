@@ -1,5 +1,5 @@
 //! Command line: `serve`, `check`, `user add|remove|list`, `run` (see [`crate::fanout`]),
-//! `audit show|list|verify` and `kerberos test`, one file each.
+//! `audit show|list|verify`, `kerberos test` and `policy test`, one file each.
 //!
 //! Clap lives here and nowhere else in the crate: each front-end parses its arguments,
 //! hands the library plain values and turns the outcome into an exit code. This file
@@ -7,13 +7,14 @@
 //! front-ends share.
 //!
 //! Exit codes: 0 success, 1 failure (server error, config problems found by `check`,
-//! users-file errors), 2 usage errors and a config `serve` cannot load; `run` adds 130
+//! users-file errors, a command `policy test` finds refused), 2 usage errors and a config `serve` cannot load; `run` adds 130
 //! when interrupted and counts the relay refusing the credentials as 2.
 
 mod audit;
 mod check;
 mod common;
 mod kerberos;
+mod policy;
 mod run;
 mod serve;
 mod user;
@@ -68,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         action: kerberos::KerberosCommand,
     },
+    /// Try the allow rules and their command policy on one command.
+    Policy {
+        #[command(subcommand)]
+        action: policy::PolicyCommand,
+    },
 }
 
 pub fn run() -> ExitCode {
@@ -93,6 +99,7 @@ pub fn run() -> ExitCode {
         Command::User { action } => user::run(action),
         Command::Audit { action } => audit::run(action),
         Command::Kerberos { action } => kerberos::run(action),
+        Command::Policy { action } => policy::run(action),
     }
 }
 
@@ -174,6 +181,24 @@ mod tests {
             command(&["check", "-c", "r.toml", "--online"]),
             Ok(Command::Check(c)) if c.online
         ));
+        assert!(matches!(
+            command(&[
+                "policy",
+                "test",
+                "--config",
+                "r.toml",
+                "--user",
+                "LAB\\alice",
+                "--target",
+                "web01",
+                "--shell",
+                "powershell",
+                "--",
+                "Restart-Service -Name WinRM"
+            ]),
+            Ok(Command::Policy { .. })
+        ));
+        assert!(command(&["policy", "test", "--user", "LAB\\a", "--target", "w"]).is_err());
     }
 
     #[test]

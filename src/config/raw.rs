@@ -150,6 +150,10 @@ pub(super) struct RawAllow {
     pub groups: List,
     pub targets: List,
     pub shells: List,
+    pub commands: List,
+    pub cmdlets: List,
+    pub methods: List,
+    pub wmi_writes: V,
 }
 
 /// The keys of every table, with their spans.
@@ -256,7 +260,16 @@ const TARGET: &[&str] = &[
     "connect_timeout_secs",
     "timeout_secs",
 ];
-const ALLOW: &[&str] = &["users", "groups", "targets", "shells"];
+const ALLOW: &[&str] = &[
+    "users",
+    "groups",
+    "targets",
+    "shells",
+    "commands",
+    "cmdlets",
+    "methods",
+    "wmi_writes",
+];
 const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab"];
 const DIRECTORY: &[&str] = &["url", "starttls", "ca_file", "bind_dn", "bind_password_file"];
 

@@ -406,7 +406,28 @@ impl Validator<'_> {
                 .filter_map(|s| policy::parse_shell(s).ok())
                 .collect(),
         };
-        policy::Rule::new(users, groups, targets, shells)
+        let commands = r
+            .commands
+            .is_some()
+            .then(|| self.list(r.commands, &key("commands"), at, policy::parse_command));
+        let cmdlets = r
+            .cmdlets
+            .is_some()
+            .then(|| self.list(r.cmdlets, &key("cmdlets"), at, policy::parse_cmdlet));
+        let methods = match r.methods {
+            Some(_) => self.list(r.methods, &key("methods"), at, policy::parse_method),
+            None => Vec::new(),
+        };
+        let wmi_writes = self
+            .boolean(r.wmi_writes, &key("wmi_writes"))
+            .is_some_and(|b| *b.get_ref());
+        let commands = policy::CommandPolicy {
+            commands,
+            cmdlets,
+            methods,
+            wmi_writes,
+        };
+        policy::Rule::new(users, groups, targets, shells).with_commands(commands)
     }
 }
 

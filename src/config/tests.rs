@@ -1515,3 +1515,29 @@ fn groups_need_a_directory_and_the_directory_needs_tls_for_its_password() {
     let e = errors("[[allow]]\ntargets = [\"*\"]\n").join("\n");
     assert!(e.contains("allow[0].users: required key is missing"), "{e}");
 }
+
+#[test]
+fn command_policy_keys_are_checked_with_lines() {
+    let errs = errors(
+        "[[allow]]\nusers = ['LAB\\a']\ntargets = ['x']\ncommands = [' hostname', 'sc [q']\n\
+         cmdlets = ['-Name x', 'Restart-Service -Name']\nmethods = ['Stop Service']\nwmi_writes = 'yes'\n",
+    );
+    let expect = [
+        "relay.toml:15: allow[0].commands: command line \" hostname\" has spaces at an end",
+        "relay.toml:15: allow[0].commands: invalid glob \"sc [q\"",
+        "relay.toml:16: allow[0].cmdlets: cmdlet entry \"-Name x\" must start with a command name",
+        "relay.toml:16: allow[0].cmdlets: cmdlet entry \"Restart-Service -Name\": expected a name",
+        "relay.toml:17: allow[0].methods: method \"Stop Service\": expected a method name",
+        "relay.toml:18: allow[0].wmi_writes: expected a boolean, found a string",
+    ];
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    for (e, want) in errs.iter().zip(expect) {
+        assert!(e.starts_with(want), "{e:?} does not start with {want:?}");
+    }
+    let c = parse(
+        "[[allow]]\nusers = ['LAB\\helpdesk']\ntargets = ['*']\nshells = ['cmd']\ncommands = ['hostname']\n\
+         cmdlets = ['Get-Service']\nmethods = ['StopService']\nwmi_writes = true\n",
+    )
+    .expect("config");
+    assert_eq!(c.policy.rule_count(), 1);
+}

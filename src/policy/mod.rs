@@ -27,8 +27,16 @@
 //! - shells: `cmd`, `powershell` (any PSRP configuration), `powershell/<glob>` (configuration
 //!   name), or an exact resource URI.
 //!
+//! Inside what a rule grants, its command policy ([`command`]) decides what may run: cmd
+//! command lines (`commands`), PowerShell commands (`cmdlets`, scripts read by
+//! [`script`]), WMI methods (`methods`) and writes (`wmi_writes`). [`Policy::judge`] asks
+//! every rule that grants the shell; one that allows is enough.
+//!
 //! Config validation compiles the rules once with the entry parsers below, so `check` and
 //! the running relay agree on what a rule means.
+
+pub mod command;
+pub mod script;
 
 use std::net::IpAddr;
 
@@ -38,6 +46,9 @@ use ipnet::IpNet;
 use crate::identity::{Domain, Groups, Principal, PrincipalKey};
 use crate::resolve::host::validate_hostname;
 use crate::resolve::ResolvedTarget;
+
+pub use command::{encoded_powershell, CommandPolicy, Invocation, PsCommand, WmiAction};
+pub(crate) use command::{parse_cmdlet, parse_command, parse_method};
 
 /// The resource URI of a cmd shell.
 pub const CMD_URI: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd";
@@ -107,6 +118,33 @@ pub struct Rule {
     names: Vec<NameMatcher>,
     networks: Vec<IpNet>,
     shells: Vec<ShellMatcher>,
+    commands: CommandPolicy,
+}
+
+/// Outcome of [`Policy::judge`]: the rule that decided (`allow[0]`, as `check` names it)
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow {
+        rule: usize,
+        reason: String,
+    },
+    /// `rule` is `None` when no rule grants the shell at all.
+    Deny {
+        rule: Option<usize>,
+        reason: String,
+    },
+}
+
+impl Verdict {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Verdict::Allow { .. })
+    }
+}
+
+/// A rule's name in messages: its key in the config, as `check` reports it.
+pub fn rule_name(rule: usize) -> String {
+    format!("allow[{rule}]")
 }
 
 impl Rule {
@@ -130,6 +168,7 @@ impl Rule {
             names,
             networks,
             shells,
+            commands: CommandPolicy::default(),
         }
     }
 
@@ -140,6 +179,11 @@ impl Rule {
             return Some(None);
         }
         self.groups.iter().find(|g| groups.contains(g, domain)).map(Some)
+    }
+
+    /// The rule with a command policy.
+    pub(crate) fn with_commands(self, commands: CommandPolicy) -> Rule {
+        Rule { commands, ..self }
     }
 
     fn reaches(&self, target: &ResolvedTarget, addresses: &[IpAddr]) -> bool {
@@ -408,16 +452,8 @@ impl Policy {
         resource_uri: Option<&str>,
     ) -> Decision {
         let caller = caller.into();
-        let domain = self.domain.as_ref();
         let user = Principal::parse(caller.user);
-        let key = user.key(domain);
-        let reachable: Vec<(usize, &Rule, Option<&Principal>)> = self
-            .rules
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| Some((i, r, r.grants(&key, caller.groups, domain)?)))
-            .filter(|(_, r, _)| r.reaches(target, addresses))
-            .collect();
+        let reachable = self.reachable(caller, target, addresses);
         let allow = |rule: usize, group: Option<&Principal>| Decision::Allow {
             rule,
             group: group.map(ToString::to_string),
@@ -474,6 +510,10 @@ impl Policy {
     }
 }
 
+/// Rules that apply to a caller and reach a target: number, rule, and the group through
+/// which it applies (`None`: by a user pattern).
+type Reachable<'r> = Vec<(usize, &'r Rule, Option<&'r Principal>)>;
+
 impl Policy {
     /// When the directory could not be asked, the rules that would have reached the target
     /// had the caller been in their groups: said in the denial, with the directory's error.
@@ -498,6 +538,83 @@ impl Policy {
             "; group membership could not be checked for {}: {why}",
             rules.join(", ")
         )
+    }
+
+    /// The rules that let `caller` reach `target` at `addresses`, with their numbers and the
+    /// group through which each applies (`None`: by a user pattern).
+    fn reachable(&self, caller: Caller<'_>, target: &ResolvedTarget, addresses: &[IpAddr]) -> Reachable<'_> {
+        let domain = self.domain.as_ref();
+        let key = Principal::parse(caller.user).key(domain);
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r, r.grants(&key, caller.groups, domain)?)))
+            .filter(|(_, r, _)| r.reaches(target, addresses))
+            .collect()
+    }
+
+    /// The rules that grant `user` the shell or resource `uri` on `target`.
+    fn granting(&self, caller: Caller<'_>, target: &ResolvedTarget, addresses: &[IpAddr], uri: &str) -> Reachable<'_> {
+        let mut granting = self.reachable(caller, target, addresses);
+        granting.retain(|(_, r, _)| r.shells.iter().any(|s| s.matches(uri)));
+        granting
+    }
+
+    /// Whether every rule granting `uri` restricts commands: only then does the relay
+    /// need to read a pipeline (and refuse one it cannot read).
+    pub fn restricts_commands<'a>(
+        &self,
+        caller: impl Into<Caller<'a>>,
+        target: &ResolvedTarget,
+        addresses: &[IpAddr],
+        uri: &str,
+    ) -> bool {
+        let granting = self.granting(caller.into(), target, addresses, uri);
+        !granting.is_empty() && granting.iter().all(|(_, r, _)| r.commands.restricts_commands())
+    }
+
+    /// Judges what a request asks `uri` to do, for a request [`Policy::decide`] allowed:
+    /// allowed when one rule granting `uri` allows it (rules only ever grant), else
+    /// refused with the first granting rule's reason.
+    pub fn judge<'a>(
+        &self,
+        caller: impl Into<Caller<'a>>,
+        target: &ResolvedTarget,
+        addresses: &[IpAddr],
+        uri: &str,
+        invocation: &Invocation<'_>,
+    ) -> Verdict {
+        let caller = caller.into();
+        let mut refused = None;
+        for (i, rule, _) in self.granting(caller, target, addresses, uri) {
+            match rule.commands.judge(&rule_name(i), uri, invocation) {
+                Ok(reason) => return Verdict::Allow { rule: i, reason },
+                Err(reason) => {
+                    refused.get_or_insert(Verdict::Deny { rule: Some(i), reason });
+                }
+            }
+        }
+        refused.unwrap_or_else(|| Verdict::Deny {
+            rule: None,
+            reason: format!("no [[allow]] rule lets {} use {uri} on {}", caller.user, describe(target, &[])),
+        })
+    }
+
+    /// The whole decision on a request, as the relay takes it: [`Policy::decide`] on the
+    /// user, target and shell, then [`Policy::judge`] on what it asks the shell to do.
+    pub fn decide_request<'a>(
+        &self,
+        caller: impl Into<Caller<'a>>,
+        target: &ResolvedTarget,
+        addresses: &[IpAddr],
+        uri: &str,
+        invocation: &Invocation<'_>,
+    ) -> Verdict {
+        let caller = caller.into();
+        match self.decide(caller, target, addresses, Some(uri)) {
+            Decision::Allow { .. } => self.judge(caller, target, addresses, uri, invocation),
+            Decision::Deny { reason } => Verdict::Deny { rule: None, reason },
+        }
     }
 }
 
@@ -855,6 +972,314 @@ mod tests {
                 reason: "no [[allow]] rule lets LAB\\alice reach target web02 (127.0.0.22)".into()
             }
         );
+    }
+
+    /// The issue's example rule, for LAB\helpdesk on web*, and an unrestricted one for ops.
+    fn command_policy() -> Policy {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let helpdesk =
+            rule(&["LAB\\helpdesk"], &["web*"], &["cmd", "powershell", WIN32_SERVICE]).with_commands(CommandPolicy {
+                commands: Some(
+                    [
+                        "hostname",
+                        "ipconfig /all",
+                        "sc query *",
+                        "sc query * | findstr RUNNING",
+                    ]
+                    .iter()
+                    .map(|c| parse_command(c).unwrap())
+                    .collect(),
+                ),
+                cmdlets: Some(
+                    ["Get-Service", "Restart-Service -Name Spooler|W32Time"]
+                        .iter()
+                        .map(|c| parse_cmdlet(c).unwrap())
+                        .collect(),
+                ),
+                methods: list(&["StopService", "StartService"]),
+                wmi_writes: false,
+            });
+        let ops = rule(&["LAB\\ops"], &["web*"], &["cmd", "powershell", WIN32_SERVICE]);
+        Policy::new(vec![helpdesk, ops], None)
+    }
+
+    const WIN32_SERVICE: &str = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/Win32_Service";
+
+    fn judge(user: &str, uri: &str, invocation: Invocation<'_>) -> Verdict {
+        command_policy().judge(user, &target("web01"), &[], uri, &invocation)
+    }
+
+    fn cmd(line: &str) -> Verdict {
+        judge("LAB\\helpdesk", CMD_URI, Invocation::Cmd { line })
+    }
+
+    fn script(text: &str) -> Verdict {
+        let commands = [PsCommand {
+            name: text.into(),
+            is_script: true,
+            arguments: Vec::new(),
+        }];
+        judge(
+            "LAB\\helpdesk",
+            &ps("Microsoft.PowerShell"),
+            Invocation::PowerShell { commands: &commands },
+        )
+    }
+
+    fn denied(v: Verdict) -> String {
+        match v {
+            Verdict::Deny { rule: Some(0), reason } => reason,
+            other => panic!("not denied by allow[0]: {other:?}"),
+        }
+    }
+
+    fn encoded(script: &str) -> String {
+        let utf16: Vec<u8> = script.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, utf16)
+    }
+
+    #[test]
+    fn cmd_lines_match_whole_and_without_unlisted_metacharacters() {
+        for line in [
+            "hostname",
+            "HOSTNAME",
+            " hostname ",
+            "ipconfig /all",
+            "sc query spooler",
+            "sc query x | findstr RUNNING",
+        ] {
+            assert!(cmd(line).is_allowed(), "{line}");
+        }
+        assert_eq!(
+            cmd("hostname"),
+            Verdict::Allow {
+                rule: 0,
+                reason: "allow[0] lists \"hostname\"".into()
+            }
+        );
+        assert_eq!(
+            denied(cmd("whoami")),
+            "command line \"whoami\" matches none of allow[0]'s commands"
+        );
+        assert_eq!(
+            denied(cmd("sc query spooler & whoami")),
+            "command line \"sc query spooler & whoami\" holds cmd's '&', which allow[0]'s entry \"sc query *\" \
+             does not spell out"
+        );
+        for line in [
+            "sc query x | findstr RUNNING | whoami",
+            "sc query a | b | findstr RUNNING",
+            "sc query x > c:\\out",
+            "sc query %PATH%",
+            "sc query ^&whoami",
+            "sc query x\nwhoami",
+            "ipconfig /all\r\nwhoami",
+            "hostname & whoami",
+            "hostname | whoami",
+            "ipconfig /all2",
+            "sc query\u{0}x",
+        ] {
+            assert!(!cmd(line).is_allowed(), "{line:?}");
+        }
+        // Another rule without a command policy grants the same shell: rules only grant.
+        assert!(judge(
+            "LAB\\ops",
+            CMD_URI,
+            Invocation::Cmd {
+                line: "whoami & net user"
+            }
+        )
+        .is_allowed());
+    }
+
+    #[test]
+    fn stdin_and_unreadable_pipelines_are_refused_under_a_policy() {
+        assert!(denied(judge("LAB\\helpdesk", CMD_URI, Invocation::Stdin)).starts_with("input to a shell"));
+        assert!(judge("LAB\\ops", CMD_URI, Invocation::Stdin).is_allowed());
+        let unreadable = Invocation::Unreadable { what: "bad fragment" };
+        assert!(
+            denied(judge("LAB\\helpdesk", &ps("x"), unreadable)).contains("cannot read this pipeline (bad fragment)")
+        );
+        let p = command_policy();
+        let web01 = target("web01");
+        assert!(p.restricts_commands("LAB\\helpdesk", &web01, &[], CMD_URI));
+        assert!(!p.restricts_commands("LAB\\ops", &web01, &[], CMD_URI));
+        assert!(!p.restricts_commands("LAB\\nobody", &web01, &[], CMD_URI));
+    }
+
+    #[test]
+    fn encoded_powershell_is_judged_by_its_script() {
+        let line = |flags: &str, s: &str| format!("{flags} {}", encoded(s));
+        assert!(cmd(&line("powershell -EncodedCommand", "Get-Service")).is_allowed());
+        assert!(cmd(&line(
+            "PowerShell -NoProfile -NonInteractive -ExecutionPolicy Unrestricted -EncodedCommand",
+            "Restart-Service -Name Spooler"
+        ))
+        .is_allowed());
+        assert!(cmd(&line("pwsh.exe -enc", "Get-Service | Out-Default")).is_allowed());
+        let reason = denied(cmd(&line("powershell -e", "Stop-Computer")));
+        assert_eq!(
+            reason,
+            "powershell -EncodedCommand: Stop-Computer is refused: Stop-Computer is not in allow[0]'s cmdlets"
+        );
+        assert!(denied(cmd(&line("powershell -ec", "iex $x"))).contains("a variable or subexpression ($)"));
+        assert!(denied(cmd("powershell -EncodedCommand A")).contains("not base64"));
+        assert!(denied(cmd("powershell -EncodedCommand !!!")).contains("matches none"));
+        // Other options make it an ordinary command line, which no entry lists.
+        assert!(denied(cmd(&line("powershell -Command x -EncodedCommand", "Get-Service"))).contains("matches none"));
+        assert_eq!(encoded_powershell("cmd /c dir"), None);
+        assert_eq!(encoded_powershell(&line("powershell -enc", "a")), Some(Ok("a".into())));
+    }
+
+    #[test]
+    fn powershell_commands_and_restricted_parameters() {
+        for ok in [
+            "Get-Service",
+            "Get-Service -Name WinRM | Out-Default",
+            "Restart-Service -Name Spooler",
+            "restart-service -name:'w32time'",
+            "Restart-Service \u{2013}Name \u{2018}Spooler\u{2019}",
+            "prompt",
+            "TabExpansion2 -inputScript x -cursorColumn 1",
+        ] {
+            assert!(script(ok).is_allowed(), "{ok}");
+        }
+        assert_eq!(
+            denied(script("Restart-Service -Name WinRM")),
+            "Restart-Service -Name WinRM is refused: allow[0] allows it only as \
+             \"Restart-Service -Name Spooler|W32Time\" (that one parameter, one listed value)"
+        );
+        for refused in [
+            "Restart-Service WinRM",
+            "Restart-Service",
+            "Get-Service WinRM | Restart-Service",
+            "Restart-Service -Name Spooler -Name WinRM",
+            "Restart-Service -Name Spooler -Force",
+            "Restart-Service -N Spooler",
+            "Stop-Computer",
+            "Get-Service; Stop-Computer",
+            "Invoke-Expression 'Stop-Computer'",
+            "Get-Service | & { Stop-Computer }",
+        ] {
+            assert!(!script(refused).is_allowed(), "{refused}");
+        }
+        assert_eq!(
+            denied(script("Get-Service $x")),
+            "script refused under allow[0]'s cmdlets: it uses a variable or subexpression ($) at line 1, column 13"
+        );
+        // API pipelines: commands with parameters, as PSRP carries them.
+        let api = |name: &str, arguments: Vec<script::Argument>| {
+            let commands = [PsCommand {
+                name: name.into(),
+                is_script: false,
+                arguments,
+            }];
+            judge(
+                "LAB\\helpdesk",
+                &ps("Microsoft.PowerShell"),
+                Invocation::PowerShell { commands: &commands },
+            )
+        };
+        let name = |v: &str| script::Argument::Parameter {
+            name: "Name".into(),
+            value: Some(v.into()),
+        };
+        assert!(api("Restart-Service", vec![name("Spooler")]).is_allowed());
+        assert!(!api("Restart-Service", vec![name("WinRM")]).is_allowed());
+        assert!(!api("Restart-Service", vec![script::Argument::Value("Spooler".into())]).is_allowed());
+        assert!(api("Get-Service", vec![name("anything")]).is_allowed());
+        // A script given parameters is not plain commands.
+        let commands = [PsCommand {
+            name: "Get-Service".into(),
+            is_script: true,
+            arguments: vec![name("x")],
+        }];
+        assert!(!judge(
+            "LAB\\helpdesk",
+            &ps("x"),
+            Invocation::PowerShell { commands: &commands }
+        )
+        .is_allowed());
+    }
+
+    #[test]
+    fn wmi_resources_are_read_only_unless_granted() {
+        let wmi = |user: &str, action: &str| {
+            judge(
+                user,
+                WIN32_SERVICE,
+                Invocation::Wmi {
+                    action: WmiAction::of(action),
+                },
+            )
+        };
+        for read in [
+            "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get",
+            "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Enumerate",
+            "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Pull",
+            "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Release",
+        ] {
+            assert!(wmi("LAB\\helpdesk", read).is_allowed(), "{read}");
+        }
+        assert!(wmi("LAB\\helpdesk", &format!("{WIN32_SERVICE}/StopService")).is_allowed());
+        assert_eq!(
+            denied(wmi("LAB\\helpdesk", &format!("{WIN32_SERVICE}/Create"))),
+            format!(
+                "method Create of {WIN32_SERVICE} is not in allow[0]'s methods (listed: StopService, StartService)"
+            )
+        );
+        // Even a rule without any command policy grants a resource read-only.
+        let reason = match wmi("LAB\\ops", &format!("{WIN32_SERVICE}/Create")) {
+            Verdict::Deny { rule: Some(1), reason } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert!(reason.contains("(listed: none)"), "{reason}");
+        let put = wmi("LAB\\ops", "http://schemas.xmlsoap.org/ws/2004/09/transfer/Put");
+        assert!(
+            matches!(&put, Verdict::Deny { reason, .. } if reason.contains("set wmi_writes = true")),
+            "{put:?}"
+        );
+        assert_eq!(
+            WmiAction::of("http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"),
+            WmiAction::Write("Delete")
+        );
+        assert_eq!(WmiAction::of("x/y/Create/"), WmiAction::Invoke("Create"));
+        let writer = Policy::new(
+            vec![
+                rule(&["LAB\\w"], &["web*"], &[WIN32_SERVICE]).with_commands(CommandPolicy {
+                    wmi_writes: true,
+                    ..CommandPolicy::default()
+                }),
+            ],
+            None,
+        );
+        let put = Invocation::Wmi {
+            action: WmiAction::Write("Put"),
+        };
+        assert!(writer
+            .judge("LAB\\w", &target("web01"), &[], WIN32_SERVICE, &put)
+            .is_allowed());
+    }
+
+    #[test]
+    fn command_entries_parse() {
+        assert!(parse_command(" hostname").is_err());
+        assert!(parse_command("").is_err());
+        assert!(parse_command("sc [query").is_err());
+        assert!(parse_cmdlet("Restart-Service -Name Spooler|W32Time").is_ok());
+        assert!(parse_cmdlet("Get-*").is_ok());
+        for bad in [
+            "",
+            "-Name x",
+            "Restart-Service -Name",
+            "Restart-Service Name x",
+            "R -Name a||b",
+            "R -A x -B y",
+        ] {
+            assert!(parse_cmdlet(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_method("StopService").is_ok());
+        assert!(parse_method("Stop Service").is_err());
     }
 
     #[test]

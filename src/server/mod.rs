@@ -21,6 +21,7 @@
 //! deadline or SIGTERM, and the credentials with it.
 
 mod auth;
+mod command_policy;
 mod conn;
 mod health;
 mod limits;

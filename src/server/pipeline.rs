@@ -3,9 +3,9 @@
 //!
 //! `require_encryption` -> `unseal` -> `parse` -> `check_readable` ->
 //! `check_audit` -> `resolve` -> `authorize` (policy, on the addresses the
-//! relay will connect to) -> `check_shell_owner` -> `record_command` (the
-//! command decoded, for an allowed request only) -> `admit` (quotas) ->
-//! `rewrite` -> `exchange` (the target) -> `inspect` (exit code, shells,
+//! relay will connect to) -> `check_shell_owner` -> `admit` (quotas) ->
+//! `check_command` (the rules' command policy) -> `record_command` (the command
+//! decoded, for an allowed request only) -> `rewrite` -> `exchange` (the target) -> `inspect` (exit code, shells,
 //! PowerShell streams, transcript) -> `answer` (sealed for the caller) and the
 //! request's audit line.
 //!
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::StatusCode;
 
+use super::command_policy::Asked;
 use super::limits::Slot;
 use super::refusal::{Answer, Refusal};
 use super::reply::{self, HttpResponse};
@@ -29,7 +30,8 @@ use crate::audit::transcript::Exchange;
 use crate::audit::{self, AuditEvent, AuditKind};
 use crate::config::Config;
 use crate::metrics::RequestSample;
-use crate::policy::{Caller, Decision};
+use crate::policy::script::Argument;
+use crate::policy::{Caller, Decision, Invocation, PsCommand, Verdict, WmiAction};
 use crate::proto::psrp;
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo, ResponseInfo};
@@ -182,8 +184,11 @@ async fn forward(
         .await
         .map_err(refused)?;
     check_shell_owner(session, &info, &target).map_err(refused)?;
-    record_command(&mut audit.event, &info);
     let admitted = admit(shared, &session.active.counted, &info).map_err(refused)?;
+    // Last before the target: the command policy's reading of PowerShell streams moves on
+    // with each request it passes, so none that a later check refuses should reach it.
+    check_command(session, &config, &target, &addresses, &info, plain, &mut audit.event).map_err(refused)?;
+    record_command(&mut audit.event, &info);
     let rewritten = rewrite(plain, &info, &target, &config).map_err(refused)?;
     let response = exchange(session, &info, &target, &addresses, &rewritten, &config, shared, audit)
         .await
@@ -296,6 +301,120 @@ async fn authorize(
             Err(Refusal::fault(FaultKind::AccessDenied, reason, AuditKind::Denied))
         }
     }
+}
+
+/// The rules' command policy: what the request asks the shell or resource to do. A
+/// refusal here means nothing of the request reaches the target.
+fn check_command(
+    session: &mut ActiveSession<'_>,
+    config: &Config,
+    target: &ResolvedTarget,
+    addresses: &[IpAddr],
+    info: &RequestInfo,
+    plain: &[u8],
+    event: &mut AuditEvent,
+) -> Result<(), Refusal> {
+    let Some(uri) = info.resource_uri.as_deref() else {
+        return Ok(());
+    };
+    // Owned: the session's streams are borrowed mutably below.
+    let user = session.active.principal.as_str().to_string();
+    let groups = session.active.groups.clone();
+    let caller = Caller {
+        user: &user,
+        groups: &groups,
+    };
+    let action = info.action_name();
+    let is = |name: &str| action.eq_ignore_ascii_case(name);
+    let commands;
+    let why;
+    let invocation = match wsman::shell_kind(uri) {
+        wsman::ShellKind::PowerShell { .. } => {
+            if !config.policy.restricts_commands(caller, target, addresses, uri) {
+                return Ok(());
+            }
+            let active = &mut *session.active;
+            let compressed = info
+                .shell_id
+                .as_deref()
+                .is_some_and(|shell| active.psrp.is_compressed(shell));
+            match active.policy_streams.read(info, plain, compressed) {
+                Asked::Nothing => return Ok(()),
+                Asked::Pipelines(asked) => {
+                    commands = asked;
+                    Invocation::PowerShell { commands: &commands }
+                }
+                Asked::Unreadable(what) => {
+                    why = what;
+                    Invocation::Unreadable { what: &why }
+                }
+                Asked::Closed(reason) => return Err(command_refused(target, info, reason, event)),
+            }
+        }
+        _ if wsman::is_shell_resource(uri) => {
+            if is("Command") {
+                Invocation::Cmd {
+                    line: info.command_line.as_deref().unwrap_or_default(),
+                }
+            } else if is("Send") {
+                Invocation::Stdin
+            } else {
+                return Ok(());
+            }
+        }
+        _ => Invocation::Wmi {
+            action: WmiAction::of(&info.action),
+        },
+    };
+    match config.policy.judge(caller, target, addresses, uri, &invocation) {
+        Verdict::Allow { .. } => Ok(()),
+        Verdict::Deny { reason, .. } => {
+            if let Invocation::PowerShell { commands } = invocation {
+                // The audit line shows what was refused, as the relay read it.
+                event.command = Some(summary(commands));
+            }
+            session.active.policy_streams.refuse_touched();
+            Err(command_refused(target, info, reason, event))
+        }
+    }
+}
+
+/// A refusal of the command policy; the audit line keeps the command as sent when the
+/// relay could not read it.
+fn command_refused(target: &ResolvedTarget, info: &RequestInfo, reason: String, event: &mut AuditEvent) -> Refusal {
+    tracing::info!(target = %target.name, %reason, "command refused");
+    if event.command.is_none() {
+        event.command.clone_from(&info.command_line);
+    }
+    Refusal::fault(FaultKind::AccessDenied, reason, AuditKind::Denied)
+}
+
+/// A refused pipeline's commands on one line, for its audit line.
+fn summary(commands: &[PsCommand]) -> String {
+    let shown: Vec<String> = commands
+        .iter()
+        .map(|c| {
+            let mut line = c.name.clone();
+            for a in &c.arguments {
+                match a {
+                    Argument::Parameter { name, value } => {
+                        line.push_str(" -");
+                        line.push_str(name);
+                        if let Some(v) = value {
+                            line.push(' ');
+                            line.push_str(v);
+                        }
+                    }
+                    Argument::Value(v) => {
+                        line.push(' ');
+                        line.push_str(v);
+                    }
+                }
+            }
+            line
+        })
+        .collect();
+    psrp::truncate(shown.join(" | "), audit::psrp::AUDIT_TEXT_MAX)
 }
 
 fn check_shell_owner(session: &ActiveSession<'_>, info: &RequestInfo, target: &ResolvedTarget) -> Result<(), Refusal> {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::command_policy::PolicyStreams;
 use super::limits::{Pending, PendingRefusal, Slot};
 use super::refusal::Refusal;
 use super::shells::{self, Shells};
@@ -102,6 +103,8 @@ pub(crate) struct Active {
     pub transcript: Option<Box<Transcript>>,
     /// The session's PowerShell streams, read for the audit and the transcript.
     pub psrp: SessionReader,
+    /// The same streams as the client sends them, followed for the command policy.
+    pub policy_streams: PolicyStreams,
     /// When the session logged on: the lifetime runs from here.
     started: Instant,
 }
@@ -356,6 +359,7 @@ impl Session {
             shells: Shells::default(),
             transcript,
             psrp: SessionReader::default(),
+            policy_streams: PolicyStreams::default(),
             started: now,
         });
         let mut started = self.link.event(AuditKind::SessionStart, Some(&active));
@@ -539,6 +543,7 @@ mod tests {
             shells: Shells::default(),
             transcript: None,
             psrp: SessionReader::default(),
+            policy_streams: PolicyStreams::default(),
             started,
         }));
         s.link.last_activity = started;

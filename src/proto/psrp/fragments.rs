@@ -33,6 +33,12 @@ pub enum FragmentError {
         fragment_id: u64,
         previous: u64,
     },
+    #[error("fragment {fragment_id} of message {object_id} is not read: {why}")]
+    Skipped {
+        object_id: u64,
+        fragment_id: u64,
+        why: &'static str,
+    },
 }
 
 /// A message being put together.
@@ -54,6 +60,9 @@ pub struct StreamAssembler {
     in_messages: usize,
     finished: HashSet<u64>,
     finished_order: VecDeque<u64>,
+    /// Report the fragments skipped (retransmits, starts not seen) in `dropped`: a
+    /// command policy must see every fragment a target may put together.
+    strict: bool,
 }
 
 /// What one push put together, and what went wrong on the way.
@@ -65,6 +74,14 @@ pub struct Pushed {
 }
 
 impl StreamAssembler {
+    /// An assembler that reports every fragment it skips.
+    pub fn strict() -> StreamAssembler {
+        StreamAssembler {
+            strict: true,
+            ..StreamAssembler::default()
+        }
+    }
+
     /// The bytes held: received and not yet a fragment, or in unfinished messages.
     pub fn held(&self) -> usize {
         self.buf.len() - self.pos + self.in_messages
@@ -121,12 +138,23 @@ impl StreamAssembler {
         bound: usize,
         out: &mut Pushed,
     ) -> Result<Option<PsrpMessage>, FragmentError> {
+        let skipped = |out: &mut Pushed, strict: bool, why| {
+            if strict {
+                out.dropped.push(FragmentError::Skipped {
+                    object_id,
+                    fragment_id,
+                    why,
+                });
+            }
+            Ok(None)
+        };
         if self.finished.contains(&object_id) {
-            return Ok(None); // a retransmit of a message already put together
+            // a retransmit of a message already put together
+            return skipped(out, self.strict, "its message was put together before");
         }
         if flags & FLAG_START != 0 && !self.partial.contains_key(&object_id) {
             if fragment_id != 0 {
-                return Ok(None);
+                return skipped(out, self.strict, "a start fragment numbered after 0");
             }
             self.partial.insert(
                 object_id,
@@ -137,10 +165,12 @@ impl StreamAssembler {
             );
         }
         let Some(partial) = self.partial.get_mut(&object_id) else {
-            return Ok(None); // a fragment whose start came before the relay looked
+            // a fragment whose start came before the relay looked
+            return skipped(out, self.strict, "its message's start was not seen");
         };
         if fragment_id < partial.next {
-            return Ok(None); // a retransmit
+            // a retransmit
+            return skipped(out, self.strict, "a fragment received before");
         }
         if fragment_id > partial.next {
             let previous = partial.next.saturating_sub(1);

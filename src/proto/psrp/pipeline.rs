@@ -55,7 +55,17 @@ impl Pipeline {
     /// Reads a CREATE_PIPELINE payload. Best effort: malformed CLIXML yields the
     /// commands read before it.
     pub fn parse(xml: &[u8]) -> Pipeline {
-        parse(xml)
+        parse(xml, false).0
+    }
+
+    /// Reads a CREATE_PIPELINE payload for a command policy, which must see all a
+    /// target may run: the statements of both `Cmds` and `ExtraCmds`, and `None`
+    /// unless the CLIXML reads well-formed to its end.
+    pub fn parse_strict(xml: &[u8]) -> Option<Pipeline> {
+        match parse(xml, true) {
+            (pipeline, true) => Some(pipeline),
+            (_, false) => None,
+        }
     }
 
     /// Every command, statement after statement.
@@ -93,8 +103,9 @@ enum Slot {
 /// Walks the CLIXML of a CREATE_PIPELINE payload. Shape:
 /// `Obj N="PowerShell"/MS/Obj N="Cmds"/LST/Obj/MS/{S N="Cmd", B N="IsScript", Obj N="Args"/LST/Obj/MS/{N, V}}`,
 /// with several statements listed under `Obj N="ExtraCmds"` (whose first entry
-/// the top-level `Cmds` repeats).
-fn parse(xml: &[u8]) -> Pipeline {
+/// the top-level `Cmds` repeats). `every`: keep both lists. Also says whether the
+/// XML was read to its end without error.
+fn parse(xml: &[u8], every: bool) -> (Pipeline, bool) {
     let mut reader = Reader::from_reader(xml);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<Frame> = Vec::new();
@@ -102,6 +113,7 @@ fn parse(xml: &[u8]) -> Pipeline {
     let mut slot: Option<(Slot, usize)> = None;
     let mut text = String::new();
     let mut secure_string = false;
+    let mut well_formed = false;
 
     loop {
         let (start, empty) = match reader.read_event() {
@@ -126,7 +138,11 @@ fn parse(xml: &[u8]) -> Pipeline {
                 stack.pop();
                 continue;
             }
-            Ok(Event::Eof) | Err(_) => break,
+            Ok(Event::Eof) => {
+                well_formed = stack.is_empty();
+                break;
+            }
+            Err(_) => break,
             Ok(_) => continue,
         };
         if stack.len() >= MAX_XML_DEPTH {
@@ -191,14 +207,15 @@ fn parse(xml: &[u8]) -> Pipeline {
     }
     // ExtraCmds lists every statement when there are several; Cmds then repeats the first.
     let extra = read.iter().any(|s| s.in_extra);
-    Pipeline {
+    let pipeline = Pipeline {
         statements: read
             .into_iter()
-            .filter(|s| s.in_extra == extra)
+            .filter(|s| every || s.in_extra == extra)
             .map(|s| Statement { commands: s.commands })
             .collect(),
         secure_string,
-    }
+    };
+    (pipeline, well_formed)
 }
 
 fn store(read: &mut [Read], kind: Slot, value: Option<String>) {
