@@ -53,7 +53,7 @@ pub(crate) fn unframe(framed: &[u8]) -> Option<&[u8]> {
 
 /// Decodes `T`, which must be the whole message; picky's decoders have panicked on
 /// malformed input before, so a panic is a decoding failure like any other.
-fn decode<T: DeserializeOwned>(der: &[u8]) -> Option<T> {
+pub(crate) fn decode<T: DeserializeOwned>(der: &[u8]) -> Option<T> {
     contain_panic(|| picky_asn1_der::from_bytes::<T>(der).ok())
         .ok()
         .flatten()
@@ -215,7 +215,7 @@ fn service_ticket_expiry(tgs_rep: &TgsRep, tgt_session_key: &[u8]) -> Option<Sys
 
 /// A KDC reply's encrypted part; MIT sends EncTGSRepPart in AS-REPs too, which
 /// Kerberos allows, so either tag is taken.
-fn decrypt_rep_part(suite: &CipherSuite, key: &[u8], usage: i32, cipher: &[u8]) -> Option<EncKdcRepPart> {
+pub(crate) fn decrypt_rep_part(suite: &CipherSuite, key: &[u8], usage: i32, cipher: &[u8]) -> Option<EncKdcRepPart> {
     let plain = Zeroizing::new(
         contain_panic(|| suite.cipher().decrypt(key, usage, cipher))
             .ok()?
@@ -226,7 +226,7 @@ fn decrypt_rep_part(suite: &CipherSuite, key: &[u8], usage: i32, cipher: &[u8]) 
         .or_else(|| decode::<EncTgsRepPart>(&plain).map(|p| p.0))
 }
 
-fn system_time(time: &KerberosTime) -> Option<SystemTime> {
+pub(crate) fn system_time(time: &KerberosTime) -> Option<SystemTime> {
     let at = time::OffsetDateTime::try_from(time.0.clone()).ok()?;
     let secs = u64::try_from(at.unix_timestamp()).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
