@@ -131,6 +131,7 @@ pub(super) struct RawKerberos {
     pub netbios: V,
     pub kdc: List,
     pub keytab: V,
+    pub delegation: V,
 }
 
 #[derive(Deserialize)]
@@ -232,7 +233,7 @@ const TARGET: &[&str] = &[
     "timeout_secs",
 ];
 const ALLOW: &[&str] = &["users", "targets", "shells"];
-const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab"];
+const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab", "delegation"];
 
 /// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the
 /// table shapes are known to be right.

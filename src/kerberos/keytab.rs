@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::proto::credssp::ServiceKey;
 use crate::proto::kerberos::keytab::{enctype_name, parse_keytab, service_keys, KeytabError, UnusablePrincipal};
+use crate::proto::kerberos::s4u::RelayAccount;
 
 /// A keytab larger than this is not one (a keytab holds a few keys of a few
 /// dozen bytes each).
@@ -31,6 +32,13 @@ pub enum KeytabFileError {
     #[error("{}: {source}", path.display())]
     Parse { path: PathBuf, source: KeytabError },
     #[error(
+        "{}: no account principal of {realm} (one name, as svc-relay@{realm}): constrained delegation needs the \
+         relay account's own key; add it (samba-tool domain exportkeytab --principal=svc-relay@{realm}, or ktpass \
+         /princ svc-relay@{realm})",
+        path.display()
+    )]
+    NoAccount { path: PathBuf, realm: String },
+    #[error(
         "{}: no usable key: the relay needs AES keys (aes256-cts-hmac-sha1-96 or aes128-cts-hmac-sha1-96) for its \
          service principals ({detail})",
         path.display()
@@ -42,6 +50,9 @@ pub enum KeytabFileError {
 #[derive(Debug)]
 pub struct RelayKeytab {
     pub keys: Vec<ServiceKey>,
+    /// The relay's own account (`svc-relay@REALM`, one name component), whose key
+    /// gets the relay a TGT for constrained delegation; `None` for a keytab of SPNs only.
+    pub account: Option<RelayAccount>,
     /// One line per usable principal: `HTTP/relay.lab.test@LAB.TEST: kvno 2, aes256-cts-hmac-sha1-96`.
     pub principals: Vec<String>,
     /// Problems that do not stop the relay: principals without AES keys, of
@@ -115,6 +126,7 @@ pub fn load_keytab(path: &Path, realm: &str) -> Result<RelayKeytab, KeytabFileEr
     }
     Ok(RelayKeytab {
         keys,
+        account: RelayAccount::from_keytab(&entries, realm),
         principals,
         warnings,
     })

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use super::refusal::Refusal;
 use super::reply::{self, HttpResponse, CREDSSP};
 use super::session::{self, ActiveSession, Session};
-use super::Shared;
+use super::{kerberos_logon, Shared};
 use crate::audit::AuthMethod;
 use crate::identity::{Principal, PrincipalKey};
 use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Step};
@@ -21,6 +21,9 @@ use crate::vault::DelegatedCredentials;
 pub(crate) enum Logon<'a> {
     /// Logged on (now or before): the request goes on to the pipeline.
     Active(ActiveSession<'a>),
+    /// Logged on now with plain Kerberos: the pipeline's answer carries this
+    /// `WWW-Authenticate` value (the AP-REP).
+    ActiveAnswering(ActiveSession<'a>, String),
     /// Not yet, and no refusal: a challenge or a CredSSP handshake leg.
     Continue(HttpResponse),
     Refused(Refusal),
@@ -32,12 +35,20 @@ pub(crate) async fn authenticate<'a>(
     authorization: Option<&str>,
     shared: &Shared,
 ) -> Logon<'a> {
+    let constrained = shared.constrained.as_deref();
     let Some(authorization) = authorization else {
         return match session.active() {
             Some(active) => Logon::Active(active),
-            None => Logon::Continue(reply::credssp_401(&[])),
+            None => Logon::Continue(reply::offers_401(constrained.is_some())),
         };
     };
+    if let Some(logons) = constrained {
+        if let Ok(parsed) = parse_scheme_token(authorization) {
+            if kerberos_logon::is_kerberos_scheme(&parsed.scheme) {
+                return kerberos_logon::logon(session, logons, &parsed.scheme, parsed.token, shared).await;
+            }
+        }
+    }
     let is_basic = authorization.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "));
     if is_basic && session.link.https && shared.config().listen.basic_over_https {
         return basic(session, authorization, shared).await;
@@ -109,6 +120,7 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
             let logon = session::Logon {
                 credentials,
                 channel: Some(channel),
+                wrap: None,
                 method,
             };
             match session.begin(shared, logon).await {
@@ -190,6 +202,7 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
     let logon = session::Logon {
         credentials,
         channel: None,
+        wrap: None,
         method: AuthMethod::Basic,
     };
     match session.begin(shared, logon).await {
@@ -201,7 +214,7 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
 /// A new logon on a connection: end the session it carried (if any), and
 /// count the connection among those waiting to authenticate again. Refused
 /// (and the connection closed) when its source already has its share.
-async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), Refusal> {
+pub(crate) async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), Refusal> {
     if session.principal().is_none() {
         // Still the first logon: its deadline keeps running from accept.
         return Ok(());

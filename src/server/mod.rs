@@ -23,6 +23,7 @@
 mod auth;
 mod conn;
 mod health;
+mod kerberos_logon;
 mod limits;
 mod listen;
 mod pipeline;
@@ -92,6 +93,9 @@ pub(crate) struct Shared {
     /// In domain mode, why no KDC can be reached (for `/readyz`); `None` when one can.
     pub kdc_problem: std::sync::Mutex<Option<String>>,
     pub lockout: limits::Lockout,
+    /// Plain Kerberos logons, with `[kerberos] delegation = "constrained"` (as started:
+    /// a reload does not change them).
+    pub constrained: Option<Arc<kerberos_logon::ConstrainedLogons>>,
     pub quotas: Arc<limits::Quotas>,
     /// Connections that have not authenticated yet, per source and in all, so
     /// that idle sockets can neither exhaust file descriptors nor crowd out
@@ -238,6 +242,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         );
     }
     let credssp = acceptor_config(&config, &cert)?;
+    let constrained = kerberos_logon::ConstrainedLogons::load(&config, &cert)?.map(Arc::new);
     let mut audit = AuditSink::open(&config.audit)?;
     if let Some(target) = &config.audit.syslog {
         tracing::info!(syslog = %target, "exporting audit events to syslog");
@@ -269,6 +274,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         listening: AtomicBool::new(false),
         kdc_problem: std::sync::Mutex::new(None),
         lockout,
+        constrained,
         quotas,
         unauthenticated,
         refusals: refusal::Summaries::default(),

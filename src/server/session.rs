@@ -21,6 +21,7 @@ use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
 use crate::upstream::Pool;
+use crate::proto::kerberos::wrap::WrapKeys;
 use crate::vault::DelegatedCredentials;
 
 /// Whole cleanup at session end: deleting the shells left open, in parallel.
@@ -85,6 +86,8 @@ pub(crate) struct Active {
     pub method: AuthMethod,
     /// CredSSP's TLS channel, for session encryption; `None` for Basic.
     pub channel: Option<Box<SecureChannel>>,
+    /// A plain Kerberos logon's wrap keys, for session encryption.
+    pub wrap: Option<Box<WrapKeys>>,
     /// Wiped (zeroized) when the session ends, since it is dropped with it.
     pub credentials: DelegatedCredentials,
     /// This session's place in `limits.max_sessions[_per_user]`.
@@ -115,6 +118,7 @@ impl ActiveSession<'_> {
 pub(crate) struct Logon {
     pub credentials: DelegatedCredentials,
     pub channel: Option<Box<SecureChannel>>,
+    pub wrap: Option<Box<WrapKeys>>,
     pub method: AuthMethod,
 }
 
@@ -338,6 +342,7 @@ impl Session {
             counted,
             method: logon.method,
             channel: logon.channel,
+            wrap: logon.wrap,
             credentials: logon.credentials,
             _slot: slot,
             targets: Pool::default(),
@@ -492,6 +497,7 @@ mod tests {
         let slot = Quotas::new(config.limits.clone()).session("LAB\\alice").unwrap();
         let started = Instant::now();
         s.phase = Phase::Active(Box::new(Active {
+            wrap: None,
             principal: "LAB\\alice".into(),
             counted: "LAB\\alice".into(),
             method: AuthMethod::Ntlm,

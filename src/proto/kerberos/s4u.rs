@@ -137,6 +137,7 @@ impl std::fmt::Debug for RelayAccount {
 }
 
 /// A ticket and its session key, as a KDC issued it.
+#[derive(Clone)]
 pub struct IssuedTicket {
     pub ticket: Ticket,
     pub suite: CipherSuite,
