@@ -32,6 +32,19 @@ if [ "$krb5_missing" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nul
         || echo "[run.sh] krb5 install failed: the Kerberos tests will fail"
 fi
 
+# ---- 0b. Samba AD DC for the Active Directory tests (integration/samba_ad.py): a throwaway LAB.TEST domain with
+# groups, PACs and LDAP. Installing starts nothing; the tests run their own `samba -i`.
+samba_missing=0
+for tool in samba samba-tool ldbmodify ldbsearch kinit; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || samba_missing=1
+done
+if [ "$samba_missing" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[run.sh] installing Samba AD DC (Active Directory tests)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        samba samba-ad-dc samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools krb5-user) \
+        </dev/null >/dev/null 2>&1 || echo "[run.sh] samba install failed: the Active Directory tests will fail"
+fi
+
 # ---- 1. venv, reinstalled only when requirements.txt (or the interpreter) changed
 want="$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1) $("$PY" -c 'import sys; print(sys.version.split()[0])')"
 stamp="$VENV/.requirements.stamp"

@@ -1,6 +1,7 @@
 //! Who a caller is: the relay's domain under its two names, a principal read from
 //! any spelling a client, a ticket or a file uses, the one key every spelling of
-//! the same principal shares, and a row of the users file.
+//! the same principal shares, the directory groups it was found in at logon, and a
+//! row of the users file.
 //!
 //! A leaf module (it imports nothing of the crate), so that `proto`, `config`,
 //! `policy`, `vault`, `server` and `fanout` all compare names the same way: by
@@ -147,6 +148,76 @@ pub struct PrincipalKey(String);
 impl PrincipalKey {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The groups a logged-on caller belongs to, of those the `[[allow]]` rules name, as
+/// the directory said at logon: held for the session, so a change takes effect at the
+/// caller's next logon. Group names are principals too (`LAB\WinRM-Operators`,
+/// `WinRM-Operators@lab.test`): they compare by [`Principal::key`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Groups {
+    /// No rule names a group: nothing was looked up.
+    #[default]
+    NotNeeded,
+    /// A member of these (as the rules spell them), directly or through nested groups.
+    Known(Vec<Principal>),
+    /// The lookup failed: rules that need a group cannot grant. Why, naming the directory.
+    Unavailable(String),
+}
+
+impl Groups {
+    /// Whether the caller is known to belong to `group` (compared in the relay's `domain`).
+    pub fn contains(&self, group: &Principal, domain: Option<&Domain>) -> bool {
+        let key = group.key(domain);
+        match self {
+            Groups::Known(groups) => groups.iter().any(|g| g.key(domain) == key),
+            Groups::NotNeeded | Groups::Unavailable(_) => false,
+        }
+    }
+}
+
+/// A security identifier as Windows serializes it (revision, sub-authority count,
+/// 48-bit authority, sub-authorities little-endian): the form the directory's
+/// `objectSid`/`tokenGroups` and a PAC hold, so that both compare byte for byte.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Sid(Vec<u8>);
+
+impl Sid {
+    pub fn from_bytes(bytes: Vec<u8>) -> Sid {
+        Sid(bytes)
+    }
+
+    /// This SID (a domain's) with one more sub-authority: the domain's group `rid`.
+    pub fn with_rid(&self, rid: u32) -> Sid {
+        let mut bytes = self.0.clone();
+        if let Some(count) = bytes.get_mut(1) {
+            *count = count.saturating_add(1);
+        }
+        bytes.extend_from_slice(&rid.to_le_bytes());
+        Sid(bytes)
+    }
+}
+
+/// `S-1-5-21-...`.
+impl fmt::Display for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        if b.len() < 8 || b.len() != 8 + 4 * usize::from(b[1]) {
+            return write!(f, "<malformed SID {}>", hex::encode(b));
+        }
+        let authority = b[2..8].iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x));
+        write!(f, "S-{}-{authority}", b[0])?;
+        for sub in b[8..].chunks_exact(4) {
+            write!(f, "-{}", u32::from_le_bytes([sub[0], sub[1], sub[2], sub[3]]))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -308,6 +379,19 @@ mod tests {
             .filter(|l| l.trim_start().starts_with("use ") && (l.contains("crate::") || l.contains("super::")))
             .collect();
         assert!(imports.is_empty(), "{imports:?}");
+    }
+
+    #[test]
+    fn sids_read_as_windows_writes_them_and_take_a_rid() {
+        // S-1-5-21-1-2-3
+        let mut b = vec![1u8, 4, 0, 0, 0, 0, 0, 5];
+        for sub in [21u32, 1, 2, 3] {
+            b.extend_from_slice(&sub.to_le_bytes());
+        }
+        let domain = Sid::from_bytes(b);
+        assert_eq!(domain.to_string(), "S-1-5-21-1-2-3");
+        assert_eq!(domain.with_rid(512).to_string(), "S-1-5-21-1-2-3-512");
+        assert!(Sid::from_bytes(vec![1, 2, 0]).to_string().starts_with("<malformed SID"));
     }
 
     #[test]

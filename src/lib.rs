@@ -29,8 +29,10 @@
 //! - [`identity`]: who a caller is: the relay's domain (realm and NetBIOS name), one
 //!   principal type that reads every spelling of a user name into one comparable key,
 //!   and the users-file row; imports nothing of the crate, every layer uses it.
-//! - [`policy`]: allow rules, user x target (names, addresses) x shell -> decision with a
-//!   reason.
+//! - [`policy`]: allow rules, user or group x target (names, addresses) x shell -> decision
+//!   with a reason (and the rule and group that granted).
+//! - [`directory`]: Active Directory group membership over LDAP (`[directory]`), looked up at
+//!   logon (`server::session`) and held on the session; its reachability for `/readyz`.
 //! - [`vault`]: delegated credentials, zeroized on drop, never printed; reading a password
 //!   handed to a command on stdin.
 //! - [`audit`]: audit event type, the hash-chained JSON-lines sink and its verifier,
@@ -54,6 +56,7 @@ pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod directory;
 pub mod fanout;
 pub mod hardening;
 pub mod identity;

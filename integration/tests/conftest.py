@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import harness  # noqa: E402
 import kerberos  # noqa: E402
+import samba_ad  # noqa: E402
 
 harness.scrub_proxies_in_process()
 
@@ -55,6 +56,19 @@ def realm(realm_config: kerberos.KerberosRealm) -> typing.Iterator[kerberos.Kerb
         yield realm_config
     finally:
         realm_config.stop()
+
+
+@pytest.fixture(scope="session")
+def samba(workdir: str) -> typing.Iterator[samba_ad.SambaDomain]:
+    """The LAB.TEST Active Directory domain: Samba AD DC on samba_ad.DC_HOST (KDC, LDAP, LDAPS) with the people,
+    groups and service accounts samba_ad describes. Started by the first test that asks for it, stopped at the end
+    of the session. Tests that talk Kerberos to it from this process wrap that in `samba.in_process()`."""
+    domain = samba_ad.SambaDomain(os.path.join(workdir, "samba"))
+    domain.start()
+    try:
+        yield domain
+    finally:
+        domain.stop()
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,16 @@ pub struct AuditEvent {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `session_start`: the caller's directory groups that some `[[allow]]` rule names, as
+    /// found at logon (absent when no rule names a group or the directory could not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// A relayed request: the `[[allow]]` rule (0-based) that granted it and, for a group
+    /// rule, the group through which it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Refusals before logon: how many refusals this line stands for (1 when
     /// written at once, more on a summary of a flood; see the README's limits).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,12 +1,23 @@
 //! `winrm-relay check`: validate a config file and what `serve` would load with it.
 
-use std::path::Path;
 use std::process::ExitCode;
 
+use super::common::{current_thread_runtime, ConfigArg};
 use crate::config::{Config, UsersFile};
+use crate::directory::Directory;
+
+#[derive(Debug, clap::Args)]
+pub(super) struct CheckArgs {
+    #[command(flatten)]
+    pub(super) config: ConfigArg,
+    /// Also ask the services the config names: the [directory] has every group a rule names.
+    #[arg(long)]
+    pub(super) online: bool,
+}
 
 /// Exit 0 with a one-line summary, or 1 with every problem found, one per line.
-pub(super) fn run(path: &Path) -> ExitCode {
+pub(super) fn run(args: &CheckArgs) -> ExitCode {
+    let path = args.config.config.as_path();
     let config = match Config::check(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -76,6 +87,9 @@ pub(super) fn run(path: &Path) -> ExitCode {
             problems.push(format!("relay certificate: {e}"));
         }
     }
+    if args.online {
+        problems.extend(online_problems(&config));
+    }
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("{p}");
@@ -88,4 +102,31 @@ pub(super) fn run(path: &Path) -> ExitCode {
         config.policy.rule_count()
     );
     ExitCode::SUCCESS
+}
+
+/// `--online`: every group a rule names exists in the `[directory]`.
+fn online_problems(config: &Config) -> Vec<String> {
+    let groups = config.policy.groups();
+    let (Some(directory), Some(kerberos)) = (&config.directory, &config.kerberos) else {
+        return Vec::new();
+    };
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let Some(runtime) = current_thread_runtime() else {
+        return vec!["cannot start the runtime for the online checks".into()];
+    };
+    let found = runtime.block_on(Directory::default().missing_groups(directory, &kerberos.domain, &groups));
+    match found {
+        Ok(missing) => {
+            for group in groups.iter().filter(|g| !missing.contains(g)) {
+                println!("group {group}: found in the directory");
+            }
+            missing
+                .iter()
+                .map(|group| format!("group {group}: not found in the directory ({})", directory.describe()))
+                .collect()
+        }
+        Err(error) => vec![format!("groups cannot be checked: {error}")],
+    }
 }

@@ -50,7 +50,7 @@ enum Command {
     /// Run the relay.
     Serve(ConfigArg),
     /// Validate a config file and report every problem.
-    Check(ConfigArg),
+    Check(check::CheckArgs),
     /// Manage the users file (DOMAIN\user:<NT hash> lines).
     User {
         #[command(subcommand)]
@@ -88,7 +88,7 @@ pub fn run() -> ExitCode {
             init_tracing(cli.log_format);
             serve::run(&c.config)
         }
-        Command::Check(c) => check::run(&c.config),
+        Command::Check(c) => check::run(&c),
         Command::Run(args) => run::run(args),
         Command::User { action } => user::run(action),
         Command::Audit { action } => audit::run(action),
@@ -170,6 +170,10 @@ mod tests {
             Ok(Command::Kerberos { .. })
         ));
         assert!(matches!(command(&["check", "-c", "r.toml"]), Ok(Command::Check(_))));
+        assert!(matches!(
+            command(&["check", "-c", "r.toml", "--online"]),
+            Ok(Command::Check(c)) if c.online
+        ));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::directory::DirectoryConfig;
 use crate::identity::Domain;
 use crate::kerberos::kdc::KdcUrl;
 use crate::policy::Policy;
@@ -66,6 +67,8 @@ pub struct Config {
     pub policy: Policy,
     /// Domain mode (`[kerberos]`); `None` without the table.
     pub kerberos: Option<KerberosConfig>,
+    /// Where group membership is read (`[directory]`); required when a rule names groups.
+    pub directory: Option<DirectoryConfig>,
 }
 
 /// `[kerberos]`: the Active Directory domain the relay works in.

@@ -40,6 +40,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub allow: Vec<RawAllow>,
     pub kerberos: Option<RawKerberos>,
+    pub directory: Option<RawDirectory>,
 }
 
 #[derive(Deserialize, Default)]
@@ -134,9 +135,19 @@ pub(super) struct RawKerberos {
     pub delegation: V,
 }
 
+#[derive(Deserialize, Default)]
+pub(super) struct RawDirectory {
+    pub url: List,
+    pub starttls: V,
+    pub ca_file: V,
+    pub bind_dn: V,
+    pub bind_password_file: V,
+}
+
 #[derive(Deserialize)]
 pub(super) struct RawAllow {
     pub users: List,
+    pub groups: List,
     pub targets: List,
     pub shells: List,
 }
@@ -166,10 +177,22 @@ struct KeyInventory {
     allow: Vec<Keys>,
     #[serde(default)]
     kerberos: Keys,
+    #[serde(default)]
+    directory: Keys,
 }
 
 const TOP: &[&str] = &[
-    "listen", "auth", "audit", "session", "defaults", "limits", "metrics", "target", "allow", "kerberos",
+    "listen",
+    "auth",
+    "audit",
+    "session",
+    "defaults",
+    "limits",
+    "metrics",
+    "target",
+    "allow",
+    "kerberos",
+    "directory",
 ];
 const LISTEN: &[&str] = &[
     "http",
@@ -232,8 +255,9 @@ const TARGET: &[&str] = &[
     "connect_timeout_secs",
     "timeout_secs",
 ];
-const ALLOW: &[&str] = &["users", "targets", "shells"];
+const ALLOW: &[&str] = &["users", "groups", "targets", "shells"];
 const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab", "delegation"];
+const DIRECTORY: &[&str] = &["url", "starttls", "ca_file", "bind_dn", "bind_password_file"];
 
 /// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the
 /// table shapes are known to be right.
@@ -266,6 +290,7 @@ pub(super) fn unknown_keys(loc: &Locator<'_>, src: &str) -> Vec<ConfigError> {
     check(&inv.limits, "limits", LIMITS);
     check(&inv.metrics, "metrics", METRICS);
     check(&inv.kerberos, "kerberos", KERBEROS);
+    check(&inv.directory, "directory", DIRECTORY);
     for (i, t) in inv.target.iter().enumerate() {
         check(t, &format!("target[{i}]"), TARGET);
     }

@@ -8,13 +8,15 @@ use super::raw;
 use super::targets::realm_for_targets;
 use super::validate::{Listeners, Validator};
 use super::{
-    AuditConfig, AuditOnFailure, Delegation, AuthConfig, Config, KerberosConfig, LimitsConfig, ListenConfig, MetricsConfig,
-    SessionConfig, SyslogTarget, DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS,
+    AuditConfig, AuditOnFailure, AuthConfig, Config, Delegation, KerberosConfig, LimitsConfig, ListenConfig,
+    MetricsConfig, SessionConfig, SyslogTarget, DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS,
     DEFAULT_TRANSCRIPT_MAX_BYTES,
 };
+use crate::directory::DirectoryConfig;
 use crate::identity::Domain;
 use crate::kerberos::kdc::{KdcProtocol, KdcUrl};
 use crate::policy::{self, Policy};
+use crate::resolve::TlsTrust;
 
 const MIN_ENVELOPE_SIZE: i64 = 8 * 1024;
 const MAX_ENVELOPE_SIZE: i64 = 100 * 1024 * 1024;
@@ -49,12 +51,24 @@ impl Validator<'_> {
         }
 
         let domain = kerberos.as_ref().map(|k| k.domain.clone());
-        let rules = raw
+        let directory_at = raw
+            .directory
+            .as_ref()
+            .map(|_| self.loc.header_offset("directory", None));
+        let directory = raw.directory.and_then(|d| self.directory(d, defaults.connect_timeout));
+        let rules: Vec<policy::Rule> = raw
             .allow
             .into_iter()
             .enumerate()
-            .map(|(i, r)| self.allow_rule(i, r, domain.as_ref()))
+            .map(|(i, r)| self.allow_rule(i, r, domain.as_ref(), directory_at.is_some()))
             .collect();
+        if let (Some(at), None) = (directory_at, &kerberos) {
+            self.error(
+                at..at,
+                "directory",
+                "[directory] needs [kerberos] (realm, netbios): groups are looked up in the relay's domain",
+            );
+        }
 
         Some(Config {
             path: path.to_path_buf(),
@@ -68,6 +82,7 @@ impl Validator<'_> {
             targets,
             policy: Policy::new(rules, domain),
             kerberos,
+            directory,
         })
     }
 
@@ -341,11 +356,69 @@ impl Validator<'_> {
         })
     }
 
-    /// One `[[allow]]` rule, its user patterns keyed in the relay's `domain`.
-    fn allow_rule(&mut self, i: usize, r: raw::RawAllow, domain: Option<&Domain>) -> policy::Rule {
+    /// `[directory]`: LDAP URLs, TLS trust and the bind; lookups get the KDC
+    /// transport's timeouts (`[defaults] connect_timeout_secs`).
+    fn directory(&mut self, d: raw::RawDirectory, timeout: Duration) -> Option<DirectoryConfig> {
+        let at = self.loc.header_offset("directory", None);
+        let url_span = d.url.as_ref().map(|u| u.span());
+        let urls = self.list(d.url, "directory.url", at, parse_directory_url);
+        let starttls = self
+            .boolean(d.starttls, "directory.starttls")
+            .is_some_and(|b| *b.get_ref());
+        if let Some(span) = url_span {
+            // The bind sends a password: never over a connection TLS does not protect.
+            if urls.iter().any(|u| u.scheme() == "ldap") && !starttls {
+                self.error(
+                    span,
+                    "directory.url",
+                    "ldap:// would send the bind password in clear: use ldaps:// or set starttls = true",
+                );
+            }
+        }
+        let ca_file = self.string(d.ca_file, "directory.ca_file");
+        let ca_file = self.ca_file(ca_file, "directory.ca_file");
+        let tls = self.tls(TlsTrust::Roots(ca_file), at, "directory.ca_file")?;
+        let bind_dn = self.required(d.bind_dn, "directory.bind_dn", Some(at))?;
+        if bind_dn.get_ref().is_empty() {
+            self.error(bind_dn.span(), "directory.bind_dn", "must not be empty");
+        }
+        let password = self.required(d.bind_password_file, "directory.bind_password_file", Some(at))?;
+        let bind_password_file = self.secret_path(password, "directory.bind_password_file");
+        Some(DirectoryConfig {
+            urls,
+            starttls,
+            tls,
+            bind_dn: bind_dn.into_inner(),
+            bind_password_file,
+            connect_timeout: timeout,
+            reply_timeout: timeout,
+        })
+    }
+
+    /// One `[[allow]]` rule, its user patterns keyed in the relay's `domain`. It needs
+    /// `users` or `groups` (or both); `groups` need a `[directory]` to be looked up in.
+    fn allow_rule(&mut self, i: usize, r: raw::RawAllow, domain: Option<&Domain>, directory: bool) -> policy::Rule {
         let at = self.loc.header_offset("allow", Some(i));
         let key = |k: &str| format!("allow[{i}].{k}");
-        let users = self.list(r.users, &key("users"), at, |u| policy::parse_user(u, domain));
+        let groups = match r.groups {
+            Some(_) => {
+                let span = r.groups.as_ref().map(|g| g.span());
+                let groups = self.list(r.groups, &key("groups"), at, |g| policy::parse_group(g, domain));
+                if let (Some(span), false) = (span, directory) {
+                    self.error(
+                        span,
+                        key("groups"),
+                        "groups need a [directory] to look membership up in (url, bind_dn, bind_password_file)",
+                    );
+                }
+                groups
+            }
+            None => Vec::new(),
+        };
+        let users = match (&r.users, groups.is_empty()) {
+            (None, false) => Vec::new(),
+            _ => self.list(r.users, &key("users"), at, |u| policy::parse_user(u, domain)),
+        };
         let targets = self.list(r.targets, &key("targets"), at, policy::parse_target);
         let shells = match r.shells {
             Some(_) => self.list(r.shells, &key("shells"), at, policy::parse_shell),
@@ -354,8 +427,29 @@ impl Validator<'_> {
                 .filter_map(|s| policy::parse_shell(s).ok())
                 .collect(),
         };
-        policy::Rule::new(users, targets, shells)
+        policy::Rule::new(users, groups, targets, shells)
     }
+}
+
+/// A `[directory] url`: `ldap://host[:port]` or `ldaps://host[:port]`, nothing after the host.
+fn parse_directory_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?}: {e} (expected ldaps://dc1.example.com)"))?;
+    if !matches!(url.scheme(), "ldap" | "ldaps") {
+        return Err(format!("{text:?}: expected an ldap:// or ldaps:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{text:?}: no host"));
+    }
+    if !matches!(url.path(), "" | "/")
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+    {
+        return Err(format!(
+            "{text:?}: only scheme, host and port: the base DN comes from [kerberos] realm"
+        ));
+    }
+    Ok(url)
 }
 
 /// A realm as Kerberos spells an AD domain: its DNS name in upper case.

@@ -410,7 +410,7 @@ impl Validator<'_> {
 
     /// An optional `ca_file`, read and checked now so a bad file fails `check`, not the
     /// first session to that target.
-    fn ca_file(&mut self, v: Option<Spanned<String>>, key: &str) -> Option<CaFile> {
+    pub(super) fn ca_file(&mut self, v: Option<Spanned<String>>, key: &str) -> Option<CaFile> {
         let v = v?;
         if v.get_ref().is_empty() {
             self.error(v.span(), key, "must not be empty");
@@ -426,7 +426,7 @@ impl Validator<'_> {
     }
 
     /// The TLS configuration for `trust`, built once here; `at` and `key` place a failure.
-    fn tls(&mut self, trust: TlsTrust, at: usize, key: &str) -> Option<TargetTls> {
+    pub(super) fn tls(&mut self, trust: TlsTrust, at: usize, key: &str) -> Option<TargetTls> {
         match TargetTls::new(trust) {
             Ok(tls) => Some(tls),
             Err(e) => {

@@ -365,7 +365,7 @@ fn unknown_keys_are_all_reported_with_other_problems() {
     let e = Config::parse(Path::new("r.toml"), &top).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, metrics, target, allow, kerberos)"
+        "r.toml:1: verbose: unknown key (expected one of: listen, auth, audit, session, defaults, limits, metrics, target, allow, kerberos, directory)"
     );
 }
 
@@ -1473,4 +1473,43 @@ fn systemd_credentials_need_the_credentials_directory() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn groups_need_a_directory_and_the_directory_needs_tls_for_its_password() {
+    let dir = test_dir("directory-config");
+    let password = dir.join("bind.password");
+    std::fs::write(&password, "pw\n").unwrap();
+    let directory = |url: &str, extra: &str| {
+        format!(
+            "[directory]\nurl = [{url}]\nbind_dn = \"svc@lab.test\"\nbind_password_file = \"{}\"\n{extra}\n",
+            password.display()
+        )
+    };
+    let rule = "[[allow]]\ngroups = ['LAB\\WinRM-Operators', 'helpdesk@lab.test']\ntargets = [\"*\"]\n";
+    let c = parse(&format!(
+        "{KERBEROS}{}{rule}",
+        directory(
+            "\"ldaps://dc1.lab.test\", \"ldap://dc2.lab.test:3268\"",
+            "starttls = true"
+        )
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let d = c.directory.as_ref().expect("directory");
+    assert_eq!(d.urls.len(), 2);
+    assert!(d.starttls);
+    assert_eq!(d.connect_timeout, c.defaults.connect_timeout);
+    let names: Vec<String> = c.policy.groups().iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["LAB\\WinRM-Operators", "LAB\\helpdesk"]);
+
+    let e = errors(&format!("{KERBEROS}{rule}")).join("\n");
+    assert!(e.contains("allow[0].groups: groups need a [directory]"), "{e}");
+    let e = errors(&format!("{KERBEROS}{}{rule}", directory("\"ldap://dc1.lab.test\"", ""))).join("\n");
+    assert!(e.contains("ldap:// would send the bind password in clear"), "{e}");
+    let e = errors(&format!("{KERBEROS}{}{rule}", directory("\"http://dc1\"", ""))).join("\n");
+    assert!(e.contains("expected an ldap:// or ldaps:// URL"), "{e}");
+    let e = errors(&format!("{}{rule}", directory("\"ldaps://dc1\"", ""))).join("\n");
+    assert!(e.contains("[directory] needs [kerberos]"), "{e}");
+    let e = errors("[[allow]]\ntargets = [\"*\"]\n").join("\n");
+    assert!(e.contains("allow[0].users: required key is missing"), "{e}");
 }

@@ -1,13 +1,18 @@
 //! Deny-by-default access policy: `[[allow]]` rules decide which user may reach which
 //! target and open which shell (WS-Man resource URI).
 //!
-//! A rule matches when one of its `users` matches, its `targets` reach the target and, for
+//! A rule matches when one of its `users` matches or the caller is in one of its `groups`,
+//! its `targets` reach the target and, for
 //! requests that carry a resource URI, one of its `shells` matches. Rules only ever grant;
 //! nothing matches means deny, with a reason an operator can act on.
 //!
 //! - users: globs on a principal's key (`domain\user`, case-insensitive; `user@DOMAIN` is
 //!   rewritten, and the relay's realm is its NetBIOS name, see [`Principal::key`]), so a rule
 //!   matches however the caller spelled the name.
+//! - groups: Active Directory groups of the relay's domain (`LAB\WinRM-Operators`,
+//!   `WinRM-Operators@lab.test`, any case), matched against the caller's [`Groups`] as the
+//!   directory gave them at logon. When the directory could not be asked, group rules
+//!   cannot grant and a denial says why; user rules are unaffected.
 //! - targets (case-insensitive):
 //!   - a glob (`web*`, `*`) matches configured `[[target]]` aliases only, so that a caller
 //!     cannot type any host that happens to match (`web.attacker.example`) and use the
@@ -30,7 +35,7 @@ use std::net::IpAddr;
 use glob::{MatchOptions, Pattern};
 use ipnet::IpNet;
 
-use crate::identity::{Domain, Principal, PrincipalKey};
+use crate::identity::{Domain, Groups, Principal, PrincipalKey};
 use crate::resolve::host::validate_hostname;
 use crate::resolve::ResolvedTarget;
 
@@ -48,9 +53,11 @@ const MATCH: MatchOptions = MatchOptions {
 /// Outcome of [`Policy::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Granted by `[[allow]]` number `rule` (0-based, file order).
+    /// Granted by `[[allow]]` number `rule` (0-based, file order), through the caller's
+    /// membership of `group` when the rule granted by a group rather than by a user.
     Allow {
         rule: usize,
+        group: Option<String>,
     },
     Deny {
         reason: String,
@@ -60,6 +67,25 @@ pub enum Decision {
 impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allow { .. })
+    }
+}
+
+/// Who asks, for [`Policy::decide`]: the name as logged on and the groups found at logon.
+/// A bare name (`"LAB\\alice".into()`) has no groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub user: &'a str,
+    pub groups: &'a Groups,
+}
+
+static NO_GROUPS: Groups = Groups::NotNeeded;
+
+impl<'a> From<&'a str> for Caller<'a> {
+    fn from(user: &'a str) -> Caller<'a> {
+        Caller {
+            user,
+            groups: &NO_GROUPS,
+        }
     }
 }
 
@@ -76,13 +102,20 @@ pub struct Policy {
 #[derive(Debug, Clone)]
 pub struct Rule {
     users: Vec<Pattern>,
+    /// Groups of the relay's domain, in canonical form (`LAB\WinRM-Operators`).
+    groups: Vec<Principal>,
     names: Vec<NameMatcher>,
     networks: Vec<IpNet>,
     shells: Vec<ShellMatcher>,
 }
 
 impl Rule {
-    pub(crate) fn new(users: Vec<Pattern>, targets: Vec<TargetMatcher>, shells: Vec<ShellMatcher>) -> Rule {
+    pub(crate) fn new(
+        users: Vec<Pattern>,
+        groups: Vec<Principal>,
+        targets: Vec<TargetMatcher>,
+        shells: Vec<ShellMatcher>,
+    ) -> Rule {
         let mut names = Vec::new();
         let mut networks = Vec::new();
         for target in targets {
@@ -93,14 +126,20 @@ impl Rule {
         }
         Rule {
             users,
+            groups,
             names,
             networks,
             shells,
         }
     }
 
-    fn matches_user(&self, user: &PrincipalKey) -> bool {
-        self.users.iter().any(|p| p.matches_with(user.as_str(), MATCH))
+    /// Whether the rule applies to this caller: `Some(None)` by a user pattern,
+    /// `Some(Some(group))` through a group the caller is in, `None` not at all.
+    fn grants(&self, user: &PrincipalKey, groups: &Groups, domain: Option<&Domain>) -> Option<Option<&Principal>> {
+        if self.users.iter().any(|p| p.matches_with(user.as_str(), MATCH)) {
+            return Some(None);
+        }
+        self.groups.iter().find(|g| groups.contains(g, domain)).map(Some)
     }
 
     fn reaches(&self, target: &ResolvedTarget, addresses: &[IpAddr]) -> bool {
@@ -216,6 +255,41 @@ pub(crate) fn parse_user(entry: &str, domain: Option<&Domain>) -> Result<Pattern
     compile_glob(Principal::parse(entry).key(domain).as_str())
 }
 
+/// Parses one `groups` entry: a group of the relay's `domain`, `LAB\Group` or
+/// `Group@lab.test`, kept in canonical form. Group names are matched exactly: no globs.
+pub(crate) fn parse_group(entry: &str, domain: Option<&Domain>) -> Result<Principal, String> {
+    let Some(domain) = domain else {
+        return Err(format!(
+            "group {entry:?}: groups are looked up in the relay's domain: configure [kerberos] (realm) and [directory]"
+        ));
+    };
+    let group = Principal::parse(entry);
+    if !entry.contains(['\\', '@']) {
+        return Err(format!(
+            "group {entry:?} has no domain: write {}\\{entry} or {entry}@{}",
+            domain.netbios,
+            domain.realm.to_ascii_lowercase()
+        ));
+    }
+    if !domain.is_named(group.domain()) {
+        return Err(format!(
+            "group {entry:?} is not in the relay's domain ({} or {}): only its directory is asked",
+            domain.netbios, domain.realm
+        ));
+    }
+    let name = group.user();
+    if name.is_empty()
+        || name.contains([
+            '*', '?', '[', ']', '\\', '/', '"', ':', ';', '|', '=', ',', '+', '<', '>',
+        ])
+    {
+        return Err(format!(
+            "group {entry:?}: {name:?} is not a group name (groups are matched exactly, without globs)"
+        ));
+    }
+    Ok(group.canonical(Some(domain)))
+}
+
 /// Parses one `targets` entry: CIDR, IP literal, `*.domain`, alias glob or exact name.
 pub(crate) fn parse_target(entry: &str) -> Result<TargetMatcher, String> {
     if entry.is_empty() {
@@ -296,14 +370,26 @@ impl Policy {
         self.rules.len()
     }
 
+    /// Every group some rule names, once each, in file order: what a logon looks up.
+    pub fn groups(&self) -> Vec<Principal> {
+        let mut out: Vec<Principal> = Vec::new();
+        for group in self.rules.iter().flat_map(|r| &r.groups) {
+            if !out.contains(group) {
+                out.push(group.clone());
+            }
+        }
+        out
+    }
+
     /// Whether some rule could let `user` reach `target` once its addresses are known:
     /// one that names it, or one with networks. When not, the request can be denied
     /// without a lookup, so a user no rule could grant cannot make the relay resolve names.
-    pub fn may_reach(&self, user: &str, target: &ResolvedTarget) -> bool {
-        let user = Principal::parse(user).key(self.domain.as_ref());
+    pub fn may_reach<'a>(&self, caller: impl Into<Caller<'a>>, target: &ResolvedTarget) -> bool {
+        let caller = caller.into();
+        let user = Principal::parse(caller.user).key(self.domain.as_ref());
         self.rules
             .iter()
-            .filter(|r| r.matches_user(&user))
+            .filter(|r| r.grants(&user, caller.groups, self.domain.as_ref()).is_some())
             .any(|r| !r.networks.is_empty() || r.names.iter().any(|n| n.matches(target)))
     }
 
@@ -314,22 +400,30 @@ impl Policy {
     ///
     /// `resource_uri` is the request's WS-Man ResourceURI; `None` (e.g. Identify) is allowed
     /// as soon as some rule lets the user reach the target.
-    pub fn decide(
+    pub fn decide<'a>(
         &self,
-        user: &str,
+        caller: impl Into<Caller<'a>>,
         target: &ResolvedTarget,
         addresses: &[IpAddr],
         resource_uri: Option<&str>,
     ) -> Decision {
-        let user = Principal::parse(user);
-        let key = user.key(self.domain.as_ref());
-        let reachable: Vec<(usize, &Rule)> = self
+        let caller = caller.into();
+        let domain = self.domain.as_ref();
+        let user = Principal::parse(caller.user);
+        let key = user.key(domain);
+        let reachable: Vec<(usize, &Rule, Option<&Principal>)> = self
             .rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.matches_user(&key) && r.reaches(target, addresses))
+            .filter_map(|(i, r)| Some((i, r, r.grants(&key, caller.groups, domain)?)))
+            .filter(|(_, r, _)| r.reaches(target, addresses))
             .collect();
-        let Some(&(first, _)) = reachable.first() else {
+        let allow = |rule: usize, group: Option<&Principal>| Decision::Allow {
+            rule,
+            group: group.map(ToString::to_string),
+        };
+        let Some(&(first, _, first_group)) = reachable.first() else {
+            let unchecked = self.unchecked_groups(caller.groups, target, addresses);
             let hint = if target.alias.is_none() {
                 "; a host that is not a [[target]] is reached only by a rule that names it exactly, \
                  its domain (*.example.com) or its network (CIDR)"
@@ -338,21 +432,24 @@ impl Policy {
             };
             return Decision::Deny {
                 reason: format!(
-                    "no [[allow]] rule lets {user} reach target {}{hint}",
+                    "no [[allow]] rule lets {user} reach target {}{unchecked}{hint}",
                     describe(target, addresses)
                 ),
             };
         };
         let Some(uri) = resource_uri else {
-            return Decision::Allow { rule: first };
+            return allow(first, first_group);
         };
-        if let Some(&(rule, _)) = reachable.iter().find(|(_, r)| r.shells.iter().any(|s| s.matches(uri))) {
-            return Decision::Allow { rule };
+        if let Some(&(rule, _, group)) = reachable
+            .iter()
+            .find(|(_, r, _)| r.shells.iter().any(|s| s.matches(uri)))
+        {
+            return allow(rule, group);
         }
         let mut allowed: Vec<&str> = Vec::new();
         for label in reachable
             .iter()
-            .flat_map(|(_, r)| r.shells.iter().map(|s| s.entry.as_str()))
+            .flat_map(|(_, r, _)| r.shells.iter().map(|s| s.entry.as_str()))
         {
             if !allowed.iter().any(|a| a.eq_ignore_ascii_case(label)) {
                 allowed.push(label);
@@ -374,6 +471,33 @@ impl Policy {
                 describe(target, &[])
             ),
         }
+    }
+}
+
+impl Policy {
+    /// When the directory could not be asked, the rules that would have reached the target
+    /// had the caller been in their groups: said in the denial, with the directory's error.
+    fn unchecked_groups(&self, groups: &Groups, target: &ResolvedTarget, addresses: &[IpAddr]) -> String {
+        let Groups::Unavailable(why) = groups else {
+            return String::new();
+        };
+        let rules: Vec<String> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.groups.is_empty() && r.reaches(target, addresses))
+            .map(|(i, r)| {
+                let names: Vec<String> = r.groups.iter().map(ToString::to_string).collect();
+                format!("rule {i} (groups {})", names.join(", "))
+            })
+            .collect();
+        if rules.is_empty() {
+            return String::new();
+        }
+        format!(
+            "; group membership could not be checked for {}: {why}",
+            rules.join(", ")
+        )
     }
 }
 
@@ -438,6 +562,7 @@ mod tests {
     fn rule(users: &[&str], targets: &[&str], shells: &[&str]) -> Rule {
         Rule::new(
             users.iter().map(|u| parse_user(u, None).unwrap()).collect(),
+            Vec::new(),
             targets.iter().map(|t| parse_target(t).unwrap()).collect(),
             shells.iter().map(|s| parse_shell(s).unwrap()).collect(),
         )
@@ -475,13 +600,16 @@ mod tests {
         let web01 = target("WEB01");
         assert_eq!(
             p.decide("LAB\\alice", &web01, &[], Some(CMD_URI)),
-            Decision::Allow { rule: 0 }
+            Decision::Allow { rule: 0, group: None }
         );
         assert_eq!(
             p.decide("lab\\OPS-7", &web01, &[], Some(&ps("Microsoft.PowerShell"))),
-            Decision::Allow { rule: 0 }
+            Decision::Allow { rule: 0, group: None }
         );
-        assert_eq!(p.decide("alice@LAB", &web01, &[], None), Decision::Allow { rule: 0 });
+        assert_eq!(
+            p.decide("alice@LAB", &web01, &[], None),
+            Decision::Allow { rule: 0, group: None }
+        );
     }
 
     #[test]
@@ -574,12 +702,15 @@ mod tests {
         let p = policy();
         let alice = |t: &ResolvedTarget, addresses: &[&str]| p.decide("LAB\\alice", t, &ips(addresses), None);
         let literal = target("10.1.2.3:5986");
-        assert_eq!(alice(&literal, &["10.1.2.3"]), Decision::Allow { rule: 1 });
+        assert_eq!(alice(&literal, &["10.1.2.3"]), Decision::Allow { rule: 1, group: None });
         assert!(!alice(&target("10.2.0.1"), &["10.2.0.1"]).is_allowed());
         // A host name is judged by what it resolved to, not by its name.
         let app = target("app.example.net");
-        assert_eq!(alice(&app, &["10.1.0.9"]), Decision::Allow { rule: 1 });
-        assert_eq!(alice(&app, &["::ffff:10.1.0.9"]), Decision::Allow { rule: 1 });
+        assert_eq!(alice(&app, &["10.1.0.9"]), Decision::Allow { rule: 1, group: None });
+        assert_eq!(
+            alice(&app, &["::ffff:10.1.0.9"]),
+            Decision::Allow { rule: 1, group: None }
+        );
         assert!(!alice(&app, &["10.2.0.9"]).is_allowed());
         // One address outside is enough to refuse: the relay may connect to any of them.
         let Decision::Deny { reason } = alice(&app, &["10.1.0.9", "192.0.2.1"]) else {
@@ -683,12 +814,19 @@ mod tests {
             vec![
                 Rule::new(
                     users(&["alice@LAB.TEST"]),
+                    Vec::new(),
                     vec![parse_target("web01").unwrap()],
                     Vec::new(),
                 ),
-                Rule::new(users(&["LAB\\bob"]), vec![parse_target("web02").unwrap()], Vec::new()),
+                Rule::new(
+                    users(&["LAB\\bob"]),
+                    Vec::new(),
+                    vec![parse_target("web02").unwrap()],
+                    Vec::new(),
+                ),
                 Rule::new(
                     users(&["lab.test\\ops-*"]),
+                    Vec::new(),
                     vec![parse_target("db01").unwrap()],
                     Vec::new(),
                 ),
@@ -735,5 +873,108 @@ mod tests {
         assert!(parse_shell("powershell/").is_err());
         assert!(parse_shell("http://").is_err());
         assert!(parse_shell("PowerShell/Microsoft.*").is_ok());
+    }
+
+    #[test]
+    fn group_rules_grant_members_name_the_group_and_fail_closed_without_the_directory() {
+        let lab = Domain {
+            realm: "LAB.TEST".into(),
+            netbios: "LAB".into(),
+        };
+        let ops = parse_group("LAB\\WinRM-Operators", Some(&lab)).unwrap();
+        let p = Policy::new(
+            vec![
+                Rule::new(
+                    Vec::new(),
+                    vec![ops.clone()],
+                    vec![parse_target("web*").unwrap()],
+                    vec![parse_shell("cmd").unwrap()],
+                ),
+                Rule::new(
+                    vec![parse_user("LAB\\carol", Some(&lab)).unwrap()],
+                    Vec::new(),
+                    vec![parse_target("web02").unwrap()],
+                    vec![parse_shell("cmd").unwrap()],
+                ),
+            ],
+            Some(lab.clone()),
+        );
+        assert_eq!(p.groups(), vec![ops.clone()]);
+        let web01 = target("web01");
+        // Any spelling of the group in the caller's membership is the rule's group.
+        let member = Groups::Known(vec![Principal::parse("winrm-operators@lab.test")]);
+        let alice = Caller {
+            user: "LAB\\alice",
+            groups: &member,
+        };
+        assert!(p.may_reach(alice, &web01));
+        assert_eq!(
+            p.decide(alice, &web01, &[], Some(CMD_URI)),
+            Decision::Allow {
+                rule: 0,
+                group: Some("LAB\\WinRM-Operators".into())
+            }
+        );
+        let none = Groups::Known(Vec::new());
+        let bob = Caller {
+            user: "LAB\\bob",
+            groups: &none,
+        };
+        assert!(!p.may_reach(bob, &web01));
+        let Decision::Deny { reason } = p.decide(bob, &web01, &[], None) else {
+            panic!("bob allowed")
+        };
+        assert!(!reason.contains("directory"), "{reason}");
+        // The directory down: the group rule cannot grant and says why; the user rule still does.
+        let down = Groups::Unavailable("directory unreachable: ldaps://dc1: connect: refused".into());
+        let unknown = Caller {
+            user: "LAB\\alice",
+            groups: &down,
+        };
+        let Decision::Deny { reason } = p.decide(unknown, &web01, &[], None) else {
+            panic!("allowed without the directory")
+        };
+        assert!(
+            reason.contains("rule 0 (groups LAB\\WinRM-Operators)") && reason.contains("ldaps://dc1: connect: refused"),
+            "{reason}"
+        );
+        let carol = Caller {
+            user: "LAB\\carol",
+            groups: &down,
+        };
+        assert_eq!(
+            p.decide(carol, &target("web02"), &[], Some(CMD_URI)),
+            Decision::Allow { rule: 1, group: None }
+        );
+    }
+
+    #[test]
+    fn group_names_are_of_the_relays_domain_and_exact() {
+        let lab = Domain {
+            realm: "LAB.TEST".into(),
+            netbios: "LAB".into(),
+        };
+        for ok in [
+            "LAB\\WinRM-Operators",
+            "winrm-operators@lab.test",
+            "lab.test\\Helpdesk",
+            "Domain Admins@LAB",
+        ] {
+            assert!(parse_group(ok, Some(&lab)).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            parse_group("winrm-operators@LAB.TEST", Some(&lab)).unwrap().to_string(),
+            "LAB\\winrm-operators"
+        );
+        for (bad, says) in [
+            ("WinRM-Operators", "has no domain"),
+            ("OTHER\\Ops", "not in the relay's domain"),
+            ("LAB\\Ops*", "without globs"),
+            ("LAB\\", "not a group name"),
+        ] {
+            let err = parse_group(bad, Some(&lab)).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(parse_group("LAB\\Ops", None).unwrap_err().contains("[directory]"));
     }
 }

@@ -113,7 +113,11 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
     let method = exchange.acceptor.mechanism().map(credssp_method);
     match step {
         Step::Continue(out) => Logon::Continue(reply::credssp_401(&out)),
-        Step::Authenticated { credentials, channel } => {
+        Step::Authenticated {
+            credentials,
+            channel,
+            pac_groups,
+        } => {
             // The exchange is over whatever follows: a refusal below must not leave it to the next token.
             session.abandon_credssp();
             let method = method.unwrap_or(AuthMethod::Ntlm);
@@ -122,6 +126,7 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
                 channel: Some(channel),
                 wrap: None,
                 method,
+                pac_groups,
             };
             match session.begin(shared, logon).await {
                 Ok(active) => Logon::Active(active),
@@ -204,6 +209,7 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
         channel: None,
         wrap: None,
         method: AuthMethod::Basic,
+        pac_groups: None,
     };
     match session.begin(shared, logon).await {
         Ok(active) => Logon::Active(active),

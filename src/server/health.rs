@@ -1,6 +1,6 @@
 //! The `[metrics] listen` endpoint: `/metrics` (Prometheus), `/healthz` (the process
 //! answers) and `/readyz` (it can serve: listeners up, audit log writable, a KDC
-//! reachable in domain mode). Plain HTTP
+//! reachable in domain mode, the `[directory]` answering when rules name groups). Plain HTTP
 //! without authentication, so bind it where only the monitoring can reach it; it holds no
 //! user names or secrets.
 
@@ -100,7 +100,31 @@ fn not_ready(shared: &Shared) -> Vec<String> {
     if let Some(problem) = shared.kdc_problem.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         problems.push(problem);
     }
+    let config = shared.config();
+    if config.directory.is_some() && !config.policy.groups().is_empty() {
+        if let Some(problem) = shared.directory.problem() {
+            problems.push(format!("group rules cannot be checked: {problem}"));
+        }
+    }
     problems
+}
+
+/// With a `[directory]` that rules need, keep its state current for `/readyz` between
+/// logons (each logon's lookup updates it too), as [`watch_kdcs`] does for the KDCs.
+pub(crate) async fn watch_directory(shared: Arc<Shared>) {
+    loop {
+        let config = shared.config();
+        if let Some(directory) = config.directory.as_ref().filter(|_| !config.policy.groups().is_empty()) {
+            tokio::select! {
+                _ = shared.stop.cancelled() => return,
+                _ = shared.directory.probe(directory) => {}
+            }
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tokio::time::sleep(KDC_PROBE_INTERVAL) => {}
+        }
+    }
 }
 
 /// How often the KDCs are probed for `/readyz`.

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::refusal::Refusal;
 use super::reply;
 use super::session::{self, Session};
-use super::{Shared, ServerError};
+use super::{ServerError, Shared};
 use crate::audit::AuthMethod;
 use crate::certs::RelayCert;
 use crate::config::{Config, Delegation};
@@ -39,7 +39,11 @@ impl ConstrainedLogons {
     /// `None` unless `[kerberos] delegation = "constrained"`; an error when the keytab
     /// has no account principal to delegate with.
     pub(crate) fn load(config: &Config, cert: &RelayCert) -> Result<Option<ConstrainedLogons>, ServerError> {
-        let Some(kerberos) = config.kerberos.as_ref().filter(|k| k.delegation == Delegation::Constrained) else {
+        let Some(kerberos) = config
+            .kerberos
+            .as_ref()
+            .filter(|k| k.delegation == Delegation::Constrained)
+        else {
             return Ok(None);
         };
         let Some(path) = kerberos.keytab.as_ref() else {
@@ -112,12 +116,14 @@ pub(crate) async fn logon<'a>(
         keys,
     } = accepted;
     let principal = Principal::parse(&client.display());
+    let pac_groups = client.pac_groups;
     let header = crate::proto::http_auth::format_scheme_token(scheme, &answer);
     let logon = session::Logon {
         credentials: DelegatedCredentials::constrained(principal, evidence, logons.account.clone()),
         channel: None,
         wrap: Some(Box::new(keys)),
         method: AuthMethod::Kerberos,
+        pac_groups,
     };
     match session.begin(shared, logon).await {
         Ok(active) => Logon::ActiveAnswering(active, header),

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub listening: AtomicBool,
     /// In domain mode, why no KDC can be reached (for `/readyz`); `None` when one can.
     pub kdc_problem: std::sync::Mutex<Option<String>>,
+    /// The `[directory]`'s group SIDs and whether it answered last time (for `/readyz`).
+    pub directory: crate::directory::Directory,
     pub lockout: limits::Lockout,
     /// Plain Kerberos logons, with `[kerberos] delegation = "constrained"` (as started:
     /// a reload does not change them).
@@ -196,6 +198,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
         accepting.spawn(health::serve(listener, shared.clone()));
         accepting.spawn(health::watch_kdcs(shared.clone()));
+        accepting.spawn(health::watch_directory(shared.clone()));
     }
     accepting.spawn(refusal::summarize(shared.clone()));
     accepting.close();
@@ -273,6 +276,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         metrics,
         listening: AtomicBool::new(false),
         kdc_problem: std::sync::Mutex::new(None),
+        directory: crate::directory::Directory::default(),
         lockout,
         constrained,
         quotas,

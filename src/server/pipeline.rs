@@ -27,7 +27,7 @@ use crate::audit::transcript::Exchange;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::Config;
 use crate::metrics::RequestSample;
-use crate::policy::Decision;
+use crate::policy::{Caller, Decision};
 use crate::proto::sealing::{self, SealProtocol};
 use crate::proto::wsman::{self, FaultKind, RequestInfo, ResponseInfo};
 use crate::resolve::ResolvedTarget;
@@ -146,11 +146,20 @@ fn unseal(session: &mut ActiveSession<'_>, sealed: Option<SealProtocol>, body: &
 }
 
 /// Answer in kind: sealed when the request was.
-fn answer(session: &mut ActiveSession<'_>, sealed: Option<SealProtocol>, status: StatusCode, xml: &[u8]) -> HttpResponse {
+fn answer(
+    session: &mut ActiveSession<'_>,
+    sealed: Option<SealProtocol>,
+    status: StatusCode,
+    xml: &[u8],
+) -> HttpResponse {
     let Some(protocol) = sealed else {
         return reply::soap(status, xml.to_vec());
     };
-    let sealed = match (protocol, session.active.channel.as_deref_mut(), session.active.wrap.as_deref_mut()) {
+    let sealed = match (
+        protocol,
+        session.active.channel.as_deref_mut(),
+        session.active.wrap.as_deref_mut(),
+    ) {
         (SealProtocol::CredSsp, Some(channel), _) => channel.seal(xml).map_err(|e| e.to_string()),
         (SealProtocol::Spnego, _, Some(keys)) => keys.seal(xml).map(|part| vec![part]).map_err(|e| e.to_string()),
         // unseal refused such a request already: nothing to seal with.
@@ -184,7 +193,7 @@ async fn forward(
     check_audit(shared).map_err(refused)?;
     let config = shared.config();
     let target = resolve(&config, route, &mut audit.event).map_err(refused)?;
-    let addresses = authorize(session, &config, shared, &target, &info)
+    let addresses = authorize(session, &config, shared, &target, &info, &mut audit.event)
         .await
         .map_err(refused)?;
     check_shell_owner(session, &info, &target).map_err(refused)?;
@@ -273,10 +282,14 @@ async fn authorize(
     shared: &Shared,
     target: &ResolvedTarget,
     info: &RequestInfo,
+    event: &mut AuditEvent,
 ) -> Result<Vec<IpAddr>, Refusal> {
     let policy = &config.policy;
-    let user = session.active.principal.as_str();
-    let addresses = if policy.may_reach(user, target) {
+    let caller = Caller {
+        user: session.active.principal.as_str(),
+        groups: &session.active.groups,
+    };
+    let addresses = if policy.may_reach(caller, target) {
         match session.active.targets.live_peer(&target.name) {
             Some(peer) => vec![peer],
             None => upstream::lookup_addresses(target)
@@ -286,8 +299,12 @@ async fn authorize(
     } else {
         Vec::new()
     };
-    match policy.decide(user, target, &addresses, info.resource_uri.as_deref()) {
-        Decision::Allow { .. } => Ok(addresses),
+    match policy.decide(caller, target, &addresses, info.resource_uri.as_deref()) {
+        Decision::Allow { rule, group } => {
+            event.rule = Some(rule);
+            event.group = group;
+            Ok(addresses)
+        }
         Decision::Deny { reason } => {
             tracing::info!(target = %target.name, %reason, "request denied");
             Err(Refusal::fault(FaultKind::AccessDenied, reason, AuditKind::Denied))

@@ -19,9 +19,10 @@ use super::Shared;
 use crate::audit::transcript::Transcript;
 use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
+use crate::identity::{Groups, Principal, Sid};
 use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
-use crate::upstream::Pool;
 use crate::proto::kerberos::wrap::WrapKeys;
+use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
 
 /// Whole cleanup at session end: deleting the shells left open, in parallel.
@@ -83,6 +84,9 @@ pub(crate) struct Active {
     /// The principal in its canonical form (the relay's domain by its NetBIOS
     /// name): what the per-user quotas count under.
     pub counted: String,
+    /// The directory groups the rules name that the caller was in at logon: held for
+    /// the session (`session.max_lifetime_secs` bounds how long a change waits).
+    pub groups: Groups,
     pub method: AuthMethod,
     /// CredSSP's TLS channel, for session encryption; `None` for Basic.
     pub channel: Option<Box<SecureChannel>>,
@@ -120,6 +124,8 @@ pub(crate) struct Logon {
     pub channel: Option<Box<SecureChannel>>,
     pub wrap: Option<Box<WrapKeys>>,
     pub method: AuthMethod,
+    /// A Kerberos logon's group SIDs from its ticket's PAC, when it had one.
+    pub pac_groups: Option<Vec<Sid>>,
 }
 
 /// When a session must end if nothing else ends it first, and why.
@@ -312,6 +318,8 @@ impl Session {
             Ok(slot) => slot,
             Err(quota) => return Err(Refusal::quota(&quota).by(principal, logon.method)),
         };
+        // Boxed: a connection's state need not carry the lookup's.
+        let groups = Box::pin(membership(shared, who, logon.pac_groups.as_deref())).await;
         let admit = || users_file_agrees(shared, &logon.credentials, logon.method);
         let ender = self.link.ender.clone();
         if let Err(reason) = shared
@@ -340,6 +348,7 @@ impl Session {
         let active = Box::new(Active {
             principal,
             counted,
+            groups,
             method: logon.method,
             channel: logon.channel,
             wrap: logon.wrap,
@@ -350,9 +359,13 @@ impl Session {
             transcript,
             started: now,
         });
-        shared
-            .audit
-            .emit(&self.link.event(AuditKind::SessionStart, Some(&active)));
+        let mut started = self.link.event(AuditKind::SessionStart, Some(&active));
+        match &active.groups {
+            Groups::NotNeeded => {}
+            Groups::Known(groups) => started.groups = Some(groups.iter().map(ToString::to_string).collect()),
+            Groups::Unavailable(why) => started.reason = Some(format!("group membership unknown: {why}")),
+        }
+        shared.audit.emit(&started);
         self.phase = Phase::Active(active);
         self.active()
             .ok_or_else(|| Refusal::relay_fault("the session did not become active"))
@@ -413,6 +426,25 @@ impl Session {
         });
         Ok(())
     }
+}
+
+/// The groups the rules name that `who` belongs to, at logon: from the PAC's SIDs when
+/// there is one, else from the directory. Without a `[directory]` or a rule naming a
+/// group, nothing is asked.
+async fn membership(shared: &Shared, who: &Principal, pac: Option<&[Sid]>) -> Groups {
+    let config = shared.config();
+    let (Some(directory), Some(kerberos)) = (&config.directory, &config.kerberos) else {
+        return Groups::NotNeeded;
+    };
+    let wanted = config.policy.groups();
+    let groups = shared
+        .directory
+        .membership(directory, &kerberos.domain, who, &wanted, pac)
+        .await;
+    if let Groups::Unavailable(why) = &groups {
+        tracing::warn!(reason = %why, "group membership unknown: group rules will not grant this session");
+    }
+    groups
 }
 
 /// A logon is decided against the users in force when it completes: a reload
@@ -500,6 +532,7 @@ mod tests {
             wrap: None,
             principal: "LAB\\alice".into(),
             counted: "LAB\\alice".into(),
+            groups: Groups::NotNeeded,
             method: AuthMethod::Ntlm,
             channel: None,
             credentials: DelegatedCredentials::new("LAB", "alice", SecretString::from("pw")),

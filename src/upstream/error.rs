@@ -12,9 +12,9 @@ use crate::kerberos::kdc::KdcError;
 use crate::proto::credssp::CredSspError;
 use crate::proto::http_auth::HttpAuthError;
 use crate::proto::kerberos::client::KerberosError;
+use crate::proto::kerberos::refusal::KdcRefusal;
 use crate::proto::kerberos::s4u::S4uError;
 use crate::proto::kerberos::ticket_context::TicketContextError;
-use crate::proto::kerberos::refusal::KdcRefusal;
 use crate::proto::sealing::{SealProtocol, SealingError};
 use crate::proto::wsman::FaultKind;
 

@@ -35,7 +35,7 @@ pub use users::{hashes_equal, nt_hash, verify_password, LogonRefusal};
 
 use super::guard::contain_panic;
 use super::kerberos::service_ticket::{ticket_client, TicketClient};
-use crate::identity::{Domain, Principal, PrincipalKey, UserEntry};
+use crate::identity::{Domain, Principal, PrincipalKey, Sid, UserEntry};
 use crate::vault::DelegatedCredentials;
 use users::{principal_of, Claim, UsersProxy};
 
@@ -127,6 +127,8 @@ pub enum Step {
     Authenticated {
         credentials: DelegatedCredentials,
         channel: Box<SecureChannel>,
+        /// A Kerberos logon's group SIDs, from its ticket's PAC (see [`TicketClient`]).
+        pac_groups: Option<Vec<Sid>>,
     },
     /// Authentication failed: `401`, with this token (a TLS-wrapped TSRequest
     /// carrying an errorCode) when there is one. The errorCode is always
@@ -272,9 +274,11 @@ impl Acceptor {
                 let State::Negotiating { tls, .. } = std::mem::replace(&mut self.state, State::Done) else {
                     return Err((CredSspError::AlreadyFailed, None));
                 };
+                let pac_groups = self.seen.ticket_client.as_mut().and_then(|t| t.pac_groups.take());
                 Ok(Step::Authenticated {
                     credentials,
                     channel: Box::new(SecureChannel::new(*tls)),
+                    pac_groups,
                 })
             }
             Err((error, Some(version))) => {

@@ -26,7 +26,7 @@ use picky_krb::messages::{ApRep, ApRepInner};
 use zeroize::Zeroizing;
 
 use super::s4u::{components, unsigned, Evidence};
-use super::service_ticket::{ap_req, open, ServiceKeyRef, TicketClient};
+use super::service_ticket::{ap_req, client_of, open, ServiceKeyRef, TicketClient};
 use super::tickets::{decode, system_time};
 use super::wrap::{Side, WrapError, WrapKeys};
 use crate::proto::credssp::{classify_first_token, InnerMechanism};
@@ -157,10 +157,7 @@ fn accept_checked(
     let (_, part) = open(&ticket, keys).ok_or(AcceptError::NoKey(service))?;
     let suite = suite_of(&part.0.key.0.key_type.0).ok_or(AcceptError::BadAuthenticator)?;
     let session_key = Zeroizing::new(part.0.key.0.key_value.0 .0.clone());
-    let client = TicketClient {
-        name: components(&part.0.cname.0),
-        realm: part.0.crealm.0 .0.to_string(),
-    };
+    let client = client_of(&part);
     let plain = suite
         .cipher()
         .decrypt(

@@ -4,7 +4,7 @@
 //! client name: a ticket for `bob/eve@LAB.TEST` (a principal eve controls)
 //! passes as `bob`. The relay decrypts the ticket of the AP-REQ with its own
 //! service key and takes the whole name and realm, to compare with the
-//! delegated identity.
+//! delegated identity; and, from an Active Directory ticket, the PAC's group SIDs.
 
 use picky_krb::constants::key_usages::TICKET_REP;
 use picky_krb::crypto::CipherSuite;
@@ -13,7 +13,9 @@ use picky_krb::gss_api::{ApplicationTag0, GssApiNegInit, KrbMessage};
 use picky_krb::messages::ApReq;
 use zeroize::Zeroizing;
 
+use super::pac;
 use super::s4u::Evidence;
+use crate::identity::Sid;
 use crate::proto::guard::contain_panic;
 
 /// The client principal of a service ticket: every component, and its realm.
@@ -21,6 +23,10 @@ use crate::proto::guard::contain_panic;
 pub struct TicketClient {
     pub name: Vec<String>,
     pub realm: String,
+    /// The group SIDs of the ticket's PAC; `None` without a readable PAC (an MIT KDC
+    /// issues none). The KDC sealed them in the part only it and this service can
+    /// decrypt, so they are as trustworthy as the name.
+    pub pac_groups: Option<Vec<Sid>>,
 }
 
 impl TicketClient {
@@ -42,10 +48,23 @@ pub fn ticket_client(token: &[u8], keys: &[ServiceKeyRef<'_>]) -> Option<TicketC
 
 fn read(token: &[u8], keys: &[ServiceKeyRef<'_>]) -> Option<TicketClient> {
     let (_, part) = open(&ap_req(token)?.0.ticket.0, keys)?;
-    Some(TicketClient {
+    Some(client_of(&part))
+}
+
+/// Whom a decrypted ticket names, with its PAC's groups.
+pub(crate) fn client_of(part: &EncTicketPart) -> TicketClient {
+    let pac_groups = part
+        .0
+        .authorization_data
+        .0
+        .as_ref()
+        .and_then(|data| pac::find_pac(&data.0))
+        .and_then(|found| pac::group_sids(&found).ok());
+    TicketClient {
         name: components(&part.0.cname.0),
         realm: part.0.crealm.0.to_string(),
-    })
+        pac_groups,
+    }
 }
 
 /// The caller's service ticket in `token` (as [`ticket_client`] reads it) as the

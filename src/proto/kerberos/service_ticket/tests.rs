@@ -47,3 +47,44 @@ fn without_the_right_key_or_an_ap_req_there_is_no_client() {
         assert_eq!(ticket_client(garbage, &[(&other[..], key)]), None);
     }
 }
+
+const SAMBA_KEYTAB: &[u8] = include_bytes!("../fixtures/ticket/samba_relay.keytab");
+const SAMBA_DAVE: &[u8] = include_bytes!("../fixtures/ticket/samba_dave_krb5.bin");
+const SAMBA_BOB: &[u8] = include_bytes!("../fixtures/ticket/samba_bob_spnego.bin");
+const SAMBA_DOMAIN: &str = "S-1-5-21-3006577660-1872378886-2385389708";
+
+fn samba_client(token: &[u8]) -> Option<TicketClient> {
+    let entries = parse_keytab(SAMBA_KEYTAB).expect("keytab");
+    let (keys, _) = service_keys(&entries);
+    let keys: Vec<ServiceKeyRef<'_>> = keys
+        .iter()
+        .map(|k| (k.principal.components.as_slice(), k.entry.key.as_slice()))
+        .collect();
+    ticket_client(token, &keys)
+}
+
+#[test]
+fn an_active_directory_ticket_gives_the_pacs_groups_nested_ones_included() {
+    let dave = samba_client(SAMBA_DAVE).expect("the ticket decrypts with svc-relay's key");
+    assert_eq!(dave.display(), "dave@LAB.TEST");
+    let groups: Vec<String> = dave
+        .pac_groups
+        .expect("a PAC")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for rid in [513, 1108, 1109] {
+        let sid = format!("{SAMBA_DOMAIN}-{rid}");
+        assert!(groups.contains(&sid), "{sid} not in {groups:?}");
+    }
+    assert!(!groups.contains(&format!("{SAMBA_DOMAIN}-1110")), "{groups:?}");
+    let bob = samba_client(SAMBA_BOB).expect("SPNEGO too");
+    let groups: Vec<String> = bob.pac_groups.expect("a PAC").iter().map(ToString::to_string).collect();
+    assert!(groups.contains(&format!("{SAMBA_DOMAIN}-1110")), "{groups:?}");
+    assert!(!groups.contains(&format!("{SAMBA_DOMAIN}-1109")), "{groups:?}");
+}
+
+#[test]
+fn an_mit_ticket_has_no_pac() {
+    assert_eq!(client(ALICE).expect("decrypts").pac_groups, None);
+}
