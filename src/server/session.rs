@@ -153,6 +153,9 @@ impl Link {
             session: self.id.clone(),
             user: active.map(|a| a.principal.clone()),
             auth: active.map(|a| a.method),
+            delegation: active
+                .and_then(|a| a.credentials.constrained_delegation())
+                .map(|_| "constrained"),
             source: Some(self.source.to_string()),
             ..AuditEvent::default()
         }
@@ -395,6 +398,24 @@ impl Session {
         let mut event = self.link.event(AuditKind::SessionEnd, Some(&active));
         event.duration_ms = Some(active.started.elapsed().as_millis() as u64);
         event.reason = Some(reason.to_string());
+        if let Some(constrained) = active.credentials.constrained_delegation() {
+            let tickets = constrained.tickets();
+            let mut held: Vec<String> = tickets
+                .targets
+                .values()
+                .map(|t| {
+                    let start = t.start.map(crate::audit::format_time).unwrap_or_default();
+                    format!(
+                        "{} for {} from {start} to {}",
+                        t.service,
+                        t.client,
+                        crate::audit::format_time(t.end)
+                    )
+                })
+                .collect();
+            held.sort();
+            event.tickets = Some(held);
+        }
         // Bound into the chain by its hash, so that it cannot be altered unnoticed.
         if let Some(transcript) = active.transcript.take() {
             let sealed = transcript.finish(reason);
