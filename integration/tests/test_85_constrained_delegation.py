@@ -18,7 +18,7 @@ import pytest
 import harness
 import kerberos
 import samba_ad
-from helpers import double_records, err_text, run, user_is
+from helpers import double_records, err_text, user_is, wait_for
 
 RELAY_HOST = "127.0.0.170"
 RELAY_NAME = "relay.lab.test"
@@ -204,6 +204,46 @@ def test_ntlm_in_negotiate_is_refused_because_it_cannot_be_delegated(lab: Lab) -
     assert answer.status_code == 401, answer
     assert "NTLM cannot be delegated" in answer.text and "Kerberos" in answer.text, answer.text
     assert arrivals(lab.h, "s4uweb")[web:] == []
+
+
+def test_the_relay_never_holds_alices_password(lab: Lab) -> None:
+    """A core image of the relay while alice's constrained session is open (its S4U2Proxy ticket in use): her
+    password is nowhere in it, in any encoding test_91 looks for (this relay has no CredSSP session, and its users
+    file holds hashes). Then her session's end names the ticket it held, with its times."""
+    import shutil
+
+    import test_91_memory as memory
+
+    if shutil.which("gdb") is None:
+        message = "gdb is not installed: cannot take a core image of the relay"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    as_user(lab, "alice")
+    c = client("s4uweb")
+    assert c.execute_cmd("echo in-session")[2] == 0
+    seen = len(lab.relay.events())
+    path = os.path.join(lab.relay.dir, "constrained.core")
+    try:
+        core = memory.take_core(lab.relay.proc.pid, path)
+        hits = memory.find_password(core, samba_ad.PASSWORDS["alice"])
+        assert not any(hits.values()), memory.report(core, hits, "alice's password in a constrained relay")
+        assert core.segments, "the image holds no memory"
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    # The connection closes: the session ends, audited with the ticket it held.
+    c.wsman.transport.session.close()
+    ends = []
+
+    def ended() -> bool:
+        ends[:] = [e for e in lab.relay.events()[seen:] if e["event"] == "session_end"]
+        return bool(ends)
+
+    assert wait_for(ended, 30), lab.relay.excerpt()
+    tickets = ends[0].get("tickets")
+    assert tickets and len(tickets) == 1, ends
+    assert re.match(r"^HTTP/web01\.lab\.test@LAB\.TEST for alice@LAB\.TEST from \S+Z to \S+Z$", tickets[0]), tickets
 
 
 def test_check_names_the_relay_account(lab: Lab) -> None:
