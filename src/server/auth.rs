@@ -7,14 +7,16 @@ use std::time::Instant;
 
 use secrecy::ExposeSecret;
 
+use super::kerberos_logon::{self, ConstrainedLogons};
 use super::refusal::Refusal;
 use super::reply::{self, HttpResponse, CREDSSP};
 use super::session::{self, ActiveSession, Session};
-use super::{kerberos_logon, Shared};
+use super::Shared;
 use crate::audit::AuthMethod;
 use crate::identity::{Principal, PrincipalKey};
 use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Step};
-use crate::proto::http_auth::{parse_basic, parse_scheme_token};
+use crate::proto::http_auth::{format_scheme_token, parse_basic, parse_scheme_token};
+use crate::proto::kerberos::acceptor::{AcceptError, Accepted};
 use crate::vault::DelegatedCredentials;
 
 /// What a request's authentication decided.
@@ -45,7 +47,7 @@ pub(crate) async fn authenticate<'a>(
     if let Some(logons) = constrained {
         if let Ok(parsed) = parse_scheme_token(authorization) {
             if kerberos_logon::is_kerberos_scheme(&parsed.scheme) {
-                return kerberos_logon::logon(session, logons, &parsed.scheme, parsed.token, shared).await;
+                return kerberos(session, logons, &parsed.scheme, parsed.token, shared).await;
             }
         }
     }
@@ -145,6 +147,50 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
     }
 }
 
+/// One plain Kerberos logon: the AP-REQ in `token`, answered with the AP-REP under the
+/// scheme the caller used. No lockout: no password is tried.
+async fn kerberos<'a>(
+    session: &'a mut Session,
+    logons: &ConstrainedLogons,
+    scheme: &str,
+    token: Option<Vec<u8>>,
+    shared: &Shared,
+) -> Logon<'a> {
+    let Some(token) = token else {
+        return Logon::Continue(reply::offers_401(true));
+    };
+    let accepted = match logons.accept(&token, session.link.https) {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            let method = (error != AcceptError::Ntlm).then_some(AuthMethod::Kerberos);
+            return Logon::Refused(Refusal::logon(error.to_string()).method(method));
+        }
+    };
+    if let Err(refusal) = start_over(session, shared).await {
+        return Logon::Refused(refusal);
+    }
+    let Accepted {
+        client,
+        evidence,
+        reply: answer,
+        keys,
+    } = accepted;
+    let principal = Principal::parse(&client.display());
+    let pac_groups = client.pac_groups;
+    let header = format_scheme_token(scheme, &answer);
+    let logon = session::Logon {
+        credentials: DelegatedCredentials::constrained(principal, evidence, logons.account.clone()),
+        channel: None,
+        wrap: Some(Box::new(keys)),
+        method: AuthMethod::Kerberos,
+        pac_groups,
+    };
+    match session.begin(shared, logon).await {
+        Ok(active) => Logon::ActiveAnswering(active, header),
+        Err(refusal) => Logon::Refused(refusal),
+    }
+}
+
 /// What the audit calls the package a CredSSP client authenticated with.
 fn credssp_method(mechanism: InnerMechanism) -> AuthMethod {
     if mechanism.is_kerberos() {
@@ -220,7 +266,7 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
 /// A new logon on a connection: end the session it carried (if any), and
 /// count the connection among those waiting to authenticate again. Refused
 /// (and the connection closed) when its source already has its share.
-pub(crate) async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), Refusal> {
+async fn start_over(session: &mut Session, shared: &Shared) -> Result<(), Refusal> {
     if session.principal().is_none() {
         // Still the first logon: its deadline keeps running from accept.
         return Ok(());

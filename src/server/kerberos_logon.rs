@@ -1,25 +1,19 @@
 //! Plain Kerberos logons (`Authorization: Negotiate` or `Kerberos`) on a relay with
 //! `[kerberos] delegation = "constrained"`: the caller proves who they are with a
 //! service ticket to the relay, which the relay keeps as the evidence for S4U2Proxy;
-//! no password is ever handed over.
+//! no password is ever handed over. The logon itself is `auth`'s.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use super::refusal::Refusal;
-use super::reply;
-use super::session::{self, Session};
-use super::{ServerError, Shared};
-use crate::audit::AuthMethod;
+use super::ServerError;
 use crate::certs::RelayCert;
 use crate::config::{Config, Delegation};
-use crate::identity::Principal;
 use crate::kerberos::keytab::{load_keytab, KeytabFileError};
 use crate::proto::credssp::ServiceKey;
 use crate::proto::http_auth::tls_server_end_point;
 use crate::proto::kerberos::acceptor::{accept, AcceptError, Accepted, ReplayCache};
 use crate::proto::kerberos::s4u::RelayAccount;
-use crate::vault::DelegatedCredentials;
 
 /// The HTTP schemes of a plain Kerberos logon.
 pub(crate) const NEGOTIATE: &str = "Negotiate";
@@ -69,7 +63,7 @@ impl ConstrainedLogons {
         }))
     }
 
-    fn accept(&self, token: &[u8], https: bool) -> Result<Accepted, AcceptError> {
+    pub(crate) fn accept(&self, token: &[u8], https: bool) -> Result<Accepted, AcceptError> {
         let keys: Vec<(&[String], &[u8])> = self
             .keys
             .iter()
@@ -84,49 +78,4 @@ impl ConstrainedLogons {
 /// Whether `scheme` is one of a plain Kerberos logon.
 pub(crate) fn is_kerberos_scheme(scheme: &str) -> bool {
     scheme.eq_ignore_ascii_case(NEGOTIATE) || scheme.eq_ignore_ascii_case(KERBEROS)
-}
-
-/// One plain Kerberos logon: the AP-REQ in `token`, answered with the AP-REP under the
-/// scheme the caller used. No lockout: no password is tried.
-pub(crate) async fn logon<'a>(
-    session: &'a mut Session,
-    logons: &ConstrainedLogons,
-    scheme: &str,
-    token: Option<Vec<u8>>,
-    shared: &Shared,
-) -> super::auth::Logon<'a> {
-    use super::auth::Logon;
-    let Some(token) = token else {
-        return Logon::Continue(reply::offers_401(true));
-    };
-    let accepted = match logons.accept(&token, session.link.https) {
-        Ok(accepted) => accepted,
-        Err(error) => {
-            let method = (error != AcceptError::Ntlm).then_some(AuthMethod::Kerberos);
-            return Logon::Refused(Refusal::logon(error.to_string()).method(method));
-        }
-    };
-    if let Err(refusal) = super::auth::start_over(session, shared).await {
-        return Logon::Refused(refusal);
-    }
-    let Accepted {
-        client,
-        evidence,
-        reply: answer,
-        keys,
-    } = accepted;
-    let principal = Principal::parse(&client.display());
-    let pac_groups = client.pac_groups;
-    let header = crate::proto::http_auth::format_scheme_token(scheme, &answer);
-    let logon = session::Logon {
-        credentials: DelegatedCredentials::constrained(principal, evidence, logons.account.clone()),
-        channel: None,
-        wrap: Some(Box::new(keys)),
-        method: AuthMethod::Kerberos,
-        pac_groups,
-    };
-    match session.begin(shared, logon).await {
-        Ok(active) => Logon::ActiveAnswering(active, header),
-        Err(refusal) => Logon::Refused(refusal),
-    }
 }

@@ -25,9 +25,9 @@ use picky_krb::gss_api::{ApplicationTag0, GssApiNegInit, KrbMessage};
 use picky_krb::messages::{ApRep, ApRepInner};
 use zeroize::Zeroizing;
 
+use super::decoding::{decode, system_time};
 use super::s4u::{components, unsigned, Evidence};
 use super::service_ticket::{ap_req, client_of, open, ServiceKeyRef, TicketClient};
-use super::tickets::{decode, system_time};
 use super::wrap::{Side, WrapError, WrapKeys};
 use crate::proto::credssp::{classify_first_token, InnerMechanism};
 use crate::proto::guard::contain_panic;

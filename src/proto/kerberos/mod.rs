@@ -9,6 +9,7 @@
 pub mod acceptor;
 mod ap_options;
 pub mod client;
+mod decoding;
 pub mod exchange;
 #[cfg(test)]
 mod fixtures;

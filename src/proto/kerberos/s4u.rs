@@ -34,10 +34,10 @@ use sspi::generator::NetworkRequest;
 use sspi::network_client::NetworkProtocol;
 use zeroize::Zeroizing;
 
+use super::decoding::{decode, decrypt_rep_part, system_time};
 use super::exchange::{KdcConversation, KdcReply, KdcTurn};
 use super::keytab::{service_keys, KeytabEntry};
 use super::messages::{error_codes, kdc_message_type, krb_error, KdcMessage, KrbErrorInfo};
-use super::tickets::{decode, decrypt_rep_part, system_time};
 use crate::proto::guard::contain_panic;
 
 /// Ticket and KDC option bits (RFC 4120 5.4.1, MS-SFU 2.2.5), counted from the left.

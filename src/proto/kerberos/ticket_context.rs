@@ -25,9 +25,9 @@ use picky_krb::messages::{ApRep, ApReq, ApReqInner};
 use zeroize::Zeroizing;
 
 use super::ap_options::channel_binding_mark;
+use super::decoding::decode;
 use super::refusal::{target_refusal, TargetRefusal};
 use super::s4u::{flags, kerberos_time, micros, principal, unsigned, IssuedTicket};
-use super::tickets::decode;
 use super::wrap::{Side, WrapError, WrapKeys};
 use crate::proto::guard::contain_panic;
 use crate::proto::sealing::SealedPart;
