@@ -25,7 +25,9 @@
 //! - [`resolve`]: target settings (TLS trust included) and how a request's target name
 //!   resolves to one; used by `config`, `policy` and `upstream`, depends on none of them
 //!   (a realm's KDC transport comes from `kerberos::kdc`, which depends on `proto` only).
-//! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets).
+//! - [`proto`]: sans-IO protocol cores (no tokio, hyper or sockets); for constrained
+//!   delegation, `proto::kerberos` holds the plain Kerberos acceptor, S4U2Proxy, a client
+//!   context from a ticket and RFC 4121 wrap tokens.
 //! - [`identity`]: who a caller is: the relay's domain (realm and NetBIOS name), one
 //!   principal type that reads every spelling of a user name into one comparable key,
 //!   and the users-file row; imports nothing of the crate, every layer uses it.
@@ -40,9 +42,11 @@
 //! - [`metrics`]: the Prometheus metrics (no user names or secrets in labels).
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, a single-threaded runtime per core for the connections,
-//!   per-connection session state, the relay pipeline.
+//!   per-connection session state, the relay pipeline; `auth` logs callers on with CredSSP,
+//!   Basic or (with `[kerberos] delegation = "constrained"`) plain Kerberos.
 //! - [`upstream`]: the relay's client to WinRM hosts: address lookup, connect and TLS,
-//!   the authentication legs of every mechanism (one driver), sealing on the wire, one
+//!   the authentication legs of every mechanism (one driver; a constrained session's
+//!   S4U2Proxy ticket per target SPN), sealing on the wire, one
 //!   error type saying whose fault a failure was, and a session's pool of kept-alive
 //!   connections.
 //! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport and the one loop
