@@ -1,6 +1,6 @@
 //! A client context from a service ticket the relay already holds (the S4U2Proxy
 //! ticket in the caller's name): the AP-REQ inside SPNEGO, as Windows' WinRM client
-//! sends it, the target's AP-REP, then RFC 4121 wrap tokens ([`wrap`]).
+//! sends it, the target's AP-REP, then RFC 4121 wrap tokens ([`wrap`](super::wrap)).
 //!
 //! sspi's client can only get its tickets itself, from a password; this is the same
 //! handshake on picky-krb for a ticket handed over.
