@@ -24,8 +24,11 @@ RELAY_HOST = "127.0.0.170"
 RELAY_NAME = "relay.lab.test"
 WEB01 = ("127.0.0.171", 5985)  # Kerberos only, HTTP/web01.lab.test (svc-web01's keytab): delegation allowed
 WEB02 = ("127.0.0.172", 5985)  # Kerberos only, HTTP/web02.lab.test (svc-web02's keytab): not in the list
+WEB03 = ("127.0.0.173", 5985)  # Kerberos only, HTTP/web03.lab.test (svc-web03's keytab): delegation allowed
 ALICE = "alice@LAB.TEST"
 S4U_LINE = "constrained delegation: S4U2Proxy ticket issued"
+# svc-relay's msDS-AllowedToDelegateTo for this module.
+ALLOWED = ("HTTP/web01.lab.test", "HTTP/web03.lab.test")
 
 
 def _config_tail(samba: samba_ad.SambaDomain) -> str:
@@ -36,7 +39,9 @@ def _config_tail(samba: samba_ad.SambaDomain) -> str:
         % WEB01,
         '[[target]]\nname = "s4uweb2"\nurl = "http://%s:%d/wsman"\nauth = "kerberos"\nspn = "HTTP/web02.lab.test"\n'
         % WEB02,
-        "[[allow]]\nusers = ['LAB\\alice', 'LAB\\carol']\ntargets = [\"s4uweb\", \"s4uweb2\"]\n"
+        '[[target]]\nname = "s4uweb3"\nurl = "http://%s:%d/wsman"\nauth = "kerberos"\nspn = "HTTP/web03.lab.test"\n'
+        % WEB03,
+        "[[allow]]\nusers = ['LAB\\alice', 'LAB\\carol']\ntargets = [\"s4uweb\", \"s4uweb2\", \"s4uweb3\"]\n"
         "shells = [\"cmd\", \"powershell\"]\n",
     ])
 
@@ -44,13 +49,16 @@ def _config_tail(samba: samba_ad.SambaDomain) -> str:
 class Lab:
     def __init__(self, h: harness.Harness, samba: samba_ad.SambaDomain) -> None:
         self.h, self.samba = h, samba
-        if "svc-web02" not in samba_ad.SERVICES:
-            samba_ad.SERVICES["svc-web02"] = ["HTTP/web02.lab.test"]
-            samba.add_service("svc-web02", ["HTTP/web02.lab.test"])
-        samba.samba_tool("delegation", "add-service", "svc-relay", "HTTP/web01.lab.test")
+        for account, spn in (("svc-web02", "HTTP/web02.lab.test"), ("svc-web03", "HTTP/web03.lab.test")):
+            if account not in samba_ad.SERVICES:
+                samba_ad.SERVICES[account] = [spn]
+                samba.add_service(account, [spn])
+        for spn in ALLOWED:
+            samba.samba_tool("delegation", "add-service", "svc-relay", spn)
         samba.samba_tool("user", "sensitive", "carol", "on")
         for name, (host, port), account, spn in (("s4uweb", WEB01, "svc-web01", "HTTP/web01.lab.test"),
-                                                 ("s4uweb2", WEB02, "svc-web02", "HTTP/web02.lab.test")):
+                                                 ("s4uweb2", WEB02, "svc-web02", "HTTP/web02.lab.test"),
+                                                 ("s4uweb3", WEB03, "svc-web03", "HTTP/web03.lab.test")):
             h.start_double(name, host, port, extra_args=["--auth", "kerberos", "--spn", spn],
                            extra_env=samba.client_env({"KRB5_KTNAME": "FILE:" + samba.keytab(account)}))
         # An HTTPS listener too: a Kerberos logon bound to the TLS channel.
@@ -71,13 +79,14 @@ class Lab:
 
     def stop(self) -> None:
         self.relay.stop()
-        for name in ("s4uweb", "s4uweb2"):
+        for name in ("s4uweb", "s4uweb2", "s4uweb3"):
             proc = self.h.procs.pop("double-" + name, None)
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
         self.samba.samba_tool("user", "sensitive", "carol", "off")
-        self.samba.samba_tool("delegation", "del-service", "svc-relay", "HTTP/web01.lab.test")
+        for spn in ALLOWED:
+            self.samba.samba_tool("delegation", "del-service", "svc-relay", spn)
 
 
 @pytest.fixture(scope="module")
@@ -136,23 +145,38 @@ def test_pypsrp_kerberos_runs_as_alice_without_her_password(lab: Lab, https: boo
 
 
 def test_two_targets_in_one_session_one_s4u2proxy_request_each(lab: Lab) -> None:
-    """One logon, two commands to a target: one S4U2Proxy ticket for its SPN; then the same session to a target the
-    domain refuses: asked again each time, never issued."""
+    """One logon, two commands to each of two targets: one S4U2Proxy ticket per target SPN, both named at the
+    session's end; then the same session to a target the domain refuses: asked each time, never issued."""
     as_user(lab, "alice")
     before = len(s4u_lines(lab))
-    seen = len(lab.relay.events())
+    seen, web, web3 = len(lab.relay.events()), len(arrivals(lab.h, "s4uweb")), len(arrivals(lab.h, "s4uweb3"))
     c = client("s4uweb")
-    assert c.execute_cmd("echo one")[2] == 0
-    assert c.execute_cmd("echo two")[2] == 0
-    # The same connection and Kerberos context to another target's path.
+    for target in ("s4uweb", "s4uweb3"):
+        # The same connection and Kerberos context to another target's path.
+        c.wsman.transport.endpoint = "http://%s:5985/wsman/%s" % (RELAY_NAME, target)
+        assert c.execute_cmd("echo one")[2] == 0
+        assert c.execute_cmd("echo two")[2] == 0
     c.wsman.transport.endpoint = "http://%s:5985/wsman/s4uweb2" % RELAY_NAME
     with pytest.raises(Exception):
         c.execute_cmd("echo refused")
     issued = s4u_lines(lab)[before:]
-    assert len(issued) == 1 and "HTTP/web01.lab.test" in issued[0], issued
+    assert len(issued) == 2, issued
+    assert "HTTP/web01.lab.test" in issued[0] and "HTTP/web03.lab.test" in issued[1], issued
+    for name, count in (("s4uweb", web), ("s4uweb3", web3)):
+        forwarded = arrivals(lab.h, name)[count:]
+        assert forwarded and all(user_is(r.get("user"), ALICE) for r in forwarded), (name, forwarded)
+    c.wsman.transport.session.close()
+    ends = []
+
+    def ended() -> bool:
+        ends[:] = [e for e in lab.relay.events()[seen:] if e["event"] == "session_end"]
+        return bool(ends)
+
+    assert wait_for(ended, 30), lab.relay.excerpt()
     events = lab.relay.events()[seen:]
-    sessions = {e["session"] for e in events if e["event"] == "request"}
-    assert len(sessions) == 1, events
+    assert len({e["session"] for e in events if e["event"] == "request"}) == 1, events
+    tickets = ends[0].get("tickets") or []
+    assert [t.split(" ")[0] for t in tickets] == ["HTTP/web01.lab.test@LAB.TEST", "HTTP/web03.lab.test@LAB.TEST"], ends
 
 
 def test_a_target_the_domain_does_not_allow_is_refused_naming_its_spn(lab: Lab) -> None:

@@ -176,6 +176,24 @@ mod tests {
     }
 
     #[test]
+    fn the_relay_account_for_constrained_delegation() {
+        let dir = crate::config::test_dir("keytab-account");
+        let samba = include_bytes!("../proto/kerberos/fixtures/s4u/relay.keytab");
+        let path = write(&dir, "relay.keytab", samba, 0o600);
+        let keytab = load_keytab(&path, "LAB.TEST").unwrap();
+        assert_eq!(keytab.account.map(|a| a.display()).as_deref(), Some("svc-relay@LAB.TEST"));
+        // SPNs only: no account to delegate with.
+        let spns = write(&dir, "spns.keytab", KTUTIL, 0o600);
+        assert!(load_keytab(&spns, "LAB.TEST").unwrap().account.is_none());
+        let error = KeytabFileError::NoAccount {
+            path,
+            realm: "LAB.TEST".into(),
+        };
+        assert!(error.to_string().contains("--principal=svc-relay@LAB.TEST"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn refusals() {
         let dir = crate::config::test_dir("keytab-refusals");
         #[cfg(unix)]
