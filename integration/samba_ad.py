@@ -273,7 +273,7 @@ class SambaDomain:
                    "--option=interfaces=%s/8" % self.host, "--option=bind interfaces only=yes"])
         run_dir = os.path.join(self.dir, "run")
         os.makedirs(run_dir, exist_ok=True)
-        ca = harness.make_test_ca(os.path.dirname(self.dir))
+        ca = harness.make_test_ca(self.dir)
         cert, key = harness.make_server_cert(self.dir, DC_NAME, self.host, ca)
         self.ca_file = ca[0]
         with open(self.smb_conf) as fh:

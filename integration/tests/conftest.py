@@ -59,11 +59,13 @@ def realm(realm_config: kerberos.KerberosRealm) -> typing.Iterator[kerberos.Kerb
 
 
 @pytest.fixture(scope="session")
-def samba(workdir: str) -> typing.Iterator[samba_ad.SambaDomain]:
+def samba(tmp_path_factory: pytest.TempPathFactory) -> typing.Iterator[samba_ad.SambaDomain]:
     """The LAB.TEST Active Directory domain: Samba AD DC on samba_ad.DC_HOST (KDC, LDAP, LDAPS) with the people,
     groups and service accounts samba_ad describes. Started by the first test that asks for it, stopped at the end
-    of the session. Tests that talk Kerberos to it from this process wrap that in `samba.in_process()`."""
-    domain = samba_ad.SambaDomain(os.path.join(workdir, "samba"))
+    of the session. Tests that talk Kerberos to it from this process wrap that in `samba.in_process()`.
+    Its directory is outside the work directory: the domain's files hold the people's passwords and keys, and
+    the secrets scan (test_90) reads every file under the work directory for what a relay may have leaked."""
+    domain = samba_ad.SambaDomain(str(tmp_path_factory.mktemp("samba")))
     domain.start()
     try:
         yield domain

@@ -241,6 +241,40 @@ def test_kerberos_to_the_target_with_a_ticket_from_the_dc(lab: AdLab) -> None:
     assert granted and all(e["target"] == "adkrb" and e["group"] == OPERATORS for e in granted), granted
 
 
+def test_pywinrm_spnego_kerberos_logon(lab: AdLab) -> None:
+    """pywinrm with credssp_auth_mechanism="auto" (SPNEGO, Kerberos first, as Windows sends it) with the DC's
+    ticket: auth kerberos, alice's group from her PAC."""
+    import winrm
+
+    seen = len(lab.relay.events())
+    p = winrm.protocol.Protocol(endpoint="http://%s:5985/wsman/adweb" % RELAY_NAME, transport="credssp",
+                                username="alice@LAB.TEST", password=samba_ad.PASSWORDS["alice"],
+                                message_encryption="always", operation_timeout_sec=20, read_timeout_sec=30)
+    assert p.transport.credssp_auth_mechanism == "auto"
+    try:
+        out = run(p, "echo", ["ad-spnego"])
+    except Exception as e:
+        pytest.fail("pywinrm (auto) refused: %s%s" % (err_text(e), lab.relay.excerpt()))
+    assert out[0] == b"ad-spnego\n", out
+    starts = _session_starts(lab.relay.events()[seen:], "LAB\\alice")
+    assert [(e["auth"], e["groups"]) for e in starts] == [("kerberos", [OPERATORS])], starts
+
+
+@pytest.mark.parametrize("name,password,want", [
+    ("LAB\\alice", samba_ad.PASSWORDS["alice"], "alice@LAB.TEST: ok: tcp://127.0.0.150:88 issued a ticket-granting"),
+    ("LAB\\alice", "wrong-password-for-alice", "pre-authentication failed at tcp://127.0.0.150:88"),
+    ("LAB\\nobody", "whatever", "unknown principal: tcp://127.0.0.150:88"),
+])
+def test_kerberos_test_against_the_dc(lab: AdLab, name: str, password: str, want: str) -> None:
+    """`winrm-relay kerberos test` against the Samba DC's KDC (Heimdal): what it says matches the MIT realm's."""
+    res = subprocess.run([lab.h.relay_bin, "kerberos", "test", name, "--config", lab.relay.config,
+                          "--password-stdin"], input=(password + "\n").encode(), capture_output=True,
+                         env=harness.scrubbed_env(), timeout=60, cwd=lab.relay.dir)
+    out = res.stdout.decode()
+    assert res.returncode == (0 if "ok:" in want else 1), (out, res.stderr.decode())
+    assert want in out, out
+
+
 def test_check_online_finds_the_groups_a_rule_names(lab: AdLab, samba: samba_ad.SambaDomain) -> None:
     ok = subprocess.run([lab.h.relay_bin, "check", "--online", "-c", lab.relay.config], capture_output=True,
                         env=harness.scrubbed_env(), timeout=60, cwd=lab.relay.dir)
@@ -255,6 +289,16 @@ def test_check_online_finds_the_groups_a_rule_names(lab: AdLab, samba: samba_ad.
                          env=harness.scrubbed_env(), timeout=60, cwd=lab.relay.dir)
     assert res.returncode == 1, res.stdout + res.stderr
     assert b"group LAB\\NoSuch-Group: not found in the directory (ldaps://127.0.0.150:636)" in res.stderr, res.stderr
+    # StartTLS on 389, and failover past a DC that refuses connections (nothing listens on 127.0.0.155).
+    starttls = os.path.join(lab.relay.dir, "starttls-failover.toml")
+    ldaps = 'url = ["%s"]' % samba.ldaps_url
+    assert ldaps in text, text
+    with open(starttls, "w") as fh:
+        fh.write(text.replace(ldaps, 'url = ["ldaps://127.0.0.155", "%s"]\nstarttls = true' % samba.ldap_url))
+    res = subprocess.run([lab.h.relay_bin, "check", "--online", "-c", starttls], capture_output=True,
+                         env=harness.scrubbed_env(), timeout=60, cwd=lab.relay.dir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert b"group LAB\\WinRM-Operators: found in the directory" in res.stdout, res.stdout
     # Offline, the same file is valid: only --online asks the directory.
     offline = subprocess.run([lab.h.relay_bin, "check", "-c", bad], capture_output=True, env=harness.scrubbed_env(),
                              timeout=60, cwd=lab.relay.dir)
