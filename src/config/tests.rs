@@ -1194,7 +1194,8 @@ fn kerberos_section_parses_with_defaults() {
 fn constrained_delegation_is_chosen_and_needs_a_keytab() {
     let k = parse("[kerberos]\nrealm = \"LAB.TEST\"\n").unwrap().kerberos.unwrap();
     assert_eq!(k.delegation, Delegation::Password, "today's behaviour by default");
-    let c = parse("[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\ndelegation = \"constrained\"\n").unwrap();
+    let c =
+        parse("[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\ndelegation = \"constrained\"\n").unwrap();
     assert_eq!(c.kerberos.unwrap().delegation, Delegation::Constrained);
     let e = errors("[kerberos]\nrealm = \"LAB.TEST\"\ndelegation = \"constrained\"\n");
     assert!(
@@ -1204,9 +1205,8 @@ fn constrained_delegation_is_chosen_and_needs_a_keytab() {
     );
     let e = errors("[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\ndelegation = \"rbcd\"\n");
     assert!(
-        e.iter().any(|e| e.contains(
-            "kerberos.delegation: unknown value \"rbcd\" (expected one of: \"password\", \"constrained\")"
-        )),
+        e.iter().any(|e| e
+            .contains("kerberos.delegation: unknown value \"rbcd\" (expected one of: \"password\", \"constrained\")")),
         "{e:?}"
     );
 }

@@ -181,7 +181,10 @@ mod tests {
         let samba = include_bytes!("../proto/kerberos/fixtures/s4u/relay.keytab");
         let path = write(&dir, "relay.keytab", samba, 0o600);
         let keytab = load_keytab(&path, "LAB.TEST").unwrap();
-        assert_eq!(keytab.account.map(|a| a.display()).as_deref(), Some("svc-relay@LAB.TEST"));
+        assert_eq!(
+            keytab.account.map(|a| a.display()).as_deref(),
+            Some("svc-relay@LAB.TEST")
+        );
         // SPNs only: no account to delegate with.
         let spns = write(&dir, "spns.keytab", KTUTIL, 0o600);
         assert!(load_keytab(&spns, "LAB.TEST").unwrap().account.is_none());
