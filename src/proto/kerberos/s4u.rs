@@ -38,6 +38,7 @@ use super::decoding::{decode, decrypt_rep_part, system_time};
 use super::exchange::{KdcConversation, KdcReply, KdcTurn};
 use super::keytab::{service_keys, KeytabEntry};
 use super::messages::{error_codes, kdc_message_type, krb_error, KdcMessage, KrbErrorInfo};
+use super::pac;
 use crate::proto::guard::contain_panic;
 
 /// Ticket and KDC option bits (RFC 4120 5.4.1, MS-SFU 2.2.5), counted from the left.
@@ -195,45 +196,19 @@ impl Evidence {
     }
 }
 
-/// AD-IF-RELEVANT, and the Windows PAC inside it.
-const AD_IF_RELEVANT: u8 = 1;
-const AD_WIN2K_PAC: u8 = 128;
-/// The PAC's KERB_VALIDATION_INFO buffer, and USER_NOT_DELEGATED in its UserAccountControl.
-const PAC_LOGON_INFO: u32 = 1;
+/// USER_NOT_DELEGATED in the PAC's UserAccountControl.
 const USER_NOT_DELEGATED: u32 = 0x4000;
-/// UserAccountControl's offset in KERB_VALIDATION_INFO's NDR: the common and private
-/// type headers (8 + 8), the referent (4), then 164 bytes of fixed-size fields before it.
-const UAC_OFFSET: usize = 20 + 164;
 
 /// Whether the ticket's PAC marks its client "sensitive and cannot be delegated" (a
 /// ticket without a PAC, as from MIT's KDC, does not).
 fn pac_not_delegated(part: &EncTicketPart) -> bool {
-    let Some(data) = part.0.authorization_data.0.as_ref() else {
-        return false;
-    };
-    data.0
-         .0
-        .iter()
-        .filter(|entry| entry.ad_type.0.as_unsigned_bytes_be() == [AD_IF_RELEVANT])
-        .filter_map(|entry| decode::<picky_krb::data_types::AuthorizationData>(&entry.ad_data.0 .0))
-        .flat_map(|inner| inner.0)
-        .filter(|entry| entry.ad_type.0.as_unsigned_bytes_be() == [AD_WIN2K_PAC])
-        .any(|entry| logon_uac(&entry.ad_data.0 .0).is_some_and(|uac| uac & USER_NOT_DELEGATED != 0))
-}
-
-/// UserAccountControl of a PAC's logon information.
-fn logon_uac(pac: &[u8]) -> Option<u32> {
-    let u32_at =
-        |at: usize| -> Option<u32> { Some(u32::from_le_bytes(pac.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
-    let count = usize::try_from(u32_at(0)?).ok()?;
-    (0..count.min(64)).find_map(|i| {
-        let entry = 8 + i * 16;
-        if u32_at(entry)? != PAC_LOGON_INFO {
-            return None;
-        }
-        let offset = usize::try_from(u32_at(entry + 8)?).ok()?;
-        u32_at(offset.checked_add(UAC_OFFSET)?)
-    })
+    part.0
+        .authorization_data
+        .0
+        .as_ref()
+        .and_then(|data| pac::find_pac(&data.0))
+        .and_then(|found| pac::user_account_control(&found).ok())
+        .is_some_and(|uac| uac & USER_NOT_DELEGATED != 0)
 }
 
 pub(crate) fn components(name: &PrincipalName) -> Vec<String> {
