@@ -39,6 +39,13 @@ for name in ("requests_credssp_kerberos_ap_req", "pyspnego_negotiate_kerberos"):
     with open(os.path.join(REPO, "src/proto/credssp/fixtures", name + ".bin"), "rb") as fh:
         put("credssp_first_token", name, fh.read())
 
+# s4u_replies: Samba's answers to the relay's TGT and S4U2Proxy requests (0, 1), alice's logon (3).
+S4U = os.path.join(REPO, "src/proto/kerberos/fixtures/s4u")
+for pick, name in ((0, "as_rep.der"), (1, "alice_web01_tgs_rep.der"), (1, "alice_web02_tgs_rep.der"),
+                   (3, "alice_spnego.bin"), (3, "carol_spnego.bin")):
+    with open(os.path.join(S4U, name), "rb") as fh:
+        put("s4u_replies", name.split(".")[0] + "_%d" % pick, bytes([pick]) + fh.read())
+
 # http_auth_header
 for i, v in enumerate([b"CredSSP AAEC", b"Negotiate", b"CredSSP\nBasic realm=\"WSMAN\", Negotiate AAEC\nCredSSP FgMD",
                        b"Negotiate\nNegotiate TlRMTVNTUAABAAAA, Kerberos"]):

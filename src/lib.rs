@@ -32,6 +32,8 @@
 //!   and rewrites envelopes; `proto::psrp`, PowerShell remoting on top of WS-Man's shell
 //!   streams, reassembles and decompresses those streams and reads pipelines out of them
 //!   (its `SessionReader` is what a session's audit is fed with).
+//!   For constrained delegation, `proto::kerberos` holds the plain Kerberos acceptor,
+//!   S4U2Proxy, a client context from a ticket and RFC 4121 wrap tokens.
 //! - [`identity`]: who a caller is: the relay's domain (realm and NetBIOS name), one
 //!   principal type that reads every spelling of a user name into one comparable key,
 //!   and the users-file row; imports nothing of the crate, every layer uses it.
@@ -50,9 +52,11 @@
 //! - [`metrics`]: the Prometheus metrics (no user names or secrets in labels).
 //! - [`certs`]: relay certificate loading and dev certificate generation.
 //! - [`server`]: hyper listeners, a single-threaded runtime per core for the connections,
-//!   per-connection session state, the relay pipeline.
+//!   per-connection session state, the relay pipeline; `auth` logs callers on with CredSSP,
+//!   Basic or (with `[kerberos] delegation = "constrained"`) plain Kerberos.
 //! - [`upstream`]: the relay's client to WinRM hosts: address lookup, connect and TLS,
-//!   the authentication legs of every mechanism (one driver), sealing on the wire, one
+//!   the authentication legs of every mechanism (one driver; a constrained session's
+//!   S4U2Proxy ticket per target SPN), sealing on the wire, one
 //!   error type saying whose fault a failure was, and a session's pool of kept-alive
 //!   connections.
 //! - [`kerberos`]: domain mode around sspi's Kerberos: the KDC transport and the one loop

@@ -156,6 +156,13 @@ pub struct AuditEvent {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `constrained` for a plain Kerberos logon: targets are reached by S4U2Proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<&'static str>,
+    /// `session_end` of a constrained session: the S4U2Proxy tickets it held, each its
+    /// service, client and times (never a key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tickets: Option<Vec<String>>,
     /// `session_start`: the caller's directory groups that some `[[allow]]` rule names, as
     /// found at logon (absent when no rule names a group or the directory could not say).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,6 +357,12 @@ pub fn read_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuditError> {
         )));
     }
     Ok(key)
+}
+
+/// A time as the audit writes times.
+pub fn format_time(at: std::time::SystemTime) -> String {
+    let at = OffsetDateTime::from(at);
+    at.format(TIME_FORMAT).unwrap_or_else(|_| at.to_string())
 }
 
 fn now() -> String {

@@ -55,6 +55,25 @@ pub(super) fn run(args: &CheckArgs) -> ExitCode {
                 for principal in &loaded.principals {
                     println!("keytab {}: {principal}", keytab.display());
                 }
+                let constrained = config
+                    .kerberos
+                    .as_ref()
+                    .is_some_and(|k| k.delegation == crate::config::Delegation::Constrained);
+                match &loaded.account {
+                    Some(account) => println!(
+                        "keytab {}: relay account for constrained delegation: {}",
+                        keytab.display(),
+                        account.display()
+                    ),
+                    None if constrained => {
+                        let error = crate::kerberos::keytab::KeytabFileError::NoAccount {
+                            path: keytab.clone(),
+                            realm: realm.to_string(),
+                        };
+                        problems.push(format!("keytab: {error}"));
+                    }
+                    None => {}
+                }
                 for warning in &loaded.warnings {
                     eprintln!("warning: keytab {}: {warning}", keytab.display());
                 }

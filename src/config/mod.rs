@@ -82,6 +82,19 @@ pub struct KerberosConfig {
     /// The relay's own keys (`HTTP/<fqdn>`, `WSMAN/<fqdn>`, ...): with one,
     /// callers can log on with Kerberos inside CredSSP.
     pub keytab: Option<PathBuf>,
+    /// How the relay reaches targets as a caller who logged on with Kerberos.
+    pub delegation: Delegation,
+}
+
+/// `[kerberos] delegation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delegation {
+    /// Only with a password the caller delegates (CredSSP, Basic).
+    #[default]
+    Password,
+    /// Also plain Kerberos logons (HTTP Negotiate/Kerberos), reaching targets by
+    /// constrained delegation (S4U2Proxy) with the relay account of the keytab.
+    Constrained,
 }
 
 #[derive(Debug, Clone)]

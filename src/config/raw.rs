@@ -133,6 +133,7 @@ pub(super) struct RawKerberos {
     pub netbios: V,
     pub kdc: List,
     pub keytab: V,
+    pub delegation: V,
 }
 
 #[derive(Deserialize, Default)]
@@ -270,7 +271,7 @@ const ALLOW: &[&str] = &[
     "methods",
     "wmi_writes",
 ];
-const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab"];
+const KERBEROS: &[&str] = &["realm", "netbios", "kdc", "keytab", "delegation"];
 const DIRECTORY: &[&str] = &["url", "starttls", "ca_file", "bind_dn", "bind_password_file"];
 
 /// Every key the schema does not know, as errors. Call after `RawConfig` parsed, so the

@@ -8,8 +8,8 @@ use super::raw;
 use super::targets::realm_for_targets;
 use super::validate::{Listeners, Validator};
 use super::{
-    AuditConfig, AuditOnFailure, AuthConfig, Config, KerberosConfig, LimitsConfig, ListenConfig, MetricsConfig,
-    SessionConfig, SyslogTarget, DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS,
+    AuditConfig, AuditOnFailure, AuthConfig, Config, Delegation, KerberosConfig, LimitsConfig, ListenConfig,
+    MetricsConfig, SessionConfig, SyslogTarget, DEFAULT_CREDSSP_MIN_VERSION, DEFAULT_MAX_ENVELOPE_SIZE, DEFAULT_SHELLS,
     DEFAULT_TRANSCRIPT_MAX_BYTES,
 };
 use crate::directory::DirectoryConfig;
@@ -175,6 +175,22 @@ impl Validator<'_> {
         }
     }
 
+    fn delegation(&mut self, v: raw::V) -> Delegation {
+        let key = "kerberos.delegation";
+        let Some(v) = self.string(v, key) else {
+            return Delegation::default();
+        };
+        match v.get_ref().as_str() {
+            "password" => Delegation::Password,
+            "constrained" => Delegation::Constrained,
+            other => {
+                let message = format!("unknown value {other:?} (expected one of: \"password\", \"constrained\")");
+                self.error(v.span(), key, message);
+                Delegation::default()
+            }
+        }
+    }
+
     fn audit_on_failure(&mut self, v: raw::V) -> AuditOnFailure {
         let key = "audit.on_failure";
         let Some(v) = self.string(v, key) else {
@@ -328,10 +344,19 @@ impl Validator<'_> {
         }
         let keytab = self.string(k.keytab, "kerberos.keytab");
         let keytab = keytab.map(|p| self.secret_path(p, "kerberos.keytab"));
+        let delegation = self.delegation(k.delegation);
+        if delegation == Delegation::Constrained && keytab.is_none() {
+            self.error(
+                at..at,
+                "kerberos.delegation",
+                "\"constrained\" needs kerberos.keytab: the relay's account key (svc-relay@REALM) and its service keys",
+            );
+        }
         Some(KerberosConfig {
             domain: Domain { realm, netbios },
             kdcs,
             keytab,
+            delegation,
         })
     }
 

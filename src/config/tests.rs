@@ -1193,6 +1193,27 @@ fn kerberos_section_parses_with_defaults() {
 }
 
 #[test]
+fn constrained_delegation_is_chosen_and_needs_a_keytab() {
+    let k = parse("[kerberos]\nrealm = \"LAB.TEST\"\n").unwrap().kerberos.unwrap();
+    assert_eq!(k.delegation, Delegation::Password, "today's behaviour by default");
+    let c =
+        parse("[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\ndelegation = \"constrained\"\n").unwrap();
+    assert_eq!(c.kerberos.unwrap().delegation, Delegation::Constrained);
+    let e = errors("[kerberos]\nrealm = \"LAB.TEST\"\ndelegation = \"constrained\"\n");
+    assert!(
+        e.iter()
+            .any(|e| e.contains("kerberos.delegation: \"constrained\" needs kerberos.keytab")),
+        "{e:?}"
+    );
+    let e = errors("[kerberos]\nrealm = \"LAB.TEST\"\nkeytab = \"relay.keytab\"\ndelegation = \"rbcd\"\n");
+    assert!(
+        e.iter().any(|e| e
+            .contains("kerberos.delegation: unknown value \"rbcd\" (expected one of: \"password\", \"constrained\")")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn kerberos_values_are_checked_where_written() {
     let e = errors(
         "[kerberos]\nrealm = \"lab.test\"\nnetbios = \"TOO-LONG-NETBIOS-NAME\"\nkdc = [\"dc1:88\", \"tcp://dc2/x\"]\n",

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::proto::credssp::ServiceKey;
 use crate::proto::kerberos::keytab::{enctype_name, parse_keytab, service_keys, KeytabError, UnusablePrincipal};
+use crate::proto::kerberos::s4u::RelayAccount;
 
 /// A keytab larger than this is not one (a keytab holds a few keys of a few
 /// dozen bytes each).
@@ -31,6 +32,13 @@ pub enum KeytabFileError {
     #[error("{}: {source}", path.display())]
     Parse { path: PathBuf, source: KeytabError },
     #[error(
+        "{}: no account principal of {realm} (one name, as svc-relay@{realm}): constrained delegation needs the \
+         relay account's own key; add it (samba-tool domain exportkeytab --principal=svc-relay@{realm}, or ktpass \
+         /princ svc-relay@{realm})",
+        path.display()
+    )]
+    NoAccount { path: PathBuf, realm: String },
+    #[error(
         "{}: no usable key: the relay needs AES keys (aes256-cts-hmac-sha1-96 or aes128-cts-hmac-sha1-96) for its \
          service principals ({detail})",
         path.display()
@@ -42,6 +50,9 @@ pub enum KeytabFileError {
 #[derive(Debug)]
 pub struct RelayKeytab {
     pub keys: Vec<ServiceKey>,
+    /// The relay's own account (`svc-relay@REALM`, one name component), whose key
+    /// gets the relay a TGT for constrained delegation; `None` for a keytab of SPNs only.
+    pub account: Option<RelayAccount>,
     /// One line per usable principal: `HTTP/relay.lab.test@LAB.TEST: kvno 2, aes256-cts-hmac-sha1-96`.
     pub principals: Vec<String>,
     /// Problems that do not stop the relay: principals without AES keys, of
@@ -115,6 +126,7 @@ pub fn load_keytab(path: &Path, realm: &str) -> Result<RelayKeytab, KeytabFileEr
     }
     Ok(RelayKeytab {
         keys,
+        account: RelayAccount::from_keytab(&entries, realm),
         principals,
         warnings,
     })
@@ -160,6 +172,27 @@ mod tests {
             .iter()
             .any(|w| w.contains("is not of the realm OTHER.TEST")));
         assert!(!format!("{:?}", keytab.keys).contains("000102"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_relay_account_for_constrained_delegation() {
+        let dir = crate::config::test_dir("keytab-account");
+        let samba = include_bytes!("../proto/kerberos/fixtures/s4u/relay.keytab");
+        let path = write(&dir, "relay.keytab", samba, 0o600);
+        let keytab = load_keytab(&path, "LAB.TEST").unwrap();
+        assert_eq!(
+            keytab.account.map(|a| a.display()).as_deref(),
+            Some("svc-relay@LAB.TEST")
+        );
+        // SPNs only: no account to delegate with.
+        let spns = write(&dir, "spns.keytab", KTUTIL, 0o600);
+        assert!(load_keytab(&spns, "LAB.TEST").unwrap().account.is_none());
+        let error = KeytabFileError::NoAccount {
+            path,
+            realm: "LAB.TEST".into(),
+        };
+        assert!(error.to_string().contains("--principal=svc-relay@LAB.TEST"), "{error}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

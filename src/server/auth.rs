@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use secrecy::ExposeSecret;
 
+use super::kerberos_logon::{self, ConstrainedLogons};
 use super::refusal::Refusal;
 use super::reply::{self, HttpResponse, CREDSSP};
 use super::session::{self, ActiveSession, Session};
@@ -14,13 +15,17 @@ use super::Shared;
 use crate::audit::AuthMethod;
 use crate::identity::{Principal, PrincipalKey};
 use crate::proto::credssp::{verify_password, Acceptor, InnerMechanism, Step};
-use crate::proto::http_auth::{parse_basic, parse_scheme_token};
+use crate::proto::http_auth::{format_scheme_token, parse_basic, parse_scheme_token};
+use crate::proto::kerberos::acceptor::{AcceptError, Accepted};
 use crate::vault::DelegatedCredentials;
 
 /// What a request's authentication decided.
 pub(crate) enum Logon<'a> {
     /// Logged on (now or before): the request goes on to the pipeline.
     Active(ActiveSession<'a>),
+    /// Logged on now with plain Kerberos: the pipeline's answer carries this
+    /// `WWW-Authenticate` value (the AP-REP).
+    ActiveAnswering(ActiveSession<'a>, String),
     /// Not yet, and no refusal: a challenge or a CredSSP handshake leg.
     Continue(HttpResponse),
     Refused(Refusal),
@@ -32,12 +37,20 @@ pub(crate) async fn authenticate<'a>(
     authorization: Option<&str>,
     shared: &Shared,
 ) -> Logon<'a> {
+    let constrained = shared.constrained.as_deref();
     let Some(authorization) = authorization else {
         return match session.active() {
             Some(active) => Logon::Active(active),
-            None => Logon::Continue(reply::credssp_401(&[])),
+            None => Logon::Continue(reply::offers_401(constrained.is_some())),
         };
     };
+    if let Some(logons) = constrained {
+        if let Ok(parsed) = parse_scheme_token(authorization) {
+            if kerberos_logon::is_kerberos_scheme(&parsed.scheme) {
+                return kerberos(session, logons, &parsed.scheme, parsed.token, shared).await;
+            }
+        }
+    }
     let is_basic = authorization.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "));
     if is_basic && session.link.https && shared.config().listen.basic_over_https {
         return basic(session, authorization, shared).await;
@@ -113,6 +126,7 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
             let logon = session::Logon {
                 credentials,
                 channel: Some(channel),
+                wrap: None,
                 method,
                 pac_groups,
             };
@@ -130,6 +144,50 @@ async fn credssp<'a>(session: &'a mut Session, authorization: &str, shared: &Sha
             let claimed = user.map(|user| user.to_string());
             Logon::Refused(Refusal::credssp(token, reason).claimed(claimed).method(method))
         }
+    }
+}
+
+/// One plain Kerberos logon: the AP-REQ in `token`, answered with the AP-REP under the
+/// scheme the caller used. No lockout: no password is tried.
+async fn kerberos<'a>(
+    session: &'a mut Session,
+    logons: &ConstrainedLogons,
+    scheme: &str,
+    token: Option<Vec<u8>>,
+    shared: &Shared,
+) -> Logon<'a> {
+    let Some(token) = token else {
+        return Logon::Continue(reply::offers_401(true));
+    };
+    let accepted = match logons.accept(&token, session.link.https) {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            let method = (error != AcceptError::Ntlm).then_some(AuthMethod::Kerberos);
+            return Logon::Refused(Refusal::logon(error.to_string()).method(method));
+        }
+    };
+    if let Err(refusal) = start_over(session, shared).await {
+        return Logon::Refused(refusal);
+    }
+    let Accepted {
+        client,
+        evidence,
+        reply: answer,
+        keys,
+    } = accepted;
+    let principal = Principal::parse(&client.display());
+    let pac_groups = client.pac_groups;
+    let header = format_scheme_token(scheme, &answer);
+    let logon = session::Logon {
+        credentials: DelegatedCredentials::constrained(principal, evidence, logons.account.clone()),
+        channel: None,
+        wrap: Some(Box::new(keys)),
+        method: AuthMethod::Kerberos,
+        pac_groups,
+    };
+    match session.begin(shared, logon).await {
+        Ok(active) => Logon::ActiveAnswering(active, header),
+        Err(refusal) => Logon::Refused(refusal),
     }
 }
 
@@ -195,6 +253,7 @@ async fn basic<'a>(session: &'a mut Session, authorization: &str, shared: &Share
     let logon = session::Logon {
         credentials,
         channel: None,
+        wrap: None,
         method: AuthMethod::Basic,
         pac_groups: None,
     };

@@ -422,6 +422,13 @@ async fn admit(session: &mut Session, request: Request<Incoming>, shared: &Share
     }
     match auth::authenticate(session, authorization.as_deref(), shared).await {
         Logon::Active(active) => Admitted::Answered(pipeline::relay(active, &content_type, body, route, shared).await),
+        Logon::ActiveAnswering(active, authenticate) => {
+            let mut answer = pipeline::relay(active, &content_type, body, route, shared).await;
+            if let Ok(value) = hyper::header::HeaderValue::from_str(&authenticate) {
+                answer.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, value);
+            }
+            Admitted::Answered(answer)
+        }
         Logon::Continue(answer) => Admitted::Answered(answer),
         Logon::Refused(refusal) => Admitted::Refused(refusal),
     }

@@ -24,6 +24,7 @@ mod auth;
 mod command_policy;
 mod conn;
 mod health;
+mod kerberos_logon;
 mod limits;
 mod listen;
 mod pipeline;
@@ -95,6 +96,9 @@ pub(crate) struct Shared {
     /// The `[directory]`'s group SIDs and whether it answered last time (for `/readyz`).
     pub directory: crate::directory::Directory,
     pub lockout: limits::Lockout,
+    /// Plain Kerberos logons, with `[kerberos] delegation = "constrained"` (as started:
+    /// a reload does not change them).
+    pub constrained: Option<Arc<kerberos_logon::ConstrainedLogons>>,
     pub quotas: Arc<limits::Quotas>,
     /// Connections that have not authenticated yet, per source and in all, so
     /// that idle sockets can neither exhaust file descriptors nor crowd out
@@ -242,6 +246,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         );
     }
     let credssp = acceptor_config(&config, &cert)?;
+    let constrained = kerberos_logon::ConstrainedLogons::load(&config, &cert)?.map(Arc::new);
     let mut audit = AuditSink::open(&config.audit)?;
     if let Some(target) = &config.audit.syslog {
         tracing::info!(syslog = %target, "exporting audit events to syslog");
@@ -275,6 +280,7 @@ fn prepare(config: Config) -> Result<Shared, ServerError> {
         kdc_problem: std::sync::Mutex::new(None),
         directory: crate::directory::Directory::default(),
         lockout,
+        constrained,
         quotas,
         unauthenticated,
         refusals: refusal::Summaries::default(),

@@ -75,10 +75,10 @@ pub(crate) async fn relay(
         // The empty POST clients use to (re)check authentication.
         return reply::ok_empty();
     }
-    let sealed = sealing::protocol_of(content_type) == Some(SealProtocol::CredSsp);
+    let sealed = sealing::protocol_of(content_type);
     let mut audit = RequestAudit::new(shared, session.event(AuditKind::Request));
     let relayed = async {
-        require_encryption(sealed, session.link.https)?;
+        require_encryption(sealed.is_some(), session.link.https)?;
         let plain = unseal(&mut session, sealed, &body)?;
         audit.event.bytes_in = Some(plain.len() as u64);
         forward(&mut session, &plain, route, shared, &mut audit).await
@@ -124,36 +124,54 @@ fn require_encryption(sealed: bool, https: bool) -> Result<(), Refused> {
     Err(Refusal::unauthorized(reason).into())
 }
 
-fn unseal(session: &mut ActiveSession<'_>, sealed: bool, body: &[u8]) -> Result<Vec<u8>, Refused> {
-    if !sealed {
-        return Ok(body.to_vec());
-    }
-    let unsealed = sealing::parse_body(SealProtocol::CredSsp, body)
-        .map_err(|e| format!("bad encrypted body: {e}"))
-        .and_then(|parts| match session.active.channel.as_deref_mut() {
-            Some(channel) => channel
-                .unseal(&parts)
-                .map_err(|e| format!("cannot decrypt the request: {e}")),
-            None => Err("this session has no CredSSP channel to decrypt with".into()),
-        });
-    // The CredSSP channel is out of step (or under attack): it cannot carry
+fn unseal(session: &mut ActiveSession<'_>, sealed: Option<SealProtocol>, body: &[u8]) -> Result<Vec<u8>, Refused> {
+    let unsealed = match sealed {
+        None => return Ok(body.to_vec()),
+        Some(SealProtocol::CredSsp) => sealing::parse_body(SealProtocol::CredSsp, body)
+            .map_err(|e| format!("bad encrypted body: {e}"))
+            .and_then(|parts| match session.active.channel.as_deref_mut() {
+                Some(channel) => channel
+                    .unseal(&parts)
+                    .map_err(|e| format!("cannot decrypt the request: {e}")),
+                None => Err("this session has no CredSSP channel to decrypt with".into()),
+            }),
+        Some(SealProtocol::Spnego) => sealing::parse_wrap_token_body(body)
+            .map_err(|e| format!("bad encrypted body: {e}"))
+            .and_then(|part| match session.active.wrap.as_deref_mut() {
+                Some(keys) => keys
+                    .unseal(&part)
+                    .map_err(|e| format!("cannot decrypt the request: {e}")),
+                None => Err("this session has no Kerberos context to decrypt with".into()),
+            }),
+    };
+    // The channel or context is out of step (or under attack): it cannot carry
     // another message, so the session ends now rather than keep the
     // credentials for a connection that is useless.
     unsealed.map_err(|reason| Refusal::unreadable(reason).closing().into())
 }
 
 /// Answer in kind: sealed when the request was.
-fn answer(session: &mut ActiveSession<'_>, sealed: bool, status: StatusCode, xml: &[u8]) -> HttpResponse {
-    if !sealed {
+fn answer(
+    session: &mut ActiveSession<'_>,
+    sealed: Option<SealProtocol>,
+    status: StatusCode,
+    xml: &[u8],
+) -> HttpResponse {
+    let Some(protocol) = sealed else {
         return reply::soap(status, xml.to_vec());
-    }
-    let sealed = match session.active.channel.as_deref_mut() {
-        Some(channel) => channel.seal(xml).map_err(|e| e.to_string()),
+    };
+    let sealed = match (
+        protocol,
+        session.active.channel.as_deref_mut(),
+        session.active.wrap.as_deref_mut(),
+    ) {
+        (SealProtocol::CredSsp, Some(channel), _) => channel.seal(xml).map_err(|e| e.to_string()),
+        (SealProtocol::Spnego, _, Some(keys)) => keys.seal(xml).map(|part| vec![part]).map_err(|e| e.to_string()),
         // unseal refused such a request already: nothing to seal with.
-        None => Err("this session has no CredSSP channel".into()),
+        _ => Err("this session has nothing to seal with".into()),
     };
     match sealed {
-        Ok(parts) => reply::sealed(status, &parts),
+        Ok(parts) => reply::sealed(status, protocol, &parts),
         Err(error) => {
             tracing::error!(%error, "cannot seal the response");
             Refusal::relay_fault("the relay could not encrypt the response").reply()

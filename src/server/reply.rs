@@ -36,6 +36,19 @@ pub(crate) fn credssp_401(token: &[u8]) -> HttpResponse {
     )
 }
 
+/// The first `401`: the schemes a caller may log on with (CredSSP; with constrained
+/// delegation also plain Kerberos, SPNEGO or bare).
+pub(crate) fn offers_401(kerberos: bool) -> HttpResponse {
+    if !kerberos {
+        return credssp_401(&[]);
+    }
+    let mut response = empty(StatusCode::UNAUTHORIZED);
+    for scheme in ["Negotiate", "Kerberos", CREDSSP] {
+        response = response.header(WWW_AUTHENTICATE, scheme);
+    }
+    finish(response, Bytes::new())
+}
+
 /// `401` with a reason for humans in the body, and the CredSSP offer so the
 /// client knows what would work.
 pub(crate) fn refused_401(reason: &str) -> HttpResponse {
@@ -90,12 +103,12 @@ pub(crate) fn plain(status: StatusCode, text: &str) -> HttpResponse {
 }
 
 /// A CredSSP-sealed SOAP body (a reply or a fault).
-pub(crate) fn sealed(status: StatusCode, parts: &[SealedPart]) -> HttpResponse {
-    let body = Bytes::from(sealing::build_body(SealProtocol::CredSsp, parts));
+pub(crate) fn sealed(status: StatusCode, protocol: SealProtocol, parts: &[SealedPart]) -> HttpResponse {
+    let body = Bytes::from(sealing::build_body(protocol, parts));
     finish(
         Response::builder()
             .status(status)
-            .header(CONTENT_TYPE, sealing::content_type(SealProtocol::CredSsp, parts.len()))
+            .header(CONTENT_TYPE, sealing::content_type(protocol, parts.len()))
             .header(CONTENT_LENGTH, body.len()),
         body,
     )

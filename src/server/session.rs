@@ -22,6 +22,7 @@ use crate::audit::{AuditEvent, AuditKind, AuthMethod};
 use crate::config::Config;
 use crate::identity::{Groups, Principal, Sid};
 use crate::proto::credssp::{verify_password, Acceptor, SecureChannel};
+use crate::proto::kerberos::wrap::WrapKeys;
 use crate::proto::psrp::SessionReader;
 use crate::upstream::Pool;
 use crate::vault::DelegatedCredentials;
@@ -91,6 +92,8 @@ pub(crate) struct Active {
     pub method: AuthMethod,
     /// CredSSP's TLS channel, for session encryption; `None` for Basic.
     pub channel: Option<Box<SecureChannel>>,
+    /// A plain Kerberos logon's wrap keys, for session encryption.
+    pub wrap: Option<Box<WrapKeys>>,
     /// Wiped (zeroized) when the session ends, since it is dropped with it.
     pub credentials: DelegatedCredentials,
     /// This session's place in `limits.max_sessions[_per_user]`.
@@ -125,6 +128,7 @@ impl ActiveSession<'_> {
 pub(crate) struct Logon {
     pub credentials: DelegatedCredentials,
     pub channel: Option<Box<SecureChannel>>,
+    pub wrap: Option<Box<WrapKeys>>,
     pub method: AuthMethod,
     /// A Kerberos logon's group SIDs from its ticket's PAC, when it had one.
     pub pac_groups: Option<Vec<Sid>>,
@@ -155,6 +159,9 @@ impl Link {
             session: self.id.clone(),
             user: active.map(|a| a.principal.clone()),
             auth: active.map(|a| a.method),
+            delegation: active
+                .and_then(|a| a.credentials.constrained_delegation())
+                .map(|_| "constrained"),
             source: Some(self.source.to_string()),
             ..AuditEvent::default()
         }
@@ -353,6 +360,7 @@ impl Session {
             groups,
             method: logon.method,
             channel: logon.channel,
+            wrap: logon.wrap,
             credentials: logon.credentials,
             _slot: slot,
             targets: Pool::default(),
@@ -398,6 +406,24 @@ impl Session {
         let mut event = self.link.event(AuditKind::SessionEnd, Some(&active));
         event.duration_ms = Some(active.started.elapsed().as_millis() as u64);
         event.reason = Some(reason.to_string());
+        if let Some(constrained) = active.credentials.constrained_delegation() {
+            let tickets = constrained.tickets();
+            let mut held: Vec<String> = tickets
+                .targets
+                .values()
+                .map(|t| {
+                    let start = t.start.map(crate::audit::format_time).unwrap_or_default();
+                    format!(
+                        "{} for {} from {start} to {}",
+                        t.service,
+                        t.client,
+                        crate::audit::format_time(t.end)
+                    )
+                })
+                .collect();
+            held.sort();
+            event.tickets = Some(held);
+        }
         // Bound into the chain by its hash, so that it cannot be altered unnoticed.
         if let Some(transcript) = active.transcript.take() {
             let sealed = transcript.finish(reason);
@@ -532,6 +558,7 @@ mod tests {
         let slot = Quotas::new(config.limits.clone()).session("LAB\\alice").unwrap();
         let started = Instant::now();
         s.phase = Phase::Active(Box::new(Active {
+            wrap: None,
             principal: "LAB\\alice".into(),
             counted: "LAB\\alice".into(),
             groups: Groups::NotNeeded,

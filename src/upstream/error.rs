@@ -13,6 +13,8 @@ use crate::proto::credssp::CredSspError;
 use crate::proto::http_auth::HttpAuthError;
 use crate::proto::kerberos::client::KerberosError;
 use crate::proto::kerberos::refusal::KdcRefusal;
+use crate::proto::kerberos::s4u::S4uError;
+use crate::proto::kerberos::ticket_context::TicketContextError;
 use crate::proto::sealing::{SealProtocol, SealingError};
 use crate::proto::wsman::FaultKind;
 
@@ -48,6 +50,13 @@ pub enum UpstreamErrorKind {
         source: KdcError,
     },
     Kerberos(KerberosError),
+    /// Constrained delegation: the domain would not give the relay a ticket in the
+    /// caller's name (or the relay its own TGT).
+    Delegation(S4uError),
+    /// Constrained delegation: the handshake with the S4U2Proxy ticket failed.
+    TicketContext(TicketContextError),
+    /// Constrained delegation reaches Kerberos targets only.
+    NotKerberosTarget,
     /// The target answered the caller's Kerberos ticket with a 401.
     TicketRefused {
         user: String,
@@ -144,6 +153,8 @@ pub enum BadResponse {
     #[error(transparent)]
     Kerberos(#[from] KerberosError),
     #[error(transparent)]
+    DelegatedTicket(#[from] TicketContextError),
+    #[error(transparent)]
     CredSsp(#[from] CredSspError),
     #[error(transparent)]
     Body(#[from] SealingError),
@@ -181,6 +192,9 @@ impl UpstreamError {
             K::AuthStatus { .. } => "auth_status",
             K::KdcUnreachable { .. } => "kdc_unreachable",
             K::Kerberos(_) => "kerberos",
+            K::Delegation(_) => "delegation",
+            K::TicketContext(_) => "kerberos",
+            K::NotKerberosTarget => "delegation",
             K::TicketRefused { .. } => "ticket_refused",
             K::Http(_) => "http",
             K::BadResponse(_) => "bad_response",
@@ -206,7 +220,10 @@ impl UpstreamError {
                     | R::ClientRevoked { .. }
                     | R::PasswordExpired { .. },
                 ),
-            ) => Side::Caller,
+            )
+            | K::Delegation(S4uError::UserNotDelegable { .. } | S4uError::EvidenceNotForwardable { .. })
+            | K::TicketContext(TicketContextError::TargetRefused(_)) => Side::Caller,
+            K::Delegation(_) | K::NotKerberosTarget => Side::Relay,
             // The relay's settings: TLS, the realm, a target's SPN, its clock.
             K::Auth(AuthError::NoRealm)
             | K::Tls(TlsError::NoConfig | TlsError::BadName { .. })
@@ -232,7 +249,13 @@ impl UpstreamError {
     pub fn fault_kind(&self) -> FaultKind {
         use UpstreamErrorKind as K;
         match self.kind {
-            K::AuthRejected { .. } | K::Auth(_) | K::Kerberos(_) | K::TicketRefused { .. } => FaultKind::AccessDenied,
+            K::AuthRejected { .. }
+            | K::Auth(_)
+            | K::Kerberos(_)
+            | K::Delegation(_)
+            | K::TicketContext(_)
+            | K::NotKerberosTarget
+            | K::TicketRefused { .. } => FaultKind::AccessDenied,
             _ => FaultKind::DestinationUnreachable,
         }
     }
@@ -254,6 +277,14 @@ impl fmt::Display for UpstreamError {
             K::Auth(e) => write!(f, "authenticating to {target}: {e}"),
             K::KdcUnreachable { spn, source } => write!(f, "no Kerberos ticket for {target} ({spn}): {source}"),
             K::Kerberos(e) => write!(f, "Kerberos to {target}: {e}"),
+            K::Delegation(e) => write!(f, "constrained delegation to {target}: {e}"),
+            K::TicketContext(e) => write!(f, "Kerberos to {target} with the delegated ticket: {e}"),
+            K::NotKerberosTarget => write!(
+                f,
+                "{target} is not a Kerberos target: a caller who logged on with Kerberos reaches targets by \
+                 constrained delegation, which needs the target's auth to be kerberos, https-kerberos or negotiate \
+                 in the relay's realm"
+            ),
             K::TicketRefused { user, spn } => write!(
                 f,
                 "{target} refused the Kerberos ticket of {user} for {spn} (HTTP 401): the target's key for {spn} is \
@@ -289,12 +320,15 @@ impl Error for UpstreamError {
             K::Auth(e) => Some(e),
             K::KdcUnreachable { source, .. } => Some(source),
             K::Kerberos(e) => Some(e),
+            K::Delegation(e) => Some(e),
+            K::TicketContext(e) => Some(e),
             K::Http(e) => Some(e),
             K::BadResponse(e) => Some(e),
             K::ConnectTimeout { .. }
             | K::Timeout { .. }
             | K::AuthRejected { .. }
             | K::TicketRefused { .. }
+            | K::NotKerberosTarget
             | K::AuthStatus { .. }
             | K::ResponseTooLarge { .. } => None,
         }
@@ -316,6 +350,8 @@ kind_from! {
     TlsError => Tls,
     AuthError => Auth,
     KerberosError => Kerberos,
+    S4uError => Delegation,
+    TicketContextError => TicketContext,
     HttpError => Http,
     hyper::Error => Http,
     BadResponse => BadResponse,

@@ -3,6 +3,8 @@
 //! One driver ([`TargetConnection::legs`]) posts any mechanism's legs and reads the
 //! answers; the mechanisms differ only in how they take the target's token.
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::header::WWW_AUTHENTICATE;
@@ -18,8 +20,11 @@ use crate::proto::http_auth::{
 };
 use crate::proto::kerberos::client::{KerberosClient, KerberosError};
 use crate::proto::kerberos::refusal::KdcRefusal;
+use crate::proto::kerberos::s4u::{IssuedTicket, ProxyExchange, TgtExchange};
+use crate::proto::kerberos::ticket_context::{TicketContext, TicketContextError};
+use crate::proto::kerberos::tickets::EXPIRY_MARGIN;
 use crate::resolve::{KerberosTarget, TargetAuth};
-use crate::vault::DelegatedCredentials;
+use crate::vault::{Constrained, DelegatedCredentials};
 
 const NEGOTIATE: &str = "Negotiate";
 const CREDSSP: &str = "CredSSP";
@@ -35,12 +40,17 @@ enum Mechanism<'a> {
     },
     /// CredSSP, which ends by delegating the caller's credentials.
     CredSsp(&'a mut Initiator),
+    /// Kerberos inside SPNEGO with the S4U2Proxy ticket in the caller's name.
+    DelegatedTicket {
+        context: &'a mut TicketContext,
+        spn: &'a str,
+    },
 }
 
 impl Mechanism<'_> {
     fn scheme(&self) -> &'static str {
         match self {
-            Mechanism::Ntlm(_) | Mechanism::Kerberos { .. } => NEGOTIATE,
+            Mechanism::Ntlm(_) | Mechanism::Kerberos { .. } | Mechanism::DelegatedTicket { .. } => NEGOTIATE,
             Mechanism::CredSsp(_) => CREDSSP,
         }
     }
@@ -63,6 +73,7 @@ impl Mechanism<'_> {
                     }),
                 }
             }
+            Mechanism::DelegatedTicket { context, .. } => Ok(context.step(server_token)?),
             // Once the credentials went, a challenge is a refusal.
             Mechanism::CredSsp(initiator) if initiator.credentials_sent() => Ok(None),
             Mechanism::CredSsp(initiator) => match initiator.step(server_token) {
@@ -75,7 +86,7 @@ impl Mechanism<'_> {
     /// Whether a success ends the legs: for CredSSP only once the credentials went.
     fn accepts_success(&self) -> bool {
         match self {
-            Mechanism::Ntlm(_) | Mechanism::Kerberos { .. } => true,
+            Mechanism::Ntlm(_) | Mechanism::Kerberos { .. } | Mechanism::DelegatedTicket { .. } => true,
             Mechanism::CredSsp(initiator) => initiator.credentials_sent(),
         }
     }
@@ -99,6 +110,9 @@ impl Mechanism<'_> {
                 Err(AuthError::from(HttpAuthError::Incomplete).into())
             }
             Mechanism::Kerberos { client, .. } if !client.is_established() => Err(KerberosError::Incomplete.into()),
+            Mechanism::DelegatedTicket { context, .. } if !context.is_established() => {
+                Err(TicketContextError::Incomplete.into())
+            }
             _ => Ok(()),
         }
     }
@@ -109,6 +123,10 @@ impl Mechanism<'_> {
             Mechanism::Kerberos { target, .. } => UpstreamErrorKind::TicketRefused {
                 user: credentials.principal(),
                 spn: target.spn.clone(),
+            },
+            Mechanism::DelegatedTicket { spn, .. } => UpstreamErrorKind::TicketRefused {
+                user: credentials.principal(),
+                spn: spn.to_string(),
             },
             Mechanism::Ntlm(_) | Mechanism::CredSsp(_) => UpstreamErrorKind::AuthRejected {
                 user: credentials.principal(),
@@ -151,6 +169,9 @@ impl TargetConnection {
         credentials: &DelegatedCredentials,
         certificate: Option<&[u8]>,
     ) -> Result<Wire, UpstreamError> {
+        if let Some(constrained) = credentials.constrained_delegation() {
+            return self.delegated(constrained, credentials, certificate).await;
+        }
         if let Some(kerberos) = self.target.kerberos.clone() {
             match self.kerberos(&kerberos, credentials, certificate).await {
                 Ok(wire) => return Ok(wire),
@@ -208,6 +229,95 @@ impl TargetConnection {
             // Resolution gives these a realm and an SPN, or refuses the target.
             TargetAuth::Kerberos | TargetAuth::HttpsKerberos => Err(auth_error(AuthError::NoRealm)),
         }
+    }
+
+    /// Constrained delegation towards the target: the session's S4U2Proxy ticket for its
+    /// SPN (asked for once per session and SPN), then the legs as for any Kerberos target.
+    async fn delegated(
+        &mut self,
+        constrained: &Constrained,
+        credentials: &DelegatedCredentials,
+        certificate: Option<&[u8]>,
+    ) -> Result<Wire, UpstreamError> {
+        let Some(kerberos) = self.target.kerberos.clone() else {
+            return Err(self.error(UpstreamErrorKind::NotKerberosTarget));
+        };
+        let ticket = self.delegated_ticket(constrained, &kerberos).await?;
+        let mut context = TicketContext::new(&ticket, &kerberos.spn);
+        if self.target.https {
+            let Some(certificate) = certificate else {
+                return Err(self.error(AuthError::NoCertificate));
+            };
+            context = context.with_channel_bindings(&tls_server_end_point(certificate));
+        }
+        let mut mechanism = Mechanism::DelegatedTicket {
+            context: &mut context,
+            spn: &kerberos.spn,
+        };
+        let token = match mechanism.next(None, credentials).await {
+            Ok(Some(token)) => token,
+            Ok(None) => return Err(self.error(TicketContextError::Incomplete)),
+            Err(kind) => return Err(self.error(kind)),
+        };
+        self.legs(&mut mechanism, token, credentials).await?;
+        Ok(if self.target.https {
+            Wire::Plain
+        } else {
+            Wire::DelegatedTicket(Box::new(context))
+        })
+    }
+
+    /// The S4U2Proxy ticket for the target's SPN: the session's, while good, or a new
+    /// one (with the relay's TGT, got first when the session has none good).
+    async fn delegated_ticket(
+        &mut self,
+        constrained: &Constrained,
+        kerberos: &KerberosTarget,
+    ) -> Result<IssuedTicket, UpstreamError> {
+        let now = SystemTime::now();
+        let good = |ticket: &IssuedTicket| now + EXPIRY_MARGIN < ticket.end;
+        let (kept, tgt) = {
+            let tickets = constrained.tickets();
+            (
+                tickets.targets.get(&kerberos.spn).filter(|t| good(t)).cloned(),
+                tickets.tgt.as_ref().filter(|t| good(t)).cloned(),
+            )
+        };
+        if let Some(ticket) = kept {
+            return Ok(ticket);
+        }
+        let unreachable = |source| UpstreamErrorKind::KdcUnreachable {
+            spn: kerberos.spn.clone(),
+            source,
+        };
+        let tgt = match tgt {
+            Some(tgt) => tgt,
+            None => {
+                let mut exchange = TgtExchange::new(&constrained.account);
+                let tgt = converse(&mut exchange, &kerberos.realm.kdc)
+                    .await
+                    .map_err(|source| self.error(unreachable(source)))?
+                    .map_err(|e| self.error(e))?;
+                constrained.tickets().tgt = Some(tgt.clone());
+                tgt
+            }
+        };
+        let mut exchange = ProxyExchange::new(&constrained.account, &tgt, &constrained.evidence, &kerberos.spn);
+        let ticket = converse(&mut exchange, &kerberos.realm.kdc)
+            .await
+            .map_err(|source| self.error(unreachable(source)))?
+            .map_err(|e| self.error(e))?;
+        tracing::info!(
+            target = %self.target.name,
+            spn = %kerberos.spn,
+            client = %ticket.client,
+            "constrained delegation: S4U2Proxy ticket issued"
+        );
+        constrained
+            .tickets()
+            .targets
+            .insert(kerberos.spn.clone(), ticket.clone());
+        Ok(ticket)
     }
 
     /// Kerberos towards the target: a ticket (from the session's, or the KDC), then the

@@ -11,6 +11,7 @@ use super::error::{BadResponse, HttpError, UpstreamErrorKind};
 use crate::proto::credssp::SecureChannel;
 use crate::proto::http_auth::NegotiateClient;
 use crate::proto::kerberos::client::KerberosClient;
+use crate::proto::kerberos::ticket_context::TicketContext;
 use crate::proto::sealing::{self, SealProtocol};
 
 const SOAP_CONTENT_TYPE: &str = "application/soap+xml;charset=UTF-8";
@@ -21,6 +22,8 @@ pub(super) enum Wire {
     Spnego(Box<NegotiateClient>),
     /// SPNEGO session encryption with Kerberos wrap tokens (HTTP).
     Kerberos(Box<KerberosClient>),
+    /// The same with the context of a ticket from constrained delegation (HTTP).
+    DelegatedTicket(Box<TicketContext>),
     /// CredSSP session encryption (HTTP).
     CredSsp(Box<SecureChannel>),
     /// Plain SOAP inside the target's TLS.
@@ -48,6 +51,7 @@ impl Wire {
         Ok(match self {
             Wire::Spnego(client) => sealed(SealProtocol::Spnego, &[client.seal(soap)?]),
             Wire::Kerberos(client) => sealed(SealProtocol::Spnego, &[client.seal(soap)?]),
+            Wire::DelegatedTicket(context) => sealed(SealProtocol::Spnego, &[context.seal(soap)?]),
             Wire::CredSsp(channel) => sealed(SealProtocol::CredSsp, &channel.seal(soap)?),
             Wire::Plain => Outgoing {
                 body: soap.to_vec(),
@@ -65,7 +69,9 @@ impl Wire {
     /// The largest body accepted for `max_envelope` bytes of SOAP.
     pub(super) fn body_limit(&self, max_envelope: usize) -> usize {
         match self {
-            Wire::Spnego(_) | Wire::Kerberos(_) | Wire::CredSsp(_) => sealing::sealed_size_limit(max_envelope),
+            Wire::Spnego(_) | Wire::Kerberos(_) | Wire::DelegatedTicket(_) | Wire::CredSsp(_) => {
+                sealing::sealed_size_limit(max_envelope)
+            }
             Wire::Plain | Wire::Basic(_) => max_envelope,
         }
     }
@@ -95,6 +101,10 @@ impl Wire {
             (Some(SealProtocol::Spnego), Wire::Kerberos(client)) => {
                 let part = sealing::parse_wrap_token_body(body)?;
                 client.unseal(&part)?
+            }
+            (Some(SealProtocol::Spnego), Wire::DelegatedTicket(context)) => {
+                let part = sealing::parse_wrap_token_body(body)?;
+                context.unseal(&part)?
             }
             (Some(SealProtocol::CredSsp), Wire::CredSsp(channel)) => {
                 let parts = sealing::parse_body(SealProtocol::CredSsp, body)?;

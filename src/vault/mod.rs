@@ -1,5 +1,6 @@
 //! Delegated credentials received through CredSSP, and the Kerberos tickets the
-//! relay obtained with them.
+//! relay obtained with them; for a plain Kerberos logon (constrained delegation), the
+//! caller's service ticket and the S4U2Proxy tickets instead of a password.
 //!
 //! They live only in memory, inside the session that received them: the
 //! password is a [`SecretString`] (zeroized on drop), `Debug` never prints it,
@@ -11,7 +12,7 @@ mod password;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -22,6 +23,7 @@ use zeroize::Zeroizing;
 pub use password::read_password_line;
 
 use crate::identity::Principal;
+use crate::proto::kerberos::s4u::{Evidence, IssuedTicket, RelayAccount};
 
 /// The caller's identity and password as delegated in TSCredentials.
 pub struct DelegatedCredentials {
@@ -30,6 +32,33 @@ pub struct DelegatedCredentials {
     /// Behind a lock because a session's target connections share the credentials
     /// (`&DelegatedCredentials`), and cleanup opens several at once.
     tickets: Mutex<Tickets>,
+    /// A plain Kerberos logon's: its service ticket to the relay and the tickets
+    /// S4U2Proxy gave; such credentials have no password.
+    constrained: Option<Box<Constrained>>,
+}
+
+/// What constrained delegation works with for one session: the caller's ticket as the
+/// evidence, the relay's TGT and one S4U2Proxy ticket per target SPN. Their keys are
+/// zeroized when the session ends.
+pub struct Constrained {
+    pub evidence: Evidence,
+    /// The relay's account, whose TGT asks for the tickets.
+    pub account: Arc<RelayAccount>,
+    tickets: Mutex<ConstrainedTickets>,
+}
+
+impl Constrained {
+    /// Hold the guard briefly, never across an await.
+    pub fn tickets(&self) -> MutexGuard<'_, ConstrainedTickets> {
+        self.tickets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Default)]
+pub struct ConstrainedTickets {
+    pub tgt: Option<IssuedTicket>,
+    /// By SPN.
+    pub targets: HashMap<String, IssuedTicket>,
 }
 
 /// A KDC reply the relay keeps to answer the same request again, and until when the
@@ -81,7 +110,27 @@ impl DelegatedCredentials {
             principal,
             password,
             tickets: Mutex::default(),
+            constrained: None,
         }
+    }
+
+    /// A plain Kerberos logon's credentials: no password, the caller's ticket.
+    pub fn constrained(principal: Principal, evidence: Evidence, account: Arc<RelayAccount>) -> Self {
+        Self {
+            principal,
+            password: SecretString::from(String::new()),
+            tickets: Mutex::default(),
+            constrained: Some(Box::new(Constrained {
+                evidence,
+                account,
+                tickets: Mutex::default(),
+            })),
+        }
+    }
+
+    /// What constrained delegation needs, for a plain Kerberos logon.
+    pub fn constrained_delegation(&self) -> Option<&Constrained> {
+        self.constrained.as_deref()
     }
 
     /// Who the credentials are for, as one principal (compare with its key).

@@ -65,6 +65,15 @@ fn rewrite(token: &[u8], session_key: &[u8]) -> Option<Vec<u8>> {
     picky_asn1_der::to_vec(&init).ok()
 }
 
+/// The authenticator's authorization data of a channel-bound AP-REQ the relay makes
+/// itself: the entry as Windows and MIT read it.
+pub(crate) fn channel_binding_mark() -> Option<AuthorizationData> {
+    let ap_options: AuthorizationData =
+        Asn1SequenceOf::from(vec![entry(&AD_AUTH_DATA_AP_OPTION_TYPE, KERB_AP_OPTIONS_CBT.to_vec())]);
+    let relevant = entry(&AD_IF_RELEVANT, picky_asn1_der::to_vec(&ap_options).ok()?);
+    Some(Asn1SequenceOf::from(vec![relevant]))
+}
+
 fn entry(ad_type: &[u8], data: Vec<u8>) -> AuthorizationDataInner {
     AuthorizationDataInner {
         ad_type: ExplicitContextTag0::from(IntegerAsn1::from(ad_type.to_vec())),

@@ -29,6 +29,8 @@ pub fn kdc_message_type(message: &[u8]) -> Option<KdcMessage> {
 pub mod error_codes {
     pub const KDC_ERR_C_PRINCIPAL_UNKNOWN: i64 = 6;
     pub const KDC_ERR_S_PRINCIPAL_UNKNOWN: i64 = 7;
+    pub const KDC_ERR_POLICY: i64 = 12;
+    pub const KDC_ERR_BADOPTION: i64 = 13;
     pub const KDC_ERR_ETYPE_NOSUPP: i64 = 14;
     pub const KDC_ERR_CLIENT_REVOKED: i64 = 18;
     pub const KDC_ERR_KEY_EXPIRED: i64 = 23;

@@ -66,6 +66,20 @@ pub fn group_sids(pac: &[u8]) -> Result<Vec<Sid>, PacError> {
     logon_info_sids(logon_info(pac)?)
 }
 
+/// UserAccountControl of the PAC's LOGON_INFO (USER_NOT_DELEGATED and the other
+/// account flags): a fixed-size field, 164 bytes into KERB_VALIDATION_INFO, which
+/// follows the NDR type headers (8 + 8) and the top-level referent (4).
+pub fn user_account_control(pac: &[u8]) -> Result<u32, PacError> {
+    const AT: usize = 20 + 164;
+    let info = logon_info(pac)?;
+    let bytes = info
+        .get(AT..AT + 4)
+        .ok_or(PacError::Malformed("shorter than its UserAccountControl"))?;
+    let mut word = [0u8; 4];
+    word.copy_from_slice(bytes);
+    Ok(u32::from_le_bytes(word))
+}
+
 /// The LOGON_INFO buffer of a PACTYPE: a count, a version (0), then (type, size, offset)
 /// for each buffer.
 fn logon_info(pac: &[u8]) -> Result<&[u8], PacError> {

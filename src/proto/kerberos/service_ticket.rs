@@ -8,12 +8,13 @@
 
 use picky_krb::constants::key_usages::TICKET_REP;
 use picky_krb::crypto::CipherSuite;
-use picky_krb::data_types::{EncTicketPart, PrincipalName};
+use picky_krb::data_types::{EncTicketPart, PrincipalName, Ticket};
 use picky_krb::gss_api::{ApplicationTag0, GssApiNegInit, KrbMessage};
 use picky_krb::messages::ApReq;
 use zeroize::Zeroizing;
 
 use super::pac;
+use super::s4u::Evidence;
 use crate::identity::Sid;
 use crate::proto::guard::contain_panic;
 
@@ -46,10 +47,42 @@ pub fn ticket_client(token: &[u8], keys: &[ServiceKeyRef<'_>]) -> Option<TicketC
 }
 
 fn read(token: &[u8], keys: &[ServiceKeyRef<'_>]) -> Option<TicketClient> {
-    let ap_req = ap_req(token)?;
-    let ticket = &ap_req.0.ticket.0 .0;
-    let service = components(&ticket.sname.0);
-    let encrypted = &ticket.enc_part.0;
+    let (_, part) = open(&ap_req(token)?.0.ticket.0, keys)?;
+    Some(client_of(&part))
+}
+
+/// Whom a decrypted ticket names, with its PAC's groups.
+pub(crate) fn client_of(part: &EncTicketPart) -> TicketClient {
+    let pac_groups = part
+        .0
+        .authorization_data
+        .0
+        .as_ref()
+        .and_then(|data| pac::find_pac(&data.0))
+        .and_then(|found| pac::group_sids(&found).ok());
+    TicketClient {
+        name: components(&part.0.cname.0),
+        realm: part.0.crealm.0.to_string(),
+        pac_groups,
+    }
+}
+
+/// The caller's service ticket in `token` (as [`ticket_client`] reads it) as the
+/// evidence for constrained delegation: the ticket as it came, and what it says.
+pub fn evidence(token: &[u8], keys: &[ServiceKeyRef<'_>]) -> Option<Evidence> {
+    contain_panic(|| {
+        let ticket = ap_req(token)?.0.ticket.0;
+        let (_, part) = open(&ticket, keys)?;
+        Evidence::new(ticket, &part)
+    })
+    .ok()
+    .flatten()
+}
+
+/// Decrypts `ticket` with the key of the service it was issued for.
+pub(crate) fn open(ticket: &Ticket, keys: &[ServiceKeyRef<'_>]) -> Option<(Vec<String>, EncTicketPart)> {
+    let service = components(&ticket.0.sname.0);
+    let encrypted = &ticket.0.enc_part.0;
     let etype = *encrypted.etype.0 .0.first()?;
     let cipher = CipherSuite::try_from(usize::from(etype)).ok()?.cipher();
     let plain = keys
@@ -58,24 +91,13 @@ fn read(token: &[u8], keys: &[ServiceKeyRef<'_>]) -> Option<TicketClient> {
         .find_map(|(_, key)| cipher.decrypt(key, TICKET_REP, &encrypted.cipher.0 .0).ok())
         .map(Zeroizing::new)?;
     let part: EncTicketPart = picky_asn1_der::from_bytes(&plain).ok()?;
-    let pac_groups = part
-        .0
-        .authorization_data
-        .0
-        .as_ref()
-        .and_then(|data| pac::find_pac(&data.0))
-        .and_then(|found| pac::group_sids(&found).ok());
-    Some(TicketClient {
-        name: components(&part.0.cname.0),
-        realm: part.0.crealm.0.to_string(),
-        pac_groups,
-    })
+    Some((service, part))
 }
 
 /// SPNEGO's mechanism OID, as it follows the GSS-API token's header.
 const SPNEGO_OID: [u8; 8] = [0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
 
-fn ap_req(token: &[u8]) -> Option<ApReq> {
+pub(crate) fn ap_req(token: &[u8]) -> Option<ApReq> {
     // Which framing decides the parser: picky's SPNEGO decoder panics on a bare krb5 token.
     if gss_body(token)?.starts_with(&SPNEGO_OID) {
         let init = picky_asn1_der::from_bytes::<ApplicationTag0<GssApiNegInit>>(token).ok()?;

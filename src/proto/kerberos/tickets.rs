@@ -19,11 +19,11 @@ use picky_asn1::wrapper::Asn1SequenceOf;
 use picky_krb::constants::key_usages::{AS_REP_ENC, TGS_REP_ENC_SESSION_KEY};
 use picky_krb::constants::types::{PA_ENC_TIMESTAMP, PA_ETYPE_INFO2_TYPE};
 use picky_krb::crypto::CipherSuite;
-use picky_krb::data_types::{EtypeInfo2, KerberosTime, PaData, PrincipalName};
-use picky_krb::messages::{AsRep, AsReq, EncAsRepPart, EncKdcRepPart, EncTgsRepPart, KrbError, TgsRep, TgsReq};
-use serde::de::DeserializeOwned;
+use picky_krb::data_types::{EtypeInfo2, PaData, PrincipalName};
+use picky_krb::messages::{AsRep, AsReq, KrbError, TgsRep, TgsReq};
 use zeroize::Zeroizing;
 
+use super::decoding::{decode, decrypt_rep_part, system_time};
 use super::messages::{error_codes, kdc_message_type, krb_error, KdcMessage};
 use crate::proto::guard::contain_panic;
 use crate::vault::{KeptReply, KeptTgt, Tickets};
@@ -49,14 +49,6 @@ pub(crate) fn unframe(framed: &[u8]) -> Option<&[u8]> {
     let (prefix, message) = framed.split_at_checked(4)?;
     let length = u32::from_be_bytes(prefix.try_into().ok()?);
     (usize::try_from(length).ok()? == message.len()).then_some(message)
-}
-
-/// Decodes `T`, which must be the whole message; picky's decoders have panicked on
-/// malformed input before, so a panic is a decoding failure like any other.
-fn decode<T: DeserializeOwned>(der: &[u8]) -> Option<T> {
-    contain_panic(|| picky_asn1_der::from_bytes::<T>(der).ok())
-        .ok()
-        .flatten()
 }
 
 /// What `framed`, a request sspi hands over, asks the KDC for.
@@ -211,25 +203,6 @@ fn service_ticket_expiry(tgs_rep: &TgsRep, tgt_session_key: &[u8]) -> Option<Sys
         &tgs_rep.0.enc_part.0.cipher.0 .0,
     )?;
     system_time(&part.end_time.0)
-}
-
-/// A KDC reply's encrypted part; MIT sends EncTGSRepPart in AS-REPs too, which
-/// Kerberos allows, so either tag is taken.
-fn decrypt_rep_part(suite: &CipherSuite, key: &[u8], usage: i32, cipher: &[u8]) -> Option<EncKdcRepPart> {
-    let plain = Zeroizing::new(
-        contain_panic(|| suite.cipher().decrypt(key, usage, cipher))
-            .ok()?
-            .ok()?,
-    );
-    decode::<EncAsRepPart>(&plain)
-        .map(|p| p.0)
-        .or_else(|| decode::<EncTgsRepPart>(&plain).map(|p| p.0))
-}
-
-fn system_time(time: &KerberosTime) -> Option<SystemTime> {
-    let at = time::OffsetDateTime::try_from(time.0.clone()).ok()?;
-    let secs = u64::try_from(at.unix_timestamp()).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// A ticket this close to its end is fetched again: the target checks its end time
