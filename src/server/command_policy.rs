@@ -225,8 +225,12 @@ fn read_whole(bytes: &[u8], asked: &mut Vec<PsCommand>) -> Result<bool, String> 
 
 /// A CREATE_PIPELINE's commands, every statement of `Cmds` and `ExtraCmds`.
 fn commands_of(data: &[u8]) -> Result<Vec<PsCommand>, String> {
-    let pipeline =
-        Pipeline::parse_strict(data).ok_or_else(|| "a CREATE_PIPELINE whose CLIXML is not well-formed".to_string())?;
+    let pipeline = Pipeline::parse_strict(data).ok_or_else(|| {
+        "a CREATE_PIPELINE the relay cannot read as PowerShell would: malformed CLIXML, no command, or a \
+         construct it does not judge (an object reference, CDATA, a list other than LST, a property \
+         spelled otherwise or given twice)"
+            .to_string()
+    })?;
     let mut commands = Vec::new();
     for command in pipeline.commands() {
         if command.name.is_empty() {
