@@ -101,7 +101,8 @@ def ansible(tmp_path: typing.Any, connection: str, user: str, module: str, args:
     # An empty configuration of its own: nothing from the machine's ansible.cfg or ~/.ansible.
     (work / "ansible.cfg").write_text("")
     env = harness.scrubbed_env({
-        "ANSIBLE_CONFIG": str(work / "ansible.cfg"), "ANSIBLE_HOME": str(work / "home"), "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
+        "ANSIBLE_CONFIG": str(work / "ansible.cfg"), "ANSIBLE_HOME": str(work / "home"),
+        "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
         "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_KEY_CHECKING": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
     })
