@@ -103,8 +103,7 @@ def ansible(tmp_path: typing.Any, connection: str, user: str, module: str, args:
     env = harness.scrubbed_env({
         "ANSIBLE_CONFIG": str(work / "ansible.cfg"), "ANSIBLE_HOME": str(work / "home"),
         "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
-        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_KEY_CHECKING": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "ANSIBLE_NOCOLOR": "1", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
     })
     done = subprocess.run(argv, capture_output=True, env=env, cwd=str(work), timeout=170)
     out = done.stdout.decode("utf-8", "replace") + done.stderr.decode("utf-8", "replace")
