@@ -470,7 +470,7 @@ mod tests {
         // CLIXML that does not read to its end, and objects as values.
         let broken = message("<Obj><MS><Obj N=\"Cmds\"><LST>");
         let why = unreadable(streams.read(&command(Some("C5"), &fragment(7, 0, START | END, &broken)), b"", false));
-        assert!(why.contains("not well-formed"), "{why}");
+        assert!(why.contains("malformed CLIXML"), "{why}");
         let sbk = "<Obj RefId=\"13\"><MS><S N=\"N\">ScriptBlock</S><SBK N=\"V\">Stop-Computer</SBK></MS></Obj>";
         let xml = pipeline(&[("Invoke-Command", false, sbk)]);
         let why = unreadable(streams.read(
