@@ -66,6 +66,11 @@ pub enum AcceptError {
     Replay,
     #[error("the logon is bound to another TLS channel (channel binding mismatch)")]
     ChannelBinding,
+    #[error(
+        "over HTTPS the relay takes only logons bound to its TLS channel, and this one carries no channel \
+         binding: use a client that sends it (Windows, pypsrp and pywinrm do when they check the certificate)"
+    )]
+    Unbound,
     #[error("cannot answer: {0}")]
     Build(String),
 }
@@ -266,12 +271,17 @@ fn within(a: SystemTime, b: SystemTime, skew: Duration) -> bool {
     diff <= skew
 }
 
-/// The checksum's channel-binding hash (bytes 4..20): zeros (unbound) or the MD5 of
-/// this channel's bindings.
+/// The checksum's channel-binding hash (bytes 4..20): the MD5 of this channel's
+/// bindings, or zeros (unbound), which only a plain HTTP logon may be: over TLS an
+/// unbound ticket could have been taken from a client that talked to someone else, and
+/// the relay would delegate as its user.
 fn check_bindings(checksum: &[u8], channel_bindings: Option<&[u8]>) -> Result<(), AcceptError> {
     let hash = checksum.get(4..20).ok_or(AcceptError::BadAuthenticator)?;
     if hash.iter().all(|b| *b == 0) {
-        return Ok(());
+        return match channel_bindings {
+            None => Ok(()),
+            Some(_) => Err(AcceptError::Unbound),
+        };
     }
     let Some(data) = channel_bindings else {
         return Err(AcceptError::ChannelBinding);

@@ -100,6 +100,18 @@ fn channel_bindings_go_in_the_authenticator() {
 }
 
 #[test]
+fn an_unbound_logon_is_taken_over_http_only() {
+    let mut context = TicketContext::new(&ticket(), SPN).with_clock(while_good);
+    let token = context.step(None).unwrap().unwrap();
+    assert!(web01_accepts(&token, None).is_ok());
+    let end_point = b"tls-server-end-point:0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        web01_accepts(&token, Some(end_point)).unwrap_err(),
+        AcceptError::Unbound
+    );
+}
+
+#[test]
 fn an_ap_rep_that_is_not_for_this_authenticator_is_refused() {
     let ticket = ticket();
     let mut first = TicketContext::new(&ticket, SPN).with_clock(while_good);
