@@ -25,8 +25,34 @@ const MATCH: MatchOptions = MatchOptions {
 const CMD_METACHARACTERS: [char; 8] = ['&', '|', '<', '>', '^', '%', '\r', '\n'];
 
 /// The pipelines PowerShell's own host adds around what a user types: output
-/// formatting, the prompt, Tab completion. None runs a user's command.
-const HOST_COMMANDS: [&str; 3] = ["Out-Default", "prompt", "TabExpansion2"];
+/// formatting, the prompt, Tab completion, each with the parameters the host gives
+/// it (and no positional value). None runs a user's command; given anything else,
+/// they are judged as any command.
+const HOST_COMMANDS: [(&str, &[&str]); 3] = [
+    ("Out-Default", &["Transcript"]),
+    ("prompt", &[]),
+    (
+        "TabExpansion2",
+        &[
+            "inputScript",
+            "cursorColumn",
+            "options",
+            "ast",
+            "tokens",
+            "positionOfCursor",
+        ],
+    ),
+];
+
+/// Whether `name` with `arguments` is one of [`HOST_COMMANDS`] as the host sends it.
+fn is_host_call(name: &str, arguments: &[Argument]) -> bool {
+    HOST_COMMANDS.iter().any(|(host, parameters)| {
+        host.eq_ignore_ascii_case(name)
+            && bound_parameters(arguments)
+                .iter()
+                .all(|(name, _)| name.is_some_and(|name| parameters.iter().any(|p| p.eq_ignore_ascii_case(name))))
+    })
+}
 
 /// One rule's command policy.
 #[derive(Debug, Clone, Default)]
@@ -298,7 +324,7 @@ impl CommandPolicy {
 /// One command against the `cmdlets` entries.
 fn judge_call(rule: &str, entries: &[CmdletEntry], name: &str, arguments: &[Argument]) -> Result<(), String> {
     let name = name.replace(script::is_dash, "-");
-    if HOST_COMMANDS.iter().any(|h| h.eq_ignore_ascii_case(&name)) {
+    if is_host_call(&name, arguments) {
         return Ok(());
     }
     let mut restricted = None;

@@ -1154,6 +1154,9 @@ mod tests {
              \"Restart-Service -Name Spooler|W32Time\" (that one parameter, one listed value)"
         );
         for refused in [
+            "prompt -x 1",
+            "Out-Default -InputObject x",
+            "TabExpansion2 x",
             "Restart-Service WinRM",
             "Restart-Service",
             "Get-Service WinRM | Restart-Service",
