@@ -232,7 +232,8 @@ fn parse(xml: &[u8], every: bool) -> (Pipeline, bool) {
                 if strict && (given.contains(&kind) || kind == Slot::IsScript && !matches!(&*frame.tag, "B")) {
                     break;
                 }
-                if !(PRIMITIVES.contains(&&*frame.tag) && !empty) {
+                // A primitive with text is given its value at its end.
+                if empty || !PRIMITIVES.contains(&&*frame.tag) {
                     given.push(kind);
                 }
                 match &*frame.tag {
