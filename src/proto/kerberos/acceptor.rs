@@ -36,7 +36,7 @@ use crate::proto::sealing::SealedPart;
 /// How far the caller's clock may be from the relay's (Kerberos' customary five minutes).
 pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 const KERBEROS_VERSION: u8 = 5;
-/// DER of krb5 and MS-KRB5, for SPNEGO's supportedMech.
+/// DER of krb5 and Microsoft's Kerberos OID, for SPNEGO's supportedMech.
 const KRB5_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
 const MS_KRB5_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
 /// SPNEGO negState accept-completed.
@@ -199,7 +199,7 @@ fn accept_checked(
         }
     }
     let evidence = Evidence::new(ticket, &part).ok_or(AcceptError::BadAuthenticator)?;
-    // The initiator's subkey keys the context (RFC 4121); without one, the session key.
+    // The initiator's subkey keys the context; without one, the session key.
     let (key_suite, key) = match auth.subkey.0.as_ref() {
         Some(subkey) => (
             suite_of(&subkey.0.key_type.0).ok_or(AcceptError::BadAuthenticator)?,

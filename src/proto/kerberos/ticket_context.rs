@@ -1,6 +1,6 @@
 //! A client context from a service ticket the relay already holds (the S4U2Proxy
 //! ticket in the caller's name): the AP-REQ inside SPNEGO, as Windows' WinRM client
-//! sends it, the target's AP-REP, then RFC 4121 wrap tokens ([`wrap`](super::wrap)).
+//! sends it, the target's AP-REP, then Kerberos wrap tokens ([`wrap`](super::wrap)).
 //!
 //! sspi's client can only get its tickets itself, from a password; this is the same
 //! handshake on picky-krb for a ticket handed over.
@@ -32,7 +32,7 @@ use super::wrap::{Side, WrapError, WrapKeys};
 use crate::proto::guard::contain_panic;
 use crate::proto::sealing::SealedPart;
 
-/// SPNEGO, MS-KRB5 (what Windows lists first) and krb5, as DER.
+/// SPNEGO, Microsoft's Kerberos OID (what Windows lists first) and krb5, as DER.
 const SPNEGO: &[u8] = &[0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
 const MS_KRB5: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
 const KRB5: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
@@ -154,7 +154,7 @@ impl TicketContext {
         let now = (self.clock)();
         let subkey = Zeroizing::new(random_key(&self.suite));
         let seq = rand::random::<u32>() & 0x3fff_ffff;
-        // RFC 4121 4.1.1: Lgth 16, the channel bindings' MD5, then the flags.
+        // The GSS checksum: length 16, the channel bindings' MD5, then the flags.
         let mut checksum = Vec::with_capacity(24);
         checksum.extend_from_slice(&16u32.to_le_bytes());
         checksum.extend_from_slice(&self.bindings_hash());
