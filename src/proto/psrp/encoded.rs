@@ -46,6 +46,11 @@ fn decode(value: &str) -> Option<String> {
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
     let bytes = ENGINE.decode(value).ok()?;
+    // UTF-16 comes in pairs of bytes: PowerShell would run a U+FFFD glued to the
+    // last word, which is not the script judged here.
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
     let units: Vec<u16> = bytes
         .chunks_exact(2)
         .map(|p| u16::from_le_bytes([p[0], p[1]]))
@@ -117,5 +122,13 @@ mod tests {
         ] {
             assert_eq!(encoded_command(&line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn an_odd_number_of_bytes_is_not_a_script() {
+        let mut bytes: Vec<u8> = "whoami".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        bytes.push(b'x');
+        let s = base64::engine::general_purpose::STANDARD.encode(bytes);
+        assert_eq!(encoded_command(&format!("powershell -enc {s}")), None);
     }
 }
