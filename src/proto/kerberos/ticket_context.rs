@@ -22,7 +22,7 @@ use picky_krb::data_types::{
 };
 use picky_krb::gss_api::{ApplicationTag0, GssApiNegInit, KrbMessage, MechTypeList, NegTokenInit, NegTokenTarg1};
 use picky_krb::messages::{ApRep, ApReq, ApReqInner};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::ap_options::channel_binding_mark;
 use super::decoding::decode;
@@ -164,7 +164,7 @@ impl TicketContext {
             None => None,
         };
         let name: Vec<&str> = self.client.0.iter().map(String::as_str).collect();
-        let authenticator = Authenticator::from(AuthenticatorInner {
+        let mut authenticator = Authenticator::from(AuthenticatorInner {
             authenticator_vno: ExplicitContextTag0::from(IntegerAsn1::from(vec![KERBEROS_VERSION])),
             crealm: ExplicitContextTag1::from(Realm::from(
                 picky_asn1::restricted_string::IA5String::from_string(self.client.1.clone()).map_err(build_err)?,
@@ -183,7 +183,12 @@ impl TicketContext {
             seq_number: Optional::from(Some(ExplicitContextTag7::from(unsigned(seq)))),
             authorization_data: Optional::from(authorization_data.map(ExplicitContextTag8::from)),
         });
-        let plain = Zeroizing::new(picky_asn1_der::to_vec(&authenticator).map_err(build_err)?);
+        let der = picky_asn1_der::to_vec(&authenticator);
+        // The authenticator's copy of the subkey goes now; `plain` is wiped on drop.
+        if let Some(key) = authenticator.0.subkey.0.as_mut() {
+            key.0.key_value.0 .0.zeroize();
+        }
+        let plain = Zeroizing::new(der.map_err(build_err)?);
         let sealed = self
             .suite
             .cipher()
@@ -269,7 +274,12 @@ impl TicketContext {
             .ok_or(TicketContextError::BadReply(
                 "its encrypted part does not open with the ticket's key",
             ))?;
-        let part: EncApRepPart = decode(&plain).ok_or(TicketContextError::BadReply("malformed EncAPRepPart"))?;
+        let mut part: EncApRepPart = decode(&plain).ok_or(TicketContextError::BadReply("malformed EncAPRepPart"))?;
+        // The acceptor's subkey leaves the decoded part at once, into memory wiped on drop.
+        let acceptor_key = part.0.subkey.0.take().map(|mut key| {
+            let value = Zeroizing::new(std::mem::take(&mut key.0.key_value.0 .0));
+            (key.0.key_type.0, value)
+        });
         // Mutual authentication: the target read the authenticator's time.
         if Some(&part.0.ctime.0) != Some(&kerberos_time(ctime))
             || part.0.cusec.0.as_unsigned_bytes_be() != unsigned(micros(ctime)).as_unsigned_bytes_be()
@@ -283,14 +293,14 @@ impl TicketContext {
                 .iter()
                 .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
         });
-        let (suite, key, acceptor_subkey) = match part.0.subkey.0.as_ref() {
-            Some(key) => {
-                let etype = key.0.key_type.0.as_unsigned_bytes_be();
+        let (suite, key, acceptor_subkey) = match acceptor_key {
+            Some((etype, key)) => {
                 let suite = etype
+                    .as_unsigned_bytes_be()
                     .last()
                     .and_then(|e| CipherSuite::try_from(usize::from(*e)).ok())
                     .ok_or(TicketContextError::BadReply("its subkey's encryption type is unknown"))?;
-                (suite, Zeroizing::new(key.0.key_value.0 .0.clone()), true)
+                (suite, key, true)
             }
             None => (self.suite.clone(), subkey.clone(), false),
         };
