@@ -33,7 +33,7 @@
 //!   streams, reassembles and decompresses those streams and reads pipelines out of them
 //!   (its `SessionReader` is what a session's audit is fed with).
 //!   For constrained delegation, `proto::kerberos` holds the plain Kerberos acceptor,
-//!   S4U2Proxy, a client context from a ticket and RFC 4121 wrap tokens.
+//!   S4U2Proxy, a client context from a ticket and Kerberos wrap tokens.
 //! - [`identity`]: who a caller is: the relay's domain (realm and NetBIOS name), one
 //!   principal type that reads every spelling of a user name into one comparable key,
 //!   and the users-file row; imports nothing of the crate, every layer uses it.

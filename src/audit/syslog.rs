@@ -1,5 +1,5 @@
 //! Live export of the audit trail: every line written to the audit log also goes to a
-//! syslog receiver as an RFC 5424 message, the JSON line as MSG.
+//! syslog receiver as a version 1 syslog message, the JSON line as MSG.
 //!
 //! Requests never wait for the receiver: a line is put on a bounded queue (or dropped,
 //! and counted, when the queue is full) and one writer task sends the queue in order. A
@@ -118,7 +118,7 @@ fn format_message(kind: AuditKind, time: &str, hostname: &str, pid: u32, line: &
     message
 }
 
-/// The host's name as RFC 5424 allows it (printable ASCII, no spaces), or `-`.
+/// The host's name as syslog's HOSTNAME field allows it (printable ASCII, no spaces), or `-`.
 fn hostname() -> String {
     let name = nix::unistd::gethostname()
         .ok()

@@ -68,7 +68,9 @@ fn decide(path: &Path, args: &TestArgs) -> Result<Verdict, String> {
         .map_err(|e| format!("unknown target {}: {e}", args.target))?;
     // Rules on networks judge the addresses the relay would connect to.
     let addresses = if config.policy.may_reach(args.user.as_str(), &target) {
-        let runtime = current_thread_runtime().ok_or("no runtime")?;
+        let runtime = current_thread_runtime().ok_or(
+            "cannot look up the target's addresses, which the rules on networks judge: the async runtime did not start",
+        )?;
         runtime
             .block_on(crate::upstream::lookup_addresses(&target))
             .map_err(|e| e.to_string())?

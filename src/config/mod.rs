@@ -151,7 +151,7 @@ pub struct AuditConfig {
     pub transcript_max_bytes: u64,
     /// Transcripts record what a PowerShell host prompt (`Read-Host`) was answered.
     pub record_host_responses: bool,
-    /// Every audit line also goes there as an RFC 5424 message.
+    /// Every audit line also goes there as a syslog message (version 1 format).
     pub syslog: Option<SyslogTarget>,
 }
 

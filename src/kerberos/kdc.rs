@@ -31,7 +31,7 @@ const KDC_PORT: u16 = 88;
 pub enum KdcProtocol {
     Tcp,
     Udp,
-    /// An MS-KKDCP KDC proxy: Kerberos messages POSTed over HTTPS.
+    /// A KDC proxy: Kerberos messages POSTed over HTTPS.
     Proxy,
 }
 

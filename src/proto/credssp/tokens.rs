@@ -9,7 +9,7 @@ const SPNEGO_OID: [u8; 8] = [0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
 const NTLMSSP_SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 
 /// DER of the Kerberos mechanism OIDs: 1.2.840.113554.1.2.2 (krb5) and
-/// 1.2.840.48018.1.2.2 (MS-KRB5, what Windows lists first).
+/// 1.2.840.48018.1.2.2 (Microsoft's, what Windows lists first).
 const KRB5_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
 const MS_KRB5_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
 /// The GSS-API token ID of a Kerberos AP-REQ.
@@ -515,7 +515,7 @@ mod tests {
         assert_eq!(picky_decodes_as_spnego(SPNEGO_KRB5), Ok(true));
         assert!(InnerMechanism::NegotiateKerberos.is_kerberos() && InnerMechanism::Kerberos.is_kerberos());
         assert!(!InnerMechanism::Negotiate.is_kerberos() && !InnerMechanism::Ntlm.is_kerberos());
-        // MS-KRB5 first (Windows) is Kerberos too; NTLM first with Kerberos second is not.
+        // Microsoft's Kerberos OID first (Windows) is Kerberos too; NTLM first with Kerberos second is not.
         let wrap = |mechs: &[&[u8]]| {
             let list = der(0x30, &mechs.concat());
             let init = der(0xa0, &der(0x30, &der(0xa0, &list)));

@@ -176,7 +176,7 @@ mod tests {
         }
     }
 
-    /// The known-answer example of MS-NLMP (NTLMv2 with extended session
+    /// The published NTLM known-answer example (NTLMv2 with extended session
     /// security and a key exchange, GSS_WrapEx): the exported session key is
     /// sixteen 0x55 bytes, the message "Plaintext" in UTF-16LE, sequence
     /// number 0. The round-trip tests above would pass with keys derived

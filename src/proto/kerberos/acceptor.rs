@@ -36,7 +36,7 @@ use crate::proto::sealing::SealedPart;
 /// How far the caller's clock may be from the relay's (Kerberos' customary five minutes).
 pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 const KERBEROS_VERSION: u8 = 5;
-/// DER of krb5 and MS-KRB5, for SPNEGO's supportedMech.
+/// DER of krb5 and Microsoft's Kerberos OID, for SPNEGO's supportedMech.
 const KRB5_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
 const MS_KRB5_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
 /// SPNEGO negState accept-completed.
@@ -159,9 +159,10 @@ fn accept_checked(
     let request = ap_req(token).ok_or_else(|| AcceptError::Malformed("no AP-REQ".into()))?;
     let ticket = request.0.ticket.0.clone();
     let service = format!("{}@{}", components(&ticket.0.sname.0).join("/"), ticket.0.realm.0 .0);
-    let (_, part) = open(&ticket, keys).ok_or(AcceptError::NoKey(service))?;
+    let (_, mut part) = open(&ticket, keys).ok_or(AcceptError::NoKey(service))?;
+    // Keys leave the decoded structures at once, into memory wiped on drop.
+    let session_key = Zeroizing::new(std::mem::take(&mut part.0.key.0.key_value.0 .0));
     let suite = suite_of(&part.0.key.0.key_type.0).ok_or(AcceptError::BadAuthenticator)?;
-    let session_key = Zeroizing::new(part.0.key.0.key_value.0 .0.clone());
     let client = client_of(&part);
     let plain = suite
         .cipher()
@@ -172,7 +173,11 @@ fn accept_checked(
         )
         .map(Zeroizing::new)
         .map_err(|_| AcceptError::BadAuthenticator)?;
-    let authenticator: Authenticator = decode(&plain).ok_or(AcceptError::BadAuthenticator)?;
+    let mut authenticator: Authenticator = decode(&plain).ok_or(AcceptError::BadAuthenticator)?;
+    let subkey = authenticator.0.subkey.0.take().map(|mut key| {
+        let value = Zeroizing::new(std::mem::take(&mut key.0.key_value.0 .0));
+        (key.0.key_type.0, value)
+    });
     let auth = &authenticator.0;
     if components(&auth.cname.0) != client.name || auth.crealm.0 .0.to_string() != client.realm {
         return Err(AcceptError::BadAuthenticator);
@@ -204,12 +209,9 @@ fn accept_checked(
         }
     }
     let evidence = Evidence::new(ticket, &part).ok_or(AcceptError::BadAuthenticator)?;
-    // The initiator's subkey keys the context (RFC 4121); without one, the session key.
-    let (key_suite, key) = match auth.subkey.0.as_ref() {
-        Some(subkey) => (
-            suite_of(&subkey.0.key_type.0).ok_or(AcceptError::BadAuthenticator)?,
-            Zeroizing::new(subkey.0.key_value.0 .0.clone()),
-        ),
+    // The initiator's subkey keys the context; without one, the session key.
+    let (key_suite, key) = match subkey {
+        Some((etype, subkey)) => (suite_of(&etype).ok_or(AcceptError::BadAuthenticator)?, subkey),
         None => (suite.clone(), session_key.clone()),
     };
     let peer_seq = auth.seq_number.0.as_ref().map_or(0, |s| number(&s.0));

@@ -1,6 +1,6 @@
 //! The relay authenticating to a target as the caller with Kerberos: sspi's Negotiate
 //! client limited to Kerberos (SPNEGO-wrapped, as Windows' WinRM client sends it), then
-//! RFC 4121 wrap tokens for the WS-Man bodies.
+//! Kerberos wrap tokens for the WS-Man bodies.
 //!
 //! Each handshake step is a [`KdcConversation`] ([`KerberosClient::step`]): it answers
 //! sspi's KDC requests from the session's tickets where they can ([`tickets`]) and asks

@@ -4,7 +4,7 @@
 //! and the group SIDs of an Active Directory ticket's PAC.
 //! For constrained delegation, on picky-krb: the plain Kerberos acceptor that keeps the
 //! caller's ticket (`acceptor`), the relay's TGT and S4U2Proxy (`s4u`), a client context
-//! from the ticket S4U2Proxy gave (`ticket_context`) and RFC 4121 wrap tokens (`wrap`).
+//! from the ticket S4U2Proxy gave (`ticket_context`) and Kerberos wrap tokens (`wrap`).
 
 pub mod acceptor;
 mod ap_options;

@@ -15,7 +15,7 @@ use picky_krb::data_types::AuthorizationData;
 
 use crate::identity::Sid;
 
-/// AD-IF-RELEVANT and AD-WIN2K-PAC, the authorization data types (RFC 4120, MS-PAC).
+/// AD-IF-RELEVANT and AD-WIN2K-PAC, the authorization data types.
 const AD_IF_RELEVANT: u8 = 1;
 const AD_WIN2K_PAC: u8 = 128;
 /// The PAC buffer type of LOGON_INFO.

@@ -41,7 +41,7 @@ use super::messages::{error_codes, kdc_message_type, krb_error, KdcMessage, KrbE
 use super::pac;
 use crate::proto::guard::contain_panic;
 
-/// Ticket and KDC option bits (RFC 4120 5.4.1, MS-SFU 2.2.5), counted from the left.
+/// Ticket and KDC option bits, counted from the left (bit 0 is the most significant).
 const FORWARDABLE: usize = 1;
 const CANONICALIZE: usize = 15;
 const CNAME_IN_ADDL_TKT: usize = 14;

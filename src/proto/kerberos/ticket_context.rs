@@ -1,6 +1,6 @@
 //! A client context from a service ticket the relay already holds (the S4U2Proxy
 //! ticket in the caller's name): the AP-REQ inside SPNEGO, as Windows' WinRM client
-//! sends it, the target's AP-REP, then RFC 4121 wrap tokens ([`wrap`](super::wrap)).
+//! sends it, the target's AP-REP, then Kerberos wrap tokens ([`wrap`](super::wrap)).
 //!
 //! sspi's client can only get its tickets itself, from a password; this is the same
 //! handshake on picky-krb for a ticket handed over.
@@ -22,7 +22,7 @@ use picky_krb::data_types::{
 };
 use picky_krb::gss_api::{ApplicationTag0, GssApiNegInit, KrbMessage, MechTypeList, NegTokenInit, NegTokenTarg1};
 use picky_krb::messages::{ApRep, ApReq, ApReqInner};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::ap_options::channel_binding_mark;
 use super::decoding::decode;
@@ -32,7 +32,7 @@ use super::wrap::{Side, WrapError, WrapKeys};
 use crate::proto::guard::contain_panic;
 use crate::proto::sealing::SealedPart;
 
-/// SPNEGO, MS-KRB5 (what Windows lists first) and krb5, as DER.
+/// SPNEGO, Microsoft's Kerberos OID (what Windows lists first) and krb5, as DER.
 const SPNEGO: &[u8] = &[0x06, 0x06, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
 const MS_KRB5: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
 const KRB5: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
@@ -154,7 +154,7 @@ impl TicketContext {
         let now = (self.clock)();
         let subkey = Zeroizing::new(random_key(&self.suite));
         let seq = rand::random::<u32>() & 0x3fff_ffff;
-        // RFC 4121 4.1.1: Lgth 16, the channel bindings' MD5, then the flags.
+        // The GSS checksum: length 16, the channel bindings' MD5, then the flags.
         let mut checksum = Vec::with_capacity(24);
         checksum.extend_from_slice(&16u32.to_le_bytes());
         checksum.extend_from_slice(&self.bindings_hash());
@@ -164,7 +164,7 @@ impl TicketContext {
             None => None,
         };
         let name: Vec<&str> = self.client.0.iter().map(String::as_str).collect();
-        let authenticator = Authenticator::from(AuthenticatorInner {
+        let mut authenticator = Authenticator::from(AuthenticatorInner {
             authenticator_vno: ExplicitContextTag0::from(IntegerAsn1::from(vec![KERBEROS_VERSION])),
             crealm: ExplicitContextTag1::from(Realm::from(
                 picky_asn1::restricted_string::IA5String::from_string(self.client.1.clone()).map_err(build_err)?,
@@ -183,7 +183,12 @@ impl TicketContext {
             seq_number: Optional::from(Some(ExplicitContextTag7::from(unsigned(seq)))),
             authorization_data: Optional::from(authorization_data.map(ExplicitContextTag8::from)),
         });
-        let plain = Zeroizing::new(picky_asn1_der::to_vec(&authenticator).map_err(build_err)?);
+        let der = picky_asn1_der::to_vec(&authenticator);
+        // The authenticator's copy of the subkey goes now; `plain` is wiped on drop.
+        if let Some(key) = authenticator.0.subkey.0.as_mut() {
+            key.0.key_value.0 .0.zeroize();
+        }
+        let plain = Zeroizing::new(der.map_err(build_err)?);
         let sealed = self
             .suite
             .cipher()
@@ -269,7 +274,12 @@ impl TicketContext {
             .ok_or(TicketContextError::BadReply(
                 "its encrypted part does not open with the ticket's key",
             ))?;
-        let part: EncApRepPart = decode(&plain).ok_or(TicketContextError::BadReply("malformed EncAPRepPart"))?;
+        let mut part: EncApRepPart = decode(&plain).ok_or(TicketContextError::BadReply("malformed EncAPRepPart"))?;
+        // The acceptor's subkey leaves the decoded part at once, into memory wiped on drop.
+        let acceptor_key = part.0.subkey.0.take().map(|mut key| {
+            let value = Zeroizing::new(std::mem::take(&mut key.0.key_value.0 .0));
+            (key.0.key_type.0, value)
+        });
         // Mutual authentication: the target read the authenticator's time.
         if Some(&part.0.ctime.0) != Some(&kerberos_time(ctime))
             || part.0.cusec.0.as_unsigned_bytes_be() != unsigned(micros(ctime)).as_unsigned_bytes_be()
@@ -283,14 +293,14 @@ impl TicketContext {
                 .iter()
                 .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
         });
-        let (suite, key, acceptor_subkey) = match part.0.subkey.0.as_ref() {
-            Some(key) => {
-                let etype = key.0.key_type.0.as_unsigned_bytes_be();
+        let (suite, key, acceptor_subkey) = match acceptor_key {
+            Some((etype, key)) => {
                 let suite = etype
+                    .as_unsigned_bytes_be()
                     .last()
                     .and_then(|e| CipherSuite::try_from(usize::from(*e)).ok())
                     .ok_or(TicketContextError::BadReply("its subkey's encryption type is unknown"))?;
-                (suite, Zeroizing::new(key.0.key_value.0 .0.clone()), true)
+                (suite, key, true)
             }
             None => (self.suite.clone(), subkey.clone(), false),
         };

@@ -1,9 +1,9 @@
-//! RFC 4121 wrap tokens (confidentiality) for a Kerberos context the relay made
+//! Kerberos wrap tokens (confidentiality) for a Kerberos context the relay made
 //! itself, either side: WinRM's `HTTP-SPNEGO-session-encrypted` bodies.
 //!
 //! Sealed as sspi and Windows' WinRM seal (EC 0, RRC 28): the part's header is the
 //! token header, the rotated trailer and the confounder, its data as long as the
-//! plaintext. Read whatever the sender chose: RFC 4121 rotates by RRC, Windows by
+//! plaintext. Read whatever the sender chose: the standard rotates by RRC, Windows by
 //! RRC + EC when it adds filler (DCE style).
 
 use picky_krb::constants::key_usages::{ACCEPTOR_SEAL, INITIATOR_SEAL};
@@ -123,7 +123,7 @@ impl WrapKeys {
         let (usage, _) = self.usages();
         let flags = self.flags();
         let seq = self.send_seq;
-        // The header inside the encryption carries RRC 0 (RFC 4121 4.2.4).
+        // The copy of the header inside the encryption carries RRC 0.
         let mut payload = Zeroizing::new(Vec::with_capacity(plain.len() + usize::from(EC) + HEADER_LEN));
         payload.extend_from_slice(plain);
         payload.extend(std::iter::repeat_n(0u8, usize::from(EC)));
@@ -181,7 +181,7 @@ impl WrapKeys {
             return Err(WrapError::Malformed("no encrypted data"));
         }
         let (_, usage) = self.usages();
-        // RFC 4121 rotates by RRC; Windows by RRC + EC. Both are the same when EC is 0.
+        // The standard rotates by RRC; Windows by RRC + EC. Both are the same when EC is 0.
         let mut rotations = vec![usize::from(rrc)];
         if ec != 0 {
             rotations.push(usize::from(rrc) + usize::from(ec));

@@ -1,7 +1,7 @@
 //! WinRM's compressed streams: when a shell was created with Xpress
 //! compression, each `rsp:Stream`'s bytes are a run of chunks, each
 //! `u16le originalSize - 1`, `u16le compressedSize - 1`, then the bytes:
-//! LZ77+Huffman (MS-XCA), or stored raw when the two sizes are equal. Each
+//! Microsoft's LZ77+Huffman (xpress-huffman), or stored raw when the two sizes are equal. Each
 //! `rsp:Stream` stands alone. The decoder is the `compcol` crate's; this only
 //! reads the framing and holds every chunk to its sizes.
 
@@ -107,7 +107,7 @@ pub(super) mod tests {
     use compcol::Encoder as _;
 
     /// Compresses one chunk with an encoder independent of the decoder; compcol
-    /// puts a framing of its own (the u32le input length) before the MS-XCA
+    /// puts a framing of its own (the u32le input length) before the LZ77+Huffman
     /// stream, left out here.
     fn xpress(input: &[u8]) -> Vec<u8> {
         let mut enc = compcol::xpress_huffman::Encoder::new();

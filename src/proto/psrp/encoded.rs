@@ -2,9 +2,7 @@
 //! pywinrm's `run_ps` and Ansible's winrm connection send): the script inside,
 //! base64 of UTF-16LE.
 
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
-use base64::Engine as _;
+use super::decode_base64;
 
 /// The programs that take `-EncodedCommand`, with or without a path.
 const PROGRAMS: [&str; 4] = ["powershell", "powershell.exe", "pwsh", "pwsh.exe"];
@@ -41,11 +39,17 @@ pub fn encoded_command(command_line: &str) -> Option<String> {
 }
 
 fn decode(value: &str) -> Option<String> {
-    const ENGINE: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    let bytes = ENGINE.decode(value).ok()?;
+    // One word: PowerShell reads spaced groups as one stream, the WS-Man decoder
+    // each group on its own, and the two can differ.
+    if value.contains(|c: char| c.is_ascii_whitespace()) {
+        return None;
+    }
+    let bytes = decode_base64(value)?;
+    // UTF-16 comes in pairs of bytes: PowerShell would run a U+FFFD glued to the
+    // last word, which is not the script judged here.
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
     let units: Vec<u16> = bytes
         .chunks_exact(2)
         .map(|p| u16::from_le_bytes([p[0], p[1]]))
@@ -81,6 +85,7 @@ fn words(line: &str) -> impl Iterator<Item = String> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn enc(script: &str) -> String {
         let bytes: Vec<u8> = script.encode_utf16().flat_map(u16::to_le_bytes).collect();
@@ -117,5 +122,13 @@ mod tests {
         ] {
             assert_eq!(encoded_command(&line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn an_odd_number_of_bytes_is_not_a_script() {
+        let mut bytes: Vec<u8> = "whoami".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        bytes.push(b'x');
+        let s = base64::engine::general_purpose::STANDARD.encode(bytes);
+        assert_eq!(encoded_command(&format!("powershell -enc {s}")), None);
     }
 }

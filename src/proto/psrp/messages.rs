@@ -4,7 +4,7 @@
 
 use super::clixml::{first_text, is, object_text};
 
-/// Message types the relay reads (MS-PSRP 2.2.1).
+/// PowerShell remoting message types the relay reads.
 pub const CREATE_PIPELINE: u32 = 0x0002_1006;
 pub const RUNSPACEPOOL_HOST_RESPONSE: u32 = 0x0002_1101;
 pub const PIPELINE_INPUT: u32 = 0x0004_1002;

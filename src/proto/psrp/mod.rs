@@ -4,7 +4,8 @@
 //! ([`compression`]), the CLIXML messages the audit reads (a CREATE_PIPELINE as
 //! a [`Pipeline`], output, errors, states, input, host responses), a session's
 //! streams read as they are relayed ([`SessionReader`]), and the script in a cmd
-//! shell's `powershell -EncodedCommand` ([`encoded_command`]).
+//! shell's `powershell -EncodedCommand` ([`encoded_command`]), all from the
+//! base64 WinRM carries them in ([`decode_base64`]).
 //!
 //! Sans-IO and best effort: what is malformed is reported or skipped, never fatal.
 
@@ -41,7 +42,7 @@ const MAX_SUMMARY: usize = 64 * 1024;
 /// renders them. A message whose later fragments travel in Send requests
 /// yields what the available fragments hold, followed by " ...".
 pub fn psrp_command_summary(fragments_b64: &str) -> Option<String> {
-    let bytes = decode_base64(fragments_b64)?;
+    let bytes = decode_base64(fragments_b64).filter(|b| !b.is_empty())?;
     let mut assembler = StreamAssembler::default();
     let mut messages = assembler
         .push(&bytes, MAX_DECODED)
@@ -72,20 +73,22 @@ pub fn psrp_command_summary(fragments_b64: &str) -> Option<String> {
     out.map(|s| truncate(s, MAX_SUMMARY))
 }
 
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
+/// Base64 as WinRM clients write it: standard alphabet, padding optional. Several
+/// `rsp:Arguments` arrive joined by spaces, each padded on its own. `None` when a
+/// group is not base64 or the whole would decode to more than the PSRP bound.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     const ENGINE: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
-    if s.len() / 4 * 3 > MAX_DECODED {
+    if text.len() / 4 * 3 > MAX_DECODED {
         return None;
     }
-    // Several rsp:Arguments arrive joined by spaces, each padded on its own.
     let mut out = Vec::new();
-    for token in s.split_ascii_whitespace() {
+    for token in text.split_ascii_whitespace() {
         out.extend(ENGINE.decode(token).ok()?);
     }
-    (!out.is_empty()).then_some(out)
+    Some(out)
 }
 
 /// `s` cut to at most `max` bytes on a character boundary, marked " ..." when cut.

@@ -182,7 +182,7 @@ impl SessionReader {
             return events;
         };
         channel.commanded = true;
-        let Some(bytes) = decode_base64(arguments) else {
+        let Some(bytes) = decode_base64(arguments).filter(|b| !b.is_empty()) else {
             if !arguments.trim().is_empty() {
                 events.push(undecodable(
                     shell_id,

@@ -29,7 +29,7 @@ fn sealed_both_ways_in_the_windows_layout() {
     }
 }
 
-/// A token as RFC 4121 lays it out with any rotation: `rotation` is what the sender
+/// A wrap token laid out with any rotation: `rotation` is what the sender
 /// rotated by, `rrc` what it says, `ec` its filler.
 fn token(seq: u64, plain: &[u8], ec: u16, rrc: u16, rotation: usize) -> Vec<u8> {
     let keys = pair().0;
