@@ -509,7 +509,7 @@ pub fn read_proxy_reply(
         Some(KdcMessage::TgsRep) => {}
         Some(KdcMessage::Error) => {
             let error = krb_error(reply).ok_or_else(|| bad("a malformed KRB-ERROR"))?;
-            return Err(proxy_refusal(account, evidence, spn, &what, error));
+            return Err(proxy_refusal(account, spn, &what, error));
         }
         _ => return Err(bad("not a TGS-REP")),
     }
@@ -524,10 +524,15 @@ pub fn read_proxy_reply(
     if !issued.client.eq_ignore_ascii_case(&evidence.client) {
         return Err(bad("the ticket names another client than the evidence"));
     }
+    // Nor is a ticket to another service: the relay would present it to this target.
+    let name_of = |p: &str| p.split_once('@').map_or(p, |(name, _)| name).to_ascii_lowercase();
+    if name_of(&issued.service) != name_of(spn) {
+        return Err(bad("the ticket is for another service than the one asked for"));
+    }
     Ok(issued)
 }
 
-fn proxy_refusal(account: &RelayAccount, _evidence: &Evidence, spn: &str, what: &str, error: KrbErrorInfo) -> S4uError {
+fn proxy_refusal(account: &RelayAccount, spn: &str, what: &str, error: KrbErrorInfo) -> S4uError {
     let realm = account.realm.clone();
     match error.code {
         // Heimdal (Samba) and Windows refuse a service the account may not delegate to

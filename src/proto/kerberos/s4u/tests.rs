@@ -186,6 +186,9 @@ fn a_reply_for_another_request_or_client_is_refused() {
     assert!(matches!(error, S4uError::BadReply { reason, .. } if reason.contains("nonce")));
     let error = read_proxy_reply(&account, &tgt, &carol, spn, TGS_REP, proxy_nonce()).unwrap_err();
     assert!(matches!(error, S4uError::BadReply { reason, .. } if reason.contains("another client")));
+    // web01's ticket is no answer to a request for web02's.
+    let error = read_proxy_reply(&account, &tgt, &alice, "HTTP/web02.lab.test", TGS_REP, proxy_nonce()).unwrap_err();
+    assert!(matches!(error, S4uError::BadReply { reason, .. } if reason.contains("another service")));
     // The TGT reply is no TGS reply.
     let error = read_proxy_reply(&account, &tgt, &alice, spn, AS_REP, proxy_nonce()).unwrap_err();
     assert!(matches!(error, S4uError::BadReply { .. }));
