@@ -12,7 +12,7 @@ alone (KDC 88/464, LDAP 389/636/3268/3269): never 127.0.0.1 or ::1, where other 
 services may listen, and never the MIT KDC's 127.0.0.100. Loopback 127/8 reaches it without a namespace of its
 own or any change to `lo`, and it runs in the suite's namespace like every double.
 
-The domain is LAB.TEST like the MIT realm (kerberos.py): the same names and SPNs work against either. A test
+The domain is LAB.TEST like the MIT realm (mit_realm.py): the same names and SPNs work against either. A test
 process talks to one at a time: `in_process()` points it at this domain's krb5.conf for a `with` block (a session
 fixture can keep it for longer and restore afterwards). The relay never sees KRB5_* variables; it gets
 `kerberos_toml()` and `directory_toml()`.

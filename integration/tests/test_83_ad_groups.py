@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import harness
-import kerberos
+import mit_realm
 import samba_ad
 from helpers import double_records, err_text, run, user_is, wait_for
 
@@ -128,16 +128,16 @@ class AdLab:
 def lab(doubles: harness.Harness, samba: samba_ad.SambaDomain) -> typing.Iterator[AdLab]:
     if not os.path.exists(doubles.users_file):
         doubles.add_relay_users()
-    saved = dict(kerberos._host_map)
-    kerberos.map_hosts({RELAY_NAME: RELAY_HOST})
+    saved = dict(mit_realm._host_map)
+    mit_realm.map_hosts({RELAY_NAME: RELAY_HOST})
     ad = AdLab(doubles, samba)
     try:
         with samba.in_process():
             yield ad
     finally:
         ad.stop()
-        kerberos._host_map.clear()
-        kerberos._host_map.update(saved)
+        mit_realm._host_map.clear()
+        mit_realm._host_map.update(saved)
 
 
 def ntlm_run(name: str, target: str = "adweb") -> typing.Tuple[bytes, bytes, int]:

@@ -16,7 +16,7 @@ import typing
 import pytest
 
 import harness
-import kerberos
+import mit_realm
 import samba_ad
 from helpers import double_records, err_text, user_is, wait_for
 
@@ -93,16 +93,16 @@ class Lab:
 def lab(doubles: harness.Harness, samba: samba_ad.SambaDomain) -> typing.Iterator[Lab]:
     if not os.path.exists(doubles.users_file):
         doubles.add_relay_users()
-    saved = dict(kerberos._host_map)
-    kerberos.map_hosts({RELAY_NAME: RELAY_HOST})
+    saved = dict(mit_realm._host_map)
+    mit_realm.map_hosts({RELAY_NAME: RELAY_HOST})
     lab = Lab(doubles, samba)
     try:
         with samba.in_process():
             yield lab
     finally:
         lab.stop()
-        kerberos._host_map.clear()
-        kerberos._host_map.update(saved)
+        mit_realm._host_map.clear()
+        mit_realm._host_map.update(saved)
 
 
 def as_user(lab: Lab, user: str) -> None:
