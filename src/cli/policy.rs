@@ -94,7 +94,7 @@ fn decide(path: &Path, args: &TestArgs) -> Result<(Verdict, Groups), String> {
         .resolve_target(&args.target)
         .map_err(|e| format!("unknown target {}: {e}", args.target))?;
     let runtime = current_thread_runtime().ok_or("no runtime")?;
-    let groups = runtime.block_on(Directory::default().rule_groups(&config, &Principal::parse(&args.user), None));
+    let groups = runtime.block_on(rule_groups(&config, &Principal::parse(&args.user)));
     let caller = Caller {
         user: args.user.as_str(),
         groups: &groups,
@@ -138,6 +138,18 @@ fn decide(path: &Path, args: &TestArgs) -> Result<(Verdict, Groups), String> {
         .policy
         .decide_request(caller, &target, &addresses, &uri, &invocation);
     Ok((verdict, groups))
+}
+
+/// The groups the rules name that `user` belongs to, looked up as a logon without a
+/// ticket looks them up (the server's session does the same with a PAC when it has one).
+async fn rule_groups(config: &Config, user: &Principal) -> Groups {
+    let (Some(directory), Some(kerberos)) = (&config.directory, &config.kerberos) else {
+        return Groups::NotNeeded;
+    };
+    let wanted = config.policy.groups();
+    Directory::default()
+        .membership(directory, &kerberos.domain, user, &wanted, None)
+        .await
 }
 
 /// `powershell` is the default configuration, `powershell/<name>` a named one.

@@ -19,7 +19,6 @@ use std::time::Duration;
 use ldap3::{ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use zeroize::Zeroizing;
 
-use crate::config::Config;
 use crate::identity::{Domain, Groups, Principal, Sid};
 use crate::resolve::TargetTls;
 
@@ -88,17 +87,6 @@ impl Directory {
     pub async fn probe(&self, config: &DirectoryConfig) {
         let result = Connection::open(config).await.map(|c| c.close());
         self.record(&result);
-    }
-
-    /// The groups `config`'s rules name that `user` belongs to, as a logon finds them:
-    /// from the PAC's SIDs when there is one, else from the directory. Without a
-    /// `[directory]` or a rule naming a group, nothing is asked.
-    pub async fn rule_groups(&self, config: &Config, user: &Principal, pac: Option<&[Sid]>) -> Groups {
-        let (Some(directory), Some(kerberos)) = (&config.directory, &config.kerberos) else {
-            return Groups::NotNeeded;
-        };
-        let wanted = config.policy.groups();
-        self.membership(directory, &kerberos.domain, user, &wanted, pac).await
     }
 
     /// Which of `wanted` (groups of the relay's `domain`, as rules name them) `user`

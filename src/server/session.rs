@@ -457,11 +457,19 @@ impl Session {
     }
 }
 
-/// The groups the rules name that `who` belongs to, at logon ([`Directory::rule_groups`]).
-///
-/// [`Directory::rule_groups`]: crate::directory::Directory::rule_groups
+/// The groups the rules name that `who` belongs to, at logon: from the PAC's SIDs when
+/// there is one, else from the directory. Without a `[directory]` or a rule naming a
+/// group, nothing is asked.
 async fn membership(shared: &Shared, who: &Principal, pac: Option<&[Sid]>) -> Groups {
-    let groups = shared.directory.rule_groups(&shared.config(), who, pac).await;
+    let config = shared.config();
+    let (Some(directory), Some(kerberos)) = (&config.directory, &config.kerberos) else {
+        return Groups::NotNeeded;
+    };
+    let wanted = config.policy.groups();
+    let groups = shared
+        .directory
+        .membership(directory, &kerberos.domain, who, &wanted, pac)
+        .await;
     if let Groups::Unavailable(why) = &groups {
         tracing::warn!(reason = %why, "group membership unknown: group rules will not grant this session");
     }
