@@ -12,8 +12,10 @@ use crate::proto::wsman::{self, RequestInfo, ResponseInfo};
 /// Script text and summaries in audit lines stop here; the transcript has it all.
 pub const AUDIT_TEXT_MAX: usize = 4096;
 
-/// Feeds one request to a PowerShell shell and its answer to the reader; only
-/// what the target accepted (`succeeded`) is read.
+/// Feeds one request to a PowerShell shell and its answer to the reader. A Send's
+/// streams are read whatever the target answered: they left the relay, and one the
+/// relay cannot decode is audited even when the target refuses it too. Of the rest,
+/// only what the target accepted (`succeeded`) is read.
 pub fn read(
     reader: &mut SessionReader,
     info: &RequestInfo,
@@ -22,10 +24,13 @@ pub fn read(
     response: &[u8],
     succeeded: bool,
 ) -> Vec<Event> {
+    let shell_id = info.shell_id.as_deref();
+    if let ("Send", Some(shell_id)) = (info.action_name(), shell_id) {
+        return streams(reader, shell_id, Direction::ToServer, request);
+    }
     if !succeeded {
         return Vec::new();
     }
-    let shell_id = info.shell_id.as_deref();
     match (info.action_name(), shell_id) {
         ("Create", _) => {
             if let Some(created) = answer.created_shell_id.as_deref() {
@@ -39,7 +44,6 @@ pub fn read(
             };
             reader.command(shell_id, command_id, info.command_line.as_deref().unwrap_or_default())
         }
-        ("Send", Some(shell_id)) => streams(reader, shell_id, Direction::ToServer, request),
         ("Receive", Some(shell_id)) => streams(reader, shell_id, Direction::ToClient, response),
         ("Delete", Some(shell_id)) => {
             reader.shell_deleted(shell_id);

@@ -596,7 +596,11 @@ impl Policy {
         }
         refused.unwrap_or_else(|| Verdict::Deny {
             rule: None,
-            reason: format!("no [[allow]] rule lets {} use {uri} on {}", caller.user, describe(target, &[])),
+            reason: format!(
+                "no [[allow]] rule lets {} use {uri} on {}",
+                caller.user,
+                describe(target, &[])
+            ),
         })
     }
 

@@ -225,8 +225,12 @@ fn read_whole(bytes: &[u8], asked: &mut Vec<PsCommand>) -> Result<bool, String> 
 
 /// A CREATE_PIPELINE's commands, every statement of `Cmds` and `ExtraCmds`.
 fn commands_of(data: &[u8]) -> Result<Vec<PsCommand>, String> {
-    let pipeline =
-        Pipeline::parse_strict(data).ok_or_else(|| "a CREATE_PIPELINE whose CLIXML is not well-formed".to_string())?;
+    let pipeline = Pipeline::parse_strict(data).ok_or_else(|| {
+        "a CREATE_PIPELINE the relay cannot read as PowerShell would: malformed CLIXML, no command, or a \
+         construct it does not judge (an object reference, CDATA, a list other than LST, a property \
+         spelled otherwise or given twice)"
+            .to_string()
+    })?;
     let mut commands = Vec::new();
     for command in pipeline.commands() {
         if command.name.is_empty() {
@@ -466,7 +470,7 @@ mod tests {
         // CLIXML that does not read to its end, and objects as values.
         let broken = message("<Obj><MS><Obj N=\"Cmds\"><LST>");
         let why = unreadable(streams.read(&command(Some("C5"), &fragment(7, 0, START | END, &broken)), b"", false));
-        assert!(why.contains("not well-formed"), "{why}");
+        assert!(why.contains("malformed CLIXML"), "{why}");
         let sbk = "<Obj RefId=\"13\"><MS><S N=\"N\">ScriptBlock</S><SBK N=\"V\">Stop-Computer</SBK></MS></Obj>";
         let xml = pipeline(&[("Invoke-Command", false, sbk)]);
         let why = unreadable(streams.read(

@@ -2,8 +2,8 @@
 //! compression, each `rsp:Stream`'s bytes are a run of chunks, each
 //! `u16le originalSize - 1`, `u16le compressedSize - 1`, then the bytes:
 //! LZ77+Huffman (MS-XCA), or stored raw when the two sizes are equal. Each
-//! `rsp:Stream` stands alone. The decoder is the `xpress-huffman` crate; this
-//! only reads the framing and holds every chunk to its sizes.
+//! `rsp:Stream` stands alone. The decoder is the `compcol` crate's; this only
+//! reads the framing and holds every chunk to its sizes.
 
 use thiserror::Error;
 
@@ -73,7 +73,7 @@ pub fn decompress_stream(data: &[u8], limit: usize) -> Result<Vec<u8>, Compressi
                 compressed,
             });
         } else {
-            let decoded = xpress_huffman::decompress(body, original).map_err(|e| CompressionError::Decode {
+            let decoded = decode_chunk(body, original).map_err(|e| CompressionError::Decode {
                 chunk,
                 reason: e.to_string(),
             })?;
@@ -90,6 +90,15 @@ pub fn decompress_stream(data: &[u8], limit: usize) -> Result<Vec<u8>, Compressi
         chunk += 1;
     }
     Ok(out)
+}
+
+/// One LZ77+Huffman chunk of `original` bytes. The crate reads its own framing, the
+/// original size as a u32le before the bitstream, and stops once that many bytes are out.
+fn decode_chunk(body: &[u8], original: usize) -> Result<Vec<u8>, compcol::Error> {
+    let mut framed = Vec::with_capacity(4 + body.len());
+    framed.extend_from_slice(&(original as u32).to_le_bytes());
+    framed.extend_from_slice(body);
+    compcol::vec::decompress_to_vec_capped::<compcol::xpress_huffman::XpressHuffman>(&framed, original as u64)
 }
 
 #[cfg(test)]
@@ -205,5 +214,24 @@ pub(super) mod tests {
         let framed = compress_stream(&data);
         assert_eq!(&framed[..2], &[0xFF, 0xFF]);
         assert_eq!(decompress_stream(&framed, LIMIT).unwrap(), data);
+    }
+
+    /// A valid chunk whose last literal and end symbol share its final 16-bit word, made by
+    /// the interop suite's own encoder (integration/xpress.py, `tight=True`); a decoder that
+    /// stops when its input runs out loses the last byte.
+    #[test]
+    fn a_chunk_ending_in_its_last_word_decodes_whole() {
+        let stream = hex::decode(concat!(
+            "67061e010000000000000000000000000000000003000000000640000000000000500000000000660000660600660060",
+            "000000005060300040004055005404050000050000000000000000000000000000000000000000000000000000000000",
+            "000000000000000000000000000000000000000000000000000000000000000000000000050000000000000000000000",
+            "000000000000000000000000000000000000000000000000000000000000000000000050000000000000000000000000",
+            "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000c2e05e7af9ebdc098fd89e963074ab37e1b45b39da404943c890ff3a",
+            "060000",
+        ))
+        .unwrap();
+        let text = b"Get-Service -Name WinRM | Format-List *; ".repeat(40);
+        assert_eq!(decompress_stream(&stream, MAX_CHUNK).unwrap(), text);
     }
 }

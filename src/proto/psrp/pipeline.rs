@@ -59,12 +59,14 @@ impl Pipeline {
     }
 
     /// Reads a CREATE_PIPELINE payload for a command policy, which must see all a
-    /// target may run: the statements of both `Cmds` and `ExtraCmds`, and `None`
-    /// unless the CLIXML reads well-formed to its end.
+    /// target may run: the statements of both `Cmds` and `ExtraCmds`. `None` unless
+    /// the CLIXML reads well-formed to its end, holds at least one command, and uses
+    /// nothing PowerShell's deserializer could read otherwise than this walker does
+    /// (see [`Strict`]).
     pub fn parse_strict(xml: &[u8]) -> Option<Pipeline> {
         match parse(xml, true) {
-            (pipeline, true) => Some(pipeline),
-            (_, false) => None,
+            (pipeline, true) if pipeline.commands().next().is_some() => Some(pipeline),
+            _ => None,
         }
     }
 
@@ -91,6 +93,28 @@ struct Read {
     commands: Vec<Command>,
 }
 
+/// The property names this walker gives meaning to. PowerShell matches property names
+/// without regard to case and after decoding `_xHHHH_` escapes: a strict reading refuses
+/// any other spelling of them rather than read past a property the target would use.
+const PROPERTIES: [&str; 8] = ["PowerShell", "Cmds", "ExtraCmds", "Cmd", "IsScript", "Args", "N", "V"];
+
+/// Constructs PowerShell's deserializer reads that this walker does not model: object
+/// references (`Ref`, an object defined elsewhere), lists other than `LST`, CDATA,
+/// entities, document types, comments and processing instructions. A strict reading
+/// refuses them, so what it judges is what the target runs.
+struct Strict;
+
+impl Strict {
+    fn refuses_tag(tag: &str) -> bool {
+        matches!(tag, "Ref" | "IE" | "QUE" | "STK")
+    }
+
+    fn refuses_name(n: &str) -> bool {
+        let decoded = decode_psrp_escapes(n);
+        PROPERTIES.iter().any(|p| p.eq_ignore_ascii_case(&decoded) && *p != n)
+    }
+}
+
 /// What the current text belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -106,6 +130,7 @@ enum Slot {
 /// the top-level `Cmds` repeats). `every`: keep both lists. Also says whether the
 /// XML was read to its end without error.
 fn parse(xml: &[u8], every: bool) -> (Pipeline, bool) {
+    let strict = every;
     let mut reader = Reader::from_reader(xml);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<Frame> = Vec::new();
@@ -114,22 +139,39 @@ fn parse(xml: &[u8], every: bool) -> (Pipeline, bool) {
     let mut text = String::new();
     let mut secure_string = false;
     let mut well_formed = false;
+    // The slots already given a value in the current command and parameter: a
+    // property given twice may be read either way, so a strict reading refuses it.
+    let mut given: Vec<Slot> = Vec::new();
 
     loop {
         let (start, empty) = match reader.read_event() {
             Ok(Event::Start(e)) => (e, false),
             Ok(Event::Empty(e)) => (e, true),
             Ok(Event::Text(t)) => {
+                match t.unescape() {
+                    Ok(s) if slot.is_some_and(|(_, d)| d == stack.len()) => text.push_str(&s),
+                    Ok(_) => {}
+                    Err(_) if strict => break,
+                    Err(_) => {}
+                }
+                continue;
+            }
+            Ok(Event::CData(c)) => {
+                if strict {
+                    break;
+                }
                 if slot.is_some_and(|(_, d)| d == stack.len()) {
-                    if let Ok(s) = t.unescape() {
-                        text.push_str(&s);
-                    }
+                    text.push_str(&String::from_utf8_lossy(&c));
                 }
                 continue;
             }
             Ok(Event::End(_)) => {
                 if let Some((kind, depth)) = slot {
                     if depth == stack.len() {
+                        if strict && given.contains(&kind) {
+                            break;
+                        }
+                        given.push(kind);
                         store(&mut read, kind, Some(decode_psrp_escapes(&text)));
                         slot = None;
                         text.clear();
@@ -142,6 +184,7 @@ fn parse(xml: &[u8], every: bool) -> (Pipeline, bool) {
                 well_formed = stack.is_empty();
                 break;
             }
+            Ok(Event::DocType(_) | Event::Comment(_) | Event::PI(_)) if strict => break,
             Err(_) => break,
             Ok(_) => continue,
         };
@@ -149,6 +192,9 @@ fn parse(xml: &[u8], every: bool) -> (Pipeline, bool) {
             break;
         }
         let frame = frame_of(&start);
+        if strict && (Strict::refuses_tag(&frame.tag) || frame.n.as_deref().is_some_and(Strict::refuses_name)) {
+            break;
+        }
         let n = frame.n.as_deref();
         let len = stack.len();
         let parent = len.checked_sub(1).and_then(|i| stack.get(i));
@@ -165,10 +211,12 @@ fn parse(xml: &[u8], every: bool) -> (Pipeline, bool) {
             if let Some(st) = read.last_mut() {
                 st.commands.push(Command::default());
             }
+            given.clear();
         } else if &*frame.tag == "Obj" && is(parent, "LST", None) && is(grand, "Obj", Some("Args")) {
             if let Some(cmd) = read.last_mut().and_then(|s| s.commands.last_mut()) {
                 cmd.parameters.push(Parameter::default());
             }
+            given.retain(|k| matches!(k, Slot::Cmd | Slot::IsScript));
         } else if is(parent, "MS", None) && is(grand, "Obj", None) {
             let under = |name| is(great, "LST", None) && len >= 4 && is(stack.get(len - 4), "Obj", Some(name));
             let in_cmd = under("Cmds");
@@ -181,6 +229,12 @@ fn parse(xml: &[u8], every: bool) -> (Pipeline, bool) {
                 _ => None,
             };
             if let Some(kind) = kind {
+                if strict && (given.contains(&kind) || kind == Slot::IsScript && !matches!(&*frame.tag, "B")) {
+                    break;
+                }
+                if !(PRIMITIVES.contains(&&*frame.tag) && !empty) {
+                    given.push(kind);
+                }
                 match &*frame.tag {
                     // Nil: positional parameter (N) or switch (V).
                     "Nil" => store(&mut read, kind, None),
@@ -224,7 +278,10 @@ fn store(read: &mut [Read], kind: Slot, value: Option<String>) {
     };
     match kind {
         Slot::Cmd => cmd.name = value.unwrap_or_default(),
-        Slot::IsScript => cmd.is_script = value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        // An XML boolean: `true` or `1`, as PowerShell's deserializer reads it.
+        Slot::IsScript => {
+            cmd.is_script = value.is_some_and(|v| matches!(v.trim(), "1") || v.trim().eq_ignore_ascii_case("true"))
+        }
         Slot::ParamName => {
             if let Some(p) = cmd.parameters.last_mut() {
                 p.name = value;
@@ -262,5 +319,106 @@ fn quote(v: &str) -> String {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\'', "''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CREATE_PIPELINE's PowerShell object with `cmds` as its Cmds list items.
+    fn create_pipeline(cmds: &str) -> String {
+        format!(
+            r#"<Obj RefId="0"><MS><Obj N="PowerShell" RefId="1"><MS><Obj N="Cmds" RefId="2"><TN RefId="0"><T>System.Collections.Generic.List`1[[System.Management.Automation.PSObject]]</T></TN><LST>{cmds}</LST></Obj><B N="IsNested">false</B></MS></Obj></MS></Obj>"#
+        )
+    }
+
+    fn command(name: &str, is_script: &str) -> String {
+        format!(
+            r#"<Obj RefId="3"><MS><S N="Cmd">{name}</S><B N="IsScript">{is_script}</B><Obj N="Args" RefId="4"><TNRef RefId="0" /><LST /></Obj></MS></Obj>"#
+        )
+    }
+
+    fn names(p: &Pipeline) -> Vec<(String, bool)> {
+        p.commands().map(|c| (c.name.clone(), c.is_script)).collect()
+    }
+
+    #[test]
+    fn a_plain_pipeline_reads_the_same_both_ways() {
+        let xml = create_pipeline(&command("Get-Service", "false"));
+        let strict = Pipeline::parse_strict(xml.as_bytes()).expect("strict");
+        assert_eq!(names(&strict), [("Get-Service".to_string(), false)]);
+        assert_eq!(Pipeline::parse(xml.as_bytes()), strict);
+    }
+
+    #[test]
+    fn is_script_reads_one_as_true() {
+        let xml = create_pipeline(&command("Get-Service; Stop-Computer -Force", "1"));
+        let strict = Pipeline::parse_strict(xml.as_bytes()).expect("strict");
+        assert_eq!(
+            names(&strict),
+            [("Get-Service; Stop-Computer -Force".to_string(), true)]
+        );
+    }
+
+    /// What PowerShell's deserializer would read otherwise than the walker: refused by
+    /// the strict reading (a policy then refuses the request), read best effort for the audit.
+    #[test]
+    fn constructs_the_walker_does_not_model_are_refused_when_strict() {
+        let cases = [
+            (
+                "CDATA",
+                create_pipeline(&command("Get-Service<![CDATA[; Stop-Computer -Force]]>", "true")),
+            ),
+            (
+                "an object reference",
+                create_pipeline(&format!(r#"{}<Ref RefId="9" />"#, command("Get-Service", "false"))),
+            ),
+            (
+                "a property name in another case",
+                create_pipeline(&command("Get-Service", "false")).replace(r#"N="Cmd""#, r#"N="cmd""#),
+            ),
+            (
+                "an escaped property name",
+                create_pipeline(&command("Get-Service", "false")).replace(r#"N="Cmds""#, r#"N="_x0043_mds""#),
+            ),
+            (
+                "another kind of list",
+                create_pipeline(&command("Get-Service", "false"))
+                    .replace("<LST>", "<IE>")
+                    .replace("</LST></Obj><B", "</IE></Obj><B"),
+            ),
+            (
+                "a property given twice",
+                create_pipeline(&command("Get-Service", "false")).replace(
+                    r#"<S N="Cmd">Get-Service</S>"#,
+                    r#"<S N="Cmd">Get-Service</S><S N="Cmd">Stop-Computer</S>"#,
+                ),
+            ),
+            (
+                "IsScript not a boolean",
+                create_pipeline(&command("Get-Service", "false"))
+                    .replace(r#"<B N="IsScript">false</B>"#, r#"<S N="IsScript">true</S>"#),
+            ),
+            ("a comment", create_pipeline(&command("Get-Ser<!-- x -->vice", "false"))),
+            (
+                "an undefined entity",
+                create_pipeline(&command("Get-Service&evil;", "false")),
+            ),
+            ("no command at all", create_pipeline("")),
+        ];
+        for (what, xml) in cases {
+            assert_eq!(
+                Pipeline::parse_strict(xml.as_bytes()),
+                None,
+                "{what} was read strictly: {xml}"
+            );
+        }
+        let cdata = create_pipeline(&command("Get-Service<![CDATA[; Stop-Computer -Force]]>", "true"));
+        assert_eq!(
+            names(&Pipeline::parse(cdata.as_bytes())),
+            [("Get-Service; Stop-Computer -Force".to_string(), true)],
+            "the audit reads CDATA as text"
+        );
     }
 }
