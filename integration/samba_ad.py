@@ -12,7 +12,7 @@ alone (KDC 88/464, LDAP 389/636/3268/3269): never 127.0.0.1 or ::1, where other 
 services may listen, and never the MIT KDC's 127.0.0.100. Loopback 127/8 reaches it without a namespace of its
 own or any change to `lo`, and it runs in the suite's namespace like every double.
 
-The domain is LAB.TEST like the MIT realm (kerberos.py): the same names and SPNs work against either. A test
+The domain is LAB.TEST like the MIT realm (mit_realm.py): the same names and SPNs work against either. A test
 process talks to one at a time: `in_process()` points it at this domain's krb5.conf for a `with` block (a session
 fixture can keep it for longer and restore afterwards). The relay never sees KRB5_* variables; it gets
 `kerberos_toml()` and `directory_toml()`.
@@ -35,7 +35,7 @@ Interface for other tests (kept stable): DC_HOST, REALM, NETBIOS, DOMAIN, PASSWO
 SambaDomain(directory).start()/stop()/start_server()/stop_server()/running(); .kdc_urls, .ldap_url, .ldaps_url,
 .ca_file, .krb5_conf, .log; kerberos_toml(keytab), directory_toml(...); keytab(account); samba_tool(*args);
 add_user, add_group, add_members, remove_members, add_service(account, spns); sid(name); client_env(),
-in_process(), kinit(user).
+in_process(), kinit(user); s4u2proxy_requests(service) (the KDC's own log of S4U2Proxy TGS-REQs).
 """
 
 from __future__ import annotations
@@ -118,6 +118,18 @@ class SambaDomain:
         self._out: typing.Optional[typing.IO] = None
         self.ca_file = ""
         self._keytabs: typing.Dict[str, str] = {}
+
+    # -- the KDC's own log
+    def s4u2proxy_requests(self, service: str) -> typing.List[str]:
+        """The KDC's lines for S4U2Proxy TGS-REQs (the cname-in-addl-tkt option) for `service`
+        ("HTTP/web01.lab.test@LAB.TEST"), from `samba -i`'s output (Heimdal's log, `kerberos` debug class)."""
+        try:
+            with open(self.out_log, errors="replace") as fh:
+                text = fh.read()
+        except OSError:
+            return []
+        return [ln for ln in text.splitlines() if re.search(r"Kerberos: TGS-REQ \S+ from \S+ for %s \[[^]]*"
+                                                             r"cname-in-addl-tkt" % re.escape(service), ln)]
 
     # -- addresses and relay configuration
     @property
@@ -281,8 +293,10 @@ class SambaDomain:
         # The forwarder names a resolver outside this machine; the log would go to /var/log/samba.
         lines = [ln for ln in lines if not re.match(r"\s*(dns forwarder|log file)\s*=", ln)]
         i = lines.index("[global]") + 1
+        # kerberos:5 puts Heimdal's TGS-REQ lines (with their KDC options) in samba -i's output: the proof that the
+        # relay asks once per target (s4u2proxy_requests).
         lines[i:i] = ["\tserver services = kdc, ldap", "\tpid directory = %s" % run_dir, "\tlog file = %s" % self.log,
-                      "\tlog level = 1", "\ttls enabled = yes", "\ttls keyfile = %s" % key,
+                      "\tlog level = 1 kerberos:5 kdc:5", "\ttls enabled = yes", "\ttls keyfile = %s" % key,
                       "\ttls certfile = %s" % cert, "\ttls cafile = %s" % ca[0]]
         with open(self.smb_conf, "w") as fh:
             fh.write("\n".join(lines) + "\n")

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import harness  # noqa: E402
-import kerberos  # noqa: E402
+import mit_realm  # noqa: E402
 import samba_ad  # noqa: E402
 
 harness.scrub_proxies_in_process()
@@ -38,19 +38,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def realm_config(workdir: str) -> kerberos.KerberosRealm:
+def realm_config(workdir: str) -> mit_realm.KerberosRealm:
     """The test process uses the test realm's krb5.conf from the first test on, started or not: pyspnego tries
     Kerberos before NTLM whenever python-gssapi is there, and the machine's /etc/krb5.conf (if any) names
     KDCs on the internet that NTLM logons would wait for."""
-    r = kerberos.KerberosRealm(os.path.join(workdir, "realm"))
+    r = mit_realm.KerberosRealm(os.path.join(workdir, "realm"))
     r.write_configs()
     r.use_in_process()
     return r
 
 
 @pytest.fixture(scope="session")
-def realm(realm_config: kerberos.KerberosRealm) -> typing.Iterator[kerberos.KerberosRealm]:
-    """The LAB.TEST realm with its KDC on kerberos.KDC_HOST:88, alice and bob (harness.USERS passwords)."""
+def realm(realm_config: mit_realm.KerberosRealm) -> typing.Iterator[mit_realm.KerberosRealm]:
+    """The LAB.TEST realm with its KDC on mit_realm.KDC_HOST:88, alice and bob (harness.USERS passwords)."""
     realm_config.start()
     try:
         yield realm_config

@@ -1,4 +1,4 @@
-"""Domain mode, inbound: Kerberos inside CredSSP, against the test realm's MIT KDC (kerberos.KerberosRealm).
+"""Domain mode, inbound: Kerberos inside CredSSP, against the test realm's MIT KDC (mit_realm.KerberosRealm).
 
 A relay of its own (127.0.0.101, reached as relay.lab.test: requests-credssp builds the SPN from the URL's host)
 with [kerberos] pointing at the test KDC, a keytab for HTTP/relay.lab.test and WSMAN/relay.lab.test, and no users
@@ -20,7 +20,7 @@ import typing
 import pytest
 
 import harness
-import kerberos
+import mit_realm
 from helpers import ALICE, USERS, credssp_tls_handshake, double_records, err_text, user_is, wait_for
 
 KRELAY_HOST = "127.0.0.101"
@@ -31,7 +31,7 @@ ALICE_UPN = "alice@LAB.TEST"
 BOB_UPN = "bob@LAB.TEST"
 
 
-def test_realm_issues_tickets_a_keytab_accepts(realm: kerberos.KerberosRealm) -> None:
+def test_realm_issues_tickets_a_keytab_accepts(realm: mit_realm.KerberosRealm) -> None:
     """The harness itself: alice gets a TGT with her NTLM password and a ticket for a service whose AES keytab
     an independent acceptor (pyspnego + python-gssapi) takes; the KDC log counts the exchanges."""
     import spnego
@@ -39,7 +39,7 @@ def test_realm_issues_tickets_a_keytab_accepts(realm: kerberos.KerberosRealm) ->
     keytab = realm.add_service("HTTP/realmcheck.lab.test", os.path.join(realm.dir, "realmcheck.keytab"))
     assert oct(os.stat(keytab).st_mode & 0o777) == "0o600"
     before = realm.as_exchanges(ALICE_UPN)
-    client = spnego.client(ALICE_UPN, kerberos.PRINCIPALS["alice"], hostname="realmcheck.lab.test",
+    client = spnego.client(ALICE_UPN, mit_realm.PRINCIPALS["alice"], hostname="realmcheck.lab.test",
                            service="HTTP", protocol="kerberos")
     token = client.step()
     assert token[:1] == b"\x60"
@@ -50,7 +50,7 @@ def test_realm_issues_tickets_a_keytab_accepts(realm: kerberos.KerberosRealm) ->
     finally:
         del os.environ["KRB5_KTNAME"]
     assert server.complete and server.client_principal == ALICE_UPN
-    assert kerberos.wait_for_kdc_log(realm, lambda _: realm.as_exchanges(ALICE_UPN) == before + 1)
+    assert mit_realm.wait_for_kdc_log(realm, lambda _: realm.as_exchanges(ALICE_UPN) == before + 1)
     assert realm.tgs_exchanges(ALICE_UPN, "HTTP/realmcheck.lab.test@LAB.TEST") == 1
 
 
@@ -58,12 +58,12 @@ KerberosRelay = typing.Any  # harness.ExtraRelay with .keytab, the keytab it use
 
 
 @pytest.fixture(scope="module")
-def krelay(realm: kerberos.KerberosRealm, doubles: harness.Harness) -> typing.Iterator[KerberosRelay]:
+def krelay(realm: mit_realm.KerberosRealm, doubles: harness.Harness) -> typing.Iterator[KerberosRelay]:
     keytab = os.path.join(realm.dir, "relay.keytab")
     if not os.path.exists(keytab):
         for spn in ("HTTP/%s" % KRELAY_NAME, "WSMAN/%s" % KRELAY_NAME):
             realm.add_service(spn, keytab)
-    kerberos.map_hosts({KRELAY_NAME: KRELAY_HOST})
+    mit_realm.map_hosts({KRELAY_NAME: KRELAY_HOST})
     # No users file: Kerberos is the only way in.
     no_users = lambda text: re.sub(r'(?m)^users_file = .*\n', "", text)  # noqa: E731
     r = harness.ExtraRelay(doubles, KRELAY_HOST, tail=realm.kerberos_toml(keytab), edit=no_users)
@@ -89,7 +89,7 @@ def web01_requests_since(h: harness.Harness, n: int) -> typing.List[dict]:
 # --------------------------------------------------------------------------- real clients
 
 def test_pypsrp_raw_kerberos_logon_without_users_file(krelay: KerberosRelay, doubles: harness.Harness,
-                                                       realm: kerberos.KerberosRealm) -> None:
+                                                       realm: mit_realm.KerberosRealm) -> None:
     """pypsrp with credssp_auth_mechanism="kerberos" sends a raw krb5 AP-REQ (the token that panics picky-krb in
     sspi's Negotiate server): alice, who is in no users file, runs a command on web01; the audit says kerberos and
     LAB\\alice; web01 gets her delegated password by NTLM."""
@@ -97,7 +97,7 @@ def test_pypsrp_raw_kerberos_logon_without_users_file(krelay: KerberosRelay, dou
 
     seen, web01 = len(krelay.events()), len(double_records(doubles, "web01"))
     c = Client(KRELAY_NAME, port=5985, path="wsman/web01", auth="credssp", ssl=False, username=ALICE_UPN,
-               password=kerberos.PRINCIPALS["alice"], credssp_auth_mechanism="kerberos", operation_timeout=20,
+               password=mit_realm.PRINCIPALS["alice"], credssp_auth_mechanism="kerberos", operation_timeout=20,
                read_timeout=30)
     try:
         out = c.execute_cmd("echo kerberos-pypsrp")
@@ -121,7 +121,7 @@ def test_pywinrm_spnego_kerberos_logon(krelay: KerberosRelay, doubles: harness.H
 
     seen = len(krelay.events())
     p = winrm.protocol.Protocol(endpoint=url(), transport="credssp", username=ALICE_UPN,
-                                password=kerberos.PRINCIPALS["alice"], message_encryption="always",
+                                password=mit_realm.PRINCIPALS["alice"], message_encryption="always",
                                 operation_timeout_sec=20, read_timeout_sec=30)
     assert p.transport.credssp_auth_mechanism == "auto"
     try:
@@ -254,7 +254,7 @@ def test_delegated_name_may_take_any_form_of_the_ticket_principal(krelay: Kerber
     seen = len(krelay.events())
     c = CredSSP()
     try:
-        status = c.logon(delegated, kerberos.PRINCIPALS["alice"], ALICE_UPN, kerberos.PRINCIPALS["alice"])
+        status = c.logon(delegated, mit_realm.PRINCIPALS["alice"], ALICE_UPN, mit_realm.PRINCIPALS["alice"])
     finally:
         c.close()
     assert status != 401, status  # authenticated (the empty last POST is then answered as a request)
@@ -285,15 +285,15 @@ def test_ticket_and_delegated_credentials_of_different_principals_are_refused(
         krelay: KerberosRelay, doubles: harness.Harness) -> None:
     """A Kerberos ticket of bob delegating alice's credentials: 401, audited auth_failed naming both, no session,
     nothing forwarded."""
-    failed = _refused_logon(krelay, doubles, (ALICE_UPN, kerberos.PRINCIPALS["alice"]),
-                            (BOB_UPN, kerberos.PRINCIPALS["bob"]))
+    failed = _refused_logon(krelay, doubles, (ALICE_UPN, mit_realm.PRINCIPALS["alice"]),
+                            (BOB_UPN, mit_realm.PRINCIPALS["bob"]))
     assert failed["user"] == "LAB\\bob", failed
     assert "delegated credentials are for LAB\\alice, but the connection authenticated as LAB\\bob" in \
         failed["reason"], failed
 
 
 def test_a_ticket_whose_name_only_starts_like_the_delegated_one_is_refused(
-        krelay: KerberosRelay, realm: kerberos.KerberosRealm, doubles: harness.Harness) -> None:
+        krelay: KerberosRelay, realm: mit_realm.KerberosRealm, doubles: harness.Harness) -> None:
     """A ticket for bob/eve@LAB.TEST (a principal eve controls) delegating LAB\\bob with eve's password: sspi reports
     the ticket's first component only (bob), so without the relay's own reading of the ticket this started a session
     as LAB\\bob. Refused, audited auth_failed under the ticket's whole name, nothing forwarded. The reason also says
@@ -325,7 +325,7 @@ def _der(tag: int, content: bytes) -> bytes:
 def _real_ap_req() -> bytes:
     import spnego
 
-    return spnego.client(ALICE_UPN, kerberos.PRINCIPALS["alice"], hostname=KRELAY_NAME, service="HTTP",
+    return spnego.client(ALICE_UPN, mit_realm.PRINCIPALS["alice"], hostname=KRELAY_NAME, service="HTTP",
                          protocol="kerberos").step()
 
 
@@ -430,17 +430,17 @@ def _config_with_kdc(krelay: KerberosRelay, kdc: str, name: str) -> str:
     return path
 
 
-def test_kerberos_test_does_one_as_exchange(krelay: KerberosRelay, realm: kerberos.KerberosRealm) -> None:
+def test_kerberos_test_does_one_as_exchange(krelay: KerberosRelay, realm: mit_realm.KerberosRealm) -> None:
     """`winrm-relay kerberos test 'LAB\\alice'`: ok, and the KDC issued exactly one TGT for it (no service
     ticket asked for); the relay process itself gets no KRB5_* variable."""
     before = realm.as_exchanges(ALICE_UPN)
     tgs_before = sum(1 for line in realm.kdc_log_lines() if "TGS_REQ" in line)
     res = relay_cli(["kerberos", "test", "LAB\\alice", "--config", krelay.config, "--password-stdin"],
-                    stdin=kerberos.PRINCIPALS["alice"] + "\n")
+                    stdin=mit_realm.PRINCIPALS["alice"] + "\n")
     out = res.stdout.decode()
     assert res.returncode == 0, (out, res.stderr.decode())
     assert out.startswith("alice@LAB.TEST: ok: tcp://127.0.0.100:88 issued a ticket-granting ticket"), out
-    assert kerberos.wait_for_kdc_log(realm, lambda _: realm.as_exchanges(ALICE_UPN) == before + 1)
+    assert mit_realm.wait_for_kdc_log(realm, lambda _: realm.as_exchanges(ALICE_UPN) == before + 1)
     time.sleep(0.2)
     assert realm.as_exchanges(ALICE_UPN) == before + 1
     assert sum(1 for line in realm.kdc_log_lines() if "TGS_REQ" in line) == tgs_before
@@ -463,7 +463,7 @@ def _failed_kerberos_test(config: str) -> typing.Tuple[str, float]:
     """`kerberos test` for alice with `config`, which must fail (exit 1): what it printed, and how long it took."""
     started = time.monotonic()
     res = relay_cli(["kerberos", "test", "LAB\\alice", "--config", config, "--password-stdin"],
-                    stdin=kerberos.PRINCIPALS["alice"] + "\n")
+                    stdin=mit_realm.PRINCIPALS["alice"] + "\n")
     elapsed = time.monotonic() - started
     out = res.stdout.decode()
     assert res.returncode == 1, (out, res.stderr.decode())
@@ -501,12 +501,12 @@ def test_kerberos_test_names_a_silent_kdc_within_the_connect_timeout(krelay: Ker
 
 
 def test_kerberos_test_fails_over_to_the_next_kdc(krelay: KerberosRelay) -> None:
-    config = _config_with_kdc(krelay, 'tcp://%s:88", "udp://%s:88' % (DOWN_KDC, kerberos.KDC_HOST), "failover.toml")
+    config = _config_with_kdc(krelay, 'tcp://%s:88", "udp://%s:88' % (DOWN_KDC, mit_realm.KDC_HOST), "failover.toml")
     res = relay_cli(["kerberos", "test", "alice", "--config", config, "--password-stdin"],
-                    stdin=kerberos.PRINCIPALS["alice"] + "\n")
+                    stdin=mit_realm.PRINCIPALS["alice"] + "\n")
     out = res.stdout.decode()
     assert res.returncode == 0, (out, res.stderr.decode())
-    assert "ok: udp://%s:88 issued" % kerberos.KDC_HOST in out, out
+    assert "ok: udp://%s:88 issued" % mit_realm.KDC_HOST in out, out
 
 
 def _readyz(host: str) -> typing.Tuple[int, str]:
@@ -520,7 +520,7 @@ def _readyz(host: str) -> typing.Tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def test_readyz_says_when_no_kdc_can_be_reached(h: harness.Harness, realm: kerberos.KerberosRealm) -> None:
+def test_readyz_says_when_no_kdc_can_be_reached(h: harness.Harness, realm: mit_realm.KerberosRealm) -> None:
     """In domain mode /readyz also wants a KDC: one of the configured ones accepting a connection is
     enough, none makes the relay not ready, and the answer names them."""
     dead = "tcp://%s:88" % DOWN_KDC

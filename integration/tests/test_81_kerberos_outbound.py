@@ -20,7 +20,7 @@ import pytest
 from winrm.exceptions import WinRMOperationTimeoutError, WinRMTransportError, WSManFaultError
 
 import harness
-import kerberos
+import mit_realm
 from helpers import err_text, run, wait_for
 
 CLIENT_ERRORS = (WSManFaultError, WinRMTransportError, WinRMOperationTimeoutError)
@@ -81,7 +81,7 @@ shells = ["cmd"]
 
 
 class Lab:
-    def __init__(self, h: harness.Harness, realm: kerberos.KerberosRealm) -> None:
+    def __init__(self, h: harness.Harness, realm: mit_realm.KerberosRealm) -> None:
         self.h, self.realm = h, realm
         self.relays: typing.List[harness.ExtraRelay] = []
         self.doubles: typing.List[str] = []
@@ -142,8 +142,8 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab(h: harness.Harness, realm: kerberos.KerberosRealm) -> typing.Iterator[Lab]:
-    if not realm.exists("carol@%s" % kerberos.REALM):
+def lab(h: harness.Harness, realm: mit_realm.KerberosRealm) -> typing.Iterator[Lab]:
+    if not realm.exists("carol@%s" % mit_realm.REALM):
         realm.add_user("carol", CAROL_DOMAIN_PASSWORD)
     if not os.path.exists(h.users_file):
         h.add_relay_users()
@@ -175,7 +175,7 @@ def records(lab: Lab, name: str) -> typing.List[dict]:
     return harness.read_jsonl(lab.h.double_log(name))
 
 
-def kdc_counts(realm: kerberos.KerberosRealm) -> typing.Tuple[int, int, int]:
+def kdc_counts(realm: mit_realm.KerberosRealm) -> typing.Tuple[int, int, int]:
     return (realm.as_exchanges(ALICE_KRB),
             realm.tgs_exchanges(ALICE_KRB, "HTTP/web11.lab.test@LAB.TEST"),
             realm.tgs_exchanges(ALICE_KRB, "HTTP/web12.lab.test@LAB.TEST"))
@@ -208,7 +208,7 @@ def test_one_session_two_targets_one_as_exchange(lab: Lab) -> None:
     p.transport.endpoint = lab.main.url("web11")  # type: ignore[attr-defined]
     assert run(p, "echo", ["three"]) == (b"three\n", b"", 0)
     want = (before[0] + 1, before[1] + 1, before[2] + 1)
-    assert kerberos.wait_for_kdc_log(lab.realm, lambda _: kdc_counts(lab.realm) == want), (before,
+    assert mit_realm.wait_for_kdc_log(lab.realm, lambda _: kdc_counts(lab.realm) == want), (before,
                                                                                             kdc_counts(lab.realm))
     time.sleep(0.5)
     assert kdc_counts(lab.realm) == want, "more KDC exchanges than one AS and one TGS per target"
@@ -295,7 +295,7 @@ def test_a_password_the_domain_refuses_is_a_failed_preauthentication(lab: Lab) -
     assert event["user"].lower() == CAROL.lower() and "pre-authentication failed" in event["reason"], event
     assert CAROL_USERS_FILE_PASSWORD not in str(event)
     # The KDC refused exactly one attempt: no retries against the domain's lockout count.
-    assert kerberos.wait_for_kdc_log(lab.realm, lambda lines: len(
+    assert mit_realm.wait_for_kdc_log(lab.realm, lambda lines: len(
         [x for x in lines if "carol@LAB.TEST" in x and "PREAUTH_FAILED" in x]) == before + 1)
     assert not [r for r in records(lab, "web11")[n:] if r.get("user") == "carol@LAB.TEST"]
 

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import harness
-import kerberos
+import mit_realm
 import samba_ad
 from helpers import double_records, err_text, run, user_is, wait_for
 
@@ -128,16 +128,16 @@ class AdLab:
 def lab(doubles: harness.Harness, samba: samba_ad.SambaDomain) -> typing.Iterator[AdLab]:
     if not os.path.exists(doubles.users_file):
         doubles.add_relay_users()
-    saved = dict(kerberos._host_map)
-    kerberos.map_hosts({RELAY_NAME: RELAY_HOST})
+    saved = dict(mit_realm._host_map)
+    mit_realm.map_hosts({RELAY_NAME: RELAY_HOST})
     ad = AdLab(doubles, samba)
     try:
         with samba.in_process():
             yield ad
     finally:
         ad.stop()
-        kerberos._host_map.clear()
-        kerberos._host_map.update(saved)
+        mit_realm._host_map.clear()
+        mit_realm._host_map.update(saved)
 
 
 def ntlm_run(name: str, target: str = "adweb") -> typing.Tuple[bytes, bytes, int]:
@@ -303,6 +303,27 @@ def test_check_online_finds_the_groups_a_rule_names(lab: AdLab, samba: samba_ad.
     offline = subprocess.run([lab.h.relay_bin, "check", "-c", bad], capture_output=True, env=harness.scrubbed_env(),
                              timeout=60, cwd=lab.relay.dir)
     assert offline.returncode == 0, offline.stdout + offline.stderr
+
+
+@pytest.mark.parametrize("name,allowed", [("alice", True), ("carol", False)])
+def test_policy_test_looks_up_the_callers_groups(lab: AdLab, name: str, allowed: bool) -> None:
+    """`policy test` asks the directory for the caller's groups as a logon would, prints them and decides with
+    them: alice (in WinRM-Operators) passes the group rule, carol (in no group) does not; nothing is sent anywhere."""
+    web = len(arrivals(lab.h))
+    res = subprocess.run([lab.h.relay_bin, "policy", "test", "-c", lab.relay.config, "--user", PEOPLE[name][0],
+                          "--target", "adweb", "--", "hostname"], capture_output=True, env=harness.scrubbed_env(),
+                         timeout=60, cwd=lab.relay.dir)
+    out = res.stdout.decode()
+    lines = out.splitlines()
+    if allowed:
+        assert res.returncode == 0, (out, res.stderr)
+        assert lines[:2] == ["decision: allow", "rule: allow[%d]" % GROUP_RULE], out
+        assert "groups: %s" % OPERATORS in lines, out
+    else:
+        assert res.returncode == 1 and lines[:2] == ["decision: deny", "rule: none"], (out, res.stderr)
+        assert "no [[allow]] rule lets %s reach target adweb" % PEOPLE[name][0] in out, out
+        assert "groups: none of those the rules name" in lines, out
+    assert arrivals(lab.h)[web:] == []
 
 
 def test_a_removed_member_is_refused_at_her_next_logon(lab: AdLab, samba: samba_ad.SambaDomain) -> None:

@@ -1,7 +1,8 @@
 """Kerberos constrained delegation (S4U2Proxy) against the Samba AD DC (samba_ad.SambaDomain): a relay with
 `[kerberos] delegation = "constrained"` takes plain Kerberos logons (pypsrp auth="kerberos", over HTTP with
 wrap tokens and over HTTPS with channel binding) and reaches Kerberos-only target doubles in the caller's name
-without a password. pywinrm's transport="kerberos" needs pykerberos, which the suite's venv does not have.
+without a password; pywinrm's transport="kerberos" (pykerberos: a bare krb5 token under Negotiate, bodies sealed
+with its WinRM wrap) does too.
 
 The domain as samba_ad makes it, plus: svc-relay may delegate to HTTP/web01.lab.test (msDS-AllowedToDelegateTo),
 not to HTTP/web02.lab.test (svc-web02, made here); carol is marked sensitive (NOT_DELEGATED) for this module.
@@ -16,7 +17,7 @@ import typing
 import pytest
 
 import harness
-import kerberos
+import mit_realm
 import samba_ad
 from helpers import double_records, err_text, user_is, wait_for
 
@@ -93,16 +94,16 @@ class Lab:
 def lab(doubles: harness.Harness, samba: samba_ad.SambaDomain) -> typing.Iterator[Lab]:
     if not os.path.exists(doubles.users_file):
         doubles.add_relay_users()
-    saved = dict(kerberos._host_map)
-    kerberos.map_hosts({RELAY_NAME: RELAY_HOST})
+    saved = dict(mit_realm._host_map)
+    mit_realm.map_hosts({RELAY_NAME: RELAY_HOST})
     lab = Lab(doubles, samba)
     try:
         with samba.in_process():
             yield lab
     finally:
         lab.stop()
-        kerberos._host_map.clear()
-        kerberos._host_map.update(saved)
+        mit_realm._host_map.clear()
+        mit_realm._host_map.update(saved)
 
 
 def as_user(lab: Lab, user: str) -> None:
@@ -144,11 +145,44 @@ def test_pypsrp_kerberos_runs_as_alice_without_her_password(lab: Lab, https: boo
     assert requests and all(e.get("delegation") == "constrained" for e in requests), requests
 
 
+def test_pywinrm_kerberos_runs_as_alice_without_her_password(lab: Lab) -> None:
+    """pywinrm's transport="kerberos": a bare krb5 AP-REQ under Negotiate with mutual authentication, its bodies
+    sealed over HTTP; the command reaches web01 in alice's name through S4U2Proxy."""
+    import winrm
+
+    as_user(lab, "alice")
+    seen, web = len(lab.relay.events()), len(arrivals(lab.h, "s4uweb"))
+    p = winrm.protocol.Protocol(endpoint="http://%s:5985/wsman/s4uweb" % RELAY_NAME, transport="kerberos",
+                                username=ALICE, message_encryption="always", operation_timeout_sec=20,
+                                read_timeout_sec=30)
+    try:
+        shell = p.open_shell()
+        command = p.run_command(shell, "echo", ["s4u-pywinrm"])
+        out, err, code = p.get_command_output(shell, command)
+        p.cleanup_command(shell, command)
+        p.close_shell(shell)
+    except Exception as e:
+        pytest.fail("pywinrm kerberos: %s%s" % (err_text(e), lab.relay.excerpt()))
+    assert code == 0 and out.strip() == b"s4u-pywinrm", (code, out, err)
+    forwarded = arrivals(lab.h, "s4uweb")[web:]
+    assert forwarded and all(user_is(r.get("user"), ALICE) for r in forwarded), forwarded
+    events = lab.relay.events()[seen:]
+    starts = [e for e in events if e["event"] == "session_start"]
+    assert starts and starts[0]["auth"] == "kerberos" and starts[0]["delegation"] == "constrained", starts
+    requests = [e for e in events if e["event"] == "request"]
+    assert requests and all(e.get("delegation") == "constrained" for e in requests), requests
+    # close_shell closed the connection: the session ends here, not in a later test's window.
+    assert wait_for(lambda: any(e["event"] == "session_end" for e in lab.relay.events()[seen:]), 30), \
+        lab.relay.excerpt()
+
+
 def test_two_targets_in_one_session_one_s4u2proxy_request_each(lab: Lab) -> None:
-    """One logon, two commands to each of two targets: one S4U2Proxy ticket per target SPN, both named at the
-    session's end; then the same session to a target the domain refuses: asked each time, never issued."""
+    """One logon, two commands to each of two targets: one S4U2Proxy request per target SPN (in the relay's log and
+    in the KDC's), both named at the session's end; then the same session to a target the domain refuses: asked
+    each time, never issued."""
     as_user(lab, "alice")
     before = len(s4u_lines(lab))
+    kdc_before = {spn: len(lab.samba.s4u2proxy_requests(spn + "@LAB.TEST")) for spn in ALLOWED}
     seen, web, web3 = len(lab.relay.events()), len(arrivals(lab.h, "s4uweb")), len(arrivals(lab.h, "s4uweb3"))
     c = client("s4uweb")
     for target in ("s4uweb", "s4uweb3"):
@@ -162,6 +196,10 @@ def test_two_targets_in_one_session_one_s4u2proxy_request_each(lab: Lab) -> None
     issued = s4u_lines(lab)[before:]
     assert len(issued) == 2, issued
     assert "HTTP/web01.lab.test" in issued[0] and "HTTP/web03.lab.test" in issued[1], issued
+    # The KDC's own log: one TGS-REQ with cname-in-addl-tkt per target, from the relay's account.
+    for spn in ALLOWED:
+        asked = lab.samba.s4u2proxy_requests(spn + "@LAB.TEST")[kdc_before[spn]:]
+        assert len(asked) == 1 and "TGS-REQ svc-relay@LAB.TEST " in asked[0], (spn, asked)
     for name, count in (("s4uweb", web), ("s4uweb3", web3)):
         forwarded = arrivals(lab.h, name)[count:]
         assert forwarded and all(user_is(r.get("user"), ALICE) for r in forwarded), (name, forwarded)

@@ -382,11 +382,24 @@ impl Validator<'_> {
         let ca_file = self.string(d.ca_file, "directory.ca_file");
         let ca_file = self.ca_file(ca_file, "directory.ca_file");
         let tls = self.tls(TlsTrust::Roots(ca_file), at, "directory.ca_file")?;
-        let bind_dn = self.required(d.bind_dn, "directory.bind_dn", Some(at))?;
+        // The keytab cannot bind (no SASL GSSAPI: see ldap3 in Cargo.toml), so say what can.
+        let unbound = |key: &str| {
+            format!(
+                "required key is missing: the relay binds with bind_dn and bind_password_file (0600) over TLS; \
+                 set {key} for a low-privilege account (a bind with the [kerberos] keytab, SASL GSSAPI, is not \
+                 supported)"
+            )
+        };
+        for (value, key) in [(&d.bind_dn, "bind_dn"), (&d.bind_password_file, "bind_password_file")] {
+            if value.is_none() {
+                self.error(at..at, format!("directory.{key}"), unbound(key));
+            }
+        }
+        let bind_dn = self.required(d.bind_dn, "directory.bind_dn", None)?;
         if bind_dn.get_ref().is_empty() {
             self.error(bind_dn.span(), "directory.bind_dn", "must not be empty");
         }
-        let password = self.required(d.bind_password_file, "directory.bind_password_file", Some(at))?;
+        let password = self.required(d.bind_password_file, "directory.bind_password_file", None)?;
         let bind_password_file = self.secret_path(password, "directory.bind_password_file");
         Some(DirectoryConfig {
             urls,

@@ -1533,6 +1533,17 @@ fn groups_need_a_directory_and_the_directory_needs_tls_for_its_password() {
     assert!(e.contains("expected an ldap:// or ldaps:// URL"), "{e}");
     let e = errors(&format!("{}{rule}", directory("\"ldaps://dc1\"", ""))).join("\n");
     assert!(e.contains("[directory] needs [kerberos]"), "{e}");
+    // No password: check says how the relay binds and that the keytab cannot.
+    let e = errors(&format!("{KERBEROS}[directory]\nurl = [\"ldaps://dc1\"]\n{rule}")).join("\n");
+    for key in ["bind_dn", "bind_password_file"] {
+        assert!(
+            e.contains(&format!(
+                "directory.{key}: required key is missing: the relay binds with bind_dn and"
+            )),
+            "{e}"
+        );
+    }
+    assert!(e.contains("SASL GSSAPI, is not supported"), "{e}");
     let e = errors("[[allow]]\ntargets = [\"*\"]\n").join("\n");
     assert!(e.contains("allow[0].users: required key is missing"), "{e}");
 }

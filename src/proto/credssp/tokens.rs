@@ -609,7 +609,7 @@ mod tests {
 
     /// A real MIT wrap token, as pyspnego's Kerberos (python-gssapi 1.12.0 on
     /// MIT krb5 1.20.1) seals pubKeyAuth: made in the integration suite's test
-    /// realm (integration/kerberos.py) by an initiator context for
+    /// realm (integration/mit_realm.py) by an initiator context for
     /// alice@LAB.TEST towards HTTP/relay.lab.test@LAB.TEST with mutual
     /// authentication, then `ctx.wrap(MIT_WRAP_PLAINTEXT, True)`; the key is
     /// the context's session key as `gssapi.raw.inquire_sec_context_by_oid`
