@@ -417,42 +417,37 @@ impl Reader {
     /// `'...'`, a doubled quote being one quote; any single-quote character opens,
     /// closes and doubles, as in PowerShell.
     fn single_quoted(&mut self) -> Result<String, ScriptRefusal> {
-        let start = self.pos;
-        self.pos += 1;
-        let mut text = String::new();
-        loop {
-            match self.peek() {
-                None => return Err(self.refuse_at(start, "an unterminated string (')")),
-                Some(c) if is_single_quote(c) => {
-                    if self.peek_at(1).is_some_and(is_single_quote) {
-                        text.push('\'');
-                        self.pos += 2;
-                    } else {
-                        self.pos += 1;
-                        return Ok(text);
-                    }
-                }
-                Some(c) => {
-                    text.push(c);
-                    self.pos += 1;
-                }
-            }
-        }
+        self.quoted(is_single_quote, '\'', "an unterminated string (')", false)
     }
 
     /// `"..."` without `$` or backtick, which would make it an expandable string.
     fn double_quoted(&mut self) -> Result<String, ScriptRefusal> {
+        self.quoted(is_double_quote, '"', "an unterminated string (\")", true)
+    }
+
+    /// A string from the quote at the current position to its closing `is_quote`, a
+    /// doubled quote standing for `quote`. `expandable`: a double-quoted string, in
+    /// which `$` and a backtick would make it more than its text.
+    fn quoted(
+        &mut self,
+        is_quote: fn(char) -> bool,
+        quote: char,
+        unterminated: &str,
+        expandable: bool,
+    ) -> Result<String, ScriptRefusal> {
         let start = self.pos;
         self.pos += 1;
         let mut text = String::new();
         loop {
             match self.peek() {
-                None => return Err(self.refuse_at(start, "an unterminated string (\")")),
-                Some('$') => return Err(self.refuse("a variable or subexpression in a double-quoted string ($)")),
-                Some('`') => return Err(self.refuse("a backtick escape in a double-quoted string (`)")),
-                Some(c) if is_double_quote(c) => {
-                    if self.peek_at(1).is_some_and(is_double_quote) {
-                        text.push('"');
+                None => return Err(self.refuse_at(start, unterminated)),
+                Some('$') if expandable => {
+                    return Err(self.refuse("a variable or subexpression in a double-quoted string ($)"))
+                }
+                Some('`') if expandable => return Err(self.refuse("a backtick escape in a double-quoted string (`)")),
+                Some(c) if is_quote(c) => {
+                    if self.peek_at(1).is_some_and(is_quote) {
+                        text.push(quote);
                         self.pos += 2;
                     } else {
                         self.pos += 1;
