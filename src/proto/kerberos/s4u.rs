@@ -591,22 +591,17 @@ impl KdcConversation for TgtExchange<'_> {
     type Outcome = Result<IssuedTicket, S4uError>;
 
     fn start(&mut self) -> KdcTurn<Self::Outcome> {
-        let request = tgt_request(self.account, (self.clock)(), self.nonce)
-            .and_then(|message| kdc_request(&self.account.realm, &message));
-        match request {
-            Ok(request) => KdcTurn::Ask(request),
-            Err(error) => KdcTurn::Done(Err(error)),
-        }
+        ask(
+            &self.account.realm,
+            tgt_request(self.account, (self.clock)(), self.nonce),
+        )
     }
 
     fn answer(&mut self, reply: KdcReply) -> KdcTurn<Self::Outcome> {
-        let outcome = contain_panic(|| read_tgt_reply(self.account, reply.message(), self.nonce));
-        KdcTurn::Done(outcome.unwrap_or_else(|_| {
-            Err(S4uError::BadReply {
-                what: "the relay's ticket-granting ticket".into(),
-                reason: "the reply could not be decoded",
-            })
-        }))
+        settle(
+            || "the relay's ticket-granting ticket".into(),
+            || read_tgt_reply(self.account, reply.message(), self.nonce),
+        )
     }
 }
 
@@ -649,32 +644,48 @@ impl KdcConversation for ProxyExchange<'_> {
             self.spn,
             (self.clock)(),
             self.nonce,
-        )
-        .and_then(|message| kdc_request(&self.account.realm, &message));
-        match request {
-            Ok(request) => KdcTurn::Ask(request),
-            Err(error) => KdcTurn::Done(Err(error)),
-        }
+        );
+        ask(&self.account.realm, request)
     }
 
     fn answer(&mut self, reply: KdcReply) -> KdcTurn<Self::Outcome> {
-        let outcome = contain_panic(|| {
-            read_proxy_reply(
-                self.account,
-                self.tgt,
-                self.evidence,
-                self.spn,
-                reply.message(),
-                self.nonce,
-            )
-        });
-        KdcTurn::Done(outcome.unwrap_or_else(|_| {
-            Err(S4uError::BadReply {
-                what: format!("a ticket to {}", self.spn),
-                reason: "the reply could not be decoded",
-            })
-        }))
+        settle(
+            || format!("a ticket to {}", self.spn),
+            || {
+                read_proxy_reply(
+                    self.account,
+                    self.tgt,
+                    self.evidence,
+                    self.spn,
+                    reply.message(),
+                    self.nonce,
+                )
+            },
+        )
     }
+}
+
+/// An exchange's first turn: ask the realm's KDC `message`, or end with why it could
+/// not be built.
+fn ask(realm: &str, message: Result<Vec<u8>, S4uError>) -> KdcTurn<Result<IssuedTicket, S4uError>> {
+    match message.and_then(|message| kdc_request(realm, &message)) {
+        Ok(request) => KdcTurn::Ask(request),
+        Err(error) => KdcTurn::Done(Err(error)),
+    }
+}
+
+/// An exchange's last turn: the reply as `read` reads it; a panic inside the decoding
+/// is a reply that could not be decoded (of `what`).
+fn settle(
+    what: impl FnOnce() -> String,
+    read: impl FnOnce() -> Result<IssuedTicket, S4uError>,
+) -> KdcTurn<Result<IssuedTicket, S4uError>> {
+    KdcTurn::Done(contain_panic(read).unwrap_or_else(|_| {
+        Err(S4uError::BadReply {
+            what: what(),
+            reason: "the reply could not be decoded",
+        })
+    }))
 }
 
 #[cfg(test)]
