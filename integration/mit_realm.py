@@ -56,6 +56,35 @@ def tool(name: str) -> str:
                        "it when root)" % name)
 
 
+
+def krb5_conf(kdc: str, admin_server: typing.Optional[str] = None) -> str:
+    """A krb5.conf for LAB.TEST's clients and doubles, its KDC at `kdc` (host:port): AES only, no DNS and no
+    reverse lookups, TCP first. The MIT realm and the Samba domain (samba_ad) both serve LAB.TEST this way."""
+    admin = "\n        admin_server = %s" % admin_server if admin_server else ""
+    return f"""[libdefaults]
+    default_realm = {REALM}
+    dns_lookup_realm = false
+    dns_lookup_kdc = false
+    dns_canonicalize_hostname = false
+    rdns = false
+    ignore_acceptor_hostname = false
+    forwardable = true
+    udp_preference_limit = 1
+    default_tkt_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
+    default_tgs_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
+    permitted_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
+
+[realms]
+    {REALM} = {{
+        kdc = tcp/{kdc}
+        kdc = {kdc}{admin}
+    }}
+
+[domain_realm]
+    .{DOMAIN} = {REALM}
+    {DOMAIN} = {REALM}
+"""
+
 class KerberosRealm:
     """The LAB.TEST realm and its KDC. `start()` creates and starts it; `stop()` ends the KDC."""
 
@@ -152,30 +181,7 @@ class KerberosRealm:
         with open(os.path.join(d, "kadm5.acl"), "w") as fh:
             fh.write("*/admin@%s *\n" % REALM)
         with open(self.krb5_conf, "w") as fh:
-            fh.write(f"""[libdefaults]
-    default_realm = {REALM}
-    dns_lookup_realm = false
-    dns_lookup_kdc = false
-    dns_canonicalize_hostname = false
-    rdns = false
-    ignore_acceptor_hostname = false
-    forwardable = true
-    udp_preference_limit = 1
-    default_tkt_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
-    default_tgs_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
-    permitted_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
-
-[realms]
-    {REALM} = {{
-        kdc = tcp/{kdc}
-        kdc = {kdc}
-        admin_server = {self.kdc_host}
-    }}
-
-[domain_realm]
-    .{DOMAIN} = {REALM}
-    {DOMAIN} = {REALM}
-""")
+            fh.write(krb5_conf(kdc, admin_server=self.kdc_host))
 
     def start(self) -> "KerberosRealm":
         """Create the realm (database, users) and start the KDC; returns self."""

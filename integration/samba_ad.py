@@ -51,6 +51,7 @@ import time
 import typing
 
 import harness
+import mit_realm
 
 REALM = "LAB.TEST"
 NETBIOS = "LAB"
@@ -305,29 +306,7 @@ class SambaDomain:
     def write_krb5_conf(self) -> None:
         kdc = "%s:%d" % (self.host, KDC_PORT)
         with open(self.krb5_conf, "w") as fh:
-            fh.write(f"""[libdefaults]
-    default_realm = {REALM}
-    dns_lookup_realm = false
-    dns_lookup_kdc = false
-    dns_canonicalize_hostname = false
-    rdns = false
-    ignore_acceptor_hostname = false
-    forwardable = true
-    udp_preference_limit = 1
-    default_tkt_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
-    default_tgs_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
-    permitted_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96
-
-[realms]
-    {REALM} = {{
-        kdc = tcp/{kdc}
-        kdc = {kdc}
-    }}
-
-[domain_realm]
-    .{DOMAIN} = {REALM}
-    {DOMAIN} = {REALM}
-""")
+            fh.write(mit_realm.krb5_conf(kdc))
 
     def populate(self) -> None:
         for name, password in PASSWORDS.items():
