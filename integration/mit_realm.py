@@ -14,6 +14,7 @@ Clients derive the SPN from the URL host, so tests reach relays and doubles by n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -275,6 +276,18 @@ def map_hosts(names: typing.Dict[str, str]) -> None:
     _host_map.update({k.lower(): v for k, v in names.items()})
     if socket.getaddrinfo is not _mapped_getaddrinfo:
         socket.getaddrinfo = _mapped_getaddrinfo  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def hosts_mapped(names: typing.Dict[str, str]) -> typing.Iterator[None]:
+    """`map_hosts` for the time of a `with` block: the names mapped before it are mapped again after it."""
+    saved = dict(_host_map)
+    map_hosts(names)
+    try:
+        yield
+    finally:
+        _host_map.clear()
+        _host_map.update(saved)
 
 
 def _mapped_getaddrinfo(host: typing.Any, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:

@@ -128,16 +128,13 @@ class AdLab:
 def lab(doubles: harness.Harness, samba: samba_ad.SambaDomain) -> typing.Iterator[AdLab]:
     if not os.path.exists(doubles.users_file):
         doubles.add_relay_users()
-    saved = dict(mit_realm._host_map)
-    mit_realm.map_hosts({RELAY_NAME: RELAY_HOST})
-    ad = AdLab(doubles, samba)
-    try:
-        with samba.in_process():
-            yield ad
-    finally:
-        ad.stop()
-        mit_realm._host_map.clear()
-        mit_realm._host_map.update(saved)
+    with mit_realm.hosts_mapped({RELAY_NAME: RELAY_HOST}):
+        ad = AdLab(doubles, samba)
+        try:
+            with samba.in_process():
+                yield ad
+        finally:
+            ad.stop()
 
 
 def ntlm_run(name: str, target: str = "adweb") -> typing.Tuple[bytes, bytes, int]:

@@ -94,16 +94,13 @@ class Lab:
 def lab(doubles: harness.Harness, samba: samba_ad.SambaDomain) -> typing.Iterator[Lab]:
     if not os.path.exists(doubles.users_file):
         doubles.add_relay_users()
-    saved = dict(mit_realm._host_map)
-    mit_realm.map_hosts({RELAY_NAME: RELAY_HOST})
-    lab = Lab(doubles, samba)
-    try:
-        with samba.in_process():
-            yield lab
-    finally:
-        lab.stop()
-        mit_realm._host_map.clear()
-        mit_realm._host_map.update(saved)
+    with mit_realm.hosts_mapped({RELAY_NAME: RELAY_HOST}):
+        lab = Lab(doubles, samba)
+        try:
+            with samba.in_process():
+                yield lab
+        finally:
+            lab.stop()
 
 
 def as_user(lab: Lab, user: str) -> None:
