@@ -15,15 +15,12 @@
 
 use std::collections::HashMap;
 
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
-use base64::Engine as _;
 use quick_xml::events::Event as XmlEvent;
 use quick_xml::Reader;
 
 use crate::policy::script::Argument;
 use crate::policy::PsCommand;
-use crate::proto::psrp::{decompress_stream, Parameter, Pipeline, StreamAssembler, CREATE_PIPELINE};
+use crate::proto::psrp::{decode_base64, decompress_stream, Parameter, Pipeline, StreamAssembler, CREATE_PIPELINE};
 use crate::proto::wsman::{self, RequestInfo};
 
 /// The largest fragment, message or decompressed stream the policy reads: past it the
@@ -265,22 +262,6 @@ fn commands_of(data: &[u8]) -> Result<Vec<PsCommand>, String> {
     Ok(commands)
 }
 
-/// Several `rsp:Arguments` arrive joined by spaces, each padded on its own.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    const ENGINE: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    if text.len() / 4 * 3 > BOUND {
-        return None;
-    }
-    let mut out = Vec::new();
-    for token in text.split_ascii_whitespace() {
-        out.extend(ENGINE.decode(token).ok()?);
-    }
-    Some(out)
-}
-
 /// How many elements named `Stream` the body holds: each must be one the relay read.
 fn stream_elements(xml: &[u8]) -> usize {
     let mut reader = Reader::from_reader(xml);
@@ -319,6 +300,7 @@ fn opening_xml(xml: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     const START: u8 = 1;
     const END: u8 = 2;
