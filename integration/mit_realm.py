@@ -44,8 +44,8 @@ PRINCIPALS: typing.Dict[str, str] = {
 _SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
-def tool(name: str) -> str:
-    """Path of an MIT Kerberos tool (krb5kdc and kdb5_util live in /usr/sbin, not always on PATH)."""
+def tool(name: str, packages: str = "krb5-kdc krb5-admin-server krb5-user") -> str:
+    """Path of a tool from Debian's `packages` (krb5kdc and kdb5_util live in /usr/sbin, not always on PATH)."""
     found = shutil.which(name)
     if found:
         return found
@@ -53,8 +53,7 @@ def tool(name: str) -> str:
         p = os.path.join(d, name)
         if os.access(p, os.X_OK):
             return p
-    raise RuntimeError("%s not found: install krb5-kdc krb5-admin-server krb5-user (integration/run.sh does "
-                       "it when root)" % name)
+    raise RuntimeError("%s not found: install %s (integration/run.sh does it when root)" % (name, packages))
 
 
 

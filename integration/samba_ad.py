@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -85,22 +84,12 @@ SERVICES: typing.Dict[str, typing.List[str]] = {
     "svc-web01": ["HTTP/web01.lab.test"],
 }
 
-# Debian package that provides each tool (integration/run.sh installs them when root).
-_TOOLS = {"samba": "samba-ad-dc", "samba-tool": "samba", "ldbmodify": "ldb-tools", "ldbsearch": "ldb-tools",
-          "kinit": "krb5-user"}
-_SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# What integration/run.sh installs for the domain, when root.
+PACKAGES = "samba samba-ad-dc samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools krb5-user"
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in _SBIN:
-        p = os.path.join(d, name)
-        if os.access(p, os.X_OK):
-            return p
-    raise RuntimeError("%s not found: install samba samba-ad-dc samba-ad-provision samba-dsdb-modules "
-                       "samba-vfs-modules winbind ldb-tools krb5-user (integration/run.sh does it when root)" % name)
+    return mit_realm.tool(name, PACKAGES)
 
 
 class SambaDomain:
