@@ -335,12 +335,10 @@ fn check_command(
     let Some(uri) = info.resource_uri.as_deref() else {
         return Ok(());
     };
-    // Owned: the session's streams are borrowed mutably below.
-    let user = session.active.principal.as_str().to_string();
-    let groups = session.active.groups.clone();
+    let active = &mut *session.active;
     let caller = Caller {
-        user: &user,
-        groups: &groups,
+        user: active.principal.as_str(),
+        groups: &active.groups,
     };
     let action = info.action_name();
     let is = |name: &str| action.eq_ignore_ascii_case(name);
@@ -351,7 +349,6 @@ fn check_command(
             if !config.policy.restricts_commands(caller, target, addresses, uri) {
                 return Ok(());
             }
-            let active = &mut *session.active;
             let compressed = info
                 .shell_id
                 .as_deref()
@@ -391,7 +388,7 @@ fn check_command(
                 // The audit line shows what was refused, as the relay read it.
                 event.command = Some(summary(commands));
             }
-            session.active.policy_streams.refuse_touched();
+            active.policy_streams.refuse_touched();
             Err(command_refused(target, info, reason, event))
         }
     }
